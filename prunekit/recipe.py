@@ -1,0 +1,220 @@
+"""Recipes: the complete, replayable description of one ``prunekit run`` / ``prunekit bench`` job.
+
+A :class:`Recipe` is a frozen dataclass. It round-trips through YAML or JSON with a type name and a
+version, command-line flags override it field by field, and the resolved recipe is written next to the
+outputs of every run so that ``prunekit run --recipe runs/<name>/recipe.yaml`` repeats the run exactly.
+
+Example:
+    >>> r = Recipe(target="macs=0.25", finetune_epochs=2)
+    >>> Recipe.from_dict(r.to_dict()) == r
+    True
+    >>> r.override(lr=0.05).lr
+    0.05
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._registry import closest
+from .errors import ConfigError
+
+__all__ = ["Recipe", "parse_target", "TARGET_KINDS", "RECIPE_TYPE", "RECIPE_VERSION"]
+
+RECIPE_TYPE = "prunekit.Recipe"
+RECIPE_VERSION = 1
+TARGET_KINDS = ("macs", "params", "sparsity")
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
+    """Split ``"macs=0.5"`` into ``("macs", 0.5)`` after checking both halves.
+
+    ``macs``/``params`` give the fraction the pruned model *keeps* (0 < v <= 1); ``sparsity`` the fraction of
+    weights removed (0 <= v < 1).
+
+    Example:
+        >>> parse_target("params=0.25")
+        ('params', 0.25)
+    """
+    fix = "write it as KIND=VALUE, e.g. macs=0.5 (keep half the MACs) or sparsity=0.9 (remove 90% of weights)"
+    if not isinstance(target, str) or target.count("=") != 1:
+        raise ConfigError(f"{argument}={target!r} is not a target; {fix}")
+    kind, _, raw = (part.strip() for part in target.partition("="))
+    if kind not in TARGET_KINDS:
+        hint = closest(kind, TARGET_KINDS)
+        raise ConfigError(
+            f"{argument}={target!r}: unknown target kind {kind!r}"
+            + (f"; did you mean {hint!r}?" if hint else "")
+            + f" Valid kinds: {', '.join(TARGET_KINDS)}; {fix}"
+        )
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{argument}={target!r}: {raw!r} is not a number; {fix}") from None
+    if kind == "sparsity" and not 0.0 <= value < 1.0:
+        raise ConfigError(f"{argument}={target!r}: sparsity is the fraction removed and must be in [0, 1); {fix}")
+    if kind != "sparsity" and not 0.0 < value <= 1.0:
+        raise ConfigError(f"{argument}={target!r}: {kind} is the fraction kept and must be in (0, 1]; {fix}")
+    return kind, value
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One pruning job: baseline, method, target, training budget and outputs."""
+
+    model: str = "resnet20"  # model spec for prunekit.models.create (or "torchvision:...", ...)
+    data: str = "fashion-mnist"  # data set name for prunekit.data.load
+    baseline: str | None = "resnet20-fashion-mnist"  # shipped baseline name or checkpoint path; None = train-free
+    method: str = "l1-filter"  # method id (prunekit methods) or "criterion:<name>" for a bare engine criterion
+    target: str = "macs=0.5"  # macs=/params= fraction kept, sparsity= fraction removed
+    options: dict = field(default_factory=dict)  # method-specific overrides of its defaults
+    ignore: tuple[str, ...] = ()  # FQNs (or re:<regex>) never pruned
+    prune_epochs: int = 1  # epochs a training-time method may spend before the cut
+    finetune_epochs: int = 1  # epochs of fine-tuning after the cut
+    lr: float = 0.01  # fine-tuning learning rate (cosine schedule, SGD momentum 0.9)
+    batch_size: int = 128  # images per batch
+    subset: int | None = 10000  # training images used (None = all); the test set is always complete
+    calib_batches: int = 8  # batches for BN recalibration and data-driven criteria (0 = no recalibration)
+    seed: int = 0  # seeds data order, random criteria and training
+    device: str = "cpu"  # cpu | cuda | mps
+    data_dir: str | None = None  # where the data set files live (None = prunekit.data's default)
+    out: str = "runs/default"  # output folder
+    latency: bool = True  # measure CPU latency before/after (batch 1)
+
+    def __post_init__(self):
+        problems = []
+        for name, kind in (("model", str), ("data", str), ("method", str), ("target", str), ("out", str),
+                           ("device", str)):
+            if not isinstance(getattr(self, name), kind) or not getattr(self, name):
+                problems.append(f"{name}={getattr(self, name)!r} must be a non-empty string")
+        for name in ("prune_epochs", "finetune_epochs", "calib_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"{name}={value!r} must be an integer >= 0")
+        for name in ("batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
+                problems.append(f"{name}={value!r} must be an integer >= {1 if name == 'batch_size' else 0}")
+        if self.subset is not None and (isinstance(self.subset, bool) or not isinstance(self.subset, int)
+                                        or self.subset < 1):
+            problems.append(f"subset={self.subset!r} must be a positive integer or null (all images)")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            problems.append(f"lr={self.lr!r} must be a positive number")
+        if not isinstance(self.options, dict):
+            problems.append(f"options={self.options!r} must be a mapping of method option -> value")
+        if not isinstance(self.ignore, tuple) or not all(isinstance(s, str) for s in self.ignore):
+            problems.append(f"ignore={self.ignore!r} must be a list of module paths")
+        if self.baseline is not None and not isinstance(self.baseline, str):
+            problems.append(f"baseline={self.baseline!r} must be a baseline name, a checkpoint path or null")
+        if isinstance(self.device, str) and self.device.split(":")[0] not in DEVICES:
+            problems.append(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
+        if problems:
+            raise ConfigError("invalid recipe: " + "; ".join(problems))
+        if isinstance(self.target, str):
+            parse_target(self.target)
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "recipe") -> "Recipe":
+        """Build a recipe from a mapping; unknown keys and a wrong type name/version are errors."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of recipe keys, got {type(data).__name__}")
+        data = dict(data)
+        kind = data.pop("type", RECIPE_TYPE)
+        version = data.pop("version", RECIPE_VERSION)
+        if kind != RECIPE_TYPE:
+            raise ConfigError(f"{source}: type={kind!r} is not a recipe; expected type: {RECIPE_TYPE}")
+        if version != RECIPE_VERSION:
+            raise ConfigError(f"{source}: version={version!r} is not supported; this prunekit reads version "
+                              f"{RECIPE_VERSION}")
+        _check_keys(data, source)
+        if "ignore" in data and data["ignore"] is not None:
+            ignore = data["ignore"]
+            data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+        elif "ignore" in data:
+            data["ignore"] = ()
+        if "options" in data and data["options"] is None:
+            data["options"] = {}
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Recipe":
+        """Read a recipe from ``.yaml``/``.yml`` or ``.json``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe={str(path)!r} does not exist; pass the path of a .yaml or .json recipe "
+                              f"(every run writes one: runs/<name>/recipe.yaml)")
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"recipe={str(path)!r} is not valid JSON: {exc}") from None
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"recipe={str(path)!r} is not valid YAML: {exc}") from None
+        else:
+            raise ConfigError(f"recipe={str(path)!r}: unknown extension {path.suffix!r}; use .yaml, .yml or .json")
+        return cls.from_dict(data or {}, source=f"recipe {str(path)!r}")
+
+    def override(self, **changes: Any) -> "Recipe":
+        """A copy with ``changes`` applied; ``None`` values (flags not given) are skipped."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        _check_keys(changes, "override")
+        if "ignore" in changes:
+            changes["ignore"] = tuple(changes["ignore"])
+        return dataclasses.replace(self, **changes)
+
+    # --- output ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["ignore"] = list(self.ignore)
+        return {"type": RECIPE_TYPE, "version": RECIPE_VERSION, **data}
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the recipe as YAML (or JSON for a ``.json`` path), atomically."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) if path.suffix.lower() == ".json" else self.to_yaml()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return path
+
+    @property
+    def target_kind(self) -> str:
+        return parse_target(self.target)[0]
+
+    @property
+    def target_value(self) -> float:
+        return parse_target(self.target)[1]
+
+
+def _check_keys(data: dict, source: str) -> None:
+    valid = Recipe.fields()
+    bad = [k for k in data if k not in valid]
+    if bad:
+        parts = []
+        for key in bad:
+            hint = closest(str(key), valid)
+            parts.append(f"unknown key {key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        raise ConfigError(f"{source}: " + "; ".join(parts) + f". Valid keys: {', '.join(valid)}; "
+                          f"remove or rename the key")
