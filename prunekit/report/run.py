@@ -1,0 +1,135 @@
+"""The run report: ``report.json`` (all numbers), ``report.md`` and the plots of one ``prunekit run``."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUN_REPORT_TYPE = "prunekit.RunReport"
+_REQUIRED = ("recipe", "method", "before", "after")
+
+
+def write_json(data, path) -> Path:
+    """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if hasattr(obj, "__dict__"):
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    return str(obj)
+
+
+def validate_run_report(report: dict) -> None:
+    missing = [k for k in _REQUIRED if k not in report]
+    if missing:
+        raise ConfigError(f"run report is missing keys {missing}; a run report needs {list(_REQUIRED)}")
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if kind == "acc":
+        return f"{100 * value:.2f}%"
+    if kind == "count":
+        return f"{value / 1e6:.3f} M" if value >= 1e6 else f"{value / 1e3:.1f} k" if value >= 1e3 else str(value)
+    if kind == "ms":
+        return f"{value:.3f} ms"
+    return str(value)
+
+
+def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """``(quantity, before, after, change)`` rows for the end-of-run table."""
+    b, a = report["before"], report["after"]
+    rows = []
+    for key, label, kind in (("accuracy", "test accuracy", "acc"), ("params", "parameters", "count"),
+                             ("macs", "MACs", "count"), ("latency_ms", "latency (batch 1)", "ms")):
+        vb, va = b.get(key), a.get(key)
+        if vb is None and va is None:
+            continue
+        if kind == "acc" and vb is not None and va is not None:
+            change = f"{100 * (va - vb):+.2f} pts"
+        elif vb and va is not None:
+            change = f"×{va / vb:.3f}"
+        else:
+            change = "—"
+        rows.append((label, _fmt(vb, kind), _fmt(va, kind), change))
+    return rows
+
+
+def render_run_markdown(report: dict, plots: dict | None = None) -> str:
+    """A Markdown page for people: summary table, stages, per-layer table and the plots."""
+    validate_run_report(report)
+    r, m = report["recipe"], report["method"]
+    lines = [f"# prunekit run: {r.get('model')} on {r.get('data')}", ""]
+    lines.append(f"Method **{m.get('id')}** ({m.get('via', 'method')}), target `{r.get('target')}`, "
+                 f"{r.get('finetune_epochs')} fine-tune epoch(s) on "
+                 f"{r.get('subset') or 'all'} training images, seed {r.get('seed')}.")
+    if m.get("note"):
+        lines += ["", f"> {m['note']}"]
+    lines += ["", "| quantity | before | after | change |", "|---|---:|---:|---:|"]
+    lines += [f"| {q} | {b} | {a} | {c} |" for q, b, a, c in summary_rows(report)]
+    stages = report.get("stages") or {}
+    if stages:
+        lines += ["", "## Accuracy at each stage", "", "| stage | test accuracy |", "|---|---:|"]
+        lines += [f"| {name} | {_fmt(acc, 'acc')} |" for name, acc in stages.items()]
+    layers = report.get("per_layer") or {}
+    if layers:
+        lines += ["", "## Layers", "", "| layer | width before | width after | weight sparsity |",
+                  "|---|---:|---:|---:|"]
+        for fqn, row in layers.items():
+            lines.append(f"| `{fqn}` | {row.get('width_before')} | {row.get('width_after')} | "
+                         f"{100 * row.get('sparsity', 0.0):.1f}% |")
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name, path in plots.items():
+            lines += [f"![{name}]({Path(path).name})", ""]
+    timings = report.get("timings") or {}
+    if timings:
+        lines += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + "."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_run_report(report: dict, out_dir) -> dict:
+    """Write ``report.json``, the PNG plots and ``report.md`` into ``out_dir``; returns ``{name: path}``."""
+    from . import plots as P
+
+    validate_run_report(report)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    made = {}
+    layers = report.get("per_layer") or {}
+    if layers:
+        made["widths"] = P.plot_widths(layers, out / "widths.png")
+        made["sparsity"] = P.plot_sparsity(layers, out / "sparsity.png")
+    history = report.get("history") or []
+    if history:
+        made["training"] = P.plot_training(history, out / "training.png")
+    if report.get("sensitivity"):
+        made["sensitivity"] = P.plot_sensitivity(report["sensitivity"], out / "sensitivity.png")
+    point = [{"label": report["method"].get("id", "pruned"), "macs": report["after"].get("macs"),
+              "accuracy": report["after"].get("accuracy")},
+             {"label": "baseline", "macs": report["before"].get("macs"), "accuracy": report["before"].get("accuracy")}]
+    if all(p["macs"] is not None and p["accuracy"] is not None for p in point):
+        made["pareto"] = P.plot_pareto(point, out / "pareto.png", title="Accuracy vs MACs")
+    files = {name: str(path.name) for name, path in made.items()}
+    report = {**report, "files": {**report.get("files", {}), **files, "markdown": "report.md"}}
+    write_json(report, out / "report.json")
+    (out / "report.md").write_text(render_run_markdown(report, made))
+    log.info("report written to %s", out)
+    return {"json": out / "report.json", "markdown": out / "report.md", **made}
