@@ -1,0 +1,244 @@
+"""Atomic, verified training checkpoints: tensors in safetensors, everything else in JSON.
+
+A checkpoint directory holds ``checkpoint.json`` (the commit point: step, epoch, position in the epoch,
+optimizer/scheduler settings, RNG states, history, config, and the sha256 of the tensor file) and the
+``checkpoint-step<N>.safetensors`` it names (model weights, optimizer buffers, torch RNG states).
+Files are written to a temporary name, fsynced and renamed, tensors first, so a run killed at any
+moment leaves the previous complete checkpoint in place. Loading verifies the hash and every key and
+shape *before* touching the model: a corrupted or mismatched checkpoint raises
+:class:`~prunekit.errors.CheckpointError` and changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+INDEX = "checkpoint.json"
+_TYPE = "prunekit.checkpoint"
+_VERSION = 1
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes of ``tensors`` (copied to CPU, contiguous, with shared storage untied)."""
+    from safetensors.torch import save
+
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    return save(flat, metadata=metadata)
+
+
+def read_verified_tensors(path: str | os.PathLike, sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose sha256 must equal ``sha256`` (else CheckpointError)."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint tensor file {str(path)!r} is missing; the checkpoint is incomplete, "
+                              "delete its directory and start again")
+    data = path.read_bytes()
+    actual = sha256_bytes(data)
+    if actual != sha256:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted: sha256 {actual[:16]}... does not match the "
+                              f"recorded {str(sha256)[:16]}...; it was not loaded. Restore the file or retrain")
+    try:
+        return load(data)
+    except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be parsed ({e}); it was not loaded") from None
+
+
+def check_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError listing every missing/unexpected key and shape mismatch between model and tensors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [f"{k}: model {tuple(own[k].shape)} vs checkpoint {tuple(tensors[k].shape)}"
+              for k in sorted(set(own) & set(tensors)) if own[k].shape != tensors[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:10]}")
+        raise CheckpointError(f"checkpoint {source!r} does not match the model ({'; '.join(parts)}); the model was "
+                              "not changed. Build the same architecture (and pruning) the checkpoint was saved from")
+
+
+def _rng_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return tensors, {"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                     "python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+
+def set_rng_states(tensors: dict[str, torch.Tensor], states: dict[str, Any], prefix: str = "rng") -> None:
+    """Restore torch/CUDA/numpy/python RNGs from what a checkpoint recorded under ``prefix``."""
+    torch.set_rng_state(tensors[f"{prefix}/torch"])
+    cuda = sorted(k for k in tensors if k.startswith(f"{prefix}/cuda/"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    n = states["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    p = states["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, *,
+                    meta: dict[str, Any], epoch_start_rng: tuple[dict, dict] | None = None) -> Path:
+    """Write a checkpoint of ``model`` (+ optimizer, scheduler, RNGs and ``meta``) into ``directory``.
+
+    ``meta`` must be JSON-serialisable and carry at least ``step``. Returns the index file's path.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> _ = save_checkpoint(d, nn.Linear(2, 1), meta={"step": 3})
+        >>> load_checkpoint(d, nn.Linear(2, 1))["step"]
+        3
+    """
+    directory = Path(directory)
+    step = int(meta["step"])
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    rng_t, rng_j = _rng_states()
+    tensors.update(rng_t)
+    if epoch_start_rng is not None:
+        tensors.update({k.replace("rng/", "rng_epoch/", 1): v for k, v in epoch_start_rng[0].items()})
+    index: dict[str, Any] = {"type": _TYPE, "version": _VERSION, **meta, "rng": rng_j,
+                             "rng_epoch": epoch_start_rng[1] if epoch_start_rng is not None else None}
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for pid, pstate in opt["state"].items():
+            for name, value in pstate.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim/{pid}/{name}"] = value
+                else:
+                    scalars.setdefault(str(pid), {})[name] = value
+        index["optimizer"] = {"param_groups": opt["param_groups"], "scalars": scalars,
+                              "shapes": [list(p.shape) for g in optimizer.param_groups for p in g["params"]]}
+    if scheduler is not None:
+        index["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    data = tensors_to_bytes(tensors)
+    name = f"checkpoint-step{step:09d}.safetensors"
+    atomic_write_bytes(directory / name, data)
+    index.update(tensors_file=name, sha256=sha256_bytes(data))
+    atomic_write_bytes(directory / INDEX, json.dumps(index, indent=1).encode())
+    for old in directory.glob("checkpoint-step*.safetensors"):  # superseded tensor files
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    log.debug("checkpoint at step %d written to %s", step, directory)
+    return directory / INDEX
+
+
+def has_checkpoint(directory: str | os.PathLike | None) -> bool:
+    return directory is not None and (Path(directory) / INDEX).is_file()
+
+
+def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The verified (index, tensors) of the checkpoint in ``directory``; CheckpointError if anything is off."""
+    directory = Path(directory)
+    try:
+        index = json.loads((directory / INDEX).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint in {str(directory)!r} (no {INDEX}); pass the checkpoint_dir of an "
+                              "earlier run, or set resume=False") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint index {str(directory / INDEX)!r} is corrupted ({e}); it was not loaded") from None
+    if not isinstance(index, dict) or index.get("type") != _TYPE or index.get("version") != _VERSION:
+        raise CheckpointError(f"{str(directory / INDEX)!r} is not a prunekit checkpoint of version {_VERSION}")
+    tensors = read_verified_tensors(directory / str(index.get("tensors_file")), str(index.get("sha256")))
+    return index, tensors
+
+
+def load_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, *,
+                    restore_rng: bool = False) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` (+ optimizer, scheduler); returns its index (meta) dict.
+
+    Everything is verified first (hash, keys, shapes, optimizer layout); on any mismatch a
+    CheckpointError is raised and nothing was modified. The verified tensors are kept in the returned
+    dict under ``"_tensors"`` (RNG states for a resume).
+    """
+    index, tensors = read_checkpoint(directory)
+    weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    check_state_dict(model, weights, str(directory))
+    opt_state = None
+    if optimizer is not None:
+        opt_state = _optimizer_state(index, tensors, optimizer, str(directory))
+    model.load_state_dict(weights)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    if scheduler is not None and "scheduler" in index:
+        scheduler.load_state_dict({**scheduler.state_dict(), **index["scheduler"]})
+    if restore_rng:
+        set_rng_states(tensors, index["rng"])
+    index["_tensors"] = tensors
+    return index
+
+
+def _optimizer_state(index: dict, tensors: dict, optimizer, source: str) -> dict:
+    saved = index.get("optimizer")
+    shapes = [list(p.shape) for g in optimizer.param_groups for p in g["params"]]
+    if saved is None or saved["shapes"] != shapes or len(saved["param_groups"]) != len(optimizer.param_groups):
+        raise CheckpointError(f"checkpoint {source!r} holds no optimizer state for these parameters (shapes differ "
+                              "or it was saved without an optimizer); the model was not changed. Resume with the "
+                              "same model and optimizer, or start a new run")
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, scalars in saved["scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    return {"state": state, "param_groups": saved["param_groups"]}
