@@ -1,0 +1,303 @@
+"""Training-time pieces of the filter methods, as prunekit Callbacks.
+
+Each callback edits gradients or parameters at one hook of the training loop, so it runs in
+:func:`prunekit.train.fit`, in Lightning / the Hugging Face Trainer through their adapters, or in a user's own
+loop that calls the hooks. They hold references to the tensors they act on, never to the loop.
+
+| callback | method | hook |
+|---|---|---|
+| :class:`BNScaleL1` | slimming | sub-gradient ``s*sign(gamma)`` added after backward |
+| :class:`BNScaleISTA` | bn-ista | proximal (soft-threshold) step on gamma after the optimizer step |
+| :class:`APGGates` | sss | accelerated proximal gradient on channel gates (the gates' own optimizer) |
+| :class:`SoftFilterMask` | sfp | zero the lowest-norm filters each epoch, keep training them |
+| :class:`Centripetal` | csgd | cluster-mean gradient plus a pull toward the cluster mean |
+| :class:`HardFilterMask` | dropnet, gate-decorator | keep chosen channels at exactly zero |
+| :class:`DynamicFilterMask` | gdp | compute with masked filters, update the dense ones, re-select globally |
+| :class:`GateTaylor` / :class:`GateSGD` | gate-decorator | Taylor importance on gates; gate updates with L1 |
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..train.callbacks import Callback
+from ._filter_common import (
+    ChannelGates, apg_nag_step, centripetal_gradient, filter_norms, fpgm_scores, global_keep_masks, lowest,
+    soft_threshold,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BNScaleL1", "BNScaleISTA", "APGGates", "SoftFilterMask", "Centripetal", "HardFilterMask",
+           "DynamicFilterMask", "GateTaylor", "GateSGD", "current_lr"]
+
+
+def current_lr(optimizer, param: torch.Tensor | None = None, default: float = 0.1) -> float:
+    """The learning rate the optimizer applies to ``param`` (its group's ``lr``), or of group 0."""
+    if optimizer is None:
+        return default
+    for group in optimizer.param_groups:
+        if param is None or any(p is param for p in group["params"]):
+            return float(group["lr"])
+    return float(optimizer.param_groups[0]["lr"])
+
+
+class BNScaleL1(Callback):
+    """Network slimming's sparsity term: adds ``strength * sign(gamma)`` to every BN scale's gradient.
+
+    That is the sub-gradient of ``strength * sum |gamma|`` added to the loss, applied after backward so it
+    works with any loss and any optimizer.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2); bn.weight.data = torch.tensor([0.5, -0.2]); bn.weight.grad = torch.zeros(2)
+        >>> BNScaleL1([bn], strength=0.1).on_after_backward(None); bn.weight.grad.tolist()
+        [0.10000000149011612, -0.10000000149011612]
+    """
+
+    def __init__(self, bns: Sequence[nn.Module], strength: float = 1e-4):
+        self.bns = list(bns)
+        self.strength = float(strength)
+
+    def penalty(self) -> float:
+        return self.strength * sum(float(bn.weight.detach().abs().sum()) for bn in self.bns)
+
+    def on_after_backward(self, state) -> None:
+        for bn in self.bns:
+            w = bn.weight
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            w.grad.add_(torch.sign(w.detach()), alpha=self.strength)
+
+
+class BNScaleISTA(Callback):
+    """ISTA on BN scales (bn-ista): after each optimizer step ``gamma <- prox(gamma, lr * rho * lambda_l)``.
+
+    ``weights`` gives each BN its cost factor ``lambda_l`` (1 when missing); the step leaves exact zeros,
+    which is what marks a channel as removable.
+    """
+
+    def __init__(self, bns: dict[str, nn.Module], rho: float, weights: dict[str, float] | None = None):
+        self.bns = dict(bns)
+        self.rho = float(rho)
+        self.weights = {k: float(v) for k, v in (weights or {}).items()}
+
+    def on_after_step(self, state) -> None:
+        opt = getattr(state, "optimizer", None)
+        with torch.no_grad():
+            for fqn, bn in self.bns.items():
+                t = current_lr(opt, bn.weight) * self.rho * self.weights.get(fqn, 1.0)
+                bn.weight.copy_(soft_threshold(bn.weight, t))
+
+    def zero_fraction(self) -> float:
+        n = sum(bn.weight.numel() for bn in self.bns.values())
+        z = sum(int((bn.weight == 0).sum()) for bn in self.bns.values())
+        return z / max(n, 1)
+
+
+class APGGates(Callback):
+    """SSS: channel gates trained by accelerated proximal gradient with an L1 weight ``strength``.
+
+    The gates (a :class:`ChannelGates`) are not in the loop's optimizer; this callback is their optimizer.
+    After backward it takes one APG step per gate with the loop's current learning rate (or ``lr``) and
+    clears the gate gradients. Gates stay non-negative and reach exact zeros.
+    """
+
+    def __init__(self, gates: ChannelGates, strength: float, momentum: float = 0.9, lr: float | None = None):
+        self.gates = gates
+        self.strength = float(strength)
+        self.momentum = float(momentum)
+        self.lr = lr
+        self.velocity = {k: torch.zeros_like(g) for k, g in gates.gates.items()}
+
+    def on_after_backward(self, state) -> None:
+        lr = self.lr if self.lr is not None else current_lr(getattr(state, "optimizer", None))
+        with torch.no_grad():
+            for fqn, g in self.gates.gates.items():
+                grad = g.grad if g.grad is not None else torch.zeros_like(g)
+                new, self.velocity[fqn] = apg_nag_step(
+                    g.detach(), grad, self.velocity[fqn], lr=lr, strength=self.strength, momentum=self.momentum
+                )
+                g.copy_(new)
+        self.gates.zero_grad()
+
+
+class SoftFilterMask(Callback):
+    """Soft filter pruning: at each epoch end zero the ``n_prune[fqn]`` lowest-scoring filters of each layer.
+
+    Zeroed filters keep their gradients, so training may grow them back before the next re-selection.
+    ``criterion`` is ``"l2"`` (filter norm) or ``"fpgm"`` (distance to the other filters). ``history`` keeps
+    the zeroed indices of every selection, ``{fqn: tensor}`` per epoch.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], n_prune: dict[str, int], criterion: str = "l2"):
+        self.layers = dict(layers)
+        self.n_prune = dict(n_prune)
+        self.criterion = criterion
+        self.history: list[dict[str, torch.Tensor]] = []
+
+    def scores(self, weight: torch.Tensor) -> torch.Tensor:
+        return fpgm_scores(weight) if self.criterion == "fpgm" else filter_norms(weight, 2)
+
+    def apply(self) -> dict[str, torch.Tensor]:
+        chosen = {}
+        with torch.no_grad():
+            for fqn, mod in self.layers.items():
+                idx = lowest(self.scores(mod.weight), self.n_prune.get(fqn, 0))
+                mod.weight[idx] = 0.0
+                if getattr(mod, "bias", None) is not None:
+                    mod.bias[idx] = 0.0
+                chosen[fqn] = idx
+        self.history.append(chosen)
+        return chosen
+
+    def on_epoch_end(self, state) -> None:
+        self.apply()
+
+
+class Centripetal(Callback):
+    """C-SGD: each clustered tensor's gradient becomes its cluster-mean gradient + ``eps * (W - cluster mean)``.
+
+    ``entries`` are ``(tensor, cluster_average_matrix, eps)``; tensors have the filter dim first (conv and BN
+    parameters of one layer share the same matrix). Weight decay stays the optimizer's job.
+    """
+
+    def __init__(self, entries: Sequence[tuple[torch.Tensor, torch.Tensor, float]]):
+        self.entries = list(entries)
+
+    def on_after_backward(self, state) -> None:
+        with torch.no_grad():
+            for p, avg, eps in self.entries:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                p.grad = centripetal_gradient(p.detach(), grad, avg, eps)
+
+
+class HardFilterMask(Callback):
+    """Keeps the masked output channels of some tensors at exactly zero (re-applied after every step).
+
+    ``tensors`` is ``{name: (tensor, keep_mask)}`` with the channel dim first; ``set_mask`` changes a mask
+    and zeros at once. Used for DropNet's dropped filters and Gate Decorator's pruned gates.
+    """
+
+    def __init__(self, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(tensors or {})
+
+    def set_mask(self, name: str, tensor: torch.Tensor, keep: torch.Tensor) -> None:
+        self.tensors[name] = (tensor, keep.to(torch.bool))
+        self.apply()
+
+    def apply(self) -> None:
+        with torch.no_grad():
+            for t, keep in self.tensors.values():
+                t[~keep.to(t.device)] = 0.0
+
+    def on_after_backward(self, state) -> None:
+        for t, keep in self.tensors.values():
+            if t.grad is not None:
+                t.grad[~keep.to(t.device)] = 0.0
+
+    def on_after_step(self, state) -> None:
+        self.apply()
+
+
+class DynamicFilterMask(Callback):
+    """GDP: one global keep-mask over the filters of many layers, re-estimated every ``update_every`` steps.
+
+    The forward and backward use the masked filters (``W * m``); the optimizer then updates the dense
+    weights with that gradient, so a masked filter keeps learning and can re-enter at the next re-estimate.
+    ``saliency(weight) -> [n_filters]`` scores filters (default: L1 norm); scores are L2-normalised per
+    layer before the global ranking. ``flips`` counts 0->1 changes of the mask.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], n_keep: int, update_every: int = 50,
+                 saliency: Callable[[torch.Tensor], torch.Tensor] | None = None, static: bool = False):
+        self.layers = dict(layers)
+        self.n_keep = int(n_keep)
+        self.update_every = int(update_every)
+        self.saliency = saliency or (lambda w: filter_norms(w, 1))
+        self.static = static
+        self.masks: dict[str, torch.Tensor] = {}
+        self.flips = 0
+        self._dense: dict[str, torch.Tensor] = {}
+        self.update_masks()
+
+    def update_masks(self) -> None:
+        names = list(self.layers)
+        scores = [self.saliency(self.layers[n].weight.detach()) for n in names]
+        new = global_keep_masks(scores, self.n_keep, normalize=True)
+        for n, m in zip(names, new):
+            if n in self.masks:
+                self.flips += int((m & ~self.masks[n]).sum())
+            self.masks[n] = m
+
+    def _swap_in_masked(self) -> None:
+        with torch.no_grad():
+            for n, mod in self.layers.items():
+                self._dense[n] = mod.weight.detach().clone()
+                mod.weight[~self.masks[n]] = 0.0
+
+    def _restore_dense(self) -> None:
+        with torch.no_grad():
+            for n, mod in self.layers.items():
+                if n in self._dense:
+                    mod.weight.copy_(self._dense.pop(n))
+
+    def on_batch_start(self, state) -> None:
+        self._swap_in_masked()
+
+    def on_after_backward(self, state) -> None:
+        self._restore_dense()
+
+    def on_after_step(self, state) -> None:
+        if not self.static and self.update_every > 0 and (state.step + 1) % self.update_every == 0:
+            self.update_masks()
+
+    def on_train_end(self, state) -> None:
+        self._restore_dense()
+
+    def apply(self) -> None:
+        """Zero the masked filters for good (before the final cut)."""
+        with torch.no_grad():
+            for n, mod in self.layers.items():
+                mod.weight[~self.masks[n]] = 0.0
+                if getattr(mod, "bias", None) is not None:
+                    mod.bias[~self.masks[n]] = 0.0
+
+
+class GateTaylor(Callback):
+    """Gate Decorator's importance: accumulates ``|g * dL/dg|`` per gate over the batches it sees."""
+
+    def __init__(self, gates: ChannelGates):
+        self.gates = gates
+        self.reset()
+
+    def reset(self) -> None:
+        self.scores = {k: torch.zeros_like(g.detach()) for k, g in self.gates.gates.items()}
+
+    def on_after_backward(self, state) -> None:
+        for k, g in self.gates.gates.items():
+            if g.grad is not None:
+                self.scores[k] += (g.detach() * g.grad).abs()
+
+
+class GateSGD(Callback):
+    """Plain SGD on channel gates with an L1 term ``l1 * sign(g)``; masked gates (``keep`` False) stay 0."""
+
+    def __init__(self, gates: ChannelGates, lr: float | None = None, l1: float = 0.0,
+                 keep: dict[str, torch.Tensor] | None = None):
+        self.gates = gates
+        self.lr = lr
+        self.l1 = float(l1)
+        self.keep = keep if keep is not None else {}
+
+    def on_after_step(self, state) -> None:
+        lr = self.lr if self.lr is not None else current_lr(getattr(state, "optimizer", None))
+        with torch.no_grad():
+            for k, g in self.gates.gates.items():
+                grad = g.grad if g.grad is not None else torch.zeros_like(g)
+                g.sub_(lr * (grad + self.l1 * torch.sign(g)))
+                if k in self.keep:
+                    g[~self.keep[k]] = 0.0
+        self.gates.zero_grad()

@@ -1,0 +1,110 @@
+"""Unit tests of the update rules, scores and helpers shared by the training-time filter methods."""
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.methods._filter_common import (
+    ChannelGates, apg_nag_step, centripetal_gradient, cluster_average_matrix, conv_bn_pairs, filter_norms,
+    fpgm_scores, global_keep_masks, kmeans_clusters, lowest, soft_threshold,
+)
+
+
+def test_soft_threshold_matches_elementwise_definition():
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.5])
+    ref = torch.tensor([max(abs(v) - 0.5, 0.0) * (1 if v > 0 else -1) for v in x.tolist()])
+    torch.testing.assert_close(soft_threshold(x, 0.5), ref)
+    assert (soft_threshold(x, 0.5) == 0).sum() == 3  # |x| <= threshold lands on exactly zero
+
+
+def test_apg_step_hand_computed():
+    # z = prox(1.0 - 0.1*2.0, 0.1*0.5) = 0.75; v = 0.75 - 1 + 0.9*0.1 = -0.16; lam = 0.75 + 0.9*(-0.16) = 0.606
+    lam, v = apg_nag_step(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([0.1]),
+                          lr=0.1, strength=0.5, momentum=0.9)
+    torch.testing.assert_close(v, torch.tensor([-0.16]))
+    torch.testing.assert_close(lam, torch.tensor([0.606]))
+
+
+def test_apg_step_keeps_gates_non_negative_and_exact_zero():
+    lam, v = apg_nag_step(torch.tensor([0.01, 0.0]), torch.tensor([1.0, 0.0]), torch.zeros(2),
+                          lr=0.1, strength=0.1, momentum=0.9)
+    assert lam.tolist() == [0.0, 0.0] and (lam >= 0).all()
+
+
+def test_centripetal_gradient_equalises_gradients_and_pulls_to_mean():
+    w = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 5.0]])
+    g = torch.tensor([[1.0, 1.0], [3.0, -1.0], [2.0, 2.0]])
+    avg = cluster_average_matrix([[0, 1], [2]], 3)
+    out = centripetal_gradient(w, g, avg, eps=0.1)
+    # cluster {0,1}: mean grad [2, 0]; mean weight [2, 0] -> pulls -0.1 and +0.1 on dim 0
+    torch.testing.assert_close(out, torch.tensor([[1.9, 0.0], [2.1, 0.0], [2.0, 2.0]]))
+    # an SGD step with this gradient strictly shrinks the intra-cluster distance
+    w2 = w - 1.0 * out
+    assert (w2[0] - w2[1]).norm() < (w[0] - w[1]).norm()
+
+
+def test_cluster_matrix_rejects_overlap_and_gaps():
+    with pytest.raises(ConfigError, match="appear in two clusters"):
+        cluster_average_matrix([[0, 1], [1, 2]], 3)
+    with pytest.raises(ConfigError, match=r"filters \[2\] belong to no cluster"):
+        cluster_average_matrix([[0, 1]], 3)
+
+
+def test_kmeans_finds_planted_clusters_and_exact_k():
+    torch.manual_seed(0)
+    centers = torch.tensor([[10.0, 0.0], [0.0, 10.0], [-10.0, -10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(4, 2) for c in centers])  # 12 filters, 3 planted groups
+    clusters = kmeans_clusters(x, 3, seed=1)
+    assert sorted(map(tuple, clusters)) == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11)]
+    assert len(kmeans_clusters(x, 7)) == 7 and all(kmeans_clusters(x, 7))
+    with pytest.raises(ConfigError, match="k=13"):
+        kmeans_clusters(x, 13)
+
+
+def test_fpgm_ranking_differs_from_norm():
+    # 1-D filters -1, 2, 3, 4, 9: smallest norm is filter 0; the geometric median is filter 2
+    # (distance sums 22, 13, 12, 13, 28 by hand)
+    w = torch.tensor([[-1.0], [2.0], [3.0], [4.0], [9.0]])
+    torch.testing.assert_close(fpgm_scores(w), torch.tensor([22.0, 13.0, 12.0, 13.0, 28.0]))
+    assert lowest(fpgm_scores(w), 1).tolist() == [2]
+    assert lowest(filter_norms(w), 1).tolist() == [0]
+
+
+def test_global_keep_masks_counts_and_normalisation():
+    a, b = torch.tensor([10.0, 20.0, 30.0]), torch.tensor([0.1, 0.2, 0.3])
+    raw = global_keep_masks([a, b], 3)
+    assert raw[0].tolist() == [True, True, True] and raw[1].tolist() == [False, False, True]  # min_keep=1
+    norm = global_keep_masks([a, b], 4, normalize=True)
+    assert sum(int(m.sum()) for m in norm) == 4
+    assert norm[0].tolist() == norm[1].tolist() == [False, True, True]
+
+
+def test_conv_bn_pairs_follow_data_flow_not_declaration_order():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn_b, self.bn_a = nn.BatchNorm2d(4), nn.BatchNorm2d(3)
+            self.a, self.b = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.bn_b(self.b(torch.relu(self.bn_a(self.a(x)))))
+
+    net = Net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert conv_bn_pairs(net, torch.randn(2, 1, 8, 8)) == [("a", "bn_a"), ("b", "bn_b")]
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_channel_gates_fold_is_exact():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    net.eval()
+    x = torch.randn(3, 1, 8, 8)
+    gates = ChannelGates(net, ["1"])
+    with torch.no_grad():
+        gates.gates["1"].copy_(torch.tensor([0.0, 0.5, 2.0, 1.0]))
+    gated = net(x).detach()
+    keys = set(net.state_dict())
+    gates.fold_()
+    torch.testing.assert_close(net(x), gated)
+    assert set(net.state_dict()) == keys and net[1].weight[0] == 0 and net[1].bias[0] == 0
