@@ -1,0 +1,345 @@
+"""``sparsify_``: score weights, allocate a sparsity per layer, select by pattern, install the masks."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .._registry import unknown_name_message
+from ..errors import ConfigError
+from . import _engine
+from .criteria import get_weight_criterion
+from .patterns import Pattern, get_pattern, view2d
+
+__all__ = ["MaskReport", "sparsify_", "finalize_", "prunable_weights", "select_masks", "erk_densities",
+           "ALLOCATIONS", "mask_report"]
+
+ALLOCATIONS = ("uniform", "global", "erk")
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class MaskReport:
+    """What a mask operation did: per-parameter counts and the overall sparsity of the masked weights."""
+
+    op: str
+    layers: dict = field(default_factory=dict)  # param fqn -> {"numel", "pruned", "sparsity"}
+    criterion: str = ""
+    pattern: str = ""
+    allocation: str = ""
+    mode: str = ""
+
+    @property
+    def numel(self) -> int:
+        return sum(v["numel"] for v in self.layers.values())
+
+    @property
+    def pruned(self) -> int:
+        return sum(v["pruned"] for v in self.layers.values())
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict:
+        return {"op": self.op, "criterion": self.criterion, "pattern": self.pattern, "allocation": self.allocation,
+                "mode": self.mode, "numel": self.numel, "pruned": self.pruned, "sparsity": self.sparsity,
+                "layers": self.layers}
+
+    def __str__(self) -> str:
+        lines = [f"{self.op}: {self.pruned}/{self.numel} weights pruned (sparsity {self.sparsity:.4f})"
+                 + (f", criterion={self.criterion}, pattern={self.pattern}, allocation={self.allocation}"
+                    if self.criterion else "")]
+        width = max([len(k) for k in self.layers] + [3])
+        for fqn, v in self.layers.items():
+            lines.append(f"  {fqn:<{width}}  {v['pruned']:>9}/{v['numel']:<9}  {v['sparsity']:.4f}")
+        return "\n".join(lines)
+
+
+def _layer_entry(mask: torch.Tensor) -> dict:
+    numel = mask.numel()
+    pruned = numel - int(mask.sum())
+    return {"numel": numel, "pruned": pruned, "sparsity": pruned / numel if numel else 0.0}
+
+
+def mask_report(model: nn.Module, op: str = "masks") -> MaskReport:
+    """Counts of the masks now installed on ``model``."""
+    return MaskReport(op=op, layers={fqn: _layer_entry(m) for fqn, m in _engine.get_masks(model).items()})
+
+
+def _matches(key: str, module_fqn: str, param_fqn: str) -> bool:
+    if key.startswith("re:"):
+        return re.fullmatch(key[3:], module_fqn) is not None or re.fullmatch(key[3:], param_fqn) is not None
+    return key in (module_fqn, param_fqn)
+
+
+def _as_fqn(model: nn.Module, item) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, nn.Module):
+        for name, m in model.named_modules():
+            if m is item:
+                return name
+    raise ConfigError(f"ignore/overrides entries must be FQN strings ('re:' for regexes) or submodules of the "
+                      f"model, got {item!r}")
+
+
+def prunable_weights(model: nn.Module, ignore=(), exempt=()) -> dict[str, nn.Parameter]:
+    """``{param_fqn: weight}`` of Linear and Conv layers in module order, minus ``ignore`` and ``exempt``.
+
+    ``exempt`` may hold ``"first"`` and/or ``"last"``: keep the first / last prunable layer dense.
+    """
+    bad = [e for e in exempt if e not in ("first", "last")]
+    if bad:
+        raise ConfigError(f"exempt={tuple(exempt)!r}: valid entries are 'first' and 'last' (keep that layer dense)")
+    ignore = [_as_fqn(model, i) for i in ignore]
+    found = []
+    for module_fqn, module in model.named_modules():
+        if isinstance(module, _PRUNABLE) and isinstance(module.weight, nn.Parameter):
+            found.append((module_fqn, f"{module_fqn}.weight" if module_fqn else "weight", module.weight))
+    if "first" in exempt:
+        found = found[1:]
+    if "last" in exempt:
+        found = found[:-1]
+    out = {}
+    used = set()
+    for module_fqn, fqn, p in found:
+        hit = [k for k in ignore if _matches(k, module_fqn, fqn)]
+        used.update(hit)
+        if not hit:
+            out[fqn] = p
+    unused = [k for k in ignore if k not in used and not k.startswith("re:")]
+    if unused:
+        known = [m for m, _, _ in found]
+        raise ConfigError("; ".join(unknown_name_message("layer", k, known, "ignore") for k in unused) +
+                          ". Remove the entry or fix its FQN.")
+    return out
+
+
+def erk_densities(shapes: dict[str, tuple], density: float) -> dict[str, float]:
+    """Erdős–Rényi-Kernel densities: ``d_l ∝ sum(shape) / prod(shape)``, scaled so the kept-weight count
+    equals ``density`` of the total; layers that would exceed 1 are kept dense and the rest re-scaled."""
+    numel = {k: math.prod(s) for k, s in shapes.items()}
+    raw = {k: sum(s) / math.prod(s) for k, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        budget = density * sum(numel.values()) - sum(numel[k] for k in dense)
+        free = {k: raw[k] * numel[k] for k in shapes if k not in dense}
+        eps = budget / sum(free.values()) if free else 0.0
+        over = [k for k in free if eps * raw[k] > 1.0]
+        if not over:
+            return {k: 1.0 if k in dense else eps * raw[k] for k in shapes}
+        dense.update(over)
+
+
+def _layer_sparsities(params, sparsity, overrides, allocation, model) -> dict[str, float]:
+    out = {}
+    for fqn in params:
+        module_fqn = fqn.rpartition(".")[0]
+        s = sparsity
+        for key, value in overrides.items():
+            if _matches(key, module_fqn, fqn):
+                s = value
+        out[fqn] = s
+    if allocation == "erk":
+        free = {k: tuple(p.shape) for k, p in params.items() if out[k] == sparsity}
+        if free:
+            fixed_kept = sum((1 - out[k]) * params[k].numel() for k in params if k not in free)
+            total = sum(p.numel() for p in params.values())
+            free_numel = sum(params[k].numel() for k in free)
+            density = ((1 - sparsity) * total - fixed_kept) / free_numel
+            if not 0 <= density <= 1:
+                raise ConfigError(f"allocation='erk': the overrides leave no feasible density for the other "
+                                  f"layers (needed {density:.3f}); loosen overrides or sparsity={sparsity}")
+            for k, d in erk_densities(free, density).items():
+                out[k] = 1.0 - d
+    return out
+
+
+def _select_units(units, sizes, n_prune_weights: int) -> torch.Tensor:
+    """Keep flags: prune the lowest-scored units while the pruned weight count stays <= the budget."""
+    order = torch.sort(units, stable=True).indices
+    cum = torch.cumsum(sizes[order], 0)
+    n_units = int((cum <= n_prune_weights + 0.5).sum())
+    keep = torch.ones_like(units, dtype=torch.bool)
+    keep[order[:n_units]] = False
+    return keep
+
+
+def select_masks(scores: dict[str, torch.Tensor], pattern: Pattern, sparsities: dict[str, float] | None = None,
+                 *, global_sparsity: float | None = None) -> dict[str, torch.Tensor]:
+    """Masks from scores: per layer at ``sparsities[fqn]``, or one global ranking at ``global_sparsity``.
+
+    Unit scores are compared across layers as they are (magnitude and SNIP compare directly, as in the
+    papers); normalise the scores first when a criterion's scales differ by layer.
+    """
+    masks = {}
+    if pattern.fixed_sparsity is not None:
+        for fqn, s in scores.items():
+            masks[fqn] = pattern.select_fixed(view2d(s.float())).reshape(s.shape)
+        return masks
+    pooled = {fqn: pattern.units(view2d(s.float())) for fqn, s in scores.items()}
+    if global_sparsity is None:
+        for fqn, (u, sz) in pooled.items():
+            keep = _select_units(u, sz, round(sparsities[fqn] * scores[fqn].numel()))
+            masks[fqn] = pattern.expand(keep, view2d(scores[fqn]).shape).reshape(scores[fqn].shape)
+        return masks
+    names = list(pooled)
+    u = torch.cat([pooled[n][0].cpu() for n in names])
+    sz = torch.cat([pooled[n][1].cpu() for n in names])
+    total = sum(scores[n].numel() for n in names)
+    keep = _select_units(u, sz, round(global_sparsity * total))
+    start = 0
+    for n in names:
+        k = pooled[n][0].numel()
+        part = keep[start:start + k].to(scores[n].device)
+        masks[n] = pattern.expand(part, view2d(scores[n]).shape).reshape(scores[n].shape)
+        start += k
+    return masks
+
+
+def _check_sparsity(name: str, value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        return (f"{name}={value!r} must be a float in [0, 1) (the fraction of weights removed), e.g. 0.9")
+    return None
+
+
+def sparsify_(
+    model: nn.Module,
+    *,
+    sparsity: float | None = None,
+    criterion: str = "magnitude",
+    pattern: str = "element",
+    global_: bool = False,
+    calib=None,
+    ignore=(),
+    allocation: str | None = None,
+    overrides: dict | None = None,
+    exempt=(),
+    mode: str = "hard",
+    nested: bool = True,
+    loss_fn=None,
+    seed: int | None = 0,
+    scores: dict | None = None,
+) -> MaskReport:
+    """Mask the weights of Linear/Conv layers to ``sparsity`` and keep them masked; returns a report.
+
+    ``criterion`` names a weight criterion (``magnitude``, ``random``, ``snip``, ...; ``snip`` needs
+    ``calib``, an iterable of ``(inputs, targets)`` batches). ``pattern``: ``element``, ``row``, ``column``,
+    ``N:M``, ``block:RxC``. Allocation: ``uniform`` (default), ``global`` (``global_=True``) or ``erk``;
+    ``overrides={fqn or 're:regex': sparsity}`` sets single layers; ``exempt=("first", "last")`` keeps the
+    first/last layer dense; ``ignore`` skips layers. With ``nested`` (default) weights already masked stay
+    masked. ``mode`` is ``"hard"`` or ``"feedback"`` (see :func:`install_masks_`). ``scores`` bypasses the
+    criterion with precomputed ``{param_fqn: scores}``. Everything is validated first; on failure the
+    model is unchanged.
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> pk.sparsify_(m, sparsity=0.5).sparsity
+        0.5
+        >>> pk.sparsify_(m, pattern="2:4").layers["0.weight"]["pruned"]
+        32
+    """
+    problems = []
+    pat = None
+    try:
+        pat = get_pattern(pattern)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        crit = get_weight_criterion(criterion) if scores is None else None
+    except ConfigError as exc:
+        problems.append(str(exc))
+        crit = None
+    if allocation is None:
+        allocation = "global" if global_ else "uniform"
+    elif global_ and allocation != "global":
+        problems.append(f"global_=True contradicts allocation={allocation!r}; pass one of them")
+    if allocation not in ALLOCATIONS:
+        problems.append(unknown_name_message("allocation", allocation, ALLOCATIONS, "allocation"))
+    if mode not in _engine.MODES:
+        problems.append(unknown_name_message("mask mode", mode, _engine.MODES, "mode"))
+    overrides = {_as_fqn(model, k): v for k, v in (overrides or {}).items()}
+    if pat is not None and pat.fixed_sparsity is not None:
+        if sparsity is not None and abs(float(sparsity) - pat.fixed_sparsity) > 1e-9:
+            problems.append(f"sparsity={sparsity!r} conflicts with pattern={pattern!r}, whose sparsity is "
+                            f"{pat.fixed_sparsity:g}; omit sparsity or pass {pat.fixed_sparsity:g}")
+        if overrides:
+            problems.append(f"overrides={overrides!r} cannot apply to the fixed-sparsity pattern {pattern!r}")
+        if allocation != "uniform":
+            problems.append(f"allocation={allocation!r} cannot apply to the fixed-sparsity pattern {pattern!r}; "
+                            f"N:M keeps N of every M weights in every layer")
+        sparsity = pat.fixed_sparsity
+    elif sparsity is None:
+        problems.append("sparsity is required (a float in [0, 1), the fraction of weights removed), e.g. 0.9")
+    else:
+        problems.append(_check_sparsity("sparsity", sparsity))
+    for k, v in overrides.items():
+        problems.append(_check_sparsity(f"overrides[{k!r}]", v))
+    if allocation == "global" and overrides:
+        problems.append("overrides cannot be combined with global allocation; use allocation='uniform' or 'erk'")
+    if crit is not None and crit.needs_calib and calib is None:
+        problems.append(f"criterion={criterion!r} needs calib=[(inputs, targets), ...] batches to score weights")
+    params = {}
+    try:
+        params = prunable_weights(model, ignore, exempt)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    problems = [p for p in problems if p]
+    if not problems and not params:
+        problems.append("no prunable weights (Linear/Conv) left after ignore/exempt; check ignore=")
+    if pat is not None:
+        for fqn, p in params.items():
+            problems += [f"{fqn}: {msg}" for msg in pat.problems(tuple(view2d(p).shape))]
+    unused = [k for k in overrides if not k.startswith("re:") and not any(
+        _matches(k, f.rpartition(".")[0], f) for f in params)]
+    if unused:
+        problems += [unknown_name_message("layer", k, [f.rpartition(".")[0] for f in params], "overrides")
+                     for k in unused]
+    if problems:
+        raise ConfigError("sparsify_: " + "; ".join(p.rstrip(". ") for p in problems) + ". The model was not changed.")
+
+    sparsity = float(sparsity)
+    with _engine.transaction(model, params, "sparsify_"):
+        if scores is None:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            scores = crit.fn(model, params, calib=calib, loss_fn=loss_fn, generator=generator)
+        missing = [f for f in params if f not in scores]
+        if missing:
+            raise ConfigError(f"scores lack entries for {missing}; give a score tensor for every pruned weight")
+        scores = {f: scores[f].detach().float().clone() for f in params}
+        if nested:
+            old = _engine.get_masks(model)
+            for f in params:
+                if f in old:
+                    scores[f][~old[f]] = -float("inf")
+        if allocation == "global":
+            masks = select_masks(scores, pat, global_sparsity=sparsity)
+        else:
+            masks = select_masks(scores, pat, _layer_sparsities(params, sparsity, overrides, allocation, model))
+        _engine.install_masks_(model, masks, mode=mode)
+    return MaskReport(op="sparsify_", layers={f: _layer_entry(m) for f, m in masks.items()},
+                      criterion=criterion if crit is not None else "precomputed", pattern=pat.spec,
+                      allocation=allocation, mode=mode)
+
+
+def finalize_(model: nn.Module) -> MaskReport:
+    """Make the masks permanent: zero the pruned weights, remove every mask buffer and hook.
+
+    Afterwards the model is a plain PyTorch model; its ``state_dict()`` has exactly the dense keys and
+    loads with ``strict=True`` into the unmodified architecture.
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> m = torch.nn.Linear(4, 4)
+        >>> _ = pk.sparsify_(m, sparsity=0.75)
+        >>> pk.finalize_(m).sparsity, sorted(m.state_dict()), int((m.weight == 0).sum())
+        (0.75, ['bias', 'weight'], 12)
+    """
+    report = mask_report(model, "finalize_")
+    _engine.remove_masks_(model, apply=True)
+    return report
