@@ -83,6 +83,7 @@ class Recipe:
     seed: int = 0  # seeds data order, random criteria and training
     device: str = "cpu"  # cpu | cuda | mps
     data_dir: str | None = None  # where the data set files live (None = prunekit.data's default)
+    data_options: dict = field(default_factory=dict)  # extra prunekit.data.load options (e.g. synthetic sizes)
     out: str = "runs/default"  # output folder
     latency: bool = True  # measure CPU latency before/after (batch 1)
 
@@ -107,6 +108,8 @@ class Recipe:
             problems.append(f"lr={self.lr!r} must be a positive number")
         if not isinstance(self.options, dict):
             problems.append(f"options={self.options!r} must be a mapping of method option -> value")
+        if not isinstance(self.data_options, dict):
+            problems.append(f"data_options={self.data_options!r} must be a mapping of data option -> value")
         if not isinstance(self.ignore, tuple) or not all(isinstance(s, str) for s in self.ignore):
             problems.append(f"ignore={self.ignore!r} must be a list of module paths")
         if self.baseline is not None and not isinstance(self.baseline, str):
@@ -142,8 +145,9 @@ class Recipe:
             data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore)
         elif "ignore" in data:
             data["ignore"] = ()
-        if "options" in data and data["options"] is None:
-            data["options"] = {}
+        for key in ("options", "data_options"):
+            if key in data and data[key] is None:
+                data[key] = {}
         return cls(**data)
 
     @classmethod

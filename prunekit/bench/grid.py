@@ -1,0 +1,136 @@
+"""A benchmark grid: one protocol (model, data, budgets) and the methods × targets × seeds to run through it."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._registry import closest
+from ..errors import ConfigError
+from ..recipe import Recipe, parse_target
+
+GRID_TYPE = "prunekit.BenchGrid"
+GRID_VERSION = 1
+# the fields that define the protocol: a finished cell is reused only when all of them are unchanged
+_PROTOCOL = ("model", "data", "baseline", "prune_epochs", "finetune_epochs", "lr", "batch_size", "subset",
+             "calib_batches", "data_dir", "data_options", "ignore", "device", "options")
+
+
+@dataclass(frozen=True)
+class BenchGrid:
+    """methods × targets × seeds, each cell run through the same protocol (see :mod:`prunekit.bench`)."""
+
+    name: str = "grid"  # title of the results table
+    model: str = "resnet20"  # model spec
+    data: str = "fashion-mnist"  # data set name
+    baseline: str | None = "resnet20-fashion-mnist"  # trained baseline name or model file; None = untrained
+    methods: tuple[str, ...] = ("criterion:l1",)  # method ids, criterion:<name>, tp:<importance>, torch-prune:...
+    targets: tuple[str, ...] = ("macs=0.5",)  # macs=/params= fraction kept, sparsity= fraction removed
+    seeds: tuple[int, ...] = (0,)  # one cell per seed
+    prune_epochs: int = 1  # epochs training-time methods may use before the cut
+    finetune_epochs: int = 1  # epochs of fine-tuning after the cut (and BN recalibration)
+    lr: float = 0.01  # fine-tuning learning rate (SGD momentum 0.9, cosine)
+    batch_size: int = 128  # images per batch
+    subset: int | None = 10000  # training images (None = all); the test set is always complete
+    calib_batches: int = 8  # training batches for BN recalibration and data-driven criteria; 0 = skip
+    data_dir: str | None = None  # folder of the data set files
+    data_options: dict = field(default_factory=dict)  # extra prunekit.data.load options (synthetic sizes)
+    ignore: tuple[str, ...] = ()  # module paths never pruned
+    device: str = "cpu"  # cpu | cuda
+    latency: bool = True  # measure batch-1 latency of each pruned model
+    options: dict = field(default_factory=dict)  # {method: {option: value}} method-specific overrides
+    out: str = "benchmarks/results/grid"  # results prefix: <out>.json/.md/.png and the cells in <out>.cells/
+
+    def __post_init__(self):
+        for name in ("methods", "targets", "seeds", "ignore"):
+            value = getattr(self, name)
+            if isinstance(value, (list, str, int)):
+                value = (value,) if isinstance(value, (str, int)) else tuple(value)
+                object.__setattr__(self, name, value)
+        problems = []
+        if not self.methods:
+            problems.append("methods is empty: list at least one method")
+        if not self.targets:
+            problems.append("targets is empty: list at least one target such as macs=0.5")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
+            problems.append(f"seeds={list(self.seeds)!r} must be a non-empty list of integers >= 0")
+        if len(set(self.methods)) != len(self.methods):
+            problems.append(f"methods={list(self.methods)!r} has duplicates")
+        if problems:
+            raise ConfigError("invalid bench grid: " + "; ".join(problems))
+        for t in self.targets:
+            parse_target(t, argument="targets")
+        self.cell_recipe(self.methods[0], self.targets[0], self.seeds[0])  # validates the shared fields
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "grid") -> "BenchGrid":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of grid keys, got {type(data).__name__}")
+        data = dict(data)
+        kind, version = data.pop("type", GRID_TYPE), data.pop("version", GRID_VERSION)
+        if kind != GRID_TYPE or version != GRID_VERSION:
+            raise ConfigError(f"{source}: type={kind!r} version={version!r}; expected type {GRID_TYPE} version "
+                              f"{GRID_VERSION}")
+        valid = cls.fields()
+        bad = [k for k in data if k not in valid]
+        if bad:
+            parts = [f"unknown key {k!r}" + (f" (did you mean {closest(str(k), valid)!r}?)"
+                                             if closest(str(k), valid) else "") for k in bad]
+            raise ConfigError(f"{source}: " + "; ".join(parts) + f". Valid keys: {', '.join(valid)}")
+        for key in ("data_options", "options"):
+            if key in data and data[key] is None:
+                data[key] = {}
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path) -> "BenchGrid":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"grid={str(path)!r} does not exist; pass a grid YAML such as "
+                              f"benchmarks/recipes/filter_grid.yaml")
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"grid={str(path)!r} is not valid YAML: {exc}") from None
+        return cls.from_dict(data or {}, source=f"grid {str(path)!r}")
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        for key in ("methods", "targets", "seeds", "ignore"):
+            data[key] = list(data[key])
+        return {"type": GRID_TYPE, "version": GRID_VERSION, **data}
+
+    def protocol(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in _PROTOCOL}
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.protocol(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        """(method, target, seed) in run order: target, then seed, then method (so a cut-off grid is balanced)."""
+        return [(m, t, s) for t in self.targets for s in self.seeds for m in self.methods]
+
+    def cell_recipe(self, method: str, target: str, seed: int) -> Recipe:
+        """The run recipe of one cell (peer methods use it for the shared fields only)."""
+        return Recipe(model=self.model, data=self.data, baseline=self.baseline,
+                      method=method, target=target,
+                      options=dict(self.options.get(method, {})), ignore=tuple(self.ignore),
+                      prune_epochs=self.prune_epochs, finetune_epochs=self.finetune_epochs, lr=self.lr,
+                      batch_size=self.batch_size, subset=self.subset, calib_batches=self.calib_batches, seed=seed,
+                      device=self.device, data_dir=self.data_dir, data_options=dict(self.data_options),
+                      out=os.fspath(self.out), latency=self.latency)
+
+
+def cell_id(method: str, target: str, seed: int) -> str:
+    safe = lambda s: "".join(c if c.isalnum() or c in "-." else "_" for c in s)  # noqa: E731
+    return f"{safe(target)}__{safe(method)}__s{seed}"

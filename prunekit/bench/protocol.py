@@ -1,0 +1,208 @@
+"""The benchmark protocol and the resumable grid runner.
+
+Protocol of one cell (method, target, seed), identical for prunekit methods and peer tools:
+
+1. start from a fresh copy of the trained baseline; seed everything with the cell's seed;
+2. prune to the target (MACs/params fraction kept, or weight sparsity); evaluate → ``acc_pruned``;
+3. re-estimate BatchNorm statistics on ``calib_batches`` training batches (structured targets) → ``acc_recal``;
+4. fine-tune ``finetune_epochs`` epochs on the training subset (SGD, momentum 0.9, cosine lr) → ``acc_finetuned``;
+5. count params and MACs (``prunekit.measure``, one counter for every tool) and time batch-1 latency.
+
+Every accuracy is on the complete test split. Each finished cell is written atomically to
+``<out>.cells/<cell>.json`` together with the grid's protocol fingerprint; a rerun skips the cells whose
+file exists with the same fingerprint, so a grid cut off half-way continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..recipe import parse_target
+from . import peers
+from .grid import BenchGrid, cell_id
+
+log = logging.getLogger(__name__)
+
+
+def _nonzero(model: nn.Module) -> int:
+    return int(sum(int((p != 0).sum()) for p in model.parameters()))
+
+
+def check_grid(grid: BenchGrid) -> None:
+    """Validate every method × target pair before anything runs (all problems reported at once)."""
+    from .. import workflows as W
+
+    problems = []
+    W._check_data_name(grid.data)
+    W._check_model_name(grid.model)
+    for method in grid.methods:
+        for target in grid.targets:
+            try:
+                if peers.is_peer(method):
+                    peers.check_peer(method, target)
+                else:
+                    W._check_method(method, parse_target(target)[0])
+            except ConfigError as exc:
+                problems.append(f"[{method} @ {target}] {exc}")
+    if problems:
+        raise ConfigError("bench grid cannot run:\n  " + "\n  ".join(problems))
+
+
+class _Context:
+    """Baseline model and data bundles shared by the cells of one grid run (loaded lazily, once)."""
+
+    def __init__(self, grid: BenchGrid):
+        self.grid = grid
+        self._bundles: dict[int, object] = {}
+        self._baseline = None
+
+    def bundle(self, seed: int):
+        if seed not in self._bundles:
+            from .. import data
+
+            g = self.grid
+            self._bundles[seed] = data.load(g.data, batch_size=g.batch_size, subset=g.subset, data_dir=g.data_dir,
+                                            seed=seed, **g.data_options)
+        return self._bundles[seed]
+
+    def baseline(self) -> nn.Module:
+        if self._baseline is None:
+            from .. import models
+            from .. import workflows as W
+
+            g = self.grid
+            b = self.bundle(g.seeds[0])
+            if g.baseline is None:
+                torch.manual_seed(0)
+                self._baseline = models.create(g.model, num_classes=b.num_classes, in_channels=b.in_channels,
+                                               input_size=b.input_size)
+            else:
+                self._baseline = W._load_baseline(g.baseline)
+            self._baseline.eval()
+        return self._baseline
+
+
+def baseline_numbers(ctx: _Context, cache: Path) -> dict:
+    """Accuracy, params, MACs and latency of the unpruned baseline (cached next to the cells)."""
+    from .. import workflows as W
+
+    fp = ctx.grid.fingerprint()
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("fingerprint") == fp:
+            return data
+    model = copy.deepcopy(ctx.baseline())
+    b = ctx.bundle(ctx.grid.seeds[0])
+    x = W._example_inputs(b).to(ctx.grid.device)
+    model.to(ctx.grid.device)
+    nums = {"fingerprint": fp, "acc_base": W._evaluate(model, b.test, ctx.grid.device)["accuracy"],
+            **{f"{k}_base": v for k, v in W._measure(model, x, False).items()}}
+    if ctx.grid.latency:
+        nums["latency_base_ms"] = W._measure(model, x, True)["latency_ms"]
+    from ..report import write_json
+
+    write_json(nums, cache)
+    return nums
+
+
+def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, progress: bool = False) -> dict:
+    """Run one cell of the protocol and return its numbers (nothing is written here)."""
+    from .. import workflows as W
+    from ..train import fit
+
+    g = ctx.grid
+    t0 = time.perf_counter()
+    bundle = ctx.bundle(seed)
+    model = copy.deepcopy(ctx.baseline()).to(g.device).eval()
+    x = W._example_inputs(bundle).to(g.device)
+    kind, _ = parse_target(target)
+    torch.manual_seed(seed)
+    recipe = g.cell_recipe(method, target, seed)
+    callbacks, info, masked = [], {}, None
+    if method.startswith(peers.TP_PREFIX):
+        info = peers.tp_prune_(model, x, method, target, calib=bundle.calib(max(1, g.calib_batches)),
+                               num_classes=bundle.num_classes, ignore=tuple(g.ignore))
+    elif method.startswith(peers.TORCH_PRUNE_PREFIX):
+        masked = peers.torch_prune_(model, method, target)
+    else:
+        spec = W._check_method(method, kind)
+        callbacks, info = W._apply_pruning(model, x, recipe, spec, bundle, progress)
+        model = info.pop("model", model)
+    t_prune = time.perf_counter() - t0
+    cell = {"method": method, "target": target, "seed": seed,
+            "source": peers.peer_source(method) if peers.is_peer(method) else "prunekit"}
+    cell["acc_pruned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
+    cell["acc_recal"] = None
+    if g.calib_batches > 0 and kind != "sparsity":
+        W.recalibrate_bn(model, bundle.calib(g.calib_batches), g.device)
+        cell["acc_recal"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
+    if g.finetune_epochs > 0:
+        fit(model, bundle.train, W._train_config(recipe, g.finetune_epochs, progress), callbacks=callbacks)
+    if masked is not None:
+        peers.torch_prune_finalize(masked)
+    model.eval()
+    cell["acc_finetuned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
+    cell.update(W._measure(model, x, g.latency))
+    cell["nonzero_params"] = _nonzero(model)
+    cell.update({k: v for k, v in base.items() if k != "fingerprint"})
+    cell["info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    cell["time_prune_s"] = t_prune
+    cell["time_s"] = time.perf_counter() - t0
+    return cell
+
+
+def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, progress: bool = True,
+             limit: int | None = None, command: str | None = None) -> dict:
+    """Run every unfinished cell of ``grid`` (at most ``limit`` new ones), then write the aggregated report.
+
+    Returns ``{"done", "ran", "remaining", "json", "markdown", "pareto"}``.
+    """
+    from ..report import write_bench_report, write_json
+
+    check_grid(grid)
+    prefix = Path(out or grid.out)
+    cells_dir = prefix.parent / f"{prefix.name}.cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    fp = grid.fingerprint()
+    ctx = _Context(grid)
+    base = baseline_numbers(ctx, cells_dir / "baseline.json")
+    ran = 0
+    results = []
+    todo = grid.cells()
+    for i, (method, target, seed) in enumerate(todo):
+        path = cells_dir / f"{cell_id(method, target, seed)}.json"
+        if resume and path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("fingerprint") == fp:
+                results.append(data)
+                continue
+        if limit is not None and ran >= limit:
+            continue
+        log.info("cell %d/%d: %s %s seed %d", i + 1, len(todo), method, target, seed)
+        cell = run_cell(ctx, method, target, seed, base, progress=progress)
+        cell["fingerprint"] = fp
+        write_json(cell, path)
+        results.append(cell)
+        ran += 1
+    protocol = {"model": grid.model, "data": grid.data, "baseline": grid.baseline,
+                "training images": grid.subset or "all", "fine-tune epochs": grid.finetune_epochs,
+                "fine-tune lr": grid.lr, "batch size": grid.batch_size,
+                "BN recalibration batches": grid.calib_batches, "seeds": list(grid.seeds),
+                "test set": "complete", "device": grid.device}
+    made = write_bench_report(results, prefix, protocol=protocol, command=command,
+                              title=f"{grid.name}: {grid.model} on {grid.data}") if results else {}
+    if results:
+        write_json(grid.to_dict(), prefix.parent / f"{prefix.name}.grid.json")
+    return {"done": len(results), "ran": ran, "remaining": len(todo) - len(results),
+            **{k: str(v) for k, v in made.items()}}
+
+
+def load_grid(path) -> BenchGrid:
+    return BenchGrid.load(path)

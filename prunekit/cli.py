@@ -1,0 +1,264 @@
+"""The ``prunekit`` command. Parsing and printing only: each subcommand calls one verb of :mod:`prunekit.workflows`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from .errors import PrunekitError
+
+EXIT_ERROR = 2
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.replace("x", ",").split(",") if s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1,3,32,32") from None
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "all", "null") else int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunekit", description="Prune neural networks and measure what you get.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="the main job: prune a trained model, fine-tune, report (no flags: the default)",
+                       argument_default=argparse.SUPPRESS)
+    r.add_argument("--recipe", help="YAML/JSON recipe; flags override its keys")
+    r.add_argument("--model", help="model spec, e.g. resnet20, lenet5 (default resnet20)")
+    r.add_argument("--data", help="data set, e.g. fashion-mnist")
+    r.add_argument("--baseline", help="trained baseline name or model file; 'none' prunes an untrained model")
+    r.add_argument("--method", help="method id (see `prunekit methods`) or criterion:<name>, e.g. criterion:l2")
+    r.add_argument("--target", help="macs=0.5 / params=0.25 (fraction kept) or sparsity=0.9 (fraction removed)")
+    r.add_argument("--finetune-epochs", type=int)
+    r.add_argument("--prune-epochs", type=int, help="epochs a training-time method may use before the cut")
+    r.add_argument("--lr", type=float, help="fine-tuning learning rate")
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--subset", type=_optional_int, help="training images used ('all' for every image)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--out", help="output folder (default runs/default)")
+    r.add_argument("--device", help="cpu | cuda | mps")
+    r.add_argument("--calib-batches", type=int, help="batches for BN recalibration (0 = none)")
+    r.add_argument("--ignore", nargs="*", help="module paths never pruned, e.g. fc conv1")
+    r.add_argument("--data-dir", help="folder holding the data set files")
+    r.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    r.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option (repeatable); the value is parsed as YAML")
+
+    t = sub.add_parser("train", help="train a shipped baseline (e.g. resnet20-fashion-mnist)")
+    t.add_argument("--baseline", default="resnet20-fashion-mnist")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--out", help="where to write the baseline file")
+
+    e = sub.add_parser("eval", help="test accuracy, params, MACs and latency of a model")
+    e.add_argument("--model", required=True, help="model file, baseline name or model spec")
+    e.add_argument("--data", default="fashion-mnist")
+    e.add_argument("--data-dir")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default="cpu")
+
+    pr = sub.add_parser("prune", help="one-shot pruning of a saved model or spec, no data needed")
+    pr.add_argument("--model", required=True, help="model file, baseline name or model spec")
+    pr.add_argument("--target", required=True, help="macs=0.5 / params=0.5 / sparsity=0.9")
+    pr.add_argument("--criterion", default="l1")
+    pr.add_argument("--ignore", nargs="*", default=[])
+    pr.add_argument("--input-shape", type=_shape, help="example input shape, default 1,1,28,28")
+    pr.add_argument("--num-classes", type=int, default=10)
+    pr.add_argument("--out", required=True, help="output folder")
+
+    i = sub.add_parser("inspect", help="prunable groups and widths of a model")
+    i.add_argument("--model", required=True)
+    i.add_argument("--input-shape", type=_shape)
+    i.add_argument("--num-classes", type=int, default=10)
+    i.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="run or continue a benchmark grid (methods × targets × seeds)")
+    b.add_argument("grid", help="grid YAML, e.g. benchmarks/recipes/filter_grid.yaml")
+    b.add_argument("--out", help="results prefix (default: the grid's `out`)")
+    b.add_argument("--fresh", action="store_true", help="ignore finished cells and start over")
+    b.add_argument("--limit", type=int, help="run at most this many new cells, then write the report")
+
+    m = sub.add_parser("methods", help="the catalogue of papers and the status of each implementation")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--status", help="implemented | partial | not-meaningful | not-yet")
+
+    x = sub.add_parser("export", help="export a model to ONNX and check onnxruntime equivalence")
+    x.add_argument("--model", required=True)
+    x.add_argument("--onnx", required=True, help="output .onnx path")
+    x.add_argument("--input-shape", type=_shape)
+    x.add_argument("--opset", type=int, default=17)
+    return p
+
+
+def _console(min_width: int = 0):
+    from rich.console import Console
+
+    console = Console()
+    if min_width and console.width < min_width:
+        console = Console(width=min_width)
+    return console
+
+
+def _table(title, header, rows):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for h in header:
+        table.add_column(h, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    return table
+
+
+def _cmd_run(args) -> int:
+    from . import workflows as W
+    from .recipe import Recipe
+
+    given = {k.replace("-", "_"): v for k, v in vars(args).items()
+             if k not in ("command", "verbose", "recipe", "option", "no_latency")}
+    if getattr(args, "no_latency", False):
+        given["latency"] = False
+    if getattr(args, "option", None):
+        import yaml
+
+        options = {}
+        for item in args.option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                from .errors import ConfigError
+
+                raise ConfigError(f"--option {item!r} must be KEY=VALUE, e.g. --option criterion=l2")
+            options[key] = yaml.safe_load(value)
+        given["options"] = options
+    note = ""
+    if getattr(args, "recipe", None):
+        recipe = Recipe.load(args.recipe)
+    elif given:
+        recipe = Recipe()
+    else:
+        recipe = W.default_recipe()
+        if recipe.method != W.DEFAULT_METHOD:
+            note = (f"method {W.DEFAULT_METHOD!r} is not registered yet: the default ran the engine's plain l1 "
+                    f"filter criterion ({recipe.method})")
+    if isinstance(given.get("baseline"), str) and given["baseline"].lower() == "none":
+        recipe = dataclasses.replace(recipe, baseline=None)
+        del given["baseline"]
+    subset_all = "subset" in given and given["subset"] is None
+    recipe = recipe.override(**given)
+    if subset_all:
+        recipe = dataclasses.replace(recipe, subset=None)
+    report = W.run_job(recipe, note=note)
+    console = _console()
+    from .report import summary_rows
+
+    console.print(_table(f"prunekit run — {recipe.model} / {recipe.data} — {recipe.method} → {recipe.target}",
+                         ("", "before", "after", "change"), summary_rows(report)))
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"report: {report['out']}/report.md")
+    return 0
+
+
+def _cmd_methods(args) -> int:
+    from .workflows import methods_table
+
+    rows = methods_table(status=args.status)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    counts = {}
+    for row in methods_table():
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    title = f"{len(rows)} papers · " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    _console(150).print(_table(title, ("id", "title", "venue", "year", "type", "status", "left out"),
+                            [(r["id"], r["title"], r["venue"], r["year"], r["type"], r["status"], r["left_out"])
+                             for r in rows]))
+    return 0
+
+
+def _print_json(obj) -> int:
+    print(json.dumps(obj, indent=2, default=str))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .workflows import train_job
+
+    return _print_json(train_job(args.baseline, epochs=args.epochs, out=args.out))
+
+
+def _cmd_eval(args) -> int:
+    from .workflows import eval_job
+
+    return _print_json(eval_job(args.model, args.data, batch_size=args.batch_size, data_dir=args.data_dir,
+                                device=args.device))
+
+
+def _cmd_prune(args) -> int:
+    from .workflows import prune_job
+
+    rep = prune_job(args.model, args.target, args.out, criterion=args.criterion, ignore=tuple(args.ignore),
+                    input_shape=args.input_shape, num_classes=args.num_classes)
+    b, a = rep["before"], rep["after"]
+    _console().print(_table(f"prunekit prune — {args.model} → {args.target}", ("", "before", "after"),
+                            [("params", b["params"], a["params"]), ("MACs", b["macs"], a["macs"])]))
+    print(f"model: {rep['out']}/model.safetensors")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .workflows import inspect_job
+
+    rep = inspect_job(args.model, input_shape=args.input_shape, num_classes=args.num_classes)
+    if args.json:
+        return _print_json(rep)
+    console = _console()
+    console.print(_table(f"{args.model}: {rep['params']} params, {rep['macs']} MACs", ("layer", "width", "params"),
+                         [(k, v["width"], v["params"]) for k, v in rep["layers"].items()]))
+    console.print(rep["inspect"] if isinstance(rep["inspect"], str) else json.dumps(rep["inspect"], indent=2))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .workflows import bench_job
+
+    rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit)
+    print(f"{rep['done']} cells done, {rep['ran']} run now, {rep['remaining']} remaining; table: {rep['markdown']}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .workflows import export_onnx
+
+    return _print_json(export_onnx(args.model, args.onnx, input_shape=args.input_shape, opset=args.opset))
+
+
+_COMMANDS = {"run": _cmd_run, "train": _cmd_train, "eval": _cmd_eval, "prune": _cmd_prune, "inspect": _cmd_inspect,
+             "bench": _cmd_bench, "methods": _cmd_methods, "export": _cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    command = args.command or "run"
+    if args.command is None:
+        args = parser.parse_args(["run"])
+    try:
+        return _COMMANDS[command](args)
+    except PrunekitError as exc:
+        print(f"prunekit {command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"prunekit {command}: interrupted; no outputs were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

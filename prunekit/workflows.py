@@ -1,0 +1,534 @@
+"""The verbs behind the ``prunekit`` command: one function per subcommand, no printing.
+
+Each verb validates everything it can *before* it touches a model or a file, and writes its outputs into a
+hidden staging folder that is moved into place only when the job has succeeded, so a failed job leaves no
+files behind and never half-overwrites an earlier run.
+
+Example:
+    >>> rows = methods_table()
+    >>> len(rows), sorted(rows[0])[:3]
+    (93, ['id', 'kind', 'left_out'])
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._registry import closest
+from .errors import ConfigError
+from .recipe import Recipe, parse_target
+
+log = logging.getLogger(__name__)
+
+__all__ = ["methods_table", "default_recipe", "run_job", "train_job", "eval_job", "prune_job", "inspect_job",
+           "bench_job", "export_onnx", "layer_stats", "recalibrate_bn", "resolve_model", "METHOD_STATUSES"]
+
+METHOD_STATUSES = ("implemented", "partial", "not-meaningful", "not-yet")
+CRITERION_PREFIX = "criterion:"
+DEFAULT_METHOD = "l1-filter"
+DEFAULT_FALLBACK = "criterion:l1"
+
+
+# --- methods -----------------------------------------------------------------------------------------------
+def methods_table(status: str | None = None) -> list[dict]:
+    """One row per paper of the catalogue, in catalogue order, with the status of its implementation."""
+    from .methods import METHODS, catalog, load_all
+
+    if status is not None and status not in METHOD_STATUSES:
+        hint = closest(status, METHOD_STATUSES)
+        raise ConfigError(f"status={status!r} is not a method status"
+                          + (f"; did you mean {hint!r}?" if hint else "")
+                          + f" Choose one of: {', '.join(METHOD_STATUSES)}")
+    load_all()
+    rows = []
+    for pid, entry in catalog().items():
+        spec = METHODS.get(pid) if pid in METHODS else None
+        rows.append({
+            "id": pid, "title": entry.get("title", ""), "venue": entry.get("venue", ""),
+            "year": entry.get("year"), "type": entry.get("type", ""),
+            "status": spec.status if spec else "not-yet",
+            "kind": spec.kind if spec else "",
+            "left_out": spec.left_out if spec else "",
+            "link": entry.get("link", ""),
+        })
+    if status is not None:
+        rows = [r for r in rows if r["status"] == status]
+    return rows
+
+
+def default_recipe() -> Recipe:
+    """The embedded default of ``prunekit run``: shipped ResNet-20, half the MACs, brief fine-tune.
+
+    Uses the ``l1-filter`` method once it is registered and the engine's plain ``l1`` criterion until then
+    (the report says which ran).
+    """
+    from .methods import METHODS, load_all
+
+    load_all()
+    method = DEFAULT_METHOD if DEFAULT_METHOD in METHODS else DEFAULT_FALLBACK
+    return Recipe(method=method)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+@contextmanager
+def _staged_output(out: str | os.PathLike):
+    """Yield a staging folder that replaces ``out`` on success and is deleted on failure."""
+    out = Path(out)
+    stage = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_out_free(out: str | os.PathLike) -> None:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} is a file; pass a folder path for the outputs")
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return progress and os.environ.get("PRUNEKIT_PROGRESS", "1") != "0"
+
+
+def _check_data_name(name: str) -> None:
+    from . import data
+
+    names = getattr(data, "DATASETS", None)
+    if names is not None and name.split(":")[0] not in names:
+        from ._registry import unknown_name_message
+
+        raise ConfigError(unknown_name_message("data set", name, list(names), "data"))
+
+
+def _check_model_name(name: str) -> None:
+    if ":" in name or Path(name).exists():
+        return
+    from . import models
+
+    registry = getattr(models, "MODELS", None)
+    if registry is not None and name not in registry:
+        from ._registry import unknown_name_message
+
+        raise ConfigError(unknown_name_message("model", name, list(registry), "model"))
+
+
+def _check_method(method: str, target_kind: str) -> Any:
+    """Return the MethodSpec (or None for a bare criterion) after checking it can run on ``target_kind``."""
+    if method.startswith(CRITERION_PREFIX):
+        name = method[len(CRITERION_PREFIX):]
+        if target_kind == "sparsity":
+            return None
+        from .criteria import CRITERIA
+
+        CRITERIA.get(name, argument="method criterion")
+        return None
+    from .methods import get_method, load_all
+
+    load_all()
+    spec = get_method(method)
+    if spec.kind == "unstructured" and target_kind != "sparsity":
+        raise ConfigError(f"method={method!r} removes single weights: give target=sparsity=<fraction removed>, "
+                          f"not {target_kind}=...")
+    if spec.kind == "structured" and target_kind == "sparsity":
+        raise ConfigError(f"method={method!r} removes channels: give target=macs=<kept> or params=<kept>, "
+                          f"not sparsity=...")
+    return spec
+
+
+def _load_data(recipe: Recipe):
+    from . import data
+
+    return data.load(recipe.data, batch_size=recipe.batch_size, subset=recipe.subset, data_dir=recipe.data_dir,
+                     seed=recipe.seed, **recipe.data_options)
+
+
+def resolve_model(spec: str, *, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
+    """A model from a saved file (``pk.save`` output), a shipped baseline name, or a model spec."""
+    path = Path(spec)
+    if path.suffix in (".safetensors", ".json") or path.is_dir() or os.sep in spec:
+        if not path.exists():
+            raise ConfigError(f"model={spec!r}: no such file; pass a file written by `prunekit run`/`prune` "
+                              f"(model.safetensors) or a model name such as resnet20")
+        from . import io
+
+        return io.load(str(path))
+    from .train import baseline as baselines
+
+    names = getattr(baselines, "BASELINES", {})
+    if spec in names:
+        return _load_baseline(spec)
+    from . import models
+
+    return models.create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+
+
+def _load_baseline(name: str) -> nn.Module:
+    from .errors import CheckpointError
+    from .train import baseline as baselines
+
+    path = Path(name)
+    if path.exists() or os.sep in name or name.endswith(".safetensors"):
+        return resolve_model(name)
+    try:
+        loaded = baselines.load_baseline(name)
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise CheckpointError(
+            f"baseline={name!r} is not there yet ({exc}). Make it once with `prunekit train --baseline {name}` "
+            f"(a few minutes on a CPU), or pass --baseline none to prune an untrained model"
+        ) from None
+    return loaded[0] if isinstance(loaded, tuple) else loaded
+
+
+def _example_inputs(bundle, n: int = 1) -> torch.Tensor:
+    x, _ = next(iter(bundle.test))
+    return x[:n].clone()
+
+
+def _measure(model: nn.Module, x: torch.Tensor, latency: bool) -> dict:
+    from . import measure
+
+    m = measure.measure(model, x)
+    out = {"params": int(m.params), "macs": int(m.macs)}
+    if latency:
+        lat = measure.latency(model, x)
+        out["latency_ms"] = float(getattr(lat, "median_ms", lat))
+    return out
+
+
+def layer_stats(model: nn.Module) -> dict:
+    """``{fqn: {width, params, sparsity}}`` for every conv and linear layer (width = output channels)."""
+    stats = {}
+    for fqn, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            w = mod.weight.detach()
+            width = mod.out_channels if isinstance(mod, nn.modules.conv._ConvNd) else mod.out_features
+            stats[fqn] = {"width": int(width), "params": int(w.numel()),
+                          "sparsity": float((w == 0).sum().item() / max(1, w.numel()))}
+    return stats
+
+
+def _per_layer(before: dict, after: dict) -> dict:
+    rows = {}
+    for fqn, b in before.items():
+        a = after.get(fqn, {"width": 0, "params": 0, "sparsity": 1.0})
+        rows[fqn] = {"width_before": b["width"], "width_after": a["width"], "params_before": b["params"],
+                     "params_after": a["params"], "sparsity": a["sparsity"]}
+    return rows
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, device: str = "cpu") -> int:
+    """Re-estimate every BatchNorm's running mean/var on ``batches`` (cumulative average); returns #batches.
+
+    Pruning changes the statistics a BN layer sees; recomputing them on a few training batches recovers much
+    of the accuracy lost right after the cut, with no gradient step.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+    model.train()
+    n = 0
+    for x, _ in batches:
+        model(x.to(device))
+        n += 1
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+    model.train(was_training)
+    return n
+
+
+def _evaluate(model, data, device) -> dict:
+    from .train import evaluate
+
+    return evaluate(model, data, device=device)
+
+
+def _train_config(recipe: Recipe, epochs: int, progress: bool, lr: float | None = None):
+    from .train import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=recipe.lr if lr is None else lr, seed=recipe.seed, device=recipe.device,
+                       progress=_progress_enabled(progress))
+
+
+def _history(result) -> list[dict]:
+    hist = getattr(result, "history", result)
+    if isinstance(hist, dict):  # {"loss": [...], "val_accuracy": [...]} -> rows
+        keys = [k for k, v in hist.items() if isinstance(v, list)]
+        n = max((len(hist[k]) for k in keys), default=0)
+        return [{"epoch": i, **{k: hist[k][i] for k in keys if i < len(hist[k])}} for i in range(n)]
+    rename = {"train_loss": "loss", "train_acc": "accuracy", "train_accuracy": "accuracy"}
+    return [{rename.get(k, k): v for k, v in dict(h).items()} for h in hist] if isinstance(hist, list) else []
+
+
+def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tuple[list, dict]:
+    """Prune ``model`` in place as the recipe says; returns (fine-tune callbacks, method info)."""
+    import prunekit as pk
+
+    kind, value = parse_target(recipe.target)
+    if spec is None:
+        name = recipe.method[len(CRITERION_PREFIX):]
+        if kind == "sparsity":
+            rep = pk.sparsify_(model, sparsity=value, criterion=name, ignore=tuple(recipe.ignore))
+        else:
+            rep = pk.prune_(model, example_inputs=x, target=recipe.target, criterion=name,
+                            ignore=list(recipe.ignore))
+        return [], {"engine_report": _plain(rep)}
+    from .methods import RunContext
+
+    ctx = RunContext(model=model, example_inputs=x, target=recipe.target, train_data=bundle.train,
+                     val_data=bundle.val, calib=bundle.calib(max(1, recipe.calib_batches)),
+                     ignore=tuple(recipe.ignore), prune_epochs=recipe.prune_epochs,
+                     train_config=_train_config(recipe, recipe.prune_epochs, progress), device=recipe.device,
+                     seed=recipe.seed, options=spec.options(recipe.options))
+    result = spec.run(ctx)
+    if result.model is not model:
+        model = result.model
+    return list(result.callbacks), {"model": result.model, **dict(result.info)}
+
+
+def _plain(obj):
+    """A JSON-friendly view of an engine report."""
+    for attr in ("to_dict", "as_dict"):
+        if hasattr(obj, attr):
+            try:
+                return getattr(obj, attr)()
+            except Exception:  # noqa: BLE001 - a report we cannot serialise is summarised below
+                break
+    return str(obj)[:2000]
+
+
+# --- run ---------------------------------------------------------------------------------------------------
+def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
+    """The main job: baseline → prune to the target → BN recalibration → fine-tune → evaluate → report.
+
+    Writes ``report.json``, ``report.md``, plots, ``recipe.yaml`` and ``model.safetensors`` (``pk.save``) into
+    ``recipe.out`` and returns the report dict (with ``out`` added).
+    """
+    import prunekit as pk
+
+    t_start = time.perf_counter()
+    kind, _ = parse_target(recipe.target)
+    _check_out_free(recipe.out)
+    _check_data_name(recipe.data)
+    _check_model_name(recipe.model)
+    spec = _check_method(recipe.method, kind)
+    if recipe.baseline is not None and recipe.baseline != "none":
+        baseline_path = Path(recipe.baseline)
+        if (os.sep in recipe.baseline or recipe.baseline.endswith(".safetensors")) and not baseline_path.exists():
+            raise ConfigError(f"baseline={recipe.baseline!r}: no such file; pass a baseline name "
+                              f"(resnet20-fashion-mnist), a model file, or none")
+    torch.manual_seed(recipe.seed)
+    bundle = _load_data(recipe)
+    timings = {}
+    t = time.perf_counter()
+    if recipe.baseline is None or recipe.baseline == "none":
+        model = pk.models.create(recipe.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                                 input_size=bundle.input_size)
+    else:
+        model = _load_baseline(recipe.baseline)
+    model = model.to(recipe.device).eval()
+    x = _example_inputs(bundle).to(recipe.device)
+    timings["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    before = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, recipe.latency)}
+    layers_before = layer_stats(model)
+    timings["evaluate before"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    callbacks, info = _apply_pruning(model, x, recipe, spec, bundle, progress)
+    model = info.pop("model", model)
+    timings["prune"] = time.perf_counter() - t
+    stages = {"baseline": before["accuracy"]}
+    stages["after prune"] = _evaluate(model, bundle.test, recipe.device)["accuracy"]
+    if recipe.calib_batches > 0 and kind != "sparsity":
+        recalibrate_bn(model, bundle.calib(recipe.calib_batches), recipe.device)
+        stages["after BN recalibration"] = _evaluate(model, bundle.test, recipe.device)["accuracy"]
+
+    t = time.perf_counter()
+    history = []
+    if recipe.finetune_epochs > 0:
+        from .train import fit
+
+        result = fit(model, bundle.train, _train_config(recipe, recipe.finetune_epochs, progress),
+                     callbacks=callbacks, val_data=bundle.val)
+        history = _history(result)
+    timings["fine-tune"] = time.perf_counter() - t
+    model.eval()
+    after = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, recipe.latency)}
+    stages["after fine-tune"] = after["accuracy"]
+    timings["total"] = time.perf_counter() - t_start
+
+    method = {"id": recipe.method, "via": "criterion" if spec is None else "method",
+              "status": None if spec is None else spec.status, "info": info}
+    if note:
+        method["note"] = note
+    report = {"type": "prunekit.RunReport", "version": 1, "recipe": recipe.to_dict(), "method": method,
+              "before": before, "after": after, "stages": stages,
+              "ratios": {"params_kept": after["params"] / before["params"], "macs_kept": after["macs"] / before["macs"]},
+              "per_layer": _per_layer(layers_before, layer_stats(model)), "history": history, "timings": timings}
+    from .report import write_run_report
+
+    with _staged_output(recipe.out) as stage:
+        pk.save(model, str(stage / "model.safetensors"))
+        recipe.save(stage / "recipe.yaml")
+        write_run_report({**report, "files": {"model": "model.safetensors", "recipe": "recipe.yaml"}}, stage)
+    return {**report, "out": str(recipe.out)}
+
+
+# --- train / eval ------------------------------------------------------------------------------------------
+def train_job(name: str = "resnet20-fashion-mnist", *, epochs: int | None = None, out: str | None = None,
+              progress: bool = True, **kwargs) -> dict:
+    """Train (or re-train) a shipped baseline with :func:`prunekit.train.baseline.train_baseline`."""
+    from .train import baseline as baselines
+
+    names = getattr(baselines, "BASELINES", None)
+    if names is not None and name not in names:
+        from ._registry import unknown_name_message
+
+        raise ConfigError(unknown_name_message("baseline", name, list(names), "baseline"))
+    args = {k: v for k, v in {"epochs": epochs, "out": out, **kwargs}.items() if v is not None}
+    result = baselines.train_baseline(name, **args)
+    if isinstance(result, dict):
+        return result
+    return {"baseline": name, "result": _plain(result)}
+
+
+def eval_job(model: str, data: str = "fashion-mnist", *, batch_size: int = 256, data_dir: str | None = None,
+             device: str = "cpu", subset: int | None = None, latency: bool = True) -> dict:
+    """Test accuracy, params, MACs and latency of a saved model, a baseline or a model spec."""
+    from . import data as pk_data
+
+    _check_data_name(data)
+    bundle = pk_data.load(data, batch_size=batch_size, subset=subset, data_dir=data_dir)
+    net = resolve_model(model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                        input_size=bundle.input_size).to(device).eval()
+    x = _example_inputs(bundle).to(device)
+    return {"model": model, "data": data, **_evaluate(net, bundle.test, device), **_measure(net, x, latency)}
+
+
+# --- prune / inspect ---------------------------------------------------------------------------------------
+def _example_for(model_spec: str, input_shape: tuple[int, ...] | None) -> torch.Tensor:
+    shape = tuple(input_shape) if input_shape else (1, 1, 28, 28)
+    if len(shape) < 2 or any(int(s) < 1 for s in shape):
+        raise ConfigError(f"input_shape={shape!r} must be a batch shape like 1,3,32,32")
+    return torch.randn(*shape)
+
+
+def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignore: tuple[str, ...] = (),
+              input_shape: tuple[int, ...] | None = None, num_classes: int = 10) -> dict:
+    """One-shot pruning of a saved model or a spec (no data needed): structural (macs=/params=) or masks (sparsity=).
+
+    Writes ``model.safetensors`` and ``report.json`` into ``out``.
+    """
+    import prunekit as pk
+    from .report import write_json
+
+    kind, value = parse_target(target)
+    _check_out_free(out)
+    x = _example_for(model, input_shape)
+    if kind != "sparsity":
+        from .criteria import CRITERIA
+
+        CRITERIA.get(criterion, argument="criterion")
+    _check_model_name(model)
+    net = resolve_model(model, num_classes=num_classes, in_channels=x.shape[1],
+                        input_size=x.shape[-1]).eval()
+    before = {**_measure(net, x, False), "layers": layer_stats(net)}
+    if kind == "sparsity":
+        rep = pk.sparsify_(net, sparsity=value, criterion=criterion, ignore=tuple(ignore))
+        pk.finalize_(net)
+    else:
+        rep = pk.prune_(net, example_inputs=x, target=target, criterion=criterion, ignore=list(ignore))
+    after = {**_measure(net, x, False), "layers": layer_stats(net)}
+    report = {"type": "prunekit.PruneReport", "version": 1, "model": model, "target": target,
+              "criterion": criterion, "ignore": list(ignore), "input_shape": list(x.shape),
+              "before": {k: v for k, v in before.items() if k != "layers"},
+              "after": {k: v for k, v in after.items() if k != "layers"},
+              "per_layer": _per_layer(before["layers"], after["layers"]), "engine_report": _plain(rep)}
+    with _staged_output(out) as stage:
+        pk.save(net, str(stage / "model.safetensors"))
+        write_json(report, stage / "report.json")
+    return {**report, "out": str(out)}
+
+
+def inspect_job(model: str, *, input_shape: tuple[int, ...] | None = None, num_classes: int = 10) -> dict:
+    """Prunable groups and layer widths of a model (nothing is changed)."""
+    import prunekit as pk
+
+    x = _example_for(model, input_shape)
+    _check_model_name(model)
+    net = resolve_model(model, num_classes=num_classes, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
+    text = pk.inspect(net, x)
+    return {"model": model, "input_shape": list(x.shape), **_measure(net, x, False), "layers": layer_stats(net),
+            "inspect": text if isinstance(text, (str, dict, list)) else str(text)}
+
+
+# --- bench / export ----------------------------------------------------------------------------------------
+def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progress: bool = True,
+              limit: int | None = None) -> dict:
+    """Run (or continue) a benchmark grid described by a YAML file; see :mod:`prunekit.bench`."""
+    from .bench import load_grid, run_grid
+
+    spec = load_grid(grid)
+    return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit)
+
+
+def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = None, opset: int = 17,
+                atol: float = 1e-4) -> dict:
+    """Export a model to ONNX and check onnxruntime gives the same outputs (max abs diff <= ``atol``)."""
+    import numpy as np
+
+    x = _example_for(model, input_shape)
+    out_path = Path(out)
+    if out_path.suffix != ".onnx":
+        raise ConfigError(f"out={out!r} must end in .onnx, e.g. --out model.onnx")
+    _check_model_name(model)
+    net = resolve_model(model, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
+    import onnxruntime as ort
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["output"], opset_version=opset,
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        probe = torch.randn(3, *x.shape[1:])
+        with torch.no_grad():
+            ref = net(probe).numpy()
+        got = sess.run(None, {"input": probe.numpy()})[0]
+        diff = float(np.abs(ref - got).max())
+        if diff > atol:
+            raise ConfigError(f"onnxruntime output differs from torch by {diff:.2e} > atol={atol}; "
+                              f"the export is not faithful, nothing was written")
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"model": model, "onnx": str(out_path), "max_abs_diff": diff, "opset": opset,
+            "bytes": out_path.stat().st_size}
