@@ -8,6 +8,9 @@ buffers, and never appears in ``state_dict()``. Three hooks per masked module ke
   Adam's state from before pruning) can make a pruned weight take part in a forward;
 * in ``"hard"`` mode, a gradient hook on each masked parameter zeroes the pruned gradient entries, so the
   optimizer state for pruned weights is never fed and the stored weights stay exactly zero after a step;
+* a global optimizer step post-hook (``torch.optim.optimizer.register_optimizer_step_post_hook``, so it
+  covers optimizers prunekit never sees) re-applies the masks of the parameters an optimizer just stepped
+  and, in hard mode, zeroes their optimizer state (momentum, Adam moments) at pruned entries;
 * a state-dict pre-hook re-applies the mask before ``state_dict()`` (a step after the last forward must not
   leak into a checkpoint) and a load post-hook re-applies it after ``load_state_dict()`` (rewinding).
 
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 MASK_PREFIX = "_pk_mask_"
 DORMANT_PREFIX = "_pk_dormant_"
 MODES = ("hard", "feedback")
+
+_MASKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # modules holding masks (for the step hook)
+_STEP_HOOK = None
 
 
 def _split(fqn: str) -> tuple[str, str]:
@@ -89,6 +95,7 @@ class _MaskHook:
         self._grad = {}
 
     def __call__(self, module: nn.Module, args):
+        _MASKED.add(module)  # a deep copy registers itself on its first forward
         with torch.no_grad():
             for name, mode in self.modes.items():
                 _sync(module, name, mode)
@@ -134,6 +141,38 @@ class _LoadHook:
                 if mode == "feedback":
                     getattr(module, DORMANT_PREFIX + name).zero_()
                 _sync(module, name, mode)
+
+
+@torch.no_grad()
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    """Global step post-hook: re-mask the stepped parameters; clear hard-masked entries of their state."""
+    if not _MASKED:
+        return
+    stepped = None
+    for module in list(_MASKED):
+        hook = _find_hook(module)
+        if hook is None:
+            continue
+        for name, mode in hook.modes.items():
+            param = getattr(module, name)
+            if stepped is None:
+                stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            if id(param) not in stepped:
+                continue
+            _sync(module, name, mode)
+            if mode == "hard":
+                mask = getattr(module, MASK_PREFIX + name)
+                for value in optimizer.state.get(param, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        value.mul_(mask)
+
+
+def _ensure_step_hook() -> None:
+    global _STEP_HOOK
+    if _STEP_HOOK is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _STEP_HOOK = register_optimizer_step_post_hook(_after_optimizer_step)
 
 
 def _find_hook(module: nn.Module) -> _MaskHook | None:
@@ -250,6 +289,8 @@ def _install_one(module: nn.Module, name: str, mask: torch.Tensor, mode: str, ap
     mask = mask.to(device=param.device, dtype=torch.bool).clone()
     hook = _find_hook(module)
     old_mode = hook.modes.get(name) if hook is not None else None
+    _ensure_step_hook()
+    _MASKED.add(module)
     if hook is None:
         hook = _MaskHook({})
         module.register_forward_pre_hook(hook)

@@ -47,20 +47,23 @@ def test_pruned_weights_stay_exactly_zero_in_a_plain_loop_with_any_optimizer(mak
     assert all(int((model.get_parameter(k)[m] != 0).sum()) == int(m.sum()) for k, m in masks.items())
 
 
-def test_resurrection_by_stale_momentum_is_undone_before_the_next_forward():
+def test_stale_momentum_is_cleared_and_direct_edits_are_undone_before_the_next_forward():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     for _ in range(3):
         opt.zero_grad(); model(torch.randn(4, 12)).sum().backward(); opt.step()
     pk.sparsify_(model, sparsity=0.5)
     mask = get_masks(model)["0.weight"].clone()
+    assert float(opt.state[model[0].weight]["momentum_buffer"][~mask].abs().sum()) > 0  # stale momentum
     opt.zero_grad(); model(torch.randn(4, 12)).sum().backward(); opt.step()
-    # stale momentum moved pruned weights after the step ...
-    assert int((model[0].weight.detach()[~mask] != 0).sum()) > 0
+    # the global step hook re-masks the stepped weights and clears their momentum at pruned entries
+    assert int((model[0].weight.detach()[~mask] != 0).sum()) == 0
+    assert float(opt.state[model[0].weight]["momentum_buffer"][~mask].abs().sum()) == 0
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # an edit no hook sees ...
     x = torch.randn(5, 12)
     ref = nn.functional.linear(x, model[0].weight.detach() * mask, model[0].bias.detach())
-    # ... but the pre-hook zeroes them before they are used
-    torch.testing.assert_close(model[0](x), ref)
+    torch.testing.assert_close(model[0](x), ref)  # ... is undone by the forward pre-hook
     assert int((model[0].weight.detach()[~mask] != 0).sum()) == 0
 
 
