@@ -119,7 +119,7 @@ class DataBundle:
 
     ``train`` shuffles and augments; ``val`` (``None`` when ``val_fraction=0``) and ``test`` do neither.
     ``input_size`` is an int for square images (a ``(height, width)`` tuple otherwise; the sequence length
-    for token data). ``in_channels`` is 0 for token data.
+    for token data). For token data ``in_channels`` is 1 and ``num_classes`` the vocabulary size.
     """
 
     name: str
@@ -246,7 +246,7 @@ def load(
            if n_val else None)
     test = TensorLoader(test_x, test_y, batch_size=ebs, normalize=normalize)
     if tokens:
-        in_channels, input_size = 0, int(train_x.shape[1])
+        in_channels, input_size = 1, int(train_x.shape[1])
     else:
         in_channels, h, w = (int(s) for s in train_x.shape[1:])
         input_size = h if h == w else (h, w)

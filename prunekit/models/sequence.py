@@ -127,9 +127,11 @@ def lstm(*, num_classes, in_channels, input_size, hidden_size: int = 128, num_la
 
 
 @register_model("gpt-tiny")
-def gpt_tiny(*, num_classes, in_channels, input_size, vocab_size: int = 256, context_length: int = 64,
-             n_layer: int = 2, n_head: int = 4, d_model: int = 64, mlp_ratio: int = 4, dropout: float = 0.0,
-             tie_weights: bool = False):
-    """``num_classes``/``in_channels``/``input_size`` do not apply to a language model: use ``vocab_size``
-    and ``context_length``."""
-    return GPT(vocab_size, context_length, n_layer, n_head, d_model, mlp_ratio, dropout, tie_weights)
+def gpt_tiny(*, num_classes, in_channels, input_size, vocab_size: int | None = None,
+             context_length: int | None = None, n_layer: int = 2, n_head: int = 4, d_model: int = 64,
+             mlp_ratio: int = 4, dropout: float = 0.0, tie_weights: bool = False):
+    """``vocab_size`` defaults to ``num_classes`` (the classes of next-token prediction) and
+    ``context_length`` to ``input_size`` (the sequence length), so a ``synthetic-text`` bundle's
+    ``num_classes``/``input_size`` build a matching model; ``in_channels`` does not apply."""
+    return GPT(vocab_size or num_classes, context_length or input_size, n_layer, n_head, d_model, mlp_ratio,
+               dropout, tie_weights)

@@ -57,7 +57,7 @@ def test_val_and_train_are_disjoint_and_subset_applies():
 def test_synthetic_text_is_next_token_data():
     b = pk.data.load("synthetic-text", vocab_size=16, seq_len=12, n_train=32, n_test=20, batch_size=8)
     x, y = next(iter(b.test))
-    assert (b.num_classes, b.in_channels, b.input_size) == (16, 0, 12)
+    assert (b.num_classes, b.in_channels, b.input_size) == (16, 1, 12)
     assert x.dtype == torch.long and x.shape == y.shape == (20, 12)
     assert 0 <= int(x.min()) and int(x.max()) < 16
     assert torch.equal(x[:, 1:], y[:, :-1])

@@ -124,3 +124,13 @@ def test_gpt_tiny_is_causal_with_separate_projections():
     assert not torch.allclose(m(x2)[:, 10:], y[:, 10:])
     tied = pk.models.create("gpt-tiny", tie_weights=True)
     assert tied.lm_head.weight is tied.tok_emb.weight
+
+
+def test_gpt_tiny_fits_a_text_bundle():
+    b = pk.data.load("synthetic-text", vocab_size=20, seq_len=10, n_train=16, n_test=8)
+    m = pk.models.create("gpt-tiny", num_classes=b.num_classes, in_channels=b.in_channels, input_size=b.input_size)
+    assert (m.tok_emb.num_embeddings, m.context_length) == (20, 10)
+    x, y = next(iter(b.test))
+    logits = m(x)
+    assert logits.shape == (8, 10, 20)
+    assert torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item() > 0
