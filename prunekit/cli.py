@@ -51,10 +51,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option (repeatable); the value is parsed as YAML")
 
-    t = sub.add_parser("train", help="train a shipped baseline (e.g. resnet20-fashion-mnist)")
-    t.add_argument("--baseline", default="resnet20-fashion-mnist")
+    t = sub.add_parser("train", help="train a dense baseline (written to baselines/<model>-<data>.safetensors)")
+    t.add_argument("--model", default="resnet20")
+    t.add_argument("--data", default="fashion-mnist")
     t.add_argument("--epochs", type=int)
-    t.add_argument("--out", help="where to write the baseline file")
+    t.add_argument("--out", help="baseline file (.safetensors); default baselines/<model>-<data>.safetensors")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--optimizer")
+    t.add_argument("--scheduler")
+    t.add_argument("--label-smoothing", type=float)
+    t.add_argument("--augment")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--subset", type=_optional_int)
+    t.add_argument("--data-dir")
+    t.add_argument("--device")
+    t.add_argument("--checkpoint-dir", help="makes training resumable: rerun the same command after a kill")
 
     e = sub.add_parser("eval", help="test accuracy, params, MACs and latency of a model")
     e.add_argument("--model", required=True, help="model file, baseline name or model spec")
@@ -190,7 +203,11 @@ def _print_json(obj) -> int:
 def _cmd_train(args) -> int:
     from .workflows import train_job
 
-    return _print_json(train_job(args.baseline, epochs=args.epochs, out=args.out))
+    opts = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "model", "data")}
+    rec = train_job(args.model, args.data, **opts)
+    print(f"baseline {rec['model']}-{rec['data']}: test accuracy {100 * rec['test_accuracy']:.2f}% "
+          f"({rec['params']} params); reproduce with: {rec['command']}")
+    return 0
 
 
 def _cmd_eval(args) -> int:

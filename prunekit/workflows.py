@@ -142,9 +142,14 @@ def _check_method(method: str, target_kind: str) -> Any:
 
         CRITERIA.get(name, argument="method criterion")
         return None
-    from .methods import get_method, load_all
+    from .methods import catalog, get_method, load_all
 
     load_all()
+    if method not in catalog():
+        from ._registry import unknown_name_message
+
+        raise ConfigError(unknown_name_message("method", method, list(catalog()), "method")
+                          + "; or criterion:<name> for a bare engine criterion (see `prunekit methods`)")
     spec = get_method(method)
     if spec.kind == "unstructured" and target_kind != "sparsity":
         raise ConfigError(f"method={method!r} removes single weights: give target=sparsity=<fraction removed>, "
@@ -162,41 +167,55 @@ def _load_data(recipe: Recipe):
                      seed=recipe.seed, **recipe.data_options)
 
 
+def _is_path(spec: str) -> bool:
+    return spec.endswith((".safetensors", ".json", ".pt")) or os.sep in spec or Path(spec).is_dir()
+
+
 def resolve_model(spec: str, *, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
-    """A model from a saved file (``pk.save`` output), a shipped baseline name, or a model spec."""
-    path = Path(spec)
-    if path.suffix in (".safetensors", ".json") or path.is_dir() or os.sep in spec:
+    """A model from a file written by ``prunekit run``/``prune`` (``pk.save``), a baseline, or a model spec."""
+    from .train import baseline as baselines
+
+    if _is_path(spec):
+        path = Path(spec)
         if not path.exists():
-            raise ConfigError(f"model={spec!r}: no such file; pass a file written by `prunekit run`/`prune` "
-                              f"(model.safetensors) or a model name such as resnet20")
+            raise ConfigError(f"model={spec!r}: no such file; pass a model file written by `prunekit run`/`prune` "
+                              f"(model.safetensors), a baseline name (see baselines/) or a model name such as "
+                              f"resnet20")
+        if path.with_suffix(".json").is_file() and _is_baseline_record(path.with_suffix(".json")):
+            return baselines.load_baseline(str(path))
         from . import io
 
         return io.load(str(path))
-    from .train import baseline as baselines
-
-    names = getattr(baselines, "BASELINES", {})
-    if spec in names:
-        return _load_baseline(spec)
+    if spec in baselines.list_baselines():
+        return baselines.load_baseline(spec)
     from . import models
 
     return models.create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
 
 
+def _is_baseline_record(path: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("type") == "prunekit.baseline"
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def _load_baseline(name: str) -> nn.Module:
-    from .errors import CheckpointError
+    """The trained baseline ``name`` (shipped name or file); a clear error says how to make a missing one."""
     from .train import baseline as baselines
 
-    path = Path(name)
-    if path.exists() or os.sep in name or name.endswith(".safetensors"):
+    if _is_path(name) and Path(name).exists() and not _is_baseline_record(Path(name).with_suffix(".json")):
         return resolve_model(name)
     try:
-        loaded = baselines.load_baseline(name)
-    except (FileNotFoundError, CheckpointError) as exc:
-        raise CheckpointError(
-            f"baseline={name!r} is not there yet ({exc}). Make it once with `prunekit train --baseline {name}` "
-            f"(a few minutes on a CPU), or pass --baseline none to prune an untrained model"
-        ) from None
-    return loaded[0] if isinstance(loaded, tuple) else loaded
+        return baselines.load_baseline(name)
+    except ConfigError as exc:
+        model = name.split("-")[0] if not _is_path(name) else "MODEL"
+        data = name[len(model) + 1:] if not _is_path(name) and "-" in name else "fashion-mnist"
+        raise ConfigError(f"baseline={name!r} is not there yet: {exc}. Make it once with `prunekit train --model "
+                          f"{model} --data {data}` (writes baselines/{model}-{data}.safetensors), or pass "
+                          f"--baseline none to prune an untrained model") from None
 
 
 def _example_inputs(bundle, n: int = 1) -> torch.Tensor:
@@ -208,10 +227,10 @@ def _measure(model: nn.Module, x: torch.Tensor, latency: bool) -> dict:
     from . import measure
 
     m = measure.measure(model, x)
-    out = {"params": int(m.params), "macs": int(m.macs)}
+    out = {"params": int(m.params), "nonzero_params": int(m.nonzero_params),
+           "macs": None if m.macs is None else int(m.macs), "size_bytes": int(m.size_dense)}
     if latency:
-        lat = measure.latency(model, x)
-        out["latency_ms"] = float(getattr(lat, "median_ms", lat))
+        out["latency_ms"] = float(measure.latency(model, x).median_ms)
     return out
 
 
@@ -323,6 +342,40 @@ def _plain(obj):
 
 
 # --- run ---------------------------------------------------------------------------------------------------
+def _validate_run(recipe: Recipe, kind: str):
+    """Check out folder, data set, model, method and baseline; raise one error listing every problem."""
+    from .train import baseline as baselines
+
+    problems, spec = [], None
+    checks = [lambda: _check_out_free(recipe.out), lambda: _check_data_name(recipe.data),
+              lambda: _check_model_name(recipe.model)]
+    for check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        spec = _check_method(recipe.method, kind)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if recipe.baseline is not None:
+        b = recipe.baseline
+        if _is_path(b) and not Path(b).exists():
+            problems.append(f"baseline={b!r}: no such file; pass a baseline name (see baselines/), a model file, "
+                            f"or none")
+        elif not _is_path(b) and b not in baselines.list_baselines() and f"{b}-fashion-mnist" not in \
+                baselines.list_baselines():
+            model = b.split("-")[0]
+            data = b[len(model) + 1:] or "fashion-mnist"
+            problems.append(f"baseline={b!r} is not there yet (looked in {baselines.baselines_dir().name}/). Make it "
+                            f"once with `prunekit train --model {model} --data {data}` (writes baselines/{model}-"
+                            f"{data}.safetensors), or pass --baseline none to prune an untrained model")
+    if problems:
+        raise ConfigError("; ".join(problems) if len(problems) == 1 else
+                          f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+    return spec
+
+
 def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     """The main job: baseline → prune to the target → BN recalibration → fine-tune → evaluate → report.
 
@@ -333,24 +386,15 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
 
     t_start = time.perf_counter()
     kind, _ = parse_target(recipe.target)
-    _check_out_free(recipe.out)
-    _check_data_name(recipe.data)
-    _check_model_name(recipe.model)
-    spec = _check_method(recipe.method, kind)
-    if recipe.baseline is not None and recipe.baseline != "none":
-        baseline_path = Path(recipe.baseline)
-        if (os.sep in recipe.baseline or recipe.baseline.endswith(".safetensors")) and not baseline_path.exists():
-            raise ConfigError(f"baseline={recipe.baseline!r}: no such file; pass a baseline name "
-                              f"(resnet20-fashion-mnist), a model file, or none")
+    spec = _validate_run(recipe, kind)
     torch.manual_seed(recipe.seed)
-    bundle = _load_data(recipe)
     timings = {}
     t = time.perf_counter()
-    if recipe.baseline is None or recipe.baseline == "none":
+    model = None if recipe.baseline is None else _load_baseline(recipe.baseline)
+    bundle = _load_data(recipe)
+    if model is None:
         model = pk.models.create(recipe.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                  input_size=bundle.input_size)
-    else:
-        model = _load_baseline(recipe.baseline)
     model = model.to(recipe.device).eval()
     x = _example_inputs(bundle).to(recipe.device)
     timings["load"] = time.perf_counter() - t
@@ -390,7 +434,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
         method["note"] = note
     report = {"type": "prunekit.RunReport", "version": 1, "recipe": recipe.to_dict(), "method": method,
               "before": before, "after": after, "stages": stages,
-              "ratios": {"params_kept": after["params"] / before["params"], "macs_kept": after["macs"] / before["macs"]},
+              "ratios": {"params_kept": after["params"] / before["params"],
+                         "macs_kept": after["macs"] / before["macs"] if before["macs"] else None},
               "per_layer": _per_layer(layers_before, layer_stats(model)), "history": history, "timings": timings}
     from .report import write_run_report
 
@@ -402,21 +447,14 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
 
 
 # --- train / eval ------------------------------------------------------------------------------------------
-def train_job(name: str = "resnet20-fashion-mnist", *, epochs: int | None = None, out: str | None = None,
-              progress: bool = True, **kwargs) -> dict:
-    """Train (or re-train) a shipped baseline with :func:`prunekit.train.baseline.train_baseline`."""
+def train_job(model: str = "resnet20", data: str = "fashion-mnist", *, progress: bool = True, **options) -> dict:
+    """Train a dense baseline with :func:`prunekit.train.baseline.train_baseline`; returns its record."""
     from .train import baseline as baselines
 
-    names = getattr(baselines, "BASELINES", None)
-    if names is not None and name not in names:
-        from ._registry import unknown_name_message
-
-        raise ConfigError(unknown_name_message("baseline", name, list(names), "baseline"))
-    args = {k: v for k, v in {"epochs": epochs, "out": out, **kwargs}.items() if v is not None}
-    result = baselines.train_baseline(name, **args)
-    if isinstance(result, dict):
-        return result
-    return {"baseline": name, "result": _plain(result)}
+    _check_data_name(data)
+    _check_model_name(model)
+    options = {k: v for k, v in options.items() if v is not None}
+    return baselines.train_baseline(model, data, progress=_progress_enabled(progress), **options)
 
 
 def eval_job(model: str, data: str = "fashion-mnist", *, batch_size: int = 256, data_dir: str | None = None,
