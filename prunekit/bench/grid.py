@@ -117,8 +117,9 @@ class BenchGrid:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def cells(self) -> list[tuple[str, str, int]]:
-        """(method, target, seed) in run order: target, then seed, then method (so a cut-off grid is balanced)."""
-        return [(m, t, s) for t in self.targets for s in self.seeds for m in self.methods]
+        """(method, target, seed) in run order: method, then target, then seed, so that each finished stretch
+        of a cut-off grid is complete table rows (every seed of a method at a target)."""
+        return [(m, t, s) for m in self.methods for t in self.targets for s in self.seeds]
 
     def cell_recipe(self, method: str, target: str, seed: int) -> Recipe:
         """The run recipe of one cell (peer methods use it for the shared fields only)."""

@@ -109,8 +109,7 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
     name = method[len(TP_PREFIX):]
 
     def cost(m):
-        r = measure.measure(m, x)
-        return float(r.macs if kind == "macs" else r.params)
+        return float(measure.count_macs(m, x).total if kind == "macs" else measure.count_params(m))
 
     base = cost(model)
 

@@ -14,7 +14,8 @@ def test_grid_round_trip_and_cell_order(tmp_path):
     assert BenchGrid.from_dict(g.to_dict()) == g
     cells = g.cells()
     assert len(cells) == 8
-    assert cells[:3] == [("criterion:l1", "macs=0.5", 0), ("tp:l1", "macs=0.5", 0), ("criterion:l1", "macs=0.5", 1)]
+    assert cells[:3] == [("criterion:l1", "macs=0.5", 0), ("criterion:l1", "macs=0.5", 1),
+                         ("criterion:l1", "macs=0.25", 0)]
     assert cell_id("tp:l1", "macs=0.5", 2) == "macs_0.5__tp_l1__s2"
 
 
