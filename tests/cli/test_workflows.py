@@ -1,0 +1,46 @@
+import pytest
+import torch
+from torch import nn
+
+from prunekit.workflows import _staged_output, layer_stats, recalibrate_bn
+
+
+def test_recalibrate_bn_gives_the_mean_and_variance_of_the_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4, momentum=0.1))
+    batches = [(torch.randn(8, 1, 6, 6) * 2 + 1, None) for _ in range(3)]
+    model.eval()
+    assert recalibrate_bn(model, batches) == 3
+    with torch.no_grad():
+        acts = torch.cat([model[0](x) for x, _ in batches])  # [24, 4, 4, 4]
+    bn = model[1]
+    torch.testing.assert_close(bn.running_mean, acts.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    # cumulative average of each batch's unbiased variance (what momentum=None computes)
+    per_batch = torch.stack([model[0](x).detach().transpose(0, 1).reshape(4, -1).var(dim=1) for x, _ in batches])
+    torch.testing.assert_close(bn.running_var, per_batch.mean(0), rtol=1e-5, atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training
+
+
+def test_layer_stats_widths_and_sparsity():
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.Flatten(), nn.Linear(6, 3))
+    with torch.no_grad():
+        model[2].weight[0].zero_()
+    stats = layer_stats(model)
+    assert stats == {"0": {"width": 6, "params": 54, "sparsity": 0.0},
+                     "2": {"width": 3, "params": 18, "sparsity": 6 / 18}}
+
+
+def test_staged_output_replaces_only_on_success(tmp_path):
+    out = tmp_path / "run"
+    with _staged_output(out) as stage:
+        (stage / "a.txt").write_text("1")
+    assert (out / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with _staged_output(out) as stage:
+            (stage / "a.txt").write_text("2")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    with _staged_output(out) as stage:
+        (stage / "b.txt").write_text("3")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
