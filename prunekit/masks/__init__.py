@@ -15,6 +15,7 @@ The API (all in place, all returning a report or a dict, never ``None``)::
     masks.save_masks(model, path) / masks.load_masks_(model, path)   # safetensors sidecar "prunekit_masks"
     masks.masks_from_zeros_(model, fqns)     # re-derive masks from a finalized checkpoint's zeros
     masks.mask_report(model)                 # counts per masked parameter
+    masks.dense_weight(model, fqn)           # param + kept pruned values (feedback mode)
 
 Extension points: ``register_weight_criterion(name, needs_calib=)`` (``fn(model, params, *, calib,
 loss_fn, generator) -> {fqn: scores}``, higher = kept), ``register_pattern(family)`` (a factory returning
@@ -42,7 +43,7 @@ Example:
 """
 from __future__ import annotations
 
-from ._engine import (MODES, apply_masks_, get_masks, install_masks_, is_masked, load_masks_, mask_modes,
+from ._engine import (MODES, apply_masks_, dense_weight, get_masks, install_masks_, is_masked, load_masks_, mask_modes,
                       mask_state_dict, masks_from_zeros_, remove_masks_, save_masks, update_masks_)
 from .criteria import WEIGHT_CRITERIA, connection_sensitivity, get_weight_criterion, register_weight_criterion
 from .patterns import PATTERNS, Pattern, get_pattern, register_pattern, view2d
@@ -50,7 +51,7 @@ from .sparsify import (ALLOCATIONS, MaskReport, erk_densities, finalize_, mask_r
                        select_masks, sparsify_)
 
 __all__ = ["ALLOCATIONS", "MODES", "MaskReport", "PATTERNS", "Pattern", "WEIGHT_CRITERIA", "apply_masks_",
-           "connection_sensitivity", "erk_densities", "finalize_", "get_masks", "get_pattern",
+           "connection_sensitivity", "dense_weight", "erk_densities", "finalize_", "get_masks", "get_pattern",
            "get_weight_criterion", "install_masks_", "is_masked", "load_masks_", "mask_modes", "mask_report",
            "mask_state_dict", "masks_from_zeros_", "prunable_weights", "register_pattern",
            "register_weight_criterion", "remove_masks_", "save_masks", "select_masks", "sparsify_",

@@ -1,0 +1,298 @@
+"""Deep Compression: pruning, trained weight sharing and Huffman coding.
+
+Paper: "Deep Compression: Compressing Deep Neural Networks with Pruning, Trained Quantization and Huffman
+Coding", Song Han, Huizi Mao, William J. Dally. ICLR 2016. https://arxiv.org/abs/1510.00149
+
+Three stages shrink a network's storage while keeping its accuracy. First, magnitude pruning with
+retraining removes most connections. Second, the surviving weights of each layer are clustered with
+k-means into 2^b shared values (b = 8 for convolutions, 5 for fully connected layers), the centroids
+initialised evenly between the smallest and largest weight; each weight then stores only a b-bit cluster
+index, and the centroids are fine-tuned with the summed gradients of the weights that share them. Third,
+the cluster indices and the gaps between the positions of surviving weights (stored in a few bits, with
+filler entries when a gap is too long) are Huffman coded, exploiting their skewed distributions. Here the
+encoder writes the real byte stream, and a decoder rebuilds the weights from it.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..masks import get_masks, prunable_weights
+from ..masks.workflows import iterative_prune, method_options, target_sparsity, train_config
+from ..train.callbacks import Callback
+from ._registry import MethodResult, RunContext, register_method
+from .han_magnitude import std_scaled_scores
+
+__all__ = ["kmeans_1d", "SharedWeights", "share_weights_", "huffman_lengths", "encode", "decode", "run_deep_compression"]
+
+
+def kmeans_1d(values: torch.Tensor, k: int, *, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on a 1-D tensor with linear initialisation between min and max.
+
+    Returns ``(centroids [k], assignment [n])``; an empty cluster keeps its previous centroid.
+
+    Example:
+        >>> c, a = kmeans_1d(torch.tensor([0.0, 0.1, 0.9, 1.0]), 2)
+        >>> [round(v, 2) for v in c.tolist()], a.tolist()
+        ([0.05, 0.95], [0, 0, 1, 1])
+    """
+    if values.numel() == 0:
+        return torch.zeros(k), torch.zeros(0, dtype=torch.long)
+    v = values.detach().float().flatten()
+    centroids = torch.linspace(float(v.min()), float(v.max()), k)
+    assign = torch.zeros_like(v, dtype=torch.long)
+    for _ in range(iterations):
+        assign = (v[:, None] - centroids[None, :]).abs().argmin(1)
+        sums = torch.zeros(k).index_add_(0, assign, v)
+        counts = torch.zeros(k).index_add_(0, assign, torch.ones_like(v))
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        if torch.allclose(new, centroids):
+            break
+        centroids = new
+    return centroids, (v[:, None] - centroids[None, :]).abs().argmin(1)
+
+
+@dataclass
+class Codebook:
+    centroids: torch.Tensor  # [k] shared values
+    index: torch.Tensor  # weight-shaped long tensor: cluster of each weight, -1 where pruned
+    bits: int
+
+
+def share_weights_(model: nn.Module, *, bits_conv: int = 8, bits_fc: int = 5, fqns=None) -> dict[str, Codebook]:
+    """Replace each masked layer's surviving weights by their k-means centroid (k = 2^bits)."""
+    masks = get_masks(model)
+    books = {}
+    with torch.no_grad():
+        for fqn in (fqns or list(prunable_weights(model))):
+            p = model.get_parameter(fqn)
+            mask = masks.get(fqn, p != 0)
+            bits = bits_fc if p.dim() == 2 else bits_conv
+            centroids, assign = kmeans_1d(p[mask], 2 ** bits)
+            index = torch.full(p.shape, -1, dtype=torch.long)
+            index[mask] = assign
+            p.copy_(torch.where(mask, centroids[index.clamp_min(0)], torch.zeros_like(p)))
+            books[fqn] = Codebook(centroids, index, bits)
+    return books
+
+
+class SharedWeights(Callback):
+    """Centroid fine-tuning: each centroid moves by ``-lr *`` the summed gradient of its weights; the
+    weights are rewritten from the centroids after every optimizer step (pruned weights stay zero)."""
+
+    def __init__(self, codebooks: dict[str, Codebook]):
+        self.books = codebooks
+        self._grads: dict[str, torch.Tensor] = {}
+
+    def on_after_backward(self, state) -> None:
+        for fqn, book in self.books.items():
+            p = state.model.get_parameter(fqn)
+            if p.grad is None:
+                continue
+            keep = book.index >= 0
+            self._grads[fqn] = torch.zeros_like(book.centroids).index_add_(0, book.index[keep], p.grad[keep].float())
+
+    def on_after_step(self, state) -> None:
+        lr = state.optimizer.param_groups[0]["lr"]
+        with torch.no_grad():
+            for fqn, book in self.books.items():
+                if fqn in self._grads:
+                    book.centroids -= lr * self._grads[fqn]
+                p = state.model.get_parameter(fqn)
+                keep = book.index >= 0
+                p.copy_(torch.where(keep, book.centroids[book.index.clamp_min(0)].to(p.dtype), torch.zeros_like(p)))
+
+
+def huffman_lengths(counts: dict[int, int]) -> dict[int, int]:
+    """Huffman code length of each symbol from its count (a lone symbol gets length 1).
+
+    Example:
+        >>> huffman_lengths({0: 5, 1: 2, 2: 1, 3: 1})
+        {0: 1, 1: 2, 2: 3, 3: 3}
+    """
+    items = [(c, i, (s,)) for i, (s, c) in enumerate(sorted(counts.items())) if c > 0]
+    if len(items) == 1:
+        return {items[0][2][0]: 1}
+    lengths = {s: 0 for _, _, group in items for s in group}
+    heapq.heapify(items)
+    tie = len(items)
+    while len(items) > 1:
+        c1, _, g1 = heapq.heappop(items)
+        c2, _, g2 = heapq.heappop(items)
+        for s in g1 + g2:
+            lengths[s] += 1
+        heapq.heappush(items, (c1 + c2, tie, g1 + g2))
+        tie += 1
+    return dict(sorted(lengths.items()))
+
+
+def _canonical(lengths: dict[int, int]) -> dict[int, str]:
+    code, prev, out = 0, 0, {}
+    for length, sym in sorted((l, s) for s, l in lengths.items()):
+        code <<= length - prev
+        out[sym] = format(code, f"0{length}b")
+        code, prev = code + 1, length
+    return out
+
+
+def _pack(symbols: list[int], lengths: dict[int, int]) -> bytes:
+    codes = _canonical(lengths)
+    bits = "".join(codes[s] for s in symbols)
+    arr = np.frombuffer(bits.encode(), dtype=np.uint8) - 48
+    return np.packbits(arr).tobytes()
+
+
+def _unpack(data: bytes, lengths: dict[int, int], n: int) -> list[int]:
+    table = {v: k for k, v in _canonical(lengths).items()}
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    out, cur = [], ""
+    for b in bits.tolist():
+        cur += "1" if b else "0"
+        if cur in table:
+            out.append(table[cur])
+            cur = ""
+            if len(out) == n:
+                break
+    return out
+
+
+def _streams(book: Codebook, index_bits: int) -> tuple[list[int], list[int]]:
+    """(gap symbols, cluster symbols) in flattened order; symbol 2^bits marks a filler entry."""
+    flat = book.index.flatten()
+    pos = torch.nonzero(flat >= 0).flatten().tolist()
+    clusters = flat[flat >= 0].tolist()
+    max_gap, filler = 2 ** index_bits - 1, 2 ** book.bits
+    gaps, syms, prev = [], [], -1
+    for p, c in zip(pos, clusters):
+        gap = p - prev - 1
+        while gap > max_gap:
+            gaps.append(max_gap)
+            syms.append(filler)
+            gap -= max_gap + 1
+        gaps.append(gap)
+        syms.append(c)
+        prev = p
+    return gaps, syms
+
+
+def _counts(symbols):
+    out: dict[int, int] = {}
+    for s in symbols:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+def encode(model: nn.Module, codebooks: dict[str, Codebook], *, index_bits_conv: int = 8, index_bits_fc: int = 5,
+           huffman: bool = True) -> bytes:
+    """Serialise the model: shared layers as (codebook, Huffman-coded gaps and cluster indices), everything
+    else as raw float32. ``huffman=False`` stores fixed-width symbols (for comparison). Decode with
+    :func:`decode`."""
+    header, body = {"layers": {}, "raw": {}}, bytearray()
+    for fqn, book in codebooks.items():
+        index_bits = index_bits_fc if book.index.dim() == 2 else index_bits_conv
+        gaps, syms = _streams(book, index_bits)
+        if huffman:
+            gl, sl = huffman_lengths(_counts(gaps)), huffman_lengths(_counts(syms))
+        else:
+            gl = {s: index_bits for s in range(2 ** index_bits)}
+            sl = {s: book.bits + 1 for s in range(2 ** book.bits + 1)}
+        g_bytes, s_bytes = _pack(gaps, gl), _pack(syms, sl)
+        entry = {"shape": list(book.index.shape), "bits": book.bits, "n": len(gaps), "offset": len(body),
+                 "gap_len": len(g_bytes), "sym_len": len(s_bytes)}
+        if huffman:  # code tables: one length byte per symbol that occurs
+            entry["gap_codes"] = sorted(gl.items())
+            entry["sym_codes"] = sorted(sl.items())
+        else:
+            entry["index_bits"] = index_bits
+        body += struct.pack(f"<{len(book.centroids)}f", *book.centroids.tolist()) + g_bytes + s_bytes
+        header["layers"][fqn] = entry
+    shared = set(codebooks)
+    for name, t in model.state_dict().items():
+        if name in shared:
+            continue
+        arr = t.detach().cpu().float().numpy().astype("<f4").tobytes()
+        header["raw"][name] = {"shape": list(t.shape), "offset": len(body)}
+        body += arr
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<I", len(head)) + head + bytes(body)
+
+
+def decode(blob: bytes) -> dict[str, torch.Tensor]:
+    """The state_dict (float32) stored by :func:`encode`."""
+    n = struct.unpack("<I", blob[:4])[0]
+    header = json.loads(blob[4:4 + n])
+    body = blob[4 + n:]
+    out = {}
+    for fqn, e in header["layers"].items():
+        k = 2 ** e["bits"]
+        o = e["offset"]
+        centroids = torch.tensor(struct.unpack(f"<{k}f", body[o:o + 4 * k]))
+        o += 4 * k
+        if "gap_codes" in e:
+            gl, sl = dict(map(tuple, e["gap_codes"])), dict(map(tuple, e["sym_codes"]))
+        else:
+            gl = {s: e["index_bits"] for s in range(2 ** e["index_bits"])}
+            sl = {s: e["bits"] + 1 for s in range(k + 1)}
+        gaps = _unpack(body[o:o + e["gap_len"]], gl, e["n"])
+        syms = _unpack(body[o + e["gap_len"]:o + e["gap_len"] + e["sym_len"]], sl, e["n"])
+        flat = torch.zeros(int(np.prod(e["shape"])))
+        pos = -1
+        for g, s in zip(gaps, syms):
+            pos += g + 1
+            if s != k:
+                flat[pos] = centroids[s]
+        out[fqn] = flat.reshape(e["shape"])
+    for name, e in header["raw"].items():
+        count = int(np.prod(e["shape"])) if e["shape"] else 1
+        arr = np.frombuffer(body, dtype="<f4", count=count, offset=e["offset"])
+        out[name] = torch.from_numpy(arr.copy()).reshape(e["shape"])
+    return out
+
+
+@register_method("deep-compression", kind="unstructured", needs_data=True, defaults={
+    "rounds": 3,  # stage 1: prune -> retrain rounds (han-magnitude, std thresholds)
+    "retrain_epochs": 1,
+    "retrain_lr_factor": 0.1,
+    "bits_conv": 8,  # stage 2: 2^bits shared values per layer (paper: 8 conv, 5 fc)
+    "bits_fc": 5,
+    "centroid_epochs": 1,  # centroid fine-tuning epochs inside the method
+    "index_bits_conv": 8,  # stage 3: width of the relative position index (paper: 8 conv, 5 fc)
+    "index_bits_fc": 5,
+})
+def run_deep_compression(ctx: RunContext) -> MethodResult:
+    """Prune → share weights (k-means) → fine-tune centroids → Huffman-code; reports real byte sizes.
+
+    The returned callback keeps the weights shared while the caller fine-tunes (centroid training)."""
+    from ..train import fit
+
+    opts = method_options("deep-compression", ctx.options)
+    sparsity = target_sparsity(ctx.target, "deep-compression")
+    for key in ("bits_conv", "bits_fc", "index_bits_conv", "index_bits_fc"):
+        if not isinstance(opts[key], int) or not 1 <= opts[key] <= 16:
+            raise ConfigError(f"{key}={opts[key]!r} must be an int in [1, 16]")
+    dense_bytes = sum(t.numel() * 4 for t in ctx.model.state_dict().values())
+    cfg = None
+    if ctx.train_data is not None:
+        base = train_config(ctx, opts["retrain_epochs"])
+        cfg = base.replace(lr=base.lr * opts["retrain_lr_factor"])
+    ignore = tuple(ctx.ignore)
+    history = iterative_prune(ctx.model, ctx.train_data, cfg, sparsity=sparsity, rounds=opts["rounds"],
+                              retrain_last=True, scores_fn=lambda m: std_scaled_scores(m, ignore), global_=True,
+                              ignore=ignore)
+    books = share_weights_(ctx.model, bits_conv=opts["bits_conv"], bits_fc=opts["bits_fc"], fqns=list(get_masks(ctx.model)))
+    callback = SharedWeights(books)
+    if ctx.train_data is not None and opts["centroid_epochs"]:
+        fit(ctx.model, ctx.train_data, cfg.replace(epochs=opts["centroid_epochs"]), callbacks=[callback])
+    kw = {"index_bits_conv": opts["index_bits_conv"], "index_bits_fc": opts["index_bits_fc"]}
+    huff = len(encode(ctx.model, books, **kw))
+    fixed = len(encode(ctx.model, books, huffman=False, **kw))
+    info = {"rounds": history, "sparsity": history[-1]["sparsity"], "dense_bytes": dense_bytes,
+            "compressed_bytes": huff, "fixed_width_bytes": fixed, "ratio": dense_bytes / huff}
+    return MethodResult(ctx.model, callbacks=[callback], info=info)
