@@ -195,7 +195,7 @@ def load(
     Example:
         >>> b = load("synthetic", batch_size=16, n_train=100, n_test=20, val_fraction=0.2)
         >>> len(b.train), len(b.val), len(b.test), len(b.calib(2))
-        (5, 2, 2, 2)
+        (5, 1, 1, 2)
     """
     if not isinstance(name, str):
         raise ConfigError(f"data set name={name!r} must be a string such as 'fashion-mnist'")

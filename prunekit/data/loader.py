@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
 from ..errors import ConfigError
 
 __all__ = ["TensorLoader", "Normalize"]
+
+
+class Transform(Protocol):
+    """Per-sample random choices drawn once per epoch (``draw``), applied to a batch (``apply``)."""
+
+    def draw(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]: ...
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,10 @@ class TensorLoader:
     ``shuffle`` draws the order of epoch ``e`` from ``torch.randperm(n)`` seeded with ``seed + e`` (the same
     order ``DistributedSampler`` uses, so one process with batch ``B * world`` sees the same global batches
     as ``world`` processes with batch ``B``). Iterating without calling :meth:`set_epoch` moves to the next
-    epoch after each pass; ``set_epoch(e)`` pins the next pass to epoch ``e``. ``transform`` gets the raw
-    batch and a generator seeded per epoch (augmentation); ``normalize`` runs last.
+    epoch after each pass; ``set_epoch(e)`` pins the next pass to epoch ``e``. ``transform`` (augmentation,
+    see :class:`prunekit.data.augment.Augment`) draws its random choices for every sample at the start of
+    an epoch and applies them by sample index, so they do not depend on batching or sharding;
+    ``normalize`` runs last.
 
     Example:
         >>> x, y = torch.arange(10.).view(10, 1, 1, 1), torch.arange(10)
@@ -57,7 +67,7 @@ class TensorLoader:
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
-        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        transform: Transform | None = None,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         distributed: bool = False,
         num_replicas: int | None = None,
@@ -99,16 +109,16 @@ class TensorLoader:
         epoch = self.epoch
         self.epoch += 1
         order = self._order(epoch)
-        gen = torch.Generator().manual_seed((self.seed + 1) * 1_000_003 + epoch)  # augmentation draws
+        params = None
+        if self.transform is not None:  # one draw per sample of the whole data set, looked up by index
+            gen = torch.Generator().manual_seed((self.seed + 1) * 1_000_003 + epoch)
+            params = self.transform.draw(len(self.inputs), gen)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            if order is None:
-                x, y = self.inputs[sl], self.targets[sl]
-            else:
-                idx = order[sl]
-                x, y = self.inputs[idx], self.targets[idx]
-            if self.transform is not None:
-                x = self.transform(x, gen)
+            idx = torch.arange(sl.start, min(sl.stop, len(self.inputs))) if order is None else order[sl]
+            x, y = (self.inputs[sl], self.targets[sl]) if order is None else (self.inputs[idx], self.targets[idx])
+            if params is not None:
+                x = self.transform.apply(x, {k: v[idx] for k, v in params.items()})
             if self.normalize is not None:
                 x = self.normalize(x)
             yield x, y

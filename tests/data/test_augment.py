@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from prunekit.data import TensorLoader
 from prunekit.data.augment import Augment, parse_augment, random_crop, random_flip
 from prunekit.errors import ConfigError
 
@@ -46,3 +47,26 @@ def test_parse_augment():
     assert parse_augment("flip", "crop", 2) == Augment(0, True)
     with pytest.raises(ConfigError, match=r"augment='crp'.*did you mean 'crop'"):
         parse_augment("crp", "crop", 2)
+
+
+def test_augmentation_is_independent_of_batching_and_sharding():
+    x = torch.randint(0, 255, (24, 1, 6, 6), dtype=torch.uint8)
+    y = torch.arange(24)
+    aug = Augment(crop_padding=2, flip=True)
+
+    def by_label(loaders):
+        out = {}
+        for loader in loaders:
+            loader.set_epoch(1)
+            for xb, yb in loader:
+                out.update({int(t): xi for t, xi in zip(yb, xb)})
+        return out
+
+    one = by_label([TensorLoader(x, y, batch_size=8, shuffle=True, seed=2, transform=aug)])
+    two = by_label([TensorLoader(x, y, batch_size=4, shuffle=True, seed=2, transform=aug, distributed=True,
+                                 num_replicas=2, rank=r) for r in range(2)])
+    small = by_label([TensorLoader(x, y, batch_size=5, shuffle=True, seed=2, transform=aug)])
+    assert sorted(one) == sorted(two) == list(range(24))
+    for k in range(24):
+        assert torch.equal(one[k], two[k]) and torch.equal(one[k], small[k])
+    assert sum(not torch.equal(one[k], x[k]) for k in range(24)) > 12  # augmentation did change images

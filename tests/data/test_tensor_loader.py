@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import prunekit as pk
 from prunekit.data import TensorLoader
 from prunekit.errors import ConfigError
 
@@ -40,18 +41,32 @@ def test_shuffle_is_a_seeded_permutation_per_epoch():
     assert torch.cat([t for _, t in b]).tolist() == e0.tolist()
 
 
+class _AddDrawn:
+    """Adds a per-sample random integer: lets a test see which draw each sample got."""
+
+    def __init__(self):
+        self.draws = 0
+
+    def draw(self, n, gen):
+        self.draws += 1
+        return {"k": torch.randint(0, 1000, (n,), generator=gen)}
+
+    def apply(self, x, params):
+        return x + 1000 * params["k"].view(-1, 1, 1, 1)
+
+
 def test_inputs_follow_targets_through_shuffle_transform_and_normalize():
     x, y = _xy(20)
-    seen = []
-
-    def transform(batch, gen):
-        seen.append(gen.initial_seed())
-        return batch * 2
-
-    loader = TensorLoader(x, y, batch_size=6, shuffle=True, transform=transform, normalize=lambda b: b + 1)
+    t = _AddDrawn()
+    loader = TensorLoader(x, y, batch_size=6, shuffle=True, transform=t, normalize=lambda b: b + 1)
+    out = {}
     for xb, yb in loader:
-        torch.testing.assert_close(xb.flatten(), yb.float() * 2 + 1)
-    assert len(seen) == 4 and len(set(seen)) == 1  # one generator per epoch
+        for xi, yi in zip(xb.flatten().tolist(), yb.tolist()):
+            out[yi] = xi
+    assert t.draws == 1 and sorted(out) == list(range(20))
+    ks = {i: (v - 1 - i) / 1000 for i, v in out.items()}
+    assert all(k == int(k) and 0 <= k < 1000 for k in ks.values())  # x = sample + 1000*k(sample) + 1
+    assert len(set(ks.values())) > 10
 
 
 def test_two_distributed_ranks_partition_one_process_global_batches():
@@ -79,3 +94,16 @@ def test_bad_batch_size(bs):
     x, y = _xy(4)
     with pytest.raises(ConfigError, match=r"batch_size=.*positive int"):
         TensorLoader(x, y, batch_size=bs)
+
+
+def test_distributed_reads_rank_and_world_from_the_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        b = pk.data.load("synthetic", n_train=40, batch_size=8, val_fraction=0.0, distributed=True)
+        assert b.train.sampler.num_replicas == 1 and b.train.sampler.rank == 0
+        plain = pk.data.load("synthetic", n_train=40, batch_size=8, val_fraction=0.0)
+        assert [y.tolist() for _, y in b.train] == [y.tolist() for _, y in plain.train]
+    finally:
+        dist.destroy_process_group()
