@@ -1,0 +1,135 @@
+"""Dynamic Pruning with Feedback (DPF).
+
+Paper: "Dynamic Model Pruning with Feedback", Tao Lin, Sebastian U. Stich, Luis Barba, Daniil Dmitriev,
+Martin Jaggi. ICLR 2020. https://openreview.net/forum?id=SJem8lSFwB (arXiv:2006.07253)
+
+DPF trains one network in a single run and ends sparse, without a retraining stage. It keeps the dense
+weights and, every few steps, recomputes a magnitude mask from them at the sparsity a gradual schedule asks
+for. The forward pass and the gradient are computed with the masked weights, but the update is applied to
+the dense weights, pruned entries included. The error made by pruning is thereby fed back into training: a
+weight pruned too early keeps moving and returns when its magnitude climbs back above the threshold at a
+later mask refresh. Here the dense values live in the mask engine's ``"feedback"`` mode (the forward sees
+``W * mask``, every entry is updated), the schedule is the cubic AGP ramp and the ranking is global.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..masks import get_masks, install_masks_, prunable_weights, remove_masks_, select_masks, get_pattern
+from ..recipe import parse_target
+from ..schedules import agp_cubic
+from ..train.callbacks import Callback, TrainState
+from ._registry import MethodResult, RunContext, get_method, register_method
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DPF", "dpf_masks", "run_dpf"]
+
+
+def dpf_masks(weights: dict[str, torch.Tensor], sparsity: float, global_: bool = True) -> dict[str, torch.Tensor]:
+    """Magnitude masks of the dense ``weights`` at ``sparsity`` (one global ranking, or per layer)."""
+    scores = {k: w.detach().abs() for k, w in weights.items()}
+    element = get_pattern("element")
+    if global_:
+        return select_masks(scores, element, global_sparsity=sparsity)
+    return select_masks(scores, element, {k: sparsity for k in scores})
+
+
+class DPF(Callback):
+    """Dynamic pruning with feedback inside any :func:`prunekit.train.fit` run.
+
+    ``schedule(step) -> sparsity`` (e.g. ``partial(agp_cubic, final=0.95, start=0, n=..., frequency=16)``);
+    the masks are recomputed from the dense weights every ``frequency`` optimizer steps. At the end of
+    training the masks become ordinary hard masks (pruned weights zero, gradients masked), so a following
+    fine-tune keeps them. ``flips`` counts mask entries that changed (``revived``: 0 -> 1) per update.
+
+    Example:
+        >>> from functools import partial
+        >>> cb = DPF(partial(agp_cubic, final=0.9, start=0, n=4, frequency=16), frequency=16)
+        >>> cb.revived
+        0
+    """
+
+    def __init__(self, schedule, *, frequency: int = 16, global_: bool = True, ignore=(), exempt=(),
+                 harden_at_end: bool = True):
+        if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 1:
+            raise ConfigError(f"frequency={frequency!r} must be a positive int (optimizer steps between mask "
+                              "refreshes; the paper uses 16)")
+        self.schedule, self.frequency, self.global_ = schedule, frequency, global_
+        self.ignore, self.exempt, self.harden_at_end = tuple(ignore), tuple(exempt), harden_at_end
+        self.fqns: list[str] = []
+        self.revived = 0
+        self.pruned = 0
+        self.updates: list[dict] = []  # {"step", "sparsity", "revived", "pruned"} per refresh
+
+    def refresh(self, model: nn.Module, step: int) -> None:
+        sparsity = float(self.schedule(step))
+        old = {k: v.clone() for k, v in get_masks(model).items() if k in self.fqns}
+        remove_masks_(model, self.fqns, apply=False)  # dense values back into the parameters
+        params = prunable_weights(model, self.ignore, self.exempt)
+        masks = dpf_masks(params, sparsity, self.global_)
+        install_masks_(model, masks, mode="feedback")
+        revived = sum(int((m & ~old[k]).sum()) for k, m in masks.items() if k in old)
+        pruned = sum(int((~m & old[k]).sum()) for k, m in masks.items() if k in old)
+        self.revived += revived
+        self.pruned += pruned
+        self.updates.append({"step": step, "sparsity": sparsity, "revived": revived, "pruned": pruned})
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.fqns = list(prunable_weights(state.model, self.ignore, self.exempt))
+        self.refresh(state.model, state.step)
+
+    def on_after_step(self, state: TrainState) -> None:
+        if state.step % self.frequency == 0:
+            self.refresh(state.model, state.step)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.harden_at_end:
+            masks = {k: v.clone() for k, v in get_masks(state.model).items() if k in self.fqns}
+            remove_masks_(state.model, self.fqns, apply=True)
+            install_masks_(state.model, masks, mode="hard")
+
+
+def _target_sparsity(ctx: RunContext, method: str) -> float:
+    kind, value = parse_target(ctx.target)
+    if kind != "sparsity":
+        raise ConfigError(f"target={ctx.target!r}: {method} is an unstructured method and takes "
+                          f"target='sparsity=S' (fraction of weights removed), e.g. 'sparsity=0.9'")
+    return value
+
+
+@register_method("dpf", kind="unstructured", needs_data=True, defaults={
+    "frequency": 16,  # optimizer steps between mask refreshes (paper: 16)
+    "ramp_fraction": 0.6,  # share of the training steps over which the cubic ramp reaches the target
+    "global_": True,  # one magnitude ranking across layers (paper: global unstructured)
+    "exempt": (),  # ("first",) / ("last",) keep those layers dense
+})
+def run_dpf(ctx: RunContext) -> MethodResult:
+    """Train ``ctx.prune_epochs`` with DPF; the model ends with hard masks at the target sparsity."""
+    from ..train import TrainConfig, fit
+
+    opts = get_method("dpf").options(ctx.options)
+    sparsity = _target_sparsity(ctx, "dpf")
+    if ctx.train_data is None:
+        raise ConfigError("dpf trains while it prunes and needs train_data (an iterable of (inputs, targets))")
+    if not 0 < opts["ramp_fraction"] <= 1:
+        raise ConfigError(f"ramp_fraction={opts['ramp_fraction']!r} must be in (0, 1], e.g. 0.6")
+    cfg = (ctx.train_config or TrainConfig()).replace(epochs=ctx.prune_epochs, seed=ctx.seed, device=ctx.device)
+    total = cfg.epochs * len(ctx.train_data)
+    freq = opts["frequency"]
+    n = max(1, int(opts["ramp_fraction"] * total) // freq)
+    cb = DPF(partial(agp_cubic, final=sparsity, start=0, n=n, frequency=freq), frequency=freq,
+             global_=opts["global_"], ignore=ctx.ignore, exempt=tuple(opts["exempt"]))
+    fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
+    masks = get_masks(ctx.model)
+    kept = sum(int(masks[k].sum()) for k in cb.fqns)
+    numel = sum(masks[k].numel() for k in cb.fqns)
+    ramp_end = n * freq
+    after = sum(u["revived"] for u in cb.updates if u["step"] > ramp_end)
+    return MethodResult(ctx.model, callbacks=[], info={"sparsity": 1 - kept / numel, "revived": cb.revived,
+                                                       "revived_after_ramp": after, "refreshes": len(cb.updates)})

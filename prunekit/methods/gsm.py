@@ -1,0 +1,135 @@
+"""Global Sparse Momentum SGD (GSM).
+
+Paper: "Global Sparse Momentum SGD for Pruning Very Deep Neural Networks", Xiaohan Ding, Guiguang Ding,
+Xiangxin Zhou, Yuchen Guo, Jungong Han, Ji Liu. NeurIPS 2019. https://arxiv.org/abs/1909.12778
+
+GSM prunes by changing what the optimizer does rather than by cutting. Given only a global compression
+ratio C, at most Q = N / C weights may survive. After each backward pass every weight is scored by the
+first-order Taylor estimate of the loss change if it were removed, |w * dL/dw|, and the Q best across the
+whole network keep their loss gradient; all other weights have their loss gradient zeroed, so the only
+force on them is weight decay, amplified by a large momentum, which drives them steadily towards zero. The
+active set is recomputed every step, so a weight can earn its way back; the layer-wise sparsity is never
+set by hand but follows from the global ranking. When training ends, everything outside the top Q is set
+to exactly zero; the paper needs no fine-tuning after that.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..masks import install_masks_, prunable_weights, select_masks, get_pattern
+from ..recipe import parse_target
+from ..train.callbacks import Callback, TrainState
+from ._registry import MethodResult, RunContext, get_method, register_method
+
+log = logging.getLogger(__name__)
+
+__all__ = ["gsm_active_masks", "GSM", "run_gsm"]
+
+
+def gsm_active_masks(weights: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], keep: int
+                     ) -> dict[str, torch.Tensor]:
+    """Bool masks of the ``keep`` weights with the largest ``|w * g|`` across all layers (ties by position).
+
+    Example:
+        >>> w = {"a": torch.tensor([1.0, 4.0]), "b": torch.tensor([2.0])}
+        >>> g = {"a": torch.tensor([0.5, 0.01]), "b": torch.tensor([1.0])}   # |w*g| = .5, .04, 2
+        >>> {k: v.tolist() for k, v in gsm_active_masks(w, g, 2).items()}
+        {'a': [True, False], 'b': [True]}
+    """
+    names = list(weights)
+    scores = torch.cat([(weights[n].detach() * grads[n]).abs().flatten().float() for n in names])
+    flat = torch.zeros_like(scores, dtype=torch.bool)
+    if keep > 0:
+        flat[torch.topk(scores, min(keep, scores.numel()), sorted=False).indices] = True
+    out, start = {}, 0
+    for n in names:
+        k = weights[n].numel()
+        out[n] = flat[start:start + k].reshape(weights[n].shape)
+        start += k
+    return out
+
+
+class GSM(Callback):
+    """Global sparse momentum inside any :func:`prunekit.train.fit` run (use SGD with a large momentum).
+
+    Each step, after the backward pass, only the ``keep`` weights with the largest ``|w * grad|`` across
+    the pruned layers keep their gradient; the others' gradient is zeroed so only weight decay moves them.
+    ``sparsity`` gives ``keep = round((1 - sparsity) * N)``. With ``harden_at_end`` the final top-``keep``
+    weights by magnitude are kept with hard masks and all others become exactly zero.
+    ``active_changes`` counts weights entering the active set, per step.
+    """
+
+    def __init__(self, sparsity: float, *, ignore=(), exempt=(), harden_at_end: bool = True):
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise ConfigError(f"sparsity={sparsity!r} must be a float in [0, 1) (fraction of weights that end "
+                              "at zero), e.g. 0.9 for compression ratio C = 10")
+        self.sparsity, self.ignore, self.exempt, self.harden_at_end = float(sparsity), ignore, exempt, harden_at_end
+        self.params: dict[str, nn.Parameter] = {}
+        self.keep = 0
+        self._active: dict[str, torch.Tensor] | None = None
+        self.active_changes: list[int] = []
+        self.near_zero = 0.0  # fraction of |w| < 1e-3 when training ended, before the final cut
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.params = prunable_weights(state.model, self.ignore, self.exempt)
+        self.keep = round((1.0 - self.sparsity) * sum(p.numel() for p in self.params.values()))
+
+    def on_after_backward(self, state: TrainState) -> None:
+        live = {k: p for k, p in self.params.items() if p.grad is not None}
+        if not live:
+            return
+        active = gsm_active_masks(live, {k: p.grad for k, p in live.items()}, self.keep)
+        if self._active is not None:
+            self.active_changes.append(sum(int((active[k] & ~self._active[k]).sum()) for k in active
+                                           if k in self._active))
+        self._active = active
+        with torch.no_grad():
+            for k, p in live.items():
+                p.grad.mul_(active[k])
+
+    def final_masks(self) -> dict[str, torch.Tensor]:
+        """Global top-``keep`` by magnitude: the weights GSM lets survive."""
+        scores = {k: p.detach().abs() for k, p in self.params.items()}
+        return select_masks(scores, get_pattern("element"), global_sparsity=self.sparsity)
+
+    def on_train_end(self, state: TrainState) -> None:
+        numel = sum(p.numel() for p in self.params.values())
+        self.near_zero = sum(int((p.detach().abs() < 1e-3).sum()) for p in self.params.values()) / max(numel, 1)
+        if self.harden_at_end:
+            install_masks_(state.model, self.final_masks(), mode="hard")
+
+
+def _target_sparsity(ctx: RunContext, method: str) -> float:
+    kind, value = parse_target(ctx.target)
+    if kind != "sparsity":
+        raise ConfigError(f"target={ctx.target!r}: {method} is an unstructured method and takes "
+                          f"target='sparsity=S' (fraction of weights removed), e.g. 'sparsity=0.9'")
+    return value
+
+
+@register_method("gsm", kind="unstructured", needs_data=True, defaults={
+    "momentum": 0.99,  # paper (LeNet-300-100 script): SGD momentum 0.99
+    "weight_decay": 5e-4,  # paper: 5e-4; passive weights decay by ~lr*wd/(1-momentum) per step
+    "lr": None,  # None: the train config's lr (paper: 1e-2)
+    "exempt": (),  # ("first",) / ("last",) keep those layers dense
+})
+def run_gsm(ctx: RunContext) -> MethodResult:
+    """Train ``ctx.prune_epochs`` with GSM (SGD, momentum 0.99), then zero everything outside the top Q."""
+    from ..train import TrainConfig, fit
+
+    opts = get_method("gsm").options(ctx.options)
+    sparsity = _target_sparsity(ctx, "gsm")
+    if ctx.train_data is None:
+        raise ConfigError("gsm trains while it prunes and needs train_data (an iterable of (inputs, targets))")
+    cfg = (ctx.train_config or TrainConfig()).replace(
+        epochs=ctx.prune_epochs, seed=ctx.seed, device=ctx.device, optimizer="sgd", nesterov=False,
+        momentum=opts["momentum"], weight_decay=opts["weight_decay"],
+        **({"lr": opts["lr"]} if opts["lr"] is not None else {}))
+    cb = GSM(sparsity, ignore=ctx.ignore, exempt=tuple(opts["exempt"]))
+    fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
+    return MethodResult(ctx.model, callbacks=[], info={"sparsity": sparsity, "keep": cb.keep,
+                                                       "near_zero_before_cut": cb.near_zero})
