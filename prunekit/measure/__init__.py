@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import sys
+import types
 from dataclasses import dataclass, field
 
 import torch.nn as nn
@@ -53,9 +55,9 @@ class Measurement:
     nonzero_params: int  # parameters that are not exactly zero
     macs: int | None  # one forward with the example inputs; None when the MAC counter is unavailable
     sparsity: float  # zeros / params over the whole model
-    size_dense: int  # bytes, safetensors
-    size_sparse: int  # bytes, non-zero values + compact indices
-    size_compressed: int  # bytes, the sparse bytes through zlib
+    size_dense: int | None  # bytes, safetensors (None when measured with sizes=False)
+    size_sparse: int | None  # bytes, non-zero values + compact indices
+    size_compressed: int | None  # bytes, the sparse bytes through zlib
     per_layer: dict = field(default_factory=dict)  # fqn -> LayerStats
     latency: LatencyStats | None = None
 
@@ -82,18 +84,22 @@ class Measurement:
 
     def __str__(self) -> str:
         macs = "n/a" if self.macs is None else f"{self.macs:,}"
-        head = (f"params {self.params:,} (non-zero {self.nonzero_params:,}, sparsity {self.sparsity:.3f}), "
-                f"MACs {macs}, size dense/sparse/compressed {self.size_dense:,}/{self.size_sparse:,}/"
-                f"{self.size_compressed:,} B")
+        head = f"params {self.params:,} (non-zero {self.nonzero_params:,}, sparsity {self.sparsity:.3f}), MACs {macs}"
+        if self.size_dense is not None:
+            head += (f", size dense/sparse/compressed {self.size_dense:,}/{self.size_sparse:,}/"
+                     f"{self.size_compressed:,} B")
         if self.latency is not None:
             head += f", latency {self.latency.median_ms:.3f} ms (p10 {self.latency.p10:.3f}, p90 {self.latency.p90:.3f})"
         return head + "\n" + self.table()
 
 
-def measure(model: nn.Module, example_inputs, *, latency: bool = False, **latency_kw) -> Measurement:
+def measure(model: nn.Module, example_inputs, *, latency: bool = False, sizes: bool = True,
+            **latency_kw) -> Measurement:
     """Everything :mod:`prunekit.measure` knows about ``model``, for one forward with ``example_inputs``.
 
     ``latency=True`` also times it (``latency_kw`` go to :func:`prunekit.measure.latency`).
+    ``sizes=False`` skips the sizes on disk (the compressed one takes seconds for a VGG-16): for loops
+    that only need parameters and MACs.
 
     Example:
         >>> import torch
@@ -125,6 +131,18 @@ def measure(model: nn.Module, example_inputs, *, latency: bool = False, **latenc
         lat = _latency(model, example_inputs, **latency_kw)
     return Measurement(
         params=sp.total, nonzero_params=sp.total - sp.zeros, macs=total_macs, sparsity=sp.overall,
-        size_dense=size_on_disk(model, "dense"), size_sparse=size_on_disk(model, "sparse"),
-        size_compressed=size_on_disk(model, "compressed"), per_layer=per_layer, latency=lat,
+        size_dense=size_on_disk(model, "dense") if sizes else None,
+        size_sparse=size_on_disk(model, "sparse") if sizes else None,
+        size_compressed=size_on_disk(model, "compressed") if sizes else None, per_layer=per_layer, latency=lat,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``prunekit.measure(model, x)`` work whether ``prunekit.measure`` resolves to this module
+    (as it does once anything has imported it) or to the function."""
+
+    def __call__(self, model: nn.Module, example_inputs, **kw) -> Measurement:
+        return measure(model, example_inputs, **kw)
+
+
+sys.modules[__name__].__class__ = _CallableModule

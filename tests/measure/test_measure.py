@@ -31,6 +31,8 @@ def test_measure_lenet300_params_sizes_and_layers():
     assert r.latency is None
     json.dumps(r.to_dict())  # serialisable
     assert "fc2" in r.table() and "266,610" in str(r)
+    quick = measure(m, torch.zeros(1, 1, 28, 28), sizes=False)
+    assert (quick.params, quick.size_dense, quick.size_compressed) == (266610, None, None)
 
 
 def test_measure_reflects_pruned_weights_and_does_not_change_the_model():
@@ -59,3 +61,10 @@ def test_measure_macs_by_hand():
     assert r5.per_layer["conv1"].macs == 20 * 24 * 24 * 25
     assert r5.per_layer["conv2"].macs == 50 * 8 * 8 * 20 * 25
     assert r5.macs == 20 * 24 * 24 * 25 + 50 * 8 * 8 * 20 * 25 + 800 * 500 + 500 * 10
+
+
+def test_the_measure_module_is_callable():
+    import prunekit.measure as M
+
+    r = M(nn.Linear(4, 2), torch.zeros(1, 4))
+    assert (r.params, r.per_layer[""].width) == (10, 2)

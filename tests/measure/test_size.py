@@ -76,7 +76,7 @@ def test_integer_buffers_stay_dense_and_compressed_is_zlib_of_sparse():
     m = pk.models.create("vgg-small")
     blob = encode_sparse(m)
     assert json.loads(blob[8:8 + struct.unpack("<Q", blob[:8])[0]])["features.1.num_batches_tracked"]["enc"] == "dense"
-    assert size_on_disk(m, "compressed") == len(zlib.compress(blob, 9))
+    assert size_on_disk(m, "compressed") == len(zlib.compress(blob, 6))
     dense = size_on_disk(m, "dense")
     # a dense random model gains (almost) nothing from the sparse encoding; zeroing 90% of it does
     assert abs(size_on_disk(m, "sparse") - dense) < 0.01 * dense
