@@ -21,10 +21,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import get_masks, install_masks_, prunable_weights, remove_masks_, select_masks, get_pattern
-from ..recipe import parse_target
 from ..schedules import agp_cubic
 from ..train.callbacks import Callback, TrainState
-from ._registry import MethodResult, RunContext, get_method, register_method
+from ..masks.workflows import method_options, target_sparsity, train_config
+from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,6 @@ class DPF(Callback):
             install_masks_(state.model, masks, mode="hard")
 
 
-def _target_sparsity(ctx: RunContext, method: str) -> float:
-    kind, value = parse_target(ctx.target)
-    if kind != "sparsity":
-        raise ConfigError(f"target={ctx.target!r}: {method} is an unstructured method and takes "
-                          f"target='sparsity=S' (fraction of weights removed), e.g. 'sparsity=0.9'")
-    return value
-
 
 @register_method("dpf", kind="unstructured", needs_data=True, defaults={
     "frequency": 16,  # optimizer steps between mask refreshes (paper: 16)
@@ -111,15 +104,15 @@ def _target_sparsity(ctx: RunContext, method: str) -> float:
 })
 def run_dpf(ctx: RunContext) -> MethodResult:
     """Train ``ctx.prune_epochs`` with DPF; the model ends with hard masks at the target sparsity."""
-    from ..train import TrainConfig, fit
+    from ..train import fit
 
-    opts = get_method("dpf").options(ctx.options)
-    sparsity = _target_sparsity(ctx, "dpf")
+    opts = method_options("dpf", ctx.options)
+    sparsity = target_sparsity(ctx.target, "dpf")
     if ctx.train_data is None:
         raise ConfigError("dpf trains while it prunes and needs train_data (an iterable of (inputs, targets))")
     if not 0 < opts["ramp_fraction"] <= 1:
         raise ConfigError(f"ramp_fraction={opts['ramp_fraction']!r} must be in (0, 1], e.g. 0.6")
-    cfg = (ctx.train_config or TrainConfig()).replace(epochs=ctx.prune_epochs, seed=ctx.seed, device=ctx.device)
+    cfg = train_config(ctx, max(1, ctx.prune_epochs))
     total = cfg.epochs * len(ctx.train_data)
     freq = opts["frequency"]
     n = max(1, int(opts["ramp_fraction"] * total) // freq)

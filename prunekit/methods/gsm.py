@@ -21,9 +21,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights, select_masks, get_pattern
-from ..recipe import parse_target
 from ..train.callbacks import Callback, TrainState
-from ._registry import MethodResult, RunContext, get_method, register_method
+from ..masks.workflows import method_options, target_sparsity, train_config
+from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,6 @@ class GSM(Callback):
             install_masks_(state.model, self.final_masks(), mode="hard")
 
 
-def _target_sparsity(ctx: RunContext, method: str) -> float:
-    kind, value = parse_target(ctx.target)
-    if kind != "sparsity":
-        raise ConfigError(f"target={ctx.target!r}: {method} is an unstructured method and takes "
-                          f"target='sparsity=S' (fraction of weights removed), e.g. 'sparsity=0.9'")
-    return value
-
 
 @register_method("gsm", kind="unstructured", needs_data=True, defaults={
     "momentum": 0.99,  # paper (LeNet-300-100 script): SGD momentum 0.99
@@ -119,16 +112,14 @@ def _target_sparsity(ctx: RunContext, method: str) -> float:
 })
 def run_gsm(ctx: RunContext) -> MethodResult:
     """Train ``ctx.prune_epochs`` with GSM (SGD, momentum 0.99), then zero everything outside the top Q."""
-    from ..train import TrainConfig, fit
+    from ..train import fit
 
-    opts = get_method("gsm").options(ctx.options)
-    sparsity = _target_sparsity(ctx, "gsm")
+    opts = method_options("gsm", ctx.options)
+    sparsity = target_sparsity(ctx.target, "gsm")
     if ctx.train_data is None:
         raise ConfigError("gsm trains while it prunes and needs train_data (an iterable of (inputs, targets))")
-    cfg = (ctx.train_config or TrainConfig()).replace(
-        epochs=ctx.prune_epochs, seed=ctx.seed, device=ctx.device, optimizer="sgd", nesterov=False,
-        momentum=opts["momentum"], weight_decay=opts["weight_decay"],
-        **({"lr": opts["lr"]} if opts["lr"] is not None else {}))
+    cfg = train_config(ctx, max(1, ctx.prune_epochs), optimizer="sgd", nesterov=False, momentum=opts["momentum"],
+                       weight_decay=opts["weight_decay"], **({"lr": opts["lr"]} if opts["lr"] is not None else {}))
     cb = GSM(sparsity, ignore=ctx.ignore, exempt=tuple(opts["exempt"]))
     fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
     return MethodResult(ctx.model, callbacks=[], info={"sparsity": sparsity, "keep": cb.keep,

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import get_masks, prunable_weights, register_weight_criterion, sparsify_
-from ..recipe import parse_target
+from ..masks.workflows import iterative_prune, method_options, target_sparsity, train_config
 from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)
@@ -133,42 +133,22 @@ def lap_round_sparsities(sparsity: float, rounds: int) -> list[float]:
     return [1.0 - (1.0 - sparsity) ** ((r + 1) / rounds) for r in range(rounds)]
 
 
-def _target_sparsity(ctx: RunContext, method: str) -> float:
-    kind, value = parse_target(ctx.target)
-    if kind != "sparsity":
-        raise ConfigError(f"target={ctx.target!r}: {method} is an unstructured method and takes "
-                          f"target='sparsity=S' (fraction of weights removed), e.g. 'sparsity=0.9'")
-    return value
-
 
 @register_method("lap", kind="unstructured", needs_data=True, defaults={
-    "rounds": 5,  # prune/retrain rounds (paper: iterative, same rate each round)
+    "rounds": 5,  # prune/retrain rounds (paper: iterative, the same rate each round)
     "retrain_epochs": 1,  # epochs of masked retraining after every round but the last
     "global_": False,  # paper: layer-wise (uniform) ratios; True ranks all layers together
     "exempt": (),  # ("first",) / ("last",) keep those layers dense
 })
 def run_lap(ctx: RunContext) -> MethodResult:
     """Iterative LAP: ``rounds`` x (score with LAP, prune to the round's sparsity, retrain)."""
-    from ..train import TrainConfig, fit
-
-    opts = _options("lap", ctx)
-    sparsity = _target_sparsity(ctx, "lap")
-    schedule = lap_round_sparsities(sparsity, opts["rounds"])
+    opts = method_options("lap", ctx.options)
+    sparsity = target_sparsity(ctx.target, "lap")
+    lap_round_sparsities(sparsity, opts["rounds"])  # validates rounds before anything changes
     if opts["retrain_epochs"] and opts["rounds"] > 1 and ctx.train_data is None:
-        raise ConfigError("lap retrains between rounds and needs train_data; pass train_data or rounds=1")
-    cfg = (ctx.train_config or TrainConfig()).replace(epochs=max(1, opts["retrain_epochs"]), seed=ctx.seed,
-                                                      device=ctx.device)
-    history = []
-    for r, s in enumerate(schedule):
-        report = sparsify_(ctx.model, sparsity=s, criterion="lap", global_=opts["global_"], ignore=ctx.ignore,
-                           exempt=tuple(opts["exempt"]))
-        history.append({"round": r, "sparsity": report.sparsity})
-        if r + 1 < len(schedule) and opts["retrain_epochs"]:
-            fit(ctx.model, ctx.train_data, cfg)
-    return MethodResult(ctx.model, callbacks=[], info={"rounds": history, "sparsity": report.sparsity})
-
-
-def _options(method: str, ctx: RunContext) -> dict:
-    from ._registry import get_method
-
-    return get_method(method).options(ctx.options)
+        raise ConfigError("lap retrains between rounds and needs train_data; pass train_data= or rounds=1")
+    cfg = train_config(ctx, max(1, opts["retrain_epochs"]))
+    history = iterative_prune(ctx.model, ctx.train_data if opts["retrain_epochs"] else None, cfg,
+                              sparsity=sparsity, rounds=opts["rounds"], criterion="lap", global_=opts["global_"],
+                              ignore=tuple(ctx.ignore), exempt=tuple(opts["exempt"]))
+    return MethodResult(ctx.model, callbacks=[], info={"rounds": history, "sparsity": history[-1]["sparsity"]})
