@@ -142,14 +142,14 @@ def global_keep_masks(scores: Sequence[torch.Tensor], n_keep: int, *, normalize:
                       min_keep: int = 1) -> list[torch.Tensor]:
     """Boolean keep-masks over several layers from one global ranking: the ``n_keep`` highest scores survive.
 
-    ``normalize`` divides each layer's scores by their L2 norm first (so layers of different scale compete
-    fairly); every layer keeps at least ``min_keep`` filters, which may push the kept total above ``n_keep``.
+    ``normalize`` divides each layer's scores by their mean first (so layers of different scale and width
+    compete fairly); every layer keeps at least ``min_keep`` filters, which may push the kept total above ``n_keep``.
     """
     flat = []
     for layer, s in enumerate(scores):
         s = s.detach().float()
         if normalize:
-            s = s / s.norm().clamp_min(1e-12)
+            s = s / s.abs().mean().clamp_min(1e-12)
         flat.append(s)
     allv = torch.cat(flat)
     order = torch.sort(allv, descending=True, stable=True).indices
@@ -321,3 +321,379 @@ def steps_per_epoch(train_data) -> int:
 
 def isclose_fraction(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=0.0, abs_tol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ method plumbing
+def method_options(method_id: str, ctx) -> dict:
+    """``MethodSpec.defaults`` of ``method_id`` updated with ``ctx.options`` (unknown keys are a ConfigError)."""
+    from ._registry import METHODS
+
+    return METHODS.get(method_id, argument="method").options(ctx.options)
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> None:
+    from .._registry import unknown_name_message
+
+    if value not in choices:
+        raise ConfigError(unknown_name_message(f"value of option {name!r}", value, choices, name)
+                          + f"; set options={{{name!r}: {choices[0]!r}}}")
+
+
+def check_positive(opts: dict, *names: str, allow_zero: bool = False) -> None:
+    """Each named option must be a real number > 0 (>= 0 with ``allow_zero``); all problems in one error."""
+    bad = []
+    for n in names:
+        v = opts[n]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v >= 0 if allow_zero else v > 0)
+        if not ok:
+            bad.append(f"options[{n!r}]={v!r} must be a number {'>= 0' if allow_zero else '> 0'}")
+    if bad:
+        raise ConfigError("; ".join(bad) + "; fix the value in options={...}")
+
+
+class restore_on_error:
+    """Context manager: on an exception, load back the model's parameters and buffers as they were on entry.
+
+    Used around the training phase of a method (shapes do not change there; the engine's surgery is
+    transactional on its own), so a failure leaves the user's model as it was given.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            current = self.model.state_dict()
+            if set(current) == set(self.saved) and all(current[k].shape == v.shape for k, v in self.saved.items()):
+                self.model.load_state_dict(self.saved)
+            else:
+                log.error("could not restore the model after %s: its structure changed", exc_type.__name__)
+        return False
+
+
+def post_activation_stats(model: nn.Module, modules: dict[str, nn.Module], batches,
+                          device: str = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+    """Per-channel statistics of ``relu(output)`` of each named module over ``batches`` (eval mode, no grad).
+
+    Returns ``{fqn: {"mean": [C], "max": [C]}}``: the mean over samples and positions of the post-ReLU
+    activation (DropNet's criterion) and its maximum (zero max = a dead channel, implicit sparsity).
+    """
+    sums: dict[str, torch.Tensor] = {}
+    maxs: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def make(fqn):
+        def hook(_m, _i, out):
+            a = torch.relu(out.detach()).float()
+            a = a.transpose(0, 1).reshape(a.shape[1], -1)  # [C, N*positions]
+            sums[fqn] = sums.get(fqn, 0) + a.sum(dim=1)
+            m = a.max(dim=1).values
+            maxs[fqn] = torch.maximum(maxs[fqn], m) if fqn in maxs else m
+            counts[fqn] = counts.get(fqn, 0) + a.shape[1]
+
+        return hook
+
+    for fqn, mod in modules.items():
+        hooks.append(mod.register_forward_hook(make(fqn)))
+    was_training = model.training
+    n_batches = 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for inputs, _ in batches:
+                _forward(model, inputs.to(device) if torch.is_tensor(inputs) else inputs)
+                n_batches += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if n_batches == 0:
+        raise ConfigError("the statistics batches are empty; pass calib=[(inputs, targets), ...] or train_data")
+    return {f: {"mean": (sums[f] / counts[f]).cpu(), "max": maxs[f].cpu()} for f in sums}
+
+
+def first_batches(data, n: int) -> list:
+    """The first ``n`` batches of an iterable of batches, as a list."""
+    out = []
+    for batch in data:
+        if len(out) >= n:
+            break
+        out.append(batch)
+    return out
+
+
+# ------------------------------------------------------------------------------- structural engine adapter
+@dataclasses.dataclass
+class FilterGroup:
+    """One prunable channel group seen from the filter methods: who produces its channels.
+
+    ``convs`` are the Conv/Linear modules whose output channels (weight dim 0) are the group's channels,
+    ``bns`` the affine BatchNorms on those channels; several convs mean channels tied by a residual add.
+    ``key`` (the first producer's FQN) names the group in score and count dicts.
+    """
+
+    key: str
+    width: int
+    convs: list
+    bns: list
+    group: object = None  # the engine's graph group
+
+
+def _module_of(param_fqn: str) -> tuple[str, str]:
+    mod, _, name = param_fqn.rpartition(".")
+    return mod, name
+
+
+def _ignore_modules(model: nn.Module, ignore) -> dict:
+    """``{id(module): fqn}`` for the module FQNs in ``ignore`` (as the engine's ``ignore=`` takes them)."""
+    mods = dict(model.named_modules())
+    bad = [f for f in ignore or () if f not in mods]
+    if bad:
+        from .._registry import closest
+
+        hint = closest(bad[0], list(mods))
+        raise ConfigError(f"ignore={list(ignore)!r}: {bad[0]!r} is not a module of the model"
+                          + (f"; did you mean {hint!r}?" if hint else "") + "; give module FQNs such as 'fc'")
+    return {id(mods[f]): f for f in ignore or ()}
+
+
+def _graph(model: nn.Module, ctx):
+    from ..graph import build_graph
+
+    return build_graph(model, ctx.example_inputs, ignore_modules=_ignore_modules(model, ctx.ignore) or None)
+
+
+def filter_groups(model: nn.Module, ctx, graph=None) -> list[FilterGroup]:
+    """The engine's channel groups whose channels are the output filters of Conv/Linear layers.
+
+    Only members whose positions are the group's channels one-to-one are used (conv/linear weight dim 0,
+    BN weight), so indices can be shared between the method's masks and the engine's plan. Groups touching
+    an FQN in ``ctx.ignore`` are left out.
+    """
+    import numpy as np
+
+    graph = graph if graph is not None else _graph(model, ctx)
+    mods = dict(model.named_modules())
+    out = []
+    for g in graph.groups:
+        convs, bns = [], []
+        for m in g.members:
+            mod_fqn, pname = _module_of(m.fqn)
+            mod = mods.get(mod_fqn)
+            if pname != "weight" or m.dim != 0 or mod is None:
+                continue
+            if not np.array_equal(m.channel, np.arange(g.width)):
+                continue
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and m.role == "producer":
+                convs.append(mod_fqn)
+            elif isinstance(mod, _BN_TYPES) and mod.affine:
+                bns.append(mod_fqn)
+        if not (convs or bns):
+            continue
+        out.append(FilterGroup(key=(convs or bns)[0], width=g.width, convs=convs, bns=bns, group=g))
+    return out
+
+
+def bn_scale_scores(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{bn_fqn: |gamma|}`` for every affine BatchNorm."""
+    return {f: bn.weight.detach().abs().clone() for f, bn in bn_layers(model)}
+
+
+def require_bn(model: nn.Module, method_id: str) -> None:
+    if not bn_layers(model):
+        raise ConfigError(
+            f"model={type(model).__name__}: method {method_id!r} uses BatchNorm scales as channel switches, but the "
+            f"model has no affine BatchNorm layer; choose a model with BatchNorm (e.g. vgg-small, resnet20) or a "
+            f"method that scores filters by their weights ('sfp', 'l1-filter')"
+        )
+
+
+def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], allocation: str,
+                     groups: list[FilterGroup] | None = None, min_keep: int = 1, graph=None):
+    """Which channels to remove so the model meets ``ctx.target``, from per-channel ``scores`` (lower goes first).
+
+    ``scores`` are keyed by any producer FQN of a group (conv/linear or BN; several keys of one group are
+    summed). ``allocation="global"`` removes channels in one ranking over all groups; ``"uniform"`` removes
+    the same fraction of every scored group. Costs come from the engine's exact MAC/parameter model.
+    Scores below zero mark channels a method has already masked: they are always part of the removal.
+    ``graph`` reuses an engine graph traced earlier (the structure must not have changed since).
+    Returns ``(removal, info)`` with ``removal = {group key: sorted indices}``.
+    """
+    import numpy as np
+
+    from ..recipe import parse_target
+
+    kind, value = parse_target(ctx.target)
+    graph = graph if graph is not None else _graph(model, ctx)
+    groups = groups if groups is not None else filter_groups(model, ctx, graph)
+    by_fqn = {f: g for g in groups for f in (*g.convs, *g.bns)}
+    summed: dict[str, np.ndarray] = {}
+    for f, s in scores.items():
+        if f not in by_fqn:
+            raise ConfigError(f"scores for {f!r}: not a prunable producer of this model; prunable: "
+                              f"{sorted(by_fqn)[:20]}")
+        g = by_fqn[f]
+        arr = torch.as_tensor(s).detach().double().cpu().numpy()
+        summed[g.key] = summed.get(g.key, 0) + arr
+    scored = [g for g in groups if g.key in summed]
+    cost = graph.macs if kind == "macs" else graph.params
+    dense = cost()
+    budget = value * dense
+    gid = {g.key: g.group.id for g in scored}
+
+    def removed_mask(sel: dict[str, np.ndarray]) -> np.ndarray:
+        return graph.removed_flat({gid[k]: v for k, v in sel.items() if len(v)})
+
+    def fits(sel) -> bool:
+        return cost(removed_mask(sel)) <= budget
+
+    if allocation == "global":
+        entries = sorted(((float(summed[g.key][i]), g.key, i) for g in scored for i in range(g.width)),
+                         key=lambda t: (t[0], t[1], t[2]))
+        room = {g.key: g.width - min_keep for g in scored}
+        order = []
+        for _, k, i in entries:
+            if room[k] > 0:
+                order.append((k, i))
+                room[k] -= 1
+
+        def take(n):
+            sel: dict[str, list] = {}
+            for k, i in order[:n]:
+                sel.setdefault(k, []).append(i)
+            return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in sel.items()}
+
+        lo, hi = 0, len(order)
+        if not fits(take(hi)):
+            raise ConfigError(_unreachable(ctx.target, cost(removed_mask(take(hi))) / dense, kind))
+        while lo < hi:  # smallest n that meets the budget (cost falls as n grows)
+            mid = (lo + hi) // 2
+            if fits(take(mid)):
+                hi = mid
+            else:
+                lo = mid + 1
+        lo = max(lo, sum(1 for k, i in order if summed[k][i] < 0))  # negative = already masked: always cut
+        sel = take(lo)
+    elif allocation == "uniform":
+        def take_f(f):
+            out = {}
+            for g in scored:
+                n = min(int(math.floor(f * g.width + 1e-9)), g.width - min_keep)
+                out[g.key] = np.sort(np.argsort(summed[g.key], kind="stable")[:max(n, 0)]).astype(np.int64)
+            return out
+
+        if not fits(take_f(1.0)):
+            raise ConfigError(_unreachable(ctx.target, cost(removed_mask(take_f(1.0))) / dense, kind))
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if fits(take_f(mid)):
+                hi = mid
+            else:
+                lo = mid
+        sel = take_f(hi)
+    else:
+        check_choice("allocation", allocation, ("global", "uniform"))
+    sel = {k: v for k, v in sel.items() if len(v)}
+    after = cost(removed_mask(sel))
+    info = {"target": ctx.target, "allocation": allocation, f"dense_{kind}": int(dense), f"pruned_{kind}": int(after),
+            f"kept_{kind}_fraction": after / dense, "removed_channels": int(sum(len(v) for v in sel.values()))}
+    return sel, info
+
+
+def _unreachable(target: str, best: float, kind: str) -> str:
+    return (f"target={target!r} cannot be reached without emptying a layer: removing all but one channel of every "
+            f"prunable group still keeps {best:.3f} of the {kind}; ask for a larger fraction (e.g. "
+            f"target='{kind}={min(0.99, math.ceil(best * 100) / 100 + 0.05):.2f}') or prune fewer layers via ignore")
+
+
+def removal_counts(model: nn.Module, ctx, scores: dict[str, torch.Tensor], allocation: str) -> dict[str, int]:
+    """``{group key: number of channels}`` the cut at ``ctx.target`` would remove with this allocation."""
+    sel, _ = select_to_target(model, ctx, scores, allocation)
+    return {k: len(v) for k, v in sel.items()}
+
+
+def check_target_reachable(model: nn.Module, ctx) -> None:
+    """Fail up front (model untouched) when ``ctx.target`` needs more than all-but-one channel of every group."""
+    groups = filter_groups(model, ctx)
+    if not groups:
+        raise ConfigError(f"model={type(model).__name__} has no prunable conv/linear channel group (after "
+                          f"ignore={list(ctx.ignore)!r}); check ignore= or use a model with prunable layers")
+    select_to_target(model, ctx, {g.key: torch.zeros(g.width) for g in groups}, "global", groups)
+
+
+def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], allocation: str = "global") -> dict:
+    """Remove the lowest-scoring channels until ``ctx.target`` is met, through the structural engine.
+
+    The selection is :func:`select_to_target`; it is written into an engine :class:`~prunekit.api.Plan`
+    (every coupled member's exact indices) and applied with :func:`prunekit.prune_`, which is transactional.
+    Returns a JSON-ready summary (target, allocation, costs before/after, kept widths).
+    """
+    import numpy as np
+
+    from ..api import plan as make_plan, prune_
+
+    groups = filter_groups(model, ctx)
+    sel, info = select_to_target(model, ctx, scores, allocation, groups)
+    by_members = {tuple(sorted((m.fqn, m.dim) for m in g.group.members)): g for g in groups}
+    p = make_plan(model, ctx.example_inputs, sparsity=0.0, ignore=list(ctx.ignore))
+    for pg in p.groups:
+        g = by_members.get(tuple(sorted((m["fqn"], m["dim"]) for m in pg.members)))
+        if g is None or g.key not in sel:
+            continue
+        chans = np.asarray(sel[g.key], dtype=np.int64)
+        member = {(m.fqn, m.dim): m for m in g.group.members}
+        pg.channels = [int(c) for c in chans]
+        pg.kept = pg.width - len(chans)
+        for m in pg.members:
+            m["indices"] = member[(m["fqn"], m["dim"])].positions(chans).tolist()
+    report = prune_(model, p)
+    widths = {g.key: g.width - len(sel.get(g.key, ())) for g in groups}
+    info.update({"params_before": int(report.params_before), "params_after": int(report.params_after),
+                 "widths": widths})
+    return info
+
+
+def merge_clusters_(model: nn.Module, ctx, groups: list[FilterGroup], clusters: dict) -> dict[str, torch.Tensor]:
+    """C-SGD's merge: each cluster's first channel becomes the cluster mean, its readers absorb the others.
+
+    For every member of a clustered group, producer-side tensors (weights, biases, BatchNorm affine and
+    running statistics) take the mean over the cluster at the kept channel, and consumer tensors (the input
+    slices of the next layers) add the other members' slices into the kept one. When the cluster's channels
+    are identical this leaves the function unchanged once the other channels are cut. Returns scores for
+    :func:`cut_to_target`: 1 for kept channels, 0 for the merged-away ones.
+    """
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    scores = {}
+    with torch.no_grad():
+        for g in groups:
+            if g.key not in clusters:
+                continue
+            s = torch.zeros(g.width)
+            for cluster in clusters[g.key]:
+                keep, others = cluster[0], list(cluster[1:])
+                s[keep] = 1.0
+                if not others:
+                    continue
+                for m in g.group.members:
+                    t = tensors.get(m.fqn)
+                    if t is None or t.dim() == 0:
+                        continue
+                    k = torch.as_tensor(m.positions([keep]), dtype=torch.long)
+                    if m.role == "consumer":
+                        for o in others:
+                            src = torch.as_tensor(m.positions([o]), dtype=torch.long)
+                            t.index_add_(m.dim, k, t.index_select(m.dim, src))
+                    else:
+                        rows = [t.index_select(m.dim, torch.as_tensor(m.positions([c]), dtype=torch.long))
+                                for c in cluster]
+                        t.index_copy_(m.dim, k, torch.stack(rows).float().mean(0).to(t.dtype))
+            scores[g.key] = s
+    return scores

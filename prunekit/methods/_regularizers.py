@@ -32,7 +32,7 @@ from ._filter_common import (
 log = logging.getLogger(__name__)
 
 __all__ = ["BNScaleL1", "BNScaleISTA", "APGGates", "SoftFilterMask", "Centripetal", "HardFilterMask",
-           "DynamicFilterMask", "GateTaylor", "GateSGD", "current_lr"]
+           "DynamicFilterMask", "GateTaylor", "GateSGD", "FreezeExcept", "current_lr"]
 
 
 def current_lr(optimizer, param: torch.Tensor | None = None, default: float = 0.1) -> float:
@@ -125,17 +125,22 @@ class APGGates(Callback):
 
 
 class SoftFilterMask(Callback):
-    """Soft filter pruning: at each epoch end zero the ``n_prune[fqn]`` lowest-scoring filters of each layer.
+    """Soft filter pruning: at each epoch end zero the ``n_prune`` lowest-scoring filters of each layer.
 
     Zeroed filters keep their gradients, so training may grow them back before the next re-selection.
-    ``criterion`` is ``"l2"`` (filter norm) or ``"fpgm"`` (distance to the other filters). ``history`` keeps
-    the zeroed indices of every selection, ``{fqn: tensor}`` per epoch.
+    ``criterion`` is ``"l2"`` (filter norm) or ``"fpgm"`` (distance to the other filters). ``tied`` lists
+    layers whose filters are one channel (e.g. joined by a residual add): their scores are summed and the
+    same indices zeroed in all of them; ``n_prune`` is keyed by the first layer of each tied set.
+    ``history`` keeps the zeroed indices of every selection, ``{fqn: tensor}`` per epoch.
     """
 
-    def __init__(self, layers: dict[str, nn.Module], n_prune: dict[str, int], criterion: str = "l2"):
+    def __init__(self, layers: dict[str, nn.Module], n_prune: dict[str, int], criterion: str = "l2",
+                 tied: Sequence[Sequence[str]] | None = None):
         self.layers = dict(layers)
         self.n_prune = dict(n_prune)
         self.criterion = criterion
+        in_tied = {f for t in (tied or ()) for f in t}
+        self.tied = [list(t) for t in (tied or ())] + [[f] for f in self.layers if f not in in_tied]
         self.history: list[dict[str, torch.Tensor]] = []
 
     def scores(self, weight: torch.Tensor) -> torch.Tensor:
@@ -144,12 +149,15 @@ class SoftFilterMask(Callback):
     def apply(self) -> dict[str, torch.Tensor]:
         chosen = {}
         with torch.no_grad():
-            for fqn, mod in self.layers.items():
-                idx = lowest(self.scores(mod.weight), self.n_prune.get(fqn, 0))
-                mod.weight[idx] = 0.0
-                if getattr(mod, "bias", None) is not None:
-                    mod.bias[idx] = 0.0
-                chosen[fqn] = idx
+            for members in self.tied:
+                score = sum(self.scores(self.layers[f].weight) for f in members)
+                idx = lowest(score, self.n_prune.get(members[0], 0))
+                for f in members:
+                    mod = self.layers[f]
+                    mod.weight[idx] = 0.0
+                    if getattr(mod, "bias", None) is not None:
+                        mod.bias[idx] = 0.0
+                    chosen[f] = idx
         self.history.append(chosen)
         return chosen
 
@@ -207,8 +215,8 @@ class DynamicFilterMask(Callback):
 
     The forward and backward use the masked filters (``W * m``); the optimizer then updates the dense
     weights with that gradient, so a masked filter keeps learning and can re-enter at the next re-estimate.
-    ``saliency(weight) -> [n_filters]`` scores filters (default: L1 norm); scores are L2-normalised per
-    layer before the global ranking. ``flips`` counts 0->1 changes of the mask.
+    ``saliency(weight) -> [n_filters]`` scores filters (default: L1 norm); scores are divided by their
+    layer's mean before the global ranking. ``flips`` counts 0->1 changes of the mask.
     """
 
     def __init__(self, layers: dict[str, nn.Module], n_keep: int, update_every: int = 50,
@@ -301,3 +309,19 @@ class GateSGD(Callback):
                 if k in self.keep:
                     g[~self.keep[k]] = 0.0
         self.gates.zero_grad()
+
+
+class FreezeExcept(Callback):
+    """Trains only ``trainable`` tensors: every other parameter's gradient is dropped after backward.
+
+    A dropped (``None``) gradient makes torch optimizers skip the parameter entirely (no weight decay, no
+    momentum), so the frozen weights stay exactly as they were. Used for Gate Decorator's tick phase.
+    """
+
+    def __init__(self, model: nn.Module, trainable: Sequence[torch.Tensor]):
+        keep = {id(t) for t in trainable}
+        self.frozen = [p for p in model.parameters() if id(p) not in keep]
+
+    def on_after_backward(self, state) -> None:
+        for p in self.frozen:
+            p.grad = None

@@ -108,3 +108,64 @@ def test_channel_gates_fold_is_exact():
     gates.fold_()
     torch.testing.assert_close(net(x), gated)
     assert set(net.state_dict()) == keys and net[1].weight[0] == 0 and net[1].bias[0] == 0
+
+
+# ---------------------------------------------------------------- contract tests over the training-time methods
+TRAINING_METHODS = ["slimming", "bn-ista", "sss", "sfp", "gate-decorator", "csgd", "implicit-sparsity",
+                    "rethinking", "dropnet", "gdp"]
+
+
+def _tiny_ctx(**kw):
+    from prunekit.methods import RunContext
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    x = torch.randn(8, 1, 6, 6)
+    base = dict(model=model, example_inputs=x[:2], target="macs=0.5",
+                train_data=[(x, torch.randint(0, 3, (8,)))], prune_epochs=1)
+    base.update(kw)
+    return RunContext(**base)
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_training_method_is_registered_as_structured_and_needing_data(method):
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+    spec = get_method(method)
+    assert spec.kind == "structured" and spec.needs_data is True
+    assert spec.module.startswith("prunekit.methods.")
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+@pytest.mark.parametrize("bad, match", [
+    ({"train_data": None}, r"train_data=None: method '.*' trains before it prunes"),
+    ({"prune_epochs": 0}, r"prune_epochs=0: method '.*' is a training-time method and cannot run one-shot"),
+    ({"target": "sparsity=0.5"}, r"target='sparsity=0.5'.*write e.g. target='macs=0.5'"),
+])
+def test_training_method_refuses_bad_context_and_leaves_model_unchanged(method, bad, match):
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+    ctx = _tiny_ctx(**bad)
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    with pytest.raises(ConfigError, match=match):
+        get_method(method).run(ctx)
+    after = ctx.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_hooks for m in ctx.model.modules())  # no gate hooks left behind
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_training_method_refuses_unknown_option_with_closest_match(method):
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+    spec = get_method(method)
+    first = sorted(spec.defaults)[0]
+    typo = first[:-1] + ("x" if first[-1] != "x" else "y")
+    ctx = _tiny_ctx(options={typo: 1})
+    with pytest.raises(ConfigError, match=rf"unknown option of method '{method}' {typo!r}; did you mean {first!r}"):
+        get_method(method).run(ctx)
