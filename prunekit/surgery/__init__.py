@@ -1,1 +1,251 @@
-"""(being built)"""
+"""Transactional removal of channels: parameters, gradients, buffers, optimizer state, module attributes.
+
+``remove_channels_(model, graph, removal, optimizer=None)`` slices every coupled tensor of the groups in
+``removal`` (``{group id: channel indices}``), updates module attributes (``in_channels``, ``num_heads``,
+``hidden_size``...) and checks one forward. Nothing is deep-copied: the old tensors are kept by
+reference and put back if any step fails, after which a :class:`~prunekit.errors.PruneError` naming the
+FQN and the operation is raised.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import PruneError
+from .modules import FIXERS, SIZE_ATTRS, fixers_for, register_fixer
+
+__all__ = ["remove_channels_", "Transaction", "register_fixer", "FIXERS", "SIZE_ATTRS", "keep_indices",
+           "output_shapes", "set_tensor_"]
+
+log = logging.getLogger(__name__)
+
+
+class Transaction:
+    """Undo log of attribute and tensor replacements (references only, no copies)."""
+
+    def __init__(self):
+        self._undo: list = []
+
+    def set(self, obj, name: str, value):
+        old = getattr(obj, name)
+        if isinstance(old, (int, tuple, list)) and not isinstance(old, bool) and old == value:
+            return
+        self._undo.append(("attr", obj, name, old))
+        setattr(obj, name, value)
+
+    def set_data(self, p: torch.Tensor, new: torch.Tensor):
+        self._undo.append(("data", p, p.data))
+        p.data = new
+
+    def set_grad(self, p: torch.Tensor, new):
+        self._undo.append(("grad", p, p.grad))
+        p.grad = new
+
+    def set_buffer(self, module: nn.Module, name: str, new: torch.Tensor):
+        self._undo.append(("buffer", module, name, module._buffers[name]))
+        module._buffers[name] = new
+
+    def set_item(self, d: dict, key, value):
+        self._undo.append(("item", d, key, d[key]))
+        d[key] = value
+
+    def rollback(self):
+        for entry in reversed(self._undo):
+            kind = entry[0]
+            if kind == "attr":
+                object.__setattr__(entry[1], entry[2], entry[3]) if isinstance(entry[1], nn.Module) else \
+                    setattr(entry[1], entry[2], entry[3])
+            elif kind == "data":
+                entry[1].data = entry[2]
+            elif kind == "grad":
+                entry[1].grad = entry[2]
+            elif kind == "buffer":
+                entry[1]._buffers[entry[2]] = entry[3]
+            elif kind == "item":
+                entry[1][entry[2]] = entry[3]
+        self._undo.clear()
+
+
+def keep_indices(size: int, remove) -> torch.Tensor:
+    mask = np.ones(size, bool)
+    mask[np.asarray(list(remove), dtype=np.int64)] = False
+    return torch.from_numpy(np.nonzero(mask)[0])
+
+
+def _owner(model: nn.Module, fqn: str):
+    mod_name, _, attr = fqn.rpartition(".")
+    return (model.get_submodule(mod_name) if mod_name else model), attr
+
+
+def set_tensor_(model: nn.Module, fqn: str, new: torch.Tensor, tx: Transaction):
+    """Replace parameter or buffer ``fqn`` by ``new`` (a parameter keeps its identity; its grad follows)."""
+    mod, attr = _owner(model, fqn)
+    if attr in mod._parameters and mod._parameters[attr] is not None:
+        tx.set_data(mod._parameters[attr], new)
+    elif attr in mod._buffers:
+        tx.set_buffer(mod, attr, new)
+    else:
+        raise PruneError("not a parameter or buffer", fqn=fqn, op="resize")
+
+
+def output_shapes(output) -> list:
+    shapes = []
+    from ..graph.trace import _walk_outputs
+
+    _walk_outputs(output, lambda t: shapes.append(tuple(t.shape)))
+    return shapes
+
+
+@dataclasses.dataclass
+class _Ctx:
+    tx: Transaction
+    new_in_shapes: dict
+
+    def set(self, obj, name, value):
+        self.tx.set(obj, name, value)
+
+    def in_shape(self, module):
+        return self.new_in_shapes.get(id(module))
+
+
+def plan_tensor_cuts(graph, removal: dict) -> dict:
+    """``{fqn: {dim: sorted positions to remove}}`` for a ``{group id: channels}`` removal."""
+    cuts: dict[str, dict[int, set]] = {}
+    for gid, chans in removal.items():
+        if not len(chans):
+            continue
+        for m in graph.groups[gid].members:
+            pos = m.positions(chans)
+            if len(pos):
+                cuts.setdefault(m.fqn, {}).setdefault(m.dim, set()).update(pos.tolist())
+    return {f: {d: sorted(p) for d, p in dims.items()} for f, dims in cuts.items()}
+
+
+def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, example_inputs=None,
+                     validate: bool = True) -> dict:
+    """Physically remove ``removal = {group id: channel indices}`` from ``model`` in place.
+
+    Returns ``{fqn: new shape}`` of every tensor that changed. On any failure the model and the
+    optimizer are restored exactly and ``PruneError(fqn=..., op=...)`` is raised.
+    """
+    tx = Transaction()
+    cuts = plan_tensor_cuts(graph, removal)
+    removed = graph.removed_flat(removal)
+    fqn, op = None, None
+    try:
+        opt_state = {}
+        if optimizer is not None:
+            opt_state = {id(p): s for p, s in optimizer.state.items()}
+        touched_modules = {}
+        new_shapes = {}
+        for fqn, dims in cuts.items():
+            op = "slice"
+            t = graph.rec.tensors[fqn]
+            old_shape = tuple(t.shape)
+            new = t.detach()
+            for d, pos in dims.items():
+                new = new.index_select(d, keep_indices(t.shape[d], pos).to(t.device))
+            grad = t.grad if isinstance(t, nn.Parameter) else None
+            set_tensor_(model, fqn, new.contiguous(), tx)
+            new_shapes[fqn] = tuple(new.shape)
+            if grad is not None and tuple(grad.shape) == old_shape:
+                op = "slice grad"
+                g = grad
+                for d, pos in dims.items():
+                    g = g.index_select(d, keep_indices(old_shape[d], pos).to(g.device))
+                tx.set_grad(t, g.contiguous())
+            state = opt_state.get(id(t))
+            if state:
+                op = "slice optimizer state"
+                for k, v in list(state.items()):
+                    if isinstance(v, torch.Tensor) and tuple(v.shape) == old_shape and v.dim() > 0:
+                        s = v
+                        for d, pos in dims.items():
+                            s = s.index_select(d, keep_indices(old_shape[d], pos).to(s.device))
+                        tx.set_item(state, k, s.contiguous())
+            mod, _ = _owner(model, fqn)
+            touched_modules[id(mod)] = mod
+        # modules whose input width changed (norms without weights, depthwise convs)
+        new_in = {}
+        name_to_mod = dict(model.named_modules())
+        for mfqn, call in graph.rec.module_calls.items():
+            mod = name_to_mod.get(mfqn)
+            if mod is None:
+                continue
+            shape = []
+            changed = False
+            for n, lab in zip(call.shape, call.labels):
+                k = n
+                if lab is not None and not isinstance(lab, str):
+                    idx = graph._flat_index(lab)
+                    k = n - int(removed[idx].sum()) if len(idx) else n
+                changed |= k != n
+                shape.append(k)
+            new_in[id(mod)] = tuple(shape)
+            if changed:
+                touched_modules[id(mod)] = mod
+        ctx = _Ctx(tx, new_in)
+        for mod in touched_modules.values():
+            for fix in fixers_for(mod):
+                fqn, op = graph.rec.module_fqn.get(id(mod)), f"fix attributes of {type(mod).__name__}"
+                fix(mod, ctx)
+        op = "update size attributes"
+        _update_size_attrs(graph, removed, name_to_mod, tx)
+        if validate and example_inputs is not None:
+            fqn, op = None, "validation forward"
+            _validate(model, graph, example_inputs)
+        return new_shapes
+    except PruneError as e:
+        tx.rollback()
+        raise e
+    except Exception as e:
+        tx.rollback()
+        raise PruneError(f"pruning failed and the model was restored: {type(e).__name__}: {e}", fqn=fqn, op=op) \
+            from e
+
+
+def _update_size_attrs(graph, removed, name_to_mod, tx):
+    done = set()
+    for use in graph.rec.size_uses:
+        idx = graph._flat_index(use.labels)
+        if not len(idx):
+            continue
+        n_removed_pos = int(removed[idx].sum())
+        if not n_removed_pos:
+            continue
+        new = use.size - n_removed_pos if len(use.labels) == use.size else None
+        if new is None:
+            continue
+        for mfqn in use.modules[:2]:
+            mod = name_to_mod.get(mfqn)
+            if mod is None:
+                continue
+            for attr in SIZE_ATTRS:
+                key = (id(mod), attr)
+                if key in done:
+                    continue
+                v = mod.__dict__.get(attr)
+                if isinstance(v, int) and not isinstance(v, bool) and v == use.size:
+                    tx.set(mod, attr, new)
+                    done.add(key)
+
+
+def _validate(model, graph, example_inputs):
+    from ..graph.trace import call_model
+
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = call_model(model, example_inputs)
+    finally:
+        for m, t in training.items():
+            m.training = t
+    before = output_shapes(graph.output)
+    after = output_shapes(out)
+    if before != after:
+        raise PruneError(f"output shapes changed from {before} to {after}", op="validation forward")

@@ -1,0 +1,555 @@
+"""The structural-pruning verbs: ``plan`` (changes nothing), ``prune_`` (in place), ``inspect``.
+
+Example:
+    >>> import torch, prunekit as pk
+    >>> from prunekit.testing import models
+    >>> model, x = models()["chain"]()
+    >>> p = pk.plan(model, x, sparsity=0.5)
+    >>> report = pk.prune_(model, p, example_inputs=x)
+    >>> report.params_after == p.predicted["params_after"]
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import numbers
+import re
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._registry import closest
+from .allocate import allocate_global, allocate_uniform, parse_target, search_target, select_removal
+from .criteria import ChannelView, ConsumerView, channel_rows, get_criterion, reduce_scores, score_member
+from .errors import ConfigError, PruneError
+from .graph import Graph, build_graph
+from .graph.trace import _walk_outputs, call_model
+
+__all__ = ["plan", "prune_", "inspect", "Plan", "PlanGroup", "Report", "Inspection", "count_params"]
+
+log = logging.getLogger(__name__)
+_PLAN_VERSION = 1
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- plan data --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PlanGroup:
+    id: int
+    name: str
+    width: int  # channels before
+    kept: int  # channels after
+    channels: list  # group channel indices removed
+    members: list  # [{"fqn", "dim", "size", "indices"}]
+    approximate: list = dataclasses.field(default_factory=list)
+
+    @property
+    def removed(self) -> int:
+        return self.width - self.kept
+
+
+@dataclasses.dataclass
+class Plan:
+    """What ``prune_`` will remove: per group, every member ``(fqn, dim)`` and the exact ``indices``."""
+
+    groups: list
+    predicted: dict  # params_before, params_after, macs_before, macs_after
+    settings: dict
+    shapes: dict  # fqn -> shape of every parameter/buffer the plan touches, at planning time
+    skipped: list = dataclasses.field(default_factory=list)  # [{"where", "reason"}]
+    version: int = _PLAN_VERSION
+    _graph: Any = dataclasses.field(default=None, repr=False, compare=False)
+    _model: Any = dataclasses.field(default=None, repr=False, compare=False)
+    _example_inputs: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "settings": self.settings, "predicted": self.predicted,
+                "shapes": {k: list(v) for k, v in self.shapes.items()},
+                "groups": [dataclasses.asdict(g) for g in self.groups], "skipped": self.skipped}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        d = json.loads(text)
+        if d.get("version") != _PLAN_VERSION:
+            raise ConfigError(f"plan version {d.get('version')!r} is not supported (expected {_PLAN_VERSION}); "
+                              f"re-create the plan with this prunekit version")
+        return cls(groups=[PlanGroup(**g) for g in d["groups"]], predicted=d["predicted"], settings=d["settings"],
+                   shapes={k: tuple(v) for k, v in d["shapes"].items()}, skipped=d.get("skipped", []))
+
+    def __str__(self) -> str:
+        p = self.predicted
+        rows = [(str(g.id), g.name, f"{g.width}->{g.kept}", str(len(g.members)),
+                 ("~ " if g.approximate else "") + _short_members(g.members)) for g in self.groups if g.removed]
+        head = (f"Plan: {len(self.groups)} groups, {sum(1 for g in self.groups if g.removed)} pruned; params "
+                f"{p['params_before']:,} -> {p['params_after']:,}, MACs {p['macs_before']:,} -> "
+                f"{p['macs_after']:,}")
+        return head + "\n" + _table(("group", "name", "width", "members", "coupled (~ approximate)"), rows)
+
+
+def _short_members(members, n=4) -> str:
+    s = ", ".join(f"{m['fqn']}[{m['dim']}]" for m in members[:n])
+    return s + (f", +{len(members) - n}" if len(members) > n else "")
+
+
+def _table(header, rows) -> str:
+    rows = [tuple(header)] + [tuple(r) for r in rows]
+    w = [min(max(len(r[i]) for r in rows), 80) for i in range(len(header))]
+    lines = ["  ".join(c[:80].ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Report:
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    groups: list  # [{"id", "name", "members", "width_before", "width_after"}]
+    skipped: list  # [{"where", "reason"}]
+    approximate: list = dataclasses.field(default_factory=list)  # [{"group", "reason"}]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        pr = self.params_after / max(self.params_before, 1)
+        mr = self.macs_after / max(self.macs_before, 1)
+        rows = [(str(g["id"]), g["name"], str(g["width_before"]), str(g["width_after"]))
+                for g in self.groups if g["width_after"] != g["width_before"]]
+        s = (f"Pruned: params {self.params_before:,} -> {self.params_after:,} ({pr:.1%} kept), MACs "
+             f"{self.macs_before:,} -> {self.macs_after:,} ({mr:.1%} kept)\n")
+        s += _table(("group", "name", "before", "after"), rows)
+        if self.skipped:
+            s += f"\n{len(self.skipped)} dims not prunable (see .skipped)"
+        return s
+
+
+@dataclasses.dataclass
+class Inspection:
+    groups: list
+    nonprunable: list
+    params: int
+    macs: int
+
+    def __str__(self):
+        rows = [(str(g.id), g.name, str(g.width), str(len(g.members)),
+                 ("~ " if g.approximate else "") + ", ".join(f"{m.fqn}[{m.dim}]" for m in g.members[:4]) +
+                 (f", +{len(g.members) - 4}" if len(g.members) > 4 else "")) for g in self.groups]
+        s = f"{len(self.groups)} prunable groups, params {self.params:,}, MACs {self.macs:,}\n"
+        s += _table(("group", "name", "width", "members", "coupled layers (~ approximate)"), rows)
+        np_rows = [(n.fqn, str(n.dim), str(n.size), n.reason) for n in self.nonprunable if
+                   "kernel" not in n.reason]
+        if np_rows:
+            s += "\n\nNot prunable:\n" + _table(("fqn", "dim", "size", "reason"), np_rows)
+        return s
+
+
+# ---- argument checks ----------------------------------------------------------------------------------
+def _module_fqns(model, items, argument: str) -> dict:
+    """FQN strings ('re:' regexes) or module objects -> {id(module): fqn}; unmatched patterns are errors."""
+    if isinstance(items, (str, nn.Module)):
+        items = [items]
+    named = dict(model.named_modules())
+    by_id = {id(m): n for n, m in named.items()}
+    out: dict = {}
+    problems = []
+    for it in items:
+        if isinstance(it, nn.Module):
+            if id(it) not in by_id:
+                problems.append(f"{argument}: module {type(it).__name__} is not part of the model")
+            else:
+                out[id(it)] = by_id[id(it)]
+            continue
+        if not isinstance(it, str):
+            problems.append(f"{argument}: {it!r} is neither an FQN string nor a module")
+            continue
+        if it.startswith("re:"):
+            try:
+                rx = re.compile(it[3:])
+            except re.error as e:
+                problems.append(f"{argument}: bad regex {it!r}: {e}")
+                continue
+            hits = [n for n in named if n and rx.fullmatch(n)]
+        else:
+            hits = [it] if it in named and it else []
+        if not hits:
+            hint = closest(it[3:] if it.startswith("re:") else it, [n for n in named if n])
+            problems.append(f"{argument}: {it!r} matches no module" + (f"; did you mean {hint!r}?" if hint else "") +
+                            " Use a module FQN from model.named_modules() or 're:<regex>'")
+        for n in hits:
+            out[id(named[n])] = n
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return out
+
+
+def _check_sparsity(v, argument="sparsity"):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= float(v) < 1 or math.isnan(v):
+        return (f"{argument}={v!r} must be a float in [0, 1) (the fraction of channels removed), "
+                f"e.g. {argument}=0.5")
+    return None
+
+
+def _check_device(model, example_inputs):
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        return
+    bad = []
+    _walk_outputs(example_inputs, lambda t: bad.append(t.device) if t.device != p.device else None)
+    if bad:
+        raise ConfigError(f"example_inputs are on {bad[0]} but the model is on {p.device}; move them with "
+                          f".to({str(p.device)!r})")
+
+
+def _validate(sparsity, target, criterion, global_, round_to, min_channels, reduce, per_layer):
+    problems = []
+    if sparsity is not None and target is not None:
+        problems.append(f"give either sparsity= or target=, not both (got sparsity={sparsity!r}, target={target!r})")
+    if sparsity is None and target is None and not per_layer:
+        problems.append("say how much to prune: sparsity=<fraction removed>, target='macs=<fraction kept>' or "
+                        "per_layer={fqn: sparsity}")
+    if sparsity is not None:
+        e = _check_sparsity(sparsity)
+        if e:
+            problems.append(e)
+    if target is not None:
+        try:
+            parse_target(target)
+        except ConfigError as e:
+            problems.append(str(e))
+    try:
+        get_criterion(criterion)
+    except ConfigError as e:
+        problems.append(str(e))
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        problems.append(f"round_to={round_to!r} must be an int >= 1 (kept widths become multiples of it)")
+    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 0:
+        problems.append(f"min_channels={min_channels!r} must be an int >= 0")
+    if reduce not in ("group", "producer"):
+        hint = closest(str(reduce), ["group", "producer"])
+        problems.append(f"reduce={reduce!r} is not valid" + (f"; did you mean {hint!r}?" if hint else "") +
+                        "; choose 'group' or 'producer'")
+    if not isinstance(global_, bool):
+        problems.append(f"global_={global_!r} must be True or False")
+    for k, v in (per_layer or {}).items():
+        e = _check_sparsity(v, f"per_layer[{k!r}]")
+        if e:
+            problems.append(e)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------
+def _module_of(fqn: str) -> str:
+    return fqn.rpartition(".")[0]
+
+
+def _default_loss(outputs, targets):
+    logits = outputs
+    if not isinstance(logits, torch.Tensor):
+        logits = getattr(outputs, "logits", None)
+        if logits is None and isinstance(outputs, (tuple, list)):
+            logits = outputs[0]
+    if targets is None:
+        return logits.float().pow(2).mean()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: bool):
+    """Run ``calib`` once: summed grads per parameter fqn, producer outputs and module inputs."""
+    grads: dict = {}
+    acts: dict = {}
+    inputs: dict = {}
+    if calib is None:
+        raise ConfigError("this criterion needs calibration data: pass calib=[(inputs, targets), ...]")
+    named = dict(model.named_modules())
+    hooks = []
+    if need_acts:
+        owners = {_module_of(m.fqn) for g in graph.groups for m in g.members}
+        for mf in owners:
+            mod = named.get(mf)
+            if mod is None:
+                continue
+
+            def hook(mod, args, out, mf=mf):
+                if isinstance(out, torch.Tensor):
+                    acts.setdefault(mf, []).append(out.detach())
+                t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                if t is not None:
+                    inputs.setdefault(mf, []).append(t.detach())
+
+            hooks.append(mod.register_forward_hook(hook))
+    saved = {id(p): p.grad for p in model.parameters()}
+    params = dict(model.named_parameters())
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    loss_fn = loss_fn or _default_loss
+    try:
+        for batch in calib:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise ConfigError(f"calib must yield (inputs, targets) pairs, got {type(batch).__name__}")
+            x, y = batch
+            if need_grads:
+                for p in params.values():
+                    p.grad = None
+                with torch.enable_grad():
+                    loss = loss_fn(call_model(model, x), y)
+                    loss.backward()
+                for f, p in params.items():
+                    if p.grad is not None:
+                        grads[f] = grads[f] + p.grad if f in grads else p.grad.detach().clone()
+            else:
+                with torch.no_grad():
+                    call_model(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in model.parameters():
+            p.grad = saved.get(id(p))
+        for m, t in training.items():
+            m.training = t
+    return grads, acts, inputs
+
+
+def _channel_first(out: torch.Tensor) -> torch.Tensor:
+    d = 1 if out.dim() >= 3 and out.dim() <= 5 and not _looks_sequence(out) else out.dim() - 1
+    return out.movedim(d, 0).reshape(out.shape[d], -1)
+
+
+def _looks_sequence(t):
+    return False
+
+
+def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=None, reduce="group", seed=0):
+    """One score per channel of every group (list aligned with ``graph.groups``)."""
+    spec = get_criterion(criterion)
+    need_grads = "grads" in spec.needs
+    need_acts = "activations" in spec.needs
+    grads, acts, inputs = ({}, {}, {})
+    if need_grads or need_acts:
+        grads, acts, inputs = _collect(model, graph, calib, loss_fn, need_grads, need_acts)
+    named = dict(model.named_modules())
+    tensors = graph.rec.tensors
+    param_ids = {id(p) for p in model.parameters()}
+
+    def collect_inputs(mf):
+        return inputs.get(mf, [])
+
+    out = []
+    for g in graph.groups:
+        members = [m for m in g.members if id(tensors[m.fqn]) in param_ids]
+        consumers = []
+        for m in members:
+            if m.role == "consumer":
+                _, rows = channel_rows(tensors[m.fqn], m.dim, m.channel)
+                mf = _module_of(m.fqn)
+                consumers.append(ConsumerView(m.fqn, mf, named.get(mf), m.dim, rows))
+        scored = []
+        for m in members or g.members:
+            t = tensors[m.fqn]
+            chans, rows = channel_rows(t, m.dim, m.channel)
+            gr = None
+            if m.fqn in grads:
+                _, gr = channel_rows(grads[m.fqn], m.dim, m.channel)
+            mf = _module_of(m.fqn)
+            act = None
+            if m.role == "producer" and mf in acts:
+                a = torch.cat([_channel_first(x) for x in acts[mf]], 1)
+                if a.shape[0] == m.size:
+                    _, act = channel_rows(a, 0, m.channel)
+            view = ChannelView(m.fqn, m.dim, m.role, chans, rows, gr, act, named.get(mf), mf, g, consumers,
+                               collect_inputs, seed)
+            scored.append((m, chans, score_member(spec, view)))
+        out.append(reduce_scores(g.width, scored, reduce))
+    return out
+
+
+# ---- the verbs ---------------------------------------------------------------------------------------------
+def _match_groups(graph: Graph, model, per_layer: dict) -> dict:
+    """{group id: sparsity} from per-layer overrides keyed by module FQN or 're:' regex."""
+    res = {}
+    problems = []
+    for key, s in per_layer.items():
+        hit = False
+        rx = re.compile(key[3:]) if isinstance(key, str) and key.startswith("re:") else None
+        for g in graph.groups:
+            mods = {_module_of(m.fqn) for m in (g.producers or g.members)}
+            if any((rx.fullmatch(mf) if rx else mf == key) for mf in mods):
+                res[g.id] = float(s)
+                hit = True
+        if not hit:
+            names = sorted({_module_of(m.fqn) for g in graph.groups for m in (g.producers or g.members)})
+            hint = closest(key[3:] if rx else key, names)
+            problems.append(f"per_layer key {key!r} matches no prunable layer" +
+                            (f"; did you mean {hint!r}?" if hint else "") +
+                            f" Prunable layers: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return res
+
+
+def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, target: str | None = None,
+         criterion: str = "l2", calib=None, ignore=(), global_: bool = False, round_to: int = 1,
+         min_channels: int = 1, loss_fn=None, reduce: str = "group", per_layer: dict | None = None,
+         seed: int = 0) -> Plan:
+    """Decide which channels to remove; changes nothing.
+
+    Example:
+        >>> import prunekit as pk
+        >>> from prunekit.testing import models
+        >>> model, x = models()["residual"]()
+        >>> p = pk.plan(model, x, sparsity=0.5)
+        >>> p.predicted["params_after"] < p.predicted["params_before"]
+        True
+    """
+    per_layer = dict(per_layer or {})
+    _validate(sparsity, target, criterion, global_, round_to, min_channels, reduce, per_layer)
+    ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
+    _check_device(model, example_inputs)
+    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
+    scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed)
+    overrides = _match_groups(graph, model, per_layer) if per_layer else {}
+    widths = [g.width for g in graph.groups]
+
+    def kept_at(s: float) -> list:
+        sp = [overrides.get(i, s) for i in range(len(widths))]
+        if global_:
+            fixed = {i: allocate_uniform([widths[i]], [overrides[i]], round_to, min_channels)[0] for i in overrides}
+            return allocate_global(scores, s, round_to, min_channels, fixed)
+        return allocate_uniform(widths, sp, round_to, min_channels)
+
+    def removed_at(s):
+        kept = kept_at(s)
+        return kept, graph.removed_flat(select_removal(scores, kept))
+
+    base = 0.0 if sparsity is None else float(sparsity)
+    if target is not None:
+        kind, frac = parse_target(target)
+        cost = graph.macs if kind == "macs" else graph.params
+        budget = int(math.floor(cost() * frac))
+        try:
+            base = search_target(lambda s: cost(removed_at(s)[1]), budget)
+        except ConfigError as e:
+            raise ConfigError(f"target={target!r}: {e}") from None
+    kept, removed = removed_at(base)
+    zero = [graph.groups[i].name for i, k in enumerate(kept) if k == 0 and widths[i] > 0]
+    if zero:
+        raise ConfigError(f"groups {zero[:5]} would reach zero width (min_channels={min_channels}); raise "
+                          f"min_channels to >= 1 or lower the sparsity")
+    removal = select_removal(scores, kept)
+    pgroups = []
+    shapes = {}
+    for g in graph.groups:
+        chans = removal.get(g.id, np.zeros(0, np.int64))
+        mems = []
+        for m in g.members:
+            mems.append({"fqn": m.fqn, "dim": m.dim, "size": m.size,
+                         "indices": m.positions(chans).tolist() if len(chans) else [], "role": m.role})
+            shapes[m.fqn] = tuple(graph.rec.tensors[m.fqn].shape)
+        pgroups.append(PlanGroup(g.id, g.name, g.width, kept[g.id], [int(c) for c in chans], mems,
+                                 list(g.approximate)))
+    predicted = {"params_before": graph.params(), "params_after": graph.params(removed),
+                 "macs_before": graph.macs(), "macs_after": graph.macs(removed)}
+    settings = {"sparsity": base if (sparsity is not None or target is not None) else None, "target": target,
+                "criterion": criterion, "global_": global_, "round_to": round_to, "min_channels": min_channels,
+                "reduce": reduce, "per_layer": per_layer, "ignore": sorted(ignore_modules.values()), "seed": seed}
+    skipped = [{"where": f"{n.fqn}[{n.dim}]", "reason": n.reason} for n in graph.nonprunable
+               if "kernel" not in n.reason]
+    return Plan(pgroups, predicted, settings, shapes, skipped, _graph=graph, _model=weakref.ref(model),
+                _example_inputs=example_inputs)
+
+
+def _graph_for(model, p: Plan, example_inputs):
+    if p._graph is not None and p._model is not None and p._model() is model:
+        return p._graph, p._example_inputs if example_inputs is None else example_inputs
+    if example_inputs is None:
+        raise ConfigError("prune_(model, plan): this plan was loaded or made for another model object; pass "
+                          "example_inputs=... so the model can be traced again")
+    named = dict(model.named_modules())
+    ignore = {id(named[n]): n for n in p.settings.get("ignore", []) if n in named}
+    return build_graph(model, example_inputs, ignore_modules=ignore), example_inputs
+
+
+def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, optimizer=None,
+           **plan_kwargs) -> Report:
+    """Apply ``plan`` (or build one from ``plan_kwargs``) to ``model`` in place and report what changed.
+
+    Example:
+        >>> import prunekit as pk
+        >>> from prunekit.testing import models
+        >>> model, x = models()["concat"]()
+        >>> r = pk.prune_(model, example_inputs=x, sparsity=0.25)
+        >>> r.params_after < r.params_before
+        True
+    """
+    if plan is None:
+        if example_inputs is None:
+            raise ConfigError("prune_(model) needs either a plan or example_inputs=... with plan keywords "
+                              "(e.g. sparsity=0.5)")
+        plan_ = globals()["plan"](model, example_inputs, **plan_kwargs)
+    else:
+        if plan_kwargs:
+            raise ConfigError(f"prune_(model, plan, ...) got plan keywords {sorted(plan_kwargs)}; give either a "
+                              f"plan or keywords to build one, not both")
+        if not isinstance(plan, Plan):
+            raise ConfigError(f"plan={type(plan).__name__} is not a prunekit Plan; build one with pk.plan(...)")
+        plan_ = plan
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    stale = [(f, s, tuple(tensors[f].shape) if f in tensors else None) for f, s in plan_.shapes.items()
+             if f not in tensors or tuple(tensors[f].shape) != tuple(s)]
+    if stale:
+        f, s, now = stale[0]
+        raise ConfigError(f"stale plan: {f!r} had shape {tuple(s)} when planned but is {now} now "
+                          f"({len(stale)} tensors differ); make a new plan for the current model")
+    graph, ex = _graph_for(model, plan_, example_inputs)
+    index = {tuple(sorted((m.fqn, m.dim) for m in g.members)): g for g in graph.groups}
+    removal = {}
+    for pg in plan_.groups:
+        if not pg.channels:
+            continue
+        key = tuple(sorted((m["fqn"], m["dim"]) for m in pg.members))
+        g = index.get(key)
+        if g is None or g.width != pg.width:
+            raise ConfigError(f"stale plan: group {pg.name!r} no longer matches the model's coupled layers; "
+                              f"make a new plan")
+        removal[g.id] = np.asarray(pg.channels, dtype=np.int64)
+    params_before = count_params(model)
+    from .surgery import remove_channels_
+
+    removed = graph.removed_flat(removal)
+    remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None)
+    groups = [{"id": pg.id, "name": pg.name, "members": [(m["fqn"], m["dim"]) for m in pg.members],
+               "width_before": pg.width, "width_after": pg.width - len(pg.channels)} for pg in plan_.groups]
+    approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
+    return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups,
+                  list(plan_.skipped), approx)
+
+
+def inspect(model: nn.Module, example_inputs, *, ignore=()) -> Inspection:
+    """The model's prunable groups (width, coupled layers) and its non-prunable dims with reasons.
+
+    Example:
+        >>> import prunekit as pk
+        >>> from prunekit.testing import models
+        >>> model, x = models()["chain"]()
+        >>> len(pk.inspect(model, x).groups)
+        2
+    """
+    ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
+    _check_device(model, example_inputs)
+    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
+    return Inspection(graph.groups, graph.nonprunable, graph.params(), graph.macs())

@@ -1,0 +1,230 @@
+"""Turn a recording into channel groups and an exact cost model.
+
+Union-find classes of atoms are *channels*; channels that share a parameter dim form one *group* (the
+dims that shrink together). Each member (parameter or buffer FQN, dim) maps every position to a channel
+of its group, or to -1 where the position cannot be removed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._labels import components, is_labelled
+from .trace import Recording, record
+
+
+@dataclasses.dataclass
+class Member:
+    fqn: str  # parameter or buffer path
+    dim: int
+    size: int
+    channel: np.ndarray  # [size] group channel of each position, -1 = kept always
+    role: str  # "producer" (output channels of a layer), "consumer" (input channels) or "other"
+
+    def positions(self, channels) -> np.ndarray:
+        """Positions of this member that belong to the given group channels."""
+        mask = np.isin(self.channel, np.asarray(list(channels), dtype=np.int64))
+        return np.nonzero(mask & (self.channel >= 0))[0]
+
+
+@dataclasses.dataclass
+class Group:
+    id: int
+    members: list
+    width: int  # number of channels (a channel may span several positions of a member, e.g. a head)
+    approximate: list  # reasons why removing channels changes outputs even when they are zero
+    name: str = ""
+
+    @property
+    def producers(self):
+        return [m for m in self.members if m.role == "producer"]
+
+
+@dataclasses.dataclass
+class NonPrunable:
+    fqn: str
+    dim: int
+    size: int
+    reason: str
+
+
+class Graph:
+    """Groups, non-prunable dims and an exact params/MACs cost model of one traced model."""
+
+    def __init__(self, rec: Recording, output: Any):
+        self.rec = rec
+        self.output = output
+        n = rec.n_atoms
+        ea, eb = rec.edges()
+        root = components(n, ea, eb) if n else np.zeros(0, np.int64)
+        self.root = root
+        dead_reason: dict[int, str] = {}
+        for atoms, reason in rec.dead:
+            for r in np.unique(root[atoms]).tolist():
+                dead_reason.setdefault(r, reason)
+        dead = np.zeros(n, bool)
+        if dead_reason:
+            dead[np.fromiter(dead_reason, np.int64)] = True
+        used = np.zeros(n, bool)
+        if rec.used:
+            u = np.concatenate(rec.used)
+            u = u[u >= 0]
+            used[root[u]] = True
+        approx: dict[int, set] = {}
+        for atoms, reason in rec.approx:
+            for r in np.unique(root[atoms]).tolist():
+                approx.setdefault(r, set()).add(reason)
+        role = {}
+        for atoms, rl in rec.roles:
+            for a in atoms.tolist():
+                role.setdefault(a, rl)
+        live = used & ~dead  # indexed by root id
+        # channels sharing a param dim belong to one group: union over roots, per param dim
+        ga, gb, dims = [], [], []
+        for fqn, d, start, size in rec.param_dims:
+            r = root[start:start + size]
+            lr = np.unique(r[live[r]])
+            dims.append((fqn, d, start, size, r))
+            if len(lr) > 1:
+                ga.append(lr[:-1])
+                gb.append(lr[1:])
+        comp = components(n, np.concatenate(ga) if ga else np.zeros(0, np.int64),
+                          np.concatenate(gb) if gb else np.zeros(0, np.int64)) if n else root
+        gid_of_root = np.full(n, -1, np.int64)
+        ch_of_root = np.full(n, -1, np.int64)
+        groups: list[Group] = []
+        comp_to_gid: dict[int, int] = {}
+        self.nonprunable: list[NonPrunable] = []
+        members_by_gid: dict[int, list] = {}
+        for fqn, d, start, size, r in dims:
+            lmask = live[r]
+            if not lmask.any():
+                if size > 1:
+                    rs = r[dead[r]]
+                    reason = dead_reason.get(int(rs[0]), "") if len(rs) else "not used in the forward"
+                    self.nonprunable.append(NonPrunable(fqn, d, size, reason))
+                continue
+            c = int(comp[r[lmask][0]])
+            if c not in comp_to_gid:
+                comp_to_gid[c] = len(groups)
+                groups.append(Group(len(groups), [], 0, []))
+            g = comp_to_gid[c]
+            grp = groups[g]
+            new = r[lmask & (gid_of_root[r] < 0)]
+            if len(new):
+                _, first = np.unique(new, return_index=True)
+                for rr in new[np.sort(first)].tolist():
+                    if gid_of_root[rr] < 0:
+                        gid_of_root[rr] = g
+                        ch_of_root[rr] = grp.width
+                        grp.width += 1
+            ch = np.where(lmask, ch_of_root[r], -1)
+            rl = role.get(start, "other")
+            grp.members.append(Member(fqn, d, size, ch, rl))
+        for g in groups:
+            reasons = set()
+            for m in g.members:
+                pass
+            g.members.sort(key=lambda m: (m.role != "producer", m.role != "other"))
+            g.name = g.members[0].fqn + f"[{g.members[0].dim}]"
+        for r, reasons in approx.items():
+            g = gid_of_root[r]
+            if g >= 0:
+                for reason in reasons:
+                    if reason not in groups[g].approximate:
+                        groups[g].approximate.append(reason)
+        self.groups = groups
+        self.gid_of_root = gid_of_root
+        self.ch_of_root = ch_of_root
+        self.offsets = np.cumsum([0] + [g.width for g in groups])
+        self._build_cost()
+
+    # ---- cost model ------------------------------------------------------------------------------
+    def _flat_index(self, arr: np.ndarray) -> np.ndarray:
+        """Flat channel index (offsets[group] + channel) of every removable position of a label array."""
+        a = arr[arr >= 0]
+        if not len(a):
+            return np.zeros(0, np.int64)
+        r = self.root[a]
+        g = self.gid_of_root[r]
+        m = g >= 0
+        return self.offsets[g[m]] + self.ch_of_root[r[m]]
+
+    def _build_cost(self):
+        rec = self.rec
+        self.mac_terms = []  # (fqn, [(size, flat idx) or int])
+        for op in rec.mac_ops:
+            fs = []
+            for f in op.factors:
+                if isinstance(f, (int, np.integer)):
+                    fs.append(int(f))
+                else:
+                    idx = self._flat_index(f)
+                    fs.append((len(f), idx) if len(idx) else len(f))
+            self.mac_terms.append((op.fqn, fs))
+        # every parameter tensor once: per dim (size, flat idx)
+        by_fqn: dict[str, list] = {}
+        for fqn, d, start, size in rec.param_dims:
+            by_fqn.setdefault(fqn, []).append((d, start, size))
+        self.param_terms = []
+        seen = set()
+        for fqn, t in rec.tensors.items():
+            if id(t) in seen or not isinstance(t, torch.nn.Parameter):
+                continue
+            seen.add(id(t))
+            dims = by_fqn.get(fqn)
+            if dims is None:
+                self.param_terms.append((fqn, [int(t.numel())]))
+                continue
+            fs = []
+            for d, start, size in sorted(dims):
+                idx = self._flat_index(np.arange(start, start + size))
+                fs.append((size, idx) if len(idx) else size)
+            self.param_terms.append((fqn, fs))
+
+    def n_channels(self) -> int:
+        return int(self.offsets[-1])
+
+    @staticmethod
+    def _eval(terms, removed: np.ndarray | None, per: bool = False):
+        total = 0
+        per_fqn: dict[str, int] = {}
+        for fqn, fs in terms:
+            v = 1
+            for f in fs:
+                if isinstance(f, int):
+                    v *= f
+                else:
+                    size, idx = f
+                    v *= size - (int(removed[idx].sum()) if removed is not None else 0)
+            total += v
+            if per:
+                per_fqn[fqn] = per_fqn.get(fqn, 0) + v
+        return (total, per_fqn) if per else total
+
+    def macs(self, removed: np.ndarray | None = None) -> int:
+        """Exact MACs after removing the flat channels marked in ``removed`` (None: the traced model)."""
+        return self._eval(self.mac_terms, removed)
+
+    def macs_per_module(self, removed=None) -> dict:
+        return self._eval(self.mac_terms, removed, per=True)[1]
+
+    def params(self, removed: np.ndarray | None = None) -> int:
+        return self._eval(self.param_terms, removed)
+
+    def removed_flat(self, removal: dict) -> np.ndarray:
+        """``{group id: channel indices}`` -> flat boolean mask over all channels."""
+        out = np.zeros(self.n_channels(), bool)
+        for g, chans in removal.items():
+            if len(chans):
+                out[self.offsets[g] + np.asarray(chans, dtype=np.int64)] = True
+        return out
+
+
+def build_graph(model: torch.nn.Module, example_inputs, *, ignore_modules: dict | None = None) -> Graph:
+    """Trace ``model`` on ``example_inputs`` and derive its channel groups (changes nothing)."""
+    rec, out = record(model, example_inputs, ignore_modules=ignore_modules)
+    return Graph(rec, out)

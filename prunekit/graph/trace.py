@@ -1,0 +1,436 @@
+"""Record one real forward at the aten level and propagate channel atoms through it.
+
+A ``TorchDispatchMode`` sees every op after Python, autograd and composite decomposition ran: the op set
+is closed (about a hundred rules cover real models), every functional use of a parameter is visible (the
+parameter object itself reaches the mode), and views, in-place ops and einsum arrive as plain aten ops.
+Global module forward hooks keep a stack of module FQNs, so each op knows the module that issued it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..errors import TraceError
+from ._labels import ANY, ANY_ID, NONE_ID, as_array, is_labelled
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class MacOp:
+    """One multiply-accumulate op: MACs = product of factors (ints, or label arrays counted by kept size)."""
+
+    fqn: str
+    op: str
+    factors: list
+
+
+@dataclasses.dataclass
+class ModuleCall:
+    """Labels of the first tensor input of a module's first call (shapes of modules without weights)."""
+
+    shape: tuple
+    labels: tuple
+
+
+@dataclasses.dataclass
+class SizeUse:
+    """An integer size an op received (view/split sizes), with the labels of the dim it sized."""
+
+    modules: tuple  # innermost first
+    size: int
+    labels: np.ndarray
+
+
+class Recording:
+    """The state of one traced forward: atoms, edges, deaths and the side records the engine needs."""
+
+    def __init__(self, model: nn.Module, ignore_modules: dict | None = None):
+        self.model = model
+        self.param_fqn: dict[int, str] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        for fqn, p in model.named_parameters():
+            self.param_fqn.setdefault(id(p), fqn)
+            self.tensors.setdefault(fqn, p)
+        for fqn, b in model.named_buffers():
+            if id(b) not in self.param_fqn:
+                self.param_fqn[id(b)] = fqn
+                self.tensors[fqn] = b
+        self.module_fqn = {id(m): n for n, m in model.named_modules()}
+        self.ignore = ignore_modules or {}  # id(module) -> fqn
+        self.param_dims: list[tuple[str, int, int, int]] = []  # (fqn, dim, first atom, size)
+        self.n_atoms = 0
+        self._ea: list[np.ndarray] = []
+        self._eb: list[np.ndarray] = []
+        self.dead: list[tuple[np.ndarray, str]] = []
+        self.approx: list[tuple[np.ndarray, str]] = []
+        self.used: list[np.ndarray] = []
+        self.roles: list[tuple[np.ndarray, str]] = []  # ("producer" | "consumer")
+        self.mac_ops: list[MacOp] = []
+        self.size_uses: list[SizeUse] = []
+        self.module_calls: dict[str, ModuleCall] = {}
+        self.stack: list[str] = []
+        self._labels: dict[int, tuple] = {}  # id(tensor) -> (weakref, labels, is_param_view)
+        self._keep: list = []  # tensors that cannot be weak-referenced stay alive for the trace
+        self.op_count = 0
+
+    # ---- labels ---------------------------------------------------------------------------------
+    def param_atoms(self, t: torch.Tensor) -> tuple:
+        fqn = self.param_fqn[id(t)]
+        labs = []
+        for d, n in enumerate(t.shape):
+            self.param_dims.append((fqn, d, self.n_atoms, n))
+            labs.append(np.arange(self.n_atoms, self.n_atoms + n, dtype=np.int64))
+            self.n_atoms += n
+        labs = tuple(labs)
+        self._store(t, labs, True)
+        return labs
+
+    def get(self, t: torch.Tensor) -> tuple:
+        e = self._labels.get(id(t))
+        if e is not None and e[0]() is t:
+            return e[1]
+        if id(t) in self.param_fqn:
+            return self.param_atoms(t)
+        return (None,) * t.dim()
+
+    def is_param_view(self, t) -> bool:
+        e = self._labels.get(id(t))
+        if e is not None and e[0]() is t:
+            return e[2]
+        return id(t) in self.param_fqn
+
+    def known(self, t) -> bool:
+        e = self._labels.get(id(t))
+        return (e is not None and e[0]() is t) or id(t) in self.param_fqn
+
+    def _store(self, t, labs, pv=False):
+        try:
+            ref = weakref.ref(t)
+        except TypeError:  # pragma: no cover
+            self._keep.append(t)
+            ref = (lambda t=t: t)
+        self._labels[id(t)] = (ref, labs, pv)
+
+    def set(self, t, labs, param_view: bool = False):
+        if not isinstance(t, torch.Tensor):
+            return
+        labs = tuple(labs)
+        if len(labs) != t.dim():
+            raise AssertionError(f"labels for {tuple(t.shape)} have {len(labs)} dims")
+        if all(lab is None for lab in labs) and not param_view:
+            e = self._labels.get(id(t))
+            if e is not None:
+                del self._labels[id(t)]
+            return
+        for lab, n in zip(labs, t.shape):
+            if is_labelled(lab):
+                if len(lab) != n:
+                    raise AssertionError(f"label of length {len(lab)} on a dim of size {n}")
+                self.used.append(lab)
+        self._store(t, labs, param_view)
+
+    # ---- constraints ----------------------------------------------------------------------------
+    def kill(self, lab, reason: str):
+        if is_labelled(lab):
+            a = lab[lab >= 0]
+            if len(a):
+                self.dead.append((a, reason))
+
+    def kill_all(self, labs, reason: str):
+        for lab in labs:
+            self.kill(lab, reason)
+
+    def mark_approx(self, lab, reason: str):
+        if is_labelled(lab):
+            a = lab[lab >= 0]
+            if len(a):
+                self.approx.append((a, reason))
+
+    def role(self, lab, role: str):
+        if is_labelled(lab):
+            a = lab[lab >= 0]
+            if len(a):
+                self.roles.append((a, role))
+
+    def unify(self, a: np.ndarray, b: np.ndarray):
+        m = (a >= 0) & (b >= 0)
+        if m.any():
+            self._ea.append(a[m])
+            self._eb.append(b[m])
+
+    def couple(self, a, b, n: int | None = None):
+        """Position-wise coupling of two dims of equal size; returns the label of the result."""
+        if not is_labelled(a) and not is_labelled(b):
+            if a is None or b is None:
+                return None
+            return ANY
+        if n is None:
+            n = len(a) if is_labelled(a) else len(b)
+        a = as_array(a, n)
+        b = as_array(b, n)
+        self.unify(a, b)
+        self.kill(np.where(a == NONE_ID, b, -1), "coupled with unlabelled data (a model input or constant)")
+        self.kill(np.where(b == NONE_ID, a, -1), "coupled with unlabelled data (a model input or constant)")
+        return np.where(a == ANY_ID, b, a)
+
+    def unify_rows(self, arr: np.ndarray, rows: int) -> np.ndarray:
+        """Make every row of ``arr.reshape(rows, -1)`` one channel; returns one label per row."""
+        m = arr.reshape(rows, -1)
+        first = m[:, :1].repeat(m.shape[1], axis=1)
+        self.unify(first.reshape(-1), m.reshape(-1))
+        # a row mixing atoms with unlabelled data cannot be removed
+        bad = (m == NONE_ID).any(axis=1)
+        if bad.any():
+            self.kill(m[bad].reshape(-1), "coupled with unlabelled data inside one block")
+        out = m[:, 0].copy()
+        out[bad] = NONE_ID
+        for r in np.nonzero((out == ANY_ID) & (m >= 0).any(axis=1))[0]:
+            out[r] = m[r][m[r] >= 0][0]
+        return out
+
+    def unify_cols(self, arr: np.ndarray, rows: int) -> np.ndarray:
+        """Make position ``j`` of every row of ``arr.reshape(rows, -1)`` the same channel."""
+        m = arr.reshape(rows, -1)
+        res = m[0].copy()
+        for r in range(1, rows):
+            res = self.couple(res, m[r].copy())
+        return res
+
+    def mac(self, op: str, factors: list):
+        self.mac_ops.append(MacOp(self.stack[-1] if self.stack else "", op, factors))
+
+    def size_use(self, size: int, lab):
+        if is_labelled(lab) and (lab >= 0).any():
+            self.size_uses.append(SizeUse(tuple(reversed(self.stack)), int(size), lab))
+
+    def edges(self):
+        if not self._ea:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(self._ea), np.concatenate(self._eb)
+
+
+# ---- user handlers -----------------------------------------------------------------------------
+_MODULE_HANDLERS: dict[type, Callable] = {}
+_OP_HANDLERS: dict[str, Callable] = {}
+
+
+def register_handler(target, fn: Callable | None = None):
+    """Declare how a custom module (or aten op) maps channels; usable as a decorator.
+
+    For an ``nn.Module`` subclass the module runs as a black box and ``fn(rec, module, fqn, inputs,
+    output)`` sets the labels of ``output`` from those of ``inputs`` and the module's parameters with
+    ``rec.get(tensor)``, ``rec.couple(a, b)``, ``rec.kill(label, reason)`` and ``rec.set(tensor, labels)``.
+    For an op (an ``OpOverload``/packet or its name such as ``"mylib.fused_gate"``) ``fn(rec, args,
+    kwargs, out)`` does the same. Tensors a handler leaves unset carry nothing prunable.
+
+    Example:
+        >>> import torch
+        >>> from prunekit.graph import register_handler
+        >>> class Scale(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return x * 2
+        >>> @register_handler(Scale)
+        ... def _scale(rec, module, fqn, inputs, output):
+        ...     rec.set(output, rec.get(inputs[0]))
+        >>> Scale in __import__("prunekit.graph", fromlist=["x"]).handlers()
+        True
+    """
+    from ..errors import ConfigError
+
+    def deco(f):
+        if isinstance(target, type) and issubclass(target, nn.Module):
+            _MODULE_HANDLERS[target] = f
+        elif isinstance(target, str) or hasattr(target, "name") or hasattr(target, "_qualified_op_name"):
+            _OP_HANDLERS[_op_key(target)] = f
+        else:
+            raise ConfigError(
+                f"register_handler(target={target!r}): expected an nn.Module subclass, an aten op or an op "
+                f"name such as 'mylib.my_op'; pass one of those")
+        return f
+
+    if fn is not None:
+        return deco(fn)
+    return deco
+
+
+def handlers() -> dict:
+    """Registered user handlers: module types and op names."""
+    return {**_MODULE_HANDLERS, **_OP_HANDLERS}
+
+
+def _op_key(op) -> str:
+    if isinstance(op, str):
+        return op.replace("::", ".").split(".default")[0]
+    name = getattr(op, "_qualified_op_name", None) or str(op)
+    name = name.replace("::", ".")
+    if hasattr(op, "overloadpacket"):
+        name = str(op.overloadpacket)
+    return name
+
+
+# ---- the recorder --------------------------------------------------------------------------------
+def _tensors(x):
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _tensors(y)
+
+
+class _Mode(TorchDispatchMode):
+    def __init__(self, rec: Recording, rules: dict):
+        super().__init__()
+        self.rec = rec
+        self.rules = rules
+        self.opaque = 0
+        self.errors: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.opaque:
+            return out
+        rec = self.rec
+        rec.op_count += 1
+        try:
+            _apply_rule(rec, self.rules, func, args, kwargs, out)
+        except Exception as e:  # a rule bug must never turn into a wrong prune: kill what the op touched
+            log.debug("rule for %s failed: %r", func, e)
+            for t in _tensors(list(args) + list(kwargs.values())):
+                if rec.known(t):
+                    rec.kill_all(rec.get(t), f"{func.overloadpacket}: rule failed ({type(e).__name__}: {e})")
+            for t in _tensors(out):
+                rec.set(t, (None,) * t.dim())
+        return out
+
+
+_FACTORY_UNIFORM = {"zeros", "ones", "full", "empty", "empty_like", "zeros_like", "ones_like", "full_like",
+                    "new_zeros", "new_ones", "new_full", "new_empty", "scalar_tensor", "empty_strided",
+                    "empty_permuted", "rand_like", "randn_like"}
+
+
+def _apply_rule(rec: Recording, rules: dict, func, args, kwargs, out):
+    name = str(func.overloadpacket).replace("aten.", "", 1) if func.namespace == "aten" else \
+        str(func.overloadpacket)
+    ins = [t for t in _tensors(list(args) + list(kwargs.values()))]
+    if not any(rec.known(t) for t in ins):
+        if name in _FACTORY_UNIFORM:
+            for t in _tensors(out):
+                rec.set(t, (ANY,) * t.dim()) if t.dim() else None
+                if t.dim():
+                    rec._store(t, (ANY,) * t.dim())
+        return
+    user = _OP_HANDLERS.get(str(func.overloadpacket)) or _OP_HANDLERS.get(name)
+    if user is not None:
+        user(rec, args, kwargs, out)
+        return
+    rec._cur = name
+    rule = rules.get(name)
+    if rule is None and torch.Tag.pointwise in func.tags:
+        rule = rules["__pointwise__"]
+    if rule is None:
+        for t in ins:
+            rec.kill_all(rec.get(t), f"no rule for op {name}")
+        for t in _tensors(out):
+            rec.set(t, (None,) * t.dim())
+        return
+    rule(rec, args, kwargs, out)
+
+
+def _walk_outputs(x, fn, depth=0):
+    if depth > 6:
+        return
+    if isinstance(x, torch.Tensor):
+        fn(x)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _walk_outputs(v, fn, depth + 1)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _walk_outputs(v, fn, depth + 1)
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        for f in dataclasses.fields(x):
+            _walk_outputs(getattr(x, f.name, None), fn, depth + 1)
+
+
+def call_model(model: nn.Module, example_inputs):
+    """Run ``model`` on a tensor, a tuple of positional inputs or a dict of keyword inputs."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = None,
+           rules: dict | None = None) -> tuple[Recording, Any]:
+    """Trace one forward of ``model`` in eval mode without gradients; returns the recording and output."""
+    from .rules import RULES
+
+    rec = Recording(model, ignore_modules)
+    mode = _Mode(rec, rules or RULES)
+    module_fqn = rec.module_fqn
+
+    def pre(mod, args, kwargs=None):
+        fqn = module_fqn.get(id(mod))
+        if fqn is None:
+            return
+        rec.stack.append(fqn)
+        if fqn not in rec.module_calls:
+            t = next(_tensors(list(args) + list((kwargs or {}).values())), None)
+            if t is not None:
+                rec.module_calls[fqn] = ModuleCall(tuple(t.shape), rec.get(t))
+        if type(mod) in _MODULE_HANDLERS:
+            mode.opaque += 1
+
+    def post(mod, args, kwargs, output):
+        fqn = module_fqn.get(id(mod))
+        if fqn is None:
+            return
+        if type(mod) in _MODULE_HANDLERS:
+            mode.opaque -= 1
+            if not mode.opaque:
+                _MODULE_HANDLERS[type(mod)](rec, mod, fqn, list(_tensors(list(args) + list(kwargs.values()))),
+                                            output)
+        if id(mod) in rec.ignore and not mode.opaque:
+            _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), f"output of ignored module {fqn!r}"))
+        if rec.stack and rec.stack[-1] == fqn:
+            rec.stack.pop()
+
+    from torch.nn.modules import module as _m
+
+    h1 = _m.register_module_forward_pre_hook(lambda mod, args: pre(mod, args))
+    h2 = _m.register_module_forward_hook(lambda mod, args, kwargs, out: post(mod, args, kwargs, out),
+                                         with_kwargs=True) if _hook_kwargs_supported() else \
+        _m.register_module_forward_hook(lambda mod, args, out: post(mod, args, {}, out))
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), mode:
+            output = call_model(model, example_inputs)
+    except Exception as e:
+        raise TraceError(f"could not trace the model with the given example_inputs: {type(e).__name__}: {e}. "
+                         f"Check that model(*example_inputs) runs (shapes, device, dtype).", op="forward") from e
+    finally:
+        h1.remove()
+        h2.remove()
+        for m, t in training.items():
+            m.training = t
+    _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), "reaches the model output"))
+    return rec, output
+
+
+def _hook_kwargs_supported() -> bool:
+    import inspect as _inspect
+
+    from torch.nn.modules import module as _m
+
+    return "with_kwargs" in _inspect.signature(_m.register_module_forward_hook).parameters
