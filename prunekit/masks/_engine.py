@@ -82,6 +82,7 @@ class _MaskHook:
 
     def __init__(self, modes: dict[str, str]):
         self.modes = dict(modes)  # parameter name -> "hard" | "feedback"
+        self.versions: dict[str, int] = {}  # parameter name -> counter bumped at every mask change
         self._grad = {}  # parameter name -> (weakref to the hooked Parameter, RemovableHandle)
 
     def __deepcopy__(self, memo):
@@ -92,6 +93,7 @@ class _MaskHook:
 
     def __setstate__(self, state):
         self.modes = state["modes"]
+        self.versions = {}
         self._grad = {}
 
     def __call__(self, module: nn.Module, args):
@@ -143,18 +145,29 @@ class _LoadHook:
                 _sync(module, name, mode)
 
 
+_CLEANED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # optimizer -> {(id(param), mask version)}
+
+
 @torch.no_grad()
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
-    """Global step post-hook: re-mask the stepped parameters; clear hard-masked entries of their state."""
+    """Global step post-hook: re-mask the stepped parameters; clear hard-masked entries of their state.
+
+    In hard mode, once an optimizer's state has been cleared for the current mask, masked gradients keep
+    the pruned weights at exactly zero (SGD, Adam, AdamW, RMSprop...), so later steps skip the work.
+    """
     if not _MASKED:
         return
     stepped = None
+    cleaned = _CLEANED.setdefault(optimizer, set())
     for module in list(_MASKED):
         hook = _find_hook(module)
         if hook is None:
             continue
         for name, mode in hook.modes.items():
             param = getattr(module, name)
+            key = (id(param), hook.versions.get(name, 0))
+            if mode == "hard" and key in cleaned:
+                continue
             if stepped is None:
                 stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
             if id(param) not in stepped:
@@ -165,6 +178,8 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
                 for value in optimizer.state.get(param, {}).values():
                     if isinstance(value, torch.Tensor) and value.shape == param.shape:
                         value.mul_(mask)
+                if optimizer.state.get(param):
+                    cleaned.add(key)
 
 
 def _ensure_step_hook() -> None:
@@ -291,6 +306,14 @@ def transaction(model: nn.Module, fqns: Iterable[str], op: str):
         raise PruneError(f"{op} failed and the model was restored: {exc}", op=op) from exc
 
 
+_VERSION = [0]
+
+
+def _next_version() -> int:
+    _VERSION[0] += 1
+    return _VERSION[0]
+
+
 def _install_one(module: nn.Module, name: str, mask: torch.Tensor, mode: str, apply: bool = True) -> None:
     param = getattr(module, name)
     mask = mask.to(device=param.device, dtype=torch.bool).clone()
@@ -314,6 +337,7 @@ def _install_one(module: nn.Module, name: str, mask: torch.Tensor, mode: str, ap
             del module._buffers[DORMANT_PREFIX + name]
         module.register_buffer(MASK_PREFIX + name, mask, persistent=False)
         hook.modes[name] = mode
+        hook.versions[name] = _next_version()
         if old_mode is not None and old_mode != mode:
             hook.unhook_grads([name])
         if apply:

@@ -189,37 +189,44 @@ def _counts(symbols):
     return out
 
 
+def _table(lengths: dict[int, int]) -> bytes:
+    """Code lengths of symbols 0..max as one byte each (0 = symbol absent): enough to rebuild the codes."""
+    top = max(lengths)
+    return bytes(lengths.get(s, 0) for s in range(top + 1))
+
+
+def _untable(data: bytes) -> dict[int, int]:
+    return {s: n for s, n in enumerate(data) if n}
+
+
 def encode(model: nn.Module, codebooks: dict[str, Codebook], *, index_bits_conv: int = 8, index_bits_fc: int = 5,
            huffman: bool = True) -> bytes:
-    """Serialise the model: shared layers as (codebook, Huffman-coded gaps and cluster indices), everything
-    else as raw float32. ``huffman=False`` stores fixed-width symbols (for comparison). Decode with
-    :func:`decode`."""
-    header, body = {"layers": {}, "raw": {}}, bytearray()
+    """Serialise the model: shared layers as (codebook, coded gaps and cluster indices), everything else as
+    raw float32. With ``huffman`` the symbols are Huffman coded (code-length tables stored, one byte per
+    symbol); otherwise fixed width. Decode with :func:`decode`."""
+    header, body = {"layers": {}, "raw": {}, "huffman": huffman}, bytearray()
     for fqn, book in codebooks.items():
         index_bits = index_bits_fc if book.index.dim() == 2 else index_bits_conv
         gaps, syms = _streams(book, index_bits)
         if huffman:
             gl, sl = huffman_lengths(_counts(gaps)), huffman_lengths(_counts(syms))
+            tables = _table(gl) + _table(sl)
+            sizes = [len(_table(gl)), len(_table(sl))]
         else:
             gl = {s: index_bits for s in range(2 ** index_bits)}
             sl = {s: book.bits + 1 for s in range(2 ** book.bits + 1)}
+            tables, sizes = b"", [index_bits, 0]
         g_bytes, s_bytes = _pack(gaps, gl), _pack(syms, sl)
-        entry = {"shape": list(book.index.shape), "bits": book.bits, "n": len(gaps), "offset": len(body),
-                 "gap_len": len(g_bytes), "sym_len": len(s_bytes)}
-        if huffman:  # code tables: one length byte per symbol that occurs
-            entry["gap_codes"] = sorted(gl.items())
-            entry["sym_codes"] = sorted(sl.items())
-        else:
-            entry["index_bits"] = index_bits
-        body += struct.pack(f"<{len(book.centroids)}f", *book.centroids.tolist()) + g_bytes + s_bytes
-        header["layers"][fqn] = entry
+        # [shape, bits, entries, offset, gap bytes, symbol bytes, table sizes (huffman) or index bits]
+        header["layers"][fqn] = [list(book.index.shape), book.bits, len(gaps), len(body), len(g_bytes),
+                                 len(s_bytes), sizes]
+        body += struct.pack(f"<{len(book.centroids)}f", *book.centroids.tolist()) + tables + g_bytes + s_bytes
     shared = set(codebooks)
     for name, t in model.state_dict().items():
         if name in shared:
             continue
-        arr = t.detach().cpu().float().numpy().astype("<f4").tobytes()
-        header["raw"][name] = {"shape": list(t.shape), "offset": len(body)}
-        body += arr
+        header["raw"][name] = [list(t.shape), len(body)]
+        body += t.detach().cpu().float().numpy().astype("<f4").tobytes()
     head = json.dumps(header, separators=(",", ":")).encode()
     return struct.pack("<I", len(head)) + head + bytes(body)
 
@@ -230,29 +237,29 @@ def decode(blob: bytes) -> dict[str, torch.Tensor]:
     header = json.loads(blob[4:4 + n])
     body = blob[4 + n:]
     out = {}
-    for fqn, e in header["layers"].items():
-        k = 2 ** e["bits"]
-        o = e["offset"]
+    for fqn, (shape, bits, entries, o, g_len, s_len, sizes) in header["layers"].items():
+        k = 2 ** bits
         centroids = torch.tensor(struct.unpack(f"<{k}f", body[o:o + 4 * k]))
         o += 4 * k
-        if "gap_codes" in e:
-            gl, sl = dict(map(tuple, e["gap_codes"])), dict(map(tuple, e["sym_codes"]))
+        if header["huffman"]:
+            gl, sl = _untable(body[o:o + sizes[0]]), _untable(body[o + sizes[0]:o + sizes[0] + sizes[1]])
+            o += sizes[0] + sizes[1]
         else:
-            gl = {s: e["index_bits"] for s in range(2 ** e["index_bits"])}
-            sl = {s: e["bits"] + 1 for s in range(k + 1)}
-        gaps = _unpack(body[o:o + e["gap_len"]], gl, e["n"])
-        syms = _unpack(body[o + e["gap_len"]:o + e["gap_len"] + e["sym_len"]], sl, e["n"])
-        flat = torch.zeros(int(np.prod(e["shape"])))
+            gl = {s: sizes[0] for s in range(2 ** sizes[0])}
+            sl = {s: bits + 1 for s in range(k + 1)}
+        gaps = _unpack(body[o:o + g_len], gl, entries)
+        syms = _unpack(body[o + g_len:o + g_len + s_len], sl, entries)
+        flat = torch.zeros(int(np.prod(shape)))
         pos = -1
         for g, s in zip(gaps, syms):
             pos += g + 1
             if s != k:
                 flat[pos] = centroids[s]
-        out[fqn] = flat.reshape(e["shape"])
-    for name, e in header["raw"].items():
-        count = int(np.prod(e["shape"])) if e["shape"] else 1
-        arr = np.frombuffer(body, dtype="<f4", count=count, offset=e["offset"])
-        out[name] = torch.from_numpy(arr.copy()).reshape(e["shape"])
+        out[fqn] = flat.reshape(shape)
+    for name, (shape, offset) in header["raw"].items():
+        count = int(np.prod(shape)) if shape else 1
+        arr = np.frombuffer(body, dtype="<f4", count=count, offset=offset)
+        out[name] = torch.from_numpy(arr.copy()).reshape(shape)
     return out
 
 

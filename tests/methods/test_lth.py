@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.masks import get_masks
+from prunekit.masks.workflows import find_ticket, reinit_
+from prunekit.methods import RunContext, get_method, load_all
+from prunekit.train import TrainConfig
+
+
+def data(n=6):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n * 16, 10, generator=g)
+    return [(x[i:i + 16], x[i:i + 16, :2].argmax(1)) for i in range(0, len(x), 16)]
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 2))
+
+
+def test_ticket_rewinds_survivors_to_their_saved_values_with_exact_schedule():
+    torch.manual_seed(0)
+    model = mlp()
+    cfg = TrainConfig(epochs=1, lr=0.1, progress=False)
+    ticket = find_ticket(model, data(), cfg, sparsity=0.64, rounds=2, rewind_step=0)
+    # per layer: round(0.4 * 200) + round(0.4 * 40) = 96 of 240, then round(0.64 * 200) + round(0.64 * 40) = 154
+    assert [h["sparsity"] for h in ticket.history] == pytest.approx([96 / 240, 154 / 240])
+    torch.manual_seed(0)
+    init = mlp().state_dict()
+    for fqn, m in get_masks(model).items():
+        torch.testing.assert_close(model.get_parameter(fqn).detach(), init[fqn] * m)
+        assert 1 - m.float().mean().item() == pytest.approx(0.64, abs=0.01)
+
+
+def test_late_rewinding_and_a_rewind_point_that_is_never_reached():
+    torch.manual_seed(0)
+    model = mlp()
+    cfg = TrainConfig(epochs=1, lr=0.1, progress=False)
+    with pytest.raises(ConfigError, match=r"rewind_step=50 is never reached: one round trains 6 steps"):
+        find_ticket(model, data(), cfg, sparsity=0.5, rounds=1, rewind_step=50)
+    assert not get_masks(model)
+    ticket = find_ticket(model, data(), cfg, sparsity=0.5, rounds=1, rewind_step=3)
+    assert ticket.rewind_step == 3 and not torch.equal(ticket.weights["0.weight"], mlp().state_dict()["0.weight"])
+
+
+def test_reinit_control_keeps_the_mask_and_changes_the_weights():
+    torch.manual_seed(0)
+    load_all()
+    model = mlp()
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.5", train_data=data(),
+                     options={"rounds": 1, "reinit": True}, train_config=TrainConfig(epochs=1, lr=0.1, progress=False))
+    get_method("lth").run(ctx)
+    m = get_masks(model)["0.weight"]
+    torch.manual_seed(0)
+    init = mlp().state_dict()["0.weight"]
+    w = model[0].weight.detach()
+    assert int((w[~m] != 0).sum()) == 0 and not torch.allclose(w[m], init[m])

@@ -1,0 +1,47 @@
+import torch
+from torch import nn
+
+from prunekit.masks import get_masks, install_masks_
+from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods.snip_ldi import approximate_isometry_, isometry_error, orthogonal_init_
+
+
+def deep_mlp(width=32, depth=5):
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, 4))
+
+
+def test_orthogonal_init_is_isometric_before_pruning():
+    model = deep_mlp()
+    orthogonal_init_(model, seed=0)
+    assert float(isometry_error(model[0].weight.detach())) < 1e-8
+
+
+def test_ai_restores_isometry_and_never_touches_pruned_entries():
+    torch.manual_seed(0)
+    model = deep_mlp()
+    orthogonal_init_(model, seed=0)
+    masks = {f"{i}.weight": torch.rand(32, 32) > 0.7 for i in (0, 2, 4)}
+    install_masks_(model, masks)
+    errors = approximate_isometry_(model, iterations=300, lr=0.01)
+    for fqn, (before, after) in errors.items():
+        assert after < 0.5 * before, fqn
+        assert int((model.get_parameter(fqn).detach()[~masks[fqn]] != 0).sum()) == 0
+    # mean singular value of a masked layer moves toward 1
+    sv = torch.linalg.svdvals(model[0].weight.detach())
+    assert abs(float(sv.mean()) - 1) < 0.2
+
+
+def test_run_reports_isometry_and_keeps_target():
+    load_all()
+    torch.manual_seed(0)
+    model = deep_mlp()
+    x = torch.randn(64, 32)
+    ctx = RunContext(model=model, example_inputs=x[:1], target="sparsity=0.9",
+                     calib=[(x, torch.randint(0, 4, (64,)))], options={"ai_iterations": 50})
+    res = get_method("snip-ldi").run(ctx)
+    total = sum(m.numel() for m in get_masks(model).values())
+    assert sum(int((~m).sum()) for m in get_masks(model).values()) == round(0.9 * total)
+    assert all(a < b for b, a in res.info["isometry_error"].values())
