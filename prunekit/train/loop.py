@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from .callbacks import Callback, TrainState, call
@@ -197,6 +197,8 @@ def _deterministic(on: bool):
 def _resume(state: TrainState, cfg: TrainConfig, info: ddp.DistInfo) -> _Position:
     if not (cfg.resume and ckpt.has_checkpoint(cfg.checkpoint_dir)):
         return _Position()
+    index, _ = ckpt.read_checkpoint(cfg.checkpoint_dir)
+    _check_same_run(TrainConfig.from_dict(index["config"]), cfg)
     index = ckpt.load_checkpoint(cfg.checkpoint_dir, state.model, state.optimizer, state.scheduler)
     state.step, state.history = int(index["step"]), list(index.get("history", []))
     state.extra["resumed_from_step"] = state.step
@@ -207,6 +209,18 @@ def _resume(state: TrainState, cfg: TrainConfig, info: ddp.DistInfo) -> _Positio
         ckpt.set_rng_states(pos.tensors, index["rng"])
     log.info("resumed from step %d (epoch %d, batch %d) in %s", state.step, pos.epoch, pos.skip, cfg.checkpoint_dir)
     return pos
+
+
+_RUN_FIELDS_FREE = ("deterministic", "device", "amp", "progress", "checkpoint_dir", "checkpoint_every", "resume")
+
+
+def _check_same_run(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """A resume must continue the same run: schedule, optimizer and loss settings may not change."""
+    diff = [f"{k}={getattr(saved, k)!r} (now {getattr(cfg, k)!r})" for k in saved.to_dict()
+            if k not in ("type", "version", *_RUN_FIELDS_FREE) and getattr(saved, k) != getattr(cfg, k)]
+    if diff:
+        raise CheckpointError(f"checkpoint in {cfg.checkpoint_dir!r} was written by a different run: {', '.join(diff)}; "
+                              "resume with the same settings, or use a new checkpoint_dir to start over")
 
 
 def _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start: _Position) -> dict:

@@ -152,3 +152,14 @@ def test_rng_states_round_trip():
     a = torch.rand(3)
     ckpt.set_rng_states(tensors, states)
     torch.testing.assert_close(torch.rand(3), a, rtol=0, atol=0)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, make_mlp, make_loader, data):
+    x, y = data
+    cfg = CFG.replace(epochs=1, checkpoint_dir=str(tmp_path))
+    fit(make_mlp(), make_loader(x, y), cfg)
+    model = make_mlp(seed=2)
+    snap = _snapshot(model)
+    with pytest.raises(CheckpointError, match=r"written by a different run: epochs=1 \(now 2\), lr=0.05 \(now 0.1\)"):
+        fit(model, make_loader(x, y), cfg.replace(epochs=2, lr=0.1, resume=True))
+    _assert_unchanged(model, snap)
