@@ -521,7 +521,8 @@ def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], all
     ``scores`` are keyed by any producer FQN of a group (conv/linear or BN; several keys of one group are
     summed). ``allocation="global"`` removes channels in one ranking over all groups; ``"uniform"`` removes
     the same fraction of every scored group. Costs come from the engine's exact MAC/parameter model.
-    Scores below zero mark channels a method has already masked: they are always part of the removal.
+    Scores ``<= 0`` mark channels that are already off (exact-zero scale, masked, dead): with ``global``
+    allocation they are always part of the removal, even beyond the target.
     ``graph`` reuses an engine graph traced earlier (the structure must not have changed since).
     Returns ``(removal, info)`` with ``removal = {group key: sorted indices}``.
     """
@@ -578,7 +579,7 @@ def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], all
                 hi = mid
             else:
                 lo = mid + 1
-        lo = max(lo, sum(1 for k, i in order if summed[k][i] < 0))  # negative = already masked: always cut
+        lo = max(lo, sum(1 for k, i in order if summed[k][i] <= 0))  # zero/negative: dead or masked, always cut
         sel = take(lo)
     elif allocation == "uniform":
         def take_f(f):
@@ -639,8 +640,9 @@ def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], alloca
 
     from ..api import plan as make_plan, prune_
 
-    groups = filter_groups(model, ctx)
-    sel, info = select_to_target(model, ctx, scores, allocation, groups)
+    graph = _graph(model, ctx)
+    groups = filter_groups(model, ctx, graph)
+    sel, info = select_to_target(model, ctx, scores, allocation, groups, graph=graph)
     by_members = {tuple(sorted((m.fqn, m.dim) for m in g.group.members)): g for g in groups}
     p = make_plan(model, ctx.example_inputs, sparsity=0.0, ignore=list(ctx.ignore))
     for pg in p.groups:

@@ -169,3 +169,34 @@ def test_training_method_refuses_unknown_option_with_closest_match(method):
     ctx = _tiny_ctx(options={typo: 1})
     with pytest.raises(ConfigError, match=rf"unknown option of method '{method}' {typo!r}; did you mean {first!r}"):
         get_method(method).run(ctx)
+
+
+_RUN_OPTIONS = {"gate-decorator": {"ticks_per_tock": 2, "tick_batches": 2}, "rethinking": {"source": "slimming"},
+                "dropnet": {"fraction": 0.5}}
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_training_method_ends_in_a_physically_smaller_model_at_the_target(method):
+    import json
+
+    import prunekit as pk
+    from prunekit.graph import build_graph
+    from prunekit.methods import RunContext, get_method, load_all
+
+    load_all()
+    torch.manual_seed(0)
+    model = pk.models.create("vgg-small", width=0.25)
+    data = pk.data.load("synthetic", batch_size=32, n_train=64, n_test=32, val_fraction=0.0)
+    x = data.example_inputs(2)
+    dense_macs, keys = build_graph(model, x).macs(), set(model.state_dict())
+    dense_params = sum(p.numel() for p in model.parameters())
+    ctx = RunContext(model=model, example_inputs=x, target="macs=0.5", train_data=data.train, calib=data.calib(1),
+                     prune_epochs=1, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
+                     options=_RUN_OPTIONS.get(method, {}))
+    res = get_method(method).run(ctx)
+    macs = build_graph(res.model, x).macs()
+    assert macs <= 0.5 * dense_macs
+    assert sum(p.numel() for p in res.model.parameters()) < dense_params
+    assert set(res.model.state_dict()) == keys  # same keys as the dense architecture
+    assert res.model(x).shape == (2, 10)
+    json.dumps(res.info)  # JSON-ready
