@@ -218,19 +218,29 @@ def _load_baseline(name: str) -> nn.Module:
                           f"--baseline none to prune an untrained model") from None
 
 
+def calib_batches(bundle, n_batches: int) -> list:
+    """``n_batches`` calibration batches, fewer when the training split is smaller (at least one)."""
+    n_train = getattr(bundle.train, "num_samples", None) or len(bundle.train) * bundle.train.batch_size
+    bs = bundle.train.batch_size
+    if n_train < bs:
+        return bundle.calib(1, batch_size=n_train)
+    return bundle.calib(max(1, min(n_batches, n_train // bs)))
+
+
 def _example_inputs(bundle, n: int = 1) -> torch.Tensor:
     x, _ = next(iter(bundle.test))
     return x[:n].clone()
 
 
 def _measure(model: nn.Module, x: torch.Tensor, latency: bool) -> dict:
-    from . import measure
+    from .measure import latency as time_forward
+    from .measure import measure
 
-    m = measure.measure(model, x)
+    m = measure(model, x)
     out = {"params": int(m.params), "nonzero_params": int(m.nonzero_params),
            "macs": None if m.macs is None else int(m.macs), "size_bytes": int(m.size_dense)}
     if latency:
-        out["latency_ms"] = float(measure.latency(model, x).median_ms)
+        out["latency_ms"] = float(time_forward(model, x).median_ms)
     return out
 
 
@@ -281,6 +291,17 @@ def recalibrate_bn(model: nn.Module, batches, device: str = "cpu") -> int:
     return n
 
 
+def _save_model(model: nn.Module, path: Path) -> str | None:
+    """``pk.save`` the model; returns the file name, or None (logged) while prunekit.io is not available."""
+    try:
+        from .io import save
+    except ImportError:
+        log.warning("prunekit.io is not available in this build: the pruned model was not saved")
+        return None
+    save(model, str(path))
+    return path.name
+
+
 def _evaluate(model, data, device) -> dict:
     from .train import evaluate
 
@@ -314,13 +335,16 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
         if kind == "sparsity":
             rep = pk.sparsify_(model, sparsity=value, criterion=name, ignore=tuple(recipe.ignore))
         else:
+            from .criteria import get_criterion
+
+            calib = calib_batches(bundle, recipe.calib_batches) if get_criterion(name).needs else None
             rep = pk.prune_(model, example_inputs=x, target=recipe.target, criterion=name,
-                            ignore=list(recipe.ignore))
+                            ignore=list(recipe.ignore), calib=calib, seed=recipe.seed)
         return [], {"engine_report": _plain(rep)}
     from .methods import RunContext
 
     ctx = RunContext(model=model, example_inputs=x, target=recipe.target, train_data=bundle.train,
-                     val_data=bundle.val, calib=bundle.calib(max(1, recipe.calib_batches)),
+                     val_data=bundle.val, calib=calib_batches(bundle, recipe.calib_batches),
                      ignore=tuple(recipe.ignore), prune_epochs=recipe.prune_epochs,
                      train_config=_train_config(recipe, recipe.prune_epochs, progress), device=recipe.device,
                      seed=recipe.seed, options=spec.options(recipe.options))
@@ -411,8 +435,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     stages = {"baseline": before["accuracy"]}
     stages["after prune"] = _evaluate(model, bundle.test, recipe.device)["accuracy"]
     if recipe.calib_batches > 0 and kind != "sparsity":
-        recalibrate_bn(model, bundle.calib(recipe.calib_batches), recipe.device)
-        stages["after BN recalibration"] = _evaluate(model, bundle.test, recipe.device)["accuracy"]
+        if recalibrate_bn(model, calib_batches(bundle, recipe.calib_batches), recipe.device):
+            stages["after BN recalibration"] = _evaluate(model, bundle.test, recipe.device)["accuracy"]
 
     t = time.perf_counter()
     history = []
@@ -432,7 +456,10 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
               "status": None if spec is None else spec.status, "info": info}
     if note:
         method["note"] = note
+    data_info = {"train_images": int(getattr(bundle.train, "num_samples", 0)),
+                 "test_images": int(getattr(bundle.test, "num_samples", 0)), "num_classes": bundle.num_classes}
     report = {"type": "prunekit.RunReport", "version": 1, "recipe": recipe.to_dict(), "method": method,
+              "data": data_info,
               "before": before, "after": after, "stages": stages,
               "ratios": {"params_kept": after["params"] / before["params"],
                          "macs_kept": after["macs"] / before["macs"] if before["macs"] else None},
@@ -440,9 +467,9 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     from .report import write_run_report
 
     with _staged_output(recipe.out) as stage:
-        pk.save(model, str(stage / "model.safetensors"))
+        files = {"model": _save_model(model, stage / "model.safetensors"), "recipe": "recipe.yaml"}
         recipe.save(stage / "recipe.yaml")
-        write_run_report({**report, "files": {"model": "model.safetensors", "recipe": "recipe.yaml"}}, stage)
+        write_run_report({**report, "files": files}, stage)
     return {**report, "out": str(recipe.out)}
 
 
@@ -510,7 +537,7 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
               "after": {k: v for k, v in after.items() if k != "layers"},
               "per_layer": _per_layer(before["layers"], after["layers"]), "engine_report": _plain(rep)}
     with _staged_output(out) as stage:
-        pk.save(net, str(stage / "model.safetensors"))
+        report["files"] = {"model": _save_model(net, stage / "model.safetensors")}
         write_json(report, stage / "report.json")
     return {**report, "out": str(out)}
 
@@ -522,9 +549,11 @@ def inspect_job(model: str, *, input_shape: tuple[int, ...] | None = None, num_c
     x = _example_for(model, input_shape)
     _check_model_name(model)
     net = resolve_model(model, num_classes=num_classes, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
-    text = pk.inspect(net, x)
+    found = pk.inspect(net, x)
+    groups = [{"id": g.id, "name": g.name, "width": g.width, "approximate": bool(g.approximate),
+               "members": [f"{m.fqn}[{m.dim}]" for m in g.members]} for g in getattr(found, "groups", [])]
     return {"model": model, "input_shape": list(x.shape), **_measure(net, x, False), "layers": layer_stats(net),
-            "inspect": text if isinstance(text, (str, dict, list)) else str(text)}
+            "groups": groups, "inspect": str(found)}
 
 
 # --- bench / export ----------------------------------------------------------------------------------------

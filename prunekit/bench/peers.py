@@ -102,14 +102,14 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
     The uniform per-layer ratio is bisected on copies of the model until the kept fraction is within
     ``tol`` *below* the target (never above it); returns ``{"ratio", "kept"}``.
     """
-    from .. import measure
+    from ..measure import count_macs, count_params
 
     kind, value = parse_target(target)
     check_peer(method, target)
     name = method[len(TP_PREFIX):]
 
     def cost(m):
-        return float(measure.count_macs(m, x).total if kind == "macs" else measure.count_params(m))
+        return float(count_macs(m, x).total if kind == "macs" else count_params(m))
 
     base = cost(model)
 

@@ -127,7 +127,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     recipe = g.cell_recipe(method, target, seed)
     callbacks, info, masked = [], {}, None
     if method.startswith(peers.TP_PREFIX):
-        info = peers.tp_prune_(model, x, method, target, calib=bundle.calib(max(1, g.calib_batches)),
+        info = peers.tp_prune_(model, x, method, target, calib=W.calib_batches(bundle, g.calib_batches),
                                num_classes=bundle.num_classes, ignore=tuple(g.ignore))
     elif method.startswith(peers.TORCH_PRUNE_PREFIX):
         masked = peers.torch_prune_(model, method, target)
@@ -141,7 +141,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     cell["acc_pruned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
     cell["acc_recal"] = None
     if g.calib_batches > 0 and kind != "sparsity":
-        W.recalibrate_bn(model, bundle.calib(g.calib_batches), g.device)
+        W.recalibrate_bn(model, W.calib_batches(bundle, g.calib_batches), g.device)
         cell["acc_recal"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
     if g.finetune_epochs > 0:
         fit(model, bundle.train, W._train_config(recipe, g.finetune_epochs, progress), callbacks=callbacks)

@@ -77,9 +77,11 @@ def render_run_markdown(report: dict, plots: dict | None = None) -> str:
     validate_run_report(report)
     r, m = report["recipe"], report["method"]
     lines = [f"# prunekit run: {r.get('model')} on {r.get('data')}", ""]
+    images = (report.get("data") or {}).get("train_images") or r.get("subset") or "all"
+    tests = (report.get("data") or {}).get("test_images")
     lines.append(f"Method **{m.get('id')}** ({m.get('via', 'method')}), target `{r.get('target')}`, "
-                 f"{r.get('finetune_epochs')} fine-tune epoch(s) on "
-                 f"{r.get('subset') or 'all'} training images, seed {r.get('seed')}.")
+                 f"{r.get('finetune_epochs')} fine-tune epoch(s) on {images} training images, seed {r.get('seed')}"
+                 + (f"; accuracy on all {tests} test images." if tests else "."))
     if m.get("note"):
         lines += ["", f"> {m['note']}"]
     lines += ["", "| quantity | before | after | change |", "|---|---:|---:|---:|"]
