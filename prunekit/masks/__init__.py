@@ -7,7 +7,7 @@ The API (all in place, all returning a report or a dict, never ``None``)::
                           exempt=(), mode="hard", nested=True, seed=0, scores=None)   # -> MaskReport
     pk.finalize_(model)          # masks made permanent; a plain model with the dense state_dict keys
 
-    masks.get_masks(model)                   # {param_fqn: bool mask} (live buffers)
+    masks.get_masks(model)                   # {param_fqn: bool mask} (copies)
     masks.install_masks_(model, {fqn: mask}, mode="hard" | "feedback")
     masks.update_masks_(model, {fqn: mask})  # keep each parameter's mode
     masks.apply_masks_(model)                # re-apply now (hooks do it before each forward)
@@ -22,7 +22,7 @@ loss_fn, generator) -> {fqn: scores}``, higher = kept), ``register_pattern(famil
 a :class:`~prunekit.masks.patterns.Pattern`), ``select_masks(scores, pattern, sparsities)`` for methods
 that compute their own scores, and ``prunable_weights(model, ignore, exempt)``.
 
-Mechanism (why, in ``docs/masks.md``): a mask is a non-persistent bool buffer ``_pk_mask_<name>`` on the
+Mechanism (why, in ``docs/masks.md``): a mask is a non-persistent 0/1 buffer ``_pk_mask_<name>`` on the
 parameter's module; a forward pre-hook re-applies it before every forward, a gradient hook zeroes pruned
 gradients (``mode="hard"``), and state-dict hooks keep checkpoints masked. Parameter names never change.
 In ``mode="feedback"`` the forward sees ``W * mask`` while every weight keeps learning (DNS, DPF).

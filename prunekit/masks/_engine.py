@@ -1,6 +1,7 @@
 """Mask storage and the hooks that keep masks true in any training loop.
 
-A mask is a bool tensor shaped like its parameter, stored on the parameter's module as a
+A mask is a 0/1 tensor shaped like its parameter (in the parameter's dtype, so the hooks multiply without
+a conversion; :func:`get_masks` hands out bool tensors), stored on the parameter's module as a
 *non-persistent* buffer ``_pk_mask_<name>``: it follows ``.to(device)``, is broadcast by DDP with the other
 buffers, and never appears in ``state_dict()``. Three hooks per masked module keep it true:
 
@@ -54,7 +55,7 @@ def _sync(module: nn.Module, name: str, mode: str) -> None:
         dormant = getattr(module, DORMANT_PREFIX + name)
         full = param.data + dormant  # dormant is zero where the mask keeps, param is zero where it prunes
         param.data.copy_(full * mask)
-        dormant.copy_(full * ~mask)
+        dormant.copy_(full - param.data)
     else:
         param.data.mul_(mask)
 
@@ -226,7 +227,7 @@ def _resolve(model: nn.Module, fqn: str) -> tuple[nn.Module, str, nn.Parameter]:
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The installed masks, ``{param_fqn: bool tensor}`` (the live buffers; clone before editing).
+    """The installed masks, ``{param_fqn: bool tensor}`` (fresh tensors; change masks with update_masks_).
 
     Example:
         >>> import torch, prunekit as pk
@@ -241,7 +242,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
         if hook is None:
             continue
         for name in hook.modes:
-            out[f"{module_name}.{name}" if module_name else name] = getattr(module, MASK_PREFIX + name)
+            out[f"{module_name}.{name}" if module_name else name] = getattr(module, MASK_PREFIX + name) != 0
     return out
 
 
@@ -316,7 +317,8 @@ def _next_version() -> int:
 
 def _install_one(module: nn.Module, name: str, mask: torch.Tensor, mode: str, apply: bool = True) -> None:
     param = getattr(module, name)
-    mask = mask.to(device=param.device, dtype=torch.bool).clone()
+    # stored in the parameter's dtype: the hooks multiply by it without a conversion on every call
+    mask = (mask != 0).to(device=param.device, dtype=param.dtype)
     hook = _find_hook(module)
     old_mode = hook.modes.get(name) if hook is not None else None
     _ensure_step_hook()
