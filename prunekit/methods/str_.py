@@ -1,0 +1,181 @@
+"""Soft Threshold Reparameterization (STR): per-layer learned thresholds.
+
+Paper: "Soft Threshold Weight Reparameterization for Learnable Sparsity", Aditya Kusupati, Vivek
+Ramanujan, Raghav Somani, Mitchell Wortsman, Prateek Jain, Sham Kakade, Ali Farhadi. ICML 2020.
+https://arxiv.org/abs/2002.03231
+
+Each layer keeps its dense weights W and one learnable scalar s; the forward uses the soft-thresholded
+copy sign(W) * relu(|W| - sigmoid(s)), so every weight below the layer's threshold is exactly zero. The
+thresholds are trained with the task loss alongside the weights. Weight decay on s pulls it up from a very
+negative start (threshold near zero, a dense network), the task loss pushes back wherever a higher
+threshold costs accuracy, and so each layer settles on its own sparsity: the per-layer budget is learned,
+not set. The paper steers the overall sparsity only through the initial s and the decay strength; for a
+requested sparsity we add a controller (ours, not the paper's) that scales the decay on s up or down each
+step to follow a cubic ramp to the target, which leaves the per-layer allocation to the learned thresholds.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import ConfigError
+from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
+from ..masks.workflows import method_options, target_sparsity, train_config
+from ..train.callbacks import Callback, TrainState
+from ._registry import MethodResult, RunContext, register_method
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SoftThreshold", "attach_str_", "detach_str_", "str_thresholds", "str_sparsity", "STRCallback",
+           "run_str"]
+
+
+class SoftThreshold(nn.Module):
+    """Parametrization ``W -> sign(W) * relu(|W| - sigmoid(s))`` with a learnable scalar ``s``."""
+
+    def __init__(self, s_init: float = -10.0):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(float(s_init)))
+
+    def threshold(self) -> torch.Tensor:
+        return torch.sigmoid(self.s)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.sign(weight) * torch.relu(weight.abs() - torch.sigmoid(self.s).to(weight.dtype))
+
+
+def attach_str_(model: nn.Module, *, s_init: float = -5.0, ignore=(), exempt=()) -> list[str]:
+    """Reparameterize every prunable weight with :class:`SoftThreshold`; returns the weights' FQNs.
+
+    Call it before building the optimizer (the thresholds are new parameters and the dense weights move to
+    ``parametrizations.weight.original``); :func:`detach_str_` restores the plain parameter names.
+    """
+    fqns = list(prunable_weights(model, ignore, exempt))
+    for fqn in fqns:
+        module = model.get_submodule(fqn.rpartition(".")[0])
+        order = list(module._parameters)  # restored by detach_str_, so state_dict keys keep their order
+        parametrize.register_parametrization(module, "weight", SoftThreshold(s_init))
+        module.parametrizations.weight[0].param_order = order
+    return fqns
+
+
+def _str_modules(model: nn.Module) -> dict[str, nn.Module]:
+    out = {}
+    for name, m in model.named_modules():
+        if parametrize.is_parametrized(m, "weight") and isinstance(m.parametrizations.weight[0], SoftThreshold):
+            out[f"{name}.weight" if name else "weight"] = m
+    return out
+
+
+def str_thresholds(model: nn.Module) -> dict[str, float]:
+    """``{weight_fqn: sigmoid(s)}`` of the attached soft thresholds."""
+    return {k: float(m.parametrizations.weight[0].threshold().detach()) for k, m in _str_modules(model).items()}
+
+
+@torch.no_grad()
+def str_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
+    """Overall and per-layer fraction of exact zeros in the soft-thresholded weights."""
+    per, zeros, numel = {}, 0, 0
+    for k, m in _str_modules(model).items():
+        w = m.weight  # the thresholded view
+        z = int((w == 0).sum())
+        per[k] = z / w.numel()
+        zeros, numel = zeros + z, numel + w.numel()
+    return (zeros / numel if numel else 0.0), per
+
+
+def detach_str_(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Bake the soft-thresholded weights into plain parameters (names restored); returns their non-zero masks."""
+    masks = {}
+    for k, m in _str_modules(model).items():
+        order = getattr(m.parametrizations.weight[0], "param_order", [])
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        for name in [n for n in order if n in m._parameters]:
+            m._parameters[name] = m._parameters.pop(name)
+        masks[k] = m.weight.detach() != 0
+    return masks
+
+
+class STRCallback(Callback):
+    """Plain STR's decay on the thresholds, plus steering of the sparsity towards ``target`` (ours).
+
+    Each step every threshold parameter ``s`` receives the extra gradient ``lam * s`` (the paper's weight
+    decay on ``s``, which raises the threshold from a negative start). With a ``target``, it also receives
+    ``-gain * (scheduled - current)``: the sparsity error against a cubic ramp to ``target`` that ends at
+    ``ramp_steps`` raises every threshold while the network is too dense and lowers it while too sparse.
+    The same push goes to every layer; how far each layer's sparsity moves is left to its own weights and
+    loss gradient, so the allocation stays learned. ``history`` holds ``(step, sparsity)`` every
+    ``log_every`` steps.
+    """
+
+    def __init__(self, target: float | None = None, *, ramp_steps: int = 1, lam: float = 5e-4,
+                 gain: float = 20.0, log_every: int = 50):
+        if target is not None and (isinstance(target, bool) or not 0 <= target < 1):
+            raise ConfigError(f"target={target!r} must be None or a sparsity in [0, 1), e.g. 0.9")
+        if not isinstance(ramp_steps, int) or ramp_steps < 1:
+            raise ConfigError(f"ramp_steps={ramp_steps!r} must be a positive int (optimizer steps of the ramp)")
+        if lam < 0 or gain < 0:
+            raise ConfigError(f"lam={lam!r} and gain={gain!r} must be >= 0, e.g. lam=5e-4, gain=1.0")
+        self.target, self.ramp_steps, self.lam, self.gain, self.log_every = target, ramp_steps, lam, gain, log_every
+        self.history: list[tuple[int, float]] = []
+
+    def scheduled(self, step: int) -> float:
+        t = min(step / self.ramp_steps, 1.0)
+        return self.target * (1.0 - (1.0 - t) ** 3)
+
+    def on_after_backward(self, state: TrainState) -> None:
+        push = 0.0
+        if self.target is not None:
+            current, _ = str_sparsity(state.model)
+            push = self.gain * (self.scheduled(state.step) - current)
+            if state.step % self.log_every == 0:
+                self.history.append((state.step, current))
+        for m in _str_modules(state.model).values():
+            s = m.parametrizations.weight[0].s
+            if s.grad is not None:
+                s.grad.add_(self.lam * s.detach() - push)
+
+
+@register_method("str", kind="unstructured", needs_data=True, defaults={
+    "s_init": -5.0,  # initial s (threshold sigmoid(-5) = 0.0067: nearly dense); the paper uses very negative values
+    "lam": 5e-4,  # extra decay on s (the paper's weight decay on s)
+    "steer": True,  # steer to the target with STRCallback; False = plain STR (emergent sparsity)
+    "ramp_fraction": 0.6,  # share of the training steps over which the steered sparsity reaches the target
+    "gain": 20.0,  # steering gradient per unit of sparsity error (calibrated on LeNet-300-100, 5 epochs)
+    "exempt": (),
+})
+def run_str(ctx: RunContext) -> MethodResult:
+    """Train ``ctx.prune_epochs`` with soft-threshold layers, bake the thresholds in, mask the zeros.
+
+    The learned sparsity is usually close to the target; if it falls short, the smallest surviving weights
+    are pruned globally to reach it exactly (never the other way: a learned zero is not revived).
+    """
+    from ..train import fit
+
+    opts = method_options("str", ctx.options)
+    sparsity = target_sparsity(ctx.target, "str")
+    if ctx.train_data is None:
+        raise ConfigError("str learns its thresholds by training and needs train_data (an iterable of batches)")
+    cfg = train_config(ctx, max(1, ctx.prune_epochs))
+    total = cfg.epochs * len(ctx.train_data)
+    cb = STRCallback(sparsity if opts["steer"] else None, ramp_steps=max(1, int(opts["ramp_fraction"] * total)),
+                     lam=opts["lam"], gain=opts["gain"])
+    fqns = attach_str_(ctx.model, s_init=opts["s_init"], ignore=ctx.ignore, exempt=tuple(opts["exempt"]))
+    try:
+        fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
+        thresholds = str_thresholds(ctx.model)
+    finally:
+        masks = detach_str_(ctx.model)
+    numel = sum(m.numel() for m in masks.values())
+    learned = 1 - sum(int(m.sum()) for m in masks.values()) / numel
+    per_layer = {k: 1 - float(m.float().mean()) for k, m in masks.items()}
+    if learned < sparsity:
+        scores = {k: ctx.model.get_parameter(k).detach().abs() for k in fqns}
+        masks = select_masks(scores, get_pattern("element"), global_sparsity=sparsity)
+    install_masks_(ctx.model, masks, mode="hard")
+    final = 1 - sum(int(m.sum()) for m in masks.values()) / numel
+    return MethodResult(ctx.model, callbacks=[], info={"learned_sparsity": learned, "sparsity": final,
+                                                       "learned_per_layer": per_layer, "thresholds": thresholds})
