@@ -68,3 +68,37 @@ def test_the_measure_module_is_callable():
 
     r = M(nn.Linear(4, 2), torch.zeros(1, 4))
     assert (r.params, r.per_layer[""].width) == (10, 2)
+
+
+@needs_macs
+def test_measure_macs_of_sequence_models_by_hand():
+    lstm = measure(pk.models.create("lstm", hidden_size=32), torch.zeros(1, 1, 28, 28), sizes=False)
+    # 28 steps (rows); each step: 4 gates x 32 units x (28 inputs + 32 hidden)
+    assert lstm.per_layer["lstm"].macs == 28 * 4 * 32 * (28 + 32)
+    assert lstm.macs == 28 * 4 * 32 * 60 + 32 * 10
+    gpt = pk.models.create("gpt-tiny", vocab_size=50, context_length=16, n_layer=1, d_model=32, n_head=4)
+    r = measure(gpt, torch.zeros(1, 16, dtype=torch.long), sizes=False)
+    t, d = 16, 32
+    assert r.per_layer["blocks.0.attn.q_proj"].macs == t * d * d
+    assert r.per_layer["blocks.0.attn"].macs == 2 * t * t * d  # q.k and attention.v over all heads
+    assert r.per_layer["blocks.0.fc1"].macs == t * d * 4 * d
+    assert r.macs == 4 * t * d * d + 2 * t * t * d + 2 * t * d * 4 * d + t * d * 50
+    assert r.per_layer["tok_emb"].macs == 0 and r.per_layer["tok_emb"].params == 50 * d
+
+
+@needs_macs
+def test_measure_macs_of_cnns_by_hand():
+    def conv(c_in, c_out, k, side):  # MACs of a conv producing a side x side map
+        return c_in * c_out * k * k * side * side
+
+    r = measure(pk.models.create("resnet20"), torch.zeros(1, 1, 28, 28), sizes=False)
+    stem = conv(1, 16, 3, 28)
+    stage1 = 6 * conv(16, 16, 3, 28)
+    stage2 = conv(16, 32, 3, 14) + conv(16, 32, 1, 14) + 5 * conv(32, 32, 3, 14)
+    stage3 = conv(32, 64, 3, 7) + conv(32, 64, 1, 7) + 5 * conv(64, 64, 3, 7)
+    assert r.macs == stem + stage1 + stage2 + stage3 + 64 * 10 == 31021952
+    assert r.per_layer["layer2.0.shortcut.0"].macs == conv(16, 32, 1, 14)
+    v = measure(pk.models.create("vgg-small"), torch.zeros(1, 1, 28, 28), sizes=False)
+    convs = conv(1, 32, 3, 28) + conv(32, 32, 3, 28) + conv(32, 64, 3, 14) + conv(64, 64, 3, 14) \
+        + conv(64, 128, 3, 7) + conv(128, 128, 3, 7)
+    assert v.macs == convs + 128 * 10 == 29128448
