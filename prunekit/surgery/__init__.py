@@ -150,6 +150,8 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
             for d, pos in dims.items():
                 new = new.index_select(d, keep_indices(t.shape[d], pos).to(t.device))
             grad = t.grad if isinstance(t, nn.Parameter) else None
+            if grad is not None:
+                tx.set_grad(t, None)  # so that rollback restores data before the old-shaped grad
             set_tensor_(model, fqn, new.contiguous(), tx)
             new_shapes[fqn] = tuple(new.shape)
             if grad is not None and tuple(grad.shape) == old_shape:

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from prunekit.criteria import (CRITERIA, ChannelView, channel_rows, get_criterion, normalise, reduce_scores,
+                               register_criterion, score_member, select_lowest)
+from prunekit.errors import ConfigError
+
+
+def _view(w, fqn="w"):
+    return ChannelView(fqn, 0, "producer", np.arange(w.shape[0]), w)
+
+
+def test_l1_l2_differ_by_hand():
+    # row 0: [3, 0, 0] -> l1 3, l2 3; row 1: [1.5, 1.5, 1.5] -> l1 4.5, l2 2.598
+    w = torch.tensor([[3.0, 0.0, 0.0], [1.5, 1.5, 1.5]])
+    l1 = score_member(get_criterion("l1"), _view(w))
+    l2 = score_member(get_criterion("l2"), _view(w))
+    np.testing.assert_allclose(l1, [3.0, 4.5])
+    np.testing.assert_allclose(l2, [3.0, np.sqrt(3 * 1.5 ** 2)])
+    assert select_lowest(l1, 1).tolist() == [0] and select_lowest(l2, 1).tolist() == [1]
+
+
+def test_random_is_seeded_and_uniform():
+    w = torch.zeros(100, 2)
+    a = score_member(get_criterion("random"), _view(w))
+    b = score_member(get_criterion("random"), _view(w))
+    np.testing.assert_array_equal(a, b)
+    assert 0.3 < a.mean() < 0.7 and len(np.unique(a)) == 100
+
+
+def test_channel_rows_gathers_head_positions():
+    t = torch.arange(12.0).reshape(6, 2)  # 3 heads of 2 rows each, head order 2, 0, 1
+    chans, rows = channel_rows(t, 0, np.array([2, 2, 0, 0, 1, 1]))
+    assert chans.tolist() == [0, 1, 2]
+    assert rows.tolist() == [[4, 5, 6, 7], [8, 9, 10, 11], [0, 1, 2, 3]]
+    chans, rows = channel_rows(t, 1, np.array([-1, 0]))
+    assert chans.tolist() == [0] and rows.shape == (1, 6)
+
+
+def test_reduction_group_vs_producer():
+    class M:
+        def __init__(self, role):
+            self.role = role
+
+    prod = (M("producer"), np.array([0, 1]), np.array([1.0, 3.0]))
+    cons = (M("consumer"), np.array([0, 1]), np.array([3.0, 1.0]))
+    np.testing.assert_allclose(reduce_scores(2, [prod, cons], "producer"), [0.5, 1.5])
+    np.testing.assert_allclose(reduce_scores(2, [prod, cons], "group"), [1.0, 1.0])
+    np.testing.assert_allclose(normalise(np.array([1.0, 3.0]), "max"), [1 / 3, 1.0])
+    with pytest.raises(ConfigError, match="reduce='x'"):
+        reduce_scores(2, [prod], "x")
+
+
+@pytest.mark.parametrize("name", CRITERIA.names())
+def test_every_registered_weight_criterion_returns_one_score_per_channel(name):
+    spec = get_criterion(name)
+    if spec.needs:
+        pytest.skip("data-driven criteria are exercised through pk.plan with calib")
+    w = torch.randn(5, 7)
+    s = score_member(spec, _view(w))
+    assert s.shape == (5,) and np.isfinite(s).all()
+
+
+def test_registry_validates_needs_and_wrong_length():
+    with pytest.raises(ConfigError, match="unknown need"):
+        register_criterion("bad-need", needs=("hessian",))(lambda v: v.weight[:, 0])
+    register_criterion("test-short")(lambda v: v.weight[:1, 0])
+    try:
+        with pytest.raises(ConfigError, match="returned 1 scores for 3 channels"):
+            score_member(get_criterion("test-short"), _view(torch.ones(3, 2)))
+    finally:
+        CRITERIA._items.pop("test-short")
