@@ -22,7 +22,7 @@ def test_global_uses_normalised_scores():
     assert kept == [4, 2]  # b's two small channels are the weakest after normalisation
     removal = select_removal([a, b], kept)
     assert list(removal) == [1] and removal[1].tolist() == [0, 1]
-    assert allocate_global([a, b], 0.25, fixed={1: 4}) == [2, 4]
+    assert allocate_global([a, b], 0.25, fixed={1: 4}) == [3, 4]  # 25% of the free group only
 
 
 def test_parse_target_and_search():
