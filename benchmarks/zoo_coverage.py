@@ -113,18 +113,20 @@ def load_records(path: Path) -> dict[tuple[str, str], dict]:
     return recs
 
 
-def run_tool(tool: str, names: list[str], jsonl: Path, limit_s: float, threads: int) -> None:
+def run_all(tools: list[str], names: list[str], jsonl: Path, limit_s: float, threads: int) -> None:
+    """Run every model with every tool, model by model (the tools side by side), skipping recorded pairs."""
     done = load_records(jsonl)
-    todo = [n for n in names if (n, tool) not in done]
-    print(f"[{tool}] {len(todo)} of {len(names)} models to run", flush=True)
-    w: Worker | None = None
-    for i, name in enumerate(todo):
+    todo = [(n, t) for n in names for t in tools if (n, t) not in done]
+    print(f"{len(todo)} of {len(names) * len(tools)} (model, tool) pairs to run", flush=True)
+    workers: dict[str, Worker] = {}
+    for i, (name, tool) in enumerate(todo):
+        w = workers.get(tool)
         if w is None or w.proc.poll() is not None:
-            w = Worker(tool, threads)
+            w = workers[tool] = Worker(tool, threads)
         t0 = time.perf_counter()
         rec = w.run(name, limit_s)
         if rec is None:
-            timed_out = w.proc.returncode in (-signal.SIGKILL,) and time.perf_counter() - t0 >= limit_s - 1
+            timed_out = time.perf_counter() - t0 >= limit_s - 1
             rec = {"model": name, "family": family_of(name), "tool": tool, "status": "fail",
                    "stage": "timeout" if timed_out else "crash",
                    "error_type": "Timeout" if timed_out else "WorkerCrash",
@@ -132,12 +134,12 @@ def run_tool(tool: str, names: list[str], jsonl: Path, limit_s: float, threads: 
                    else f"worker exited with code {w.proc.returncode}",
                    "seconds": round(time.perf_counter() - t0, 1)}
             w.close()
-            w = None
+            del workers[tool]
         with jsonl.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"[{tool}] {i + 1}/{len(todo)} {name}: {rec['status']} {rec.get('param_drop', '')} "
               f"{rec.get('error_type', '')} {rec.get('error', '')[:120]} ({rec['seconds']} s)", flush=True)
-    if w is not None:
+    for w in workers.values():
         w.close()
 
 
@@ -277,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [t for t in tools if t not in TOOLS]
         if bad:
             ap.error(f"--tools: unknown {bad}; choose from {', '.join(TOOLS)}")
-        for tool in tools:
-            run_tool(tool, names, jsonl, args.limit_s, args.threads)
+        run_all(tools, names, jsonl, args.limit_s, args.threads)
     all_names = [c.name for c in cases]
     write_markdown(jsonl, md, all_names, args.limit_s)
     print(f"wrote {md}", flush=True)

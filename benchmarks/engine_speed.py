@@ -1,0 +1,222 @@
+"""Speed and memory of the structural engine next to Torch-Pruning.
+
+For each model and tool a fresh subprocess builds the model, then times one "analyse + prune 50%" call
+(prunekit: ``pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=heads)``; Torch-Pruning 1.6:
+``MetaPruner(model, x, MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=heads).step()``) and
+the peak extra resident memory of that call: the peak RSS (``VmHWM``, reset just before the call through
+``/proc/self/clear_refs``) minus the RSS just before it. Python's tracemalloc cannot see torch's
+allocations, hence RSS. Results go to a JSONL file (resumable) and a Markdown table.
+
+Usage (from the repository root):
+    nice -n 10 python benchmarks/engine_speed.py            # main models + resnet depth sweep
+    python benchmarks/engine_speed.py --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+TOOLS = ("prunekit", "torch-pruning")
+MAIN = ("resnet50", "vit_b_16", "bert-base", "llama-1b")
+DEPTH = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+COMMAND = "nice -n 10 python benchmarks/engine_speed.py"
+
+
+def build(name: str):
+    """(model, example_inputs, ignore, dtype name) for a benchmark model, randomly initialised."""
+    import torch
+
+    if name.startswith(("resnet", "vit_")):
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None).eval()
+        ignore = ["fc"] if name.startswith("resnet") else ["heads.head"]
+        return model, (torch.randn(1, 3, 224, 224),), ignore, "float32"
+    import transformers
+
+    if name == "bert-base":
+        cfg = transformers.BertConfig()  # the BERT-base shape: 12 layers, hidden 768, 12 heads, FFN 3072
+        model = transformers.BertForSequenceClassification(cfg).eval()
+        ids = torch.randint(0, cfg.vocab_size, (1, 128))
+        return model, {"input_ids": ids}, ["classifier"], "float32"
+    if name == "llama-1b":
+        # a TinyLlama-1.1B-shaped config: hidden 2048, 22 layers, FFN 5632, 32 query / 4 key-value heads
+        cfg = transformers.LlamaConfig(hidden_size=2048, num_hidden_layers=22, intermediate_size=5632,
+                                       num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                                       max_position_embeddings=2048, use_cache=False)
+        torch.set_default_dtype(torch.bfloat16)  # 2.2 GB instead of 4.4 GB
+        try:
+            model = transformers.LlamaForCausalLM(cfg).eval()
+        finally:
+            torch.set_default_dtype(torch.float32)
+        ids = torch.randint(0, cfg.vocab_size, (1, 32))
+        return model, {"input_ids": ids}, ["lm_head"], "bfloat16"
+    raise ValueError(f"unknown benchmark model {name!r}; choose from {', '.join(MAIN + DEPTH)}")
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def measure_one(name: str, tool: str, threads: int) -> dict:
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    model, inputs, ignore, dtype = build(name)
+    n_params = sum(p.numel() for p in model.parameters())
+    model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if tool == "torch-pruning":
+        import torch_pruning as tp  # imported before the measured call, like prunekit below
+    else:
+        import prunekit as pk
+        import prunekit.api  # noqa: F401
+    gc.collect()
+    peak_reset = _reset_peak()
+    rss0 = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    if tool == "prunekit":
+        pk.prune_(model, example_inputs=inputs, sparsity=0.5, ignore=ignore)
+    else:
+        modules = dict(model.named_modules())
+        pruner = tp.pruner.MetaPruner(model, example_inputs=inputs, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=0.5, ignored_layers=[modules[n] for n in ignore])
+        pruner.step()
+    seconds = time.perf_counter() - t0
+    hwm = _status_kb("VmHWM")
+    n_after = sum(p.numel() for p in model.parameters())
+    return {"model": name, "tool": tool, "params": n_params, "params_after": n_after, "dtype": dtype,
+            "model_mb": round(model_bytes / 2**20, 1), "seconds": round(seconds, 3),
+            "peak_extra_mb": round((hwm - rss0) / 1024, 1) if peak_reset else None,
+            "extra_over_model": round((hwm - rss0) * 1024 / model_bytes, 3) if peak_reset else None,
+            "n_layers": sum(1 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))),
+            "threads": threads}
+
+
+def load(path: Path) -> dict:
+    recs = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                recs[(r["model"], r["tool"])] = r
+    return recs
+
+
+def write_markdown(path: Path, md: Path) -> None:
+    recs = load(path)
+    lines = ["# Structural engine: speed and memory next to Torch-Pruning", "",
+             f"Produced by `{COMMAND}` (one fresh subprocess per model and tool, one CPU thread), rendered from"
+             " `benchmarks/results/engine_speed.jsonl` by `python benchmarks/engine_speed.py --report-only`.",
+             "Time = wall time of one analyse + prune-50% call with the output head ignored; peak extra ="
+             " peak RSS during that call minus RSS before it. The CPUs are shared with other jobs, so times"
+             " carry noise of the order of tens of percent.", "",
+             "## Main models", "",
+             "| model | params | dtype | model MB | prunekit s | Torch-Pruning s | time ratio pk/TP |"
+             " prunekit peak extra MB (x model) | Torch-Pruning peak extra MB (x model) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+
+    def row(name):
+        pk_r, tp_r = recs.get((name, "prunekit")), recs.get((name, "torch-pruning"))
+        any_r = pk_r or tp_r
+        if any_r is None:
+            return None
+
+        def t(r):
+            return "not run" if r is None else (f"{r['seconds']:.2f}" if "seconds" in r else f"fail ({r['error']})")
+
+        def mem(r):
+            if r is None or r.get("peak_extra_mb") is None:
+                return ""
+            return f"{r['peak_extra_mb']:.0f} ({r['extra_over_model']:.2f}x)"
+
+        ratio = (f"{pk_r['seconds'] / tp_r['seconds']:.2f}" if pk_r and tp_r and "seconds" in pk_r
+                 and "seconds" in tp_r else "")
+        return (f"| {name} | {any_r.get('params', 0):,} | {any_r.get('dtype', '')} | {any_r.get('model_mb', '')} |"
+                f" {t(pk_r)} | {t(tp_r)} | {ratio} | {mem(pk_r)} | {mem(tp_r)} |")
+
+    lines += [r for r in map(row, MAIN) if r]
+    lines += ["", "## Time against depth (torchvision ResNets, 224x224)", "",
+              "| model | params | conv+linear layers | prunekit s | prunekit s / layer | Torch-Pruning s |"
+              " Torch-Pruning s / layer |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in DEPTH:
+        pk_r, tp_r = recs.get((name, "prunekit")), recs.get((name, "torch-pruning"))
+        r = pk_r or tp_r
+        if r is None:
+            continue
+        cells = []
+        for x in (pk_r, tp_r):
+            if x is None or "seconds" not in x:
+                cells += ["not run" if x is None else "fail", ""]
+            else:
+                cells += [f"{x['seconds']:.2f}", f"{x['seconds'] / x['n_layers'] * 1000:.1f} ms"]
+        lines.append(f"| {name} | {r.get('params', 0):,} | {r.get('n_layers', '')} | " + " | ".join(cells) + " |")
+    md.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "TOOL"), help=argparse.SUPPRESS)
+    # the ~1B model last: the cheap rows come first if the run is cut short
+    ap.add_argument("--models", default=",".join(dict.fromkeys(MAIN[:3] + DEPTH + MAIN[3:])))
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit-s", type=float, default=900.0, help="per model and tool, seconds")
+    ap.add_argument("--jsonl", default=str(RESULTS / "engine_speed.jsonl"))
+    ap.add_argument("--md", default=str(RESULTS / "engine_speed.md"))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    if args.one:
+        print("RESULT " + json.dumps(measure_one(args.one[0], args.one[1], args.threads)), flush=True)
+        return 0
+    jsonl, md = Path(args.jsonl), Path(args.md)
+    if not args.report_only:
+        done = load(jsonl)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
+        for name in args.models.split(","):
+            for tool in args.tools.split(","):
+                if (name, tool) in done:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", name, tool,
+                                        "--threads", str(args.threads)], capture_output=True, text=True,
+                                       timeout=args.limit_s, env=env, cwd=str(ROOT))
+                    out = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                    if out:
+                        rec = json.loads(out[-1][7:])
+                    else:
+                        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+                        rec = {"model": name, "tool": tool, "error": f"exit {p.returncode}: {tail[:200]}"}
+                except subprocess.TimeoutExpired:
+                    rec = {"model": name, "tool": tool, "error": f"no result within {args.limit_s:.0f} s"}
+                rec["wall_s"] = round(time.perf_counter() - t0, 1)
+                with jsonl.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(json.dumps(rec), flush=True)
+    write_markdown(jsonl, md)
+    print(f"wrote {md}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
