@@ -224,8 +224,12 @@ def _cmd_prune(args) -> int:
                     input_shape=args.input_shape, num_classes=args.num_classes)
     b, a = rep["before"], rep["after"]
     _console().print(_table(f"prunekit prune — {args.model} → {args.target}", ("", "before", "after"),
-                            [("params", b["params"], a["params"]), ("MACs", b["macs"], a["macs"])]))
-    print(f"model: {rep['out']}/model.safetensors")
+                            [("params", b["params"], a["params"]),
+                             ("non-zero params", b["nonzero_params"], a["nonzero_params"]),
+                             ("MACs", b["macs"], a["macs"])]))
+    saved = rep["files"]["model"]
+    print(f"model: {rep['out']}/{saved}" if saved else "model: not saved (prunekit.io is not available)")
+    print(f"report: {rep['out']}/report.json")
     return 0
 
 
