@@ -563,7 +563,8 @@ def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progres
     from .bench import load_grid, run_grid
 
     spec = load_grid(grid)
-    return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit)
+    command = f"prunekit bench {grid}" + (f" --out {out}" if out else "")
+    return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command)
 
 
 def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = None, opset: int = 17,

@@ -78,3 +78,9 @@ def test_subprocess_exit_code_and_stderr(cli, tmp_path):
     assert res.returncode == 2
     assert res.stderr.startswith("prunekit run: error: unknown method method='l1-filtr'; did you mean 'l1-filter'?")
     assert res.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_bench_missing_grid(run_main, tmp_path):
+    code, _, err = run_main("bench", "grid.yaml")
+    assert code == 2 and "grid='grid.yaml' does not exist" in err
+    assert list(tmp_path.iterdir()) == []
