@@ -221,6 +221,10 @@ def load(
 
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(raw.train_x), generator=g)
+    for what, n, have in (("training", n_sub, len(raw.train_x)), ("test", n_test_sub, len(raw.test_x))):
+        if n is not None and n > have:
+            raise ConfigError(f"subset={subset!r} asks for {n} {what} examples; {name!r} has {have}: "
+                              f"ask for at most {have}, or subset=None for all of them")
     if n_sub is not None:
         perm = perm[:n_sub]
     n_val = int(round(val_fraction * len(perm)))

@@ -153,7 +153,7 @@ def read_cifar(num_classes: int, data_dir: str) -> RawData:
     if missing:
         url = "https://www.cs.toronto.edu/~kriz/cifar.html"
         raise DataError(
-            f"CIFAR-{num_classes} not found: {folder} lacks {', '.join(missing)}. Download the python version "
+            f"CIFAR-{num_classes} not found: {folder.resolve()} lacks {', '.join(missing)}. Download the python version "
             f"(cifar-{num_classes}-python.tar.gz) from {url}, extract it and pass data_dir=/the/folder "
             f"(--data-dir on the command line) containing {sub}/"
         )

@@ -67,6 +67,8 @@ def test_synthetic_text_is_next_token_data():
     ({"name": "fashon-mnist"}, r"unknown dataset name='fashon-mnist'; did you mean 'fashion-mnist'"),
     ({"name": "synthetic", "val_fraction": 1.0}, r"val_fraction=1.0 must be in \[0, 1\)"),
     ({"name": "synthetic", "subset": -3}, r"subset=-3 must be a positive int"),
+    ({"name": "synthetic", "n_train": 50, "subset": 60}, r"subset=60 asks for 60 training examples; 'synthetic' has 50"),
+    ({"name": "synthetic", "n_test": 10, "subset": (5, 20)}, r"asks for 20 test examples; 'synthetic' has 10"),
     ({"name": "synthetic", "augment": "rotate"}, r"augment='rotate'"),
     ({"name": "synthetic", "colour": True}, r"does not take option\(s\) \['colour'\]"),
     ({"name": "imagefolder"}, r"imagefolder:/path/to/folder"),

@@ -125,3 +125,20 @@ def test_imagefolder(tmp_path):
     assert b.train.inputs.shape[1:] == (3, 8, 8) and b.input_size == 8
     with pytest.raises(DataError, match="no images found"):
         pk.data.load(f"imagefolder:{tmp_path / 'cat'}")
+
+
+def test_imagefolder_with_train_and_test_folders(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("test", 2)):
+        for c, value in (("a", 0), ("b", 255)):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((4, 4), value, dtype=np.uint8)).save(tmp_path / split / c / f"{i}.png")
+    b = pk.data.load(f"imagefolder:{tmp_path}", image_size=4, grayscale=True, val_fraction=0.0, augment=False)
+    assert (len(b.train.inputs), len(b.test.inputs), b.in_channels) == (6, 4, 1)
+    assert b.test.targets.tolist() == [0, 0, 1, 1]
+    # the image of class b is white: 255 everywhere; the training mean is 0.5
+    assert b.test.inputs[2].unique().tolist() == [255]
+    x, _ = next(iter(b.test))
+    assert x[0].unique().item() == pytest.approx((0 - 0.5) / b.train.normalize.std[0])
