@@ -9,7 +9,7 @@ user training loop (SGD, momentum 0.9, weight decay 5e-4, optimizer built *befor
 and reports ms per step (fastest of 7 interleaved repeats of 20 steps), the overhead vs dense, the state_dict keys,
 and whether pruned weights are exactly zero in the stored weights after the loop.
 
-Usage: python benchmarks/weight_mechanism.py [--threads 1] [--out benchmarks/results/weight_mechanism.json]
+Usage: python benchmarks/weight_mechanism.py [--threads 1] [--out runs/weight_mechanism.json]
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def compare(sizes, kinds, steps=20, repeats=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/weight_mechanism.json")
+    ap.add_argument("--out", default="runs/weight_mechanism.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
