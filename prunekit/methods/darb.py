@@ -1,0 +1,140 @@
+"""Density-adaptive regular-block pruning (DARB) and block-max weight masking (BMWM).
+
+Paper: "DARB: A Density-Adaptive Regular-Block Pruning for Deep Neural Networks", Ao Ren, Tao Zhang, Yuhao
+Wang, Sheng Lin, Peiyan Dong, Yen-Kuang Chen, Yuan Xie, Yanzhi Wang. AAAI 2020. http://arxiv.org/abs/1911.08020
+
+Irregular pruning keeps the best weights but scatters them, which makes sparse matrices slow to decode;
+regular patterns decode fast but ignore that some rows of a weight matrix matter far more than others.
+DARB keeps one weight per block: each row of the weight matrix is cut into contiguous blocks and only the
+largest-magnitude weight of each block survives, so a row stores one small index per block and decodes in
+parallel (block-max weight masking, BMWM, with one block size for the whole matrix). DARB then lets the
+block size depend on the row: a row that irregular magnitude pruning would leave dense gets many small
+blocks, a redundant row a few large ones. Here each row receives as many blocks as weights irregular
+magnitude pruning would keep in it at the same layer density (at least one), its columns are split into
+that many near-equal contiguous blocks, and the layer ends at the requested sparsity exactly. The network
+is retrained with the masks fixed afterwards.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..masks import Pattern, install_masks_, prunable_weights, register_pattern, view2d
+from ..masks.workflows import method_options, target_sparsity
+from ._registry import MethodResult, RunContext, register_method
+
+log = logging.getLogger(__name__)
+
+__all__ = ["block_max_mask", "darb_blocks_per_row", "darb_mask", "BlockMaxPattern", "run_darb"]
+
+
+def _block_ids(blocks: torch.Tensor, cols: int) -> torch.Tensor:
+    """``[rows, cols]`` block index of each column: row ``i`` is cut into ``blocks[i]`` near-equal runs."""
+    return (torch.arange(cols, device=blocks.device)[None, :] * blocks[:, None]) // cols
+
+
+def block_max_mask(weight2d: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Keep the largest-|w| entry of each block (first one on ties); ``blocks[i]`` blocks in row ``i``.
+
+    Example:
+        >>> w = torch.tensor([[0.1, -0.9, 0.3, 0.2], [0.5, 0.4, 0.1, 0.7]])
+        >>> block_max_mask(w, torch.tensor([2, 1])).int().tolist()   # row 0: blocks [0:2], [2:4]; row 1: one block
+        [[0, 1, 1, 0], [0, 0, 0, 1]]
+    """
+    rows, cols = weight2d.shape
+    blocks = blocks.to(torch.long).clamp(1, cols)
+    ids = _block_ids(blocks, cols) + torch.arange(rows, device=blocks.device)[:, None] * cols  # unique per row
+    mag = weight2d.detach().abs().float()
+    best = torch.full((rows * cols,), -1.0, device=mag.device).scatter_reduce(
+        0, ids.flatten(), mag.flatten(), reduce="amax")
+    is_max = mag == best[ids]
+    col = torch.arange(cols, device=mag.device).expand(rows, cols)
+    big = torch.full_like(col, cols)
+    first = torch.full((rows * cols,), cols, device=mag.device, dtype=torch.long).scatter_reduce(
+        0, ids.flatten(), torch.where(is_max, col, big).flatten(), reduce="amin")
+    return is_max & (col == first[ids])
+
+
+def darb_blocks_per_row(weight2d: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Blocks per row: the row's kept count under layer-wise magnitude pruning at ``sparsity`` (>= 1 each),
+    adjusted so the layer keeps exactly ``round((1 - sparsity) * numel)`` weights (at least one per row)."""
+    rows, cols = weight2d.shape
+    keep_total = max(rows, round((1.0 - sparsity) * weight2d.numel()))
+    flat = weight2d.detach().abs().flatten()
+    kept = torch.zeros_like(flat, dtype=torch.bool)
+    kept[torch.topk(flat, keep_total, sorted=False).indices] = True
+    k = kept.reshape(rows, cols).sum(1).clamp(min=1)
+    excess = int(k.sum()) - keep_total  # > 0 when empty rows were raised to one block
+    while excess > 0:  # take blocks from the densest rows
+        i = int(torch.argmax(k))
+        take = min(excess, int(k[i]) - 1)
+        if take <= 0:
+            break
+        k[i] -= take
+        excess -= take
+    return k
+
+
+def darb_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """DARB mask of one weight (any shape; rows of the ``[out, -1]`` view) at ``sparsity``."""
+    w2 = view2d(weight)
+    return block_max_mask(w2, darb_blocks_per_row(w2, sparsity)).reshape(weight.shape)
+
+
+class BlockMaxPattern(Pattern):
+    """``"bmwm:B"``: block-max weight masking with block size ``B`` along each row (one weight kept per
+    block of ``B`` consecutive inputs; a last, shorter block when ``B`` does not divide the row)."""
+
+    def __init__(self, spec: str, block: int):
+        self.spec, self.block = spec, block
+        self.fixed_sparsity = 1.0 - 1.0 / block
+
+    def _blocks(self, shape2d):
+        rows, cols = shape2d
+        return torch.full((rows,), -(-cols // self.block), dtype=torch.long)
+
+    def select_fixed(self, scores2d: torch.Tensor) -> torch.Tensor:
+        rows, cols = scores2d.shape
+        ids = torch.arange(cols) // self.block  # fixed-size blocks (the last may be shorter)
+        mag = scores2d.float()
+        out = torch.zeros_like(mag, dtype=torch.bool)
+        for b in range(int(ids.max()) + 1):
+            sl = (ids == b).nonzero().flatten()
+            top = mag[:, sl].argmax(dim=1)
+            out[torch.arange(rows), sl[top]] = True
+        return out
+
+    def check(self, mask2d: torch.Tensor) -> bool:
+        rows, cols = mask2d.shape
+        pad = (-cols) % self.block
+        m = torch.cat([mask2d.int(), mask2d.new_zeros(rows, pad).int()], 1)
+        return bool((m.reshape(rows, -1, self.block).sum(-1) <= 1).all())
+
+
+@register_pattern("bmwm")
+def _bmwm(spec, arg):
+    if arg is None or not arg.isdigit() or int(arg) < 2:
+        raise ConfigError(f"pattern={spec!r}: block-max masking is 'bmwm:B' with an integer block size B >= 2, "
+                          "e.g. 'bmwm:8' (keeps 1 of every 8 weights)")
+    return BlockMaxPattern(spec, int(arg))
+
+
+@register_method("darb", kind="unstructured", defaults={
+    "exempt": (),  # ("first",) / ("last",) keep those layers dense
+})
+def run_darb(ctx: RunContext) -> MethodResult:
+    """One-shot DARB masks on every prunable layer at the target sparsity (per layer, exact); the caller's
+    fine-tune retrains with the masks fixed."""
+    opts = method_options("darb", ctx.options)
+    sparsity = target_sparsity(ctx.target, "darb")
+    params = prunable_weights(ctx.model, ctx.ignore, tuple(opts["exempt"]))
+    blocks = {fqn: darb_blocks_per_row(view2d(p), sparsity) for fqn, p in params.items()}
+    masks = {fqn: block_max_mask(view2d(p), blocks[fqn]).reshape(p.shape) for fqn, p in params.items()}
+    install_masks_(ctx.model, masks, mode="hard")
+    numel = sum(m.numel() for m in masks.values())
+    return MethodResult(ctx.model, callbacks=[], info={
+        "sparsity": 1 - sum(int(m.sum()) for m in masks.values()) / numel,
+        "blocks_per_row": {f: {"min": int(b.min()), "max": int(b.max())} for f, b in blocks.items()}})
