@@ -234,8 +234,9 @@ def _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start
     ddp.set_epoch(data, state.epoch)
     partial = state.extra.pop("partial", None) if skip else None
     dev = state.extra["device"]
-    # running [sum of loss x samples, correct predictions, predictions, samples], kept on the device
-    sums = torch.tensor(partial["sums"] if partial else [0.0] * 4, dtype=torch.float64, device=dev)
+    # running sums: loss x samples and correct predictions stay on the device (no per-batch sync)
+    stats = torch.tensor(partial["sums"][:2] if partial else [0.0, 0.0], dtype=torch.float64, device=dev)
+    positions, samples = (int(partial["sums"][2]), int(partial["sums"][3])) if partial else (0, 0)
     seconds = partial["seconds"] if partial else 0.0
     t0 = time.perf_counter()
     net.train()
@@ -248,16 +249,17 @@ def _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start
         call(callbacks, "on_batch_start", state)
         task_loss = _step(net, state, loss_fn, teacher, callbacks)
         k = _count(state.targets)
-        sums += torch.stack([task_loss.detach().double() * k, _correct(state.outputs, state.targets).double(),
-                             sums.new_tensor(_positions(k, state.targets)), sums.new_tensor(k)])
+        stats[0] += task_loss.detach() * k
+        stats[1] += _correct(state.outputs, state.targets)
+        positions, samples = positions + _positions(k, state.targets), samples + k
         bar.advance(task_loss)
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            partial_now = {"sums": sums.tolist(), "seconds": seconds + time.perf_counter() - t0}
+            partial_now = {"sums": [*stats.tolist(), positions, samples], "seconds": seconds + time.perf_counter() - t0}
             _save(state, info, _Position(state.epoch, batch_idx + 1), partial_now, epoch_rng)
         if state.stop:
             break
     state.inputs = state.targets = state.outputs = None
-    loss_sum, correct, positions, samples = ddp.all_sum(sums.tolist(), info)
+    loss_sum, correct, positions, samples = ddp.all_sum([*stats.tolist(), positions, samples], info)
     return {"epoch": state.epoch, "train_loss": loss_sum / samples if samples else float("nan"),
             "train_acc": correct / positions if positions else float("nan"), "lr": opt.param_groups[0]["lr"],
             "seconds": seconds + time.perf_counter() - t0}
@@ -266,8 +268,8 @@ def _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start
 def _step(net, state: TrainState, loss_fn, teacher, callbacks) -> torch.Tensor:
     """One optimizer step on state.inputs/targets; returns the task loss (before callbacks' terms)."""
     cfg, opt, scaler = state.config, state.optimizer, state.extra["scaler"]
-    dev = state.extra["device"]
-    with torch.autocast(dev.type, enabled=scaler.is_enabled()):
+    amp = scaler.is_enabled()
+    with torch.autocast(state.extra["device"].type) if amp else contextlib.nullcontext():
         state.outputs = _logits(net(state.inputs))
         loss = loss_fn(state.outputs, state.targets)
         if teacher is not None:
@@ -275,14 +277,19 @@ def _step(net, state: TrainState, loss_fn, teacher, callbacks) -> torch.Tensor:
     state.loss = loss
     call(callbacks, "on_before_backward", state)
     opt.zero_grad(set_to_none=True)
-    scaler.scale(state.loss).backward()
-    if scaler.is_enabled():
+    if amp:
+        scaler.scale(state.loss).backward()
         scaler.unscale_(opt)  # callbacks and clipping see true gradients
+    else:
+        state.loss.backward()
     call(callbacks, "on_after_backward", state)
     if cfg.grad_clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip_norm)
-    scaler.step(opt)
-    scaler.update()
+    if amp:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
     state.scheduler.step()
     state.step += 1
     call(callbacks, "on_after_step", state)
