@@ -7,7 +7,7 @@ loop that calls the hooks. They hold references to the tensors they act on, neve
 | callback | method | hook |
 |---|---|---|
 | :class:`BNScaleL1` | slimming | sub-gradient ``s*sign(gamma)`` added after backward |
-| :class:`BNScaleISTA` | bn-ista | proximal (soft-threshold) step on gamma after the optimizer step |
+| :class:`BNScaleISTA` | bn-ista | proximal gradient step on gamma (its own optimizer) after backward |
 | :class:`APGGates` | sss | accelerated proximal gradient on channel gates (the gates' own optimizer) |
 | :class:`SoftFilterMask` | sfp | zero the lowest-norm filters each epoch, keep training them |
 | :class:`Centripetal` | csgd | cluster-mean gradient plus a pull toward the cluster mean |
@@ -73,23 +73,30 @@ class BNScaleL1(Callback):
 
 
 class BNScaleISTA(Callback):
-    """ISTA on BN scales (bn-ista): after each optimizer step ``gamma <- prox(gamma, lr * rho * lambda_l)``.
+    """ISTA on BN scales (bn-ista): ``gamma <- prox(gamma - lr * grad, lr * rho * lambda_l)`` at every step.
 
-    ``weights`` gives each BN its cost factor ``lambda_l`` (1 when missing); the step leaves exact zeros,
-    which is what marks a channel as removable.
+    The callback is the scales' optimizer, as in the paper (plain proximal gradient, no momentum or weight
+    decay on ``gamma``): it updates them after backward with the loop's current learning rate and clears their
+    gradients so the loop's optimizer skips them. ``weights`` gives each BN its cost factor ``lambda_l`` (1 when
+    missing). The step leaves exact zeros, which is what marks a channel as removable.
     """
 
-    def __init__(self, bns: dict[str, nn.Module], rho: float, weights: dict[str, float] | None = None):
+    def __init__(self, bns: dict[str, nn.Module], rho: float, weights: dict[str, float] | None = None,
+                 lr: float | None = None):
         self.bns = dict(bns)
         self.rho = float(rho)
         self.weights = {k: float(v) for k, v in (weights or {}).items()}
+        self.lr = lr
 
-    def on_after_step(self, state) -> None:
+    def on_after_backward(self, state) -> None:
         opt = getattr(state, "optimizer", None)
         with torch.no_grad():
             for fqn, bn in self.bns.items():
-                t = current_lr(opt, bn.weight) * self.rho * self.weights.get(fqn, 1.0)
-                bn.weight.copy_(soft_threshold(bn.weight, t))
+                w = bn.weight
+                lr = self.lr if self.lr is not None else current_lr(opt, w)
+                grad = w.grad if w.grad is not None else torch.zeros_like(w)
+                w.copy_(soft_threshold(w - lr * grad, lr * self.rho * self.weights.get(fqn, 1.0)))
+                w.grad = None
 
     def zero_fraction(self) -> float:
         n = sum(bn.weight.numel() for bn in self.bns.values())
