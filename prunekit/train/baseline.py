@@ -67,12 +67,13 @@ def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epoc
                    weight_decay: float = 5e-4, optimizer: str = "sgd", scheduler: str = "cosine",
                    label_smoothing: float = 0.0, augment: str | None = None, data_dir: str | None = None,
                    subset: int | None = None, device: str = "cpu", checkpoint_dir: str | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, data_options: dict | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data``'s training split, evaluate on its test split, save a baseline.
 
     Writes ``out`` (``.safetensors``, default ``baselines/<model>-<data>.safetensors``) and the ``.json``
     beside it, atomically and only after training succeeded; returns the JSON's content.
-    ``checkpoint_dir`` makes the run resumable (rerun the same call after a kill).
+    ``checkpoint_dir`` makes the run resumable (rerun the same call after a kill). ``data_options`` go to
+    :func:`prunekit.data.load` (e.g. the ``synthetic`` data set's sizes).
     """
     from .. import data as pk_data
     from .. import models as pk_models
@@ -85,7 +86,7 @@ def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epoc
                       checkpoint_dir=checkpoint_dir, checkpoint_every=100 if checkpoint_dir else 0,
                       resume=checkpoint_dir is not None)
     bundle = pk_data.load(data, batch_size=batch_size, val_fraction=0.0, seed=seed, data_dir=data_dir,
-                          augment=augment, subset=subset)
+                          augment=augment, subset=subset, **(data_options or {}))
     build = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "input_size": bundle.input_size}
     torch.manual_seed(seed)
     net = pk_models.create(model, **build)
@@ -96,7 +97,7 @@ def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epoc
     blob = tensors_to_bytes(net.state_dict())
     meta = {"type": _TYPE, "version": _VERSION, "model": model, "data": data, "build": build,
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_n": test["n"], "epochs": epochs,
-            "seed": seed, "subset": subset, "params": sum(p.numel() for p in net.parameters()),
+            "seed": seed, "subset": subset, "data_options": data_options or {}, "params": sum(p.numel() for p in net.parameters()),
             "command": command_line(model, data, epochs, _display(out), **options),
             "train_config": cfg.replace(checkpoint_dir=None, resume=False, progress=False).to_dict(),
             "history": result.history, "weights": out.name, "sha256": sha256_bytes(blob),
