@@ -349,9 +349,17 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
                      train_config=_train_config(recipe, recipe.prune_epochs, progress), device=recipe.device,
                      seed=recipe.seed, options=spec.options(recipe.options))
     result = spec.run(ctx)
-    if result.model is not model:
-        model = result.model
     return list(result.callbacks), {"model": result.model, **dict(result.info)}
+
+
+def _finalize_masks(model: nn.Module) -> bool:
+    """Make any masks permanent (a plain model with the dense keys); True when there were masks."""
+    from .masks import finalize_, get_masks
+
+    if not get_masks(model):
+        return False
+    finalize_(model)
+    return True
 
 
 def _plain(obj):
@@ -447,6 +455,7 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
                      callbacks=callbacks, val_data=bundle.val)
         history = _history(result)
     timings["fine-tune"] = time.perf_counter() - t
+    _finalize_masks(model)
     model.eval()
     after = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, recipe.latency)}
     stages["after fine-tune"] = after["accuracy"]

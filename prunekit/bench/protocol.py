@@ -147,6 +147,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
         fit(model, bundle.train, W._train_config(recipe, g.finetune_epochs, progress), callbacks=callbacks)
     if masked is not None:
         peers.torch_prune_finalize(masked)
+    W._finalize_masks(model)
     model.eval()
     cell["acc_finetuned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
     cell.update(W._measure(model, x, g.latency))

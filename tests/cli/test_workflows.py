@@ -44,3 +44,24 @@ def test_staged_output_replaces_only_on_success(tmp_path):
     with _staged_output(out) as stage:
         (stage / "b.txt").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+def test_run_job_unstructured_keeps_sparsity_through_fine_tune(tmp_path):
+    import json
+
+    from prunekit.recipe import Recipe
+    from prunekit.workflows import run_job
+
+    recipe = Recipe(model="lenet5", data="synthetic", data_options={"n_train": 256, "n_test": 64}, baseline=None,
+                    method="criterion:magnitude", target="sparsity=0.8", finetune_epochs=1, lr=0.05, batch_size=64,
+                    subset=None, calib_batches=1, latency=False, out=str(tmp_path / "run"))
+    report = run_job(recipe, progress=False)
+    layers = report["per_layer"]
+    assert set(layers) == {"conv1", "conv2", "fc1", "fc2"}
+    for fqn, row in layers.items():  # per-layer masks: every layer keeps its 80% zeros through fine-tuning
+        assert row["sparsity"] == pytest.approx(0.8, abs=0.001), fqn
+    assert report["after"]["params"] == report["before"]["params"]
+    assert report["after"]["nonzero_params"] < 0.25 * report["before"]["nonzero_params"]
+    assert "after BN recalibration" not in report["stages"]
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["after"] == report["after"]
