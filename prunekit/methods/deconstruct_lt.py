@@ -1,0 +1,291 @@
+"""Deconstructed lottery tickets: mask criteria, signed-constant supermasks and learned supermasks.
+
+Paper: "Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask", Hattie Zhou, Janice Lan, Rosanne
+Liu, Jason Yosinski. NeurIPS 2019. https://arxiv.org/abs/1905.01067
+
+The paper takes the lottery-ticket recipe apart (train, choose a mask, rewind the survivors, retrain) and
+varies each piece. Three pieces are reusable. First, the rule that picks the mask from the initial and
+final weights: keeping large final weights is the original choice, but keeping the weights whose
+magnitude grew the most works as well, and the weights' movement or a random mask serve as references.
+Second, what a rewound ticket needs from its initial values is mostly their sign: survivors reset to a
+per-layer constant with their original sign train about as well. Third, masking is a form of training:
+a mask picked from the trained weights ("large final, same sign") and laid over the *untrained* network
+with signed-constant weights scores far above chance, and a mask learned by gradient descent over frozen
+random weights (a "supermask", here with Bernoulli sampling or a top-k selection, both passing the
+gradient straight through) does better still.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .._registry import unknown_name_message
+from ..errors import ConfigError
+from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
+from ..masks.workflows import method_options, target_sparsity, train_config
+from ._registry import MethodResult, RunContext, register_method
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MASK_CRITERIA", "MASK1_ACTIONS", "lt_mask_scores", "lt_masks", "rewind_kept_", "signed_constant_",
+           "Supermask", "attach_supermasks", "detach_supermasks", "run_deconstruct_lt"]
+
+
+def _rank01(x: torch.Tensor) -> torch.Tensor:
+    """Each entry's rank in ``x`` scaled to [0, 1] (0 = smallest); ties broken by position."""
+    flat = x.flatten()
+    ranks = torch.empty_like(flat)
+    ranks[flat.argsort(stable=True)] = torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device)
+    return (ranks / max(flat.numel() - 1, 1)).reshape(x.shape)
+
+
+def _same_sign(w_init: torch.Tensor, w_final: torch.Tensor) -> torch.Tensor:
+    return torch.sign(w_init) == torch.sign(w_final)
+
+
+_NEG = float("-inf")
+
+# criterion -> score(w_init, w_final); the mask keeps the highest scores. Scores of -inf are never kept
+# before a finite score.
+MASK_CRITERIA = {
+    "large_final": lambda wi, wf: wf.abs(),
+    "small_final": lambda wi, wf: -wf.abs(),
+    "large_init": lambda wi, wf: wi.abs(),
+    "small_init": lambda wi, wf: -wi.abs(),
+    # large in both: the smaller of the two within-layer magnitude ranks
+    "large_init_large_final": lambda wi, wf: torch.minimum(_rank01(wi.abs()), _rank01(wf.abs())),
+    "small_init_small_final": lambda wi, wf: torch.minimum(_rank01(-wi.abs()), _rank01(-wf.abs())),
+    "magnitude_increase": lambda wi, wf: wf.abs() - wi.abs(),
+    "movement": lambda wi, wf: (wf - wi).abs(),
+    "large_final_same_sign": lambda wi, wf: torch.where(_same_sign(wi, wf), wf.abs(), _NEG),
+    "large_final_diff_sign": lambda wi, wf: torch.where(_same_sign(wi, wf), _NEG, wf.abs()),
+    "magnitude_increase_same_sign": lambda wi, wf: torch.where(_same_sign(wi, wf), wf.abs() - wi.abs(), _NEG),
+    "random": None,  # uniform scores from the caller's generator
+}
+
+
+def lt_mask_scores(criterion: str, w_init: torch.Tensor, w_final: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Scores (keep the highest) of mask ``criterion`` for one layer's initial and final weights.
+
+    Example:
+        >>> wi, wf = torch.tensor([0.1, -0.5, 0.4]), torch.tensor([0.6, -0.55, -0.9])
+        >>> lt_mask_scores("large_final", wi, wf)
+        tensor([0.6000, 0.5500, 0.9000])
+        >>> lt_mask_scores("magnitude_increase", wi, wf)    # the first weight grew most
+        tensor([0.5000, 0.0500, 0.5000])
+    """
+    if criterion not in MASK_CRITERIA:
+        raise ConfigError(unknown_name_message("mask criterion", criterion, MASK_CRITERIA, "criterion")
+                          + "; pick one of these names")
+    if w_init.shape != w_final.shape:
+        raise ConfigError(f"w_init has shape {tuple(w_init.shape)} but w_final has {tuple(w_final.shape)}; "
+                          "pass the same layer's weights at initialisation and after training")
+    if criterion == "random":
+        return torch.rand(w_final.shape, generator=generator, device=w_final.device)
+    return MASK_CRITERIA[criterion](w_init.detach().float(), w_final.detach().float())
+
+
+def signed_constant_(weight: torch.Tensor, sign_source: torch.Tensor | None = None) -> torch.Tensor:
+    """Replace ``weight`` in place by ``sign(sign_source) * std(weight)`` (the layer's signed constant)."""
+    src = weight if sign_source is None else sign_source
+    with torch.no_grad():
+        sigma = weight.float().std().item()
+        weight.copy_(torch.sign(src).to(weight.dtype) * sigma)
+    return weight
+
+
+class _BernoulliST(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p):
+        return torch.bernoulli(p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _TopKST(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores, keep: int):
+        mask = torch.zeros_like(scores)
+        if keep > 0:
+            mask.view(-1)[torch.topk(scores.flatten(), keep, sorted=False).indices] = 1.0
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class Supermask(nn.Module):
+    """A parametrization ``weight -> weight * mask(scores)`` with frozen weights and learned scores.
+
+    ``mode="bernoulli"`` samples ``mask ~ Bernoulli(sigmoid(scores))`` in training and thresholds
+    ``sigmoid(scores) > 0.5`` in eval; ``mode="topk"`` keeps the ``keep`` highest scores. Both pass the
+    gradient straight through the mask. ``rescale`` multiplies by ``numel / kept`` (dynamic weight rescaling).
+    """
+
+    def __init__(self, shape, mode: str = "bernoulli", keep: int | None = None, rescale: bool = False,
+                 init: torch.Tensor | None = None):
+        super().__init__()
+        self.mode, self.keep, self.rescale = mode, keep, rescale
+        self.scores = nn.Parameter(init.clone() if init is not None else torch.zeros(shape))
+
+    def mask(self) -> torch.Tensor:
+        if self.mode == "topk":
+            return _TopKST.apply(self.scores, int(self.keep))
+        p = torch.sigmoid(self.scores)
+        if self.training:
+            return _BernoulliST.apply(p)
+        return (p > 0.5).to(p.dtype)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        m = self.mask()
+        out = weight * m
+        if self.rescale:
+            out = out * (m.numel() / m.detach().sum().clamp_min(1.0))
+        return out
+
+
+def lt_masks(criterion: str, init: dict[str, torch.Tensor], final: dict[str, torch.Tensor], sparsity: float, *,
+             seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-layer masks keeping the highest ``criterion`` scores at ``sparsity`` (exact count per layer)."""
+    g = torch.Generator().manual_seed(seed)
+    scores = {k: lt_mask_scores(criterion, init[k], final[k], generator=g) for k in final}
+    # -inf scores (sign-aware criteria) rank below every finite one; map them to the lowest finite value - 1
+    for k, s in scores.items():
+        finite = s[torch.isfinite(s)]
+        floor = (finite.min() - 1.0) if finite.numel() else torch.tensor(0.0)
+        scores[k] = torch.where(torch.isfinite(s), s, floor)
+    return select_masks(scores, get_pattern("element"), {k: sparsity for k in scores})
+
+
+def rewind_kept_(model: nn.Module, init: dict[str, torch.Tensor], fqns, action: str = "init", *,
+                 seed: int = 0) -> None:
+    """Mask-1 action on the weights ``fqns`` (the others are rewound to ``init``): ``"init"`` (the lottery
+    ticket), ``"reinit"`` (fresh values of the same scale), ``"reshuffle"`` (the layer's initial values
+    permuted), ``"signed_constant"`` (``sign(w_init) * std(w_init)``)."""
+    if action not in MASK1_ACTIONS:
+        raise ConfigError(unknown_name_message("mask-1 action", action, MASK1_ACTIONS, "rewind"))
+    model.load_state_dict({k: v.clone() for k, v in init.items()}, strict=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for fqn in fqns:
+            w = model.get_parameter(fqn)
+            if action == "reinit":
+                w.copy_((torch.randn(w.shape, generator=g) * init[fqn].float().std()).to(w.dtype))
+            elif action == "reshuffle":
+                flat = init[fqn].flatten()
+                w.copy_(flat[torch.randperm(flat.numel(), generator=g)].reshape(w.shape))
+            elif action == "signed_constant":
+                signed_constant_(w, init[fqn])
+
+
+MASK1_ACTIONS = ("init", "reinit", "reshuffle", "signed_constant")
+VARIANTS = ("ticket", "supermask", "learned_supermask")
+
+
+def attach_supermasks(model: nn.Module, fqns, *, mode: str = "topk", sparsity: float = 0.5,
+                      rescale: bool = False, seed: int = 0) -> dict[str, Supermask]:
+    """Freeze every parameter and put a :class:`Supermask` on each weight in ``fqns`` (scores trainable).
+
+    Build the optimizer afterwards: only the scores require gradients. :func:`detach_supermasks` undoes it.
+    """
+    from torch.nn.utils import parametrize
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for fqn in fqns:
+        module = model.get_submodule(fqn.rpartition(".")[0])
+        w = module.weight
+        keep = round((1.0 - sparsity) * w.numel())
+        init = torch.rand(w.shape, generator=g) * 0.01  # small positive scores; Bernoulli: p ~ 0.5
+        sm = Supermask(w.shape, mode=mode, keep=keep, rescale=rescale, init=init.to(w.device))
+        sm.param_order = list(module._parameters)
+        parametrize.register_parametrization(module, "weight", sm)
+        module.parametrizations.weight.original.requires_grad_(False)
+        out[fqn] = sm
+    return out
+
+
+def detach_supermasks(model: nn.Module, masks: dict[str, Supermask]) -> dict[str, torch.Tensor]:
+    """Remove the supermasks (weights back to their frozen values, names and order restored, gradients
+    re-enabled); returns each layer's final mask: its ``keep`` highest scores."""
+    from torch.nn.utils import parametrize
+
+    out = {}
+    for fqn, sm in masks.items():
+        module = model.get_submodule(fqn.rpartition(".")[0])
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for name in [n for n in sm.param_order if n in module._parameters]:
+            module._parameters[name] = module._parameters.pop(name)
+        flat = torch.zeros(sm.scores.numel(), dtype=torch.bool, device=sm.scores.device)
+        flat[torch.topk(sm.scores.detach().flatten(), int(sm.keep), sorted=False).indices] = True
+        out[fqn] = flat.reshape(sm.scores.shape)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return out
+
+
+@register_method("deconstruct-lt", kind="unstructured", needs_data=True, status="partial", left_out=(
+    "mask-0 actions (pruned weights frozen at their initial value instead of zero) are not implemented; "
+    "learned Bernoulli supermasks end with the top-k scores (deterministic) instead of a sampled mask"),
+    defaults={
+        "variant": "ticket",  # ticket | supermask (untrained, signed constants) | learned_supermask
+        "criterion": "large_final",  # mask criterion (MASK_CRITERIA); supermask forces large_final_same_sign
+        "rewind": "init",  # mask-1 action: init | reinit | reshuffle | signed_constant
+        "supermask_mode": "topk",  # learned supermask: topk (exact sparsity) | bernoulli (paper)
+        "supermask_lr": 100.0,  # paper's README: SGD lr 100 for the FC supermask
+        "rescale": False,  # dynamic weight rescaling of the learned supermask
+        "exempt": (),
+    })
+def run_deconstruct_lt(ctx: RunContext) -> MethodResult:
+    """``ticket``: train ``prune_epochs``, mask by ``criterion``, rewind survivors (``rewind``); the caller's
+    fine-tune retrains. ``supermask``: the same training, then the large-final-same-sign mask over the
+    *initial* signed-constant weights. ``learned_supermask``: weights frozen at init, scores trained
+    ``prune_epochs`` epochs. Masks are per layer at the target sparsity."""
+    from ..train import fit
+
+    opts = method_options("deconstruct-lt", ctx.options)
+    sparsity = target_sparsity(ctx.target, "deconstruct-lt")
+    problems = []
+    if opts["variant"] not in VARIANTS:
+        problems.append(f"variant={opts['variant']!r}; choose one of {VARIANTS}")
+    if opts["criterion"] not in MASK_CRITERIA:
+        problems.append(f"criterion={opts['criterion']!r}; choose one of {sorted(MASK_CRITERIA)}")
+    if opts["rewind"] not in MASK1_ACTIONS:
+        problems.append(f"rewind={opts['rewind']!r}; choose one of {MASK1_ACTIONS}")
+    if opts["supermask_mode"] not in ("topk", "bernoulli"):
+        problems.append(f"supermask_mode={opts['supermask_mode']!r}; choose 'topk' or 'bernoulli'")
+    if ctx.train_data is None:
+        problems.append("train_data is required (every variant trains: the weights or the supermask scores)")
+    if problems:
+        raise ConfigError("deconstruct-lt: " + "; ".join(problems) + ". The model was not changed.")
+    fqns = list(prunable_weights(ctx.model, ctx.ignore, tuple(opts["exempt"])))
+    init = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    cfg = train_config(ctx, max(1, ctx.prune_epochs))
+    if opts["variant"] == "learned_supermask":
+        sms = attach_supermasks(ctx.model, fqns, mode=opts["supermask_mode"], sparsity=sparsity,
+                                rescale=opts["rescale"], seed=ctx.seed)
+        try:
+            fit(ctx.model, ctx.train_data, cfg.replace(lr=opts["supermask_lr"], weight_decay=0.0))
+        finally:
+            masks = detach_supermasks(ctx.model, sms)
+        if opts["rewind"] != "init":
+            rewind_kept_(ctx.model, init, fqns, opts["rewind"], seed=ctx.seed)
+        install_masks_(ctx.model, masks, mode="hard")
+        return MethodResult(ctx.model, callbacks=[], info={"variant": "learned_supermask", "sparsity": sparsity})
+    fit(ctx.model, ctx.train_data, cfg)
+    final = {k: ctx.model.get_parameter(k).detach().clone() for k in fqns}
+    criterion = "large_final_same_sign" if opts["variant"] == "supermask" else opts["criterion"]
+    masks = lt_masks(criterion, {k: init[k] for k in fqns}, final, sparsity, seed=ctx.seed)
+    rewind = "signed_constant" if opts["variant"] == "supermask" else opts["rewind"]
+    rewind_kept_(ctx.model, init, fqns, rewind, seed=ctx.seed)
+    install_masks_(ctx.model, masks, mode="hard")
+    return MethodResult(ctx.model, callbacks=[], info={"variant": opts["variant"], "criterion": criterion,
+                                                       "rewind": rewind, "sparsity": sparsity})
