@@ -44,3 +44,17 @@ def test_same_seed_same_weights():
 def test_bad_specs(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         pk.models.create(**kwargs)
+
+
+def test_models_table_command(capsys):
+    from prunekit.models.__main__ import main
+
+    assert main(["lenet300", "vgg-small"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | params | MACs | dense size (bytes) |"
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]] for line in lines[2:]}
+    assert rows["lenet300"][0] == "266,610" and rows["vgg-small"][0] == "288,170"
+    assert rows["lenet300"][2] == "1,066,896"  # 8 + header + 266,610 float32 values
+    import prunekit.measure as M
+
+    assert int(rows["lenet300"][2].replace(",", "")) == M.size_on_disk(pk.models.create("lenet300"))
