@@ -378,20 +378,44 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
 
 
 # ---- the verbs ---------------------------------------------------------------------------------------------
-def _match_groups(graph: Graph, model, per_layer: dict) -> dict:
-    """{group id: sparsity} from per-layer overrides keyed by module FQN or 're:' regex."""
+def _segments(graph: Graph) -> list:
+    """Split each group into the channel sets of distinct producers ``[(group id, channels, modules)]``.
+
+    A concat reader couples several producers into one group; budgets apply per producer segment so that
+    no layer is emptied and uniform sparsity means what users expect (each layer loses the same fraction).
+    """
+    segs = []
+    for g in graph.groups:
+        prods = g.producers
+        mods_all = sorted({_module_of(m.fqn) for m in (prods or g.members)})
+        if len(prods) <= 1:
+            segs.append((g.id, np.arange(g.width), mods_all))
+            continue
+        mat = np.zeros((g.width, len(prods)), bool)
+        for i, m in enumerate(prods):
+            mat[m.channel[m.channel >= 0], i] = True
+        keys, inv = np.unique(mat, axis=0, return_inverse=True)
+        inv = np.asarray(inv).reshape(-1)
+        for k in range(len(keys)):
+            chans = np.nonzero(inv == k)[0]
+            mods = sorted({_module_of(prods[i].fqn) for i in np.nonzero(keys[k])[0]}) or mods_all
+            segs.append((g.id, chans, mods))
+    return segs
+
+
+def _match_segments(segs: list, per_layer: dict) -> dict:
+    """{segment index: sparsity} from per-layer overrides keyed by module FQN or 're:' regex."""
     res = {}
     problems = []
     for key, s in per_layer.items():
         hit = False
         rx = re.compile(key[3:]) if isinstance(key, str) and key.startswith("re:") else None
-        for g in graph.groups:
-            mods = {_module_of(m.fqn) for m in (g.producers or g.members)}
+        for i, (_, _, mods) in enumerate(segs):
             if any((rx.fullmatch(mf) if rx else mf == key) for mf in mods):
-                res[g.id] = float(s)
+                res[i] = float(s)
                 hit = True
         if not hit:
-            names = sorted({_module_of(m.fqn) for g in graph.groups for m in (g.producers or g.members)})
+            names = sorted({mf for _, _, mods in segs for mf in mods})
             hint = closest(key[3:] if rx else key, names)
             problems.append(f"per_layer key {key!r} matches no prunable layer" +
                             (f"; did you mean {hint!r}?" if hint else "") +
@@ -421,19 +445,25 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     _check_device(model, example_inputs)
     graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
     scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed)
-    overrides = _match_groups(graph, model, per_layer) if per_layer else {}
-    widths = [g.width for g in graph.groups]
+    segs = _segments(graph)
+    overrides = _match_segments(segs, per_layer) if per_layer else {}
+    widths = [len(c) for _, c, _ in segs]
+    seg_scores = [scores[gid][chans] for gid, chans, _ in segs]
 
     def kept_at(s: float) -> list:
-        sp = [overrides.get(i, s) for i in range(len(widths))]
         if global_:
             fixed = {i: allocate_uniform([widths[i]], [overrides[i]], round_to, min_channels)[0] for i in overrides}
-            return allocate_global(scores, s, round_to, min_channels, fixed)
-        return allocate_uniform(widths, sp, round_to, min_channels)
+            return allocate_global(seg_scores, s, round_to, min_channels, fixed)
+        return allocate_uniform(widths, [overrides.get(i, s) for i in range(len(widths))], round_to, min_channels)
 
-    def removed_at(s):
+    def removal_at(s):
         kept = kept_at(s)
-        return kept, graph.removed_flat(select_removal(scores, kept))
+        sel = select_removal(seg_scores, kept)
+        removal: dict = {}
+        for i, idx in sel.items():
+            gid, chans, _ = segs[i]
+            removal.setdefault(gid, []).append(chans[idx])
+        return kept, {g: np.sort(np.concatenate(v)) for g, v in removal.items()}
 
     base = 0.0 if sparsity is None else float(sparsity)
     if target is not None:
@@ -441,15 +471,15 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
         cost = graph.macs if kind == "macs" else graph.params
         budget = int(math.floor(cost() * frac))
         try:
-            base = search_target(lambda s: cost(removed_at(s)[1]), budget)
+            base = search_target(lambda s: cost(graph.removed_flat(removal_at(s)[1])), budget)
         except ConfigError as e:
             raise ConfigError(f"target={target!r}: {e}") from None
-    kept, removed = removed_at(base)
-    zero = [graph.groups[i].name for i, k in enumerate(kept) if k == 0 and widths[i] > 0]
+    kept, removal = removal_at(base)
+    zero = sorted({graph.groups[segs[i][0]].name for i, k in enumerate(kept) if k == 0 and widths[i] > 0})
     if zero:
         raise ConfigError(f"groups {zero[:5]} would reach zero width (min_channels={min_channels}); raise "
                           f"min_channels to >= 1 or lower the sparsity")
-    removal = select_removal(scores, kept)
+    removed = graph.removed_flat(removal)
     pgroups = []
     shapes = {}
     for g in graph.groups:
@@ -459,7 +489,7 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
             mems.append({"fqn": m.fqn, "dim": m.dim, "size": m.size,
                          "indices": m.positions(chans).tolist() if len(chans) else [], "role": m.role})
             shapes[m.fqn] = tuple(graph.rec.tensors[m.fqn].shape)
-        pgroups.append(PlanGroup(g.id, g.name, g.width, kept[g.id], [int(c) for c in chans], mems,
+        pgroups.append(PlanGroup(g.id, g.name, g.width, g.width - len(chans), [int(c) for c in chans], mems,
                                  list(g.approximate)))
     predicted = {"params_before": graph.params(), "params_after": graph.params(removed),
                  "macs_before": graph.macs(), "macs_after": graph.macs(removed)}
@@ -518,25 +548,41 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
     graph, ex = _graph_for(model, plan_, example_inputs)
     index = {tuple(sorted((m.fqn, m.dim) for m in g.members)): g for g in graph.groups}
     removal = {}
+    index_id = {}
     for pg in plan_.groups:
         if not pg.channels:
             continue
         key = tuple(sorted((m["fqn"], m["dim"]) for m in pg.members))
         g = index.get(key)
+        index_id[pg.id] = g.id if g is not None else -1
         if g is None or g.width != pg.width:
             raise ConfigError(f"stale plan: group {pg.name!r} no longer matches the model's coupled layers; "
                               f"make a new plan")
         removal[g.id] = np.asarray(pg.channels, dtype=np.int64)
     params_before = count_params(model)
-    from .surgery import remove_channels_
+    from .surgery import find_breaking_groups, remove_channels_
 
+    skipped = list(plan_.skipped)
+    try:
+        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None)
+    except PruneError as e:
+        if e.op != "validation forward" or ex is None:
+            raise
+        bad = find_breaking_groups(model, graph, removal, ex)
+        if not bad:
+            raise
+        for gid, err in bad.items():
+            removal.pop(gid)
+            skipped.append({"where": graph.groups[gid].name, "reason": f"changing this group's width breaks the "
+                            f"model's forward, so it was left whole ({err[:200]})"})
+            log.info("left group %s whole: %s", graph.groups[gid].name, err)
+        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=True)
     removed = graph.removed_flat(removal)
-    remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None)
     groups = [{"id": pg.id, "name": pg.name, "members": [(m["fqn"], m["dim"]) for m in pg.members],
-               "width_before": pg.width, "width_after": pg.width - len(pg.channels)} for pg in plan_.groups]
+               "width_before": pg.width, "width_after": pg.width - len(removal.get(index_id[pg.id], ()))}
+              for pg in plan_.groups]
     approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
-    return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups,
-                  list(plan_.skipped), approx)
+    return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx)
 
 
 def inspect(model: nn.Module, example_inputs, *, ignore=()) -> Inspection:

@@ -181,7 +181,11 @@ def view_labels(rec, labs, a, b):
             continue
         # atoms vary along several output dims (e.g. [T, H*D] -> [T, H, D]): the outermost dim becomes
         # the unit and each of its blocks is unified into one channel (whole heads go)
-        t, d = 0, gj[0]
+        # ([3, H, D] for fused qkv): the innermost dim before the last one is taken, so q/k/v of one head
+        # and all its head_dim positions form one channel
+        cand = [t for t in range(len(gj) - 1) if osizes[t] > 1] or [len(gj) - 1]
+        t = cand[-1]
+        d = gj[t]
         lab = rec.unify_rows(np.moveaxis(m, t, 0).reshape(osizes[t], -1).reshape(-1), osizes[t])
         res[d] = lab
         rec.size_use(b[d], lab)

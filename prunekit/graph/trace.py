@@ -261,6 +261,23 @@ def register_handler(target, fn: Callable | None = None):
     return deco
 
 
+def _mha_constraint(rec, mod, fqn, inputs, output):
+    # torch's MultiheadAttention requires its inner width to equal embed_dim (the input width): neither
+    # heads nor the embedding can shrink without changing the other, so all its dims stay
+    reason = (f"nn.MultiheadAttention {fqn!r}: its inner width must equal embed_dim; use separate q/k/v "
+              f"projections to prune heads")
+    for name, p in mod.named_parameters():
+        if rec.known(p):
+            rec.kill_all(rec.get(p), reason)
+    for t in inputs:
+        rec.kill_all(rec.get(t), reason)
+    _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), reason))
+
+
+# built-in constraints checked after a module's forward (the module's ops were recorded normally)
+_MODULE_CONSTRAINTS: dict[type, Callable] = {nn.MultiheadAttention: _mha_constraint}
+
+
 def handlers() -> dict:
     """Registered user handlers: module types and op names."""
     return {**_MODULE_HANDLERS, **_OP_HANDLERS}
@@ -321,12 +338,12 @@ def _apply_rule(rec: Recording, rules: dict, func, args, kwargs, out):
     name = str(func.overloadpacket).replace("aten.", "", 1) if func.namespace == "aten" else \
         str(func.overloadpacket)
     ins = [t for t in _tensors(list(args) + list(kwargs.values()))]
+    if name in _FACTORY_UNIFORM:  # new_zeros(x, size), zeros_like(x): values uniform, x gives dtype/shape only
+        for t in _tensors(out):
+            if t.dim():
+                rec._store(t, (ANY,) * t.dim())
+        return
     if not any(rec.known(t) for t in ins):
-        if name in _FACTORY_UNIFORM:
-            for t in _tensors(out):
-                rec.set(t, (ANY,) * t.dim()) if t.dim() else None
-                if t.dim():
-                    rec._store(t, (ANY,) * t.dim())
         return
     user = _OP_HANDLERS.get(str(func.overloadpacket)) or _OP_HANDLERS.get(name)
     if user is not None:
@@ -400,6 +417,9 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
             if not mode.opaque:
                 _MODULE_HANDLERS[type(mod)](rec, mod, fqn, list(_tensors(list(args) + list(kwargs.values()))),
                                             output)
+        cons = _MODULE_CONSTRAINTS.get(type(mod))
+        if cons is not None and not mode.opaque:
+            cons(rec, mod, fqn, list(_tensors(list(args) + list(kwargs.values()))), output)
         if id(mod) in rec.ignore and not mode.opaque:
             _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), f"output of ignored module {fqn!r}"))
         if rec.stack and rec.stack[-1] == fqn:

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import PruneError
 from .modules import FIXERS, SIZE_ATTRS, fixers_for, register_fixer
 
-__all__ = ["remove_channels_", "Transaction", "register_fixer", "FIXERS", "SIZE_ATTRS", "keep_indices",
+__all__ = ["remove_channels_", "find_breaking_groups", "Transaction", "register_fixer", "FIXERS", "SIZE_ATTRS", "keep_indices",
            "output_shapes", "set_tensor_"]
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def plan_tensor_cuts(graph, removal: dict) -> dict:
 
 
 def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, example_inputs=None,
-                     validate: bool = True) -> dict:
+                     validate: bool = True, dry_run: bool = False) -> dict:
     """Physically remove ``removal = {group id: channel indices}`` from ``model`` in place.
 
     Returns ``{fqn: new shape}`` of every tensor that changed. On any failure the model and the
@@ -200,6 +200,8 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
         if validate and example_inputs is not None:
             fqn, op = None, "validation forward"
             _validate(model, graph, example_inputs)
+        if dry_run:
+            tx.rollback()
         return new_shapes
     except PruneError as e:
         tx.rollback()
@@ -208,6 +210,38 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
         tx.rollback()
         raise PruneError(f"pruning failed and the model was restored: {type(e).__name__}: {e}", fqn=fqn, op=op) \
             from e
+
+
+def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs) -> dict:
+    """Groups whose removal alone makes the validation forward fail: ``{group id: error}`` (by halving).
+
+    Model code sometimes sizes a reshape from a width the trace cannot see (``C // self.num_heads`` with
+    ``C`` the input width); such groups are found by trying them (each try is rolled back).
+    """
+    bad: dict = {}
+
+    def trial(ids):
+        try:
+            remove_channels_(model, graph, {i: removal[i] for i in ids}, example_inputs=example_inputs, dry_run=True)
+            return None
+        except PruneError as e:
+            return str(e)
+
+    def search(ids):
+        if not ids:
+            return
+        err = trial(ids)
+        if err is None:
+            return
+        if len(ids) == 1:
+            bad[ids[0]] = err
+            return
+        half = len(ids) // 2
+        search(ids[:half])
+        search(ids[half:])
+
+    search(sorted(removal))
+    return bad
 
 
 def _update_size_attrs(graph, removed, name_to_mod, tx):
