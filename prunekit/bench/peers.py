@@ -81,26 +81,31 @@ def _classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
 
 
-def _tp_prune_once(model, x, importance, ratio, ignored, calib):
+def _accumulate_grads(model: nn.Module, calib) -> None:
+    """Sum the loss gradients of ``calib`` into ``.grad`` (what gradient-based importances read)."""
+    model.zero_grad()
+    was_training = model.training
+    model.eval()
+    for xb, yb in calib:
+        nn.functional.cross_entropy(model(xb), yb).backward()
+    model.train(was_training)
+
+
+def _tp_prune_once(model, x, importance, ratio, ignored):
     import torch_pruning as tp
 
     pruner = tp.pruner.MetaPruner(model, x, importance=importance, pruning_ratio=ratio, ignored_layers=ignored)
-    if isinstance(importance, tp.importance.GroupTaylorImportance):
-        model.zero_grad()
-        model.eval()
-        for xb, yb in calib:
-            nn.functional.cross_entropy(model(xb), yb).backward()
     pruner.step()
-    model.zero_grad(set_to_none=True)
     return model
 
 
 def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, calib, num_classes: int,
-              ignore: tuple[str, ...] = (), tol: float = 0.01, steps: int = 14) -> dict:
+              ignore: tuple[str, ...] = (), seed: int = 0, tol: float = 0.01, steps: int = 14) -> dict:
     """Prune ``model`` in place with Torch-Pruning to the MACs/params fraction of ``target``.
 
     The uniform per-layer ratio is bisected on copies of the model until the kept fraction is within
-    ``tol`` *below* the target (never above it); returns ``{"ratio", "kept"}``.
+    ``tol`` *below* the target (never above it); returns ``{"ratio", "kept"}``. ``seed`` seeds the
+    random importance (the same draw in every bisection trial and in the final cut).
     """
     from ..measure import count_macs, count_params
 
@@ -112,15 +117,21 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
         return float(count_macs(m, x).total if kind == "macs" else count_params(m))
 
     base = cost(model)
+    needs_grads = name == "taylor"
+    if needs_grads:  # gradients once on the unpruned model; each trial copy gets them
+        _accumulate_grads(model, calib)
 
     def trial(ratio):
         trial_model = copy.deepcopy(model)
+        if needs_grads:
+            for src, dst in zip(model.parameters(), trial_model.parameters()):
+                dst.grad = None if src.grad is None else src.grad.clone()
         ignored = _classifier_layers(trial_model, num_classes) + [trial_model.get_submodule(f) for f in ignore]
-        torch.manual_seed(0)
-        _tp_prune_once(trial_model, x, _tp_importance(name), ratio, ignored, calib)
+        torch.manual_seed(seed)
+        _tp_prune_once(trial_model, x, _tp_importance(name), ratio, ignored)
         return trial_model, cost(trial_model) / base
 
-    lo, hi, best = 0.0, 0.95, None
+    lo, hi, best, kept = 0.0, 0.95, None, 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
         _, kept = trial(mid)
@@ -135,8 +146,9 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
                           f"ratio 0.95); choose a larger target")
     ratio = best[0]
     ignored = _classifier_layers(model, num_classes) + [model.get_submodule(f) for f in ignore]
-    torch.manual_seed(0)
-    _tp_prune_once(model, x, _tp_importance(name), ratio, ignored, calib)
+    torch.manual_seed(seed)
+    _tp_prune_once(model, x, _tp_importance(name), ratio, ignored)
+    model.zero_grad(set_to_none=True)
     kept = cost(model) / base
     log.info("%s: ratio %.4f keeps %.4f of %s", method, ratio, kept, kind)
     return {"ratio": ratio, "kept": kept}

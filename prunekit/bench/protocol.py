@@ -128,7 +128,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     callbacks, info, masked = [], {}, None
     if method.startswith(peers.TP_PREFIX):
         info = peers.tp_prune_(model, x, method, target, calib=W.calib_batches(bundle, g.calib_batches),
-                               num_classes=bundle.num_classes, ignore=tuple(g.ignore))
+                               num_classes=bundle.num_classes, ignore=tuple(g.ignore), seed=seed)
     elif method.startswith(peers.TORCH_PRUNE_PREFIX):
         masked = peers.torch_prune_(model, method, target)
     else:

@@ -63,3 +63,23 @@ def test_torch_prune_global_magnitude_hits_sparsity_and_keeps_masks():
     torch_prune_finalize(masked)
     assert sum(int((m.weight == 0).sum()) for m, _ in masked) >= round(0.8 * total)
     assert not any("weight_orig" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("method", ["tp:l1", "tp:taylor", "tp:bn-scale", "tp:random"])
+def test_torch_pruning_peer_lands_on_the_macs_target(method):
+    pytest.importorskip("torch_pruning")
+    from prunekit.bench.peers import tp_prune_
+    from prunekit.measure import count_macs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    x = torch.randn(1, 1, 12, 12)
+    calib = [(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)))]
+    before = count_macs(model, x).total
+    info = tp_prune_(model, x, method, "macs=0.5", calib=calib, num_classes=10, tol=0.03)
+    after = count_macs(model, x).total
+    assert info["kept"] == pytest.approx(after / before)
+    assert 0.47 <= after / before <= 0.5
+    assert model[-1].out_features == 10 and all(p.grad is None for p in model.parameters())
