@@ -24,7 +24,6 @@ _EXPORTS = {
     "load": ("prunekit.io", "load"),
     "sparsify_": ("prunekit.masks", "sparsify_"),
     "finalize_": ("prunekit.masks", "finalize_"),
-    "measure": ("prunekit.measure", "measure"),
     "fit": ("prunekit.train", "fit"),
     "evaluate": ("prunekit.train", "evaluate"),
     "TrainConfig": ("prunekit.train", "TrainConfig"),
