@@ -632,32 +632,22 @@ def check_target_reachable(model: nn.Module, ctx) -> None:
 def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], allocation: str = "global") -> dict:
     """Remove the lowest-scoring channels until ``ctx.target`` is met, through the structural engine.
 
-    The selection is :func:`select_to_target`; it is written into an engine :class:`~prunekit.api.Plan`
-    (every coupled member's exact indices) and applied with :func:`prunekit.prune_`, which is transactional.
-    Returns a JSON-ready summary (target, allocation, costs before/after, kept widths).
+    The selection is :func:`select_to_target`; the engine's transactional surgery
+    (:func:`prunekit.surgery.remove_channels_`) then slices every coupled tensor of the chosen channels and
+    checks one forward, restoring the model if anything fails. Returns a JSON-ready summary (target,
+    allocation, costs before/after, kept widths).
     """
-    import numpy as np
-
-    from ..api import plan as make_plan, prune_
+    from ..surgery import remove_channels_
 
     graph = _graph(model, ctx)
     groups = filter_groups(model, ctx, graph)
     sel, info = select_to_target(model, ctx, scores, allocation, groups, graph=graph)
-    by_members = {tuple(sorted((m.fqn, m.dim) for m in g.group.members)): g for g in groups}
-    p = make_plan(model, ctx.example_inputs, sparsity=0.0, ignore=list(ctx.ignore))
-    for pg in p.groups:
-        g = by_members.get(tuple(sorted((m["fqn"], m["dim"]) for m in pg.members)))
-        if g is None or g.key not in sel:
-            continue
-        chans = np.asarray(sel[g.key], dtype=np.int64)
-        member = {(m.fqn, m.dim): m for m in g.group.members}
-        pg.channels = [int(c) for c in chans]
-        pg.kept = pg.width - len(chans)
-        for m in pg.members:
-            m["indices"] = member[(m["fqn"], m["dim"])].positions(chans).tolist()
-    report = prune_(model, p)
+    params_before = sum(p.numel() for p in model.parameters())
+    gid = {g.key: g.group.id for g in groups}
+    removal = {gid[k]: v for k, v in sel.items()}
+    remove_channels_(model, graph, removal, example_inputs=ctx.example_inputs, validate=True)
     widths = {g.key: g.width - len(sel.get(g.key, ())) for g in groups}
-    info.update({"params_before": int(report.params_before), "params_after": int(report.params_after),
+    info.update({"params_before": int(params_before), "params_after": int(sum(p.numel() for p in model.parameters())),
                  "widths": widths})
     return info
 

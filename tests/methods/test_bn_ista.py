@@ -1,0 +1,90 @@
+"""BN-ISTA: proximal steps give exact zeros; the gamma-W rescaling keeps the function and speeds them up."""
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.errors import ConfigError
+from prunekit.methods import RunContext
+from prunekit.methods._filter_common import bn_layers, bn_scale_scores, cut_to_target
+from prunekit.methods._regularizers import BNScaleISTA
+from prunekit.methods.bn_ista import GammaRescale, ista_callbacks, layer_cost_weights
+
+
+def test_ista_step_is_a_proximal_gradient_step_that_bypasses_the_optimizer():
+    bn = nn.BatchNorm1d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 0.05, -0.5]))
+    bn.weight.grad = torch.tensor([1.0, 0.0, -1.0])
+    cb = BNScaleISTA({"bn": bn}, rho=0.1, weights={"bn": 2.0}, lr=0.1)
+    cb.on_after_backward(None)
+    # gamma - lr*grad = [0.9, 0.05, -0.4]; threshold lr*rho*lambda = 0.02 -> [0.88, 0.03, -0.38]
+    torch.testing.assert_close(bn.weight.detach(), torch.tensor([0.88, 0.03, -0.38]))
+    assert bn.weight.grad is None  # the loop's optimizer skips gamma (no momentum, no weight decay)
+
+
+def test_cost_weights_follow_the_macs_of_one_channel():
+    torch.manual_seed(0)
+    model = pk.models.create("vgg-small", width=0.25)
+    w = layer_cost_weights(model, torch.randn(1, 1, 28, 28))
+    # per-channel MACs: 9*c_in*H*W = 7056, 56448, 14112, 28224, 7056, 14112 (mean 21168)
+    expected = [7056, 56448, 14112, 28224, 7056, 14112]
+    assert [round(w[f], 6) for f, _ in bn_layers(model)] == [round(e / 21168, 6) for e in expected]
+
+
+def test_gamma_rescaling_keeps_the_function_and_undoes_exactly():
+    torch.manual_seed(0)
+    model = pk.models.create("vgg-small", width=0.25).eval()
+    x = torch.randn(4, 1, 28, 28)
+    before_out = model(x).detach()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = GammaRescale(model, x, 0.01).apply_()
+    assert [n for n, m in model.named_modules() if m in r.readers] == [
+        "features.3", "features.7", "features.10", "features.14", "features.17", "fc"]
+    assert float(model.features[1].weight.detach().abs().max()) <= 0.0101
+    torch.testing.assert_close(model(x), before_out, atol=1e-4, rtol=1e-4)
+    r.undo_()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_gamma_rescaling_refuses_a_reader_that_mixes_scaled_and_raw_inputs():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2)
+            self.head = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.cat([torch.relu(self.bn(self.conv(x))), x], 1))
+
+    model = Mixed()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"options\['alpha'\]=0.01: the input of 'head' does not scale"):
+        GammaRescale(model, torch.randn(2, 1, 5, 5), 0.01).apply_()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_small_alpha_zeroes_more_scales_and_zero_channels_are_removed():
+    # entry checks (b)+(d), scaled: vgg-small at width 0.25, 2k Fashion-MNIST images, 1 dense epoch, then
+    # 1 epoch of ISTA with rho=0.05. Calibration (same setup): alpha=1 -> 0 zero scales, alpha=0.1 -> 5.4%.
+    data = pk.data.load("fashion-mnist", batch_size=64, subset=(2000, 500), augment=False, val_fraction=0.0)
+    x = data.example_inputs(2)
+    torch.manual_seed(0)
+    dense = pk.models.create("vgg-small", width=0.25)
+    pk.fit(dense, data.train, pk.TrainConfig(epochs=1, lr=0.1, progress=False))
+    zero = {}
+    for alpha in (1.0, 0.1):
+        model = pk.models.create("vgg-small", width=0.25)
+        model.load_state_dict(dense.state_dict())
+        cbs = ista_callbacks(model, x, rho=0.05)
+        r = GammaRescale(model, x, alpha).apply_()
+        pk.fit(model, data.train, pk.TrainConfig(epochs=1, lr=0.1, progress=False), callbacks=cbs)
+        r.undo_()
+        zero[alpha] = cbs[0].zero_fraction()
+    assert zero[0.1] > zero[1.0] and zero[0.1] >= 0.02
+    n_zero = sum(int((bn.weight == 0).sum()) for _, bn in bn_layers(model))
+    ctx = RunContext(model=model, example_inputs=x, target="macs=0.99")
+    info = cut_to_target(model, ctx, bn_scale_scores(model), "global")
+    assert info["removed_channels"] >= n_zero
+    assert all(float(bn.weight.detach().abs().min()) > 0 for _, bn in bn_layers(model))  # every zero is gone
