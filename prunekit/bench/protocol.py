@@ -196,13 +196,21 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
                 "training images": grid.subset or "all", "fine-tune epochs": grid.finetune_epochs,
                 "fine-tune lr": grid.lr, "batch size": grid.batch_size,
                 "BN recalibration batches": grid.calib_batches, "seeds": list(grid.seeds),
-                "test set": "complete", "device": grid.device}
+                "test set": "complete", "device": grid.device, "machine": _machine()}
     made = write_bench_report(results, prefix, protocol=protocol, command=command,
                               title=f"{grid.name}: {grid.model} on {grid.data}") if results else {}
     if results:
         write_json(grid.to_dict(), prefix.parent / f"{prefix.name}.grid.json")
     return {"done": len(results), "ran": ran, "remaining": len(todo) - len(results),
             **{k: str(v) for k, v in made.items()}}
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"with {torch.get_num_threads()} thread(s)")
 
 
 def load_grid(path) -> BenchGrid:
