@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..masks import Pattern, install_masks_, prunable_weights, register_pattern, view2d

@@ -15,13 +15,12 @@ are pruned to the same sparsity each round and the network is retrained between 
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..masks import get_masks, prunable_weights, register_weight_criterion, sparsify_
+from ..masks import get_masks, register_weight_criterion
 from ..masks.workflows import iterative_prune, method_options, target_sparsity, train_config
 from ._registry import MethodResult, RunContext, register_method
 

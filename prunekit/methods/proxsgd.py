@@ -38,7 +38,7 @@ def prox_l1(z: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
     """``argmin_x 0.5 (x - z)^2 / t + |x|`` per coordinate: soft thresholding by ``threshold``.
 
     Example:
-        >>> prox_l1(torch.tensor([0.5, -0.05, -0.3]), 0.1)
+        >>> prox_l1(torch.tensor([0.5, 0.05, -0.3]), 0.1)
         tensor([ 0.4000,  0.0000, -0.2000])
     """
     return torch.sign(z) * torch.clamp(z.abs() - threshold, min=0.0)
@@ -73,8 +73,8 @@ class ProxSGD(torch.optim.Optimizer):
         >>> p = nn.Parameter(torch.tensor([0.5, -0.001]))
         >>> opt = ProxSGD([p], lr=0.5, mu=1e-2)
         >>> p.grad = torch.zeros(2); _ = opt.step()
-        >>> p.detach()        # g = v = 0: tau = delta, so the threshold mu/tau is huge: both go to 0 by eps
-        tensor([ 0.2500, -0.0005])
+        >>> p.detach()  # g = v = 0: tau = delta, mu/tau is huge, x_hat = 0; x moves eps = 0.5/sqrt(4) there
+        tensor([ 0.3750, -0.0008])
     """
 
     def __init__(self, params, lr: float = 0.06, *, mu: float = 1e-4, regularizer: str = "l1", box=None,

@@ -9,7 +9,7 @@ from prunekit.errors import ConfigError
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
 from prunekit.methods.agp import agp_callback
-from prunekit.methods.str_ import STRCallback, SoftThreshold, attach_str_, detach_str_, str_sparsity
+from prunekit.methods.str_ import STRCallback, SoftThreshold, attach_str_, detach_str_
 
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 needs_fashion = pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
