@@ -579,7 +579,7 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
         remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=True)
     removed = graph.removed_flat(removal)
     groups = [{"id": pg.id, "name": pg.name, "members": [(m["fqn"], m["dim"]) for m in pg.members],
-               "width_before": pg.width, "width_after": pg.width - len(removal.get(index_id[pg.id], ()))}
+               "width_before": pg.width, "width_after": pg.width - len(removal.get(index_id.get(pg.id, -1), ()))}
               for pg in plan_.groups]
     approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
     return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx)
