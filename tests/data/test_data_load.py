@@ -4,7 +4,6 @@ import torch
 import prunekit as pk
 from prunekit.errors import ConfigError
 
-from conftest import needs_fashion
 
 
 def test_synthetic_bundle_shapes_and_splits():
@@ -79,7 +78,7 @@ def test_bad_arguments(kwargs, match):
         pk.data.load(**kwargs)
 
 
-@needs_fashion
+@pytest.mark.needs_fashion
 def test_fashion_mnist_default_split_and_normalisation():
     b = pk.data.load("fashion-mnist", batch_size=128, augment=False)
     assert (len(b.train.inputs), len(b.val.inputs), len(b.test.inputs)) == (54000, 6000, 10000)
