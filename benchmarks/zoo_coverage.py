@@ -18,6 +18,7 @@ import collections
 import json
 import os
 import platform
+import re
 import select
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 TOOLS = ("torch-pruning", "prunekit")
-COMMAND = "nice -n 10 python benchmarks/zoo_coverage.py --tools torch-pruning,prunekit"
+COMMAND = "nice -n 10 python benchmarks/zoo_coverage.py --tools torch-pruning,prunekit --limit-s 120"
 
 
 # ------------------------------------------------------------------ worker side
@@ -168,6 +169,17 @@ def _cell(r: dict | None) -> tuple[str, str]:
     return f"fail ({reason})", drop
 
 
+def cause_of(r: dict) -> str:
+    """A failure's cause with model-specific numbers and names blurred, so equal causes group together."""
+    msg = r.get("error", "")
+    msg = re.sub(r"'[^']*'", "'…'", msg)
+    msg = re.sub(r"\d+", "N", msg)
+    text = f"{r.get('stage', '')}: {r.get('error_type', '')}: {msg[:140]}"
+    if r.get("op"):
+        text += f" (op {r['op']})"
+    return text.replace("|", "/")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -237,6 +249,15 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], limit_s: float) -> N
               + (", ".join(f"`{n}`" for n in only_tp) or "none") + ".",
               "", f"Models prunekit passes and Torch-Pruning fails ({len(only_pk)}): "
               + (", ".join(f"`{n}`" for n in only_pk) or "none") + ".", ""]
+    lines += ["## prunekit failures by cause", "", "| cause | models |", "|---|---|"]
+    causes: dict[str, list[str]] = collections.defaultdict(list)
+    for n in names:
+        r = recs.get((n, "prunekit"))
+        if r is not None and r["status"] != "pass":
+            causes[cause_of(r)].append(n)
+    for cause, models in sorted(causes.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"| {cause} | {len(models)}: " + ", ".join(f"`{m}`" for m in models) + " |")
+    lines += [""]
     lines += ["## Per model", "", "| model | family | prunekit | params drop | Torch-Pruning | params drop |",
               "|---|---|---|---:|---|---:|"]
     for n in names:
@@ -251,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     ap.add_argument("--tools", default="torch-pruning,prunekit", help="comma-separated, run in this order")
     ap.add_argument("--only", default="", help="comma-separated case names or prefixes (tv:, timm:, hf:, ...)")
-    ap.add_argument("--limit-s", type=float, default=240.0, help="per model and tool, seconds")
+    ap.add_argument("--limit-s", type=float, default=120.0, help="per model and tool, seconds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jsonl", default=str(RESULTS / "zoo.jsonl"))
     ap.add_argument("--md", default=str(RESULTS / "zoo.md"))
