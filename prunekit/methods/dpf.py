@@ -96,7 +96,9 @@ class DPF(Callback):
 
 
 
-@register_method("dpf", kind="unstructured", needs_data=True, defaults={
+@register_method("dpf", kind="unstructured", needs_data=True, status="partial", left_out=(
+    "the structured variant (whole filters by norm, removed with surgery) is not implemented; only the "
+    "unstructured global-magnitude DPF is"), defaults={
     "frequency": 16,  # optimizer steps between mask refreshes (paper: 16)
     "ramp_fraction": 0.6,  # share of the training steps over which the cubic ramp reaches the target
     "global_": True,  # one magnitude ranking across layers (paper: global unstructured)

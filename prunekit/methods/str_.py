@@ -139,7 +139,9 @@ class STRCallback(Callback):
                 s.grad.add_(self.lam * s.detach() - push)
 
 
-@register_method("str", kind="unstructured", needs_data=True, defaults={
+@register_method("str", kind="unstructured", needs_data=True, status="partial", left_out=(
+    "the structured variant (soft thresholds on the singular values of low-rank layers) is not implemented; "
+    "steering to a requested sparsity is our addition (the paper tunes s_init and the decay instead)"), defaults={
     "s_init": -5.0,  # initial s (threshold sigmoid(-5) = 0.0067: nearly dense); the paper uses very negative values
     "lam": 5e-4,  # extra decay on s (the paper's weight decay on s)
     "steer": True,  # steer to the target with STRCallback; False = plain STR (emergent sparsity)
