@@ -73,10 +73,11 @@ def shard(data, info: DistInfo, seed: int):
         return data
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+    samplers = (getattr(data, "sampler", None), getattr(getattr(data, "batch_sampler", None), "sampler", None))
+    if any(isinstance(s, DistributedSampler) for s in samplers):  # already sharded (e.g. data.load(distributed=True))
+        return data
     if not isinstance(data, DataLoader):
         log.warning("train_data is not a DataLoader: fit cannot shard it; each rank must yield its own shard")
-        return data
-    if isinstance(data.sampler, DistributedSampler) or getattr(data.batch_sampler, "sampler", None).__class__ is DistributedSampler:
         return data
     if data.batch_size is None:
         log.warning("train_data has a custom batch_sampler: fit cannot shard it; each rank must yield its own shard")

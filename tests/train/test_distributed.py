@@ -33,6 +33,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     w1 = torch.load(one / "weights-rank0.pt")
     for r in (0, 1):
         torch.testing.assert_close(torch.load(two / f"weights-rank{r}.pt"), w1, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.load(two / f"weights2-rank{r}.pt"), w1, rtol=1e-5, atol=1e-6)
     assert single["train_acc"] == pytest.approx(ranks[0]["train_acc"])
     # one complete checkpoint (rank 0 writes it) at the final step
     assert json.loads((two / "ck" / "checkpoint.json").read_text())["step"] == 16
