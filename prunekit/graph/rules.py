@@ -147,6 +147,7 @@ def view_labels(rec, labs, a, b):
             continue
         if len(gi) == 1 and len(gj) == 1:
             res[gj[0]] = labs[gi[0]]
+            rec.size_use(b[gj[0]], labs[gi[0]])
             continue
         if len(labelled) > 1:
             rec.kill_all([labs[d] for d in gi], "reshape merges two channel dims")
@@ -784,9 +785,10 @@ def _sdpa(rec, args, kwargs, out):
     q, k, v = args[0], args[1], args[2]
     lq, lk, lv = list(rec.get(q)), list(rec.get(k)), list(rec.get(v))
     nd = q.dim()
-    for t in list(args[3:]) + list(kwargs.values()):
+    mask = args[3] if len(args) > 3 and isinstance(args[3], torch.Tensor) else kwargs.get("attn_mask")
+    for t in list(args[4:]) + [v for k, v in kwargs.items() if k != "attn_mask"]:
         if isinstance(t, torch.Tensor) and rec.known(t):
-            rec.kill_all(rec.get(t), "attention mask")
+            rec.kill_all(rec.get(t), "extra attention input")
     batch = []
     for i in range(nd - 2):
         sq, sk = q.shape[i], k.shape[i]
@@ -803,6 +805,19 @@ def _sdpa(rec, args, kwargs, out):
         batch.append(c)
     rec.couple(lq[-1], lk[-1], q.shape[-1])
     rec.couple(lk[-2], lv[-2], k.shape[-2])
+    if isinstance(mask, torch.Tensor) and rec.known(mask):
+        # an additive mask / position bias is added to the scores [*batch, Tq, Tk]: per-head biases (T5)
+        # tie the heads of every layer that shares them
+        scores = batch + [lq[-2], lk[-2]]
+        shape = tuple(q.shape[:-1]) + (k.shape[-2],)
+        lm = rec.get(mask)
+        off = len(shape) - mask.dim()
+        for i, lab in enumerate(lm):
+            d = off + i
+            if mask.shape[i] == 1 and shape[d] != 1:
+                continue
+            scores[d] = rec.couple(scores[d], lab, shape[d])
+        batch = scores[:nd - 2]
     o = _first_tensor_out(out)
     res = batch + [lq[-2], lv[-1]]
     rec.set(o, res)
@@ -935,3 +950,22 @@ def _mkldnn_rnn_layer(rec, args, kwargs, out):
             if o.dim() == x.dim():
                 lo[0 if batch_first else 1] = lx[0 if batch_first else 1]
             rec.set(o, lo)
+
+
+@rule("_grouped_mm")
+def _grouped_mm(rec, args, kwargs, out):
+    """Mixture-of-experts expert products: tokens [T, K] grouped by expert against weights [E, K, N]."""
+    a, b = args[0], args[1]
+    la, lb = rec.get(a), rec.get(b)
+    if a.dim() == 2 and b.dim() == 3:
+        k = rec.couple(la[1], lb[1], a.shape[1])
+        rec.kill(lb[0], "expert dim of a grouped matmul")
+        if rec.is_param_view(b):
+            rec.role(lb[2], "producer")
+            rec.role(lb[1], "consumer")
+        rec.mac("grouped_mm", [int(a.shape[0]), _factor(k, a.shape[1]), _factor(lb[2], b.shape[2])])
+        rec.set(out, [la[0], lb[2]])
+        return
+    rec.kill_all(la, "grouped matmul layout")
+    rec.kill_all(lb, "grouped matmul layout")
+    rec.set(out, [None] * out.dim())
