@@ -1,0 +1,34 @@
+"""Activation statistics: ``apoz`` (Hu et al. 2016) and ``mean-act`` (Molchanov et al. 2017's baseline).
+
+Hengyuan Hu, Rui Peng, Yu-Wing Tai, Chi-Keung Tang, "Network Trimming: A Data-Driven Neuron Pruning
+Approach towards Efficient Deep Architectures", arXiv 2016, https://arxiv.org/abs/1607.03250 measure the
+Average Percentage of Zeros of a channel's post-ReLU output over a data set: a channel that is mostly zero
+carries little. Mean activation (compared as a criterion in Molchanov et al., ICLR 2017,
+https://arxiv.org/abs/1611.06440) keeps the channels with the largest average response. Both are read
+where the network uses the channel (the input of its consuming layers), over the calibration batches.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._base import ChannelView, register_criterion
+from ._stats import channel_maps, per_channel
+
+
+def _reduce_maps(view: ChannelView, fn) -> torch.Tensor | None:
+    maps = channel_maps(view)
+    if not maps:
+        return None
+    return torch.stack([fn(m.movedim(1, 0).reshape(m.shape[1], -1)) for m in maps]).mean(0)  # [width]
+
+
+@register_criterion("apoz", needs=("activations",))
+def score_apoz(view: ChannelView) -> torch.Tensor:
+    """``1 - APoZ``: the fraction of non-zero responses (higher = keep)."""
+    return per_channel(view, _reduce_maps(view, lambda a: (a != 0).double().mean(1)))
+
+
+@register_criterion("mean-act", needs=("activations",))
+def score_mean_act(view: ChannelView) -> torch.Tensor:
+    """Mean response of each channel over calibration images and positions."""
+    return per_channel(view, _reduce_maps(view, lambda a: a.double().mean(1)))
