@@ -152,11 +152,9 @@ def _cmd_run(args) -> int:
     note = ""
     if getattr(args, "recipe", None):
         recipe = Recipe.load(args.recipe)
-    elif given:
-        recipe = Recipe()
     else:
         recipe = W.default_recipe()
-        if recipe.method != W.DEFAULT_METHOD:
+        if recipe.method != W.DEFAULT_METHOD and "method" not in given:
             note = (f"method {W.DEFAULT_METHOD!r} is not registered yet: the default ran the engine's plain l1 "
                     f"filter criterion ({recipe.method})")
     if isinstance(given.get("baseline"), str) and given["baseline"].lower() == "none":
