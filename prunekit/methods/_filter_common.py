@@ -332,11 +332,15 @@ def method_options(method_id: str, ctx) -> dict:
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> None:
-    from .._registry import unknown_name_message
+    """``options[name]`` must be one of ``choices``; the error shows the closest valid value."""
+    from .._registry import closest
 
     if value not in choices:
-        raise ConfigError(unknown_name_message(f"value of option {name!r}", value, choices, name)
-                          + f"; set options={{{name!r}: {choices[0]!r}}}")
+        hint = closest(str(value), choices)
+        raise ConfigError(f"options[{name!r}]={value!r} is not a valid value"
+                          + (f"; did you mean {hint!r}?" if hint else "")
+                          + f" Valid values: {', '.join(map(str, choices))}; set e.g. "
+                            f"options={{{name!r}: {(hint or choices[0])!r}}}")
 
 
 def check_positive(opts: dict, *names: str, allow_zero: bool = False) -> None:
