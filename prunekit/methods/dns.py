@@ -59,7 +59,7 @@ def dns_thresholds(params: dict, sparsity: float, low: float = 0.9) -> dict[str,
     "stop_fraction": 0.75,  # fraction of the pruning run after which masks are frozen (iter_stop)
     "low": 0.9,  # hysteresis band: cut at <= low * t, splice at > high * t (reference code: 0.9 / 1.1)
     "high": 1.1,
-    "exact": True,  # after the dynamic phase, fix the mask at exactly the target sparsity (magnitude)
+    "exact": True,  # after the dynamic phase, move the mask to exactly the target (fewest changes)
 })
 def run_dns(ctx: RunContext) -> MethodResult:
     """Train ``ctx.prune_epochs`` epochs with spliceable (feedback) masks, then freeze them."""
@@ -91,8 +91,14 @@ def run_dns(ctx: RunContext) -> MethodResult:
     fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
     dynamic = 1 - sum(int(m.sum()) for m in get_masks(ctx.model).values()) / sum(p.numel() for p in params.values())
     if opts["exact"]:
-        full = {f: dense_weight(ctx.model, f).abs() for f in params}
-        masks = select_masks(full, get_pattern("element"), {f: sparsity for f in params})
+        # move the dynamic mask to the exact target with the fewest changes: active weights rank above
+        # dormant ones, each group by magnitude
+        current = get_masks(ctx.model)
+        scores = {}
+        for f in params:
+            a = dense_weight(ctx.model, f).abs()
+            scores[f] = a + current[f].to(a.dtype) * (a.max() + 1)
+        masks = select_masks(scores, get_pattern("element"), {f: sparsity for f in params})
     else:
         masks = {f: m.clone() for f, m in get_masks(ctx.model).items()}
     install_masks_(ctx.model, masks, mode="hard")  # frozen masks from here on (the caller's fine-tune)

@@ -1,3 +1,9 @@
+import os
+
+from prunekit.data.sources import FASHION_DIR
+
+FASHION = os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
+
 import pytest
 import torch
 from torch import nn
@@ -35,3 +41,44 @@ def test_dns_splices_and_ends_with_frozen_hard_masks():
     assert res.info["splices"] >= 1 and res.info["mask_updates"] > 10
     assert set(mask_modes(model).values()) == {"hard"}
     assert res.info["sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+# --- small-scale check (scaled) ----------------------------------------------------------------------------
+# LeNet-300-100, Fashion-MNIST 6,000 / 2,000 images, no augmentation; dense 4 epochs (SGD 0.05, cosine);
+# DNS to 95% for 2 epochs (lr 0.01) + 1 epoch with frozen masks, vs one-shot magnitude 95% per layer + 3
+# epochs of masked retraining. Calibration run (`pytest -m slow tests/methods/test_dns.py`, seed 0, after the
+# fewest-changes projection): dense 82.95%, DNS 78.10%, one-shot 79.65%, 1,206 splices. At this budget DNS
+# does not beat one-shot (-1.55 pp, allowed -2.5) and is 4.85 pp under dense (allowed 6.0): regression guards,
+# not the paper's claim, which needs the long surgery phase of the reference code (14,000 iterations).
+DNS_MARGINS = {"vs_dense": 6.0, "vs_one_shot": 2.5}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed")
+def test_small_scale_dns(record_property):
+    import copy
+
+    import prunekit as pk
+    from prunekit.masks import sparsify_
+
+    load_all()
+    bundle = pk.data.load("fashion-mnist", batch_size=128, subset=(6000, 2000), augment=False, val_fraction=0)
+    torch.manual_seed(0)
+    dense = pk.models.create("lenet300", num_classes=10, in_channels=1, input_size=28)
+    cfg = pk.TrainConfig(epochs=4, lr=0.05, progress=False)
+    pk.fit(dense, bundle.train, cfg)
+    acc_dense = pk.evaluate(dense, bundle.test)["accuracy"]
+    model = copy.deepcopy(dense)
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.95", train_data=bundle.train,
+                     prune_epochs=2, train_config=cfg.replace(lr=0.01))
+    res = get_method("dns").run(ctx)
+    pk.fit(model, bundle.train, cfg.replace(epochs=1, lr=0.01))
+    acc_dns = pk.evaluate(model, bundle.test)["accuracy"]
+    one_shot = copy.deepcopy(dense)
+    sparsify_(one_shot, sparsity=0.95)
+    pk.fit(one_shot, bundle.train, cfg.replace(epochs=3, lr=0.01))
+    acc_os = pk.evaluate(one_shot, bundle.test)["accuracy"]
+    record_property("numbers", {"dense": acc_dense, "dns": acc_dns, "one_shot": acc_os, "splices": res.info["splices"]})
+    assert res.info["splices"] >= 1
+    assert acc_dns >= acc_dense - DNS_MARGINS["vs_dense"] / 100
+    assert acc_dns >= acc_os - DNS_MARGINS["vs_one_shot"] / 100
