@@ -244,6 +244,23 @@ def _measure(model: nn.Module, x: torch.Tensor, latency: bool) -> dict:
     return out
 
 
+def paired_latency(baseline: nn.Module, pruned: nn.Module, x: torch.Tensor, rounds: int = 3) -> dict:
+    """Median batch-1 latency of both models, alternating between them ``rounds`` times.
+
+    Timing the two back to back means both see the same machine load, so their ratio is meaningful on a
+    shared machine where absolute times drift.
+    """
+    import statistics
+
+    from .measure import latency
+
+    base, ours = [], []
+    for _ in range(rounds):
+        base.append(latency(baseline, x).median_ms)
+        ours.append(latency(pruned, x).median_ms)
+    return {"latency_base_ms": statistics.median(base), "latency_ms": statistics.median(ours)}
+
+
 def layer_stats(model: nn.Module) -> dict:
     """``{fqn: {width, params, sparsity}}`` for every conv and linear layer (width = output channels)."""
     stats = {}
@@ -432,8 +449,9 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    before = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, recipe.latency)}
+    before = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, False)}
     layers_before = layer_stats(model)
+    original = copy.deepcopy(model) if recipe.latency else None
     timings["evaluate before"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -457,7 +475,10 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     timings["fine-tune"] = time.perf_counter() - t
     _finalize_masks(model)
     model.eval()
-    after = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, recipe.latency)}
+    after = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, False)}
+    if original is not None:  # both timed back to back, at the end, under the same load
+        lat = paired_latency(original, model, x)
+        before["latency_ms"], after["latency_ms"] = lat["latency_base_ms"], lat["latency_ms"]
     stages["after fine-tune"] = after["accuracy"]
     timings["total"] = time.perf_counter() - t_start
 

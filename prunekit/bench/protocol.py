@@ -112,19 +112,6 @@ def baseline_numbers(ctx: _Context, cache: Path) -> dict:
     return nums
 
 
-def _paired_latency(baseline: nn.Module, pruned: nn.Module, x: torch.Tensor, rounds: int = 3) -> dict:
-    """Median batch-1 latency of both models, alternating between them ``rounds`` times."""
-    import statistics
-
-    from ..measure import latency
-
-    base, ours = [], []
-    for _ in range(rounds):
-        base.append(latency(baseline, x).median_ms)
-        ours.append(latency(pruned, x).median_ms)
-    return {"latency_base_ms": statistics.median(base), "latency_ms": statistics.median(ours)}
-
-
 def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, progress: bool = False) -> dict:
     """Run one cell of the protocol and return its numbers (nothing is written here)."""
     from .. import workflows as W
@@ -167,7 +154,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     cell["nonzero_params"] = _nonzero(model)
     cell.update({k: v for k, v in base.items() if k not in ("fingerprint", "latency_base_ms")})
     if g.latency:  # baseline and pruned model timed back to back, so both see the same machine load
-        cell.update(_paired_latency(ctx.baseline(), model, x))
+        cell.update(W.paired_latency(ctx.baseline(), model, x))
     cell["info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None)))}
     cell["time_prune_s"] = t_prune
     cell["time_s"] = time.perf_counter() - t0

@@ -87,6 +87,9 @@ def write_bench_report(cells: list[dict], out_prefix, protocol: dict | None = No
     points = [{"label": f"{r['source']}:{r['method']}", "macs": r["macs_mean"], "accuracy": r["acc_finetuned_mean"],
                "accuracy_std": r["acc_finetuned_std"] or 0.0}
               for r in rows if r["macs_mean"] is not None and r["acc_finetuned_mean"] is not None]
+    base = next((r for r in rows if r.get("acc_base_mean") is not None and r.get("macs_base_mean")), None)
+    if points and base is not None:
+        points.append({"label": "baseline (unpruned)", "macs": base["macs_base_mean"], "accuracy": base["acc_base_mean"]})
     made = {"json": prefix.with_suffix(".json"), "markdown": prefix.with_suffix(".md")}
     if points:
         made["pareto"] = plot_pareto(points, prefix.with_suffix(".png"), title=title)

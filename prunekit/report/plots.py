@@ -57,15 +57,19 @@ def plot_pareto(points: list[dict], path, title: str = "Accuracy vs MACs") -> Pa
         ax.errorbar(xs, ys, yerr=err if any(err) else None, fmt=markers[i % len(markers)], color=cmap(i),
                     label=label, capsize=3, markersize=6, linestyle="-" if len(pts) > 1 else "none",
                     linewidth=0.8, alpha=0.9)
+    if len(points) <= 4:  # few points: write each one's accuracy beside it
+        for p in points:
+            ax.annotate(f"{100 * p['accuracy']:.1f}%", (p["macs"] / 1e6, 100 * p["accuracy"]),
+                        textcoords="offset points", xytext=(6, 6), fontsize=8)
     front = pareto_front(points)
-    if len(front) > 1:
+    if len(front) > 1 and len(points) > 2:
         ax.step([p["macs"] / 1e6 for p in front], [100 * p["accuracy"] for p in front], where="post",
                 color="0.4", linestyle="--", linewidth=1, label="Pareto front", zorder=0)
     ax.set_xlabel("MACs (millions, lower is cheaper)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right", frameon=False)
-    ax.margins(x=0.08, y=0.15)
+    ax.legend(fontsize=8, loc="best", frameon=True, framealpha=0.85)
+    ax.margins(x=0.1, y=0.15)
     return _save(fig, path)
 
 
