@@ -349,6 +349,15 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
         return inputs.get(mf, [])
 
     out = []
+    if spec.fast is not None and not (need_grads or need_acts):
+        for g in graph.groups:
+            members = [m for m in g.members if id(tensors[m.fqn]) in param_ids] or g.members
+            scored = []
+            for m in members:
+                chans, s = spec.fast(tensors[m.fqn], m.dim, m.channel, {"fqn": m.fqn, "seed": seed})
+                scored.append((m, chans, np.asarray(s, dtype=np.float64)))
+            out.append(reduce_scores(g.width, scored, reduce))
+        return out
     for g in graph.groups:
         members = [m for m in g.members if id(tensors[m.fqn]) in param_ids]
         consumers = []

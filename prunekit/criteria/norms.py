@@ -9,19 +9,38 @@ from __future__ import annotations
 
 import torch
 
-from ._base import ChannelView, random_generator, register_criterion
+import types
+
+import numpy as np
+
+from ._base import ChannelView, position_sums, random_generator, register_criterion
 
 
-@register_criterion("l1")
+def _fast_l1(t, dim, channel, view):
+    return position_sums(t, dim, channel, torch.abs)
+
+
+def _fast_l2(t, dim, channel, view):
+    chans, s = position_sums(t, dim, channel, torch.square)
+    return chans, np.sqrt(s)
+
+
+def _fast_random(t, dim, channel, view):
+    chans = np.unique(channel[channel >= 0])
+    v = types.SimpleNamespace(fqn=view["fqn"], seed=view["seed"])
+    return chans, torch.rand(len(chans), generator=random_generator(v), dtype=torch.float64).numpy()
+
+
+@register_criterion("l1", fast=_fast_l1)
 def score_l1(view: ChannelView) -> torch.Tensor:
-    return view.weight.abs().sum(1)
+    return view.weight.double().abs().sum(1)
 
 
-@register_criterion("l2")
+@register_criterion("l2", fast=_fast_l2)
 def score_l2(view: ChannelView) -> torch.Tensor:
     return view.weight.double().pow(2).sum(1).sqrt()
 
 
-@register_criterion("random")
+@register_criterion("random", fast=_fast_random)
 def score_random(view: ChannelView) -> torch.Tensor:
     return torch.rand(view.n_channels, generator=random_generator(view), dtype=torch.float64)

@@ -62,25 +62,23 @@ class Graph:
         root = components(n, ea, eb) if n else np.zeros(0, np.int64)
         self.root = root
         dead_reason: dict[int, str] = {}
-        for atoms, reason in rec.dead:
-            for r in np.unique(root[atoms]).tolist():
-                dead_reason.setdefault(r, reason)
         dead = np.zeros(n, bool)
-        if dead_reason:
-            dead[np.fromiter(dead_reason, np.int64)] = True
+        if rec.dead:
+            atoms = np.concatenate([a for a, _ in rec.dead])
+            which = np.concatenate([np.full(len(a), i, np.int64) for i, (a, _) in enumerate(rec.dead)])
+            roots, first = np.unique(root[atoms], return_index=True)
+            dead[roots] = True
+            reasons = [r for _, r in rec.dead]
+            dead_reason = dict(zip(roots.tolist(), (reasons[i] for i in which[first].tolist())))
         used = np.zeros(n, bool)
         if rec.used:
             u = np.concatenate(rec.used)
             u = u[u >= 0]
             used[root[u]] = True
-        approx: dict[int, set] = {}
-        for atoms, reason in rec.approx:
-            for r in np.unique(root[atoms]).tolist():
-                approx.setdefault(r, set()).add(reason)
-        role = {}
+        producer = np.zeros(n, bool)
+        consumer = np.zeros(n, bool)
         for atoms, rl in rec.roles:
-            for a in atoms.tolist():
-                role.setdefault(a, rl)
+            (producer if rl == "producer" else consumer)[atoms] = True
         live = used & ~dead  # indexed by root id
         # channels sharing a param dim belong to one group: union over roots, per param dim
         ga, gb, dims = [], [], []
@@ -122,7 +120,7 @@ class Graph:
                         ch_of_root[rr] = grp.width
                         grp.width += 1
             ch = np.where(lmask, ch_of_root[r], -1)
-            rl = role.get(start, "other")
+            rl = "producer" if producer[start] else ("consumer" if consumer[start] else "other")
             grp.members.append(Member(fqn, d, size, ch, rl))
         for g in groups:
             reasons = set()
@@ -130,12 +128,10 @@ class Graph:
                 pass
             g.members.sort(key=lambda m: (m.role != "producer", m.role != "other"))
             g.name = g.members[0].fqn + f"[{g.members[0].dim}]"
-        for r, reasons in approx.items():
-            g = gid_of_root[r]
-            if g >= 0:
-                for reason in reasons:
-                    if reason not in groups[g].approximate:
-                        groups[g].approximate.append(reason)
+        for atoms, reason in rec.approx:
+            for g in np.unique(gid_of_root[root[atoms]]).tolist():
+                if g >= 0 and reason not in groups[g].approximate:
+                    groups[g].approximate.append(reason)
         self.groups = groups
         self.gid_of_root = gid_of_root
         self.ch_of_root = ch_of_root
