@@ -163,3 +163,30 @@ def test_resume_with_other_settings_is_refused(tmp_path, make_mlp, make_loader, 
     with pytest.raises(CheckpointError, match=r"written by a different run: epochs=1 \(now 2\), lr=0.05 \(now 0.1\)"):
         fit(model, make_loader(x, y), cfg.replace(epochs=2, lr=0.1, resume=True))
     _assert_unchanged(model, snap)
+
+
+def test_resume_with_prunekit_loader_shuffle_and_augmentation(tmp_path, make_mlp, data):
+    """prunekit.data's loader reshuffles and augments per epoch (set_epoch); a resume replays both."""
+    from prunekit.data import TensorLoader
+
+    x, y = data
+
+    class Jitter:  # augmentation drawn from the loader's per-epoch generator, per sample
+        def draw(self, n, gen):
+            return {"noise": 0.1 * torch.randn(n, 8, generator=gen)}
+
+        def apply(self, batch, params):
+            return batch + params["noise"]
+
+    def loader():
+        return TensorLoader(x, y, batch_size=16, shuffle=True, seed=3, transform=Jitter())
+
+    cfg = CFG.replace(checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    ref = make_mlp(dropout=0.2)
+    fit(ref, loader(), CFG)
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_mlp(dropout=0.2), loader(), cfg, callbacks=[Crash(9)])
+    resumed = make_mlp(seed=1, dropout=0.2)
+    res = fit(resumed, loader(), cfg.replace(resume=True))
+    assert res.resumed_from_step == 8
+    torch.testing.assert_close(resumed.state_dict(), ref.state_dict(), rtol=1e-6, atol=1e-7)
