@@ -138,16 +138,23 @@ def random_generator(view) -> torch.Generator:
     return g
 
 
-def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel sums of ``fn(t)`` over everything but ``dim`` (channels in sorted order), float64.
+def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sums of ``|t|`` (``kind="l1"``) or ``t**2`` (``"l2sq"``) over everything but ``dim``.
 
-    Reduces in float32 slices so no float64 copy of a large tensor is ever made.
+    Reduces in the tensor's own dtype with the fastest kernel for the layout (no float64 copy of a large
+    tensor); returns (channels in sorted order, float64 sums).
     """
     x = t.detach()
     other = [d for d in range(x.dim()) if d != dim]
-    per_pos = fn(x.float() if x.dtype in (torch.float16, torch.bfloat16) and x.numel() < 1 << 24 else x)
-    per_pos = per_pos.sum(other, dtype=torch.float64) if other else per_pos.double()
-    per_pos = per_pos.cpu().numpy()
+    if not other:
+        per_pos = x.abs() if kind == "l1" else x.square()
+    elif dim == 0:  # contiguous trailing reduction: vector_norm is a single fast pass
+        per_pos = torch.linalg.vector_norm(x, 1 if kind == "l1" else 2, dim=other)
+        if kind != "l1":
+            per_pos = per_pos.double().square()
+    else:
+        per_pos = (x.abs() if kind == "l1" else x.square()).sum(other)
+    per_pos = per_pos.double().cpu().numpy()
     valid = channel >= 0
     chans = np.unique(channel[valid])
     sums = np.bincount(channel[valid], weights=per_pos[valid], minlength=int(chans.max()) + 1 if len(chans) else 0)
