@@ -80,7 +80,8 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig | None = Non
                 if val_data is not None:
                     record.update({f"val_{k}": v for k, v in evaluate(model, val_data, device=device).items()})
                 state.history.append(record)
-                log.info("epoch %d: %s", epoch, _fmt(record))
+                if info.is_main:
+                    log.info("epoch %d: %s", epoch, _fmt(record))
                 call(callbacks, "on_epoch_end", state)
                 _save(state, info, _Position(epoch + 1), None)
                 if state.stop:
