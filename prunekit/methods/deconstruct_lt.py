@@ -254,18 +254,16 @@ def run_deconstruct_lt(ctx: RunContext) -> MethodResult:
     opts = method_options("deconstruct-lt", ctx.options)
     sparsity = target_sparsity(ctx.target, "deconstruct-lt")
     problems = []
-    if opts["variant"] not in VARIANTS:
-        problems.append(f"variant={opts['variant']!r}; choose one of {VARIANTS}")
-    if opts["criterion"] not in MASK_CRITERIA:
-        problems.append(f"criterion={opts['criterion']!r}; choose one of {sorted(MASK_CRITERIA)}")
-    if opts["rewind"] not in MASK1_ACTIONS:
-        problems.append(f"rewind={opts['rewind']!r}; choose one of {MASK1_ACTIONS}")
-    if opts["supermask_mode"] not in ("topk", "bernoulli"):
-        problems.append(f"supermask_mode={opts['supermask_mode']!r}; choose 'topk' or 'bernoulli'")
+    for key, choices, kind in (("variant", VARIANTS, "variant"), ("criterion", MASK_CRITERIA, "mask criterion"),
+                               ("rewind", MASK1_ACTIONS, "mask-1 action"),
+                               ("supermask_mode", ("topk", "bernoulli"), "supermask mode")):
+        if opts[key] not in choices:
+            problems.append(unknown_name_message(kind, opts[key], choices, key))
     if ctx.train_data is None:
         problems.append("train_data is required (every variant trains: the weights or the supermask scores)")
     if problems:
-        raise ConfigError("deconstruct-lt: " + "; ".join(problems) + ". The model was not changed.")
+        raise ConfigError("deconstruct-lt: " + "; ".join(problems) + ". Fix the options (options={...}); the "
+                          "model was not changed.")
     fqns = list(prunable_weights(ctx.model, ctx.ignore, tuple(opts["exempt"])))
     init = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     cfg = train_config(ctx, max(1, ctx.prune_epochs))
