@@ -271,7 +271,8 @@ def run_deconstruct_lt(ctx: RunContext) -> MethodResult:
         sms = attach_supermasks(ctx.model, fqns, mode=opts["supermask_mode"], sparsity=sparsity,
                                 rescale=opts["rescale"], seed=ctx.seed)
         try:
-            fit(ctx.model, ctx.train_data, cfg.replace(lr=opts["supermask_lr"], weight_decay=0.0))
+            fit(ctx.model, ctx.train_data, cfg.replace(optimizer="sgd", nesterov=False, lr=opts["supermask_lr"],
+                                                       weight_decay=0.0))
         finally:
             masks = detach_supermasks(ctx.model, sms)
         if opts["rewind"] != "init":
