@@ -27,7 +27,7 @@ from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["block_max_mask", "darb_blocks_per_row", "darb_mask", "BlockMaxPattern", "run_darb"]
+__all__ = ["block_max_mask", "darb_blocks_per_row", "quantize_blocks", "darb_mask", "BlockMaxPattern", "run_darb"]
 
 
 def _block_ids(blocks: torch.Tensor, cols: int) -> torch.Tensor:
@@ -35,17 +35,26 @@ def _block_ids(blocks: torch.Tensor, cols: int) -> torch.Tensor:
     return (torch.arange(cols, device=blocks.device)[None, :] * blocks[:, None]) // cols
 
 
-def block_max_mask(weight2d: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """Keep the largest-|w| entry of each block (first one on ties); ``blocks[i]`` blocks in row ``i``.
+def block_max_mask(weight2d: torch.Tensor, blocks: torch.Tensor | None = None, *,
+                   sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the largest-|w| entry of each block (first one on ties).
+
+    Row ``i`` is cut into ``blocks[i]`` near-equal contiguous blocks, or, with ``sizes``, into blocks of
+    exactly ``sizes[i]`` columns (the last one shorter when the size does not divide the row).
 
     Example:
         >>> w = torch.tensor([[0.1, -0.9, 0.3, 0.2], [0.5, 0.4, 0.1, 0.7]])
         >>> block_max_mask(w, torch.tensor([2, 1])).int().tolist()   # row 0: blocks [0:2], [2:4]; row 1: one block
         [[0, 1, 1, 0], [0, 0, 0, 1]]
+        >>> block_max_mask(w, sizes=torch.tensor([3, 2])).int().tolist()   # row 0: [0:3], [3:4]
+        [[0, 1, 0, 1], [1, 0, 0, 1]]
     """
     rows, cols = weight2d.shape
-    blocks = blocks.to(torch.long).clamp(1, cols)
-    ids = _block_ids(blocks, cols) + torch.arange(rows, device=blocks.device)[:, None] * cols  # unique per row
+    if sizes is not None:
+        local = torch.arange(cols, device=weight2d.device)[None, :] // sizes.to(torch.long).clamp(min=1)[:, None]
+    else:
+        local = _block_ids(blocks.to(torch.long).clamp(1, cols), cols)
+    ids = local + torch.arange(rows, device=weight2d.device)[:, None] * cols  # unique per row
     mag = weight2d.detach().abs().float()
     best = torch.full((rows * cols,), -1.0, device=mag.device).scatter_reduce(
         0, ids.flatten(), mag.flatten(), reduce="amax")
@@ -77,10 +86,48 @@ def darb_blocks_per_row(weight2d: torch.Tensor, sparsity: float) -> torch.Tensor
     return k
 
 
-def darb_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """DARB mask of one weight (any shape; rows of the ``[out, -1]`` view) at ``sparsity``."""
+def quantize_blocks(blocks: torch.Tensor, cols: int, block_sizes, keep_max: int) -> torch.Tensor:
+    """Per-row block *sizes* chosen from ``block_sizes`` (e.g. ``(4, 8, 16)``) for ``blocks`` wished blocks.
+
+    Each row takes the allowed size nearest (in log scale) to ``cols / blocks``; while the layer keeps more
+    than ``keep_max`` weights (``ceil(cols / size)`` per row), the row kept furthest above its wish moves to
+    the next larger size. At most ``keep_max`` weights are kept unless every row has the largest size.
+
+    Example:
+        >>> quantize_blocks(torch.tensor([10, 3, 1]), 32, (4, 8, 16), keep_max=14).tolist()
+        [4, 8, 16]
+    """
+    sizes = sorted({int(b) for b in block_sizes})
+    if not sizes or sizes[0] < 1:
+        raise ConfigError(f"block_sizes={tuple(block_sizes)!r} must be positive integers, e.g. (4, 8, 16)")
+    wish = blocks.clamp(min=1).double()
+    logs = torch.log(torch.tensor(sizes, dtype=torch.float64))
+    idx = (torch.log(cols / wish)[:, None] - logs[None, :]).abs().argmin(1)
+    count = lambda i: -(-cols // sizes[i])
+    k = torch.tensor([count(int(i)) for i in idx], dtype=torch.long)
+    while int(k.sum()) > keep_max:
+        over = k.double() / wish
+        over[idx == len(sizes) - 1] = -1.0  # already at the largest size
+        r = int(torch.argmax(over))
+        if over[r] < 0:
+            break
+        idx[r] += 1
+        k[r] = count(int(idx[r]))
+    return torch.tensor([sizes[int(i)] for i in idx], dtype=torch.long)
+
+
+def darb_mask(weight: torch.Tensor, sparsity: float, block_sizes=None) -> torch.Tensor:
+    """DARB mask of one weight (any shape; rows of the ``[out, -1]`` view) at ``sparsity``.
+
+    With ``block_sizes`` (e.g. ``(4, 8, 16)``) each row's block size is restricted to those values (see
+    :func:`quantize_blocks`); the sparsity is then at least ``sparsity`` instead of exactly it.
+    """
     w2 = view2d(weight)
-    return block_max_mask(w2, darb_blocks_per_row(w2, sparsity)).reshape(weight.shape)
+    blocks = darb_blocks_per_row(w2, sparsity)
+    if block_sizes:
+        sizes = quantize_blocks(blocks, w2.shape[1], block_sizes, int(blocks.sum()))
+        return block_max_mask(w2, sizes=sizes).reshape(weight.shape)
+    return block_max_mask(w2, blocks).reshape(weight.shape)
 
 
 class BlockMaxPattern(Pattern):
@@ -122,6 +169,7 @@ def _bmwm(spec, arg):
 
 
 @register_method("darb", kind="unstructured", defaults={
+    "block_sizes": None,  # None: any block count per row (exact sparsity); e.g. (4, 8, 16): allowed sizes
     "exempt": (),  # ("first",) / ("last",) keep those layers dense
 })
 def run_darb(ctx: RunContext) -> MethodResult:
@@ -130,8 +178,8 @@ def run_darb(ctx: RunContext) -> MethodResult:
     opts = method_options("darb", ctx.options)
     sparsity = target_sparsity(ctx.target, "darb")
     params = prunable_weights(ctx.model, ctx.ignore, tuple(opts["exempt"]))
-    blocks = {fqn: darb_blocks_per_row(view2d(p), sparsity) for fqn, p in params.items()}
-    masks = {fqn: block_max_mask(view2d(p), blocks[fqn]).reshape(p.shape) for fqn, p in params.items()}
+    masks = {fqn: darb_mask(p, sparsity, opts["block_sizes"]) for fqn, p in params.items()}
+    blocks = {fqn: m.reshape(m.shape[0], -1).sum(1) for fqn, m in masks.items()}  # kept = blocks per row
     install_masks_(ctx.model, masks, mode="hard")
     numel = sum(m.numel() for m in masks.values())
     return MethodResult(ctx.model, callbacks=[], info={

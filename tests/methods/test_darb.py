@@ -8,7 +8,7 @@ import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.masks import get_masks, get_pattern, install_masks_
 from prunekit.methods import RunContext, get_method
-from prunekit.methods.darb import _block_ids, block_max_mask, darb_blocks_per_row, darb_mask
+from prunekit.methods.darb import _block_ids, block_max_mask, darb_blocks_per_row, darb_mask, quantize_blocks
 
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 needs_fashion = pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
@@ -38,6 +38,21 @@ def test_darb_gives_dense_rows_more_blocks_and_hits_the_exact_sparsity():
     assert k.tolist() == [13, 1, 1, 1] and int(k.sum()) == 16
     mask = darb_mask(w, 0.75)
     assert int(mask.sum()) == 16 and mask.sum(1).tolist() == [13, 1, 1, 1]
+
+
+def test_block_sizes_restricted_to_a_set_keep_at_most_the_budget():
+    torch.manual_seed(0)
+    w = torch.randn(12, 40) * torch.linspace(0.1, 3.0, 12)[:, None]  # later rows matter more
+    mask = darb_mask(w, 0.875, block_sizes=(4, 8, 16))
+    sizes = quantize_blocks(darb_blocks_per_row(w, 0.875), 40, (4, 8, 16), round(0.125 * 480))
+    assert set(sizes.tolist()) <= {4, 8, 16} and sizes[-1] < sizes[0]  # dense rows get the small blocks
+    assert mask.sum(1).tolist() == [-(-40 // int(b)) for b in sizes] and int(mask.sum()) <= 60
+    for r in range(12):  # one weight per block of exactly sizes[r] columns
+        b = int(sizes[r])
+        for start in range(0, 40, b):
+            assert int(mask[r, start:start + b].sum()) == 1
+    with pytest.raises(ConfigError, match="block_sizes"):
+        quantize_blocks(torch.tensor([1]), 8, (0, 4), 1)
 
 
 def test_method_exact_sparsity_and_bad_pattern():
