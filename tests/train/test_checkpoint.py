@@ -190,3 +190,36 @@ def test_resume_with_prunekit_loader_shuffle_and_augmentation(tmp_path, make_mlp
     res = fit(resumed, loader(), cfg.replace(resume=True))
     assert res.resumed_from_step == 8
     torch.testing.assert_close(resumed.state_dict(), ref.state_dict(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_sigkilled_process_resumes_to_the_uninterrupted_weights(tmp_path):
+    import runpy
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("kill_worker.py")
+    marker, ck = tmp_path / "at-step", tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, str(worker), str(ck), "10", str(marker)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "worker died or never reached step 10"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((ck / "checkpoint.json").read_text())["step"] == 9  # step 10's checkpoint never happened
+
+    make = runpy.run_path(str(worker), run_name="kill_worker")["make"]
+    ref, loader, cfg = make()
+    fit(ref, loader, cfg)
+    resumed, loader, cfg = make()
+    res = fit(resumed, loader, cfg.replace(checkpoint_dir=str(ck), resume=True))
+    assert res.resumed_from_step == 9 and res.steps == 18
+    torch.testing.assert_close(resumed.state_dict(), ref.state_dict(), rtol=1e-6, atol=1e-7)
