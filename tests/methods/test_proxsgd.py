@@ -37,6 +37,18 @@ def test_group_prox_zeroes_whole_rows_and_l1_prox_is_soft_threshold():
     torch.testing.assert_close(prox_l1(z, 0.1), torch.tensor([[0.2, 0.3], [0.0, 0.0]]))
 
 
+def test_group_regularizer_zeroes_whole_output_rows_in_training():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(6)]
+    cb = UseProxSGD(mu=1e-2, regularizer="group")  # 8 of 32 rows end at zero (calibrated)
+    pk.fit(model, data, pk.TrainConfig(epochs=3, progress=False), callbacks=[cb])
+    w = model[0].weight.detach()
+    dead = (w == 0).all(1)
+    assert int(dead.sum()) > 0  # whole neurons removed
+    assert int((w[~dead] == 0).sum()) == 0  # and no scattered zeros in the surviving rows
+
+
 def test_bad_arguments_name_the_argument_and_the_fix():
     with pytest.raises(ConfigError, match="regularizer='l11'.*did you mean 'l1'"):
         ProxSGD([nn.Parameter(torch.zeros(1))], regularizer="l11")
