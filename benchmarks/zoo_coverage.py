@@ -23,6 +23,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,7 +59,8 @@ class Worker:
     def __init__(self, tool: str, threads: int):
         env = dict(os.environ, ZOO_THREADS=str(threads), PYTHONPATH=str(ROOT), YOLO_OFFLINE="1",
                    OMP_NUM_THREADS=str(threads))
-        self.log = open(RESULTS / f".zoo_worker_{tool}.log", "ab")
+        # the workers' stderr (warnings, tracebacks of crashes) goes to a log beside the system's temp files
+        self.log = open(Path(tempfile.gettempdir()) / f"prunekit_zoo_worker_{tool}.log", "ab")
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", tool],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      env=env, cwd=str(ROOT), start_new_session=True)
