@@ -245,29 +245,32 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
 
 
 def _update_size_attrs(graph, removed, name_to_mod, tx):
-    done = set()
+    """Integer attributes that sized a view/split (``self.num_heads``, ``self.split_size``) follow the new width.
+
+    Only the module that issued the op is considered, never one with a fixer (its sizes come from its
+    weights), and two different new values for one attribute are refused rather than guessed.
+    """
+    proposals: dict = {}
     for use in graph.rec.size_uses:
+        if len(use.labels) != use.size or not use.modules:
+            continue
         idx = graph._flat_index(use.labels)
-        if not len(idx):
+        n_removed = int(removed[idx].sum()) if len(idx) else 0
+        mod = name_to_mod.get(use.modules[0])
+        if mod is None or fixers_for(mod):
             continue
-        n_removed_pos = int(removed[idx].sum())
-        if not n_removed_pos:
-            continue
-        new = use.size - n_removed_pos if len(use.labels) == use.size else None
-        if new is None:
-            continue
-        for mfqn in use.modules[:2]:
-            mod = name_to_mod.get(mfqn)
-            if mod is None:
-                continue
-            for attr in SIZE_ATTRS:
-                key = (id(mod), attr)
-                if key in done:
-                    continue
-                v = mod.__dict__.get(attr)
-                if isinstance(v, int) and not isinstance(v, bool) and v == use.size:
-                    tx.set(mod, attr, new)
-                    done.add(key)
+        for attr in SIZE_ATTRS:
+            v = mod.__dict__.get(attr)
+            if isinstance(v, int) and not isinstance(v, bool) and v == use.size:
+                proposals.setdefault((id(mod), attr), (mod, use.modules[0], set()))[2].add(use.size - n_removed)
+    for (_, attr), (mod, mfqn, values) in proposals.items():
+        if len(values) > 1:
+            raise PruneError(f"attribute {attr}={getattr(mod, attr)} sizes dims that would get different widths "
+                             f"{sorted(values)}; the engine cannot tell which one it means", fqn=mfqn,
+                             op="update size attributes")
+        new = next(iter(values))
+        if new != getattr(mod, attr):
+            tx.set(mod, attr, new)
 
 
 def _validate(model, graph, example_inputs):
