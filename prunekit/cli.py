@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="results prefix (default: the grid's `out`)")
     b.add_argument("--fresh", action="store_true", help="ignore finished cells and start over")
     b.add_argument("--limit", type=int, help="run at most this many new cells, then write the report")
+    b.add_argument("--reverse", action="store_true",
+                   help="work from the last cell backwards (a second process on the same grid)")
 
     m = sub.add_parser("methods", help="the catalogue of papers and the status of each implementation")
     m.add_argument("--json", action="store_true")
@@ -247,7 +249,7 @@ def _cmd_inspect(args) -> int:
 def _cmd_bench(args) -> int:
     from .workflows import bench_job
 
-    rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit)
+    rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit, reverse=args.reverse)
     print(f"{rep['done']} cells done, {rep['ran']} run now, {rep['remaining']} remaining; table: {rep['markdown']}")
     return 0
 

@@ -162,9 +162,12 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
 
 
 def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, progress: bool = True,
-             limit: int | None = None, command: str | None = None) -> dict:
+             limit: int | None = None, command: str | None = None, reverse: bool = False) -> dict:
     """Run every unfinished cell of ``grid`` (at most ``limit`` new ones), then write the aggregated report.
 
+    A cell is skipped when its file exists (written by this or any other run of the same protocol), so a
+    second process started with ``reverse=True`` works through the grid from the other end and the two
+    meet in the middle. The report covers every finished cell of the grid, whoever ran it.
     Returns ``{"done", "ran", "remaining", "json", "markdown", "pareto"}``.
     """
     from ..report import write_bench_report, write_json
@@ -177,25 +180,34 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
     ctx = _Context(grid)
     base = baseline_numbers(ctx, cells_dir / "baseline.json")
     ran = 0
-    results = []
     todo = grid.cells()
-    for i, (method, target, seed) in enumerate(todo):
+
+    rerun = set() if resume else set(todo)  # --fresh: every cell runs again once
+
+    def finished(method, target, seed):
         path = cells_dir / f"{cell_id(method, target, seed)}.json"
-        if resume and path.is_file():
+        if (method, target, seed) not in rerun and path.is_file():
             data = json.loads(path.read_text())
             if data.get("fingerprint") == fp:
-                results.append(data)
-                continue
-        if limit is not None and ran >= limit:
+                return data
+        return None
+
+    order = list(enumerate(todo))
+    for i, (method, target, seed) in (reversed(order) if reverse else order):
+        if finished(method, target, seed) is not None:
             continue
+        if limit is not None and ran >= limit:
+            break
         log.info("cell %d/%d: %s %s seed %d", i + 1, len(todo), method, target, seed)
         cell = run_cell(ctx, method, target, seed, base, progress=progress)
         cell["fingerprint"] = fp
-        write_json(cell, path)
-        results.append(cell)
+        write_json(cell, cells_dir / f"{cell_id(method, target, seed)}.json")
+        rerun.discard((method, target, seed))
         ran += 1
+    results = [c for c in (finished(*cell) for cell in todo) if c is not None]
     protocol = {"model": grid.model, "data": grid.data, "baseline": grid.baseline,
-                "training images": grid.subset or "all", "fine-tune epochs": grid.finetune_epochs,
+                "fine-tune images": ctx.bundle(grid.seeds[0]).train.num_samples,
+                "fine-tune epochs": grid.finetune_epochs,
                 "fine-tune lr": grid.lr, "batch size": grid.batch_size,
                 "BN recalibration batches": grid.calib_batches, "seeds": list(grid.seeds),
                 "test set": "complete", "device": grid.device, "machine": _machine()}

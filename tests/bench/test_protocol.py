@@ -49,3 +49,13 @@ def test_changed_protocol_reruns_cells(tmp_path):
     assert run_grid(grid, progress=False)["ran"] == 0
     changed = _grid(tmp_path, methods=("criterion:l1",), seeds=(0,), lr=0.01)
     assert run_grid(changed, progress=False)["ran"] == 1
+
+
+def test_reverse_worker_and_report_cover_every_finished_cell(tmp_path):
+    grid = _grid(tmp_path, methods=("criterion:l1", "criterion:l2"), seeds=(0,))
+    back = run_grid(grid, limit=1, reverse=True, progress=False)
+    assert (back["ran"], back["done"]) == (1, 1)
+    assert [p.name for p in (tmp_path / "res" / "tiny.cells").glob("macs*.json")] == ["macs_0.5__criterion_l2__s0.json"]
+    forward = run_grid(grid, progress=False)
+    assert (forward["ran"], forward["done"], forward["remaining"]) == (1, 2, 0)
+    assert len(json.loads((tmp_path / "res" / "tiny.json").read_text())["cells"]) == 2
