@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -6,7 +8,10 @@ from prunekit.errors import ConfigError
 from prunekit.masks import get_masks
 from prunekit.masks.workflows import find_ticket, reinit_
 from prunekit.methods import RunContext, get_method, load_all
+from prunekit.data.sources import FASHION_DIR
 from prunekit.train import TrainConfig
+
+FASHION = os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
 
 
 def data(n=6):
@@ -56,3 +61,37 @@ def test_reinit_control_keeps_the_mask_and_changes_the_weights():
     init = mlp().state_dict()["0.weight"]
     w = model[0].weight.detach()
     assert int((w[~m] != 0).sum()) == 0 and not torch.allclose(w[m], init[m])
+
+
+# --- small-scale check (scaled) ----------------------------------------------------------------------------
+# The seed-0 cell of `python benchmarks/weight_init.py` (that run set the threshold): LeNet-300-100,
+# Fashion-MNIST 10,000 training images (no augmentation), Adam 1.2e-3; ticket to 80% in 3 rounds of 1 epoch
+# with rewinding to init, then ticket vs the same mask re-initialised, each trained 3 epochs. Measured, seeds
+# 0/1/2: ticket 82.69/82.15/82.14%, re-init 81.19/80.98/80.25% (+1.50/+1.17/+1.89 pp); asserted >= +0.5 pp.
+LTH_MARGIN = 0.5  # pp
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed")
+def test_small_scale_ticket_beats_random_reinit(record_property):
+    import copy
+
+    import prunekit as pk
+
+    seed = 0
+    bundle = pk.data.load("fashion-mnist", batch_size=128, subset=10000, augment=False, seed=seed)
+    cfg = pk.TrainConfig(epochs=3, lr=1.2e-3, optimizer="adam", weight_decay=0.0, scheduler="constant",
+                         progress=False, seed=seed)
+    torch.manual_seed(seed)
+    model = pk.models.create("lenet300", num_classes=10, in_channels=1, input_size=28)
+    find_ticket(model, bundle.train, cfg.replace(epochs=1), sparsity=0.8, rounds=3)
+    control = copy.deepcopy(model)
+    reinit_(control, seed=seed + 1000)
+    accs = {}
+    for name, net in (("ticket", model), ("reinit", control)):
+        pk.fit(net, bundle.train, cfg)
+        accs[name] = pk.evaluate(net, bundle.test)["accuracy"]
+    record_property("accuracies", accs)
+    masks = get_masks(model)
+    assert {k: int((~m).sum()) for k, m in masks.items()} == {k: round(0.8 * m.numel()) for k, m in masks.items()}
+    assert accs["ticket"] >= accs["reinit"] + LTH_MARGIN / 100
