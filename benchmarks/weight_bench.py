@@ -2,7 +2,7 @@
 
 LeNet-300-100 on Fashion-MNIST from the shipped trained baseline (`baselines/lenet300-fashion-mnist`),
 prunekit's weight methods beside torch.nn.utils.prune global magnitude, 90-98% sparsity, 3 seeds.
-Scaled protocol (2 shared CPU cores): 10,000 training images, 1 epoch for training-time methods, 2 epochs
+Scaled protocol (2 shared CPU cores): 10,000 training images (no augmentation, like the baseline), 1 epoch for training-time methods, 2 epochs
 of fine-tuning (SGD momentum 0.9, cosine, lr 0.01); every accuracy on the complete 10,000-image test set.
 
 Resumable: finished cells are kept in <out>.cells/ and skipped on the next run.
@@ -20,7 +20,8 @@ GRID = {
     "model": "lenet300",
     "data": "fashion-mnist",
     "baseline": "lenet300-fashion-mnist",
-    "methods": ["han-magnitude", "agp", "dns", "lr-rewinding", "criterion:magnitude", "torch-prune:global-magnitude"],
+    "methods": ["han-magnitude", "agp", "dns", "lr-rewinding", "deep-compression", "criterion:magnitude",
+                "torch-prune:global-magnitude"],
     "targets": ["sparsity=0.9", "sparsity=0.92", "sparsity=0.95", "sparsity=0.98"],
     "seeds": [0, 1, 2],
     "prune_epochs": 1,
@@ -30,6 +31,7 @@ GRID = {
     "subset": 10000,
     "calib_batches": 1,
     "latency": False,
+    "data_options": {"augment": False},  # the shipped baseline was trained without augmentation
     "options": {"han-magnitude": {"rounds": 3, "retrain_epochs": 1}, "lr-rewinding": {"rate": 0.5}},
 }
 
