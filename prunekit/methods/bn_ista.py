@@ -13,8 +13,9 @@ weights reading those channels by ``alpha`` — the function is unchanged but th
 the same ``rho`` zeroes them sooner — and undoes the rescaling after training. Here the proximal step is the
 :class:`~prunekit.methods._regularizers.BNScaleISTA` callback, ``lambda_l`` is the per-channel MAC cost of the
 layer normalised to mean 1 (the paper's exact Eq. 2 normalisation is not reproduced), the rescaling is
-checked numerically to preserve the model's outputs, and the cut ranks channels by ``|gamma|`` globally,
-so exact zeros go first, until the MAC/parameter target is met.
+checked numerically to preserve the model's outputs, the constant output of each zero channel is folded
+into the layers that read it (bias, or the running mean of the BatchNorm after the reader), and the cut
+ranks channels by ``|gamma|`` globally, so exact zeros go first, until the MAC/parameter target is met.
 """
 from __future__ import annotations
 
@@ -133,6 +134,81 @@ class GammaRescale:
         self.readers = []
 
 
+def fold_constant_channels_(model: nn.Module, ctx, batches=None) -> dict:
+    """Fold the constant output of every ``gamma == 0`` channel into the layers that read it, then silence it.
+
+    A channel whose BatchNorm scale is exactly zero emits the same value ``v`` at every position (after the
+    ReLU: ``max(beta, 0)``; pools keep it). For each reader we check, on recorded inputs, that the channel is
+    constant, and add its contribution to the reader's bias (linear/conv with bias) or subtract it from the
+    running mean of the BatchNorm that follows the reader (in training mode that BN removes constants by
+    itself); the channel's ``beta`` and running mean are then zeroed, so it outputs exactly 0 and removing it
+    is exact. With zero-padded convolutions only border pixels differ. Returns
+    ``{"folded": n, "not_folded": n}``.
+    """
+    from ._filter_common import filter_groups
+
+    mods = dict(model.named_modules())
+    groups = filter_groups(model, ctx)
+    out_bn = {c: g.bns[0] for g in groups for c in g.convs if g.bns}
+    readers = []  # (bn module, channel, reader module fqn, positions in the reader's input feature dim)
+    for g in groups:
+        for b in g.bns:
+            bn = mods[b]
+            zero = (bn.weight.detach() == 0).nonzero().flatten().tolist()
+            for c in zero:
+                for m in g.group.members:
+                    if m.role != "consumer":
+                        continue
+                    r_fqn, pname = m.fqn.rpartition(".")[0], m.fqn.rpartition(".")[2]
+                    r = mods.get(r_fqn)
+                    if pname == "weight" and isinstance(r, (nn.Conv2d, nn.Linear)) and m.dim == 1:
+                        readers.append((bn, c, r_fqn, m.positions([c])))
+    if not readers:
+        return {"folded": 0, "not_folded": 0}
+    seen: dict[str, list] = {}
+    hooks = [mods[f].register_forward_pre_hook(lambda mod, i, f=f: seen.setdefault(f, []).append(i[0].detach()))
+             for f in {r[2] for r in readers}]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for inputs in (batches if batches is not None else [(ctx.example_inputs, None)]):
+                _forward(model, inputs[0])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    folded = skipped = 0
+    done: set = set()
+    with torch.no_grad():
+        for bn, c, r_fqn, pos in readers:
+            r = mods[r_fqn]
+            x = torch.cat(seen[r_fqn])
+            cols = x[:, torch.as_tensor(pos)] if isinstance(r, nn.Linear) else x[:, int(pos[0])]
+            v = cols.reshape(len(x), -1) if isinstance(r, nn.Linear) else cols.reshape(-1)
+            if not bool(torch.allclose(v, v.reshape(-1)[0].expand_as(v), atol=1e-6)):
+                skipped += 1
+                continue
+            if isinstance(r, nn.Linear):
+                delta = r.weight[:, torch.as_tensor(pos)] @ v[0]
+            else:
+                delta = r.weight[:, int(pos[0])].sum(dim=(-2, -1)) * v.reshape(-1)[0]
+            if r.bias is not None:
+                r.bias.add_(delta)
+            elif r_fqn in out_bn and mods[out_bn[r_fqn]].running_mean is not None:
+                mods[out_bn[r_fqn]].running_mean.sub_(delta)
+            else:
+                skipped += 1
+                continue
+            done.add((id(bn), c))
+            folded += 1
+        for bn, c, _, _ in readers:
+            if (id(bn), c) in done:
+                bn.bias[c] = 0.0
+                bn.running_mean[c] = 0.0
+    return {"folded": folded, "not_folded": skipped}
+
+
 def ista_callbacks(model: nn.Module, example_inputs, rho: float = DEFAULTS["rho"],
                    cost_weighted: bool = True) -> list:
     """The BN-ISTA proximal step for any training loop (all affine BatchNorms of ``model``)."""
@@ -158,7 +234,8 @@ def run(ctx: RunContext) -> MethodResult:
         fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=cbs)
         rescale.undo_()
     zero = cbs[0].zero_fraction()
+    fold = fold_constant_channels_(ctx.model, ctx, ctx.calib)
     scores = bn_scale_scores(ctx.model)
     report = cut_to_target(ctx.model, ctx, scores, allocation="global")
     return MethodResult(model=ctx.model, info={"rho": opts["rho"], "alpha": opts["alpha"],
-                                               "zero_gamma_fraction": zero, **report})
+                                               "zero_gamma_fraction": zero, **fold, **report})

@@ -88,3 +88,28 @@ def test_small_alpha_zeroes_more_scales_and_zero_channels_are_removed():
     info = cut_to_target(model, ctx, bn_scale_scores(model), "global")
     assert info["removed_channels"] >= n_zero
     assert all(float(bn.weight.detach().abs().min()) > 0 for _, bn in bn_layers(model))  # every zero is gone
+
+
+def test_constant_channels_are_folded_into_their_readers():
+    # entry check (a): a 1x1 conv (no padding) reads the pruned channels, so folding is exact to 1e-4; a GAP +
+    # linear reader as well. Channels 1 and 3 of bn1 and channel 0 of bn2 have gamma = 0 and beta > 0.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 1), nn.BatchNorm2d(5),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.bias.uniform_(0.1, 0.5)
+        model[1].weight[[1, 3]] = 0.0
+        model[4].weight[0] = 0.0
+    model.eval()
+    x = torch.randn(6, 1, 8, 8)
+    before = model(x).detach()
+    ctx = RunContext(model=model, example_inputs=x, target="macs=0.99")
+    from prunekit.methods.bn_ista import fold_constant_channels_
+
+    assert fold_constant_channels_(model, ctx) == {"folded": 3, "not_folded": 0}
+    torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
+    info = cut_to_target(model, ctx, bn_scale_scores(model), "global")
+    assert info["removed_channels"] == 3 and model[3].in_channels == 2 and model[9].in_features == 4
+    torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
