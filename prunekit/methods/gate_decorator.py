@@ -13,9 +13,10 @@ epoch with an L1 penalty on the gates, so it adapts to the removals and prepares
 the gates are merged into the BatchNorm affine parameters and the masked channels are sliced out. Here the
 gates are :class:`~prunekit.methods._filter_common.ChannelGates` (hooks; the model's modules are unchanged),
 the tick and tock are short :func:`prunekit.train.fit` runs with the callbacks of
-:mod:`prunekit.methods._regularizers`, the number of channels to remove is what the engine's global
-allocation needs for the MAC/parameter target, spread evenly over ``ctx.prune_epochs`` tocks of
-``ticks_per_tock`` ticks, and the final cut goes through the structural engine.
+:mod:`prunekit.methods._regularizers`, there are ``ctx.prune_epochs`` tocks of ``ticks_per_tock`` ticks, and
+each tick masks its share of the channels still needed to reach the MAC/parameter target (re-estimated from
+the engine's exact cost model with the current scores), so the masks meet the target at the last tick; the
+final cut goes through the structural engine. The FLOPs-aware score variant is not included.
 """
 from __future__ import annotations
 

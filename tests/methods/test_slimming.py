@@ -1,4 +1,5 @@
 """Network slimming: the L1 term on BN scales makes them sparse; the global cut gives non-uniform widths."""
+import pytest
 import torch
 from torch import nn
 
@@ -26,6 +27,7 @@ def test_l1_subgradient_is_added_to_the_scale_gradients_only():
     assert torch.equal(lin.weight.grad, g_lin)
 
 
+@pytest.mark.slow
 def test_sparsity_training_makes_scales_sparse_and_the_global_cut_non_uniform():
     # entry checks (a)+(b), scaled: vgg-small at width 0.25, 3k Fashion-MNIST images, 2 epochs from scratch at
     # lr 0.1 with s = 0.02 (the paper's 1e-4 is for ~60k steps; the entry's 5e-3 for ~1.5k; here 94 steps).
