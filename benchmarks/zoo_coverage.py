@@ -44,14 +44,27 @@ def worker(tool: str) -> None:
     from benchmarks import zoo
 
     cases = {c.name: c for c in zoo.all_cases()}
+    engine = engine_version()
     for line in sys.stdin:
         name = line.strip()
         if not name:
             continue
         case = cases.get(name) or zoo.get(name)
         rec = zoo.run_case(case, tool)
+        if tool == "prunekit":
+            rec["engine"] = engine
         sys.stdout.write("RESULT " + json.dumps(rec) + "\n")
         sys.stdout.flush()
+
+
+def engine_version() -> str:
+    """The last commit that touched the prunekit package ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%h", "--", "prunekit"], cwd=str(ROOT),
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 # ------------------------------------------------------------------ driver side
@@ -116,10 +129,18 @@ def load_records(path: Path) -> dict[tuple[str, str], dict]:
     return recs
 
 
-def run_all(tools: list[str], names: list[str], jsonl: Path, limit_s: float, threads: int) -> None:
-    """Run every model with every tool, model by model (the tools side by side), skipping recorded pairs."""
+def run_all(tools: list[str], names: list[str], jsonl: Path, limit_s: float, threads: int,
+            redo_stale: bool = False) -> None:
+    """Run every model with every tool, model by model (the tools side by side), skipping recorded pairs
+    (with ``redo_stale``, prunekit records made with an older engine commit are run again)."""
     done = load_records(jsonl)
-    todo = [(n, t) for n in names for t in tools if (n, t) not in done]
+    engine = engine_version()
+
+    def needed(n: str, t: str) -> bool:
+        r = done.get((n, t))
+        return r is None or (redo_stale and t == "prunekit" and r.get("engine") != engine)
+
+    todo = [(n, t) for n in names for t in tools if needed(n, t)]
     print(f"{len(todo)} of {len(names) * len(tools)} (model, tool) pairs to run", flush=True)
     workers: dict[str, Worker] = {}
     for i, (name, tool) in enumerate(todo):
@@ -213,7 +234,8 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], limit_s: float) -> N
         "",
         f"Produced by `{COMMAND}` (per-model limit {limit_s:.0f} s, one thread per worker),"
         " rendered from `benchmarks/results/zoo.jsonl` by `python benchmarks/zoo_coverage.py --report-only`.",
-        f"Machine: {machine()}. Versions: {versions()}.",
+        f"Machine: {machine()}. Versions: {versions()}; prunekit engine commit(s) of the prunekit"
+        f" column: {', '.join(sorted({r.get('engine', 'unrecorded') for r in recs.values() if r['tool'] == 'prunekit'})) or 'none'}.",
         "",
         "Each model is built with random weights and small inputs (`benchmarks/zoo.py`), then pruned at"
         " sparsity 0.5 with its output heads ignored: prunekit with `pk.prune_(model, example_inputs=x,"
@@ -278,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jsonl", default=str(RESULTS / "zoo.jsonl"))
     ap.add_argument("--md", default=str(RESULTS / "zoo.md"))
+    ap.add_argument("--redo-stale", action="store_true",
+                    help="run prunekit again where its record was made with an older engine commit")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     if args.worker:
@@ -302,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [t for t in tools if t not in TOOLS]
         if bad:
             ap.error(f"--tools: unknown {bad}; choose from {', '.join(TOOLS)}")
-        run_all(tools, names, jsonl, args.limit_s, args.threads)
+        run_all(tools, names, jsonl, args.limit_s, args.threads, args.redo_stale)
     all_names = [c.name for c in cases]
     write_markdown(jsonl, md, all_names, args.limit_s)
     print(f"wrote {md}", flush=True)
