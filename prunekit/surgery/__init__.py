@@ -284,7 +284,8 @@ def _validate(model, graph, example_inputs):
     finally:
         for m, t in training.items():
             m.training = t
-    before = output_shapes(graph.output)
-    after = output_shapes(out)
+    # dim 0 is the batch (or, for detectors, the data-dependent number of boxes): compare the rest
+    before = [s[1:] + (len(s),) for s in output_shapes(graph.output)]
+    after = [s[1:] + (len(s),) for s in output_shapes(out)]
     if before != after:
         raise PruneError(f"output shapes changed from {before} to {after}", op="validation forward")
