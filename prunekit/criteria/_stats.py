@@ -65,7 +65,7 @@ def channel_maps(view: ChannelView) -> list:
     def compute():
         maps = [x for _, x in readers(view)]
         if not maps and view.activations is not None and view.role == "producer":
-            maps = [view.activations.float().t().unsqueeze(0)]  # [1, n, samples]: no per-image layout
+            maps = [view.activations.float().unsqueeze(0)]  # [1, n, samples]: no per-image layout
         return maps
 
     return _cached(view, "maps", compute)
