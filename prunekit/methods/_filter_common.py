@@ -319,10 +319,6 @@ def steps_per_epoch(train_data) -> int:
         ) from None
 
 
-def isclose_fraction(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=0.0, abs_tol=1e-9)
-
-
 # ------------------------------------------------------------------------------------------ method plumbing
 def method_options(method_id: str, ctx) -> dict:
     """``MethodSpec.defaults`` of ``method_id`` updated with ``ctx.options`` (unknown keys are a ConfigError)."""

@@ -1,5 +1,4 @@
 """Gate Decorator: Taylor importance on gates, global selection, melt exactness, tick-tock run."""
-import copy
 
 import torch
 from torch import nn
