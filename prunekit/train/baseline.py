@@ -31,9 +31,9 @@ _VERSION = 1
 # train_baseline argument -> CLI flag, in the order they appear on the recorded command line
 _FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "weight_decay": "--weight-decay", "optimizer": "--optimizer",
           "scheduler": "--scheduler", "label_smoothing": "--label-smoothing", "augment": "--augment",
-          "seed": "--seed"}
+          "seed": "--seed", "subset": "--subset"}
 _DEFAULTS = {"lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "optimizer": "sgd", "scheduler": "cosine",
-             "label_smoothing": 0.0, "augment": None, "seed": 0}
+             "label_smoothing": 0.0, "augment": None, "seed": 0, "subset": None}
 
 
 def baselines_dir() -> Path:
@@ -93,7 +93,8 @@ def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epoc
     result = fit(net, bundle.train, cfg)
     test = evaluate(net, bundle.test, device=device)
     options = {"lr": lr, "batch_size": batch_size, "weight_decay": weight_decay, "optimizer": optimizer,
-               "scheduler": scheduler, "label_smoothing": label_smoothing, "augment": augment, "seed": seed}
+               "scheduler": scheduler, "label_smoothing": label_smoothing, "augment": augment, "seed": seed,
+               "subset": subset}
     blob = tensors_to_bytes(net.state_dict())
     meta = {"type": _TYPE, "version": _VERSION, "model": model, "data": data, "build": build,
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_n": test["n"], "epochs": epochs,

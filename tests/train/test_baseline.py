@@ -68,8 +68,9 @@ def test_unknown_baseline_names_the_closest(trained):
 
 def test_command_line_lists_only_changed_options():
     assert command_line("resnet20", "fashion-mnist", 6, "baselines/r.safetensors", lr=0.1, augment="none",
-                        batch_size=128) == ("prunekit train --model resnet20 --data fashion-mnist --epochs 6 "
-                                            "--out baselines/r.safetensors --augment none")
+                        batch_size=128, subset=5000) == ("prunekit train --model resnet20 --data fashion-mnist "
+                                                         "--epochs 6 --out baselines/r.safetensors --augment none "
+                                                         "--subset 5000")
 
 
 SHIPPED = list_baselines()
