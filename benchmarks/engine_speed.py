@@ -26,7 +26,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 TOOLS = ("prunekit", "torch-pruning")
 MAIN = ("resnet50", "vit_b_16", "bert-base", "llama-1b")
 DEPTH = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-COMMAND = "nice -n 10 python benchmarks/engine_speed.py"
+COMMAND = "nice -n 10 python benchmarks/engine_speed.py --repeat 2"
 
 
 def build(name: str):
@@ -112,14 +112,30 @@ def measure_one(name: str, tool: str, threads: int) -> dict:
             "threads": threads}
 
 
-def load_all(path: Path) -> dict:
-    """(model, tool) -> every record of that pair, in file order."""
-    recs: dict = {}
+def engine_version() -> str:
+    """The last commit that touched the prunekit package ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%h", "--", "prunekit"], cwd=str(ROOT),
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_all(path: Path, engine: str | None = None) -> dict:
+    """(model, tool) -> every record of that pair, in file order; prunekit records only from the engine
+    commit ``engine`` (default: the one of the last prunekit record) when records carry one."""
+    rows = []
     if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                recs.setdefault((r["model"], r["tool"]), []).append(r)
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if engine is None:
+        engines = [r["engine"] for r in rows if r.get("tool") == "prunekit" and "engine" in r]
+        engine = engines[-1] if engines else None
+    recs: dict = {}
+    for r in rows:
+        if r["tool"] == "prunekit" and engine is not None and r.get("engine") != engine:
+            continue
+        recs.setdefault((r["model"], r["tool"]), []).append(r)
     return recs
 
 
@@ -144,7 +160,9 @@ def load(path: Path) -> dict:
 
 def write_markdown(path: Path, md: Path) -> None:
     recs = load(path)
+    engines = sorted({r.get("engine", "unrecorded") for (m, t), r in recs.items() if t == "prunekit"})
     lines = ["# Structural engine: speed and memory next to Torch-Pruning", "",
+             f"prunekit engine commit: {', '.join(engines) or 'none'}; Torch-Pruning 1.6.1.", "",
              f"Produced by `{COMMAND}` (one fresh subprocess per model and tool, one CPU thread), rendered from"
              " `benchmarks/results/engine_speed.jsonl` by `python benchmarks/engine_speed.py --report-only`.",
              "Time = wall time of one analyse + prune-50% call with the output head ignored; peak extra ="
@@ -214,7 +232,8 @@ def main(argv=None) -> int:
         return 0
     jsonl, md = Path(args.jsonl), Path(args.md)
     if not args.report_only:
-        done = load_all(jsonl)
+        engine = engine_version()
+        done = load_all(jsonl, engine)
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
         for name in args.models.split(","):
             for tool in args.tools.split(","):
@@ -234,6 +253,8 @@ def main(argv=None) -> int:
                 except subprocess.TimeoutExpired:
                     rec = {"model": name, "tool": tool, "error": f"no result within {args.limit_s:.0f} s"}
                 rec["wall_s"] = round(time.perf_counter() - t0, 1)
+                if tool == "prunekit":
+                    rec["engine"] = engine
                 with jsonl.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(json.dumps(rec), flush=True)
