@@ -12,23 +12,26 @@ from __future__ import annotations
 import torch
 
 from ._base import ChannelView, register_criterion
-from ._stats import channel_maps, per_channel
+from ._stats import _cached, channel_maps, per_channel
 
 
-def _reduce_maps(view: ChannelView, fn) -> torch.Tensor | None:
-    maps = channel_maps(view)
-    if not maps:
-        return None
-    return torch.stack([fn(m.movedim(1, 0).reshape(m.shape[1], -1)) for m in maps]).mean(0)  # [width]
+def _reduce_maps(view: ChannelView, key: str, fn) -> torch.Tensor | None:
+    def compute():
+        maps = channel_maps(view)
+        if not maps:
+            return None
+        return torch.stack([fn(m.movedim(1, 0).reshape(m.shape[1], -1)) for m in maps]).mean(0)  # [width]
+
+    return _cached(view, key, compute)
 
 
 @register_criterion("apoz", needs=("activations",))
 def score_apoz(view: ChannelView) -> torch.Tensor:
     """``1 - APoZ``: the fraction of non-zero responses (higher = keep)."""
-    return per_channel(view, _reduce_maps(view, lambda a: (a != 0).double().mean(1)))
+    return per_channel(view, _reduce_maps(view, "apoz", lambda a: (a != 0).double().mean(1)))
 
 
 @register_criterion("mean-act", needs=("activations",))
 def score_mean_act(view: ChannelView) -> torch.Tensor:
     """Mean response of each channel over calibration images and positions."""
-    return per_channel(view, _reduce_maps(view, lambda a: a.double().mean(1)))
+    return per_channel(view, _reduce_maps(view, "mean-act", lambda a: a.double().mean(1)))

@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 
 from ._base import ChannelView, register_criterion
-from ._stats import channel_maps, per_channel
+from ._stats import _cached, channel_maps, per_channel
+
+MAX_IMAGES = 128  # images per reading layer; the paper finds the average rank stable after a few batches
 
 
 def average_rank(maps: torch.Tensor) -> torch.Tensor:
     """``[N, C, H, W]`` -> mean matrix rank per channel ``[C]``; ``[N, C, k]`` maps count as 1 x k rows."""
-    m = maps.double()
+    m = maps.float()
     if m.dim() == 3:
         m = m.unsqueeze(2)
     return torch.linalg.matrix_rank(m).double().mean(0)
@@ -24,6 +26,8 @@ def average_rank(maps: torch.Tensor) -> torch.Tensor:
 
 @register_criterion("hrank", needs=("activations",))
 def score_hrank(view: ChannelView) -> torch.Tensor:
-    maps = channel_maps(view)
-    ranks = torch.stack([average_rank(m) for m in maps]).mean(0) if maps else None
-    return per_channel(view, ranks)
+    def compute():
+        maps = channel_maps(view)
+        return torch.stack([average_rank(m[:MAX_IMAGES]) for m in maps]).mean(0) if maps else None
+
+    return per_channel(view, _cached(view, "hrank", compute))

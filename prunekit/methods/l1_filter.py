@@ -1,0 +1,194 @@
+"""L1-filter: remove the filters with the smallest sum of absolute weights, layer by layer.
+
+Paper: Hao Li, Asim Kadav, Igor Durdanovic, Hanan Samet, Hans Peter Graf, "Pruning Filters for Efficient
+ConvNets", ICLR 2017. https://arxiv.org/abs/1608.08710
+
+The paper ranks the filters of each convolution by the L1 norm of their own kernel weights and removes the
+weakest ones together with the feature maps they produce and the matching input slices of the next layer.
+How much each layer loses is read off a sensitivity analysis: every layer is pruned alone at growing
+ratios and evaluated without retraining, and layers whose accuracy falls quickly are pruned less or not
+at all; the network is then retrained. Here the score is the engine's ``l1`` criterion on the producing
+filters (``reduce="producer"``), the allocation is the same fraction per layer by default (the engine
+finds the fraction that meets the MAC/parameter target) or, with ``allocation="sensitivity"``, the
+per-layer ratios of :mod:`prunekit.allocate.sensitivity` measured on the validation data.
+
+This module also holds the small driver the other one-shot criterion methods share
+(:func:`prune_with_criterion`, :func:`prune_iteratively`).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+
+import torch
+
+from ..errors import ConfigError
+from ._registry import MethodResult, RunContext, get_method, register_method
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "allocation": "uniform",  # uniform | global | sensitivity (the paper's per-layer choice)
+    "reduce": "producer",  # score the producing filters' own weights, as the paper does
+    "max_batches": 4,  # validation batches per evaluation of the sensitivity sweep
+}
+_ALLOCATIONS = ("uniform", "global", "sensitivity")
+
+
+def _choice(method: str, name: str, value, choices) -> None:
+    if value not in choices:
+        from .._registry import closest
+
+        hint = closest(str(value), list(choices))
+        raise ConfigError(f"method {method!r}: options[{name!r}]={value!r} is not valid" +
+                          (f"; did you mean {hint!r}?" if hint else "") + f"; choose one of {list(choices)}")
+
+
+def check_context(ctx: RunContext, method: str, *, needs_calib: bool, needs_train: bool = False) -> None:
+    """Fail before touching the model: target kind, data a method needs, ignore names (one error for all)."""
+    from ..allocate import parse_target
+
+    problems = []
+    try:
+        parse_target(ctx.target)
+    except ConfigError as e:
+        problems.append(f"method {method!r}: {e}")
+    if needs_calib and not ctx.calib:
+        problems.append(f"method {method!r} scores channels from data but calib={ctx.calib!r}; pass a few "
+                        f"calibration batches (RunContext(calib=[(inputs, targets), ...]), `prunekit run` "
+                        f"--calib-batches N) or use a data-free method such as 'l1-filter' or 'fpgm'")
+    if needs_train and ctx.train_data is None:
+        problems.append(f"method {method!r} fine-tunes between pruning steps but train_data=None; pass training "
+                        f"batches (RunContext(train_data=loader))")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def prune_with_criterion(ctx: RunContext, method: str, criterion: str, *, allocation: str = "uniform",
+                         reduce: str = "group", per_layer: dict | None = None, calib_needed: bool = True,
+                         target: str | None = None) -> dict:
+    """One engine cut of ``ctx.model`` to ``ctx.target`` ranked by ``criterion``; returns the engine report.
+
+    The engine plans first (an unreachable target or a missing input raises ConfigError and changes
+    nothing) and applies the plan transactionally.
+    """
+    from ..api import prune_
+
+    kw = dict(example_inputs=ctx.example_inputs, criterion=criterion, calib=ctx.calib if calib_needed else None,
+              ignore=list(ctx.ignore), reduce=reduce, seed=ctx.seed)
+    if per_layer is not None:
+        rep = prune_(ctx.model, per_layer=per_layer, **kw)
+    else:
+        rep = prune_(ctx.model, target=target or ctx.target, global_=allocation == "global", **kw)
+    return rep.to_dict()
+
+
+def _cost(model, example_inputs, kind: str, ignore) -> int:
+    from ..api import inspect
+
+    ins = inspect(model, example_inputs, ignore=list(ignore))
+    return ins.macs if kind == "macs" else ins.params
+
+
+def _widths(model, example_inputs, ignore) -> int:
+    from ..api import inspect
+
+    return sum(g.width for g in inspect(model, example_inputs, ignore=list(ignore)).groups)
+
+
+def prune_iteratively(ctx: RunContext, method: str, criterion: str, *, per_round: int, max_rounds: int,
+                      steps_between: int, lr: float, allocation: str = "global", reduce: str = "group") -> dict:
+    """Remove ``per_round`` globally lowest-scoring channels per cut (more when ``max_rounds`` cuts would not
+    reach ``ctx.target``), training ``steps_between`` minibatches of ``ctx.train_data`` with SGD (momentum
+    0.9) after each cut; the last cut lands exactly on the target. Training steps are capped at
+    ``ctx.prune_epochs`` passes over ``ctx.train_data`` when its length is known.
+
+    The target is planned on the unpruned model first, so an unreachable one fails with the model unchanged.
+    """
+    from ..allocate import parse_target
+    from ..api import plan
+
+    kind, frac = parse_target(ctx.target)
+    p = plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="l1", ignore=list(ctx.ignore),
+             global_=allocation == "global", reduce=reduce)  # raises before any change
+    n_total = sum(g.removed for g in p.groups)
+    per = max(int(per_round), math.ceil(n_total / max(int(max_rounds), 1)))
+    rounds = max(1, math.ceil(n_total / per))
+    budget = None
+    if ctx.train_data is not None and hasattr(ctx.train_data, "__len__"):
+        budget = max(int(ctx.prune_epochs), 0) * len(ctx.train_data)
+    steps = steps_between if budget is None else min(steps_between, budget // max(rounds - 1, 1))
+    batches = itertools.cycle(ctx.train_data) if steps and ctx.train_data is not None else None
+    dense = _cost(ctx.model, ctx.example_inputs, kind, ctx.ignore)
+    history = []
+    for k in range(rounds):
+        now = _cost(ctx.model, ctx.example_inputs, kind, ctx.ignore)
+        if now <= frac * dense:
+            break
+        if k == rounds - 1:
+            prune_with_criterion(ctx, method, criterion, allocation=allocation, reduce=reduce,
+                                 target=f"{kind}={min(frac * dense / now, 1.0):.12f}")
+        else:
+            total = _widths(ctx.model, ctx.example_inputs, ctx.ignore)
+            from ..api import prune_
+
+            prune_(ctx.model, example_inputs=ctx.example_inputs, criterion=criterion, calib=ctx.calib,
+                   ignore=list(ctx.ignore), reduce=reduce, seed=ctx.seed, global_=allocation == "global",
+                   sparsity=min((per + 0.5) / total, 0.99))
+        history.append(_cost(ctx.model, ctx.example_inputs, kind, ctx.ignore) / dense)
+        if batches is not None and k < rounds - 1:
+            _train_steps(ctx.model, batches, steps, lr, ctx.device)
+    return {"rounds": len(history), "channels_per_round": per, "steps_between": steps,
+            f"kept_{kind}_history": history, f"{kind}_before": dense,
+            f"{kind}_after": _cost(ctx.model, ctx.example_inputs, kind, ctx.ignore)}
+
+
+def _train_steps(model, batches, steps: int, lr: float, device) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    was = model.training
+    model.train()
+    for _ in range(steps):
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.train(was)
+
+
+def _accuracy(model, batches) -> float:
+    correct = n = 0
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for x, y in batches:
+            correct += int((model(x).argmax(1) == y).sum())
+            n += len(y)
+    model.train(was)
+    return correct / max(n, 1)
+
+
+@register_method("l1-filter", kind="structured", defaults=DEFAULTS, needs_data=False)
+def run(ctx: RunContext) -> MethodResult:
+    opts = get_method("l1-filter").options(ctx.options)
+    _choice("l1-filter", "allocation", opts["allocation"], _ALLOCATIONS)
+    _choice("l1-filter", "reduce", opts["reduce"], ("group", "producer"))
+    check_context(ctx, "l1-filter", needs_calib=False)
+    info: dict = {"criterion": "l1", "allocation": opts["allocation"]}
+    per_layer = None
+    if opts["allocation"] == "sensitivity":
+        from ..allocate.sensitivity import ratios_for_target, sensitivity_curves
+
+        data = ctx.val_data if ctx.val_data is not None else ctx.calib
+        if data is None:
+            raise ConfigError("method 'l1-filter' with allocation='sensitivity' evaluates each pruned layer: pass "
+                              "val_data (or calib) batches, or use allocation='uniform'")
+        batches = list(itertools.islice(iter(data), int(opts["max_batches"])))
+        curves = sensitivity_curves(ctx.model, ctx.example_inputs, lambda m: _accuracy(m, batches), criterion="l1",
+                                    ignore=ctx.ignore, reduce=opts["reduce"])
+        per_layer, drop = ratios_for_target(ctx.model, ctx.example_inputs, curves, ctx.target, ignore=ctx.ignore)
+        info.update({"sensitivity": curves, "per_layer": per_layer, "accepted_drop": drop})
+    rep = prune_with_criterion(ctx, "l1-filter", "l1", allocation=opts["allocation"], reduce=opts["reduce"],
+                               per_layer=per_layer, calib_needed=False)
+    return MethodResult(model=ctx.model, info={**info, "engine_report": rep})
