@@ -227,6 +227,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_positive(opts, "alpha")
     check_training_context(ctx, "bn-ista")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     require_bn(ctx.model, "bn-ista")
     cbs = ista_callbacks(ctx.model, ctx.example_inputs, opts["rho"], bool(opts["cost_weighted"]))
     with restore_on_error(ctx.model):

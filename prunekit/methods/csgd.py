@@ -98,6 +98,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_positive(opts, "bn_eps_factor", allow_zero=True)
     check_training_context(ctx, "csgd")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     model = ctx.model
     groups, clusters = cluster_groups(model, ctx, int(opts["kmeans_iters"]))
     cb = centripetal_callback(model, groups, clusters, float(opts["eps"]), float(opts["bn_eps_factor"]))

@@ -93,6 +93,7 @@ def run(ctx: RunContext) -> MethodResult:
                           f"per cycle and must be in (0, 1); the paper uses 0.2")
     check_training_context(ctx, "dropnet")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     model = ctx.model
     mods = dict(model.named_modules())
     groups = [g for g in filter_groups(model, ctx) if g.convs]

@@ -79,6 +79,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_positive(opts, "l1", allow_zero=True)
     check_training_context(ctx, "gate-decorator")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     require_bn(ctx.model, "gate-decorator")
     model = ctx.model
     graph = _graph(model, ctx)  # traced before the gates exist; masking never changes the structure

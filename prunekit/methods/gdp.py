@@ -68,6 +68,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_choice("saliency", opts["saliency"], SALIENCIES)
     check_training_context(ctx, "gdp")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     cb = dynamic_mask_callback(ctx.model, ctx, int(opts["update_every"]), opts["saliency"], bool(opts["static"]))
     with restore_on_error(ctx.model):
         fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])

@@ -66,6 +66,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_positive(opts, "weight_decay", "gamma_threshold", allow_zero=True)
     check_training_context(ctx, "implicit-sparsity")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     cfg = train_config(ctx, optimizer=opts["optimizer"], lr=float(opts["lr"]),
                        weight_decay=float(opts["weight_decay"]))
     with restore_on_error(ctx.model):

@@ -53,6 +53,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_choice("criterion", opts["criterion"], CRITERIA)
     check_training_context(ctx, "sfp")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     cb = soft_pruning_callback(ctx.model, ctx, opts["criterion"])
     with restore_on_error(ctx.model):
         fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])

@@ -45,6 +45,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_positive(opts, "strength", allow_zero=True)
     check_training_context(ctx, "slimming")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     require_bn(ctx.model, "slimming")
     with restore_on_error(ctx.model):
         fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=sparsity_callbacks(ctx.model, opts["strength"]))

@@ -48,6 +48,7 @@ def run(ctx: RunContext) -> MethodResult:
     check_positive(opts, "momentum", allow_zero=True)
     check_training_context(ctx, "sss")
     check_target_reachable(ctx.model, ctx)
+    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
     require_bn(ctx.model, "sss")
     gates = ChannelGates(ctx.model, [f for f, _ in bn_layers(ctx.model)])
     apg = APGGates(gates, opts["strength"], opts["momentum"])
