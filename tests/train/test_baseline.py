@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prunekit import data
-from prunekit.errors import CheckpointError, ConfigError
+from prunekit.errors import CheckpointError, ConfigError, DataError
 from prunekit.train import evaluate
 from prunekit.train.baseline import baselines_dir, command_line, list_baselines, load_baseline, train_baseline
 from prunekit.train.checkpoint import sha256_file
@@ -84,3 +84,14 @@ def test_shipped_baselines_load_with_their_hash_and_command(name):
     assert rec["sha256"] == sha256_file(baselines_dir() / f"{name}.safetensors")
     model = load_baseline(name)
     assert sum(p.numel() for p in model.parameters()) == rec["params"]
+
+
+@pytest.mark.skipif("lenet300-fashion-mnist" not in SHIPPED, reason="baseline not shipped")
+def test_shipped_lenet300_reproduces_its_recorded_accuracy():
+    try:
+        bundle = data.load("fashion-mnist", val_fraction=0.0)
+    except DataError as e:  # the data set is an optional install
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+    rec = json.loads((baselines_dir() / "lenet300-fashion-mnist.json").read_text())
+    acc = evaluate(load_baseline("lenet300"), bundle.test)["accuracy"]
+    assert acc == rec["test_accuracy"] and acc >= 0.89
