@@ -17,10 +17,12 @@ MAX_IMAGES = 128  # images per reading layer; the paper finds the average rank s
 
 
 def average_rank(maps: torch.Tensor) -> torch.Tensor:
-    """``[N, C, H, W]`` -> mean matrix rank per channel ``[C]``; ``[N, C, k]`` maps count as 1 x k rows."""
+    """``[N, C, H, W]`` -> mean matrix rank per channel ``[C]``; ``[N, C, k]`` maps are sqrt(k) x sqrt(k) when
+    k is a square, else 1 x k rows."""
     m = maps.float()
-    if m.dim() == 3:
-        m = m.unsqueeze(2)
+    if m.dim() == 3:  # a flattened map read by a Linear: square it up when it is square, else one row
+        side = int(round(m.shape[2] ** 0.5))
+        m = m.reshape(m.shape[0], m.shape[1], side, side) if side * side == m.shape[2] else m.unsqueeze(2)
     return torch.linalg.matrix_rank(m).double().mean(0)
 
 
