@@ -175,12 +175,8 @@ _RUN_OPTIONS = {"gate-decorator": {"ticks_per_tock": 2, "tick_batches": 2}, "ret
                 "dropnet": {"fraction": 0.5}}
 
 
-@pytest.mark.parametrize("method", TRAINING_METHODS)
-def test_training_method_ends_in_a_physically_smaller_model_at_the_target(method):
-    import json
-
+def _run_small(method):
     import prunekit as pk
-    from prunekit.graph import build_graph
     from prunekit.methods import RunContext, get_method, load_all
 
     load_all()
@@ -188,15 +184,36 @@ def test_training_method_ends_in_a_physically_smaller_model_at_the_target(method
     model = pk.models.create("vgg-small", width=0.25)
     data = pk.data.load("synthetic", batch_size=32, n_train=64, n_test=32, val_fraction=0.0)
     x = data.example_inputs(2)
-    dense_macs, keys = build_graph(model, x).macs(), set(model.state_dict())
-    dense_params = sum(p.numel() for p in model.parameters())
     ctx = RunContext(model=model, example_inputs=x, target="macs=0.5", train_data=data.train, calib=data.calib(1),
                      prune_epochs=1, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
                      options=_RUN_OPTIONS.get(method, {}))
-    res = get_method(method).run(ctx)
+    return ctx, get_method(method).run
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_training_method_ends_in_a_physically_smaller_model_at_the_target(method):
+    import json
+
+    from prunekit.graph import build_graph
+
+    ctx, run = _run_small(method)
+    model, x = ctx.model, ctx.example_inputs
+    dense_macs, keys = build_graph(model, x).macs(), set(model.state_dict())
+    dense_params = sum(p.numel() for p in model.parameters())
+    res = run(ctx)
     macs = build_graph(res.model, x).macs()
     assert macs <= 0.5 * dense_macs
     assert sum(p.numel() for p in res.model.parameters()) < dense_params
     assert set(res.model.state_dict()) == keys  # same keys as the dense architecture
     assert res.model(x).shape == (2, 10)
     json.dumps(res.info)  # JSON-ready
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_training_method_is_deterministic_under_its_seed(method):
+    results = []
+    for _ in range(2):
+        ctx, run = _run_small(method)
+        results.append(run(ctx).model.state_dict())
+    a, b = results
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
