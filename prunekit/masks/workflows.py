@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from . import _engine
-from .sparsify import prunable_weights, sparsify_
+from .sparsify import sparsify_
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """Sparsity (and learning-rate) schedules as pure functions of an explicit step."""
 from __future__ import annotations
 
-import math
 
 from ..errors import ConfigError
 
