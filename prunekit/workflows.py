@@ -173,6 +173,13 @@ def _is_path(spec: str) -> bool:
 
 def resolve_model(spec: str, *, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
     """A model from a file written by ``prunekit run``/``prune`` (``pk.save``), a baseline, or a model spec."""
+    return _resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)[0]
+
+
+def _resolve(spec: str, *, num_classes: int = 10, in_channels: int = 1,
+             input_size: int = 28) -> tuple[nn.Module, dict]:
+    """(model, build) where ``build`` = ``{"model", "num_classes", "in_channels", "input_size"}`` rebuilds it."""
+    from . import models
     from .train import baseline as baselines
 
     if _is_path(spec):
@@ -181,16 +188,35 @@ def resolve_model(spec: str, *, num_classes: int = 10, in_channels: int = 1, inp
             raise ConfigError(f"model={spec!r}: no such file; pass a model file written by `prunekit run`/`prune` "
                               f"(model.safetensors), a baseline name (see baselines/) or a model name such as "
                               f"resnet20")
-        if path.with_suffix(".json").is_file() and _is_baseline_record(path.with_suffix(".json")):
-            return baselines.load_baseline(str(path))
-        from . import io
+        if _is_baseline_record(path.with_suffix(".json")):
+            meta = baselines.baseline_info(str(path))
+            return baselines.load_baseline(str(path)), {"model": meta["model"], **meta["build"]}
+        build = _build_record(path)
+        from .io import load
 
-        return io.load(str(path))
+        return load(str(path), lambda: models.create(build["model"], **_build_args(build))), build
     if spec in baselines.list_baselines():
-        return baselines.load_baseline(spec)
-    from . import models
+        meta = baselines.baseline_info(spec)
+        return baselines.load_baseline(spec), {"model": meta["model"], **meta["build"]}
+    build = {"model": spec, "num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
+    return models.create(spec, **_build_args(build)), build
 
-    return models.create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+
+def _build_args(build: dict) -> dict:
+    return {k: v for k, v in build.items() if k != "model"}
+
+
+def _build_record(path: Path) -> dict:
+    """The architecture of a saved pruned model: ``model_build`` of the report.json beside it."""
+    import json
+
+    report = path.parent / "report.json"
+    try:
+        build = json.loads(report.read_text())["model_build"]
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"model={str(path)!r}: cannot tell which architecture to rebuild; keep the report.json "
+                          f"that `prunekit run`/`prune` wrote beside the model file") from None
+    return build
 
 
 def _is_baseline_record(path: Path) -> bool:
@@ -202,14 +228,15 @@ def _is_baseline_record(path: Path) -> bool:
         return False
 
 
-def _load_baseline(name: str) -> nn.Module:
-    """The trained baseline ``name`` (shipped name or file); a clear error says how to make a missing one."""
+def _load_baseline(name: str) -> tuple[nn.Module, dict]:
+    """(model, build) of the trained baseline ``name`` (shipped name or file); a missing one says how to make it."""
     from .train import baseline as baselines
 
-    if _is_path(name) and Path(name).exists() and not _is_baseline_record(Path(name).with_suffix(".json")):
-        return resolve_model(name)
+    if _is_path(name) and Path(name).exists():
+        return _resolve(name)
     try:
-        return baselines.load_baseline(name)
+        meta = baselines.baseline_info(name)
+        return baselines.load_baseline(name), {"model": meta["model"], **meta["build"]}
     except ConfigError as exc:
         model = name.split("-")[0] if not _is_path(name) else "MODEL"
         data = name[len(model) + 1:] if not _is_path(name) and "-" in name else "fashion-mnist"
@@ -308,13 +335,10 @@ def recalibrate_bn(model: nn.Module, batches, device: str = "cpu") -> int:
     return n
 
 
-def _save_model(model: nn.Module, path: Path) -> str | None:
-    """``pk.save`` the model; returns the file name, or None (logged) while prunekit.io is not available."""
-    try:
-        from .io import save
-    except ImportError:
-        log.warning("prunekit.io is not available in this build: the pruned model was not saved")
-        return None
+def _save_model(model: nn.Module, path: Path) -> str:
+    """``pk.save`` the model (safetensors + shapes sidecar); returns the file name."""
+    from .io import save
+
     save(model, str(path))
     return path.name
 
@@ -439,11 +463,12 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     torch.manual_seed(recipe.seed)
     timings = {}
     t = time.perf_counter()
-    model = None if recipe.baseline is None else _load_baseline(recipe.baseline)
+    model, build = (None, None) if recipe.baseline is None else _load_baseline(recipe.baseline)
     bundle = _load_data(recipe)
     if model is None:
-        model = pk.models.create(recipe.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                                 input_size=bundle.input_size)
+        build = {"model": recipe.model, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
+                 "input_size": bundle.input_size}
+        model = pk.models.create(recipe.model, **_build_args(build))
     model = model.to(recipe.device).eval()
     x = _example_inputs(bundle).to(recipe.device)
     timings["load"] = time.perf_counter() - t
@@ -489,7 +514,7 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     data_info = {"train_images": int(getattr(bundle.train, "num_samples", 0)),
                  "test_images": int(getattr(bundle.test, "num_samples", 0)), "num_classes": bundle.num_classes}
     report = {"type": "prunekit.RunReport", "version": 1, "recipe": recipe.to_dict(), "method": method,
-              "data": data_info,
+              "data": data_info, "model_build": build,
               "before": before, "after": after, "stages": stages,
               "ratios": {"params_kept": after["params"] / before["params"],
                          "macs_kept": after["macs"] / before["macs"] if before["macs"] else None},
@@ -552,8 +577,8 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
 
         CRITERIA.get(criterion, argument="criterion")
     _check_model_name(model)
-    net = resolve_model(model, num_classes=num_classes, in_channels=x.shape[1],
-                        input_size=x.shape[-1]).eval()
+    net, build = _resolve(model, num_classes=num_classes, in_channels=x.shape[1], input_size=x.shape[-1])
+    net.eval()
     before = {**_measure(net, x, False), "layers": layer_stats(net)}
     if kind == "sparsity":
         rep = pk.sparsify_(net, sparsity=value, criterion=criterion, ignore=tuple(ignore))
@@ -561,7 +586,7 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
     else:
         rep = pk.prune_(net, example_inputs=x, target=target, criterion=criterion, ignore=list(ignore))
     after = {**_measure(net, x, False), "layers": layer_stats(net)}
-    report = {"type": "prunekit.PruneReport", "version": 1, "model": model, "target": target,
+    report = {"type": "prunekit.PruneReport", "version": 1, "model": model, "model_build": build, "target": target,
               "criterion": criterion, "ignore": list(ignore), "input_shape": list(x.shape),
               "before": {k: v for k, v in before.items() if k != "layers"},
               "after": {k: v for k, v in after.items() if k != "layers"},

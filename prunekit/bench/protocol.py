@@ -84,7 +84,7 @@ class _Context:
                 self._baseline = models.create(g.model, num_classes=b.num_classes, in_channels=b.in_channels,
                                                input_size=b.input_size)
             else:
-                self._baseline = W._load_baseline(g.baseline)
+                self._baseline = W._load_baseline(g.baseline)[0]
             self._baseline.eval()
         return self._baseline
 

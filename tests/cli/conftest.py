@@ -5,7 +5,7 @@ import sys
 import pytest
 
 
-def run_cli(cwd, *args, timeout=120):
+def run_cli(cwd, *args, timeout=900):
     """Run ``prunekit ARGS`` in a subprocess inside ``cwd``; returns the CompletedProcess."""
     env = {**os.environ, "PRUNEKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "prunekit.cli", *map(str, args)], cwd=cwd, env=env,
@@ -14,7 +14,7 @@ def run_cli(cwd, *args, timeout=120):
 
 @pytest.fixture
 def cli(tmp_path):
-    return lambda *args, timeout=120: run_cli(tmp_path, *args, timeout=timeout)
+    return lambda *args, timeout=900: run_cli(tmp_path, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -21,16 +21,24 @@ def test_prune_structural_subprocess(cli, tmp_path):
     assert str(rep["after"]["params"]) in res.stdout
 
 
-def test_prune_unstructured_sparsity(tmp_path, monkeypatch, capsys):
+def test_prune_unstructured_sparsity_on_a_saved_pruned_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["prune", "--model", "lenet5", "--target", "sparsity=0.8", "--criterion", "magnitude",
+    assert main(["prune", "--model", "lenet5", "--target", "params=0.5", "--out", "p"]) == 0
+    structural = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert main(["prune", "--model", "p/model.safetensors", "--target", "sparsity=0.8", "--criterion", "magnitude",
                  "--out", "s"]) == 0
     rep = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert rep["before"]["params"] == structural["after"]["params"]  # started from the saved pruned model
     assert rep["after"]["params"] == rep["before"]["params"]  # masks keep the shapes
     weights = sum(v["params_after"] for v in rep["per_layer"].values())
     zeros = sum(v["sparsity"] * v["params_after"] for v in rep["per_layer"].values())
     assert zeros / weights == pytest.approx(0.8, abs=0.01)
     assert rep["before"]["nonzero_params"] - rep["after"]["nonzero_params"] == pytest.approx(zeros, abs=1)
+    from prunekit.workflows import resolve_model
+
+    sparse = resolve_model("s/model.safetensors")  # the saved file holds the zeros, with the pruned shapes
+    assert sum(p.numel() for p in sparse.parameters()) == rep["after"]["params"]
+    assert sum(int((p != 0).sum()) for p in sparse.parameters()) == rep["after"]["nonzero_params"]
 
 
 def test_prune_bad_criterion_writes_nothing(tmp_path, monkeypatch, capsys):

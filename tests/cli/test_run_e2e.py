@@ -16,7 +16,7 @@ RECIPE = {
 def first_run(tmp_path_factory, run_prunekit):
     tmp_path = tmp_path_factory.mktemp("run")
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
-    res = run_prunekit(tmp_path, "run", "--recipe", "r.yaml", "--out", "runA", "--seed", "1", timeout=300)
+    res = run_prunekit(tmp_path, "run", "--recipe", "r.yaml", "--out", "runA", "--seed", "1", timeout=900)
     assert res.returncode == 0, res.stderr
     return res, tmp_path / "runA"
 
@@ -48,7 +48,7 @@ def test_run_report_numbers_and_round_trip(first_run, run_prunekit):
     # the resolved recipe holds the flags and repeats the run exactly
     resolved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert resolved["seed"] == 1 and resolved["out"] == "runA" and resolved["data_options"] == RECIPE["data_options"]
-    res2 = run_prunekit(tmp_path, "run", "--recipe", "runA/recipe.yaml", "--out", "runB", timeout=300)
+    res2 = run_prunekit(tmp_path, "run", "--recipe", "runA/recipe.yaml", "--out", "runB", timeout=900)
     assert res2.returncode == 0, res2.stderr
     again = json.loads((tmp_path / "runB" / "report.json").read_text())
     assert again["stages"] == report["stages"]
@@ -58,8 +58,15 @@ def test_run_report_numbers_and_round_trip(first_run, run_prunekit):
 
 
 def test_saved_model_matches_report(first_run):
-    io = pytest.importorskip("prunekit.io")
+    from prunekit import data
+    from prunekit.train import evaluate
+    from prunekit.workflows import resolve_model
+
     _, out = first_run
     report = json.loads((out / "report.json").read_text())
-    model = io.load(str(out / "model.safetensors"))
+    assert report["model_build"] == {"model": "resnet20", "num_classes": 10, "in_channels": 1, "input_size": 28}
+    model = resolve_model(str(out / "model.safetensors"))
     assert sum(p.numel() for p in model.parameters()) == report["after"]["params"]
+    assert model.conv1.out_channels == report["per_layer"]["conv1"]["width_after"]
+    bundle = data.load("synthetic", batch_size=64, seed=1, subset=None, **RECIPE["data_options"])
+    assert evaluate(model, bundle.test)["accuracy"] == report["after"]["accuracy"]
