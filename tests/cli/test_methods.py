@@ -1,5 +1,6 @@
 import json
 
+from prunekit.cli import main
 from prunekit.methods import METHODS, catalog, load_all
 
 
@@ -17,17 +18,20 @@ def test_methods_json_lists_every_paper_with_registry_status(cli):
             assert row["left_out"], row["id"]
 
 
-def test_methods_status_filter_and_table(cli):
-    everything = json.loads(cli("methods", "--json").stdout)
-    rows = json.loads(cli("methods", "--status", "not-yet", "--json").stdout)
+def test_methods_status_filter_and_table(capsys):
+    assert main(["methods", "--json"]) == 0
+    everything = json.loads(capsys.readouterr().out)
+    assert main(["methods", "--status", "not-yet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in rows] == [r["id"] for r in everything if r["status"] == "not-yet"]
-    table = cli("methods")
-    assert table.returncode == 0
-    assert "93 papers" in table.stdout and "l1-filter" in table.stdout
+    assert main(["methods"]) == 0
+    table = capsys.readouterr().out
+    assert "93 papers" in table and "l1-filter" in table
 
 
-def test_methods_bad_status(cli, tmp_path):
-    res = cli("methods", "--status", "implementd")
-    assert res.returncode == 2
-    assert "status='implementd'" in res.stderr and "did you mean 'implemented'" in res.stderr
+def test_methods_bad_status(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["methods", "--status", "implementd"]) == 2
+    err = capsys.readouterr().err
+    assert "status='implementd'" in err and "did you mean 'implemented'" in err
     assert list(tmp_path.iterdir()) == []
