@@ -67,7 +67,7 @@ def test_gamma_rescaling_refuses_a_reader_that_mixes_scaled_and_raw_inputs():
 
 def test_small_alpha_zeroes_more_scales_and_zero_channels_are_removed():
     # entry checks (b)+(d), scaled: vgg-small at width 0.25, 2k Fashion-MNIST images, 1 dense epoch, then
-    # 1 epoch of ISTA with rho=0.05. Calibration (same setup): alpha=1 -> 0 zero scales, alpha=0.1 -> 5.4%.
+    # 1 epoch of ISTA with rho=0.05. Calibration (same setup): alpha=0.1 -> 5.4% of the scales exactly 0.
     data = pk.data.load("fashion-mnist", batch_size=64, subset=(2000, 500), augment=False, val_fraction=0.0)
     x = data.example_inputs(2)
     torch.manual_seed(0)
