@@ -112,9 +112,10 @@ def score_thinet(view: ChannelView) -> torch.Tensor:
 
 # ---- LASSO channel selection ---------------------------------------------------------------------------
 def lasso_fista(gram: torch.Tensor, corr: torch.Tensor, lam: float, beta: torch.Tensor, iters: int = 300,
-                tol: float = 1e-10) -> torch.Tensor:
+                tol: float = 1e-10, step: float | None = None) -> torch.Tensor:
     """FISTA for ``min 1/2 b'Gb - c'b + lam*|b|_1`` (the LASSO in Gram form), warm-started at ``beta``."""
-    step = 1.0 / float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    if step is None:
+        step = 1.0 / float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
     x, v, t = beta.clone(), beta.clone(), 1.0
     for _ in range(iters):
         g = v - step * (gram @ v - corr)
@@ -128,7 +129,7 @@ def lasso_fista(gram: torch.Tensor, corr: torch.Tensor, lam: float, beta: torch.
     return x
 
 
-def lasso_path_scores(z: torch.Tensor, n_lambdas: int = 30, ratio: float = 1e-3) -> torch.Tensor:
+def lasso_path_scores(z: torch.Tensor, n_lambdas: int = 20, ratio: float = 1e-3) -> torch.Tensor:
     """Score ``[C]`` from the LASSO path reconstructing ``y = z.sum(1)`` from the columns of ``z``.
 
     Channel c's score is the number of path points (strongest penalty first) at which its coefficient is
@@ -144,8 +145,9 @@ def lasso_path_scores(z: torch.Tensor, n_lambdas: int = 30, ratio: float = 1e-3)
     alive = torch.zeros(z.shape[1], dtype=torch.float64)
     if lam_max <= 0:
         return alive
+    step = 1.0 / float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
     for lam in torch.logspace(0, torch.log10(torch.tensor(ratio)).item(), n_lambdas).tolist():
-        beta = lasso_fista(gram, corr, lam * lam_max, beta)
+        beta = lasso_fista(gram, corr, lam * lam_max, beta, iters=150, step=step)
         alive += (beta != 0).double()
     b = beta.abs()
     return alive + 0.999 * b / b.max().clamp_min(1e-12)
@@ -239,9 +241,10 @@ def least_squares_refit_(model: nn.Module, calib, targets: dict, *, mode: str = 
             lhs = a.t() @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype)
             w_new = torch.linalg.solve(lhs, a.t() @ t).t().reshape(w.shape)  # [O, C, k]
         else:
-            contrib = torch.einsum("sck,ock->soc", p, w).reshape(-1, p.shape[1])  # [S*O, C]
+            o_s = torch.randint(w.shape[0], (p.shape[0],), generator=gen)  # one output per sample, as ThiNet
+            contrib = (p * w[o_s]).sum(2)  # [S, C]
             lhs = contrib.t() @ contrib + ridge * torch.eye(p.shape[1], dtype=p.dtype)
-            scale = torch.linalg.solve(lhs, contrib.t() @ t.reshape(-1))
+            scale = torch.linalg.solve(lhs, contrib.t() @ t[torch.arange(len(o_s)), o_s])
             w_new = w * scale.view(1, -1, 1)
         after = float((torch.einsum("sck,ock->so", p, w_new) - t).pow(2).mean())
         out[f] = {"mse_before": before, "mse_after": after}

@@ -63,6 +63,13 @@ def check_context(ctx: RunContext, method: str, *, needs_calib: bool, needs_trai
                         f"batches (RunContext(train_data=loader))")
     if problems:
         raise ConfigError("; ".join(problems))
+    if needs_calib:  # a data-free plan finds an unreachable target before any calibration pass
+        from ..api import plan
+
+        try:
+            plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="l1", ignore=list(ctx.ignore))
+        except ConfigError as e:
+            raise ConfigError(f"method {method!r}: {e}") from None
 
 
 def prune_with_criterion(ctx: RunContext, method: str, criterion: str, *, allocation: str = "uniform",
