@@ -1,7 +1,8 @@
 """Print the Markdown tables of benchmarks/results/weight.md from the runs of the weight benchmarks.
 
 Reads runs/weight_lenet300.cells/*.json (benchmarks/weight_bench.py), runs/weight_init.jsonl
-(benchmarks/weight_init.py), runs/weight_sparse.json (benchmarks/weight_sparse.py) and
+(benchmarks/weight_init.py), runs/weight_sparse_paired.json or runs/weight_sparse.json
+(benchmarks/weight_sparse.py [--paired]) and
 runs/weight_mechanism.json (benchmarks/weight_mechanism.py); whatever is missing is skipped.
 
 Usage: python benchmarks/weight_report.py [--runs runs]
@@ -69,17 +70,19 @@ def init(runs):
 
 
 def sparse(runs):
-    path = f"{runs}/weight_sparse.json"
+    path = f"{runs}/weight_sparse_paired.json"  # `weight_sparse.py --paired`, preferred when present
+    if not os.path.exists(path):
+        path = f"{runs}/weight_sparse.json"
     if not os.path.exists(path):
         return
     rows = json.load(open(path))["rows"]
-    print("\n| model | batch | sparsity | format | latency (ms) | speed-up vs dense | weight bytes |")
-    print("|---|---:|---:|---|---:|---:|---:|")
+    print("\n| model | batch | sparsity | format | latency (ms) | dense (ms) | speed-up vs dense | weight bytes |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         if r["format"] == "file":
             continue
         print(f"| {r['model']} | {r['batch']} | {r['sparsity']} | {r['format']} | {r['ms']:.3f} | "
-              f"{r.get('speedup', 1.0):.2f}× | {r['weight_bytes']:,} |")
+              f"{r.get('dense_ms', r['ms']):.3f} | {r.get('speedup', 1.0):.2f}× | {r['weight_bytes']:,} |")
     print("\n| model | sparsity | dense file (bytes) | save_sparse file (bytes) | ratio |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
