@@ -78,11 +78,12 @@ def sparse(runs):
     rows = json.load(open(path))["rows"]
     print("\n| model | batch | sparsity | format | latency (ms) | dense (ms) | speed-up vs dense | weight bytes |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
+    dense = {(r["model"], r["batch"]): r["ms"] for r in rows if r["format"] == "dense"}
     for r in rows:
         if r["format"] == "file":
             continue
         print(f"| {r['model']} | {r['batch']} | {r['sparsity']} | {r['format']} | {r['ms']:.3f} | "
-              f"{r.get('dense_ms', r['ms']):.3f} | {r.get('speedup', 1.0):.2f}× | {r['weight_bytes']:,} |")
+              f"{r.get('dense_ms', dense[(r['model'], r['batch'])]):.3f} | {r.get('speedup', 1.0):.2f}× | {r['weight_bytes']:,} |")
     print("\n| model | sparsity | dense file (bytes) | save_sparse file (bytes) | ratio |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
