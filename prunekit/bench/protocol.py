@@ -205,18 +205,36 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
         rerun.discard((method, target, seed))
         ran += 1
     results = [c for c in (finished(*cell) for cell in todo) if c is not None]
-    protocol = {"model": grid.model, "data": grid.data, "baseline": grid.baseline,
+    protocol = {"model": grid.model, "data": grid.data, "baseline": _describe_baseline(grid.baseline),
                 "fine-tune images": ctx.bundle(grid.seeds[0]).train.num_samples,
                 "fine-tune epochs": grid.finetune_epochs,
                 "fine-tune lr": grid.lr, "batch size": grid.batch_size,
                 "BN recalibration batches": grid.calib_batches, "seeds": list(grid.seeds),
                 "test set": "complete", "device": grid.device, "machine": _machine()}
-    made = write_bench_report(results, prefix, protocol=protocol, command=command,
+    missing = [f"{m} @ {t} seed {s}" for (m, t, s) in todo if finished(m, t, s) is None]
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} of {len(todo)} cells are not finished yet (rerun the command to continue "
+                     f"the grid): " + ", ".join(missing) + ".")
+    made = write_bench_report(results, prefix, protocol=protocol, command=command, notes=notes,
                               title=f"{grid.name}: {grid.model} on {grid.data}") if results else {}
     if results:
         write_json(grid.to_dict(), prefix.parent / f"{prefix.name}.grid.json")
     return {"done": len(results), "ran": ran, "remaining": len(todo) - len(results),
             **{k: str(v) for k, v in made.items()}}
+
+
+def _describe_baseline(name: str | None) -> str:
+    if name is None:
+        return "none (untrained model)"
+    from ..train.baseline import baseline_info
+
+    try:
+        meta = baseline_info(name)
+    except Exception:  # noqa: BLE001 - a plain model file has no training record
+        return name
+    images = meta.get("subset") or "all"
+    return f"{name} (prunekit train: {meta.get('epochs')} epochs on {images} training images, seed {meta.get('seed')})"
 
 
 def _machine() -> str:

@@ -75,15 +75,17 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
 
 
 def write_bench_report(cells: list[dict], out_prefix, protocol: dict | None = None, command: str | None = None,
-                       title: str = "Benchmark") -> dict:
+                       title: str = "Benchmark", notes: list[str] | None = None) -> dict:
     """Write ``<prefix>.json`` (cells + rows + protocol), ``<prefix>.md`` and ``<prefix>.png`` (Pareto)."""
     from .plots import plot_pareto
 
     prefix = Path(out_prefix)
     rows = aggregate_cells(cells)
     write_json({"type": "prunekit.BenchReport", "version": 1, "protocol": protocol or {}, "command": command,
-                "rows": rows, "cells": cells}, prefix.with_suffix(".json"))
+                "notes": notes or [], "rows": rows, "cells": cells}, prefix.with_suffix(".json"))
     md = f"# {title}\n\n" + render_bench_markdown(rows, protocol, command)
+    if notes:
+        md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     points = [{"label": f"{r['source']}:{r['method']}", "macs": r["macs_mean"], "accuracy": r["acc_finetuned_mean"],
                "accuracy_std": r["acc_finetuned_std"] or 0.0}
               for r in rows if r["macs_mean"] is not None and r["acc_finetuned_mean"] is not None]
