@@ -113,3 +113,41 @@ def test_constant_channels_are_folded_into_their_readers():
     info = cut_to_target(model, ctx, bn_scale_scores(model), "global")
     assert info["removed_channels"] == 3 and model[3].in_channels == 2 and model[9].in_features == 4
     torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_ista_callback_gives_the_same_weights_in_lightning_as_in_fit(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunekit.train.lightning import LightningCallback
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+
+    class Module(pl.LightningModule):
+        def __init__(self, m):
+            super().__init__()
+            self.net = m
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    ref = net()
+    pk.fit(ref, loader, pk.TrainConfig(epochs=2, lr=0.1, momentum=0.9, weight_decay=0.0, scheduler="constant",
+                                       progress=False), callbacks=[BNScaleISTA({"1": ref[1]}, rho=2.0)])
+    module = Module(net())
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[LightningCallback(BNScaleISTA({"1": module.net[1]}, rho=2.0), module="net")])
+    trainer.fit(module, loader)
+    assert int((ref[1].weight == 0).sum()) > 0  # the proximal steps reached exact zeros
+    torch.testing.assert_close(module.net.state_dict(), ref.state_dict(), rtol=1e-5, atol=1e-6)
