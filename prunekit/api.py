@@ -324,13 +324,12 @@ def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: b
     return grads, acts, inputs
 
 
-def _channel_first(out: torch.Tensor) -> torch.Tensor:
-    d = 1 if out.dim() >= 3 and out.dim() <= 5 and not _looks_sequence(out) else out.dim() - 1
+def _channel_first(out: torch.Tensor, module) -> torch.Tensor:
+    """Output of a producing module as ``[channels, samples*positions]``: linear layers put features last,
+    convolutions and norms at dim 1."""
+    last = isinstance(module, (nn.Linear, nn.Embedding)) or type(module).__name__ == "Conv1D" or out.dim() < 3
+    d = out.dim() - 1 if last else 1
     return out.movedim(d, 0).reshape(out.shape[d], -1)
-
-
-def _looks_sequence(t):
-    return False
 
 
 def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=None, reduce="group", seed=0):
@@ -376,7 +375,7 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
             mf = _module_of(m.fqn)
             act = None
             if m.role == "producer" and mf in acts:
-                a = torch.cat([_channel_first(x) for x in acts[mf]], 1)
+                a = torch.cat([_channel_first(x, named.get(mf)) for x in acts[mf]], 1)
                 if a.shape[0] == m.size:
                     _, act = channel_rows(a, 0, m.channel)
             view = ChannelView(m.fqn, m.dim, m.role, chans, rows, gr, act, named.get(mf), mf, g, consumers,

@@ -192,3 +192,24 @@ def test_inputs_forms_tuple_dict_and_structured_outputs():
         r = pk.prune_(model, example_inputs=inputs, sparsity=0.5)
         assert model.a.out_features == 4 and r.params_after < r.params_before
         assert model(x, x)["out"].shape == twin(x, x)["out"].shape
+
+
+def test_activations_are_channel_first_for_linear_and_conv_producers():
+    shapes = {}
+
+    @register_criterion("test-act-shape", needs=("activations",))
+    def crit(view):
+        if view.activations is not None:
+            shapes[view.fqn] = tuple(view.activations.shape)
+        return view.weight.abs().sum(1)
+
+    try:
+        model, x = models()["attention"]()  # linear producers on [B, T, features]
+        calib = [(x, None)]
+        pk.plan(model, x, sparsity=0.5, criterion="test-act-shape", calib=calib)
+        assert shapes["up.weight"] == (24, 2 * 5)  # 24 features x (batch 2 * 5 tokens)
+        model, x = models()["chain"]()
+        pk.plan(model, x, sparsity=0.5, criterion="test-act-shape", calib=[(x, None)])
+        assert shapes["conv1.weight"] == (8, 2 * 8 * 8)
+    finally:
+        CRITERIA._items.pop("test-act-shape")
