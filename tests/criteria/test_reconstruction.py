@@ -49,8 +49,8 @@ def test_full_refit_recovers_planted_weights():
     with torch.no_grad():
         m.conv2.weight.mul_(0.3).add_(0.05)
     err = least_squares_refit_(m, calib, targets, mode="full", n_samples=600)
-    assert err["conv2"]["mse_after"] < 1e-8 < err["conv2"]["mse_before"]
-    torch.testing.assert_close(m.conv2.weight.detach(), w0, atol=1e-4, rtol=1e-4)
+    assert err["conv2"]["mse_after"] < 1e-5 < err["conv2"]["mse_before"]  # small ridge: near-exact
+    torch.testing.assert_close(m.conv2.weight.detach(), w0, atol=2e-3, rtol=2e-3)
 
 
 def test_scale_refit_recovers_per_channel_factors_and_bad_mode_changes_nothing():
