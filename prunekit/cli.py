@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -133,39 +132,11 @@ def _table(title, header, rows):
 
 def _cmd_run(args) -> int:
     from . import workflows as W
-    from .recipe import Recipe
 
-    given = {k.replace("-", "_"): v for k, v in vars(args).items()
-             if k not in ("command", "verbose", "recipe", "option", "no_latency")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "recipe", "option", "no_latency")}
     if getattr(args, "no_latency", False):
-        given["latency"] = False
-    if getattr(args, "option", None):
-        import yaml
-
-        options = {}
-        for item in args.option:
-            key, sep, value = item.partition("=")
-            if not sep:
-                from .errors import ConfigError
-
-                raise ConfigError(f"--option {item!r} must be KEY=VALUE, e.g. --option criterion=l2")
-            options[key] = yaml.safe_load(value)
-        given["options"] = options
-    note = ""
-    if getattr(args, "recipe", None):
-        recipe = Recipe.load(args.recipe)
-    else:
-        recipe = W.default_recipe()
-        if recipe.method != W.DEFAULT_METHOD and "method" not in given:
-            note = (f"method {W.DEFAULT_METHOD!r} is not registered yet: the default ran the engine's plain l1 "
-                    f"filter criterion ({recipe.method})")
-    if isinstance(given.get("baseline"), str) and given["baseline"].lower() == "none":
-        recipe = dataclasses.replace(recipe, baseline=None)
-        del given["baseline"]
-    subset_all = "subset" in given and given["subset"] is None
-    recipe = recipe.override(**given)
-    if subset_all:
-        recipe = dataclasses.replace(recipe, subset=None)
+        flags["latency"] = False
+    recipe, note = W.resolve_recipe(getattr(args, "recipe", None), flags, getattr(args, "option", None) or [])
     report = W.run_job(recipe, note=note)
     console = _console()
     from .report import summary_rows

@@ -30,7 +30,7 @@ from .recipe import Recipe, parse_target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["methods_table", "default_recipe", "run_job", "train_job", "eval_job", "prune_job", "inspect_job",
+__all__ = ["methods_table", "default_recipe", "resolve_recipe", "run_job", "train_job", "eval_job", "prune_job", "inspect_job",
            "bench_job", "export_onnx", "layer_stats", "recalibrate_bn", "resolve_model", "METHOD_STATUSES"]
 
 METHOD_STATUSES = ("implemented", "partial", "not-meaningful", "not-yet")
@@ -77,6 +77,42 @@ def default_recipe() -> Recipe:
     load_all()
     method = DEFAULT_METHOD if DEFAULT_METHOD in METHODS else DEFAULT_FALLBACK
     return Recipe(method=method)
+
+
+def resolve_recipe(recipe_path: str | None, flags: dict, options: list[str] = ()) -> tuple[Recipe, str]:
+    """The recipe of ``prunekit run``: the file (or the embedded default), then the flags given on top.
+
+    ``flags`` holds only the flags given; ``baseline="none"`` means no baseline and ``subset=None`` every
+    training image; ``options`` are ``KEY=VALUE`` method options (values read as YAML). Returns the recipe
+    and a note for the report when the default had to use a stand-in method.
+    """
+    import dataclasses
+
+    given = dict(flags)
+    if options:
+        import yaml
+
+        parsed = {}
+        for item in options:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--option {item!r} must be KEY=VALUE, e.g. --option criterion=l2")
+            parsed[key] = yaml.safe_load(value)
+        given["options"] = parsed
+    note = ""
+    if recipe_path:
+        recipe = Recipe.load(recipe_path)
+    else:
+        recipe = default_recipe()
+        if recipe.method != DEFAULT_METHOD and "method" not in given:
+            note = (f"method {DEFAULT_METHOD!r} is not registered yet: the default ran the engine's plain l1 "
+                    f"filter criterion ({recipe.method})")
+    explicit_none = {k for k in ("baseline", "subset") if k in given and
+                     (given[k] is None or (isinstance(given[k], str) and given[k].lower() == "none"))}
+    recipe = recipe.override(**{k: v for k, v in given.items() if k not in explicit_none})
+    if explicit_none:
+        recipe = dataclasses.replace(recipe, **{k: None for k in explicit_none})
+    return recipe, note
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

@@ -65,3 +65,17 @@ def test_run_job_unstructured_keeps_sparsity_through_fine_tune(tmp_path):
     assert "after BN recalibration" not in report["stages"]
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["after"] == report["after"]
+
+
+def test_resolve_recipe_flags_override_the_file(tmp_path):
+    from prunekit.errors import ConfigError
+    from prunekit.recipe import Recipe
+    from prunekit.workflows import resolve_recipe
+
+    path = Recipe(model="lenet5", data="synthetic", lr=0.2, seed=4, method="criterion:l2").save(tmp_path / "r.yaml")
+    recipe, note = resolve_recipe(str(path), {"lr": 0.05, "baseline": "none", "subset": None},
+                                  ["criterion=l1", "steps=3"])
+    assert (recipe.model, recipe.lr, recipe.seed, recipe.baseline, recipe.subset) == ("lenet5", 0.05, 4, None, None)
+    assert recipe.options == {"criterion": "l1", "steps": 3} and note == ""
+    with pytest.raises(ConfigError, match="--option 'steps' must be KEY=VALUE"):
+        resolve_recipe(str(path), {}, ["steps"])
