@@ -223,12 +223,14 @@ def least_squares_refit_(model: nn.Module, calib, targets: dict, *, mode: str = 
         raise ConfigError(f"mode={mode!r} is not a re-fit mode; choose 'full' (least squares on the whole "
                           f"weight) or 'scale' (one factor per input channel)")
     mods = dict(model.named_modules())
-    inputs = _run(model, calib, list(targets), "in")
     gen = torch.Generator().manual_seed(seed)
     out = {}
     new = {}
-    for f, y in targets.items():
-        mod, x = mods[f], inputs.get(f)
+    saved = {f: mods[f].weight.detach().clone() for f in targets}
+    order = [f for f in mods if f in targets]  # forward order: each layer sees its re-fitted predecessors
+    for f in order:
+        y = targets[f]
+        mod, x = mods[f], _run(model, calib, [f], "in").get(f)
         if x is None or x.shape[0] != y.shape[0]:
             continue
         if isinstance(mod, nn.Linear) and x.shape[1] != mod.in_features:
@@ -255,8 +257,13 @@ def least_squares_refit_(model: nn.Module, calib, targets: dict, *, mode: str = 
         out[f] = {"mse_before": before, "mse_after": after}
         if after < before:
             new[f] = w_new.reshape(mod.weight.shape).to(mod.weight.dtype)
-    with torch.no_grad():  # all solved before any weight changes
-        for f, w in new.items():
-            mods[f].weight.copy_(w)
+            try:
+                with torch.no_grad():
+                    mod.weight.copy_(new[f])
+            except Exception:
+                with torch.no_grad():  # leave every layer as it was
+                    for g, w in saved.items():
+                        mods[g].weight.copy_(w)
+                raise
     log.info("least-squares re-fit (%s) of %d layers", mode, len(new))
     return out
