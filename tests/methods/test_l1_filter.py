@@ -2,9 +2,9 @@
 
 Scaled check (entry l1-filter (b)): the shipped LeNet-5 Fashion-MNIST baseline (`baselines/`), conv1/conv2/
 fc1 cut to 50% of the MACs (fc2 kept), no fine-tuning, accuracy on a fixed 2,000-image test subset. L1
-selection must beat random selection (mean of seeds 0-2) by 5 points. Calibration run
-(/tmp-free: `pytest tests/methods/test_l1_filter.py`, 2026-11-30): l1 88.05%, random 77.83% (80.10 / 75.15 /
-78.25), so the margin is 10.2 points and the threshold 5.
+selection must beat random selection (mean of seeds 0-2) by 5 points. Calibration run (2026-11-30, the
+same protocol): l1 88.05%, random 77.83% (80.10 / 75.15 / 78.25), so the margin is 10.2 points and the
+threshold 5.
 """
 import copy
 
