@@ -2,8 +2,8 @@
 (tests/criteria/test_taylor.py: the score from weight gradients equals |sum a * dL/da| from hooks, unit l2
 norm). (c) scaled: LeNet-5 baseline, 4 rounds to 50% of the MACs (fc2 kept) with 5 SGD steps (batch 64,
 lr 1e-3) between rounds, then accuracy on 2,000 test images before any further fine-tuning, against the
-identical schedule with random ranking (mean of 3 seeds). Calibration run (2026-11-30): see the assert
-message; threshold +2 points."""
+identical schedule with random ranking (mean of 3 seeds). Calibration run (2026-11-30): taylor-fm
+84.40%, random 66.97% (60.65 / 68.65 / 71.60); threshold +2 points."""
 import copy
 
 import pytest
