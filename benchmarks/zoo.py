@@ -212,11 +212,17 @@ def _timm_build(name: str) -> Callable[[], Built]:
         model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).eval()
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         c, h, w = cfg.get("input_size", (3, 224, 224))
-        if cfg.get("fixed_input_size", False) or not _timm_is_convnet(model):
-            size = (h, w)
-        else:  # convnets run at any size: keep CPU cost small
-            size = (min(h, 96), min(w, 96))
-        return Built(model, (_image(size, channels=c),), _heads_by_width(model, NUM_CLASSES))
+        x = _image((h, w), channels=c)
+        if not cfg.get("fixed_input_size", False) and _timm_is_convnet(model):
+            # convnets run at smaller sizes (less CPU); keep the default size where the small one fails
+            small = _image((min(h, 96), min(w, 96)), channels=c)
+            try:
+                with torch.no_grad():
+                    model(small)
+                x = small
+            except Exception:  # e.g. blocked local attention needing a multiple of its block size
+                pass
+        return Built(model, (x,), _heads_by_width(model, NUM_CLASSES))
 
     return build
 
@@ -323,7 +329,8 @@ def hf_cases() -> list[Case]:
          dict(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4,
               num_labels=NUM_CLASSES), pixels(32), ["classifier"]),
         ("convnext", "ConvNextConfig", "ConvNextForImageClassification",
-         dict(num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_labels=NUM_CLASSES), pixels(32),
+         dict(num_channels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=NUM_CLASSES),
+         pixels(32),
          ["classifier"]),
         ("segformer", "SegformerConfig", "SegformerForSemanticSegmentation",
          dict(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],

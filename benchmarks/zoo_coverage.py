@@ -130,7 +130,7 @@ def load_records(path: Path) -> dict[tuple[str, str], dict]:
 
 
 def run_all(tools: list[str], names: list[str], jsonl: Path, limit_s: float, threads: int,
-            redo_stale: bool = False) -> None:
+            redo_stale: bool = False, redo: tuple[str, ...] = ()) -> None:
     """Run every model with every tool, model by model (the tools side by side), skipping recorded pairs
     (with ``redo_stale``, prunekit records made with an older engine commit are run again)."""
     done = load_records(jsonl)
@@ -138,7 +138,7 @@ def run_all(tools: list[str], names: list[str], jsonl: Path, limit_s: float, thr
 
     def needed(n: str, t: str) -> bool:
         r = done.get((n, t))
-        return r is None or (redo_stale and t == "prunekit" and r.get("engine") != engine)
+        return r is None or n in redo or (redo_stale and t == "prunekit" and r.get("engine") != engine)
 
     todo = [(n, t) for n in names for t in tools if needed(n, t)]
     print(f"{len(todo)} of {len(names) * len(tools)} (model, tool) pairs to run", flush=True)
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", default=str(RESULTS / "zoo.md"))
     ap.add_argument("--redo-stale", action="store_true",
                     help="run prunekit again where its record was made with an older engine commit")
+    ap.add_argument("--redo", default="", help="comma-separated case names to run again whatever is recorded")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     if args.worker:
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = [t for t in tools if t not in TOOLS]
         if bad:
             ap.error(f"--tools: unknown {bad}; choose from {', '.join(TOOLS)}")
-        run_all(tools, names, jsonl, args.limit_s, args.threads, args.redo_stale)
+        redo = tuple(n.strip() for n in args.redo.split(",") if n.strip())
+        run_all(tools, names, jsonl, args.limit_s, args.threads, args.redo_stale, redo)
     all_names = [c.name for c in cases]
     write_markdown(jsonl, md, all_names, args.limit_s)
     print(f"wrote {md}", flush=True)
