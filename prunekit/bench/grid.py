@@ -43,9 +43,10 @@ class BenchGrid:
     latency: bool = True  # measure batch-1 latency of each pruned model
     options: dict = field(default_factory=dict)  # {method: {option: value}} method-specific overrides
     out: str = "benchmarks/results/grid"  # results prefix: <out>.json/.md/.png and the cells in <out>.cells/
+    notes: tuple[str, ...] = ()  # sentences printed under the results table (budget, caveats)
 
     def __post_init__(self):
-        for name in ("methods", "targets", "seeds", "ignore"):
+        for name in ("methods", "targets", "seeds", "ignore", "notes"):
             value = getattr(self, name)
             if isinstance(value, (list, str, int)):
                 value = (value,) if isinstance(value, (str, int)) else tuple(value)
@@ -105,7 +106,7 @@ class BenchGrid:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        for key in ("methods", "targets", "seeds", "ignore"):
+        for key in ("methods", "targets", "seeds", "ignore", "notes"):
             data[key] = list(data[key])
         return {"type": GRID_TYPE, "version": GRID_VERSION, **data}
 

@@ -212,7 +212,7 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
                 "BN recalibration batches": grid.calib_batches, "seeds": list(grid.seeds),
                 "test set": "complete", "device": grid.device, "machine": _machine()}
     missing = [f"{m} @ {t} seed {s}" for (m, t, s) in todo if finished(m, t, s) is None]
-    notes = []
+    notes = list(grid.notes)
     if missing:
         notes.append(f"{len(missing)} of {len(todo)} cells are not finished yet (rerun the command to continue "
                      f"the grid): " + ", ".join(missing) + ".")

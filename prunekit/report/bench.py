@@ -58,11 +58,13 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
         lines += [f"Baseline test accuracy: {100 * base['acc_base_mean']:.2f}%, "
                   f"{base['params_base_mean'] / 1e3:.1f} k params, {base['macs_base_mean'] / 1e6:.2f} M MACs.", ""]
     lines += ["| target | tool | method | seeds | acc. after prune (%) | after BN recal. (%) | after fine-tune (%) "
-              "| params (k) | MACs (M) | MACs kept | latency (ms) |",
+              "| params (k) | MACs (M) | MACs kept | latency ms, baseline → pruned |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         macs_kept = (r["macs_mean"] / r["macs_base_mean"]) if r.get("macs_mean") and r.get("macs_base_mean") else None
-        lat = "—" if r.get("latency_ms_mean") is None else f"{r['latency_ms_mean']:.3f}"
+        lat = "—" if r.get("latency_ms_mean") is None else f"{r['latency_ms_mean']:.2f}"
+        if r.get("latency_ms_mean") is not None and r.get("latency_base_ms_mean") is not None:
+            lat = f"{r['latency_base_ms_mean']:.1f} → {lat}"
         params = "—" if r["params_mean"] is None else f"{r['params_mean'] / 1e3:.1f}"
         macs = "—" if r["macs_mean"] is None else f"{r['macs_mean'] / 1e6:.2f}"
         kept = "—" if macs_kept is None else f"{macs_kept:.3f}"
