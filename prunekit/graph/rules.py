@@ -795,9 +795,10 @@ def _sdpa(rec, args, kwargs, out):
         if sq == sk:
             c = rec.couple(lq[i], lk[i], sq)
             c = rec.couple(c, lv[i], sq)
-        elif sk == 1 or sq == 1:
-            c = lq[i] if sk == 1 else lk[i]
-        else:  # grouped-query attention: query head i reads key/value head i // (Hq / Hk)
+        elif sq == 1 or sq % sk:
+            rec.kill_all([lq[i], lk[i], lv[i]], "attention batch dims that do not divide")
+            c = None
+        else:  # grouped-query attention (or one shared key/value head): query head i reads kv head i // (Hq / Hk)
             rep = sq // sk
             kv = rec.couple(lk[i], lv[i], sk)
             kvr = np.repeat(as_array(kv, sk), rep) if (is_labelled(kv) or kv is None) else kv
