@@ -26,6 +26,7 @@ def _loss(m, batches):
         return sum(float(torch.nn.functional.cross_entropy(m(x), y, reduction="sum")) for x, y in batches)
 
 
+@pytest.mark.slow
 @pytest.mark.needs_fashion
 def test_taylor_tracks_the_oracle_better_than_l2(lenet):
     model, _, _, bundle = lenet
@@ -59,4 +60,4 @@ def test_taylor_fo_iterative_meets_target(lenet):
     r = run_method("taylor-fo", m, calib, train=bundle.calib(4, 64), max_rounds=3, steps_between=2)
     assert r.info["rounds"] == 3 and r.info["macs_after"] <= 0.5 * r.info["macs_before"]
     assert r.info["kept_macs_history"] == sorted(r.info["kept_macs_history"], reverse=True)
-    assert np.isfinite(sum(float(p.sum()) for p in m.parameters()))
+    assert np.isfinite(sum(float(p.detach().sum()) for p in m.parameters()))
