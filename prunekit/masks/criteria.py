@@ -49,6 +49,10 @@ def register_weight_criterion(name: str, *, needs_calib: bool = False):
 
 
 def get_weight_criterion(name: str) -> WeightCriterion:
+    if name not in WEIGHT_CRITERIA:  # some criteria (lap, obs) are registered by their method's module
+        from ..methods import load_all
+
+        load_all()
     return WEIGHT_CRITERIA.get(name, argument="criterion")
 
 

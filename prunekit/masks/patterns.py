@@ -174,6 +174,10 @@ def get_pattern(spec: str | Pattern) -> Pattern:
     if re.fullmatch(r"\d+:\d+", spec):
         return PATTERNS.get("nm")(spec, spec)
     family, _, arg = spec.partition(":")
+    if family not in PATTERNS:  # some patterns (DARB's bmwm) are registered by their method's module
+        from ..methods import load_all
+
+        load_all()
     if family not in PATTERNS or family == "nm":
         choices = sorted(set(_EXAMPLES) | {f for f in PATTERNS.names() if f != "nm"})
         hint = closest(spec, choices)

@@ -22,8 +22,17 @@ FAST = {
     "one-ticket": {"rounds": 2},
     "dns": {},
     "deep-compression": {"rounds": 2, "bits_fc": 3},
+    "lap": {"rounds": 2},
+    "dpf": {"frequency": 2},
+    "gsm": {},
+    "proxsgd": {},
+    "str": {},
+    "deconstruct-lt": {},
+    "l-obs": {},
+    "darb": {},
 }
-GLOBAL = {"snip", "snip-ldi", "lr-rewinding", "one-ticket", "han-magnitude", "deep-compression"}
+GLOBAL = {"snip", "snip-ldi", "lr-rewinding", "one-ticket", "han-magnitude", "deep-compression",
+          "dpf", "gsm", "proxsgd", "str"}
 
 
 def mlp():
