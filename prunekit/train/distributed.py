@@ -23,7 +23,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    started_here: bool = False  # fit created the process group and must destroy it
+    started_here: bool = False  # fit created the process group (it stays for the rest of the process)
 
     @property
     def enabled(self) -> bool:
@@ -48,8 +48,10 @@ def setup(device: str) -> DistInfo:
 
 
 def teardown(info: DistInfo) -> None:
-    if info.started_here and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave a group fit started in place: re-creating a destroyed group in the same process can hang, so
+    later fits (and the user's code) join it; the script may call ``destroy_process_group()`` at its end."""
+    if info.started_here:
+        log.debug("process group left initialised for later use in this process")
 
 
 def device_for(device: str, info: DistInfo) -> torch.device:

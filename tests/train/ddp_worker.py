@@ -34,12 +34,10 @@ def run(out_dir: str, global_batch: int) -> dict:
     res = fit(model, DataLoader(TensorDataset(x, y), batch_size=global_batch // world), cfg, callbacks=[counter])
     rank = int(os.environ.get("RANK", "0"))
     torch.save(model.state_dict(), os.path.join(out_dir, f"weights-rank{rank}.pt"))
-    # the same run from prunekit's own in-memory loader, sharded by data.load(distributed=True)'s sampler
-    # (the first fit started and ended the process group itself; here it joins one the user started)
+    # the same run from prunekit's own in-memory loader, sharded by data.load(distributed=True)'s sampler;
+    # this fit joins the process group the first fit started
     from prunekit.data import TensorLoader
 
-    if world > 1:
-        torch.distributed.init_process_group("gloo")
     torch.manual_seed(0)
     model2 = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     fit(model2, TensorLoader(x, y, batch_size=global_batch // world, distributed=world > 1), cfg.replace(checkpoint_dir=None))
