@@ -13,7 +13,6 @@ import logging
 import math
 from typing import Callable
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import ChannelView, random_generator, register_criterion
-from ._stats import _cached, per_channel, readers, width_of
+from ._stats import _cached, per_channel, readers
 
 log = logging.getLogger(__name__)
 

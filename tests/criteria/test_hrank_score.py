@@ -1,7 +1,6 @@
 import numpy as np
 import torch
 
-from prunekit.criteria import ChannelView, get_criterion, score_member
 from prunekit.criteria.hrank import average_rank
 
 
