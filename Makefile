@@ -28,7 +28,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not zoo and not slow"
 
 zoo: setup
-	$(BIN)/python benchmarks/zoo_coverage.py
+	$(BIN)/pip install -q -e '.[yolo]'
+	$(BIN)/python benchmarks/zoo_coverage.py --tools torch-pruning,prunekit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
