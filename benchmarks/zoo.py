@@ -78,7 +78,7 @@ def _image(size: int | tuple[int, int], batch: int = 1, channels: int = 3) -> to
 # ------------------------------------------------------------------ torchvision
 TV_IMAGE_SIZE = 64
 # models that need more than the default small input
-_TV_SIZES = {"inception_v3": 96, "googlenet": 64, "maxvit_t": 224, "alexnet": 64}
+_TV_SIZES = {"inception_v3": 96, "googlenet": 64, "maxvit_t": 224, "alexnet": 64, "vit_h_14": 56}
 # vision transformers take the image size as a constructor argument
 _TV_KW = {
     "vit_b_16": dict(image_size=64), "vit_b_32": dict(image_size=64), "vit_l_16": dict(image_size=64),
