@@ -217,7 +217,7 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
         notes.append(f"{len(missing)} of {len(todo)} cells are not finished yet (rerun the command to continue "
                      f"the grid): " + ", ".join(missing) + ".")
     made = write_bench_report(results, prefix, protocol=protocol, command=command, notes=notes,
-                              title=f"{grid.name}: {grid.model} on {grid.data}") if results else {}
+                              title=grid.name) if results else {}
     if results:
         write_json(grid.to_dict(), prefix.parent / f"{prefix.name}.grid.json")
     return {"done": len(results), "ran": ran, "remaining": len(todo) - len(results),
