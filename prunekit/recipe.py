@@ -75,10 +75,10 @@ class Recipe:
     options: dict = field(default_factory=dict)  # method-specific overrides of its defaults
     ignore: tuple[str, ...] = ()  # FQNs (or re:<regex>) never pruned
     prune_epochs: int = 1  # epochs a training-time method may spend before the cut
-    finetune_epochs: int = 1  # epochs of fine-tuning after the cut
+    finetune_epochs: int = 3  # epochs of fine-tuning after the cut
     lr: float = 0.01  # fine-tuning learning rate (cosine schedule, SGD momentum 0.9)
     batch_size: int = 128  # images per batch
-    subset: int | None = 10000  # training images used (None = all); the test set is always complete
+    subset: int | None = None  # training images used (None = all); the test set is always complete
     calib_batches: int = 8  # batches for BN recalibration and data-driven criteria (0 = no recalibration)
     seed: int = 0  # seeds data order, random criteria and training
     device: str = "cpu"  # cpu | cuda | mps
