@@ -1,0 +1,57 @@
+"""Assemble BENCHMARKS.md from the committed result files in benchmarks/results/.
+
+Usage: python benchmarks/make_benchmarks_md.py   (rewrites BENCHMARKS.md; each section keeps its own command)
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+# (file, heading, cut the section at this heading (exclusive) or None)
+SECTIONS = [
+    ("fit.md", "Foundation: training loop and baselines", None),
+    ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
+    ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
+    ("engine_speed.md", "Structural engine: speed and memory", None),
+    ("latency.md", "Structural engine: real CPU speed-up", None),
+    ("weight.md", "Weight pruning, part 1", None),
+    ("weight2.md", "Weight pruning, part 2", None),
+]
+
+HEADER = """# Benchmarks
+
+Every table below was produced by a command in this repository, named in its section; the raw results
+(JSON/JSONL) sit beside each section's source file in `benchmarks/results/`. This page is assembled from
+those files by `python benchmarks/make_benchmarks_md.py`.
+
+Machine for every figure on this page: a shared x86_64 Linux virtual machine with 2 CPU cores and 24 GB of
+memory, no GPU, torch 2.14.1 (CPU execution). Several jobs shared the two cores while these ran, so wall
+times carry noise of tens of percent; ratios measured side by side in one run (and MACs) are the reliable
+figures. Accuracy budgets are small (short fine-tunes, data subsets), as each section states: compare rows
+with each other, not with published numbers.
+"""
+
+
+def section(name: str, heading: str, cut: str | None) -> str:
+    path = RESULTS / name
+    if not path.exists():
+        return f"## {heading}\n\n(not run yet: `{path.relative_to(ROOT)}` is missing)\n"
+    text = path.read_text()
+    if cut and cut in text:
+        text = text[: text.index(cut)].rstrip() + f"\n\nThe per-model table is in `benchmarks/results/{name}`.\n"
+    text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)  # demote headings one level
+    text = re.sub(r"\]\((?!http)([^)]+\.png)\)", r"](benchmarks/results/\1)", text)  # image paths from the root
+    first, _, rest = text.partition("\n")
+    return f"## {heading}\n\n(from `benchmarks/results/{name}`: {first.lstrip('# ').strip()})\n{rest}"
+
+
+def main() -> None:
+    parts = [HEADER] + [section(*s) for s in SECTIONS]
+    (ROOT / "BENCHMARKS.md").write_text("\n\n".join(p.strip() + "\n" for p in parts))
+
+
+if __name__ == "__main__":
+    main()
