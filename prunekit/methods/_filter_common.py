@@ -689,3 +689,25 @@ def merge_clusters_(model: nn.Module, ctx, groups: list[FilterGroup], clusters: 
                         t.index_copy_(m.dim, k, torch.stack(rows).float().mean(0).to(t.dtype))
             scores[g.key] = s
     return scores
+
+
+def select_lowest_global(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], n: int,
+                         min_keep: float) -> int:
+    """Mask (in ``keep``) the ``n`` lowest-scoring unmasked channels over all groups; returns how many were masked.
+
+    A group never drops below ``ceil(min_keep * width)`` channels (and at least one). Ties break by
+    group key, then channel index, so the selection is deterministic (Gate Decorator, DropNet).
+    """
+    cand = []
+    for key, s in scores.items():
+        floor = max(1, math.ceil(min_keep * len(s)))
+        room = int(keep[key].sum()) - floor
+        if room <= 0:
+            continue
+        alive = keep[key].nonzero().flatten()
+        order = alive[torch.sort(s[alive], stable=True).indices][:room]
+        cand += [(float(s[i]), key, int(i)) for i in order]
+    cand.sort(key=lambda t: (t[0], t[1], t[2]))
+    for _, key, i in cand[:n]:
+        keep[key][i] = False
+    return min(n, len(cand))

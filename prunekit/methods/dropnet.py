@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ._filter_common import (
     check_target_reachable,
     check_choice, check_positive, check_training_context, first_batches, method_options, post_activation_stats,
-    restore_on_error, train_config,
+    restore_on_error, select_lowest_global, train_config,
 )
 from ._regularizers import HardFilterMask
 from ._registry import MethodResult, RunContext, register_method
@@ -67,16 +67,7 @@ def select_drop(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], 
                 keep[k][drop] = False
                 done += take
         return done
-    cand = []
-    for k, s in keyed.items():
-        alive = keep[k].nonzero().flatten()
-        room = len(alive) - 1
-        order_idx = alive[torch.sort(s[alive], stable=True).indices][:room]
-        cand += [(float(s[i]), k, int(i)) for i in order_idx]
-    cand.sort(key=lambda t: (t[0], t[1], t[2]))
-    for _, k, i in cand[:n]:
-        keep[k][i] = False
-    return min(n, len(cand))
+    return select_lowest_global(keyed, keep, n, min_keep=0.0)
 
 
 @register_method("dropnet", kind="structured", defaults=DEFAULTS, needs_data=True)

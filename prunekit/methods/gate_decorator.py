@@ -28,7 +28,7 @@ import torch
 from ._filter_common import (
     check_target_reachable,
     ChannelGates, check_positive, check_training_context, first_batches, method_options, restore_on_error,
-    train_config,
+    select_lowest_global, train_config,
 )
 from ._regularizers import FreezeExcept, GateSGD, GateTaylor
 from ._registry import MethodResult, RunContext, register_method
@@ -46,27 +46,6 @@ DEFAULTS = {
 def taylor_scores_for_groups(taylor: GateTaylor, groups) -> dict[str, torch.Tensor]:
     """Sum the gate scores of the BatchNorms of each channel group (residual-tied channels are one group)."""
     return {g.key: sum(taylor.scores[b] for b in g.bns) for g in groups}
-
-
-def select_lowest_global(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], n: int,
-                         min_keep: float) -> int:
-    """Mask (in ``keep``) the ``n`` lowest-scoring unmasked channels over all groups; returns how many were masked.
-
-    A group never drops below ``ceil(min_keep * width)`` channels (and at least one).
-    """
-    cand = []
-    for key, s in scores.items():
-        floor = max(1, math.ceil(min_keep * len(s)))
-        room = int(keep[key].sum()) - floor
-        if room <= 0:
-            continue
-        alive = keep[key].nonzero().flatten()
-        order = alive[torch.sort(s[alive], stable=True).indices][:room]
-        cand += [(float(s[i]), key, int(i)) for i in order]
-    cand.sort(key=lambda t: (t[0], t[1], t[2]))
-    for _, key, i in cand[:n]:
-        keep[key][i] = False
-    return min(n, len(cand))
 
 
 @register_method("gate-decorator", kind="structured", defaults=DEFAULTS, needs_data=True)
