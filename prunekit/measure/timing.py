@@ -9,6 +9,8 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 
+from ..graph.trace import call_model  # one definition of how example inputs are passed
+
 __all__ = ["latency", "LatencyStats", "call_model"]
 
 
@@ -23,15 +25,6 @@ class LatencyStats:
     def to_dict(self) -> dict:
         return {"median_ms": self.median_ms, "p10": self.p10, "p90": self.p90, "runs": self.runs,
                 "threads": self.threads}
-
-
-def call_model(model: nn.Module, example_inputs):
-    """``model(x)``, ``model(*x)`` for a tuple/list, ``model(**x)`` for a dict."""
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:
