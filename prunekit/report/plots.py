@@ -45,8 +45,9 @@ def pareto_front(points: list[dict]) -> list[dict]:
 def plot_pareto(points: list[dict], path, title: str = "Accuracy vs MACs") -> Path:
     """Scatter ``{label, macs, accuracy[, accuracy_std]}`` points, one colour per label, with the front."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     labels = list(dict.fromkeys(p["label"] for p in points))
+    outside = len(labels) > 6  # a long legend goes beside the axes, never over the points or the title
+    fig, ax = plt.subplots(figsize=(9.6 if outside else 6.4, max(4.4, 0.24 * len(labels) + 1.0) if outside else 4.4))
     markers = "osD^v<>phX*"
     cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
     for i, label in enumerate(labels):
@@ -68,7 +69,10 @@ def plot_pareto(points: list[dict], path, title: str = "Accuracy vs MACs") -> Pa
     ax.set_xlabel("MACs (millions, lower is cheaper)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="best", frameon=True, framealpha=0.85)
+    if outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, borderaxespad=0)
+    else:
+        ax.legend(fontsize=8, loc="best", frameon=True, framealpha=0.85)
     ax.margins(x=0.1, y=0.15)
     return _save(fig, path)
 
