@@ -26,7 +26,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 TOOLS = ("prunekit", "torch-pruning")
 MAIN = ("resnet50", "vit_b_16", "bert-base", "llama-1b")
 DEPTH = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-COMMAND = "nice -n 10 python benchmarks/engine_speed.py --repeat 2"
+COMMAND = "python benchmarks/engine_speed.py --repeat 1"
 
 
 def build(name: str):

@@ -14,10 +14,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = [
     ("fit.md", "Foundation: training loop and baselines", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
+    ("filter_methods.md", "Filter pruning: every filter method, first look", None),
     ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
     ("engine_speed.md", "Structural engine: speed and memory", None),
     ("latency.md", "Structural engine: real CPU speed-up", None),
     ("weight.md", "Weight pruning, part 1", None),
+    ("weight_lenet5.md", "Weight pruning, LeNet-5", None),
     ("weight2.md", "Weight pruning, part 2", None),
 ]
 
