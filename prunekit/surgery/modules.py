@@ -92,17 +92,9 @@ def _fix_bn(m, ctx):
     ctx.set(m, "num_features", n)
 
 
-@register_fixer(nn.LayerNorm)
-def _fix_ln(m, ctx):
-    k = len(m.normalized_shape)
-    if m.weight is not None:
-        ctx.set(m, "normalized_shape", tuple(m.weight.shape))
-    elif ctx.in_shape(m) is not None:
-        ctx.set(m, "normalized_shape", tuple(ctx.in_shape(m)[-k:]))
-
-
 @register_fixer(nn.RMSNorm)
-def _fix_rms(m, ctx):
+@register_fixer(nn.LayerNorm)
+def _fix_normalized_shape(m, ctx):
     k = len(m.normalized_shape)
     if m.weight is not None:
         ctx.set(m, "normalized_shape", tuple(m.weight.shape))
