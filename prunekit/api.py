@@ -268,8 +268,9 @@ def _default_loss(outputs, targets):
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: bool):
-    """Run ``calib`` once: summed grads per parameter fqn, producer outputs and module inputs."""
+def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: bool, per_batch: bool = False):
+    """Run ``calib`` once: summed grads per parameter fqn, producer outputs and module inputs; with
+    ``per_batch`` also each batch's grads (``grads["<fqn>#batches"]``, a list; memory: batches x model)."""
     grads: dict = {}
     acts: dict = {}
     inputs: dict = {}
@@ -311,6 +312,8 @@ def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: b
                 for f, p in params.items():
                     if p.grad is not None:
                         grads[f] = grads[f] + p.grad if f in grads else p.grad.detach().clone()
+                        if per_batch:
+                            grads.setdefault(f + "#batches", []).append(p.grad.detach().clone())
             else:
                 with torch.no_grad():
                     call_model(model, x)
@@ -335,11 +338,12 @@ def _channel_first(out: torch.Tensor, module) -> torch.Tensor:
 def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=None, reduce="group", seed=0):
     """One score per channel of every group (list aligned with ``graph.groups``)."""
     spec = get_criterion(criterion)
-    need_grads = "grads" in spec.needs
+    per_batch = "batch_grads" in spec.needs
+    need_grads = "grads" in spec.needs or per_batch
     need_acts = "activations" in spec.needs
     grads, acts, inputs = ({}, {}, {})
     if need_grads or need_acts:
-        grads, acts, inputs = _collect(model, graph, calib, loss_fn, need_grads, need_acts)
+        grads, acts, inputs = _collect(model, graph, calib, loss_fn, need_grads, need_acts, per_batch)
     named = dict(model.named_modules())
     tensors = graph.rec.tensors
     param_ids = {id(p) for p in model.parameters()}
@@ -369,9 +373,11 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
         for m in members or g.members:
             t = tensors[m.fqn]
             chans, rows = channel_rows(t, m.dim, m.channel)
-            gr = None
+            gr = grb = None
             if m.fqn in grads:
                 _, gr = channel_rows(grads[m.fqn], m.dim, m.channel)
+            if m.fqn + "#batches" in grads:
+                grb = [channel_rows(b, m.dim, m.channel)[1] for b in grads[m.fqn + "#batches"]]
             mf = _module_of(m.fqn)
             act = None
             if m.role == "producer" and mf in acts:
@@ -379,7 +385,7 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
                 if a.shape[0] == m.size:
                     _, act = channel_rows(a, 0, m.channel)
             view = ChannelView(m.fqn, m.dim, m.role, chans, rows, gr, act, named.get(mf), mf, g, consumers,
-                               collect_inputs, seed)
+                               collect_inputs, seed, grb)
             scored.append((m, chans, score_member(spec, view)))
         out.append(reduce_scores(g.width, scored, reduce))
     return out

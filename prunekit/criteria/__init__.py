@@ -1,9 +1,10 @@
 """Channel criteria: a registry of plain functions scoring the channels of one coupled member.
 
 A criterion is ``fn(view) -> Tensor[n_channels]`` (higher = keep), registered with
-``@register_criterion(name, needs=())``; ``needs`` ⊆ {"grads", "activations"} asks the engine to run the
-calibration batches once through hooks and fill the view's ``grad`` / ``activations`` /
-``collect_inputs``. The engine calls the criterion once per coupled member of each group and combines the
+``@register_criterion(name, needs=())``; ``needs`` ⊆ {"grads", "activations", "batch_grads"} asks the engine to run
+the calibration batches once through hooks and fill the view's ``grad`` / ``activations`` /
+``collect_inputs`` (``"batch_grads"`` also keeps each batch's gradient in ``grad_batches``). The engine
+calls the criterion once per coupled member of each group and combines the
 members' scores in a separate step (``reduce="group"`` or ``"producer"``).
 
 The view (:class:`ChannelView`) has exactly these fields:
@@ -14,6 +15,7 @@ The view (:class:`ChannelView`) has exactly these fields:
 - ``weight``: ``[n_channels, rest]`` the member tensor, channel dim first; the positions of one channel
   (e.g. the 64 rows of an attention head) are concatenated into ``rest``
 - ``grad``: same layout as ``weight``, the gradient summed over ``calib`` (or None)
+- ``grad_batches``: a list of such gradients, one per ``calib`` batch (only with ``"batch_grads"``)
 - ``activations``: ``[n_channels, n]`` output of the producing module over ``calib``, channel dim first
   (or None)
 - ``module``, ``module_fqn``: the module owning the tensor

@@ -15,7 +15,7 @@ import torch
 from .._registry import Registry
 from ..errors import ConfigError
 
-NEEDS = ("grads", "activations")
+NEEDS = ("grads", "activations", "batch_grads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,8 @@ class ChannelView:
     "other"), ``channels`` (the group channel index of each row, ``[n_channels]``), ``weight``
     (``[n_channels, rest]``: the member tensor with the channel dim moved first, the positions of one
     channel, e.g. one attention head, concatenated into ``rest``), ``grad`` (same layout; summed over the
-    calibration batches, or None), ``activations`` (output of the producing module over the calibration
+    calibration batches, or None), ``grad_batches`` (the same per calibration batch, a list, when the
+criterion needs ``"batch_grads"``; otherwise None), ``activations`` (output of the producing module over the calibration
     batches, ``[n_channels, samples*spatial]``, or None), ``module``/``module_fqn`` (the module owning the
     tensor), ``group`` (the :class:`~prunekit.graph.Group`), ``consumers`` (``ConsumerView`` list: the
     consuming layers' weights sliced the same way), ``collect_inputs(module_fqn)`` (recorded inputs of
@@ -99,6 +100,7 @@ class ChannelView:
     consumers: list = dataclasses.field(default_factory=list)
     collect_inputs: Callable | None = None
     seed: int = 0
+    grad_batches: list | None = None
 
     @property
     def n_channels(self) -> int:

@@ -13,8 +13,9 @@ Both are computed from the calibration gradients the engine accumulates. For a l
 linear) ``sum W * dL/dW = sum a * dL/da`` over every sample and position, so a consumer member's
 ``sum_rest w * grad`` is exactly the activation-times-gradient sum of the channel as that layer reads it
 (after BN, ReLU and pooling), and a BatchNorm scale's ``gamma * dL/dgamma`` is exactly the gate-after-BN
-term. The gradient is summed over the calibration batches before squaring (the 2019 paper squares per
-batch and averages; with one calibration batch both agree).
+term. ``taylor`` squares each calibration batch's estimate and averages over batches, as the 2019 paper
+averages over mini-batches (it keeps one gradient copy per batch: memory = batches x model); ``taylor-act``
+uses the gradient summed over the calibration batches.
 """
 from __future__ import annotations
 
@@ -30,9 +31,13 @@ def taylor_sum(view: ChannelView) -> torch.Tensor:
     return (view.weight.double() * view.grad.double()).sum(1)
 
 
-@register_criterion("taylor", needs=("grads",))
+@register_criterion("taylor", needs=("batch_grads",))
 def score_taylor(view: ChannelView) -> torch.Tensor:
-    return taylor_sum(view).pow(2)
+    """``mean over batches b of (sum_rest w * dL_b/dw)^2`` per channel."""
+    if not view.grad_batches:
+        return taylor_sum(view).pow(2)
+    w = view.weight.double()
+    return torch.stack([(w * g.double()).sum(1).pow(2) for g in view.grad_batches]).mean(0)
 
 
 @register_criterion("taylor-act", needs=("grads",))

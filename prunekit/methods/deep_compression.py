@@ -7,10 +7,11 @@ Three stages shrink a network's storage while keeping its accuracy. First, magni
 retraining removes most connections. Second, the surviving weights of each layer are clustered with
 k-means into 2^b shared values (b = 8 for convolutions, 5 for fully connected layers), the centroids
 initialised evenly between the smallest and largest weight; each weight then stores only a b-bit cluster
-index, and the centroids are fine-tuned with the summed gradients of the weights that share them. Third,
-the cluster indices and the gaps between the positions of surviving weights (stored in a few bits, with
-filler entries when a gap is too long) are Huffman coded, exploiting their skewed distributions. Here the
-encoder writes the real byte stream, and a decoder rebuilds the weights from it.
+index, and the centroids are fine-tuned with the summed gradients of the weights that share them (with a
+step-size factor, see :class:`SharedWeights`). Third, the cluster indices and the gaps between the positions
+of surviving weights (stored in a few bits, with filler entries when a gap is too long) are Huffman coded,
+exploiting their skewed distributions. Here the encoder writes the real byte stream, and a decoder rebuilds
+the weights from it.
 """
 from __future__ import annotations
 
@@ -84,23 +85,46 @@ def share_weights_(model: nn.Module, *, bits_conv: int = 8, bits_fc: int = 5, fq
 
 
 class SharedWeights(Callback):
-    """Centroid fine-tuning: each centroid moves by ``-lr *`` the summed gradient of its weights; the
-    weights are rewritten from the centroids after every optimizer step (pruned weights stay zero)."""
+    """Centroid fine-tuning: after every optimizer step each centroid moves by ``-lr_factor * lr`` times the
+    gradient of the weights that share it, and the weights are rewritten from the centroids (pruned weights
+    stay zero); ``lr`` is the optimizer's current learning rate.
 
-    def __init__(self, codebooks: dict[str, Codebook]):
+    ``reduce="sum"`` is the paper's rule and the true gradient of the loss with respect to a centroid. Its
+    size grows with the cluster (hundreds to thousands of weights per centroid in a 5-bit layer), so at the
+    learning rate that suits single weights it can diverge: one of three seeds of the LeNet-5 grid, fine-tuned
+    at lr 0.01 with ``lr_factor=1``, fell to chance accuracy. ``lr_factor`` scales the centroid step down;
+    ``reduce="mean"`` instead moves a centroid like an average one of its weights.
+    """
+
+    def __init__(self, codebooks: dict[str, Codebook], *, reduce: str = "sum", lr_factor: float = 1.0):
+        if reduce not in ("mean", "sum"):
+            raise ConfigError(f"reduce={reduce!r} is not a centroid-gradient reduction; use 'mean' or 'sum'")
+        if not (isinstance(lr_factor, (int, float)) and lr_factor > 0):
+            raise ConfigError(f"lr_factor={lr_factor!r} must be a positive number (the centroid step is "
+                              "lr_factor * the optimizer's lr)")
         self.books = codebooks
+        self.reduce = reduce
+        self.lr_factor = float(lr_factor)
         self._grads: dict[str, torch.Tensor] = {}
+
+    def centroid_grad(self, book: Codebook, grad: torch.Tensor) -> torch.Tensor:
+        """Gradient of each centroid ``[k]`` from the weight gradient ``grad`` (pruned positions ignored)."""
+        keep = book.index >= 0
+        idx = book.index[keep]
+        total = torch.zeros_like(book.centroids).index_add_(0, idx, grad[keep].float())
+        if self.reduce == "sum":
+            return total
+        counts = torch.zeros_like(book.centroids).index_add_(0, idx, torch.ones_like(idx, dtype=total.dtype))
+        return total / counts.clamp_min(1)
 
     def on_after_backward(self, state) -> None:
         for fqn, book in self.books.items():
             p = state.model.get_parameter(fqn)
-            if p.grad is None:
-                continue
-            keep = book.index >= 0
-            self._grads[fqn] = torch.zeros_like(book.centroids).index_add_(0, book.index[keep], p.grad[keep].float())
+            if p.grad is not None:
+                self._grads[fqn] = self.centroid_grad(book, p.grad)
 
     def on_after_step(self, state) -> None:
-        lr = state.optimizer.param_groups[0]["lr"]
+        lr = self.lr_factor * state.optimizer.param_groups[0]["lr"]
         with torch.no_grad():
             for fqn, book in self.books.items():
                 if fqn in self._grads:
@@ -272,6 +296,8 @@ def decode(blob: bytes) -> dict[str, torch.Tensor]:
     "centroid_epochs": 1,  # centroid fine-tuning epochs inside the method
     "index_bits_conv": 8,  # stage 3: width of the relative position index (paper: 8 conv, 5 fc)
     "index_bits_fc": 5,
+    "centroid_grad": "sum",  # the paper's rule; 'mean' averages instead (see SharedWeights)
+    "centroid_lr_factor": 1.0,  # centroid step = factor * the optimizer's lr
 })
 def run_deep_compression(ctx: RunContext) -> MethodResult:
     """Prune → share weights (k-means) → fine-tune centroids → Huffman-code; reports real byte sizes.
@@ -284,6 +310,11 @@ def run_deep_compression(ctx: RunContext) -> MethodResult:
     for key in ("bits_conv", "bits_fc", "index_bits_conv", "index_bits_fc"):
         if not isinstance(opts[key], int) or not 1 <= opts[key] <= 16:
             raise ConfigError(f"{key}={opts[key]!r} must be an int in [1, 16]")
+    if opts["centroid_grad"] not in ("mean", "sum"):
+        raise ConfigError(f"centroid_grad={opts['centroid_grad']!r} is not a centroid-gradient reduction; "
+                          "use 'sum' (the paper's rule) or 'mean'")
+    if not (isinstance(opts["centroid_lr_factor"], (int, float)) and opts["centroid_lr_factor"] > 0):
+        raise ConfigError(f"centroid_lr_factor={opts['centroid_lr_factor']!r} must be a positive number")
     dense_bytes = sum(t.numel() * 4 for t in ctx.model.state_dict().values())
     cfg = None
     if ctx.train_data is not None:
@@ -294,7 +325,7 @@ def run_deep_compression(ctx: RunContext) -> MethodResult:
                               retrain_last=True, scores_fn=lambda m: std_scaled_scores(m, ignore), global_=True,
                               ignore=ignore)
     books = share_weights_(ctx.model, bits_conv=opts["bits_conv"], bits_fc=opts["bits_fc"], fqns=list(get_masks(ctx.model)))
-    callback = SharedWeights(books)
+    callback = SharedWeights(books, reduce=opts["centroid_grad"], lr_factor=opts["centroid_lr_factor"])
     if ctx.train_data is not None and opts["centroid_epochs"]:
         fit(ctx.model, ctx.train_data, cfg.replace(epochs=opts["centroid_epochs"]), callbacks=[callback])
     kw = {"index_bits_conv": opts["index_bits_conv"], "index_bits_fc": opts["index_bits_fc"]}

@@ -49,9 +49,27 @@ def setup(device: str) -> DistInfo:
 
 def teardown(info: DistInfo) -> None:
     """Leave a group fit started in place: re-creating a destroyed group in the same process can hang, so
-    later fits (and the user's code) join it; the script may call ``destroy_process_group()`` at its end."""
+    later fits (and the user's code) join it; end the script with :func:`shutdown`."""
     if info.started_here:
         log.debug("process group left initialised for later use in this process")
+
+
+def shutdown() -> None:
+    """End a distributed script cleanly: free dead DDP wrappers, wait for every rank, destroy the group.
+
+    Call it once, after the last ``fit``/``evaluate``. A DDP wrapper that ``fit`` dropped can sit in a
+    reference cycle holding gloo work objects until the garbage collector runs; if it runs only during
+    interpreter exit, after the group is gone, a rank can abort with "terminate called without an active
+    exception" (seen about once in 8 two-rank CPU runs; none in 30 with this sequence). A no-op outside
+    torchrun.
+    """
+    import gc
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def device_for(device: str, info: DistInfo) -> torch.device:

@@ -43,3 +43,40 @@ def test_weight_identity_equals_activation_times_gradient():
     view = ChannelView("c.weight", 1, "consumer", np.arange(3), rows, grad=grows)
     got = score_member(get_criterion("taylor-act"), view)
     np.testing.assert_allclose(got, (by_hooks / by_hooks.norm()).detach().numpy(), rtol=1e-9)
+
+
+def test_taylor_squares_each_batch_before_averaging():
+    # channel 0: the two batches' first-order terms are +1 and -1 (sum 0, but each batch says "important");
+    # channel 1: +0.5 twice. Squared per batch: [1, 0.25]; squared after summing: [0, 1]
+    w = torch.tensor([[1.0], [1.0]])
+    b1, b2 = torch.tensor([[1.0], [0.5]]), torch.tensor([[-1.0], [0.5]])
+    view = ChannelView("m.weight", 0, "producer", np.arange(2), w, grad=b1 + b2, grad_batches=[b1, b2])
+    np.testing.assert_allclose(score_member(get_criterion("taylor"), view), [1.0, 0.25], atol=1e-12)
+    assert select_lowest(score_member(get_criterion("taylor"), view), 1).tolist() == [1]
+    summed = ChannelView("m.weight", 0, "producer", np.arange(2), w, grad=b1 + b2)
+    assert select_lowest(score_member(get_criterion("taylor"), summed), 1).tolist() == [0]
+
+
+def test_engine_passes_one_gradient_per_calibration_batch():
+    from prunekit.api import score_groups
+    from prunekit.graph import build_graph
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    calib = [(torch.randn(5, 4), torch.randint(0, 2, (5,))) for _ in range(3)]
+    graph = build_graph(model, calib[0][0])
+    (scores,) = [s for s in score_groups(model, graph, "taylor", calib=calib) if len(s) == 3]
+    # by hand: per member, per batch b: (sum over the channel's entries of w * dL_b/dw)^2, averaged over
+    # batches; the group score is the mean over the members of each member's scores divided by their mean
+    per_batch = []
+    for x, y in calib:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        per_batch.append(torch.stack([(model[0].weight * model[0].weight.grad).sum(1),
+                                      model[0].bias * model[0].bias.grad,
+                                      (model[2].weight * model[2].weight.grad).sum(0)]).detach().double())
+    members = torch.stack(per_batch).pow(2).mean(0)  # [3 members, 3 channels]
+    expected = (members / members.mean(1, keepdim=True)).mean(0)
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-6)
+    summed = torch.stack(per_batch).sum(0).pow(2)
+    assert not np.allclose(scores, (summed / summed.mean(1, keepdim=True)).mean(0).numpy(), rtol=1e-3)

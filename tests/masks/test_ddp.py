@@ -8,26 +8,32 @@ from torch import nn
 
 
 def _worker(rank, world, init_file, out_dir):
+    from prunekit.train.distributed import shutdown
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        import prunekit as pk
-        from prunekit.masks import get_masks
-
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
-        pk.sparsify_(model, sparsity=0.75)
-        masks = {k: v.clone() for k, v in get_masks(model).items()}
-        ddp = nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-        g = torch.Generator().manual_seed(rank)
-        for _ in range(4):
-            x = torch.randn(8, 8, generator=g)
-            opt.zero_grad()
-            ddp(x).pow(2).mean().backward()
-            opt.step()
-        torch.save({"state": model.state_dict(), "masks": masks}, os.path.join(out_dir, f"rank{rank}.pt"))
+        _train(rank, out_dir)  # its DDP wrapper is garbage once it returns
     finally:
-        dist.destroy_process_group()
+        shutdown()
+
+
+def _train(rank, out_dir):
+    import prunekit as pk
+    from prunekit.masks import get_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    pk.sparsify_(model, sparsity=0.75)
+    masks = {k: v.clone() for k, v in get_masks(model).items()}
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(rank)
+    for _ in range(4):
+        x = torch.randn(8, 8, generator=g)
+        opt.zero_grad()
+        ddp(x).pow(2).mean().backward()
+        opt.step()
+    torch.save({"state": model.state_dict(), "masks": masks}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow

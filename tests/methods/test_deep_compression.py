@@ -95,3 +95,44 @@ def test_small_scale_deep_compression(record_property):
     assert info["compressed_bytes"] <= info["fixed_width_bytes"]
     state = decode(encode(model, res.callbacks[0].books))
     torch.testing.assert_close(state["fc1.weight"], model.fc1.weight.detach())
+
+
+def test_centroid_gradient_is_the_sum_by_default_and_the_mean_on_request():
+    from prunekit.methods.deep_compression import Codebook, SharedWeights
+
+    book = Codebook(centroids=torch.tensor([0.0, 1.0]), index=torch.tensor([[0, 0, 1], [-1, 0, 1]]), bits=1)
+    grad = torch.tensor([[1.0, 2.0, 10.0], [100.0, 3.0, 20.0]])  # the pruned position (-1) must not count
+    assert SharedWeights({"w": book}).centroid_grad(book, grad).tolist() == [6.0, 30.0]
+    assert SharedWeights({"w": book}, reduce="mean").centroid_grad(book, grad).tolist() == [2.0, 15.0]
+    with pytest.raises(Exception, match="reduce='median'.*'mean' or 'sum'"):
+        SharedWeights({"w": book}, reduce="median")
+    with pytest.raises(Exception, match="lr_factor=0"):
+        SharedWeights({"w": book}, lr_factor=0)
+
+
+def test_centroid_step_is_lr_factor_times_lr_times_the_summed_gradient():
+    from types import SimpleNamespace
+
+    from prunekit.methods.deep_compression import Codebook, SharedWeights
+
+    model = nn.Linear(3, 2, bias=False)
+    book = Codebook(centroids=torch.tensor([0.5, -1.0]), index=torch.tensor([[0, 0, 1], [-1, 1, 1]]), bits=1)
+    model.weight.grad = torch.tensor([[1.0, 2.0, 4.0], [8.0, 1.0, 1.0]])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = SimpleNamespace(model=model, optimizer=opt)
+    cb = SharedWeights({"weight": book}, lr_factor=0.5)
+    cb.on_after_backward(state)
+    cb.on_after_step(state)
+    assert book.centroids.tolist() == pytest.approx([0.5 - 0.05 * 3.0, -1.0 - 0.05 * 6.0])
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[0.35, 0.35, -1.3], [0.0, -1.3, -1.3]]))
+
+
+def test_bad_centroid_grad_option_leaves_the_model_unchanged():
+    load_all()
+    model = nn.Sequential(nn.Linear(8, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.5", options={"centroid_grad": "median"})
+    with pytest.raises(Exception, match="centroid_grad='median'"):
+        get_method("deep-compression").run(ctx)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])

@@ -44,9 +44,10 @@ def test_taylor_tracks_the_oracle_better_than_l2(lenet):
     g = build_graph(model, x)
     gid = next(i for i, gr in enumerate(g.groups) if any(mm.fqn == "conv2.weight" and mm.dim == 0
                                                           for mm in gr.members))
-    summed = score_groups(model, g, "taylor", calib=batches, reduce="producer")[gid]
+    whole = [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))]
+    summed = score_groups(model, g, "taylor", calib=whole, reduce="producer")[gid]  # one batch: sum, then square
     small = [(x[i:i + 25], y[i:i + 25]) for x, y in batches for i in range(0, 250, 25)]
-    per_batch = sum(score_groups(model, g, "taylor", calib=[b], reduce="producer")[gid] for b in small)
+    per_batch = score_groups(model, g, "taylor", calib=small, reduce="producer")[gid]
     l2 = model.conv2.weight.detach().reshape(50, -1).norm(dim=1).numpy()
     rho = {k: spearmanr(v, oracle)[0] for k, v in (("summed", summed), ("per_batch", per_batch), ("l2", l2))}
     # the paper squares per minibatch: that estimator tracks the oracle; squaring the summed gradient does not

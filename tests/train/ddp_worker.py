@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.train import Callback, TrainConfig, fit
+from prunekit.train.distributed import shutdown
 
 
 class CountSamples(Callback):
@@ -42,8 +43,7 @@ def run(out_dir: str, global_batch: int) -> dict:
     model2 = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     fit(model2, TensorLoader(x, y, batch_size=global_batch // world, distributed=world > 1), cfg.replace(checkpoint_dir=None))
     torch.save(model2.state_dict(), os.path.join(out_dir, f"weights2-rank{rank}.pt"))
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    shutdown()  # the documented end of a distributed script
     info = {"rank": rank, "world": world, "samples": counter.samples, "steps": res.steps,
             "train_acc": res.final["train_acc"]}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
