@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 # name -> (module, attribute); resolved lazily so `import prunekit` stays light (torch + numpy only)
 _EXPORTS = {
     "plan": ("prunekit.api", "plan"),
+    "plan_channels": ("prunekit.api", "plan_channels"),
     "prune_": ("prunekit.api", "prune_"),
     "inspect": ("prunekit.api", "inspect"),
     "Plan": ("prunekit.api", "Plan"),

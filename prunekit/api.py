@@ -493,6 +493,14 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     if zero:
         raise ConfigError(f"groups {zero[:5]} would reach zero width (min_channels={min_channels}); raise "
                           f"min_channels to >= 1 or lower the sparsity")
+    settings = {"sparsity": base if (sparsity is not None or target is not None) else None, "target": target,
+                "criterion": criterion, "global_": global_, "round_to": round_to, "min_channels": min_channels,
+                "reduce": reduce, "per_layer": per_layer, "ignore": sorted(ignore_modules.values()), "seed": seed}
+    return _make_plan(model, graph, removal, settings, example_inputs)
+
+
+def _make_plan(model, graph: Graph, removal: dict, settings: dict, example_inputs) -> Plan:
+    """The :class:`Plan` that removes ``removal`` ({group id: group channels}) from ``graph``."""
     removed = graph.removed_flat(removal)
     pgroups = []
     shapes = {}
@@ -507,13 +515,95 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
                                  list(g.approximate)))
     predicted = {"params_before": graph.params(), "params_after": graph.params(removed),
                  "macs_before": graph.macs(), "macs_after": graph.macs(removed)}
-    settings = {"sparsity": base if (sparsity is not None or target is not None) else None, "target": target,
-                "criterion": criterion, "global_": global_, "round_to": round_to, "min_channels": min_channels,
-                "reduce": reduce, "per_layer": per_layer, "ignore": sorted(ignore_modules.values()), "seed": seed}
     skipped = [{"where": f"{n.fqn}[{n.dim}]", "reason": n.reason} for n in graph.nonprunable
                if "kernel" not in n.reason]
     return Plan(pgroups, predicted, settings, shapes, skipped, _graph=graph, _model=weakref.ref(model),
                 _example_inputs=example_inputs)
+
+
+def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()) -> Plan:
+    """A plan that removes exactly the given channels (and everything coupled to them); changes nothing.
+
+    ``channels`` maps a layer (module FQN such as ``"layer1.0.conv1"``, or a parameter FQN such as
+    ``"layer1.0.conv1.weight"``) to the indices of its output channels to remove; for a module the member
+    is its ``weight`` along the output dim. Channels coupled to them (a residual sum, a BatchNorm, the next
+    layer's inputs, every layer sharing the same group) go with them, as in :func:`plan`. This is the verb for
+    methods that choose channels themselves (training-time gates, sparsity regularisers, a user's own
+    criterion); apply the plan with ``prune_(model, plan)``.
+
+    Errors (the model is never touched): an unknown layer (closest names suggested), a layer whose channels
+    cannot be removed (an output head, an ignored module), an index out of range, an index that is only part
+    of a coupled channel (e.g. one position of an attention head: pass all its positions), two layers of one
+    group asking for different channels, or a group that would lose every channel.
+
+    Example:
+        >>> import prunekit as pk
+        >>> from prunekit.testing import models
+        >>> model, x = models()["residual"]()
+        >>> p = pk.plan_channels(model, x, {"conv1": [0, 2]})
+        >>> pk.prune_(model, p).params_after < p.predicted["params_before"]
+        True
+    """
+    if not isinstance(channels, dict) or not channels:
+        raise ConfigError(f"channels={channels!r} must be a non-empty dict {{layer fqn: [output channel "
+                          f"indices]}}, e.g. {{'conv1': [0, 3]}}")
+    ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
+    _check_device(model, example_inputs)
+    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
+    params = {n for n, _ in model.named_parameters()}
+    modules = dict(model.named_modules())
+    by_member = {(m.fqn, m.dim): (g, m) for g in graph.groups for m in g.members}
+    blocked = {(n.fqn, n.dim): n.reason for n in graph.nonprunable}
+    removal: dict = {}
+    asked_by: dict = {}
+    for key, idx in channels.items():
+        if key in params:
+            fqn = key
+        elif key in modules and f"{key}.weight" in params:
+            fqn = f"{key}.weight"
+        else:
+            from ._registry import closest
+
+            hint = closest(key, [*modules, *params])
+            raise ConfigError(f"channels: {key!r} is neither a module with a weight nor a parameter of the model"
+                              + (f"; did you mean {hint!r}?" if hint else ""))
+        mod = modules.get(fqn.rsplit(".", 1)[0]) if "." in fqn else model
+        dim = 1 if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+        t = dict(model.named_parameters())[fqn]
+        try:
+            idx = np.asarray(sorted({int(i) for i in idx}), dtype=np.int64)
+        except (TypeError, ValueError):
+            raise ConfigError(f"channels[{key!r}]={idx!r} must be a list of int channel indices") from None
+        if len(idx) and (idx.min() < 0 or idx.max() >= t.shape[dim]):
+            raise ConfigError(f"channels[{key!r}] has index {int(idx.min() if idx.min() < 0 else idx.max())} "
+                              f"outside [0, {t.shape[dim]}) (the output channels of {fqn!r}, dim {dim})")
+        hit = by_member.get((fqn, dim))
+        if hit is None:
+            why = blocked.get((fqn, dim), "it is not part of any prunable group")
+            raise ConfigError(f"channels[{key!r}]: the output channels of {fqn!r} cannot be removed: {why}")
+        g, m = hit
+        if not len(idx):
+            continue
+        chans = m.channel[idx]
+        if (chans < 0).any():
+            raise ConfigError(f"channels[{key!r}]: index {int(idx[chans < 0][0])} of {fqn!r} is kept always "
+                              f"(it is coupled to something that cannot shrink)")
+        chans = np.unique(chans)
+        if not np.array_equal(m.positions(chans), idx):
+            raise ConfigError(f"channels[{key!r}]: the indices cover only part of a coupled channel of {fqn!r} "
+                              f"(e.g. an attention head); pass all of its positions: "
+                              f"{m.positions(chans).tolist()[:16]}")
+        if g.id in removal and not np.array_equal(removal[g.id], chans):
+            raise ConfigError(f"channels[{key!r}] and channels[{asked_by[g.id]!r}] are coupled in one group "
+                              f"({g.name}) but ask for different channels; give the indices through one of them")
+        removal[g.id], asked_by[g.id] = chans, key
+    for gid, chans in removal.items():
+        if len(chans) >= graph.groups[gid].width:
+            raise ConfigError(f"channels[{asked_by[gid]!r}] removes every channel of group "
+                              f"{graph.groups[gid].name}; keep at least one")
+    settings = {"channels": {k: sorted(int(i) for i in v) for k, v in channels.items()},
+                "ignore": sorted(ignore_modules.values())}
+    return _make_plan(model, graph, removal, settings, example_inputs)
 
 
 def _graph_for(model, p: Plan, example_inputs):

@@ -96,7 +96,8 @@ class SharedWeights(Callback):
     ``reduce="mean"`` instead moves a centroid like an average one of its weights.
     """
 
-    def __init__(self, codebooks: dict[str, Codebook], *, reduce: str = "sum", lr_factor: float = 1.0):
+    def __init__(self, codebooks: dict[str, Codebook], *, reduce: str = "sum", lr_factor: float = 1.0,
+                 max_step: float | None = None):
         if reduce not in ("mean", "sum"):
             raise ConfigError(f"reduce={reduce!r} is not a centroid-gradient reduction; use 'mean' or 'sum'")
         if not (isinstance(lr_factor, (int, float)) and lr_factor > 0):
@@ -105,6 +106,10 @@ class SharedWeights(Callback):
         self.books = codebooks
         self.reduce = reduce
         self.lr_factor = float(lr_factor)
+        if max_step is not None and not (isinstance(max_step, (int, float)) and max_step > 0):
+            raise ConfigError(f"max_step={max_step!r} must be a positive fraction of a layer's centroid spread, "
+                              "or None for no cap")
+        self.max_step = max_step
         self._grads: dict[str, torch.Tensor] = {}
 
     def centroid_grad(self, book: Codebook, grad: torch.Tensor) -> torch.Tensor:
@@ -128,7 +133,11 @@ class SharedWeights(Callback):
         with torch.no_grad():
             for fqn, book in self.books.items():
                 if fqn in self._grads:
-                    book.centroids -= lr * self._grads[fqn]
+                    step = lr * self._grads[fqn]
+                    if self.max_step is not None:
+                        cap = self.max_step * float(book.centroids.max() - book.centroids.min())
+                        step = step.clamp(-cap, cap)
+                    book.centroids -= step
                 p = state.model.get_parameter(fqn)
                 keep = book.index >= 0
                 p.copy_(torch.where(keep, book.centroids[book.index.clamp_min(0)].to(p.dtype), torch.zeros_like(p)))
@@ -298,6 +307,7 @@ def decode(blob: bytes) -> dict[str, torch.Tensor]:
     "index_bits_fc": 5,
     "centroid_grad": "sum",  # the paper's rule; 'mean' averages instead (see SharedWeights)
     "centroid_lr_factor": 1.0,  # centroid step = factor * the optimizer's lr
+    "centroid_max_step": None,  # cap on one step, as a fraction of the layer's centroid spread (None: no cap)
 })
 def run_deep_compression(ctx: RunContext) -> MethodResult:
     """Prune → share weights (k-means) → fine-tune centroids → Huffman-code; reports real byte sizes.
@@ -325,7 +335,8 @@ def run_deep_compression(ctx: RunContext) -> MethodResult:
                               retrain_last=True, scores_fn=lambda m: std_scaled_scores(m, ignore), global_=True,
                               ignore=ignore)
     books = share_weights_(ctx.model, bits_conv=opts["bits_conv"], bits_fc=opts["bits_fc"], fqns=list(get_masks(ctx.model)))
-    callback = SharedWeights(books, reduce=opts["centroid_grad"], lr_factor=opts["centroid_lr_factor"])
+    callback = SharedWeights(books, reduce=opts["centroid_grad"], lr_factor=opts["centroid_lr_factor"],
+                             max_step=opts["centroid_max_step"])
     if ctx.train_data is not None and opts["centroid_epochs"]:
         fit(ctx.model, ctx.train_data, cfg.replace(epochs=opts["centroid_epochs"]), callbacks=[callback])
     kw = {"index_bits_conv": opts["index_bits_conv"], "index_bits_fc": opts["index_bits_fc"]}
