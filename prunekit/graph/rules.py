@@ -475,6 +475,18 @@ def _indexing(rec, args, kwargs, out):
             res[o.dim() - len(trail) + j] = labs[i]
         for t in _idx_tensors(idx):
             rec.kill_all(rec.get(t), "used as an index")
+        values = args[2] if len(args) > 2 else None
+        if str(getattr(rec, "_cur", "")).startswith("index_put") and isinstance(values, torch.Tensor):
+            # x[idx] = values: x's trailing dims receive values' trailing dims (broadcast from the right); the
+            # dims values spreads over the indexed positions lose their identity
+            lv = list(rec.get(values))
+            n_tr = len(trail)
+            for j in range(n_tr):
+                od, vd = o.dim() - n_tr + j, values.dim() - n_tr + j
+                if vd >= 0 and values.shape[vd] == o.shape[od]:
+                    res[od] = rec.couple(res[od], lv[vd], o.shape[od])
+            for vd in range(max(values.dim() - n_tr, 0)):
+                rec.kill(lv[vd], "index_put values spread over indexed positions")
         rec.set(o, res)
         for o2 in outs[1:]:
             rec.set(o2, [None] * o2.dim())
@@ -858,6 +870,22 @@ def _spatial(rec, args, kwargs, out):
     for o in outs:
         if o.dim() == nd:
             rec.set(o, res)
+
+
+@rule("torchvision.roi_align", "torchvision.roi_pool")
+def _roi_pool(rec, args, kwargs, out):
+    """``roi_align(x [N, C, H, W], rois [K, 5], ...) -> [K, C, h, w]``: channels pass through; the batch and
+    spatial dims of ``x`` are resampled per box."""
+    x = args[0]
+    lx = list(rec.get(x))
+    for d in (0, 2, 3):
+        rec.kill(lx[d], "resampled per region of interest")
+    for t in [a for a in args[1:] if isinstance(a, torch.Tensor)]:
+        rec.kill_all(rec.get(t), "region-of-interest boxes")
+    outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
+    rec.set(outs[0], [None, lx[1], None, None])
+    for o in outs[1:]:  # roi_pool's argmax
+        rec.set(o, [None] * o.dim())
 
 
 @rule("constant_pad_nd")
