@@ -136,3 +136,20 @@ def test_bad_centroid_grad_option_leaves_the_model_unchanged():
         get_method("deep-compression").run(ctx)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_max_step_caps_one_centroid_step_at_a_fraction_of_the_spread():
+    from types import SimpleNamespace
+
+    from prunekit.methods.deep_compression import Codebook, SharedWeights
+
+    model = nn.Linear(3, 1, bias=False)
+    book = Codebook(centroids=torch.tensor([-1.0, 1.0]), index=torch.tensor([[0, 1, 1]]), bits=1)
+    model.weight.grad = torch.tensor([[-50.0, 0.1, 0.1]])  # centroid 0: a huge step; centroid 1: a small one
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cb = SharedWeights({"weight": book}, max_step=0.05)  # cap: 0.05 * (1 - (-1)) = 0.1
+    cb.on_after_backward(SimpleNamespace(model=model, optimizer=opt))
+    cb.on_after_step(SimpleNamespace(model=model, optimizer=opt))
+    assert book.centroids.tolist() == pytest.approx([-0.9, 1.0 - 0.1 * 0.2])
+    with pytest.raises(Exception, match="max_step=-1"):
+        SharedWeights({"weight": book}, max_step=-1)
