@@ -120,6 +120,7 @@ class Report:
     groups: list  # [{"id", "name", "members", "width_before", "width_after"}]
     skipped: list  # [{"where", "reason"}]
     approximate: list = dataclasses.field(default_factory=list)  # [{"group", "reason"}]
+    config_changes: dict = dataclasses.field(default_factory=dict)  # Hugging Face config: {field: [old, new]}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -134,6 +135,8 @@ class Report:
         s += _table(("group", "name", "before", "after"), rows)
         if self.skipped:
             s += f"\n{len(self.skipped)} dims not prunable (see .skipped)"
+        if self.config_changes:
+            s += "\nmodel.config updated: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.config_changes.items())
         return s
 
 
@@ -681,12 +684,29 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
                             f"model's forward, so it was left whole ({err[:200]})"})
             log.info("left group %s whole: %s", graph.groups[gid].name, err)
         remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=True)
+    config_changes = _sync_hf_config(model, skipped)
     removed = graph.removed_flat(removal)
     groups = [{"id": pg.id, "name": pg.name, "members": [(m["fqn"], m["dim"]) for m in pg.members],
                "width_before": pg.width, "width_after": pg.width - len(removal.get(index_id.get(pg.id, -1), ()))}
               for pg in plan_.groups]
     approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
-    return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx)
+    return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx,
+                  config_changes)
+
+
+def _sync_hf_config(model, skipped: list) -> dict:
+    """A Hugging Face model's config follows its new widths (so save_pretrained/from_pretrained round-trip)."""
+    from .surgery.hf_config import is_hf_model, sync_config_
+
+    if not is_hf_model(model):
+        return {}
+    try:
+        return sync_config_(model)
+    except ValueError as e:
+        log.warning("model.config was left as it was: %s; save with prunekit.save, which records shapes", e)
+        skipped.append({"where": "model.config", "reason": f"not updated: {e}; save with prunekit.save (it "
+                        "records every shape) rather than save_pretrained"})
+        return {}
 
 
 def inspect(model: nn.Module, example_inputs, *, ignore=()) -> Inspection:
