@@ -265,9 +265,11 @@ def _update_size_attrs(graph, removed, name_to_mod, tx):
                 proposals.setdefault((id(mod), attr), (mod, use.modules[0], set()))[2].add(use.size - n_removed)
     for (_, attr), (mod, mfqn, values) in proposals.items():
         if len(values) > 1:
-            raise PruneError(f"attribute {attr}={getattr(mod, attr)} sizes dims that would get different widths "
-                             f"{sorted(values)}; the engine cannot tell which one it means", fqn=mfqn,
-                             op="update size attributes")
+            # the attribute sized several dims that now get different widths: it is left as it is, and the
+            # validation forward decides (a group whose change breaks the forward is then kept whole)
+            log.debug("%s.%s=%s sizes dims that would get widths %s; left unchanged", mfqn, attr,
+                      getattr(mod, attr), sorted(values))
+            continue
         new = next(iter(values))
         if new != getattr(mod, attr):
             tx.set(mod, attr, new)
