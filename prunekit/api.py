@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -461,7 +462,8 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
     graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
-    scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed)
+    with _whole_network_context(criterion, model, example_inputs, calib, ignore):
+        scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed)
     segs = _segments(graph)
     overrides = _match_segments(segs, per_layer) if per_layer else {}
     widths = [len(c) for _, c, _ in segs]
@@ -500,6 +502,16 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
                 "criterion": criterion, "global_": global_, "round_to": round_to, "min_channels": min_channels,
                 "reduce": reduce, "per_layer": per_layer, "ignore": sorted(ignore_modules.values()), "seed": seed}
     return _make_plan(model, graph, removal, settings, example_inputs)
+
+
+def _whole_network_context(criterion: str, model, example_inputs, calib, ignore):
+    """``nisp`` scores every channel from one backward propagation through the whole network: open its
+    context here unless the caller already did (to pass its own options)."""
+    from .criteria import nisp
+
+    if criterion != "nisp" or nisp._ACTIVE or calib is None:
+        return contextlib.nullcontext()
+    return nisp.nisp_context(model, example_inputs, calib, ignore=tuple(ignore))
 
 
 def _make_plan(model, graph: Graph, removal: dict, settings: dict, example_inputs) -> Plan:

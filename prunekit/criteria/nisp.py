@@ -154,9 +154,9 @@ def nisp_context(model: nn.Module, example_inputs, calib, **kwargs):
 @register_criterion("nisp")
 def score_nisp(view: ChannelView) -> torch.Tensor:
     if not _ACTIVE:
-        raise ConfigError("criterion='nisp' propagates importance through the whole network: run it inside "
-                          "`with prunekit.criteria.nisp.nisp_context(model, example_inputs, calib):` or use "
-                          "the 'nisp' method (prunekit run --method nisp)")
+        raise ConfigError("criterion='nisp' propagates importance through the whole network: pass calib= to "
+                          "pk.plan/pk.prune_ (or run inside `with prunekit.criteria.nisp.nisp_context(model, "
+                          "example_inputs, calib):` to set its options), or use the 'nisp' method")
     key = _key(view.group) if view.group is not None else None
     s = _ACTIVE[-1].get(key)
     if s is None:

@@ -21,3 +21,22 @@ def test_nisp_beats_random_near_l1(lenet):
     run_method("l1-filter", l1, calib)
     acc, rnd, acc_l1 = accuracy(m, test), random_baseline(model, calib, test), accuracy(l1, test)
     assert acc >= rnd + 0.05 and acc >= acc_l1 - 0.03, (acc, rnd, acc_l1)
+
+
+def test_plan_with_criterion_nisp_opens_its_context_itself():
+    import torch
+
+    import prunekit as pk
+    from prunekit.criteria.nisp import nisp_context
+    from prunekit.errors import ConfigError
+    from prunekit.testing import models
+
+    m, x = models()["chain"]()
+    calib = [(torch.randn(4, *x.shape[1:]), None)]
+    auto = pk.plan(m, x, sparsity=0.5, criterion="nisp", calib=calib)
+    with nisp_context(m, x, calib):
+        explicit = pk.plan(m, x, sparsity=0.5, criterion="nisp", calib=calib)
+    assert [g.channels for g in auto.groups] == [g.channels for g in explicit.groups]
+    assert any(g.channels for g in auto.groups)
+    with pytest.raises(ConfigError, match="criterion='nisp'.*pass calib="):
+        pk.plan(m, x, sparsity=0.5, criterion="nisp")
