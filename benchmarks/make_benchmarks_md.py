@@ -15,11 +15,15 @@ SECTIONS = [
     ("fit.md", "Foundation: training loop and baselines", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
+    ("filter_full.md", "Filter pruning: the full table (3 seeds, 2x and 4x, every Torch-Pruning importance)", None),
+    ("filter_full_costly.md", "Filter pruning: the costly methods (1 seed)", None),
     ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
     ("engine_speed.md", "Structural engine: speed and memory", None),
     ("latency.md", "Structural engine: real CPU speed-up", None),
     ("weight.md", "Weight pruning, part 1", None),
     ("weight_lenet5.md", "Weight pruning, LeNet-5", None),
+    ("weight_lenet300_92.md", "Weight pruning at 92%, every training image", None),
+    ("one_ticket.md", "Lottery-ticket transfer across tasks and optimizers", None),
     ("weight2.md", "Weight pruning, part 2", None),
 ]
 
