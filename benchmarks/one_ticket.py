@@ -16,7 +16,7 @@ Every final training is the same: SGD momentum 0.9, cosine, lr 0.05, ``--epochs`
 images; accuracy on the 5,000 target test images. Resumable per (seed, sparsity); one line per run in
 runs/one_ticket.jsonl, the table in benchmarks/results/one_ticket.md.
 
-Usage: python benchmarks/one_ticket.py [--seeds 0 1 2] [--sparsities 0.8 0.95] [--report-only]
+Usage: python benchmarks/one_ticket.py [--seeds 0 1 2] [--sparsities 0.9] [--report-only]
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def reading(runs, sparsities):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.95])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.9])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--search-epochs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
