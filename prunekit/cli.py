@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from .errors import PrunekitError
+from .errors import ConfigError, PrunekitError
 
 EXIT_ERROR = 2
 
@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, help="run at most this many new cells, then write the report")
     b.add_argument("--reverse", action="store_true",
                    help="work from the last cell backwards (a second process on the same grid)")
+    b.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads for this process (default 1: with several workers on a few "
+                        "cores, more threads oversubscribe the CPU and every worker slows down)")
 
     m = sub.add_parser("methods", help="the catalogue of papers and the status of each implementation")
     m.add_argument("--json", action="store_true")
@@ -218,8 +221,13 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    import torch
+
     from .workflows import bench_job
 
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be at least 1")
+    torch.set_num_threads(args.threads)
     rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit, reverse=args.reverse)
     print(f"{rep['done']} cells done, {rep['ran']} run now, {rep['remaining']} remaining; table: {rep['markdown']}")
     return 0
