@@ -232,10 +232,12 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], limit_s: float) -> N
     lines = [
         "# Structural-pruning coverage zoo: prunekit next to Torch-Pruning",
         "",
-        f"Produced by `{COMMAND}` (per-model limit {limit_s:.0f} s, one thread per worker),"
-        " rendered from `benchmarks/results/zoo.jsonl` by `python benchmarks/zoo_coverage.py --report-only`.",
-        f"Machine: {machine()}. Versions: {versions()}; prunekit engine commit(s) of the prunekit"
-        f" column: {', '.join(sorted({r.get('engine', 'unrecorded') for r in recs.values() if r['tool'] == 'prunekit'})) or 'none'}.",
+        f"Produced by `{COMMAND}` (per-model limit {limit_s:.0f} s, one thread per worker); after engine"
+        " changes the prunekit column is refreshed with `python benchmarks/zoo_coverage.py --tools prunekit"
+        " --redo-stale` (the Torch-Pruning column, same version, is kept). Rendered from"
+        " `benchmarks/results/zoo.jsonl` by `python benchmarks/zoo_coverage.py --report-only`.",
+        f"Machine: {machine()}. Versions: {versions()}; prunekit engine version(s) of the prunekit"
+        f" column (a hash of the engine's sources; timeouts record none): {', '.join(sorted({r.get('engine', 'unrecorded') for r in recs.values() if r['tool'] == 'prunekit'})) or 'none'}.",
         "",
         "Each model is built with random weights and small inputs (`benchmarks/zoo.py`), then pruned at"
         " sparsity 0.5 with its output heads ignored: prunekit with `pk.prune_(model, example_inputs=x,"
