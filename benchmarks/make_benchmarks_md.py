@@ -17,7 +17,7 @@ SECTIONS = [
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
     ("filter_full.md", "Filter pruning: the full table (3 seeds, 2x and 4x, every Torch-Pruning importance)", None),
     ("filter_full_costly.md", "Filter pruning: the costly methods (1 seed)", None),
-    ("filter_vgg.md", "Filter pruning: the small VGG (1 seed)", None),
+    ("filter_vgg.md", "Filter pruning: the small VGG", None),
     ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
     ("engine_speed.md", "Structural engine: speed and memory", None),
     ("latency.md", "Structural engine: real CPU speed-up", None),
