@@ -16,7 +16,7 @@ SECTIONS = [
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
     ("filter_full.md", "Filter pruning: the full table (3 seeds, 2x and 4x, every Torch-Pruning importance)", None),
-    ("filter_full_costly.md", "Filter pruning: the costly methods (1 seed)", None),
+    ("filter_full_costly.md", "Filter pruning: the costly methods at 4x", None),
     ("filter_vgg.md", "Filter pruning: the small VGG", None),
     ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
     ("engine_speed.md", "Structural engine: speed and memory", None),
