@@ -565,7 +565,7 @@ def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
     graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
-    params = {n for n, _ in model.named_parameters()}
+    params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     by_member = {(m.fqn, m.dim): (g, m) for g in graph.groups for m in g.members}
     blocked = {(n.fqn, n.dim): n.reason for n in graph.nonprunable}
@@ -577,14 +577,12 @@ def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()
         elif key in modules and f"{key}.weight" in params:
             fqn = f"{key}.weight"
         else:
-            from ._registry import closest
-
             hint = closest(key, [*modules, *params])
             raise ConfigError(f"channels: {key!r} is neither a module with a weight nor a parameter of the model"
                               + (f"; did you mean {hint!r}?" if hint else ""))
         mod = modules.get(fqn.rsplit(".", 1)[0]) if "." in fqn else model
         dim = 1 if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
-        t = dict(model.named_parameters())[fqn]
+        t = params[fqn]
         try:
             idx = np.asarray(sorted({int(i) for i in idx}), dtype=np.int64)
         except (TypeError, ValueError):
