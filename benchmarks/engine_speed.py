@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.zoo_coverage import engine_version  # noqa: E402 (one definition for both benchmarks)
 RESULTS = ROOT / "benchmarks" / "results"
 TOOLS = ("prunekit", "torch-pruning")
 MAIN = ("resnet50", "vit_b_16", "bert-base", "llama-1b")
@@ -110,16 +112,6 @@ def measure_one(name: str, tool: str, threads: int) -> dict:
             "extra_over_model": round((hwm - rss0) * 1024 / model_bytes, 3) if peak_reset else None,
             "n_layers": sum(1 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))),
             "threads": threads}
-
-
-def engine_version() -> str:
-    """The last commit that touched the prunekit package ("unknown" outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "log", "-1", "--format=%h", "--", "prunekit"], cwd=str(ROOT),
-                             capture_output=True, text=True, timeout=30)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def load_all(path: Path, engine: str | None = None) -> dict:

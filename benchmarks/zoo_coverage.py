@@ -237,7 +237,7 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], limit_s: float) -> N
         " --redo-stale` (the Torch-Pruning column, same version, is kept). Rendered from"
         " `benchmarks/results/zoo.jsonl` by `python benchmarks/zoo_coverage.py --report-only`.",
         f"Machine: {machine()}. Versions: {versions()}; prunekit engine version(s) of the prunekit"
-        f" column (a hash of the engine's sources; timeouts record none): {', '.join(sorted({r.get('engine', 'unrecorded') for r in recs.values() if r['tool'] == 'prunekit'})) or 'none'}.",
+        f" column (the last commit that touched the package; timeouts record none): {', '.join(sorted({r.get('engine', 'unrecorded') for r in recs.values() if r['tool'] == 'prunekit'})) or 'none'}.",
         "",
         "Each model is built with random weights and small inputs (`benchmarks/zoo.py`), then pruned at"
         " sparsity 0.5 with its output heads ignored: prunekit with `pk.prune_(model, example_inputs=x,"
