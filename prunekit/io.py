@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .surgery.mha import PrunableMultiheadAttention
 
 __all__ = ["save", "load"]
 _FORMAT = "prunekit-pruned"
@@ -79,7 +80,9 @@ def save(model: nn.Module, path) -> Path:
     os.replace(tmp, path)
     meta = {"format": _FORMAT, "version": _VERSION, "sha256": _sha256(path),
             "shapes": {k: list(v.shape) for k, v in state.items()}, "aliases": aliases,
-            "modules": {n: _size_attrs(m) for n, m in model.named_modules()}}
+            "modules": {n: _size_attrs(m) for n, m in model.named_modules()},
+            # nn.MultiheadAttention modules the engine turned into their op-by-op twin (surgery.mha)
+            "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)]}
     sidecar(path).write_text(json.dumps(meta, indent=1))
     return path
 
@@ -89,6 +92,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     from safetensors.torch import load_file
 
     from .surgery import Transaction, set_tensor_
+    from .surgery.mha import mark_pruned_, supported
 
     path = Path(path)
     if not path.exists() or not sidecar(path).exists():
@@ -122,6 +126,14 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
             old = state[fqn]
             set_tensor_(model, fqn, torch.empty(shape, dtype=old.dtype, device=old.device), tx)
     named = dict(model.named_modules())
+    for mfqn in meta.get("prunable_mha", []):
+        mod = named.get(mfqn)
+        if not isinstance(mod, nn.MultiheadAttention) or not (supported(mod) or
+                                                              isinstance(mod, PrunableMultiheadAttention)):
+            raise CheckpointError(f"module {mfqn!r} is a pruned nn.MultiheadAttention in the checkpoint but "
+                                  f"{type(mod).__name__} in model_factory()'s model; pass the factory of the "
+                                  f"model that was pruned")
+        mark_pruned_(mod, tx.set)
     for mfqn, attrs in meta["modules"].items():
         mod = named.get(mfqn)
         if mod is None:

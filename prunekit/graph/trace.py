@@ -262,10 +262,10 @@ def register_handler(target, fn: Callable | None = None):
 
 
 def _mha_constraint(rec, mod, fqn, inputs, output):
-    # torch's MultiheadAttention requires its inner width to equal embed_dim (the input width): neither
-    # heads nor the embedding can shrink without changing the other, so all its dims stay
-    reason = (f"nn.MultiheadAttention {fqn!r}: its inner width must equal embed_dim; use separate q/k/v "
-              f"projections to prune heads")
+    # plain instances are traced through their op-by-op twin (surgery.mha); the ones left here were built
+    # with add_bias_kv or add_zero_attn, which the twin does not compute: all their dims stay
+    reason = (f"nn.MultiheadAttention {fqn!r} with add_bias_kv/add_zero_attn: its heads and embedding are not "
+              f"analysed; build it without those options (or with separate q/k/v projections) to prune them")
     for name, p in mod.named_parameters():
         if rec.known(p):
             rec.kill_all(rec.get(p), reason)
@@ -432,6 +432,16 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
                                          with_kwargs=True) if _hook_kwargs_supported() else \
         _m.register_module_forward_hook(lambda mod, args, out: post(mod, args, {}, out))
     training = {m: m.training for m in model.modules()}
+    # plain nn.MultiheadAttention is traced through its op-by-op twin (same outputs, see surgery.mha) so
+    # that heads and embedding become prunable; the class is put back below: tracing changes nothing
+    from ..surgery.mha import PrunableMultiheadAttention, supported
+
+    twins = [m for m in training if supported(m) and nn.MultiheadAttention not in _MODULE_HANDLERS]
+    for m in twins:
+        m.__class__ = PrunableMultiheadAttention
+    # torch's fused encoder-layer kernel hides the attention from the trace: trace the regular path
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     model.eval()
     try:
         with torch.no_grad(), mode:
@@ -442,6 +452,9 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
     finally:
         h1.remove()
         h2.remove()
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for m in twins:
+            m.__class__ = nn.MultiheadAttention
         for m, t in training.items():
             m.training = t
     _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), "reaches the model output"))

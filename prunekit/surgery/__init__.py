@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import PruneError
 from .modules import FIXERS, SIZE_ATTRS, fixers_for, register_fixer
+from . import mha
 
 __all__ = ["remove_channels_", "find_breaking_groups", "Transaction", "register_fixer", "FIXERS", "SIZE_ATTRS", "keep_indices",
            "output_shapes", "set_tensor_"]
@@ -191,6 +192,12 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
             if changed:
                 touched_modules[id(mod)] = mod
         ctx = _Ctx(tx, new_in)
+        op = "convert nn.MultiheadAttention"
+        for mfqn, mod in name_to_mod.items():  # a changed plain MHA computes op by op from now on
+            if mha.supported(mod) and any(f.startswith(mfqn + ".") for f in cuts):
+                fqn = mfqn
+                mha.mark_pruned_(mod, tx.set)
+                touched_modules[id(mod)] = mod
         for mod in touched_modules.values():
             for fix in fixers_for(mod):
                 fqn, op = graph.rec.module_fqn.get(id(mod)), f"fix attributes of {type(mod).__name__}"

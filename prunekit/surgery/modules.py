@@ -128,3 +128,10 @@ def _fix_prelu(m, ctx):
 def _fix_rnn(m, ctx):
     ctx.set(m, "hidden_size", m.weight_hh_l0.shape[1])
     ctx.set(m, "input_size", m.weight_ih_l0.shape[1])
+
+
+@register_fixer("PrunableMultiheadAttention")
+def _fix_mha(m, ctx):
+    from .mha import sync_attrs_
+
+    sync_attrs_(m, ctx.set)
