@@ -1,0 +1,75 @@
+"""Groups whose new width breaks model code the trace cannot see are found, left whole and reported."""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit as pk
+import prunekit.surgery as surgery
+from prunekit.testing import assert_equivalent, zero_removed_
+
+
+class InputWidthAttention(nn.Module):
+    """timm-style attention: the head size and the output reshape come from the *input* width ``C``."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class Net(nn.Module):
+    def __init__(self, dim=16, heads=4, depth=3):
+        super().__init__()
+        self.embed = nn.Linear(6, dim)
+        self.attn = nn.ModuleList(InputWidthAttention(dim, heads) for _ in range(depth))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+                                 for _ in range(depth))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for a, m in zip(self.attn, self.mlp):
+            h = h + a(h)
+            h = h + m(h)
+        return self.head(h).mean(1)
+
+
+def _keep_whole(plan, names):
+    for g in plan.groups:
+        if g.name in names:
+            g.channels, g.kept = [], g.width
+            for mem in g.members:
+                mem["indices"] = []
+
+
+def test_breaking_groups_left_whole_and_the_rest_pruned_exactly(monkeypatch):
+    torch.manual_seed(0)
+    model, x = Net().double().eval(), torch.randn(2, 5, 6, dtype=torch.float64)
+    plan = pk.plan(model, x, sparsity=0.5, ignore=["head"])
+    assert len(plan.groups) == 7  # the residual stream, 3 x heads, 3 x MLP hidden
+    # with the residual stream kept, removing heads makes the inner width differ from the input width C
+    # that the attention's reshapes use: each heads group breaks the forward, the MLP groups do not
+    _keep_whole(plan, {"embed.weight[0]"})
+    twin = copy.deepcopy(model)
+    calls = []
+    real = surgery._validate
+    monkeypatch.setattr(surgery, "_validate", lambda *a: calls.append(1) or real(*a))
+    report = pk.prune_(model, plan)
+    left = sorted(s["where"] for s in report.skipped if "breaks the model's forward" in s["reason"])
+    assert left == ["attn.0.qkv.weight[0]", "attn.1.qkv.weight[0]", "attn.2.qkv.weight[0]"]
+    for a, m in zip(model.attn, model.mlp):  # heads whole, MLP hidden halved
+        assert a.qkv.weight.shape == (48, 16) and m[0].weight.shape == (16, 16)
+    _keep_whole(plan, set(left))  # the twin zeroes only what was really removed
+    zero_removed_(twin, plan)
+    assert_equivalent(twin, model, x, atol=1e-10, rtol=1e-8)
+    # the failed validation; 3 tries that each stop at the next breaking module and 1 passing try; one try
+    # per suspect; the final validation
+    assert len(calls) == 1 + 4 + 3 + 1
