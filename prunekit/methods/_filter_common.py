@@ -632,20 +632,21 @@ def check_target_reachable(model: nn.Module, ctx) -> None:
 def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], allocation: str = "global") -> dict:
     """Remove the lowest-scoring channels until ``ctx.target`` is met, through the structural engine.
 
-    The selection is :func:`select_to_target`; the engine's transactional surgery
-    (:func:`prunekit.surgery.remove_channels_`) then slices every coupled tensor of the chosen channels and
-    checks one forward, restoring the model if anything fails. Returns a JSON-ready summary (target,
-    allocation, costs before/after, kept widths).
+    The selection is :func:`select_to_target`; it becomes a plan through the public verb
+    :func:`prunekit.plan_channels` (which checks every index against the engine's groups) and is applied by
+    :func:`prunekit.prune_`: transactional surgery of every coupled tensor, one validation forward, the model
+    restored if anything fails. Returns a JSON-ready summary (target, allocation, costs before/after, kept
+    widths, the engine report).
     """
-    from ..surgery import remove_channels_
+    from ..api import plan_channels, prune_
 
     graph = _graph(model, ctx)
     groups = filter_groups(model, ctx, graph)
     sel, info = select_to_target(model, ctx, scores, allocation, groups, graph=graph)
     params_before = sum(p.numel() for p in model.parameters())
-    gid = {g.key: g.group.id for g in groups}
-    removal = {gid[k]: v for k, v in sel.items()}
-    remove_channels_(model, graph, removal, example_inputs=ctx.example_inputs, validate=True)
+    chosen = {k: [int(i) for i in v] for k, v in sel.items() if len(v)}
+    plan = plan_channels(model, ctx.example_inputs, chosen, ignore=list(ctx.ignore))
+    info["engine_report"] = prune_(model, plan).to_dict()
     widths = {g.key: g.width - len(sel.get(g.key, ())) for g in groups}
     info.update({"params_before": int(params_before), "params_after": int(sum(p.numel() for p in model.parameters())),
                  "widths": widths})
