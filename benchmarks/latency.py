@@ -57,6 +57,37 @@ def paired_latency(dense, pruned, x, threads: int, runs: int, warmup: int) -> tu
     return statistics.median(td), statistics.median(tp), statistics.median(ratios)
 
 
+def ort_paired_latency(dense, pruned, x, runs: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of one onnxruntime run (1 thread, full graph optimisation) of each exported model,
+    timed alternately."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sessions = []
+    with tempfile.TemporaryDirectory() as d:
+        for i, m in enumerate((dense, pruned)):
+            path = f"{d}/m{i}.onnx"
+            torch.onnx.export(m, (x,), path, input_names=["x"], dynamo=False)
+            sessions.append(ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]))
+    feed = {"x": x.numpy()}
+    for _ in range(warmup):
+        for s in sessions:
+            s.run(None, feed)
+    times = ([], [])
+    for _ in range(runs):
+        for i, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[i].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def run(models, size: int, runs: int, warmup: int, jsonl: Path) -> None:
     import torch
     import torchvision
@@ -91,6 +122,10 @@ def run(models, size: int, runs: int, warmup: int, jsonl: Path) -> None:
                 rec[f"t{th}"] = {"dense_ms": round(lat0 * 1e3, 2), "pruned_ms": round(lat1 * 1e3, 2),
                                  "latency_reduction": round(lat_red, 3), "paired_reduction": round(paired, 3),
                                  "mac_reduction": round(mac_red, 3), "ratio": round(lat_red / mac_red, 3)}
+            lat0, lat1 = ort_paired_latency(dense, model, x, runs, warmup)
+            rec["ort1"] = {"dense_ms": round(lat0 * 1e3, 2), "pruned_ms": round(lat1 * 1e3, 2),
+                           "latency_reduction": round(lat0 / lat1, 3), "mac_reduction": round(macs0 / macs1, 3),
+                           "ratio": round(lat0 / lat1 / (macs0 / macs1), 3)}
             with jsonl.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(json.dumps(rec), flush=True)
@@ -119,24 +154,27 @@ def write_markdown(jsonl: Path, md: Path) -> None:
              " latency reduction / MAC reduction (1.0 = latency falls exactly as fast as MACs). The CPUs are"
              " shared with other jobs, so single numbers carry noise.", "",
              "| model | MACs target | round_to | MACs dense -> pruned (M) | MAC reduction | 1 thread: ms dense -> pruned"
-             " | latency reduction | ratio | 2 threads: ms dense -> pruned | latency reduction | ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " | latency reduction | ratio | 2 threads: ms dense -> pruned | latency reduction | ratio"
+             " | onnxruntime, 1 thread: ms dense -> pruned | latency reduction | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (name, target, round_to), r in sorted(recs.items(), key=lambda kv: (MODELS.index(kv[0][0])
                                                                               if kv[0][0] in MODELS else 99,
                                                                               -kv[0][1], -kv[0][2])):
         cells = [name, f"{target}", f"{round_to}", f"{r['macs_dense'] / 1e6:.0f} -> {r['macs_pruned'] / 1e6:.0f}",
                  f"{r['macs_dense'] / r['macs_pruned']:.2f}x"]
-        for th in THREADS:
-            t = r.get(f"t{th}")
+        for th in THREADS + ("ort1",):
+            t = r.get(f"t{th}" if th != "ort1" else th)
             cells += ([f"{t['dense_ms']:.1f} -> {t['pruned_ms']:.1f}", f"{t['latency_reduction']:.2f}x",
                        f"{t['ratio']:.2f}"] if t else ["", "", ""])
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Summary", ""]
-    for th in THREADS:
-        ratios = [r[f"t{th}"]["ratio"] for r in recs.values() if f"t{th}" in r]
+    for th in THREADS + ("ort1",):
+        key = f"t{th}" if th != "ort1" else th
+        ratios = [r[key]["ratio"] for r in recs.values() if key in r]
         if ratios:
             reached = sum(x >= 0.8 for x in ratios)
-            lines.append(f"- {th} thread{'s' if th > 1 else ''}: ratio latency reduction / MAC reduction from"
+            label = "onnxruntime, 1 thread" if th == "ort1" else f"{th} thread{'s' if th > 1 else ''}"
+            lines.append(f"- {label}: ratio latency reduction / MAC reduction from"
                          f" {min(ratios):.2f} to {max(ratios):.2f} (median {statistics.median(ratios):.2f});"
                          f" {reached} of {len(ratios)} rows reach 0.8.")
     lines += ["", "Where latency falls short of the MAC reduction: MACs count only convolutions and matrix"
