@@ -78,6 +78,25 @@ def keep_indices(size: int, remove) -> torch.Tensor:
     return torch.from_numpy(np.nonzero(mask)[0])
 
 
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def take_(t: torch.Tensor, dims: dict) -> torch.Tensor:
+    """``t`` without the positions ``dims = {dim: positions to remove}``, as a new tensor.
+
+    The rows of dim 0 go first (contiguous copies), so later dims gather from less data; floating tensors
+    are copied through a same-size integer view of their bits, which CPU gathers handle 1.3-4x faster than
+    bfloat16/float32 (exact: only bits move).
+    """
+    out = t.detach()
+    raw = out.is_floating_point() and not out.is_complex() and out.element_size() in _SAME_SIZE_INT
+    if raw:
+        out = out.view(_SAME_SIZE_INT[out.element_size()]) if out.dim() else out
+    for d in sorted(dims):
+        out = out.index_select(d, keep_indices(t.shape[d], dims[d]).to(t.device))
+    return out.view(t.dtype) if raw and out.dim() else out
+
+
 def _owner(model: nn.Module, fqn: str):
     mod_name, _, attr = fqn.rpartition(".")
     return (model.get_submodule(mod_name) if mod_name else model), attr
@@ -148,9 +167,7 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
             op = "slice"
             t = graph.rec.tensors[fqn]
             old_shape = tuple(t.shape)
-            new = t.detach()
-            for d, pos in dims.items():
-                new = new.index_select(d, keep_indices(t.shape[d], pos).to(t.device))
+            new = take_(t, dims)
             grad = t.grad if isinstance(t, nn.Parameter) else None
             if grad is not None:
                 tx.set_grad(t, None)  # so that rollback restores data before the old-shaped grad
@@ -158,18 +175,14 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
             new_shapes[fqn] = tuple(new.shape)
             if grad is not None and tuple(grad.shape) == old_shape:
                 op = "slice grad"
-                g = grad
-                for d, pos in dims.items():
-                    g = g.index_select(d, keep_indices(old_shape[d], pos).to(g.device))
+                g = take_(grad, dims)
                 tx.set_grad(t, g.contiguous())
             state = opt_state.get(id(t))
             if state:
                 op = "slice optimizer state"
                 for k, v in list(state.items()):
                     if isinstance(v, torch.Tensor) and tuple(v.shape) == old_shape and v.dim() > 0:
-                        s = v
-                        for d, pos in dims.items():
-                            s = s.index_select(d, keep_indices(old_shape[d], pos).to(s.device))
+                        s = take_(v, dims)
                         tx.set_item(state, k, s.contiguous())
             mod, _ = _owner(model, fqn)
             touched_modules[id(mod)] = mod
