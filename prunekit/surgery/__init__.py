@@ -265,11 +265,13 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
 
     Model code sometimes sizes a reshape from a width the trace cannot see (``C // self.num_heads`` with
     ``C`` the input width); such groups are found by trying them (each try is rolled back). A failed try
-    names the module that raised; the groups with members in that module are set aside as suspects and the
-    rest is tried again, until a try passes. Each suspect is then tried on top of the passing set: it is
-    breaking when that try fails. A forward that fails outside any module falls back to halving. The cost
-    is about one forward per breaking module plus one per suspect, instead of two per breaking group and
-    halving level.
+    names the module that raised; the groups with members in that module are set aside and the rest is
+    tried again, until a try passes. A group set aside alone is breaking; when several were set aside
+    together, each is tried on top of the passing set and is breaking when that try fails. A forward that
+    fails outside any module falls back to halving. The cost is about one (partial) forward per breaking
+    module plus one per group set aside with others, instead of two per breaking group and halving level.
+    A group blamed alone may be innocent (the real cause had no member there); it is then left whole
+    needlessly, never pruned wrongly: the final prune validates again.
     """
     bad: dict = {}
     members = {gid: {m.fqn for m in graph.groups[gid].members} for gid in removal}
@@ -314,7 +316,10 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
             halving(good)
             good = [i for i in good if i not in bad]
             break
-        suspects += hit
+        if len(hit) == 1:  # the only group left with members where the forward broke: blamed directly
+            bad[hit[0]] = err
+        else:
+            suspects += hit
         good = [i for i in good if i not in hit]
     for i in suspects:
         err, _ = trial(good + [i])

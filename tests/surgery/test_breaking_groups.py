@@ -70,6 +70,25 @@ def test_breaking_groups_left_whole_and_the_rest_pruned_exactly(monkeypatch):
     _keep_whole(plan, set(left))  # the twin zeroes only what was really removed
     zero_removed_(twin, plan)
     assert_equivalent(twin, model, x, atol=1e-10, rtol=1e-8)
-    # the failed validation; 3 tries that each stop at the next breaking module and 1 passing try; one try
-    # per suspect; the final validation
-    assert len(calls) == 1 + 4 + 3 + 1
+    # the failed validation; 3 tries that each stop at the next breaking module (each blames the one group
+    # with members there) and 1 passing try; the final validation
+    assert len(calls) == 1 + 4 + 1
+
+
+def test_groups_blamed_together_are_tried_one_by_one(monkeypatch):
+    torch.manual_seed(0)
+    model, x = Net().double().eval(), torch.randn(2, 5, 6, dtype=torch.float64)
+    heads01 = [r + h * 4 + part * 16 for part in range(3) for h in (0, 1) for r in range(4)]  # q, k, v rows
+    # a quarter of the residual stream and half of the first block's heads: the first attention's reshapes
+    # break, and both groups have members there; the MLP channels are fine
+    plan = pk.plan_channels(model, x, {"embed": [0, 1, 2, 3], "attn.0.qkv": heads01, "mlp.0.0": list(range(16))},
+                            ignore=["head"])
+    calls = []
+    real = surgery._validate
+    monkeypatch.setattr(surgery, "_validate", lambda *a: calls.append(1) or real(*a))
+    report = pk.prune_(model, plan)
+    left = sorted(s["where"] for s in report.skipped if "breaks the model's forward" in s["reason"])
+    assert left == ["attn.0.qkv.weight[0]", "embed.weight[0]"]
+    assert model.mlp[0][0].weight.shape == (16, 16) and model.embed.weight.shape == (16, 6)
+    # the failed validation; the try that blames both; the passing try; one try per blamed group; the final
+    assert len(calls) == 1 + 1 + 1 + 2 + 1
