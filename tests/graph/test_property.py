@@ -11,10 +11,11 @@ from prunekit.measure.macs import count_macs
 from prunekit.testing import assert_equivalent, zero_removed_
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-BLOCKS = ["conv", "residual", "concat", "chunk", "depthwise", "grouped", "se", "mul", "pool", "upsample", "inplace"]
+BLOCKS = ["conv", "residual", "concat", "chunk", "depthwise", "grouped", "se", "mul", "pool", "upsample", "inplace",
+          "attention"]
 
 
 class Block(nn.Module):
@@ -53,6 +54,10 @@ class Block(nn.Module):
         elif kind in ("pool", "upsample", "inplace"):
             self.a = nn.Conv2d(c, width, 1)
             self.out = width
+        elif kind == "attention":  # pixels as tokens through nn.MultiheadAttention, 2 heads, residual
+            self.a = nn.Conv2d(c, 2 * width, 1)
+            self.attn = nn.MultiheadAttention(2 * width, 2, batch_first=True)
+            self.out = 2 * width
 
     def forward(self, x):
         k = self.kind
@@ -77,6 +82,12 @@ class Block(nn.Module):
             return F.max_pool2d(self.a(x), 3, 1, 1)
         if k == "upsample":
             return F.interpolate(self.a(x), scale_factor=2, mode="nearest")[..., ::2, ::2]
+        if k == "attention":
+            y = self.a(x)
+            b, ch, h, w = y.shape
+            t = y.flatten(2).transpose(1, 2)
+            t = t + self.attn(t, t, t, need_weights=False)[0]
+            return t.transpose(1, 2).reshape(b, ch, h, w)
         y = self.a(x)
         y.relu_()
         return y
@@ -97,10 +108,12 @@ class Net(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.blocks(x), 2).flatten(1))
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(kinds=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=5),
        widths=st.lists(st.integers(2, 6), min_size=5, max_size=5),
        sparsity=st.sampled_from([0.25, 0.5, 0.7]), global_=st.booleans())
+@example(kinds=["attention", "conv", "attention"], widths=[4, 3, 2, 5, 5], sparsity=0.5, global_=True)
+@example(kinds=["residual", "attention", "concat"], widths=[3, 6, 4, 2, 2], sparsity=0.25, global_=False)
 def test_random_networks_prune_to_exact_equivalents(kinds, widths, sparsity, global_):
     torch.manual_seed(len(kinds))
     model = Net(kinds, widths).double()
