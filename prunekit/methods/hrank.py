@@ -21,7 +21,9 @@ DEFAULTS = {
 }
 
 
-@register_method("hrank", kind="structured", defaults=DEFAULTS, needs_data=True)
+@register_method("hrank", kind="structured", status="partial", defaults=DEFAULTS, needs_data=True,
+                 left_out="the layer-by-layer schedule with a fine-tune after each layer: all layers are cut "
+                          "at once, then the shared fine-tune runs")
 def run(ctx: RunContext) -> MethodResult:
     opts = get_method("hrank").options(ctx.options)
     _choice("hrank", "allocation", opts["allocation"], ("uniform", "global"))
