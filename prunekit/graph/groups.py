@@ -138,6 +138,15 @@ class Graph:
         self.offsets = np.cumsum([0] + [g.width for g in groups])
         self._build_cost()
 
+    def is_live(self, labels: np.ndarray) -> bool:
+        """Whether any atom of ``labels`` belongs to a prunable group."""
+        a = labels[labels >= 0]
+        return bool(len(a)) and bool((self.gid_of_root[self.root[a]] >= 0).any())
+
+    def prunable_positions(self) -> int:
+        """Parameter and buffer positions (summed over members) that some group can remove."""
+        return sum(int((m.channel >= 0).sum()) for g in self.groups for m in g.members)
+
     # ---- cost model ------------------------------------------------------------------------------
     def _flat_index(self, arr: np.ndarray) -> np.ndarray:
         """Flat channel index (offsets[group] + channel) of every removable position of a label array."""
@@ -221,6 +230,19 @@ class Graph:
 
 
 def build_graph(model: torch.nn.Module, example_inputs, *, ignore_modules: dict | None = None) -> Graph:
-    """Trace ``model`` on ``example_inputs`` and derive its channel groups (changes nothing)."""
+    """Trace ``model`` on ``example_inputs`` and derive its channel groups (changes nothing).
+
+    A reshape that splits one channel dim over several dims is read with the outer dim as the unit (whole
+    attention heads). When that unit ends up non-prunable at some such reshapes, the model is traced a
+    second time with the innermost dim as the unit there (a selective-kernel block splits its logits into
+    ``[paths, channels]`` and multiplies per channel); the reading that leaves more parameter positions
+    prunable is kept. Either reading is exact: it only decides which positions form one channel.
+    """
     rec, out = record(model, example_inputs, ignore_modules=ignore_modules)
-    return Graph(rec, out)
+    graph = Graph(rec, out)
+    stuck = frozenset(op for op, lab in rec.split_units if not graph.is_live(lab))
+    if not stuck:
+        return graph
+    rec2, out2 = record(model, example_inputs, ignore_modules=ignore_modules, inner_unit=stuck)
+    other = Graph(rec2, out2)
+    return other if other.prunable_positions() > graph.prunable_positions() else graph

@@ -186,8 +186,11 @@ def view_labels(rec, labs, a, b):
         # and all its head_dim positions form one channel
         cand = [t for t in range(len(gj) - 1) if osizes[t] > 1] or [len(gj) - 1]
         t = cand[-1]
+        if rec.op_count in rec.inner_unit:  # the other reading: the innermost dim is the unit
+            t = max(u for u in range(len(gj)) if osizes[u] > 1)
         d = gj[t]
         lab = rec.unify_rows(np.moveaxis(m, t, 0).reshape(osizes[t], -1).reshape(-1), osizes[t])
+        rec.split_units.append((rec.op_count, lab))
         res[d] = lab
         rec.size_use(b[d], lab)
     return res

@@ -80,6 +80,12 @@ class Recording:
         self._labels: dict[int, tuple] = {}  # id(tensor) -> (weakref, labels, is_param_view)
         self._keep: list = []  # tensors that cannot be weak-referenced stay alive for the trace
         self.op_count = 0
+        # reshapes that split one channel dim over several output dims ([B, P*C] -> [B, P, C]): the op's
+        # index and the labels of the dim taken as the unit. By default the outer dim is the unit (whole
+        # heads go); ops listed in ``inner_unit`` take the innermost dim instead (selective-kernel
+        # attention multiplies by [paths, channels] logits per channel) -- see graph.build_graph
+        self.inner_unit: frozenset = frozenset()
+        self.split_units: list[tuple[int, np.ndarray]] = []
 
     # ---- labels ---------------------------------------------------------------------------------
     def param_atoms(self, t: torch.Tensor) -> tuple:
@@ -388,11 +394,15 @@ def call_model(model: nn.Module, example_inputs):
 
 
 def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = None,
-           rules: dict | None = None) -> tuple[Recording, Any]:
-    """Trace one forward of ``model`` in eval mode without gradients; returns the recording and output."""
+           rules: dict | None = None, inner_unit: frozenset = frozenset()) -> tuple[Recording, Any]:
+    """Trace one forward of ``model`` in eval mode without gradients; returns the recording and output.
+
+    ``inner_unit``: indices of channel-splitting reshapes whose innermost dim is the unit (see Recording).
+    """
     from .rules import RULES
 
     rec = Recording(model, ignore_modules)
+    rec.inner_unit = frozenset(inner_unit)
     mode = _Mode(rec, rules or RULES)
     module_fqn = rec.module_fqn
 
