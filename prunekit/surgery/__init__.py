@@ -271,15 +271,10 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
     fails outside any module falls back to halving. The cost is about one (partial) forward per breaking
     module plus one per group set aside with others, instead of two per breaking group and halving level.
     A group blamed alone may be innocent (the real cause had no member there); it is then left whole
-    needlessly, never pruned wrongly: the final prune validates again. A group blamed alone in a composite
-    module of a library or user class (timm's ``Attention``) takes with it, untried, the groups holding the
-    same members in the other modules of that class: model code repeated block by block breaks the same
-    way, and trying each would cost a forward per block.
+    needlessly, never pruned wrongly: the final prune validates again.
     """
     bad: dict = {}
     members = {gid: {m.fqn for m in graph.groups[gid].members} for gid in removal}
-    member_dims = {gid: {(m.fqn, m.dim) for m in graph.groups[gid].members} for gid in removal}
-    named = dict(model.named_modules())
 
     def trial(ids):
         with _module_stack(model) as stack:
@@ -295,24 +290,8 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
             prefix = mfqn + "." if mfqn else ""
             hit = [i for i in ids if any(f.startswith(prefix) for f in members[i])]
             if hit:
-                return hit, mfqn
-        return [], None
-
-    def analogs(gid, mfqn, ids):
-        """Groups in ``ids`` holding, in another module of the same library-defined composite class as
-        ``mfqn``, the members ``gid`` holds there (the next blocks' heads when block 0's heads broke)."""
-        mod = named.get(mfqn) if mfqn else None
-        if mod is None or not any(True for _ in mod.children()) or type(mod).__module__.startswith("torch.nn"):
-            return []
-        prefix = mfqn + "."
-        rel = {(f[len(prefix):], d) for f, d in member_dims[gid] if f.startswith(prefix)}
-        out = []
-        for other_fqn, other in named.items():
-            if other is mod or type(other) is not type(mod) or not rel:
-                continue
-            want = {(f"{other_fqn}.{r}", d) for r, d in rel}
-            out += [j for j in ids if j != gid and j not in out and want <= member_dims[j]]
-        return out
+                return hit
+        return []
 
     def halving(ids):
         if not ids:
@@ -332,19 +311,16 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
         err, stack = trial(good)
         if err is None:
             break
-        hit, where = touching(good, stack)
+        hit = touching(good, stack)
         if not hit:  # no module to blame: search the remaining groups by halving
             halving(good)
             good = [i for i in good if i not in bad]
             break
         if len(hit) == 1:  # the only group left with members where the forward broke: blamed directly
             bad[hit[0]] = err
-            for j in analogs(hit[0], where, good):  # the same code in the other blocks breaks the same way
-                bad[j] = (f"the same change in another {type(named[where]).__name__} ({where}) broke the "
-                          f"forward; left whole without a try of its own: {err}")
         else:
             suspects += hit
-        good = [i for i in good if i not in hit and i not in bad]
+        good = [i for i in good if i not in hit]
     for i in suspects:
         err, _ = trial(good + [i])
         if err is None:
