@@ -165,3 +165,20 @@ def test_save_load_and_onnx_round_trip(tmp_path):
     torch.onnx.export(model.eval(), (x,), str(path), input_names=["x"], dynamo=False)
     got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_pruned_attention_trains():
+    torch.manual_seed(0)
+    model, x = SelfAttn(dropout=0.1), torch.randn(4, 5, 6)
+    pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
