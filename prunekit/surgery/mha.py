@@ -34,15 +34,6 @@ def supported(module: nn.Module) -> bool:
             and not module.add_zero_attn)
 
 
-def convert_(module: nn.MultiheadAttention) -> "PrunableMultiheadAttention":
-    """Turn a supported ``nn.MultiheadAttention`` into a :class:`PrunableMultiheadAttention` in place."""
-    if not (supported(module) or isinstance(module, PrunableMultiheadAttention)):
-        raise TypeError(f"{type(module).__name__} with add_bias_kv/add_zero_attn cannot be converted")
-    module.__class__ = PrunableMultiheadAttention
-    module._qkv_same_embed_dim = False  # see mark_pruned_
-    return module
-
-
 def mark_pruned_(module: nn.Module, set_attr) -> None:
     """Turn ``module`` into a :class:`PrunableMultiheadAttention` for good through ``set_attr(obj, name, value)``.
 
