@@ -22,6 +22,7 @@ SECTIONS = [
     ("thinet_refit_none.md", "ThiNet re-fit ablation: no re-fit", None),
     ("filter_vgg.md", "Filter pruning: the small VGG", None),
     ("filter_vgg_entry_checks.md", "Filter pruning: two entries' checks with their own budgets", None),
+    ("filter_gpu_full_data.md", "Filter pruning at a larger budget (every training image, GPU)", None),
     ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
     ("engine_speed.md", "Structural engine: speed and memory", None),
     ("latency.md", "Structural engine: real CPU speed-up", None),
@@ -38,8 +39,9 @@ Every table below was produced by a command in this repository, named in its sec
 (JSON/JSONL) sit beside each section's source file in `benchmarks/results/`. This page is assembled from
 those files by `python benchmarks/make_benchmarks_md.py`.
 
-Machine for every figure on this page: a shared x86_64 Linux virtual machine with 2 CPU cores and 24 GB of
-memory, no GPU, torch 2.14.1 (CPU execution). Several jobs shared the two cores while these ran, so wall
+Machine for every figure on this page except the section that names a GPU: a shared x86_64 Linux virtual
+machine with 2 CPU cores and 24 GB of memory, no GPU, torch 2.14.1 (CPU execution). The GPU section ran on
+one NVIDIA H200 (torch 2.11.0+cu130). Several jobs shared the two cores while these ran, so wall
 times carry noise of tens of percent; ratios measured side by side in one run (and MACs) are the reliable
 figures. Accuracy budgets are small (short fine-tunes, data subsets), as each section states: compare rows
 with each other, not with published numbers.

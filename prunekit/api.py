@@ -30,7 +30,7 @@ from .allocate import allocate_global, allocate_uniform, parse_target, search_ta
 from .criteria import ChannelView, ConsumerView, channel_rows, get_criterion, reduce_scores, score_member
 from .errors import ConfigError, PruneError
 from .graph import Graph, build_graph
-from .graph.trace import _walk_outputs, call_model
+from .graph.trace import _walk_outputs, call_model, model_device, move_to
 
 __all__ = ["plan", "prune_", "inspect", "Plan", "PlanGroup", "Report", "Inspection", "count_params"]
 
@@ -289,16 +289,17 @@ def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: b
             if mod is None:
                 continue
 
-            def hook(mod, args, out, mf=mf):
+            def hook(mod, args, out, mf=mf):  # statistics live on the CPU, where every criterion scores
                 if isinstance(out, torch.Tensor):
-                    acts.setdefault(mf, []).append(out.detach())
+                    acts.setdefault(mf, []).append(out.detach().cpu())
                 t = next((a for a in args if isinstance(a, torch.Tensor)), None)
                 if t is not None:
-                    inputs.setdefault(mf, []).append(t.detach())
+                    inputs.setdefault(mf, []).append(t.detach().cpu())
 
             hooks.append(mod.register_forward_hook(hook))
     saved = {id(p): p.grad for p in model.parameters()}
     params = dict(model.named_parameters())
+    device = model_device(model)
     training = {m: m.training for m in model.modules()}
     model.eval()
     loss_fn = loss_fn or _default_loss
@@ -306,7 +307,7 @@ def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: b
         for batch in calib:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                 raise ConfigError(f"calib must yield (inputs, targets) pairs, got {type(batch).__name__}")
-            x, y = batch
+            x, y = move_to(batch, device)  # calibration batches may sit on the CPU next to a GPU model
             if need_grads:
                 for p in params.values():
                     p.grad = None
@@ -315,9 +316,10 @@ def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: b
                     loss.backward()
                 for f, p in params.items():
                     if p.grad is not None:
-                        grads[f] = grads[f] + p.grad if f in grads else p.grad.detach().clone()
+                        g = p.grad.detach().cpu()
+                        grads[f] = grads[f] + g if f in grads else g.clone()
                         if per_batch:
-                            grads.setdefault(f + "#batches", []).append(p.grad.detach().clone())
+                            grads.setdefault(f + "#batches", []).append(g.clone())
             else:
                 with torch.no_grad():
                     call_model(model, x)
@@ -365,17 +367,24 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
                 scored.append((m, chans, np.asarray(s, dtype=np.float64)))
             out.append(reduce_scores(g.width, scored, reduce))
         return out
+    hosted: dict = {}
+
+    def host(fqn):  # data-driven criteria score on the CPU, next to the statistics
+        if fqn not in hosted:
+            hosted[fqn] = tensors[fqn].detach().cpu()
+        return hosted[fqn]
+
     for g in graph.groups:
         members = [m for m in g.members if id(tensors[m.fqn]) in param_ids]
         consumers = []
         for m in members:
             if m.role == "consumer":
-                _, rows = channel_rows(tensors[m.fqn], m.dim, m.channel)
+                _, rows = channel_rows(host(m.fqn), m.dim, m.channel)
                 mf = _module_of(m.fqn)
                 consumers.append(ConsumerView(m.fqn, mf, named.get(mf), m.dim, rows))
         scored = []
         for m in members or g.members:
-            t = tensors[m.fqn]
+            t = host(m.fqn)
             chans, rows = channel_rows(t, m.dim, m.channel)
             gr = grb = None
             if m.fqn in grads:

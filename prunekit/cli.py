@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads for this process (default 1: with several workers on a few "
                         "cores, more threads oversubscribe the CPU and every worker slows down)")
+    b.add_argument("--workers", type=int, default=1,
+                   help="worker processes sharing the grid (each claims cells; e.g. one per core, or several "
+                        "per GPU for small models)")
+    b.add_argument("--keep-going", action="store_true",
+                   help="record a cell that raises (<cell>.failed.json) and go on (the default with --workers)")
 
     m = sub.add_parser("methods", help="the catalogue of papers and the status of each implementation")
     m.add_argument("--json", action="store_true")
@@ -228,8 +233,13 @@ def _cmd_bench(args) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be at least 1")
     torch.set_num_threads(args.threads)
-    rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit, reverse=args.reverse)
-    print(f"{rep['done']} cells done, {rep['ran']} run now, {rep['remaining']} remaining; table: {rep['markdown']}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} must be at least 1")
+    rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit, reverse=args.reverse,
+                    workers=args.workers, keep_going=args.keep_going or None, threads=args.threads)
+    failed = f", {rep['failed']} failed (see the report's notes)" if rep.get("failed") else ""
+    print(f"{rep['done']} cells done, {rep['ran']} run now, {rep['remaining']} remaining{failed}; "
+          f"table: {rep.get('markdown')}")
     return 0
 
 

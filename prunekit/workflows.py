@@ -649,13 +649,15 @@ def inspect_job(model: str, *, input_shape: tuple[int, ...] | None = None, num_c
 
 # --- bench / export ----------------------------------------------------------------------------------------
 def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progress: bool = True,
-              limit: int | None = None, reverse: bool = False) -> dict:
+              limit: int | None = None, reverse: bool = False, workers: int = 1, keep_going: bool | None = None,
+              threads: int = 1) -> dict:
     """Run (or continue) a benchmark grid described by a YAML file; see :mod:`prunekit.bench`."""
     from .bench import load_grid, run_grid
 
     spec = load_grid(grid)
     command = f"prunekit bench {grid}" + (f" --out {out}" if out else "")
-    return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command, reverse=reverse)
+    return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command, reverse=reverse,
+                    workers=workers, keep_going=keep_going, threads=threads)
 
 
 def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = None, opset: int = 17,

@@ -213,3 +213,14 @@ def test_activations_are_channel_first_for_linear_and_conv_producers():
         assert shapes["conv1.weight"] == (8, 2 * 8 * 8)
     finally:
         CRITERIA._items.pop("test-act-shape")
+
+
+def test_move_to_and_model_device_handle_nested_inputs():
+    from prunekit.graph.trace import model_device, move_to
+
+    x = {"a": torch.ones(2, dtype=torch.float64), "b": (torch.zeros(1), [torch.ones(1)]), "n": 3}
+    moved = move_to(x, "cpu")
+    assert moved["n"] == 3 and isinstance(moved["b"], tuple) and isinstance(moved["b"][1], list)
+    assert torch.equal(moved["a"], x["a"]) and moved["b"][1][0].device.type == "cpu"
+    assert model_device(torch.nn.Linear(2, 2)).type == "cpu"
+    assert model_device(torch.nn.ReLU()).type == "cpu"  # no parameters, no buffers: the CPU

@@ -157,22 +157,38 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
         cell.update(W.paired_latency(ctx.baseline(), model, x))
     cell["info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None)))}
     cell["time_prune_s"] = t_prune
+    cell["machine"] = _machine(g.device)
     cell["time_s"] = time.perf_counter() - t0
     return cell
 
 
 def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, progress: bool = True,
-             limit: int | None = None, command: str | None = None, reverse: bool = False) -> dict:
+             limit: int | None = None, command: str | None = None, reverse: bool = False, workers: int = 1,
+             keep_going: bool | None = None, threads: int = 1) -> dict:
     """Run every unfinished cell of ``grid`` (at most ``limit`` new ones), then write the aggregated report.
 
     A cell is skipped when its file exists (written by this or any other run of the same protocol), so a
     second process started with ``reverse=True`` works through the grid from the other end and the two
     meet in the middle. The report covers every finished cell of the grid, whoever ran it.
-    Returns ``{"done", "ran", "remaining", "json", "markdown", "pareto"}``.
+
+    ``workers > 1`` starts that many worker processes (``threads`` torch threads each) that share the grid
+    by claiming cells (an exclusive ``<cell>.claim`` file, removed when the cell ends; a claim left by a
+    process that died is taken over), in seed-major order so that a grid cut off early has every row at its
+    first seeds. ``keep_going`` (the default with several workers) records a cell that raises in
+    ``<cell>.failed.json`` with its traceback and goes on; the failure is listed in the report and the cell
+    is tried again by the next run. Returns ``{"done", "ran", "remaining", "failed", "json", "markdown",
+    "pareto"}``.
     """
     from ..report import write_bench_report, write_json
 
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be a positive int, e.g. workers=4")
+    if workers > 1 and (limit is not None or reverse or not resume):
+        raise ConfigError(f"workers={workers} shares the grid by claiming cells: leave limit, reverse and fresh "
+                          f"unset (for a fresh grid with workers, give it a new out= prefix)")
     check_grid(grid)
+    if keep_going is None:
+        keep_going = workers > 1
     prefix = Path(out or grid.out)
     cells_dir = prefix.parent / f"{prefix.name}.cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +197,9 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
     base = baseline_numbers(ctx, cells_dir / "baseline.json")
     ran = 0
     todo = grid.cells()
+    if workers > 1:
+        ran = _run_workers(grid, out, resume, workers, keep_going, threads)
+        resume, reverse, limit = True, False, 0  # below: only collect what the workers wrote and report it
 
     rerun = set() if resume else set(todo)  # --fresh: every cell runs again once
 
@@ -199,20 +218,25 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
         if limit is not None and ran >= limit:
             break
         log.info("cell %d/%d: %s %s seed %d", i + 1, len(todo), method, target, seed)
-        cell = run_cell(ctx, method, target, seed, base, progress=progress)
-        cell["fingerprint"] = fp
-        write_json(cell, cells_dir / f"{cell_id(method, target, seed)}.json")
+        ran += _run_one(ctx, cells_dir, (method, target, seed), base, fp, progress, keep_going)
         rerun.discard((method, target, seed))
-        ran += 1
     results = [c for c in (finished(*cell) for cell in todo) if c is not None]
     protocol = {"model": grid.model, "data": grid.data, "baseline": _describe_baseline(grid.baseline),
                 "fine-tune images": ctx.bundle(grid.seeds[0]).train.num_samples,
                 "fine-tune epochs": grid.finetune_epochs,
                 "fine-tune lr": grid.lr, "batch size": grid.batch_size,
                 "BN recalibration batches": grid.calib_batches, "seeds": list(grid.seeds),
-                "test set": "complete", "device": grid.device, "machine": _machine()}
+                "test set": "complete", "device": grid.device,
+                "machine": "; ".join(sorted({c.get("machine") or _machine() for c in results})) or _machine()}
     missing = [f"{m} @ {t} seed {s}" for (m, t, s) in todo if finished(m, t, s) is None]
+    failed = _failures(cells_dir, todo, fp, finished)
     notes = list(grid.notes)
+    if failed:
+        by_error: dict[str, list[str]] = {}
+        for c, e in failed.items():
+            by_error.setdefault(e, []).append(c)
+        notes.append(f"{len(failed)} cells raised (tracebacks in {cells_dir.name}/<cell>.failed.json; the next run "
+                     "tries them again): " + "; ".join(f"{', '.join(cs)}: {e}" for e, cs in by_error.items()) + ".")
     if missing:
         notes.append(f"{len(missing)} of {len(todo)} cells are not finished yet (rerun the command to continue "
                      f"the grid): " + ", ".join(missing) + ".")
@@ -220,8 +244,131 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
                               title=grid.name) if results else {}
     if results:
         write_json(grid.to_dict(), prefix.parent / f"{prefix.name}.grid.json")
-    return {"done": len(results), "ran": ran, "remaining": len(todo) - len(results),
+    return {"done": len(results), "ran": ran, "remaining": len(todo) - len(results), "failed": len(failed),
             **{k: str(v) for k, v in made.items()}}
+
+
+def _run_one(ctx: _Context, cells_dir: Path, cell: tuple[str, str, int], base: dict, fp: str, progress: bool,
+             keep_going: bool, run_id: str = "") -> int:
+    """Run one cell and write its file (or, with ``keep_going``, its failure); 1 when it finished."""
+    import traceback
+
+    from ..report import write_json
+
+    cid = cell_id(*cell)
+    try:
+        data = run_cell(ctx, *cell, base, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - recorded, and re-raised unless keep_going
+        if not keep_going:
+            raise
+        log.error("cell %s raised %s: %s", cid, type(exc).__name__, exc)
+        write_json({"fingerprint": fp, "run": run_id, "method": cell[0], "target": cell[1], "seed": cell[2],
+                    "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+                   cells_dir / f"{cid}.failed.json")
+        return 0
+    data["fingerprint"] = fp
+    write_json(data, cells_dir / f"{cid}.json")
+    (cells_dir / f"{cid}.failed.json").unlink(missing_ok=True)
+    return 1
+
+
+def _failures(cells_dir: Path, todo, fp: str, finished) -> dict[str, str]:
+    out = {}
+    for cell in todo:
+        path = cells_dir / f"{cell_id(*cell)}.failed.json"
+        if finished(*cell) is None and path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("fingerprint") == fp:
+                out[f"{cell[0]} @ {cell[1]} seed {cell[2]}"] = data["error"].splitlines()[0][:200]
+    return out
+
+
+def _failed_in(path: Path, run_id: str) -> bool:
+    try:
+        return json.loads(path.read_text()).get("run") == run_id
+    except (OSError, ValueError):
+        return False
+
+
+def _claim(path: Path) -> bool:
+    """Take the claim file ``path`` exclusively; a claim whose process is gone (same host) is taken over."""
+    import os
+    import socket
+
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text().split()
+            except (OSError, ValueError):
+                return False  # being written right now, or unreadable: someone else's
+            if host != socket.gethostname() or _alive(int(pid)):
+                return False
+            path.unlink(missing_ok=True)  # stale: its process died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker(grid: BenchGrid, out: str | None, resume: bool, keep_going: bool, threads: int, run_id: str) -> int:
+    """One worker process: claim and run unfinished cells in seed-major order until none is left (a cell that
+    failed in this run, ``run_id``, is not tried again by another worker)."""
+    torch.set_num_threads(threads)
+    prefix = Path(out or grid.out)
+    cells_dir = prefix.parent / f"{prefix.name}.cells"
+    fp = grid.fingerprint()
+    ctx = _Context(grid)
+    base = baseline_numbers(ctx, cells_dir / "baseline.json")
+    order = {k: i for i, k in enumerate(grid.seeds)}, {k: i for i, k in enumerate(grid.targets)}
+    todo = sorted(grid.cells(), key=lambda c: (order[0][c[2]], order[1][c[1]]))
+    ran = 0
+    for cell in todo:
+        cid = cell_id(*cell)
+        path = cells_dir / f"{cid}.json"
+        if resume and path.is_file() and json.loads(path.read_text()).get("fingerprint") == fp:
+            continue
+        if _failed_in(cells_dir / f"{cid}.failed.json", run_id):
+            continue
+        claim = cells_dir / f"{cid}.claim"
+        if not _claim(claim):
+            continue
+        try:
+            if ((resume and path.is_file() and json.loads(path.read_text()).get("fingerprint") == fp)
+                    or _failed_in(cells_dir / f"{cid}.failed.json", run_id)):
+                continue  # finished (or failed) by another worker between the check and the claim
+            log.info("worker %d: %s %s seed %d", __import__("os").getpid(), *cell)
+            ran += _run_one(ctx, cells_dir, cell, base, fp, False, keep_going, run_id)
+        finally:
+            claim.unlink(missing_ok=True)
+    return ran
+
+
+def _run_workers(grid: BenchGrid, out: str | None, resume: bool, workers: int, keep_going: bool,
+                 threads: int) -> int:
+    import multiprocessing as mp
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        results = [pool.apply_async(_worker, (grid, out, True, keep_going, threads, run_id))
+                   for _ in range(workers)]
+        return sum(r.get() for r in results)
 
 
 def _describe_baseline(name: str | None) -> str:
@@ -237,11 +384,14 @@ def _describe_baseline(name: str | None) -> str:
     return f"{name} (prunekit train: {meta.get('epochs')} epochs on {images} training images, seed {meta.get('seed')})"
 
 
-def _machine() -> str:
+def _machine(device: str = "cpu") -> str:
     import os
     import platform
 
-    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+    gpu = ""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        gpu = f"{torch.cuda.get_device_name(torch.device(device))}, "
+    return (f"{gpu}{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
             f"with {torch.get_num_threads()} thread(s)")
 
 

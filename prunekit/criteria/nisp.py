@@ -58,7 +58,7 @@ def _key(group) -> tuple:
 
 def _kernel_abs(w: torch.Tensor, dim: int) -> torch.Tensor:
     """``|W|`` summed over everything but the output dim and ``dim``: ``[O, P]``."""
-    a = w.detach().double().abs().movedim(dim, 1)
+    a = w.detach().cpu().double().abs().movedim(dim, 1)
     return a.reshape(a.shape[0], a.shape[1], -1).sum(2)
 
 

@@ -45,7 +45,7 @@ def contributions(mod: nn.Module, weight: torch.Tensor, x: torch.Tensor, n_sampl
     ``weight`` is the module weight (``[O, C, kh, kw]`` or ``[O, C*k]``), ``x`` its input (``[N, C, H, W]``
     or ``[N, C, k]``). Bias is left out: it does not depend on the channels.
     """
-    w = weight.detach().double()
+    w = weight.detach().to(x.device).double()
     if isinstance(mod, nn.Conv2d):
         u = _unfold(mod, x.double())  # [N, C, kk, L]
         n, c, kk, L = u.shape
@@ -162,18 +162,19 @@ def score_cp_lasso(view: ChannelView) -> torch.Tensor:
 # ---- the re-fit after surgery ---------------------------------------------------------------------------------
 def _run(model: nn.Module, calib, fqns: list, want: str) -> dict:
     """Inputs (``want="in"``) or outputs (``"out"``) of modules ``fqns`` over ``calib``, eval mode, no grad."""
-    from ..graph.trace import call_model
+    from ..graph.trace import call_model, model_device, move_to
 
     mods = dict(model.named_modules())
     rec: dict = {f: [] for f in fqns}
-    hooks = [mods[f].register_forward_hook(
-        lambda m, a, o, f=f: rec[f].append((a[0] if want == "in" else o).detach())) for f in fqns]
+    device = model_device(model)
+    hooks = [mods[f].register_forward_hook(  # kept on the CPU, where the solves run
+        lambda m, a, o, f=f: rec[f].append((a[0] if want == "in" else o).detach().cpu())) for f in fqns]
     was = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
             for x, _ in calib:
-                call_model(model, x)
+                call_model(model, move_to(x, device))
     finally:
         for h in hooks:
             h.remove()
@@ -196,7 +197,7 @@ def record_io(model: nn.Module, calib, fqns) -> dict:
 def _design(mod: nn.Module, x: torch.Tensor, y: torch.Tensor, n_samples: int, gen: torch.Generator):
     """Sampled rows: patches ``[S, C, k]`` and targets minus bias ``[S, O]``."""
     x, y = x.double(), y.double()
-    b = mod.bias.detach().double() if mod.bias is not None else None
+    b = mod.bias.detach().cpu().double() if mod.bias is not None else None
     if isinstance(mod, nn.Conv2d):
         u = _unfold(mod, x)  # [N, C, kk, L]
         yy = y.reshape(y.shape[0], y.shape[1], -1)  # [N, O, L]
@@ -236,7 +237,7 @@ def least_squares_refit_(model: nn.Module, calib, targets: dict, *, mode: str = 
         if isinstance(mod, nn.Linear) and x.shape[1] != mod.in_features:
             continue
         p, t, img = _design(mod, x, y, n_samples, gen)  # p [S, C, k], t [S, O], img [S]
-        w = mod.weight.detach().double().reshape(mod.weight.shape[0], p.shape[1], -1)  # [O, C, k]
+        w = mod.weight.detach().cpu().double().reshape(mod.weight.shape[0], p.shape[1], -1)  # [O, C, k]
         held = img % 4 == 0  # samples of every 4th image check the fit, the others make it
         if held.all() or not held.any():
             held = torch.arange(len(img)) % 4 == 0

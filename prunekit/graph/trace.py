@@ -384,6 +384,26 @@ def _walk_outputs(x, fn, depth=0):
             _walk_outputs(getattr(x, f.name, None), fn, depth + 1)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def move_to(obj, device):
+    """``obj`` (a tensor, or tuples / lists / dicts of them) with every tensor on ``device``; other values kept."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(move_to(v, device) for v in obj)
+    return obj
+
+
 def call_model(model: nn.Module, example_inputs):
     """Run ``model`` on a tensor, a tuple of positional inputs or a dict of keyword inputs."""
     if isinstance(example_inputs, dict):

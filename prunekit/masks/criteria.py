@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .._registry import Registry
 from ..errors import ConfigError
+from ..graph.trace import move_to
 
 __all__ = ["WeightCriterion", "WEIGHT_CRITERIA", "register_weight_criterion", "get_weight_criterion",
            "connection_sensitivity"]
@@ -83,6 +84,7 @@ def connection_sensitivity(model, params, calib, loss_fn=None) -> dict[str, torc
     model.eval()  # the scoring pass must not update BatchNorm statistics
     try:
         for inputs, targets in calib:
+            inputs, targets = move_to((inputs, targets), tensors[0].device if tensors else "cpu")
             out = model(inputs)
             grads = torch.autograd.grad(loss_fn(out, targets), tensors, allow_unused=True)
             for total, g, t in zip(totals, grads, tensors):

@@ -81,7 +81,7 @@ def centripetal_gradient(weight: torch.Tensor, grad: torch.Tensor, avg: torch.Te
 
 def kmeans_clusters(weight: torch.Tensor, k: int, *, iters: int = 30, seed: int = 0) -> list[list[int]]:
     """Cluster the filters (dim 0 of ``weight``) into exactly ``k`` non-empty clusters with k-means (k-means++)."""
-    x = weight.detach().reshape(weight.shape[0], -1).float()  # [n_filters, rest]
+    x = weight.detach().reshape(weight.shape[0], -1).float().cpu()  # [n_filters, rest]; clustered on the CPU
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ConfigError(f"k={k} clusters for {n} filters; choose 1 <= k <= {n}")
@@ -679,14 +679,15 @@ def merge_clusters_(model: nn.Module, ctx, groups: list[FilterGroup], clusters: 
                     t = tensors.get(m.fqn)
                     if t is None or t.dim() == 0:
                         continue
-                    k = torch.as_tensor(m.positions([keep]), dtype=torch.long)
+                    def at(c, t=t, m=m):  # index tensors on the parameter's device (index_select needs it)
+                        return torch.as_tensor(m.positions([c]), dtype=torch.long, device=t.device)
+
+                    k = at(keep)
                     if m.role == "consumer":
                         for o in others:
-                            src = torch.as_tensor(m.positions([o]), dtype=torch.long)
-                            t.index_add_(m.dim, k, t.index_select(m.dim, src))
+                            t.index_add_(m.dim, k, t.index_select(m.dim, at(o)))
                     else:
-                        rows = [t.index_select(m.dim, torch.as_tensor(m.positions([c]), dtype=torch.long))
-                                for c in cluster]
+                        rows = [t.index_select(m.dim, at(c)) for c in cluster]
                         t.index_copy_(m.dim, k, torch.stack(rows).float().mean(0).to(t.dtype))
             scores[g.key] = s
     return scores
@@ -701,6 +702,7 @@ def select_lowest_global(scores: dict[str, torch.Tensor], keep: dict[str, torch.
     """
     cand = []
     for key, s in scores.items():
+        s = s.detach().cpu()  # scores may come from a GPU model; the masks live on the CPU
         floor = max(1, math.ceil(min_keep * len(s)))
         room = int(keep[key].sum()) - floor
         if room <= 0:

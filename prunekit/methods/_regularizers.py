@@ -227,9 +227,11 @@ class DynamicFilterMask(Callback):
     """
 
     def __init__(self, layers: dict[str, nn.Module], n_keep: int, update_every: int = 50,
-                 saliency: Callable[[torch.Tensor], torch.Tensor] | None = None, static: bool = False):
+                 saliency: Callable[[torch.Tensor], torch.Tensor] | None = None, static: bool = False,
+                 choose: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None):
         self.layers = dict(layers)
         self.n_keep = int(n_keep)
+        self.choose = choose  # {layer: scores} -> {layer: keep mask}; replaces the n_keep count budget
         self.update_every = int(update_every)
         self.saliency = saliency or (lambda w: filter_norms(w, 1))
         self.static = static
@@ -241,7 +243,11 @@ class DynamicFilterMask(Callback):
     def update_masks(self) -> None:
         names = list(self.layers)
         scores = [self.saliency(self.layers[n].weight.detach()) for n in names]
-        new = global_keep_masks(scores, self.n_keep, normalize=True)
+        if self.choose is not None:
+            chosen = self.choose(dict(zip(names, scores)))
+            new = [chosen[n] for n in names]
+        else:
+            new = global_keep_masks(scores, self.n_keep, normalize=True)
         for n, m in zip(names, new):
             if n in self.masks:
                 self.flips += int((m & ~self.masks[n]).sum())

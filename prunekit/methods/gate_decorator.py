@@ -102,7 +102,7 @@ def run(ctx: RunContext) -> MethodResult:
 def _masked_scores(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, sc in scores.items():
-        sc = sc.clone()
+        sc = sc.detach().cpu().clone()  # scores of a GPU model; the masks live on the CPU
         sc[~keep[key]] = -1.0  # masked channels go first
         out[key] = sc
     return out

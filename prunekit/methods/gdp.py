@@ -11,9 +11,13 @@ one of the masked network), and the mask is re-estimated from time to time, so a
 can recover. When training ends the masked filters are removed. Here the mask is the
 :class:`~prunekit.methods._regularizers.DynamicFilterMask` callback; the saliency defaults to the filter's L1
 norm divided by its layer's mean (the paper's exact saliency function was not available to us, so it is an option,
-``saliency``: ``l1`` or ``l2``); the number of filters kept is what the engine's global allocation needs for
-the MAC/parameter target; ``static=True`` freezes the mask at the first estimate (the baseline the paper's
-dynamic update is compared with).
+``saliency``: ``l1`` or ``l2``). The paper budgets the mask as a fraction of all filters; here
+``budget="cost"`` (the default) re-chooses every mask with the engine's global allocation for the
+MAC/parameter target, so the masked network always costs what the target says, wherever the mask moves;
+``budget="filters"`` keeps the paper's fixed filter count (the count the target needs at the first estimate),
+whose cost drifts when the mask moves filters between cheap and costly layers (at a larger budget the cut
+then lands below the target). ``static=True`` freezes the mask at the first estimate (the baseline the
+paper's dynamic update is compared with).
 """
 from __future__ import annotations
 
@@ -35,23 +39,39 @@ DEFAULTS = {
     "update_every": 50,  # optimizer steps between two mask re-estimates
     "saliency": "l1",  # l1 | l2 filter norm, divided by the layer mean before the global ranking
     "static": False,  # True: keep the first mask (no dynamic update); the ablation baseline
+    "budget": "cost",  # cost: every mask meets the MAC/param target | filters: the paper's fixed filter count
 }
 SALIENCIES = ("l1", "l2")
+BUDGETS = ("cost", "filters")
 
 
 def dynamic_mask_callback(model, ctx: RunContext, update_every: int = 50, saliency: str = "l1",
-                          static: bool = False) -> DynamicFilterMask:
+                          static: bool = False, budget: str = "cost") -> DynamicFilterMask:
     """The GDP callback for ``model`` at ``ctx.target`` (filters of single-producer channel groups)."""
-    from ._filter_common import filter_groups, removal_counts
+    from ._filter_common import _graph, filter_groups, select_to_target
 
+    check_choice("budget", budget, BUDGETS)
     p = 1 if saliency == "l1" else 2
     mods = dict(model.named_modules())
-    groups = [g for g in filter_groups(model, ctx) if len(g.convs) == 1]
+    graph = _graph(model, ctx)  # masking never changes the structure, so one trace serves every re-estimate
+    groups = [g for g in filter_groups(model, ctx, graph) if len(g.convs) == 1]
     layers = {g.convs[0]: mods[g.convs[0]] for g in groups}
-    sal = {f: _normalised(filter_norms(m.weight, p)) for f, m in layers.items()}
-    counts = removal_counts(model, ctx, sal, "global")
-    n_keep = sum(g.width - counts.get(g.key, 0) for g in groups)
-    return DynamicFilterMask(layers, n_keep, update_every, saliency=lambda w: filter_norms(w, p), static=static)
+    key = {g.convs[0]: g.key for g in groups}
+
+    def choose(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sel, _ = select_to_target(model, ctx, {f: _normalised(s) for f, s in scores.items()}, "global", groups,
+                                  graph=graph)
+        masks = {}
+        for f, s in scores.items():
+            m = torch.ones(len(s), dtype=torch.bool)
+            m[torch.as_tensor(sel.get(key[f], []), dtype=torch.long)] = False
+            masks[f] = m
+        return masks
+
+    first = choose({f: filter_norms(m.weight.detach(), p) for f, m in layers.items()})
+    n_keep = sum(int(m.sum()) for m in first.values())
+    return DynamicFilterMask(layers, n_keep, update_every, saliency=lambda w: filter_norms(w, p), static=static,
+                             choose=choose if budget == "cost" else None)
 
 
 def _normalised(s: torch.Tensor) -> torch.Tensor:
@@ -69,7 +89,8 @@ def run(ctx: RunContext) -> MethodResult:
     check_training_context(ctx, "gdp")
     check_target_reachable(ctx.model, ctx)
     ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
-    cb = dynamic_mask_callback(ctx.model, ctx, int(opts["update_every"]), opts["saliency"], bool(opts["static"]))
+    cb = dynamic_mask_callback(ctx.model, ctx, int(opts["update_every"]), opts["saliency"], bool(opts["static"]),
+                               opts["budget"])
     with restore_on_error(ctx.model):
         fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])
     cb.apply()

@@ -165,11 +165,15 @@ def _train_steps(model, batches, steps: int, lr: float, device) -> None:
 
 
 def _accuracy(model, batches) -> float:
+    from ..graph.trace import model_device, move_to
+
     correct = n = 0
     was = model.training
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
         for x, y in batches:
+            x, y = move_to((x, y), device)
             correct += int((model(x).argmax(1) == y).sum())
             n += len(y)
     model.train(was)

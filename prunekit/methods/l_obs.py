@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..graph.trace import model_device, move_to
 from ..masks import install_masks_, prunable_weights, register_weight_criterion, view2d
 from ..masks.workflows import method_options, target_sparsity
 from ._registry import MethodResult, RunContext, register_method
@@ -75,7 +76,7 @@ def layer_hessians(model: nn.Module, fqns, calib, *, max_samples: int | None = N
     model.eval()
     try:
         for inputs, _ in calib:
-            model(inputs)
+            model(move_to(inputs, model_device(model)))
     finally:
         model.train(was_training)
         for h in handles:

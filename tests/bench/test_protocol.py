@@ -59,3 +59,93 @@ def test_reverse_worker_and_report_cover_every_finished_cell(tmp_path):
     forward = run_grid(grid, progress=False)
     assert (forward["ran"], forward["done"], forward["remaining"]) == (1, 2, 0)
     assert len(json.loads((tmp_path / "res" / "tiny.json").read_text())["cells"]) == 2
+
+
+def test_workers_share_the_grid_and_report_every_cell(tmp_path):
+    grid = _grid(tmp_path, methods=("criterion:l1", "criterion:l2"), seeds=(0, 1))
+    rep = run_grid(grid, workers=2, progress=False)
+    assert (rep["done"], rep["ran"], rep["remaining"], rep["failed"]) == (4, 4, 0, 0)
+    cells_dir = tmp_path / "res" / "tiny.cells"
+    assert len(list(cells_dir.glob("macs*__s*.json"))) == 4
+    assert not list(cells_dir.glob("*.claim"))  # every claim released
+    again = run_grid(grid, workers=2, progress=False)
+    assert (again["done"], again["ran"]) == (4, 0)
+
+
+def test_keep_going_records_a_failed_cell_and_the_next_run_retries_it(tmp_path, monkeypatch):
+    from prunekit.bench import protocol
+
+    grid = _grid(tmp_path, methods=("criterion:l1", "criterion:l2"), seeds=(0,))
+    real = protocol.run_cell
+
+    def flaky(ctx, method, target, seed, base, progress=False):
+        if method == "criterion:l2":
+            raise RuntimeError("boom on l2")
+        return real(ctx, method, target, seed, base, progress=progress)
+
+    monkeypatch.setattr(protocol, "run_cell", flaky)
+    with pytest.raises(RuntimeError, match="boom"):  # without keep_going a failure stops the run
+        run_grid(grid, progress=False)
+    rep = run_grid(grid, progress=False, keep_going=True)
+    assert (rep["done"], rep["failed"], rep["remaining"]) == (1, 1, 1)
+    failed = json.loads((tmp_path / "res" / "tiny.cells" / "macs_0.5__criterion_l2__s0.failed.json").read_text())
+    assert failed["error"] == "RuntimeError: boom on l2" and "Traceback" in failed["traceback"]
+    assert "criterion:l2 @ macs=0.5 seed 0: RuntimeError: boom on l2" in (tmp_path / "res" / "tiny.md").read_text()
+    monkeypatch.setattr(protocol, "run_cell", real)
+    rep = run_grid(grid, progress=False)
+    assert (rep["done"], rep["ran"], rep["failed"]) == (2, 1, 0)
+    assert not (tmp_path / "res" / "tiny.cells" / "macs_0.5__criterion_l2__s0.failed.json").exists()
+
+
+def test_claims_are_exclusive_and_a_dead_process_claim_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from prunekit.bench.protocol import _claim
+
+    path = tmp_path / "c.claim"
+    assert _claim(path) and not _claim(path)  # held by this (live) process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(f"{socket.gethostname()} {int(dead.stdout)}")
+    assert _claim(path)
+    path.write_text(f"another-host {int(dead.stdout)}")  # another machine's claim is never taken over
+    assert not _claim(path)
+
+
+def test_workers_refuse_limit_reverse_and_fresh(tmp_path):
+    from prunekit.errors import ConfigError
+
+    grid = _grid(tmp_path)
+    for kw in ({"limit": 1}, {"reverse": True}, {"resume": False}, ):
+        with pytest.raises(ConfigError, match="workers=2 shares the grid"):
+            run_grid(grid, workers=2, progress=False, **kw)
+    with pytest.raises(ConfigError, match="workers=0 must be a positive int"):
+        run_grid(grid, workers=0, progress=False)
+
+
+def test_a_worker_does_not_retry_a_cell_that_failed_in_the_same_run(tmp_path, monkeypatch):
+    from prunekit.bench import protocol
+
+    grid = _grid(tmp_path, methods=("criterion:l2",), seeds=(0,))
+    calls = []
+
+    def failing(ctx, method, target, seed, base, progress=False):
+        calls.append(method)
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(protocol, "run_cell", failing)
+    (tmp_path / "res" / "tiny.cells").mkdir(parents=True)
+    assert protocol._worker(grid, None, True, True, 1, "run-a") == 0
+    assert protocol._worker(grid, None, True, True, 1, "run-a") == 0  # a second worker of the same run skips it
+    assert len(calls) == 1
+    assert protocol._worker(grid, None, True, True, 1, "run-b") == 0  # the next run tries it again
+    assert len(calls) == 2
+
+
+def test_cells_record_the_machine_they_ran_on(tmp_path):
+    grid = _grid(tmp_path, methods=("criterion:l1",), seeds=(0,))
+    run_grid(grid, progress=False)
+    cell = json.loads((tmp_path / "res" / "tiny.cells" / "macs_0.5__criterion_l1__s0.json").read_text())
+    assert "CPU cores, torch " in cell["machine"]
+    assert cell["machine"] in json.loads((tmp_path / "res" / "tiny.json").read_text())["protocol"]["machine"]

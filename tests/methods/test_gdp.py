@@ -37,7 +37,7 @@ def test_dynamic_global_mask_flips_and_keeps_the_global_budget():
     # the global mask re-estimated every 2 steps with the L2 saliency (the entry: L1, every 50 steps over 3
     # epochs of 10k images). Calibration of this setup: 7 flips with L2; L1 gives none in so few steps.
     data, model, ctx = _setup()
-    cb = dynamic_mask_callback(model, ctx, update_every=2, saliency="l2")
+    cb = dynamic_mask_callback(model, ctx, update_every=2, saliency="l2", budget="filters")
     n_keep = cb.n_keep
     pk.fit(model, data.train, pk.TrainConfig(epochs=1, lr=0.1, progress=False), callbacks=[cb])
     kept = {f: int(m.sum()) for f, m in cb.masks.items()}
@@ -62,3 +62,70 @@ def test_static_mask_never_flips():
     first = {f: m.clone() for f, m in cb.masks.items()}
     pk.fit(model, data.train, pk.TrainConfig(epochs=1, lr=0.05, progress=False), callbacks=[cb])
     assert cb.flips == 0 and all(torch.equal(first[f], cb.masks[f]) for f in first)
+
+
+def _mask_macs_fraction(cb, graph) -> float:
+    removed = {}
+    for g in graph.groups:
+        for m in g.producers:
+            f = m.fqn.rpartition(".")[0]
+            if m.fqn.endswith(".weight") and f in cb.masks:
+                removed[g.id] = (~cb.masks[f]).nonzero().flatten().numpy()
+    return graph.macs(graph.removed_flat(removed)) / graph.macs()
+
+
+def test_cost_budget_keeps_every_mask_on_the_mac_target():
+    # the default budget: each re-estimated mask costs at most the target (and the cut lands near it)
+    from prunekit.methods._filter_common import _graph
+
+    data, model, ctx = _setup()
+    cb = dynamic_mask_callback(model, ctx, update_every=2, saliency="l2")
+    graph = _graph(model, ctx)
+    seen = []
+    update = cb.update_masks
+
+    def checked():
+        update()
+        seen.append(_mask_macs_fraction(cb, graph))
+
+    cb.update_masks = checked
+    pk.fit(model, data.train, pk.TrainConfig(epochs=1, lr=0.1, progress=False), callbacks=[cb])
+    assert len(seen) >= 5 and cb.flips >= 1
+    assert all(0.45 <= f <= 0.5 for f in seen), seen
+    cb.apply()
+    scores = {f: torch.where(cb.masks[f], cb.saliency(m.weight.detach()), torch.tensor(-1.0))
+              for f, m in cb.layers.items()}
+    assert 0.45 <= cut_to_target(model, ctx, scores, "global")["kept_macs_fraction"] <= 0.5
+
+
+def test_a_moved_mask_drifts_off_the_target_under_the_filter_count_but_not_under_the_cost_budget():
+    # weights rewritten after the first estimate so the ranking moves removals into the costly early layers
+    # (early filters spread over four decades, late ones even): the paper's fixed count then removes far more MACs than the
+    # target asks, the cost budget re-chooses a mask that still costs 0.45-0.5 of the dense MACs
+    from prunekit.methods._filter_common import _graph
+
+    fractions = {}
+    for budget in ("filters", "cost"):
+        _, model, ctx = _setup()
+        cb = dynamic_mask_callback(model, ctx, update_every=1000, saliency="l1", budget=budget)
+        graph = _graph(model, ctx)
+        layers = list(cb.layers.values())
+        with torch.no_grad():
+            for i, m in enumerate(layers):
+                n = m.weight.shape[0]
+                scale = torch.linspace(0.01, 1.0, n) ** 4 if i < len(layers) // 2 else torch.ones(n)
+                m.weight.copy_(scale.view(-1, *[1] * (m.weight.dim() - 1)).expand_as(m.weight))
+        cb.update_masks()
+        fractions[budget] = _mask_macs_fraction(cb, graph)
+    assert 0.45 <= fractions["cost"] <= 0.5, fractions
+    assert fractions["filters"] < 0.42, fractions  # 0.401 when written; the cost budget 0.499
+
+
+def test_unknown_budget_is_refused():
+    import pytest
+
+    from prunekit.errors import ConfigError
+
+    _, model, ctx = _setup()
+    with pytest.raises(ConfigError, match="budget"):
+        dynamic_mask_callback(model, ctx, budget="flops")
