@@ -34,10 +34,14 @@ class MacOp:
 
 @dataclasses.dataclass
 class ModuleCall:
-    """Labels of the first tensor input of a module's first call (shapes of modules without weights)."""
+    """Labels of the first tensor input of a module's first call (shapes of modules without weights), and of
+    its output when that is one tensor (which modules pass their input's shape through, see surgery)."""
 
     shape: tuple
     labels: tuple
+    out_shape: tuple | None = None
+    out_labels: tuple | None = None
+    _open: bool = dataclasses.field(default=True, repr=False)
 
 
 @dataclasses.dataclass
@@ -452,6 +456,11 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
             cons(rec, mod, fqn, list(_tensors(list(args) + list(kwargs.values()))), output)
         if id(mod) in rec.ignore and not mode.opaque:
             _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), f"output of ignored module {fqn!r}"))
+        call = rec.module_calls.get(fqn)
+        if call is not None and call._open:  # the first call's output
+            call._open = False
+            if isinstance(output, torch.Tensor):
+                call.out_shape, call.out_labels = tuple(output.shape), rec.get(output)
         if rec.stack and rec.stack[-1] == fqn:
             rec.stack.pop()
 

@@ -260,6 +260,60 @@ def _module_stack(model: nn.Module):
         h2.remove()
 
 
+def passthrough_modules(graph) -> set:
+    """Modules whose (first call's) output has the shape of their first input under *any* removal: same
+    shape, and every dim holds the same prunable channels (as a multiset) on both sides -- residual blocks,
+    attention blocks, norms. If such a module raises, its input is a stand-in of the right shape."""
+    out = set()
+    for fqn, call in graph.rec.module_calls.items():
+        if not fqn or call.out_shape is None or tuple(call.out_shape) != tuple(call.shape):
+            continue
+        ok = True
+        for a, b in zip(call.labels, call.out_labels):
+            if isinstance(a, str) or isinstance(b, str):
+                ok = False
+                break
+            fa = np.sort(graph._flat_index(a)) if a is not None else np.zeros(0, np.int64)
+            fb = np.sort(graph._flat_index(b)) if b is not None else np.zeros(0, np.int64)
+            if not np.array_equal(fa, fb):
+                ok = False
+                break
+        if ok:
+            out.add(fqn)
+    return out
+
+
+@contextlib.contextmanager
+def _stand_in_on_error(model: nn.Module, fqns: set, stack: list, caught: list):
+    """While active, a module of ``fqns`` whose forward raises records ``(error, module stack)`` in ``caught``
+    and returns its first tensor input instead, so one forward finds every module that breaks."""
+    patched = []
+    for fqn, mod in model.named_modules():
+        if fqn not in fqns or "forward" in mod.__dict__:
+            continue
+        orig = mod.forward
+
+        def forward(*args, _orig=orig, **kwargs):
+            depth = len(stack)  # this module's own entry is already on the stack
+            try:
+                return _orig(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - recorded; the search blames the module's groups
+                x = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
+                if x is None:
+                    raise
+                caught.append((f"{type(e).__name__}: {e}", list(stack)))
+                del stack[depth:]  # the modules that raised inside never reached their post-hooks
+                return x
+
+        mod.forward = forward
+        patched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in patched:
+            mod.__dict__.pop("forward", None)
+
+
 def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs) -> dict:
     """Groups whose removal makes the validation forward fail: ``{group id: error}``.
 
@@ -272,15 +326,24 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
     module plus one per group set aside with others, instead of two per breaking group and halving level.
     A group blamed alone may be innocent (the real cause had no member there); it is then left whole
     needlessly, never pruned wrongly: the final prune validates again.
+
+    In the tries that set groups aside, a module that passes its input's shape through under any removal
+    (:func:`passthrough_modules`: transformer and residual blocks, attention) and raises hands its input on
+    instead, so one forward names every breaking module, not only the first: a model with a width-sized
+    reshape in each of its N blocks costs two forwards instead of N.
     """
     bad: dict = {}
     members = {gid: {m.fqn for m in graph.groups[gid].members} for gid in removal}
+    through = passthrough_modules(graph)
 
-    def trial(ids):
+    def trial(ids, caught=None):
         with _module_stack(model) as stack:
+            ctx = _stand_in_on_error(model, through, stack, caught) if caught is not None else \
+                contextlib.nullcontext()
             try:
-                remove_channels_(model, graph, {i: removal[i] for i in ids}, example_inputs=example_inputs,
-                                 dry_run=True)
+                with ctx:
+                    remove_channels_(model, graph, {i: removal[i] for i in ids}, example_inputs=example_inputs,
+                                     dry_run=True)
                 return None, []
             except PruneError as e:
                 return str(e), list(stack)
@@ -308,19 +371,29 @@ def find_breaking_groups(model: nn.Module, graph, removal: dict, example_inputs)
 
     good, suspects = sorted(removal), []
     while good:
-        err, stack = trial(good)
-        if err is None:
+        caught: list = []
+        err, stack = trial(good, caught)
+        if err is None and not caught:
             break
-        hit = touching(good, stack)
-        if not hit:  # no module to blame: search the remaining groups by halving
+        progress, start, aside = False, list(good), set()
+        for n, (e, st) in enumerate(caught + ([(err, stack)] if err is not None else [])):
+            hit = touching(start, st)
+            if n and (not hit or aside & set(hit)):
+                continue  # a later failure that a group set aside for an earlier one explains (or nothing does)
+            hit = [i for i in hit if i in good]
+            if not hit:
+                continue
+            aside |= set(hit)
+            if len(hit) == 1:  # the only group left with members where the forward broke: blamed directly
+                bad[hit[0]] = e
+            else:
+                suspects += hit
+            good = [i for i in good if i not in hit]
+            progress = True
+        if not progress:  # no module to blame: search the remaining groups by halving
             halving(good)
             good = [i for i in good if i not in bad]
             break
-        if len(hit) == 1:  # the only group left with members where the forward broke: blamed directly
-            bad[hit[0]] = err
-        else:
-            suspects += hit
-        good = [i for i in good if i not in hit]
     for i in suspects:
         err, _ = trial(good + [i])
         if err is None:

@@ -70,9 +70,22 @@ def test_breaking_groups_left_whole_and_the_rest_pruned_exactly(monkeypatch):
     _keep_whole(plan, set(left))  # the twin zeroes only what was really removed
     zero_removed_(twin, plan)
     assert_equivalent(twin, model, x, atol=1e-10, rtol=1e-8)
-    # the failed validation; 3 tries that each stop at the next breaking module (each blames the one group
-    # with members there) and 1 passing try; the final validation
-    assert len(calls) == 1 + 4 + 1
+    # the failed validation; 1 try in which each breaking attention block hands its input on and so all
+    # three are named (each blames the one group with members there); 1 passing try; the final validation
+    # (before stand-ins each try stopped at the next breaking module: 1 + 4 + 1)
+    assert len(calls) == 1 + 2 + 1
+
+
+def test_passthrough_modules_are_those_whose_output_keeps_the_input_channels():
+    from prunekit.graph import build_graph
+
+    torch.manual_seed(0)
+    model, x = Net().double().eval(), torch.randn(2, 5, 6, dtype=torch.float64)
+    through = surgery.passthrough_modules(build_graph(model, x))
+    # blocks and the attention read and write the residual stream; embed/head and the MLP's inner layers
+    # change the width, and an inner ReLU carries the MLP hidden channels, not the stream's
+    assert {"attn.0", "attn.1", "attn.2", "mlp.0", "mlp.1", "mlp.2"} <= through
+    assert not {"embed", "head", "attn.0.qkv", "attn.0.proj", "mlp.0.0", "mlp.0.2", ""} & through
 
 
 def test_groups_blamed_together_are_tried_one_by_one(monkeypatch):
