@@ -26,8 +26,14 @@ class Member:
 
     def positions(self, channels) -> np.ndarray:
         """Positions of this member that belong to the given group channels."""
-        mask = np.isin(self.channel, np.asarray(list(channels), dtype=np.int64))
-        return np.nonzero(mask & (self.channel >= 0))[0]
+        ch = np.asarray(channels if isinstance(channels, np.ndarray) else list(channels), dtype=np.int64)
+        ch = ch[ch >= 0]
+        if not len(ch):
+            return np.zeros(0, np.int64)
+        # a lookup table instead of np.isin (which sorts): its last slot stays False and serves channel -1
+        sel = np.zeros(max(int(self.channel.max(initial=-1)), int(ch.max())) + 2, bool)
+        sel[ch] = True
+        return np.nonzero(sel[self.channel])[0]
 
 
 @dataclasses.dataclass
