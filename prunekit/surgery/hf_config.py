@@ -53,7 +53,17 @@ def _build(model: nn.Module, config):
 
 
 def _shapes(model: nn.Module) -> dict:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """The shapes of ``model.state_dict()``'s entries, read without building it (no detach per tensor)."""
+    out = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        pre = f"{mname}." if mname else ""
+        for n, p in mod._parameters.items():
+            if p is not None:
+                out[pre + n] = tuple(p.shape)
+        for n, b in mod._buffers.items():
+            if b is not None and n not in mod._non_persistent_buffers_set:
+                out[pre + n] = tuple(b.shape)
+    return out
 
 
 DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers", "encoder_layers",
@@ -79,9 +89,9 @@ def sync_config_(model: nn.Module) -> dict:
     cfg = model.config
     want_shapes, want_layout = _shapes(model), _layout(model)
 
-    def score(c, full: bool = False) -> int | None:
+    def score(c, full: bool = False, built: nn.Module | None = None) -> int | None:
         try:
-            m = _build(model, c if full else _shallow(c))
+            m = built if built is not None else _build(model, c if full else _shallow(c))
         except Exception as e:  # noqa: BLE001 - an impossible combination of fields
             log.debug("config candidate rejected: %s", e)
             return None
@@ -93,19 +103,25 @@ def sync_config_(model: nn.Module) -> dict:
         bad += LAYOUT_WEIGHT * sum(1 for k, v in layout.items() if k in want_layout and want_layout[k] != v)
         return bad
 
-    if score(cfg, full=True) == 0:
+    try:
+        base = _build(model, _shallow(cfg))  # one layer per stack: what every candidate is compared on
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"the model class cannot be rebuilt from its own config on the meta device: {e}") from e
+    best = score(cfg, built=base)
+    if best == 0 and score(cfg, full=True) == 0:  # (a shallow mismatch is a full one: no full build then)
         return {}
-    best = score(cfg)
-    if best is None:
-        raise ValueError("the model class cannot be rebuilt from its own config on the meta device")
     fields = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int) and not isinstance(v, bool) and v > 0
               and k not in DEPTH_FIELDS}
-    base_shapes = _shapes(_build(model, _shallow(cfg)))
+    base_shapes = _shapes(base)
     ratios = set()
     for k, s in base_shapes.items():
         for old, new in zip(s, want_shapes.get(k, ())):
             if old != new and old:
                 ratios.add((old, new))
+    # a field equal to a size that only unchanged tensors have (vocab_size, max_position_embeddings) sizes
+    # those tensors: scaling it by a width ratio would only cost builds
+    olds = {old for old, _ in ratios}
+    fixed = {n for k, s in base_shapes.items() if want_shapes.get(k) == s for n in s} - olds
     attr_values: dict[str, set] = {}
     for (_, a), v in want_layout.items():
         attr_values.setdefault(a, set()).add(v)
@@ -115,7 +131,7 @@ def sync_config_(model: nn.Module) -> dict:
         for old, new in sorted(ratios):
             if old == v:
                 cs.append(new)
-            elif (v * new) % old == 0:
+            elif (v * new) % old == 0 and v not in fixed:
                 cs.append(v * new // old)
         cs = [c for c in dict.fromkeys(cs) if c != v and c > 0]
         if cs:
@@ -125,6 +141,7 @@ def sync_config_(model: nn.Module) -> dict:
     builds = 0
     while best and builds < MAX_BUILDS:
         trial = None
+        per_field: dict = {}  # the best improving value of each field in this round
         for f, cs in cands.items():
             for c in cs:
                 if getattr(current, f, None) == c:
@@ -135,11 +152,23 @@ def sync_config_(model: nn.Module) -> dict:
                 s = score(t)
                 if s is not None and s < best and (trial is None or s < trial[0]):
                     trial = (s, f, c)
+                if s is not None and s < best and (f not in per_field or s < per_field[f][0]):
+                    per_field[f] = (s, c)
         if trial is None:
             break
-        best, f, c = trial
-        changes[f] = [fields[f], c]
-        setattr(current, f, c)
+        step = {trial[1]: trial[2]}
+        if len(per_field) > 1:  # most pruned models change several fields at once: try them all together
+            t = copy.deepcopy(current)
+            for f, (_, c) in per_field.items():
+                setattr(t, f, c)
+            builds += 1
+            s = score(t)
+            if s is not None and s < trial[0]:
+                trial, step = (s, None, None), {f: c for f, (_, c) in per_field.items()}
+        best = trial[0]
+        for f, c in step.items():
+            changes[f] = [fields[f], c]
+            setattr(current, f, c)
     full = score(current, full=True) if not best else best
     if best or full:
         raise ValueError("no config reproduces the pruned shapes and head layout (a mismatch score of "
