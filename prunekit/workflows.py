@@ -655,7 +655,7 @@ def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progres
     from .bench import load_grid, run_grid
 
     spec = load_grid(grid)
-    command = f"prunekit bench {grid}" + (f" --out {out}" if out else "")
+    command = f"prunekit bench {grid}" + (f" --out {out}" if out else "") + (f" --workers {workers}" if workers > 1 else "")
     return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command, reverse=reverse,
                     workers=workers, keep_going=keep_going, threads=threads)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -292,7 +293,6 @@ def _failed_in(path: Path, run_id: str) -> bool:
 
 def _claim(path: Path) -> bool:
     """Take the claim file ``path`` exclusively; a claim whose process is gone (same host) is taken over."""
-    import os
     import socket
 
     me = f"{socket.gethostname()} {os.getpid()}"
@@ -315,8 +315,6 @@ def _claim(path: Path) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -352,7 +350,7 @@ def _worker(grid: BenchGrid, out: str | None, resume: bool, keep_going: bool, th
             if ((resume and path.is_file() and json.loads(path.read_text()).get("fingerprint") == fp)
                     or _failed_in(cells_dir / f"{cid}.failed.json", run_id)):
                 continue  # finished (or failed) by another worker between the check and the claim
-            log.info("worker %d: %s %s seed %d", __import__("os").getpid(), *cell)
+            log.info("worker %d: %s %s seed %d", os.getpid(), *cell)
             ran += _run_one(ctx, cells_dir, cell, base, fp, False, keep_going, run_id)
         finally:
             claim.unlink(missing_ok=True)
@@ -385,7 +383,6 @@ def _describe_baseline(name: str | None) -> str:
 
 
 def _machine(device: str = "cpu") -> str:
-    import os
     import platform
 
     gpu = ""
