@@ -27,7 +27,8 @@ class BenchGrid:
     model: str = "resnet20"  # model spec
     data: str = "fashion-mnist"  # data set name
     baseline: str | None = "resnet20-fashion-mnist"  # trained baseline name or model file; None = untrained
-    methods: tuple[str, ...] = ("criterion:l1",)  # method ids, criterion:<name>, tp:<importance>, torch-prune:...
+    methods: tuple[str, ...] = ("criterion:l1",)  # method ids (variants: id[option=value,...]), criterion:<name>,
+    #                                               tp:<importance>, torch-prune:...
     targets: tuple[str, ...] = ("macs=0.5",)  # macs=/params= fraction kept, sparsity= fraction removed
     seeds: tuple[int, ...] = (0,)  # one cell per seed
     prune_epochs: int = 1  # epochs training-time methods may use before the cut
@@ -123,14 +124,41 @@ class BenchGrid:
         return [(m, t, s) for m in self.methods for t in self.targets for s in self.seeds]
 
     def cell_recipe(self, method: str, target: str, seed: int) -> Recipe:
-        """The run recipe of one cell (peer methods use it for the shared fields only)."""
+        """The run recipe of one cell (peer methods use it for the shared fields only). A variant
+        ``id[option=value,...]`` runs method ``id`` with ``options[id]``, then ``options[variant]``, then the
+        inline options on top."""
+        base, inline = split_variant(method)
+        opts = {**self.options.get(base, {}), **(self.options.get(method, {}) if method != base else {}), **inline}
         return Recipe(model=self.model, data=self.data, baseline=self.baseline,
-                      method=method, target=target,
-                      options=dict(self.options.get(method, {})), ignore=tuple(self.ignore),
+                      method=base, target=target,
+                      options=opts, ignore=tuple(self.ignore),
                       prune_epochs=self.prune_epochs, finetune_epochs=self.finetune_epochs, lr=self.lr,
                       batch_size=self.batch_size, subset=self.subset, calib_batches=self.calib_batches, seed=seed,
                       device=self.device, data_dir=self.data_dir, data_options=dict(self.data_options),
                       out=os.fspath(self.out), latency=self.latency)
+
+
+def split_variant(method: str) -> tuple[str, dict]:
+    """``"dropnet[order=max,fraction=0.1]"`` -> ``("dropnet", {"order": "max", "fraction": 0.1})``; values are
+    read as YAML scalars. A plain id comes back with no options.
+
+    Example:
+        >>> split_variant("dropnet[order=random]"), split_variant("l1-filter")
+        (('dropnet', {'order': 'random'}), ('l1-filter', {}))
+    """
+    import yaml
+
+    if not (isinstance(method, str) and method.endswith("]") and "[" in method):
+        return method, {}
+    base, _, body = method[:-1].partition("[")
+    opts = {}
+    for part in filter(None, (p.strip() for p in body.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip() or not base:
+            raise ConfigError(f"method={method!r}: a variant is written id[option=value,...], e.g. "
+                              f"dropnet[order=random]")
+        opts[key.strip()] = yaml.safe_load(value.strip())
+    return base.strip(), opts
 
 
 def cell_id(method: str, target: str, seed: int) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..recipe import parse_target
 from . import peers
-from .grid import BenchGrid, cell_id
+from .grid import BenchGrid, cell_id, split_variant
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,17 @@ def check_grid(grid: BenchGrid) -> None:
     W._check_data_name(grid.data)
     W._check_model_name(grid.model)
     for method in grid.methods:
+        base, inline = split_variant(method)
         for target in grid.targets:
             try:
-                if peers.is_peer(method):
+                if peers.is_peer(method) or (inline and peers.is_peer(base)):
+                    if inline:
+                        raise ConfigError("peer tools take no variant options")
                     peers.check_peer(method, target)
                 else:
-                    W._check_method(method, parse_target(target)[0])
+                    spec = W._check_method(base, parse_target(target)[0])
+                    if spec is not None:
+                        spec.options(grid.cell_recipe(method, target, grid.seeds[0]).options)
             except ConfigError as exc:
                 problems.append(f"[{method} @ {target}] {exc}")
     if problems:
@@ -133,7 +138,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     elif method.startswith(peers.TORCH_PRUNE_PREFIX):
         masked = peers.torch_prune_(model, method, target)
     else:
-        spec = W._check_method(method, kind)
+        spec = W._check_method(recipe.method, kind)  # the id of a variant id[option=value]
         callbacks, info = W._apply_pruning(model, x, recipe, spec, bundle, progress)
         model = info.pop("model", model)
     t_prune = time.perf_counter() - t0

@@ -149,3 +149,27 @@ def test_cells_record_the_machine_they_ran_on(tmp_path):
     cell = json.loads((tmp_path / "res" / "tiny.cells" / "macs_0.5__criterion_l1__s0.json").read_text())
     assert "CPU cores, torch " in cell["machine"]
     assert cell["machine"] in json.loads((tmp_path / "res" / "tiny.json").read_text())["protocol"]["machine"]
+
+
+def test_method_variants_run_with_their_inline_options(tmp_path):
+    grid = _grid(tmp_path, methods=("dropnet", "dropnet[order=random]"), seeds=(0,), targets=("macs=0.5",),
+                 prune_epochs=1)
+    rep = run_grid(grid, progress=False)
+    assert (rep["done"], rep["remaining"]) == (2, 0)
+    cells = {c["method"]: c for c in json.loads((tmp_path / "res" / "tiny.json").read_text())["cells"]}
+    assert set(cells) == {"dropnet", "dropnet[order=random]"}
+    # the variant really ran with its option: a random drop order keeps a different network than DropNet's
+    assert cells["dropnet"]["acc_pruned"] != cells["dropnet[order=random]"]["acc_pruned"] or \
+        cells["dropnet"]["params"] != cells["dropnet[order=random]"]["params"]
+    assert (tmp_path / "res" / "tiny.cells" / "macs_0.5__dropnet_order_random___s0.json").is_file()
+
+
+def test_bad_variants_are_refused_before_anything_runs(tmp_path):
+    from prunekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="option of method 'dropnet'"):
+        run_grid(_grid(tmp_path, methods=("dropnet[odrer=random]",)), progress=False)
+    with pytest.raises(ConfigError, match=r"id\[option=value"):
+        run_grid(_grid(tmp_path, methods=("dropnet[random]",)), progress=False)
+    with pytest.raises(ConfigError, match="peer tools take no variant options"):
+        run_grid(_grid(tmp_path, methods=("tp:l1[x=1]",)), progress=False)
