@@ -104,6 +104,15 @@ def _widths(model, example_inputs, ignore) -> int:
     return sum(g.width for g in inspect(model, example_inputs, ignore=list(ignore)).groups)
 
 
+def _criterion_option(method: str, name) -> None:
+    """Refuse a ``criterion`` option that is not a registered engine criterion (named, with the closest)."""
+    from ..criteria import CRITERIA
+
+    if not isinstance(name, str):
+        raise ConfigError(f"{method}: criterion={name!r} must be the name of a criterion, e.g. 'random'")
+    CRITERIA.get(name, argument=f"{method} option criterion")
+
+
 def prune_iteratively(ctx: RunContext, method: str, criterion: str, *, per_round: int, max_rounds: int,
                       steps_between: int, lr: float, allocation: str = "global", reduce: str = "group") -> dict:
     """Remove ``per_round`` globally lowest-scoring channels per cut (more when ``max_rounds`` cuts would not

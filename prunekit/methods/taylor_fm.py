@@ -14,7 +14,7 @@ of ``ctx.train_data`` are trained between rounds, within ``ctx.prune_epochs`` ep
 from __future__ import annotations
 
 from ._registry import MethodResult, RunContext, get_method, register_method
-from .l1_filter import _choice, check_context, prune_iteratively
+from .l1_filter import _choice, _criterion_option, check_context, prune_iteratively
 
 DEFAULTS = {
     "per_round": 1,  # feature maps removed per round (paper: 1)
@@ -22,6 +22,7 @@ DEFAULTS = {
     "steps_between": 20,  # minibatches of fine-tuning between rounds
     "lr": 1e-3,  # learning rate of those steps
     "reduce": "group",
+    "criterion": "taylor-act",  # the ranking; another registered criterion gives the entry's same-schedule baselines
 }
 
 
@@ -29,8 +30,9 @@ DEFAULTS = {
 def run(ctx: RunContext) -> MethodResult:
     opts = get_method("taylor-fm").options(ctx.options)
     _choice("taylor-fm", "reduce", opts["reduce"], ("group", "producer"))
+    _criterion_option("taylor-fm", opts["criterion"])
     check_context(ctx, "taylor-fm", needs_calib=True, needs_train=opts["steps_between"] > 0)
-    info = prune_iteratively(ctx, "taylor-fm", "taylor-act", per_round=opts["per_round"],
+    info = prune_iteratively(ctx, "taylor-fm", opts["criterion"], per_round=opts["per_round"],
                              max_rounds=opts["max_rounds"], steps_between=opts["steps_between"], lr=opts["lr"],
                              allocation="global", reduce=opts["reduce"])
-    return MethodResult(model=ctx.model, info={"criterion": "taylor-act", **opts, **info})
+    return MethodResult(model=ctx.model, info={**opts, **info})

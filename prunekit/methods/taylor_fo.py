@@ -14,7 +14,7 @@ trains ``steps_between`` minibatches before the next, and the last round lands o
 from __future__ import annotations
 
 from ._registry import MethodResult, RunContext, get_method, register_method
-from .l1_filter import _choice, check_context, prune_iteratively
+from .l1_filter import _choice, _criterion_option, check_context, prune_iteratively
 
 DEFAULTS = {
     "per_round": 100,  # units removed per round (paper: 100 on ImageNet); more when max_rounds would not reach
@@ -22,6 +22,7 @@ DEFAULTS = {
     "steps_between": 30,  # minibatches of training between rounds (paper: 30)
     "lr": 1e-3,  # learning rate of those steps
     "reduce": "group",  # "producer": the BatchNorm gate (and filter) terms only
+    "criterion": "taylor",  # the ranking; another registered criterion gives the entry's same-schedule baselines
 }
 
 
@@ -29,8 +30,9 @@ DEFAULTS = {
 def run(ctx: RunContext) -> MethodResult:
     opts = get_method("taylor-fo").options(ctx.options)
     _choice("taylor-fo", "reduce", opts["reduce"], ("group", "producer"))
+    _criterion_option("taylor-fo", opts["criterion"])
     check_context(ctx, "taylor-fo", needs_calib=True, needs_train=opts["steps_between"] > 0)
-    info = prune_iteratively(ctx, "taylor-fo", "taylor", per_round=opts["per_round"],
+    info = prune_iteratively(ctx, "taylor-fo", opts["criterion"], per_round=opts["per_round"],
                              max_rounds=opts["max_rounds"], steps_between=opts["steps_between"], lr=opts["lr"],
                              allocation="global", reduce=opts["reduce"])
-    return MethodResult(model=ctx.model, info={"criterion": "taylor", **opts, **info})
+    return MethodResult(model=ctx.model, info={**opts, **info})

@@ -62,3 +62,33 @@ def test_taylor_fo_iterative_meets_target(lenet):
     assert r.info["rounds"] == 3 and r.info["macs_after"] <= 0.5 * r.info["macs_before"]
     assert r.info["kept_macs_history"] == sorted(r.info["kept_macs_history"], reverse=True)
     assert np.isfinite(sum(float(p.detach().sum()) for p in m.parameters()))
+
+
+@pytest.mark.needs_fashion
+def test_criterion_option_swaps_the_ranking_for_the_same_schedule(lenet):
+    # the entry's baselines run the same rounds with another ranking (random, l1): the option changes which
+    # channels go, not the schedule or the target
+    model, _, calib, bundle = lenet
+    kept = {}
+    for crit in ("taylor", "random"):
+        m = copy.deepcopy(model)
+        torch.manual_seed(0)
+        r = run_method("taylor-fo", m, calib, train=bundle.calib(4, 64), max_rounds=3, steps_between=2,
+                       criterion=crit)
+        assert r.info["criterion"] == crit and 1 <= r.info["rounds"] <= 3  # a round may meet the target early
+        assert r.info["macs_after"] <= 0.5 * r.info["macs_before"]
+        kept[crit] = {n: p.shape for n, p in m.named_parameters()}, m.conv1.weight.detach().clone()
+    same_shapes = kept["taylor"][0] == kept["random"][0]
+    assert not (same_shapes and torch.equal(kept["taylor"][1], kept["random"][1]))
+
+
+def test_unknown_criterion_option_is_refused_with_the_model_unchanged():
+    from prunekit.errors import ConfigError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 26 * 26, 10))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError, match="taylor-fo option criterion"):
+        run_method("taylor-fo", model, [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))],
+                   criterion="tayler")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
