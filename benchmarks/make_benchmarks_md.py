@@ -24,6 +24,7 @@ SECTIONS = [
     ("filter_vgg_entry_checks.md", "Filter pruning: two entries' checks with their own budgets", None),
     ("filter_vgg_entry_checks_2.md", "Filter pruning: three more entries' checks (taylor-fo, taylor-fm, gate-decorator)", None),
     ("dropnet_entry_check.md", "Filter pruning: DropNet's entry check (LeNet-300-100)", None),
+    ("taylor_same_schedule.md", "Filter pruning: the Taylor methods against their own schedule with a random ranking", None),
     ("filter_gpu_full_data.md", "Filter pruning at a larger budget (every training image, GPU)", None),
     ("filter_full_data_cpu.md", "Filter pruning at the larger budget: csgd and gdp rerun on the CPU", None),
     ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
