@@ -196,7 +196,7 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
     if keep_going is None:
         keep_going = workers > 1
     prefix = Path(out or grid.out)
-    cells_dir = prefix.parent / f"{prefix.name}.cells"
+    cells_dir = _cells_dir(grid, out)
     cells_dir.mkdir(parents=True, exist_ok=True)
     fp = grid.fingerprint()
     ctx = _Context(grid)
@@ -204,18 +204,15 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
     ran = 0
     todo = grid.cells()
     if workers > 1:
-        ran = _run_workers(grid, out, resume, workers, keep_going, threads)
+        ran = _run_workers(grid, out, workers, keep_going, threads)
         resume, reverse, limit = True, False, 0  # below: only collect what the workers wrote and report it
 
     rerun = set() if resume else set(todo)  # --fresh: every cell runs again once
 
     def finished(method, target, seed):
-        path = cells_dir / f"{cell_id(method, target, seed)}.json"
-        if (method, target, seed) not in rerun and path.is_file():
-            data = json.loads(path.read_text())
-            if data.get("fingerprint") == fp:
-                return data
-        return None
+        if (method, target, seed) in rerun:
+            return None
+        return _finished_cell(cells_dir / f"{cell_id(method, target, seed)}.json", fp)
 
     order = list(enumerate(todo))
     for i, (method, target, seed) in (reversed(order) if reverse else order):
@@ -289,6 +286,20 @@ def _failures(cells_dir: Path, todo, fp: str, finished) -> dict[str, str]:
     return out
 
 
+def _cells_dir(grid: BenchGrid, out: str | None) -> Path:
+    prefix = Path(out or grid.out)
+    return prefix.parent / f"{prefix.name}.cells"
+
+
+def _finished_cell(path: Path, fp: str) -> dict | None:
+    """The cell written at ``path`` under protocol fingerprint ``fp``, or None."""
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("fingerprint") == fp:
+            return data
+    return None
+
+
 def _failed_in(path: Path, run_id: str) -> bool:
     try:
         return json.loads(path.read_text()).get("run") == run_id
@@ -329,12 +340,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _worker(grid: BenchGrid, out: str | None, resume: bool, keep_going: bool, threads: int, run_id: str) -> int:
+def _worker(grid: BenchGrid, out: str | None, keep_going: bool, threads: int, run_id: str) -> int:
     """One worker process: claim and run unfinished cells in seed-major order until none is left (a cell that
     failed in this run, ``run_id``, is not tried again by another worker)."""
     torch.set_num_threads(threads)
-    prefix = Path(out or grid.out)
-    cells_dir = prefix.parent / f"{prefix.name}.cells"
+    cells_dir = _cells_dir(grid, out)
     fp = grid.fingerprint()
     ctx = _Context(grid)
     base = baseline_numbers(ctx, cells_dir / "baseline.json")
@@ -343,18 +353,17 @@ def _worker(grid: BenchGrid, out: str | None, resume: bool, keep_going: bool, th
     ran = 0
     for cell in todo:
         cid = cell_id(*cell)
-        path = cells_dir / f"{cid}.json"
-        if resume and path.is_file() and json.loads(path.read_text()).get("fingerprint") == fp:
-            continue
-        if _failed_in(cells_dir / f"{cid}.failed.json", run_id):
-            continue
+
+        def settled():  # finished, or failed in this run
+            return (_finished_cell(cells_dir / f"{cid}.json", fp) is not None
+                    or _failed_in(cells_dir / f"{cid}.failed.json", run_id))
+
         claim = cells_dir / f"{cid}.claim"
-        if not _claim(claim):
+        if settled() or not _claim(claim):
             continue
         try:
-            if ((resume and path.is_file() and json.loads(path.read_text()).get("fingerprint") == fp)
-                    or _failed_in(cells_dir / f"{cid}.failed.json", run_id)):
-                continue  # finished (or failed) by another worker between the check and the claim
+            if settled():
+                continue  # settled by another worker between the check and the claim
             log.info("worker %d: %s %s seed %d", os.getpid(), *cell)
             ran += _run_one(ctx, cells_dir, cell, base, fp, False, keep_going, run_id)
         finally:
@@ -362,14 +371,13 @@ def _worker(grid: BenchGrid, out: str | None, resume: bool, keep_going: bool, th
     return ran
 
 
-def _run_workers(grid: BenchGrid, out: str | None, resume: bool, workers: int, keep_going: bool,
-                 threads: int) -> int:
+def _run_workers(grid: BenchGrid, out: str | None, workers: int, keep_going: bool, threads: int) -> int:
     import multiprocessing as mp
     import uuid
 
     run_id = uuid.uuid4().hex[:12]
     with mp.get_context("spawn").Pool(workers) as pool:
-        results = [pool.apply_async(_worker, (grid, out, True, keep_going, threads, run_id))
+        results = [pool.apply_async(_worker, (grid, out, keep_going, threads, run_id))
                    for _ in range(workers)]
         return sum(r.get() for r in results)
 

@@ -68,10 +68,12 @@ def dynamic_mask_callback(model, ctx: RunContext, update_every: int = 50, salien
             masks[f] = m
         return masks
 
-    first = choose({f: filter_norms(m.weight.detach(), p) for f, m in layers.items()})
-    n_keep = sum(int(m.sum()) for m in first.values())
-    return DynamicFilterMask(layers, n_keep, update_every, saliency=lambda w: filter_norms(w, p), static=static,
-                             choose=choose if budget == "cost" else None)
+    cb = DynamicFilterMask(layers, 0, update_every, saliency=lambda w: filter_norms(w, p), static=static,
+                           choose=choose)  # the first mask is the target's cut under either budget
+    cb.n_keep = sum(int(m.sum()) for m in cb.masks.values())
+    if budget == "filters":
+        cb.choose = None  # later masks keep that filter count
+    return cb
 
 
 def _normalised(s: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,6 @@ def sync_config_(model: nn.Module) -> dict:
     changes: dict = {}
     builds = 0
     while best and builds < MAX_BUILDS:
-        trial = None
         per_field: dict = {}  # the best improving value of each field in this round
         for f, cs in cands.items():
             for c in cs:
@@ -150,22 +149,20 @@ def sync_config_(model: nn.Module) -> dict:
                 setattr(t, f, c)
                 builds += 1
                 s = score(t)
-                if s is not None and s < best and (trial is None or s < trial[0]):
-                    trial = (s, f, c)
                 if s is not None and s < best and (f not in per_field or s < per_field[f][0]):
                     per_field[f] = (s, c)
-        if trial is None:
+        if not per_field:
             break
-        step = {trial[1]: trial[2]}
+        f, (best, c) = min(per_field.items(), key=lambda kv: kv[1][0])  # the best single change
+        step = {f: c}
         if len(per_field) > 1:  # most pruned models change several fields at once: try them all together
             t = copy.deepcopy(current)
             for f, (_, c) in per_field.items():
                 setattr(t, f, c)
             builds += 1
             s = score(t)
-            if s is not None and s < trial[0]:
-                trial, step = (s, None, None), {f: c for f, (_, c) in per_field.items()}
-        best = trial[0]
+            if s is not None and s < best:
+                best, step = s, {f: c for f, (_, c) in per_field.items()}
         for f, c in step.items():
             changes[f] = [fields[f], c]
             setattr(current, f, c)

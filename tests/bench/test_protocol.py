@@ -136,10 +136,10 @@ def test_a_worker_does_not_retry_a_cell_that_failed_in_the_same_run(tmp_path, mo
 
     monkeypatch.setattr(protocol, "run_cell", failing)
     (tmp_path / "res" / "tiny.cells").mkdir(parents=True)
-    assert protocol._worker(grid, None, True, True, 1, "run-a") == 0
-    assert protocol._worker(grid, None, True, True, 1, "run-a") == 0  # a second worker of the same run skips it
+    assert protocol._worker(grid, None, True, 1, "run-a") == 0
+    assert protocol._worker(grid, None, True, 1, "run-a") == 0  # a second worker of the same run skips it
     assert len(calls) == 1
-    assert protocol._worker(grid, None, True, True, 1, "run-b") == 0  # the next run tries it again
+    assert protocol._worker(grid, None, True, 1, "run-b") == 0  # the next run tries it again
     assert len(calls) == 2
 
 
