@@ -96,7 +96,10 @@ def measure_one(name: str, tool: str, threads: int) -> dict:
         import prunekit.api  # noqa: F401
         import prunekit.criteria  # noqa: F401
         import prunekit.graph  # noqa: F401
+        import prunekit.graph.rules  # noqa: F401
         import prunekit.surgery.hf_config  # noqa: F401
+        import prunekit.surgery.mha  # noqa: F401
+        import numpy.ma  # noqa: F401 (numpy loads it on the first np.unique call)
     gc.collect()
     peak_reset = _reset_peak()
     rss0 = _status_kb("VmRSS")

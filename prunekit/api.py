@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -28,7 +29,7 @@ from torch import nn
 from ._registry import closest
 from .allocate import allocate_global, allocate_uniform, parse_target, search_target, select_removal
 from .criteria import ChannelView, ConsumerView, channel_rows, get_criterion, reduce_scores, score_member
-from .errors import ConfigError, PruneError
+from .errors import ConfigError, PruneError, PrunekitError
 from .graph import Graph, build_graph
 from .graph.trace import _walk_outputs, call_model, model_device, move_to
 
@@ -122,6 +123,9 @@ class Report:
     skipped: list  # [{"where", "reason"}]
     approximate: list = dataclasses.field(default_factory=list)  # [{"group", "reason"}]
     config_changes: dict = dataclasses.field(default_factory=dict)  # Hugging Face config: {field: [old, new]}
+    # "fast": planned on a trace without weight arithmetic, confirmed by the real forward; "real": traced
+    # with real values (calibration data, a given plan, or a fast trace the real forward did not confirm)
+    trace: str = "real"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -470,7 +474,7 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     _validate(sparsity, target, criterion, global_, round_to, min_channels, reduce, per_layer)
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
-    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
+    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, fast=_FAST_TRACE.get() and calib is None)
     with _whole_network_context(criterion, model, example_inputs, calib, ignore):
         scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed)
     segs = _segments(graph)
@@ -655,6 +659,17 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
         if example_inputs is None:
             raise ConfigError("prune_(model) needs either a plan or example_inputs=... with plan keywords "
                               "(e.g. sparsity=0.5)")
+        if plan_kwargs.get("calib") is None:
+            # first without the arithmetic of weight-reading ops; trusted only when the pruned model's real
+            # forward issues the same ops, else (or on any failure) the model is as before and is traced for real
+            token = _FAST_TRACE.set(True)
+            try:
+                return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs,
+                              optimizer, search_breaking=False)
+            except PrunekitError as e:
+                log.debug("fast trace not used (%s); tracing with real values", e)
+            finally:
+                _FAST_TRACE.reset(token)
         plan_ = globals()["plan"](model, example_inputs, **plan_kwargs)
     else:
         if plan_kwargs:
@@ -663,6 +678,16 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
         if not isinstance(plan, Plan):
             raise ConfigError(f"plan={type(plan).__name__} is not a prunekit Plan; build one with pk.plan(...)")
         plan_ = plan
+    return _apply(model, plan_, example_inputs, optimizer)
+
+
+# set by prune_ while it plans with a fast trace (see graph.trace.record)
+_FAST_TRACE: contextvars.ContextVar = contextvars.ContextVar("prunekit_fast_trace", default=False)
+
+
+def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, search_breaking: bool = True) -> Report:
+    """The body of :func:`prune_`; with ``search_breaking=False`` a failed validation raises instead of
+    looking for the groups that break the forward."""
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
     stale = [(f, s, tuple(tensors[f].shape) if f in tensors else None) for f, s in plan_.shapes.items()
@@ -692,7 +717,7 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
     try:
         remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None)
     except PruneError as e:
-        if e.op != "validation forward" or ex is None:
+        if e.op != "validation forward" or ex is None or not search_breaking:
             raise
         bad = find_breaking_groups(model, graph, removal, ex)
         if not bad:
@@ -710,7 +735,7 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
               for pg in plan_.groups]
     approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
     return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx,
-                  config_changes)
+                  config_changes, trace="fast" if graph.rec.fast else "real")
 
 
 def _sync_hf_config(model, skipped: list) -> dict:

@@ -155,12 +155,17 @@ def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, kind: str) -> 
         if kind != "l1":
             per_pos = per_pos.double().square()
     else:
-        per_pos = (x.abs() if kind == "l1" else x.square()).sum(other)
+        # summing over dim 0 with one temporary of the whole tensor is memory-bound (a [30522, 768] embedding
+        # takes ~40 ms); blocks of rows that stay in cache take ~5 ms
+        per_pos = None
+        for block in x.split(max(1, (1 << 18) // max(1, x[0].numel()))):
+            part = (block.abs() if kind == "l1" else block.square()).sum(other)
+            per_pos = part if per_pos is None else per_pos.add_(part)
     per_pos = per_pos.double().cpu().numpy()
     valid = channel >= 0
-    chans = np.unique(channel[valid])
-    sums = np.bincount(channel[valid], weights=per_pos[valid], minlength=int(chans.max()) + 1 if len(chans) else 0)
-    return chans, sums[chans]
+    ch = channel[valid]
+    chans = np.flatnonzero(np.bincount(ch))  # the channels present, sorted (np.unique hashes: slower)
+    return chans, np.bincount(ch, weights=per_pos[valid])[chans]
 
 
 def score_member(spec: CriterionSpec, view: ChannelView) -> np.ndarray:

@@ -235,7 +235,8 @@ class Graph:
         return out
 
 
-def build_graph(model: torch.nn.Module, example_inputs, *, ignore_modules: dict | None = None) -> Graph:
+def build_graph(model: torch.nn.Module, example_inputs, *, ignore_modules: dict | None = None,
+                fast: bool = False) -> Graph:
     """Trace ``model`` on ``example_inputs`` and derive its channel groups (changes nothing).
 
     A reshape that splits one channel dim over several dims is read with the outer dim as the unit (whole
@@ -243,12 +244,15 @@ def build_graph(model: torch.nn.Module, example_inputs, *, ignore_modules: dict 
     second time with the innermost dim as the unit there (a selective-kernel block splits its logits into
     ``[paths, channels]`` and multiplies per channel); the reading that leaves more parameter positions
     prunable is kept. Either reading is exact: it only decides which positions form one channel.
+
+    ``fast``: trace without the arithmetic of weight-reading ops (see ``trace.record``); the caller must
+    check ``graph.rec.ops`` against a real forward before trusting the graph.
     """
-    rec, out = record(model, example_inputs, ignore_modules=ignore_modules)
+    rec, out = record(model, example_inputs, ignore_modules=ignore_modules, fast=fast)
     graph = Graph(rec, out)
     stuck = frozenset(op for op, lab in rec.split_units if not graph.is_live(lab))
     if not stuck:
         return graph
-    rec2, out2 = record(model, example_inputs, ignore_modules=ignore_modules, inner_unit=stuck)
+    rec2, out2 = record(model, example_inputs, ignore_modules=ignore_modules, inner_unit=stuck, fast=fast)
     other = Graph(rec2, out2)
     return other if other.prunable_positions() > graph.prunable_positions() else graph

@@ -4,6 +4,13 @@ A ``TorchDispatchMode`` sees every op after Python, autograd and composite decom
 is closed (about a hundred rules cover real models), every functional use of a parameter is visible (the
 parameter object itself reaches the mode), and views, in-place ops and einsum arrive as plain aten ops.
 Global module forward hooks keep a stack of module FQNs, so each op knows the module that issued it.
+
+The engine needs shapes and the op graph, not values. ``record(..., fast=True)`` therefore skips the
+arithmetic of the costly ops that read a weight (convolutions and matrix products with a parameter
+operand): their output shape comes from torch's meta kernels and their values are zeros. Everything else
+(attention scores between activations, masks, index arithmetic, buffers such as rotary tables) still runs
+for real. Such a trace is only trusted after the pruned model's real forward issued the same sequence of
+ops (:func:`op_log`); ``prunekit.prune_`` traces again with real values when it did not.
 """
 from __future__ import annotations
 
@@ -84,6 +91,8 @@ class Recording:
         self._labels: dict[int, tuple] = {}  # id(tensor) -> (weakref, labels, is_param_view)
         self._keep: list = []  # tensors that cannot be weak-referenced stay alive for the trace
         self.op_count = 0
+        self.fast = False  # values of weight-reading ops skipped (see record)
+        self.ops: list = []  # the op sequence of the traced forward (see op_log)
         # reshapes that split one channel dim over several output dims ([B, P*C] -> [B, P, C]): the op's
         # index and the labels of the dim taken as the unit. By default the outer dim is the unit (whole
         # heads go); ops listed in ``inner_unit`` take the innermost dim instead (selective-kernel
@@ -312,17 +321,104 @@ def _tensors(x):
             yield from _tensors(y)
 
 
+# ops whose arithmetic a fast trace skips when one operand is a weight (see the module docstring)
+_WEIGHT_OPS = frozenset({torch.ops.aten.convolution, torch.ops.aten.addmm, torch.ops.aten.mm, torch.ops.aten.bmm,
+                         torch.ops.aten.baddbmm})
+
+
+def _reads_weight(args) -> bool:
+    for a in args:
+        if isinstance(a, nn.Parameter) or isinstance(getattr(a, "_base", None), nn.Parameter):
+            return True
+    return False
+
+
+def _to_meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(y) for y in x)
+    return x
+
+
+def _zeros_like_result(func, args, kwargs):
+    """What ``func(*args, **kwargs)`` returns, in shape, strides, dtype and device, filled with zeros."""
+    out = func(*_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
+    device = next(_tensors(list(args))).device
+    return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=device).zero_()
+
+
+class _OpLog:
+    """The sequence of ops one forward issues; the ops inside an ``nn.MultiheadAttention`` call count as one
+    entry (the engine traces it through its op-by-op twin, while the real forward may run torch's fused
+    kernel)."""
+
+    def __init__(self):
+        self.ops: list = []
+        self.hidden = 0
+
+    def op(self, func):
+        if not self.hidden:
+            self.ops.append(func)
+
+    def enter(self, mod):
+        if isinstance(mod, nn.MultiheadAttention):
+            self.op("nn.MultiheadAttention")
+            self.hidden += 1
+
+    def leave(self, mod):
+        if isinstance(mod, nn.MultiheadAttention):
+            self.hidden -= 1
+
+
+class _LogMode(TorchDispatchMode):
+    def __init__(self, log_: _OpLog):
+        super().__init__()
+        self.log = log_
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.log.op(func)
+        return func(*args, **(kwargs or {}))
+
+
+def op_log(model: nn.Module, example_inputs) -> tuple[Any, list]:
+    """Run ``model`` (eval mode, no gradients) and return its output and the op sequence it issued, in the
+    form ``Recording.ops`` has."""
+    from torch.nn.modules import module as _m
+
+    log_ = _OpLog()
+    h1 = _m.register_module_forward_pre_hook(lambda mod, args: log_.enter(mod))
+    h2 = _m.register_module_forward_hook(lambda mod, args, out: log_.leave(mod))
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), _LogMode(log_):
+            out = call_model(model, example_inputs)
+    finally:
+        h1.remove()
+        h2.remove()
+        for m, t in training.items():
+            m.training = t
+    return out, log_.ops
+
+
 class _Mode(TorchDispatchMode):
-    def __init__(self, rec: Recording, rules: dict):
+    def __init__(self, rec: Recording, rules: dict, fast: bool = False):
         super().__init__()
         self.rec = rec
         self.rules = rules
         self.opaque = 0
         self.errors: list[str] = []
+        self.fast = fast
+        self.log = _OpLog()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        self.log.op(func)
+        if self.fast and func.overloadpacket in _WEIGHT_OPS and _reads_weight(args):
+            out = _zeros_like_result(func, args, kwargs)
+        else:
+            out = func(*args, **kwargs)
         if self.opaque:
             return out
         rec = self.rec
@@ -418,19 +514,25 @@ def call_model(model: nn.Module, example_inputs):
 
 
 def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = None,
-           rules: dict | None = None, inner_unit: frozenset = frozenset()) -> tuple[Recording, Any]:
+           rules: dict | None = None, inner_unit: frozenset = frozenset(),
+           fast: bool = False) -> tuple[Recording, Any]:
     """Trace one forward of ``model`` in eval mode without gradients; returns the recording and output.
 
     ``inner_unit``: indices of channel-splitting reshapes whose innermost dim is the unit (see Recording).
+    ``fast``: skip the arithmetic of weight-reading convolutions and matrix products (module docstring);
+    the output then has the right shapes but not the right values, and ``rec.ops`` must be checked
+    against the real forward before the recording is trusted.
     """
     from .rules import RULES
 
     rec = Recording(model, ignore_modules)
     rec.inner_unit = frozenset(inner_unit)
-    mode = _Mode(rec, rules or RULES)
+    mode = _Mode(rec, rules or RULES, fast=fast)
+    rec.fast, rec.ops = fast, mode.log.ops
     module_fqn = rec.module_fqn
 
     def pre(mod, args, kwargs=None):
+        mode.log.enter(mod)
         fqn = module_fqn.get(id(mod))
         if fqn is None:
             return
@@ -443,6 +545,7 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
             mode.opaque += 1
 
     def post(mod, args, kwargs, output):
+        mode.log.leave(mod)
         fqn = module_fqn.get(id(mod))
         if fqn is None:
             return

@@ -84,17 +84,21 @@ _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64
 def take_(t: torch.Tensor, dims: dict) -> torch.Tensor:
     """``t`` without the positions ``dims = {dim: positions to remove}``, as a new tensor.
 
-    The rows of dim 0 go first (contiguous copies), so later dims gather from less data; floating tensors
-    are copied through a same-size integer view of their bits, which CPU gathers handle 1.3-4x faster than
-    bfloat16/float32 (exact: only bits move).
+    The rows of dim 0 go first (contiguous copies), so later dims gather from less data. Rows of a floating
+    tensor are gathered through a same-size integer view of their bits (exact: only bits move), which CPU
+    gathers along dim 0 handle faster; along later dims float32's own kernel is the faster one
+    (``benchmarks/engine_speed.py`` measures the whole call).
     """
     out = t.detach()
-    raw = out.is_floating_point() and not out.is_complex() and out.element_size() in _SAME_SIZE_INT
-    if raw:
-        out = out.view(_SAME_SIZE_INT[out.element_size()]) if out.dim() else out
+    raw_dtype = _SAME_SIZE_INT.get(out.element_size()) if out.is_floating_point() and not out.is_complex() \
+        and out.dim() else None
     for d in sorted(dims):
-        out = out.index_select(d, keep_indices(t.shape[d], dims[d]).to(t.device))
-    return out.view(t.dtype) if raw and out.dim() else out
+        keep = keep_indices(t.shape[d], dims[d]).to(t.device)
+        if raw_dtype is not None and (d == 0 or out.element_size() != 4):
+            out = out.view(raw_dtype).index_select(d, keep).view(t.dtype)
+        else:
+            out = out.index_select(d, keep)
+    return out
 
 
 def _owner(model: nn.Module, fqn: str):
@@ -435,16 +439,24 @@ def _update_size_attrs(graph, removed, name_to_mod, tx):
 
 
 def _validate(model, graph, example_inputs):
-    from ..graph.trace import call_model
+    from ..graph.trace import call_model, op_log
 
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = call_model(model, example_inputs)
-    finally:
-        for m, t in training.items():
-            m.training = t
+    if graph.rec.fast:  # the graph came from a trace without weight arithmetic: the real forward must agree
+        out, ops = op_log(model, example_inputs)
+        if ops != graph.rec.ops:
+            at = next((i for i, (a, b) in enumerate(zip(ops, graph.rec.ops)) if a != b), min(len(ops),
+                                                                                              len(graph.rec.ops)))
+            raise PruneError(f"the real forward issued other ops than the fast trace (first difference at op "
+                             f"{at} of {len(ops)}); trace with real values", op="trace check")
+    else:
+        training = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = call_model(model, example_inputs)
+        finally:
+            for m, t in training.items():
+                m.training = t
     # dim 0 is the batch (or, for detectors, the data-dependent number of boxes): compare the rest
     before = [s[1:] + (len(s),) for s in output_shapes(graph.output)]
     after = [s[1:] + (len(s),) for s in output_shapes(out)]

@@ -126,7 +126,12 @@ def test_random_networks_prune_to_exact_equivalents(kinds, widths, sparsity, glo
     plan = pk.plan(model, x, sparsity=sparsity, global_=global_, criterion="random")
     twin = copy.deepcopy(model)
     zero_removed_(twin, plan)
+    by_keywords = copy.deepcopy(model)
     report = pk.prune_(model, plan)
     assert_equivalent(twin, model, x, atol=1e-10, rtol=1e-8)
     assert report.params_after == plan.predicted["params_after"] == sum(p.numel() for p in model.parameters())
     assert count_macs(model, x).total == plan.predicted["macs_after"]
+    # prune_ with keywords plans on a fast trace (no weight arithmetic): the same model must come out
+    pk.prune_(by_keywords, example_inputs=x, sparsity=sparsity, global_=global_, criterion="random")
+    got, want = by_keywords.state_dict(), model.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)

@@ -1,0 +1,181 @@
+"""The fast trace (weight-reading convs and matmuls not computed) gives the engine exactly the graph of a real
+trace, and prune_ falls back to a real trace whenever the pruned model's real forward takes another path."""
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.graph import build_graph
+from prunekit.graph.trace import op_log
+from prunekit.testing import assert_equivalent, models, zero_removed_
+
+
+def graph_signature(g) -> tuple:
+    """Everything pruning reads from a graph: groups (members, channel maps, roles), non-prunable dims, costs."""
+    groups = sorted((g.width, tuple(g.approximate),
+                     tuple(sorted((m.fqn, m.dim, m.size, m.role, tuple(m.channel.tolist())) for m in g.members)))
+                    for g in g.groups)
+    blocked = sorted((n.fqn, n.dim, n.reason) for n in g.nonprunable)
+    return groups, blocked, g.params(), g.macs()
+
+
+def assert_same_graph(model, x, **kw):
+    fast = build_graph(model, x, fast=True, **kw)
+    full = build_graph(model, x, **kw)
+    assert fast.rec.fast and not full.rec.fast
+    assert graph_signature(fast) == graph_signature(full)
+    _, ops = op_log(model, x)  # the dense model's real forward issues the ops the fast trace saw
+    assert ops == fast.rec.ops == full.rec.ops
+    return fast
+
+
+@pytest.mark.parametrize("name", sorted(models()))
+def test_canonical_models_same_graph(name):
+    model, x = models()[name]()
+    assert_same_graph(model.eval(), x)
+
+
+def test_fast_trace_skips_weight_arithmetic_only():
+    model, x = models()["residual"]()
+    g = build_graph(model, x, fast=True)
+    out = g.output
+    assert torch.count_nonzero(out) == 0 or not torch.equal(out, model(x))  # values are not the model's
+    assert out.shape == model(x).shape
+    # a matmul between two activations still runs for real: attention scores decide nothing here, but
+    # a mask or rotary table built from buffers must keep its values
+    rope = nn.Module()
+    rope.register_buffer("inv_freq", torch.arange(1.0, 5.0))
+    pos = torch.arange(3.0)[:, None]
+    from prunekit.graph.trace import _Mode, Recording
+    from prunekit.graph.rules import RULES
+
+    with torch.no_grad(), _Mode(Recording(rope), RULES, fast=True):
+        table = pos @ rope.inv_freq[None, :]
+    torch.testing.assert_close(table, pos @ rope.inv_freq[None, :])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "regnet_y_400mf", "vit"])
+def test_torchvision_same_graph(name):
+    tv = pytest.importorskip("torchvision")
+    if name == "vit":
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=64,
+                                  num_classes=10)
+        x = torch.randn(1, 3, 32, 32)
+    else:
+        model = tv.models.get_model(name, weights=None, num_classes=10)
+        x = torch.randn(1, 3, 64, 64)
+    assert_same_graph(model.eval(), x)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_transformers_same_graph(arch):
+    T = pytest.importorskip("transformers")
+    if arch == "bert":
+        model = T.BertForSequenceClassification(T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                             intermediate_size=64, vocab_size=100))
+    else:
+        model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                 num_key_value_heads=2, intermediate_size=64, vocab_size=100,
+                                                 use_cache=False))
+    ids = torch.randint(0, 100, (1, 7))
+    assert_same_graph(model.eval(), {"input_ids": ids})
+
+
+def _prune_calls(monkeypatch):
+    """Records the ``fast`` flag of every graph prune_ builds."""
+    import prunekit.api as api
+
+    calls = []
+    real = api.build_graph
+
+    def spy(*a, **k):
+        g = real(*a, **k)
+        calls.append(g.rec.fast)
+        return g
+
+    monkeypatch.setattr(api, "build_graph", spy)
+    return calls
+
+
+def test_prune_uses_fast_trace_and_matches_a_real_trace(monkeypatch):
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.resnet18(weights=None, num_classes=10).double().eval()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    twin = copy.deepcopy(model)
+    plan = pk.plan(twin, x, sparsity=0.5, ignore=["fc"])  # real trace
+    calls = _prune_calls(monkeypatch)
+    r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["fc"])
+    assert calls == [True] and r.trace == "fast"
+    masked = copy.deepcopy(twin)
+    zero_removed_(masked, plan)
+    pk.prune_(twin, plan)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in twin.state_dict().items()}
+    for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert_equivalent(masked, model, x, atol=1e-9, rtol=1e-7)
+    assert r.params_after == plan.predicted["params_after"]
+
+
+class DataDependent(nn.Module):
+    """Adds a second branch only when the first conv's output is non-zero: a fast trace (zeros) misses the add
+    that couples ``a`` and ``b``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.a(h)
+        if h.abs().sum() > 0:
+            y = y + self.b(h)
+        else:
+            y = y + self.b(h).sum(1, keepdim=True)  # b's channels are not tied to a's on this path
+        return self.head(y)
+
+
+def test_data_dependent_path_falls_back_to_a_real_trace(monkeypatch, caplog):
+    model = DataDependent().double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    fast, full = build_graph(model, x, fast=True), build_graph(model, x)
+    assert graph_signature(fast) != graph_signature(full)  # the fast trace alone would couple a and b wrongly
+    masked = copy.deepcopy(model)
+    plan = pk.plan(masked, x, sparsity=0.5, ignore=["head"])
+    zero_removed_(masked, plan)
+    calls = _prune_calls(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="prunekit.api"):
+        r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
+    assert calls == [True, False] and r.trace == "real"
+    assert "other ops than the fast trace" in caplog.text
+    a_kept = model.a.weight.shape[0]
+    assert a_kept == model.b.weight.shape[0] == 4
+    assert_equivalent(masked, model, x, atol=1e-9, rtol=1e-7)
+
+
+def test_calibration_data_means_a_real_trace(monkeypatch):
+    model, x = models()["residual"]()
+    calls = _prune_calls(monkeypatch)
+    pk.prune_(model, example_inputs=x, sparsity=0.5, criterion="l2", calib=[(x, None)])
+    assert calls == [False]
+
+
+def test_failed_fast_attempt_leaves_nothing_behind(monkeypatch):
+    """A fast attempt that is rejected restores the model before the real trace runs: the result equals a prune
+    with the real trace only."""
+    model = DataDependent().eval()
+    x = torch.randn(1, 3, 8, 8)
+    ref = copy.deepcopy(model)
+    pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert np.isclose(sum(p.numel() for p in model.parameters()), sum(p.numel() for p in ref.parameters()))
