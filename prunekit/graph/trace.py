@@ -348,18 +348,24 @@ def _zeros_like_result(func, args, kwargs):
     return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=device).zero_()
 
 
+# layout-only ops whose presence depends on strides, which a removed dim can change (a reshape copies or not
+# once heads go from 2 to 1): a copy is left out of op sequences and a copying reshape reads as a view
+_LAYOUT_COPY = torch.ops.aten.clone.default
+_AS_VIEW = {torch.ops.aten._unsafe_view.default: torch.ops.aten.view.default}
+
+
 class _OpLog:
-    """The sequence of ops one forward issues; the ops inside an ``nn.MultiheadAttention`` call count as one
-    entry (the engine traces it through its op-by-op twin, while the real forward may run torch's fused
-    kernel)."""
+    """The sequence of ops one forward issues, up to layout copies (``_LAYOUT_COPY``); the ops inside an
+    ``nn.MultiheadAttention`` call count as one entry (the engine traces it through its op-by-op twin, while
+    the real forward may run torch's fused kernel)."""
 
     def __init__(self):
         self.ops: list = []
         self.hidden = 0
 
     def op(self, func):
-        if not self.hidden:
-            self.ops.append(func)
+        if not self.hidden and func is not _LAYOUT_COPY:
+            self.ops.append(_AS_VIEW.get(func, func))
 
     def enter(self, mod):
         if isinstance(mod, nn.MultiheadAttention):
