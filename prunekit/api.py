@@ -665,7 +665,7 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
             token = _FAST_TRACE.set(True)
             try:
                 return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs,
-                              optimizer, search_breaking=False)
+                              optimizer)
             except PrunekitError as e:
                 log.debug("fast trace not used (%s); tracing with real values", e)
             finally:
@@ -685,9 +685,8 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
 _FAST_TRACE: contextvars.ContextVar = contextvars.ContextVar("prunekit_fast_trace", default=False)
 
 
-def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, search_breaking: bool = True) -> Report:
-    """The body of :func:`prune_`; with ``search_breaking=False`` a failed validation raises instead of
-    looking for the groups that break the forward."""
+def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer) -> Report:
+    """The body of :func:`prune_`."""
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
     stale = [(f, s, tuple(tensors[f].shape) if f in tensors else None) for f, s in plan_.shapes.items()
@@ -717,7 +716,7 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, search_brea
     try:
         remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None)
     except PruneError as e:
-        if e.op != "validation forward" or ex is None or not search_breaking:
+        if e.op != "validation forward" or ex is None:
             raise
         bad = find_breaking_groups(model, graph, removal, ex)
         if not bad:

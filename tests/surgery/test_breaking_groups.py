@@ -105,3 +105,20 @@ def test_groups_blamed_together_are_tried_one_by_one(monkeypatch):
     assert model.mlp[0][0].weight.shape == (16, 16) and model.embed.weight.shape == (16, 6)
     # the failed validation; the try that blames both; the passing try; one try per blamed group; the final
     assert len(calls) == 1 + 1 + 1 + 2 + 1
+
+
+def test_prune_with_keywords_searches_on_the_fast_trace():
+    """prune_ plans on a fast trace; the search for breaking groups runs on it (its tries only ask whether the
+    forward runs) and the final prune's real forward confirms the trace: same model as the real-trace path."""
+    torch.manual_seed(0)
+    model, x = Net().double().eval(), torch.randn(2, 5, 6, dtype=torch.float64)
+    ref = copy.deepcopy(model)
+    kw = dict(sparsity=0.5, ignore=["head"], per_layer={"embed": 0.0})  # the stream stays: the heads break
+    report = pk.prune_(model, example_inputs=x, **kw)
+    ref_report = pk.prune_(ref, pk.plan(ref, x, **kw))
+    assert report.trace == "fast" and ref_report.trace == "real"
+    left = sorted(s["where"] for s in report.skipped if "breaks the model's forward" in s["reason"])
+    assert left and left == sorted(s["where"] for s in ref_report.skipped if "breaks the model's forward" in s["reason"])
+    got, want = model.state_dict(), ref.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert report.params_after == ref_report.params_after < report.params_before
