@@ -90,7 +90,7 @@ class Graph:
         ga, gb, dims = [], [], []
         for fqn, d, start, size in rec.param_dims:
             r = root[start:start + size]
-            lr = np.unique(r[live[r]])
+            lr = r[live[r]]  # repeated roots are harmless edges: no np.unique needed
             dims.append((fqn, d, start, size, r))
             if len(lr) > 1:
                 ga.append(lr[:-1])
@@ -119,8 +119,7 @@ class Graph:
             grp = groups[g]
             new = r[lmask & (gid_of_root[r] < 0)]
             if len(new):
-                _, first = np.unique(new, return_index=True)
-                for rr in new[np.sort(first)].tolist():
+                for rr in dict.fromkeys(new.tolist()):  # distinct roots in order of first position
                     if gid_of_root[rr] < 0:
                         gid_of_root[rr] = g
                         ch_of_root[rr] = grp.width
@@ -129,9 +128,6 @@ class Graph:
             rl = "producer" if producer[start] else ("consumer" if consumer[start] else "other")
             grp.members.append(Member(fqn, d, size, ch, rl))
         for g in groups:
-            reasons = set()
-            for m in g.members:
-                pass
             g.members.sort(key=lambda m: (m.role != "producer", m.role != "other"))
             g.name = g.members[0].fqn + f"[{g.members[0].dim}]"
         for atoms, reason in rec.approx:

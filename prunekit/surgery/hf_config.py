@@ -13,6 +13,7 @@ no config; the config is then left as it was and the caller is told why.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import sys
@@ -48,7 +49,12 @@ def _layout(model: nn.Module) -> dict:
 
 
 def _build(model: nn.Module, config):
-    with torch.device("meta"):
+    """``type(model)(config)`` on the meta device, without running weight initialisers (nothing to fill)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialisers run, on meta tensors (slower, same shapes)
+        no_init_weights = contextlib.nullcontext
+    with torch.device("meta"), no_init_weights():
         return type(model)(config)
 
 
