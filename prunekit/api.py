@@ -363,11 +363,12 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
 
     out = []
     if spec.fast is not None and not (need_grads or need_acts):
+        cache: dict = {}  # per-tensor partial sums shared by a tensor's member dims (see position_sums)
         for g in graph.groups:
             members = [m for m in g.members if id(tensors[m.fqn]) in param_ids] or g.members
             scored = []
             for m in members:
-                chans, s = spec.fast(tensors[m.fqn], m.dim, m.channel, {"fqn": m.fqn, "seed": seed})
+                chans, s = spec.fast(tensors[m.fqn], m.dim, m.channel, {"fqn": m.fqn, "seed": seed, "cache": cache})
                 scored.append((m, chans, np.asarray(s, dtype=np.float64)))
             out.append(reduce_scores(g.width, scored, reduce))
         return out
@@ -665,28 +666,27 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
             token = _FAST_TRACE.set(True)
             try:
                 return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs,
-                              optimizer)
+                              optimizer, own_plan=True)
             except PrunekitError as e:
                 log.debug("fast trace not used (%s); tracing with real values", e)
             finally:
                 _FAST_TRACE.reset(token)
-        plan_ = globals()["plan"](model, example_inputs, **plan_kwargs)
-    else:
-        if plan_kwargs:
-            raise ConfigError(f"prune_(model, plan, ...) got plan keywords {sorted(plan_kwargs)}; give either a "
-                              f"plan or keywords to build one, not both")
-        if not isinstance(plan, Plan):
-            raise ConfigError(f"plan={type(plan).__name__} is not a prunekit Plan; build one with pk.plan(...)")
-        plan_ = plan
-    return _apply(model, plan_, example_inputs, optimizer)
+        return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs, optimizer,
+                      own_plan=True)
+    if plan_kwargs:
+        raise ConfigError(f"prune_(model, plan, ...) got plan keywords {sorted(plan_kwargs)}; give either a "
+                          f"plan or keywords to build one, not both")
+    if not isinstance(plan, Plan):
+        raise ConfigError(f"plan={type(plan).__name__} is not a prunekit Plan; build one with pk.plan(...)")
+    return _apply(model, plan, example_inputs, optimizer)
 
 
 # set by prune_ while it plans with a fast trace (see graph.trace.record)
 _FAST_TRACE: contextvars.ContextVar = contextvars.ContextVar("prunekit_fast_trace", default=False)
 
 
-def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer) -> Report:
-    """The body of :func:`prune_`."""
+def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: bool = False) -> Report:
+    """The body of :func:`prune_`; ``own_plan``: the plan was made by prune_ itself and never left it."""
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
     stale = [(f, s, tuple(tensors[f].shape) if f in tensors else None) for f, s in plan_.shapes.items()
@@ -713,8 +713,16 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer) -> Report:
     from .surgery import find_breaking_groups, remove_channels_
 
     skipped = list(plan_.skipped)
+    cuts = None
+    if own_plan:  # a plan no caller could edit: its member indices are exactly the removal's positions
+        cuts = {}
+        for pg in plan_.groups:
+            for m in pg.members:
+                if m["indices"]:
+                    cuts.setdefault(m["fqn"], {})[m["dim"]] = m["indices"]
     try:
-        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None)
+        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None,
+                         cuts=cuts)
     except PruneError as e:
         if e.op != "validation forward" or ex is None:
             raise

@@ -17,11 +17,11 @@ from ._base import ChannelView, position_sums, random_generator, register_criter
 
 
 def _fast_l1(t, dim, channel, view):
-    return position_sums(t, dim, channel, "l1")
+    return position_sums(t, dim, channel, "l1", view.get("cache"))
 
 
 def _fast_l2(t, dim, channel, view):
-    chans, s = position_sums(t, dim, channel, "l2sq")
+    chans, s = position_sums(t, dim, channel, "l2sq", view.get("cache"))
     return chans, np.sqrt(s)
 
 

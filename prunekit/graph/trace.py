@@ -322,8 +322,9 @@ def _tensors(x):
 
 
 # ops whose arithmetic a fast trace skips when one operand is a weight (see the module docstring)
-_WEIGHT_OPS = frozenset({torch.ops.aten.convolution, torch.ops.aten.addmm, torch.ops.aten.mm, torch.ops.aten.bmm,
-                         torch.ops.aten.baddbmm})
+# (functional overloads only: an ``out=`` variant must write its output tensor)
+_WEIGHT_OPS = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default,
+                         torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default})
 
 
 def _reads_weight(args) -> bool:
@@ -349,13 +350,14 @@ def _zeros_like_result(func, args, kwargs):
 
 
 # layout-only ops whose presence depends on strides, which a removed dim can change (a reshape copies or not
-# once heads go from 2 to 1): a copy is left out of op sequences and a copying reshape reads as a view
-_LAYOUT_COPY = torch.ops.aten.clone.default
+# once heads go from 2 to 1; a keepdim reduction restrides its output): copies and restrides are left out of
+# op sequences and a copying reshape reads as a view
+_LAYOUT_ONLY = frozenset({torch.ops.aten.clone.default, torch.ops.aten.as_strided_.default})
 _AS_VIEW = {torch.ops.aten._unsafe_view.default: torch.ops.aten.view.default}
 
 
 class _OpLog:
-    """The sequence of ops one forward issues, up to layout copies (``_LAYOUT_COPY``); the ops inside an
+    """The sequence of ops one forward issues, up to layout-only ops (``_LAYOUT_ONLY``); the ops inside an
     ``nn.MultiheadAttention`` call count as one entry (the engine traces it through its op-by-op twin, while
     the real forward may run torch's fused kernel)."""
 
@@ -364,7 +366,7 @@ class _OpLog:
         self.hidden = 0
 
     def op(self, func):
-        if not self.hidden and func is not _LAYOUT_COPY:
+        if not self.hidden and func not in _LAYOUT_ONLY:
             self.ops.append(_AS_VIEW.get(func, func))
 
     def enter(self, mod):
@@ -421,7 +423,7 @@ class _Mode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.log.op(func)
-        if self.fast and func.overloadpacket in _WEIGHT_OPS and _reads_weight(args):
+        if self.fast and func in _WEIGHT_OPS and _reads_weight(args):
             out = _zeros_like_result(func, args, kwargs)
         else:
             out = func(*args, **kwargs)

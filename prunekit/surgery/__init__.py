@@ -151,14 +151,16 @@ def plan_tensor_cuts(graph, removal: dict) -> dict:
 
 
 def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, example_inputs=None,
-                     validate: bool = True, dry_run: bool = False, check_ops: bool = True) -> dict:
+                     validate: bool = True, dry_run: bool = False, check_ops: bool = True,
+                     cuts: dict | None = None) -> dict:
     """Physically remove ``removal = {group id: channel indices}`` from ``model`` in place.
 
     Returns ``{fqn: new shape}`` of every tensor that changed. On any failure the model and the
     optimizer are restored exactly and ``PruneError(fqn=..., op=...)`` is raised.
     """
     tx = Transaction()
-    cuts = plan_tensor_cuts(graph, removal)
+    if cuts is None:  # a plan already lists them: ``{fqn: {dim: sorted positions}}``, as plan_tensor_cuts
+        cuts = plan_tensor_cuts(graph, removal)
     removed = graph.removed_flat(removal)
     fqn, op = None, None
     try:
