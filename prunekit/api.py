@@ -363,12 +363,11 @@ def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=Non
 
     out = []
     if spec.fast is not None and not (need_grads or need_acts):
-        cache: dict = {}  # per-tensor partial sums shared by a tensor's member dims (see position_sums)
         for g in graph.groups:
             members = [m for m in g.members if id(tensors[m.fqn]) in param_ids] or g.members
             scored = []
             for m in members:
-                chans, s = spec.fast(tensors[m.fqn], m.dim, m.channel, {"fqn": m.fqn, "seed": seed, "cache": cache})
+                chans, s = spec.fast(tensors[m.fqn], m.dim, m.channel, {"fqn": m.fqn, "seed": seed})
                 scored.append((m, chans, np.asarray(s, dtype=np.float64)))
             out.append(reduce_scores(g.width, scored, reduce))
         return out

@@ -140,26 +140,15 @@ def random_generator(view) -> torch.Generator:
     return g
 
 
-def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, kind: str,
-                  cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel sums of ``|t|`` (``kind="l1"``) or ``t**2`` (``"l2sq"``) over everything but ``dim``.
 
     Reduces in the tensor's own dtype with the fastest kernel for the layout (no float64 copy of a large
-    tensor); returns (channels in sorted order, float64 sums). With a ``cache`` dict shared over one scoring
-    pass, a kernel tensor (3 dims or more, e.g. a conv weight: a member of one group along dim 0 and of
-    another along dim 1) is read once: its sums over the trailing dims are kept and serve both dims.
+    tensor); returns (channels in sorted order, float64 sums).
     """
     x = t.detach()
     other = [d for d in range(x.dim()) if d != dim]
-    if cache is not None and x.dim() >= 3 and dim in (0, 1):
-        key = (id(t), kind)
-        if key not in cache:
-            trailing = tuple(range(2, x.dim()))
-            cache[key] = torch.linalg.vector_norm(x, 1 if kind == "l1" else 2, dim=trailing).double()
-            if kind != "l1":
-                cache[key] = cache[key].square()
-        per_pos = cache[key].sum(1 - dim)
-    elif not other:
+    if not other:
         per_pos = x.abs() if kind == "l1" else x.square()
     elif dim == 0:  # contiguous trailing reduction: vector_norm is a single fast pass
         per_pos = torch.linalg.vector_norm(x, 1 if kind == "l1" else 2, dim=other)

@@ -17,11 +17,11 @@ from ._base import ChannelView, position_sums, random_generator, register_criter
 
 
 def _fast_l1(t, dim, channel, view):
-    return position_sums(t, dim, channel, "l1", view.get("cache"))
+    return position_sums(t, dim, channel, "l1")
 
 
 def _fast_l2(t, dim, channel, view):
-    chans, s = position_sums(t, dim, channel, "l2sq", view.get("cache"))
+    chans, s = position_sums(t, dim, channel, "l2sq")
     return chans, np.sqrt(s)
 
 
