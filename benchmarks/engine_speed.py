@@ -122,20 +122,31 @@ def measure_one(name: str, tool: str, threads: int) -> dict:
             "threads": threads}
 
 
-def load_all(path: Path, engine: str | None = None) -> dict:
+def load_all(path: Path, engine: str | None = None, fallback: bool = True) -> dict:
     """(model, tool) -> every record of that pair, in file order; prunekit records only from the engine
-    commit ``engine`` (default: the one of the last prunekit record) when records carry one."""
+    commit ``engine`` (default: the one of the last prunekit record) when records carry one.
+
+    Torch-Pruning records count only when they were made side by side with those prunekit records: from
+    the first of them on in the file (each invocation appends one record per model and tool). With
+    ``fallback``, a model without such a record keeps its older Torch-Pruning records."""
     rows = []
     if path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if engine is None:
         engines = [r["engine"] for r in rows if r.get("tool") == "prunekit" and "engine" in r]
         engine = engines[-1] if engines else None
+    start = next((i for i, r in enumerate(rows) if r["tool"] == "prunekit" and (engine is None
+                                                                               or r.get("engine") == engine)),
+                 len(rows))
     recs: dict = {}
-    for r in rows:
+    older: dict = {}
+    for i, r in enumerate(rows):
         if r["tool"] == "prunekit" and engine is not None and r.get("engine") != engine:
             continue
-        recs.setdefault((r["model"], r["tool"]), []).append(r)
+        (recs if r["tool"] == "prunekit" or i >= start else older).setdefault((r["model"], r["tool"]), []).append(r)
+    if fallback:
+        for key, rs in older.items():
+            recs.setdefault(key, rs)
     return recs
 
 
@@ -167,13 +178,14 @@ def write_markdown(path: Path, md: Path) -> None:
              " `benchmarks/results/engine_speed.jsonl` by `python benchmarks/engine_speed.py --report-only`.",
              "Time = wall time of one analyse + prune-50% call with the output head ignored; peak extra ="
              " peak RSS during that call minus RSS before it (it includes the activations of the traced forward)."
+             " Torch-Pruning's times come from the same invocations as prunekit's (side by side)."
              " With several repetitions (`--repeat N`, each in a fresh process) the table shows the fastest time"
              " and the largest peak memory. The CPUs are shared with other jobs, so times carry noise of the"
              " order of tens of percent.", "",
              "## Main models", "",
-             "| model | params | dtype | model MB | params after pk / TP | prunekit s | Torch-Pruning s |"
+             "| model | params | dtype | model MB | params after pk / TP | runs pk / TP | prunekit s | Torch-Pruning s |"
              " time ratio pk/TP | prunekit peak extra MB (x model) | Torch-Pruning peak extra MB (x model) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(name):
         pk_r, tp_r = recs.get((name, "prunekit")), recs.get((name, "torch-pruning"))
@@ -192,8 +204,9 @@ def write_markdown(path: Path, md: Path) -> None:
         ratio = (f"{pk_r['seconds'] / tp_r['seconds']:.2f}" if pk_r and tp_r and "seconds" in pk_r
                  and "seconds" in tp_r else "")
         after = " / ".join(f"{r['params_after']:,}" if r and "params_after" in r else "-" for r in (pk_r, tp_r))
+        runs = " / ".join(str(r.get("reps", 1)) if r else "0" for r in (pk_r, tp_r))
         return (f"| {name} | {any_r.get('params', 0):,} | {any_r.get('dtype', '')} | {any_r.get('model_mb', '')} |"
-                f" {after} | {t(pk_r)} | {t(tp_r)} | {ratio} | {mem(pk_r)} | {mem(tp_r)} |")
+                f" {after} | {runs} | {t(pk_r)} | {t(tp_r)} | {ratio} | {mem(pk_r)} | {mem(tp_r)} |")
 
     lines += [r for r in map(row, MAIN) if r]
     lines += ["", "## Time against depth (torchvision ResNets, 224x224)", "",
@@ -229,11 +242,23 @@ def reading(recs: dict) -> str:
     met = [n for n, v in ratios.items() if v <= 0.5]
     return ("Reading: prunekit's time is " + ", ".join(f"{v:.2f}x Torch-Pruning's on {n}" for n, v in ratios.items())
             + "; the aim of at most half is " + ("met on " + ", ".join(met) if met else "not met on any model")
-            + ". Both tools trace one forward; prunekit also runs a validation forward on the pruned model (the"
-            " price of never returning a model that does not run) and, for Hugging Face models, rebuilds the"
-            " config on the meta device. Its peak extra memory is at most "
-            f"{max(mems.values()):.2f}x the model's size (aim: 1.2x). Time per conv/linear layer stays flat from"
-            " resnet18 to resnet152 for both tools: linear in depth.")
+            + ". Torch-Pruning traces one forward with autograd. prunekit traces one forward without the"
+            " arithmetic of weight-reading convs and matmuls (the fast trace, docs/engine.md), then runs the"
+            " pruned model once for real, which validates the result and confirms the trace; for Hugging Face"
+            " models it also rebuilds the config on the meta device. Its peak extra memory is at most "
+            f"{max(mems.values()):.2f}x the model's size (aim: 1.2x)." + _depth_reading(recs))
+
+
+def _depth_reading(recs: dict) -> str:
+    """How time per conv/linear layer changes from the shallowest to the deepest ResNet, per tool."""
+    parts = []
+    for tool in TOOLS:
+        per = [(n, r["seconds"] / r["n_layers"]) for n in DEPTH
+               if (r := recs.get((n, tool))) is not None and "seconds" in r]
+        if len(per) >= 2:
+            (a, pa), (b, pb) = per[0], per[-1]
+            parts.append(f"{tool} {pa * 1000:.1f} ms per layer on {a}, {pb * 1000:.1f} ms on {b}")
+    return (" Time per conv/linear layer: " + "; ".join(parts) + ".") if parts else ""
 
 
 def main(argv=None) -> int:
@@ -255,7 +280,7 @@ def main(argv=None) -> int:
     jsonl, md = Path(args.jsonl), Path(args.md)
     if not args.report_only:
         engine = engine_version()
-        done = load_all(jsonl, engine)
+        done = load_all(jsonl, engine, fallback=False)
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
         for name in args.models.split(","):
             for tool in args.tools.split(","):

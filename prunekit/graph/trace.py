@@ -410,6 +410,28 @@ def op_log(model: nn.Module, example_inputs) -> tuple[Any, list]:
     return out, log_.ops
 
 
+def _aten(names) -> frozenset:
+    return frozenset(getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n))
+
+
+# ops whose result can steer the forward (Python control flow, data-dependent shapes, selections): fed a value
+# that a fast trace made up, they end it, and prune_ traces with real values instead
+_VALUE_READERS = _aten(("_local_scalar_dense", "is_nonzero", "nonzero", "nonzero_static", "masked_select",
+                        "_unique2", "unique_consecutive", "unique_dim", "topk", "sort", "argsort", "argmax",
+                        "argmin", "kthvalue", "mode", "bincount", "histc", "searchsorted", "equal",
+                        "multinomial"))
+_VALUE_READER_OVERLOADS = frozenset(getattr(getattr(torch.ops.aten, n), "dim") for n in ("max", "min", "median",
+                                                                                          "nanmedian"))
+# ops that select by an index tensor: a made-up integer or boolean index ends a fast trace too
+_INDEXING = _aten(("index", "index_select", "gather", "take", "index_put", "index_put_", "scatter", "scatter_",
+                   "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_", "index_add", "index_add_",
+                   "index_copy", "index_copy_", "index_fill", "index_fill_", "embedding", "_embedding_bag"))
+
+
+class MadeUpValue(TraceError):
+    """A fast trace reached an op whose result depends on values it did not compute."""
+
+
 class _Mode(TorchDispatchMode):
     def __init__(self, rec: Recording, rules: dict, fast: bool = False):
         super().__init__()
@@ -419,14 +441,39 @@ class _Mode(TorchDispatchMode):
         self.errors: list[str] = []
         self.fast = fast
         self.log = _OpLog()
+        self.made_up: dict[int, Any] = {}  # id -> weakref of tensors whose values a fast trace did not compute
+
+    def _is_made_up(self, t) -> bool:
+        r = self.made_up.get(id(t))
+        return r is not None and (r() if isinstance(r, weakref.ref) else r) is t
+
+    def _mark_made_up(self, out):
+        for t in _tensors(out):
+            try:
+                self.made_up[id(t)] = weakref.ref(t)
+            except TypeError:
+                self.made_up[id(t)] = t
+
+    def _fast_call(self, func, args, kwargs):
+        """``func`` under a fast trace: weight-reading convs and matmuls are not computed, values that derive
+        from them are tracked, and an op that would read such a value ends the trace (``MadeUpValue``)."""
+        made_up = [t for t in _tensors(list(args) + list(kwargs.values())) if self._is_made_up(t)]
+        if made_up and (func.overloadpacket in _VALUE_READERS or func in _VALUE_READER_OVERLOADS or (
+                func.overloadpacket in _INDEXING and any(not t.is_floating_point() for t in made_up))):
+            raise MadeUpValue(f"{func} reads values the fast trace did not compute", op=str(func))
+        if func in _WEIGHT_OPS and _reads_weight(args):
+            out = _zeros_like_result(func, args, kwargs)
+            self._mark_made_up(out)
+            return out
+        out = func(*args, **kwargs)
+        if made_up:
+            self._mark_made_up(out)
+        return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.log.op(func)
-        if self.fast and func in _WEIGHT_OPS and _reads_weight(args):
-            out = _zeros_like_result(func, args, kwargs)
-        else:
-            out = func(*args, **kwargs)
+        out = self._fast_call(func, args, kwargs) if self.fast else func(*args, **kwargs)
         if self.opaque:
             return out
         rec = self.rec
@@ -596,6 +643,8 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
     try:
         with torch.no_grad(), mode:
             output = call_model(model, example_inputs)
+    except MadeUpValue:
+        raise
     except Exception as e:
         raise TraceError(f"could not trace the model with the given example_inputs: {type(e).__name__}: {e}. "
                          f"Check that model(*example_inputs) runs (shapes, device, dtype).", op="forward") from e

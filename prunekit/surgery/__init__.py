@@ -101,14 +101,17 @@ def take_(t: torch.Tensor, dims: dict) -> torch.Tensor:
     return out
 
 
-def _owner(model: nn.Module, fqn: str):
+def _owner(model: nn.Module, fqn: str, modules: dict | None = None):
     mod_name, _, attr = fqn.rpartition(".")
+    if modules is not None and mod_name in modules:
+        return modules[mod_name], attr
     return (model.get_submodule(mod_name) if mod_name else model), attr
 
 
-def set_tensor_(model: nn.Module, fqn: str, new: torch.Tensor, tx: Transaction):
-    """Replace parameter or buffer ``fqn`` by ``new`` (a parameter keeps its identity; its grad follows)."""
-    mod, attr = _owner(model, fqn)
+def set_tensor_(model: nn.Module, fqn: str, new: torch.Tensor, tx: Transaction, modules: dict | None = None):
+    """Replace parameter or buffer ``fqn`` by ``new`` (a parameter keeps its identity; its grad follows).
+    ``modules``: ``dict(model.named_modules())``, when the caller has it (saves a path walk per tensor)."""
+    mod, attr = _owner(model, fqn, modules)
     if attr in mod._parameters and mod._parameters[attr] is not None:
         tx.set_data(mod._parameters[attr], new)
     elif attr in mod._buffers:
@@ -169,6 +172,7 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
             opt_state = {id(p): s for p, s in optimizer.state.items()}
         touched_modules = {}
         new_shapes = {}
+        name_to_mod = dict(model.named_modules())
         for fqn, dims in cuts.items():
             op = "slice"
             t = graph.rec.tensors[fqn]
@@ -177,7 +181,7 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
             grad = t.grad if isinstance(t, nn.Parameter) else None
             if grad is not None:
                 tx.set_grad(t, None)  # so that rollback restores data before the old-shaped grad
-            set_tensor_(model, fqn, new.contiguous(), tx)
+            set_tensor_(model, fqn, new.contiguous(), tx, name_to_mod)
             new_shapes[fqn] = tuple(new.shape)
             if grad is not None and tuple(grad.shape) == old_shape:
                 op = "slice grad"
@@ -190,11 +194,10 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
                     if isinstance(v, torch.Tensor) and tuple(v.shape) == old_shape and v.dim() > 0:
                         s = take_(v, dims)
                         tx.set_item(state, k, s.contiguous())
-            mod, _ = _owner(model, fqn)
+            mod, _ = _owner(model, fqn, name_to_mod)
             touched_modules[id(mod)] = mod
         # modules whose input width changed (norms without weights, depthwise convs)
         new_in = {}
-        name_to_mod = dict(model.named_modules())
         for mfqn, call in graph.rec.module_calls.items():
             mod = name_to_mod.get(mfqn)
             if mod is None:

@@ -10,7 +10,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.graph import build_graph
-from prunekit.graph.trace import op_log
+from prunekit.graph.trace import MadeUpValue, op_log
 from prunekit.testing import assert_equivalent, models, zero_removed_
 
 
@@ -143,22 +143,76 @@ class DataDependent(nn.Module):
         return self.head(y)
 
 
-def test_data_dependent_path_falls_back_to_a_real_trace(monkeypatch, caplog):
+def test_a_branch_on_made_up_values_ends_the_fast_trace(monkeypatch, caplog):
     model = DataDependent().double().eval()
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    fast, full = build_graph(model, x, fast=True), build_graph(model, x)
-    assert graph_signature(fast) != graph_signature(full)  # the fast trace alone would couple a and b wrongly
+    with pytest.raises(MadeUpValue, match="_local_scalar_dense"):  # bool(h.abs().sum() > 0): a made-up value
+        build_graph(model, x, fast=True)
     masked = copy.deepcopy(model)
     plan = pk.plan(masked, x, sparsity=0.5, ignore=["head"])
     zero_removed_(masked, plan)
     calls = _prune_calls(monkeypatch)
     with caplog.at_level(logging.DEBUG, logger="prunekit.api"):
         r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
+    assert calls == [False] and r.trace == "real"  # the fast attempt ended inside its trace
+    assert "did not compute" in caplog.text
+    assert model.a.weight.shape[0] == model.b.weight.shape[0] == 4  # a and b coupled by the real path's add
+    assert_equivalent(masked, model, x, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("op", ["topk", "nonzero", "index"])
+def test_selections_by_made_up_values_end_the_fast_trace(op):
+    class Select(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.score = nn.Linear(4, 1)
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x):  # [tokens, 4]: keep the tokens a learned score selects (a router, a detector)
+            s = self.score(x)[:, 0]
+            if op == "topk":
+                keep = s.topk(2).indices
+            elif op == "nonzero":
+                keep = (s > 0).nonzero()[:, 0]
+            else:
+                keep = (s > 0).long()
+            return self.proj(x[keep])
+
+    model, x = Select().eval(), torch.randn(5, 4)
+    with pytest.raises(MadeUpValue):
+        build_graph(model, x, fast=True)
+    g = build_graph(model, x)  # a real trace is fine
+    assert not g.rec.fast
+
+
+class FirstCallCache(nn.Module):
+    """Builds a table in its first forward only (as detection heads cache anchors): the fast trace's op
+    sequence has ops the pruned model's forward does not issue."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+        self.table = None
+
+    def forward(self, x):
+        if self.table is None:
+            self.table = torch.full((1,), 0.5)
+        return self.head(self.conv(x).relu()) * self.table
+
+
+def test_another_op_sequence_falls_back_to_a_real_trace(monkeypatch, caplog):
+    model, x = FirstCallCache().eval(), torch.randn(1, 3, 8, 8)
+    ref = copy.deepcopy(model)
+    calls = _prune_calls(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="prunekit.api"):
+        r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
     assert calls == [True, False] and r.trace == "real"
     assert "other ops than the fast trace" in caplog.text
-    a_kept = model.a.weight.shape[0]
-    assert a_kept == model.b.weight.shape[0] == 4
-    assert_equivalent(masked, model, x, atol=1e-9, rtol=1e-7)
+    ref(x)  # the reference has built its table too
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
+    got, want = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_calibration_data_means_a_real_trace(monkeypatch):
@@ -169,11 +223,12 @@ def test_calibration_data_means_a_real_trace(monkeypatch):
 
 
 def test_failed_fast_attempt_leaves_nothing_behind(monkeypatch):
-    """A fast attempt that is rejected restores the model before the real trace runs: the result equals a prune
-    with the real trace only."""
-    model = DataDependent().eval()
+    """A fast attempt rejected after its surgery (the op check) restores the model before the real trace
+    runs: the result equals a prune with the real trace only."""
+    model = FirstCallCache().eval()
     x = torch.randn(1, 3, 8, 8)
     ref = copy.deepcopy(model)
+    ref(x)
     pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
     pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
