@@ -9,11 +9,14 @@ The engine needs shapes and the op graph, not values. ``record(..., fast=True)``
 arithmetic of the costly ops that read a weight (convolutions and matrix products with a parameter
 operand): their output shape comes from torch's meta kernels and their values are zeros. Everything else
 (attention scores between activations, masks, index arithmetic, buffers such as rotary tables) still runs
-for real. Such a trace is only trusted after the pruned model's real forward issued the same sequence of
-ops (:func:`op_log`); ``prunekit.prune_`` traces again with real values when it did not.
+for real. An op that would read a value derived from a skipped op to steer the forward (a Python bool, a
+``topk`` or ``nonzero`` selection, a computed index) ends such a trace (``MadeUpValue``), and the trace is
+trusted only after the pruned model's real forward issued the same sequence of ops (:func:`op_log`);
+``prunekit.prune_`` traces again with real values otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import weakref
@@ -389,6 +392,19 @@ class _LogMode(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block; every module's own training flag is restored after it.
+    Yields ``{module: training flag before}``."""
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield training
+    finally:
+        for m, t in training.items():
+            m.training = t
+
+
 def op_log(model: nn.Module, example_inputs) -> tuple[Any, list]:
     """Run ``model`` (eval mode, no gradients) and return its output and the op sequence it issued, in the
     form ``Recording.ops`` has."""
@@ -397,16 +413,12 @@ def op_log(model: nn.Module, example_inputs) -> tuple[Any, list]:
     log_ = _OpLog()
     h1 = _m.register_module_forward_pre_hook(lambda mod, args: log_.enter(mod))
     h2 = _m.register_module_forward_hook(lambda mod, args, out: log_.leave(mod))
-    training = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad(), _LogMode(log_):
+        with eval_mode(model), torch.no_grad(), _LogMode(log_):
             out = call_model(model, example_inputs)
     finally:
         h1.remove()
         h2.remove()
-        for m, t in training.items():
-            m.training = t
     return out, log_.ops
 
 
@@ -628,20 +640,18 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
     h2 = _m.register_module_forward_hook(lambda mod, args, kwargs, out: post(mod, args, kwargs, out),
                                          with_kwargs=True) if _hook_kwargs_supported() else \
         _m.register_module_forward_hook(lambda mod, args, out: post(mod, args, {}, out))
-    training = {m: m.training for m in model.modules()}
     # plain nn.MultiheadAttention is traced through its op-by-op twin (same outputs, see surgery.mha) so
     # that heads and embedding become prunable; the class is put back below: tracing changes nothing
     from ..surgery.mha import PrunableMultiheadAttention, supported
 
-    twins = [m for m in training if supported(m) and nn.MultiheadAttention not in _MODULE_HANDLERS]
+    twins = [m for m in model.modules() if supported(m) and nn.MultiheadAttention not in _MODULE_HANDLERS]
     for m in twins:
         m.__class__ = PrunableMultiheadAttention
     # torch's fused encoder-layer kernel hides the attention from the trace: trace the regular path
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    model.eval()
     try:
-        with torch.no_grad(), mode:
+        with eval_mode(model), torch.no_grad(), mode:
             output = call_model(model, example_inputs)
     except MadeUpValue:
         raise
@@ -654,8 +664,6 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m in twins:
             m.__class__ = nn.MultiheadAttention
-        for m, t in training.items():
-            m.training = t
     _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), "reaches the model output"))
     return rec, output
 

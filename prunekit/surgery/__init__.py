@@ -445,7 +445,7 @@ def _update_size_attrs(graph, removed, name_to_mod, tx):
 
 
 def _validate(model, graph, example_inputs, check_ops: bool = True):
-    from ..graph.trace import call_model, op_log
+    from ..graph.trace import call_model, eval_mode, op_log
 
     if graph.rec.fast and check_ops:  # a graph from a trace without weight arithmetic: the real forward must agree
         out, ops = op_log(model, example_inputs)
@@ -455,14 +455,8 @@ def _validate(model, graph, example_inputs, check_ops: bool = True):
             raise PruneError(f"the real forward issued other ops than the fast trace (first difference at op "
                              f"{at} of {len(ops)}); trace with real values", op="trace check")
     else:
-        training = {m: m.training for m in model.modules()}
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = call_model(model, example_inputs)
-        finally:
-            for m, t in training.items():
-                m.training = t
+        with eval_mode(model), torch.no_grad():
+            out = call_model(model, example_inputs)
     # dim 0 is the batch (or, for detectors, the data-dependent number of boxes): compare the rest
     before = [s[1:] + (len(s),) for s in output_shapes(graph.output)]
     after = [s[1:] + (len(s),) for s in output_shapes(out)]
