@@ -275,6 +275,12 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], limit_s: float) -> N
               + (", ".join(f"`{n}`" for n in only_tp) or "none") + ".",
               "", f"Models prunekit passes and Torch-Pruning fails ({len(only_pk)}): "
               + (", ".join(f"`{n}`" for n in only_pk) or "none") + ".", ""]
+    passed = [n for n in names if (r := recs.get((n, "prunekit"))) and r["status"] == "pass" and r.get("trace")]
+    real = [n for n in passed if recs[(n, "prunekit")]["trace"] == "real"]
+    if passed:
+        lines += [f"prunekit's `Report.trace` (docs/engine.md, the fast trace): {len(passed) - len(real)} of"
+                  f" {len(passed)} passing models were planned on the fast trace; these fell back to a real"
+                  f" trace ({len(real)}): " + (", ".join(f"`{n}`" for n in real) or "none") + ".", ""]
     lines += ["## prunekit failures by cause", "", "| cause | models |", "|---|---|"]
     causes: dict[str, list[str]] = collections.defaultdict(list)
     for n in names:
