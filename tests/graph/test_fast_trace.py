@@ -111,7 +111,7 @@ def test_prune_uses_fast_trace_and_matches_a_real_trace(monkeypatch):
     plan = pk.plan(twin, x, sparsity=0.5, ignore=["fc"])  # real trace
     calls = _prune_calls(monkeypatch)
     r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["fc"])
-    assert calls == [True] and r.trace == "fast"
+    assert calls == [True] and r.trace == "fast" and "real forward confirmed the trace" in str(r)
     masked = copy.deepcopy(twin)
     zero_removed_(masked, plan)
     pk.prune_(twin, plan)
