@@ -500,6 +500,23 @@ def _indexing(rec, args, kwargs, out):
         rec.set(o, [None] * o.dim())
 
 
+@rule("as_strided_")
+def _restride(rec, args, kwargs, out):
+    """In place ``as_strided_`` that keeps the size, the offset and the stride of every dim longer than one
+    only changes how size-1 dims are laid out (a keepdim reduction restores its input's memory format this
+    way): every element stays where it was, so the labels do too. Any other use moves elements: indexing."""
+    x = args[0]
+    size = tuple(args[1]) if len(args) > 1 else ()
+    before, offset = rec.strides_before
+    same = (size == tuple(x.shape) and len(before) == x.dim() and offset == x.storage_offset()
+            and all(n == 1 or a == b for n, a, b in zip(x.shape, before, x.stride())))
+    if same:
+        rec.set(out, rec.get(x))
+        return
+    rec._cur = "as_strided"
+    _indexing(rec, args, kwargs, out)
+
+
 def _idx_tensors(idx):
     return [t for t in idx if isinstance(t, torch.Tensor)]
 

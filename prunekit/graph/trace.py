@@ -95,6 +95,7 @@ class Recording:
         self._keep: list = []  # tensors that cannot be weak-referenced stay alive for the trace
         self.op_count = 0
         self.fast = False  # values of weight-reading ops skipped (see record)
+        self.strides_before: tuple = ((), 0)  # (strides, offset) of the tensor the current as_strided_ changes
         self.ops: list = []  # the op sequence of the traced forward (see op_log)
         # reshapes that split one channel dim over several output dims ([B, P*C] -> [B, P, C]): the op's
         # index and the labels of the dim taken as the unit. By default the outer dim is the unit (whole
@@ -357,6 +358,7 @@ def _zeros_like_result(func, args, kwargs):
 # op sequences and a copying reshape reads as a view
 _LAYOUT_ONLY = frozenset({torch.ops.aten.clone.default, torch.ops.aten.as_strided_.default})
 _AS_VIEW = {torch.ops.aten._unsafe_view.default: torch.ops.aten.view.default}
+_RESTRIDE = torch.ops.aten.as_strided_.default
 
 
 class _OpLog:
@@ -485,6 +487,8 @@ class _Mode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.log.op(func)
+        if func is _RESTRIDE:  # the rule compares the layout before and after (see rules._restride)
+            self.rec.strides_before = (tuple(args[0].stride()), args[0].storage_offset())
         out = self._fast_call(func, args, kwargs) if self.fast else func(*args, **kwargs)
         if self.opaque:
             return out

@@ -210,3 +210,32 @@ def test_perturbing_one_channel_moves_only_coupled_readers():
     h.remove()
     moved = (feats["in"] - base).abs().sum((0, 2, 3)) > 0
     assert moved.nonzero().flatten().tolist() == np.nonzero(mc.channel == chan)[0].tolist()
+
+
+def test_restride_of_size_one_dims_keeps_channels_and_other_restrides_do_not():
+    """A keepdim reduction on a channels-last input restores the layout with ``as_strided_``, changing only
+    the strides of size-1 dims: channels go through; an as_strided_ that moves elements stops them."""
+    from prunekit.graph import build_graph
+
+    class Pool(nn.Module):
+        def __init__(self, move):
+            super().__init__()
+            self.move = move
+            self.a = nn.Conv2d(3, 6, 1)
+            self.b = nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            p = h.mean((2, 3), keepdim=True)  # [1, 6, 1, 1]
+            if self.move:
+                p.as_strided_((1, 6, 1, 1), (6, 0, 1, 1))  # every channel now reads channel 0
+            else:
+                p.as_strided_((1, 6, 1, 1), (6, 1, 6, 6))  # only the size-1 dims change
+            return self.b(p)
+
+    x = torch.randn(1, 3, 4, 4)
+    kept = build_graph(Pool(move=False).eval(), x)
+    assert [g.width for g in kept.groups] == [6]  # a's outputs and b's inputs stay one prunable group
+    moved = build_graph(Pool(move=True).eval(), x)
+    reasons = {n.fqn: n.reason for n in moved.nonprunable}
+    assert not moved.groups and "indexing" in reasons["a.bias"], reasons
