@@ -230,12 +230,26 @@ def test_restride_of_size_one_dims_keeps_channels_and_other_restrides_do_not():
             if self.move:
                 p.as_strided_((1, 6, 1, 1), (6, 0, 1, 1))  # every channel now reads channel 0
             else:
-                p.as_strided_((1, 6, 1, 1), (6, 1, 6, 6))  # only the size-1 dims change
+                c = p.shape[1]
+                p.as_strided_((1, c, 1, 1), (c, 1, c, c))  # only the size-1 dims change
             return self.b(p)
 
     x = torch.randn(1, 3, 4, 4)
     kept = build_graph(Pool(move=False).eval(), x)
     assert [g.width for g in kept.groups] == [6]  # a's outputs and b's inputs stay one prunable group
+    import copy
+
+    import prunekit as pk
+    from prunekit.testing import assert_equivalent, zero_removed_
+
+    model = Pool(move=False).double().eval()
+    xd = x.double()
+    plan = pk.plan(model, xd, sparsity=0.5)
+    twin = copy.deepcopy(model)
+    zero_removed_(twin, plan)
+    pk.prune_(model, plan)
+    assert model.a.weight.shape[0] == model.b.weight.shape[1] == 3
+    assert_equivalent(twin, model, xd, atol=1e-12, rtol=1e-10)
     moved = build_graph(Pool(move=True).eval(), x)
     reasons = {n.fqn: n.reason for n in moved.nonprunable}
     assert not moved.groups and "indexing" in reasons["a.bias"], reasons
