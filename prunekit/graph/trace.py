@@ -432,10 +432,11 @@ def _aten(names) -> frozenset:
 # that a fast trace made up, they end it, and prune_ traces with real values instead
 _VALUE_READERS = _aten(("_local_scalar_dense", "is_nonzero", "nonzero", "nonzero_static", "masked_select",
                         "_unique2", "unique_consecutive", "unique_dim", "topk", "sort", "argsort", "argmax",
-                        "argmin", "kthvalue", "mode", "bincount", "histc", "searchsorted", "equal",
-                        "multinomial"))
-_VALUE_READER_OVERLOADS = frozenset(getattr(getattr(torch.ops.aten, n), "dim") for n in ("max", "min", "median",
-                                                                                          "nanmedian"))
+                        "argmin", "kthvalue", "mode", "bincount", "histc", "searchsorted", "bucketize",
+                        "equal", "multinomial"))
+_VALUE_READER_OVERLOADS = frozenset([*(getattr(getattr(torch.ops.aten, n), "dim") for n in ("max", "min", "median",
+                                                                                             "nanmedian")),
+                                     torch.ops.aten.repeat_interleave.Tensor])  # counts -> output length
 # ops that select by an index tensor: a made-up integer or boolean index ends a fast trace too
 _INDEXING = _aten(("index", "index_select", "gather", "take", "index_put", "index_put_", "scatter", "scatter_",
                    "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_", "index_add", "index_add_",

@@ -160,7 +160,7 @@ def test_a_branch_on_made_up_values_ends_the_fast_trace(monkeypatch, caplog):
     assert_equivalent(masked, model, x, atol=1e-9, rtol=1e-7)
 
 
-@pytest.mark.parametrize("op", ["topk", "nonzero", "index"])
+@pytest.mark.parametrize("op", ["topk", "nonzero", "index", "repeat"])
 def test_selections_by_made_up_values_end_the_fast_trace(op):
     class Select(nn.Module):
         def __init__(self):
@@ -174,8 +174,10 @@ def test_selections_by_made_up_values_end_the_fast_trace(op):
                 keep = s.topk(2).indices
             elif op == "nonzero":
                 keep = (s > 0).nonzero()[:, 0]
-            else:
+            elif op == "index":
                 keep = (s > 0).long()
+            else:  # each token repeated a score-dependent number of times
+                return self.proj(x.repeat_interleave((s > 0).long() + 1, dim=0))
             return self.proj(x[keep])
 
     model, x = Select().eval(), torch.randn(5, 4)
@@ -234,3 +236,31 @@ def test_failed_fast_attempt_leaves_nothing_behind(monkeypatch):
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), k
     assert np.isclose(sum(p.numel() for p in model.parameters()), sum(p.numel() for p in ref.parameters()))
+
+
+class ListBranch(DataDependent):
+    """Branches on ``tolist()``, which copies values into Python without passing the dispatcher: only the
+    op-sequence check can see that the fast trace took the other branch."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.a(h)
+        if h.abs().sum().tolist() > 0:
+            y = y + self.b(h)
+        else:
+            y = y + self.b(h).sum(1, keepdim=True)
+        return self.head(y)
+
+
+def test_values_read_outside_the_dispatcher_are_caught_by_the_op_check(monkeypatch):
+    model = ListBranch().double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    assert build_graph(model, x, fast=True).rec.fast  # the value check cannot see tolist()
+    ref = copy.deepcopy(model)
+    calls = _prune_calls(monkeypatch)
+    r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
+    assert calls == [True, False] and r.trace == "real"
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
+    got, want = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert model.a.weight.shape[0] == model.b.weight.shape[0] == 4  # coupled by the real path's add
