@@ -155,8 +155,8 @@ def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, kind: str) -> 
         if kind != "l1":
             per_pos = per_pos.double().square()
     else:
-        # summing over dim 0 with one temporary of the whole tensor is memory-bound (a [30522, 768] embedding
-        # takes ~40 ms); blocks of rows that stay in cache take ~5 ms
+        # summing over dim 0 through one temporary the size of the whole tensor is memory-bound (a large
+        # embedding's columns); blocks of rows whose temporary stays in cache are much faster
         per_pos = None
         for block in x.split(max(1, (1 << 18) // max(1, x[0].numel()))):
             part = (block.abs() if kind == "l1" else block.square()).sum(other)
