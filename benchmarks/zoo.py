@@ -437,7 +437,8 @@ def prune_with(tool: str, built: Built) -> dict:
         report = pk.prune_(built.model, example_inputs=built.inputs, sparsity=SPARSITY, ignore=list(built.ignore))
         return {"report_params": [getattr(report, "params_before", None), getattr(report, "params_after", None)],
                 "report_macs": [getattr(report, "macs_before", None), getattr(report, "macs_after", None)],
-                "skipped": str(getattr(report, "skipped", ""))[:500], "trace": getattr(report, "trace", None)}
+                "skipped": str(getattr(report, "skipped", ""))[:500], "trace": getattr(report, "trace", None),
+                "validation": getattr(report, "validation", None)}
     if tool == "torch-pruning":
         import torch_pruning as tp
 

@@ -281,6 +281,14 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], limit_s: float) -> N
         lines += [f"prunekit's `Report.trace` (docs/engine.md, the fast trace): {len(passed) - len(real)} of"
                   f" {len(passed)} passing models were planned on the fast trace; these fell back to a real"
                   f" trace ({len(real)}): " + (", ".join(f"`{n}`" for n in real) or "none") + ".", ""]
+        checked = [n for n in passed if recs[(n, "prunekit")]["trace"] == "fast"
+                   and recs[(n, "prunekit")].get("validation")]
+        real_check = [n for n in checked if recs[(n, "prunekit")]["validation"] == "real"]
+        if checked:
+            lines += [f"`Report.validation`: of {len(checked)} models planned on the fast trace, {len(checked) - "
+                      f"len(real_check)} were confirmed by a forward of the pruned model without weight arithmetic; "
+                      f"these had a tensor of unknown origin and were confirmed with real values ({len(real_check)}): "
+                      + (", ".join(f"`{n}`" for n in real_check) or "none") + ".", ""]
     lines += ["## prunekit failures by cause", "", "| cause | models |", "|---|---|"]
     causes: dict[str, list[str]] = collections.defaultdict(list)
     for n in names:

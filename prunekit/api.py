@@ -123,9 +123,12 @@ class Report:
     skipped: list  # [{"where", "reason"}]
     approximate: list = dataclasses.field(default_factory=list)  # [{"group", "reason"}]
     config_changes: dict = dataclasses.field(default_factory=dict)  # Hugging Face config: {field: [old, new]}
-    # "fast": planned on a trace without weight arithmetic, confirmed by the real forward; "real": traced
-    # with real values (calibration data, a given plan, or a fast trace the real forward did not confirm)
+    # "fast": planned on a trace without weight arithmetic, which the pruned model's forward confirmed;
+    # "real": traced with real values (calibration data, a given plan, or a fast trace not confirmed)
     trace: str = "real"
+    # how the pruned model's validation forward ran: "fast" (without weight arithmetic, with the fast trace's
+    # value checks), "real", or "none" (no example inputs)
+    validation: str = "real"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,7 +146,8 @@ class Report:
         if self.config_changes:
             s += "\nmodel.config updated: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.config_changes.items())
         if self.trace == "fast":
-            s += "\ntraced without weight arithmetic; the pruned model's real forward confirmed the trace"
+            how = "without weight arithmetic" if self.validation == "fast" else "with real values"
+            s += f"\ntraced without weight arithmetic; a forward of the pruned model {how} issued the same ops"
         return s
 
 
@@ -743,7 +747,8 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
               for pg in plan_.groups]
     approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
     return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx,
-                  config_changes, trace="fast" if graph.rec.fast else "real")
+                  config_changes, trace="fast" if graph.rec.fast else "real",
+                  validation=graph.rec.validated or "none")
 
 
 def _sync_hf_config(model, skipped: list) -> dict:

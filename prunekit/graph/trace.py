@@ -17,6 +17,7 @@ trusted only after the pruned model's real forward issued the same sequence of o
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import weakref
@@ -97,6 +98,8 @@ class Recording:
         self.fast = False  # values of weight-reading ops skipped (see record)
         self.strides_before: tuple = ((), 0)  # (strides, offset) of the tensor the current as_strided_ changes
         self.ops: list = []  # the op sequence of the traced forward (see op_log)
+        self.unaccounted: list[str] = []  # a fast trace's tensors of unknown origin (see _Values)
+        self.validated: str | None = None  # how surgery's validation forward ran: "fast" or "real"
         # reshapes that split one channel dim over several output dims ([B, P*C] -> [B, P, C]): the op's
         # index and the labels of the dim taken as the unit. By default the outer dim is the unit (whole
         # heads go); ops listed in ``inner_unit`` take the innermost dim instead (selective-kernel
@@ -346,8 +349,24 @@ def _to_meta(x):
     return x
 
 
+def _check_conv_shapes(args):
+    """What the CPU convolution kernel checks and its meta kernel does not: the input's channels against a
+    transposed weight, and the bias length."""
+    x, w, b = args[0], args[1], args[2]
+    transposed, groups = args[6], args[8]
+    want_in = w.shape[0] if transposed else w.shape[1] * groups
+    out_ch = w.shape[1] * groups if transposed else w.shape[0]
+    if x.dim() > 1 and x.shape[1] != want_in:
+        raise RuntimeError(f"convolution: input has {x.shape[1]} channels, weight {tuple(w.shape)} (groups={groups}, "
+                           f"transposed={transposed}) expects {want_in}")
+    if b is not None and b.numel() != out_ch:
+        raise RuntimeError(f"convolution: bias has {b.numel()} entries for {out_ch} output channels")
+
+
 def _zeros_like_result(func, args, kwargs):
     """What ``func(*args, **kwargs)`` returns, in shape, strides, dtype and device, filled with zeros."""
+    if func is torch.ops.aten.convolution.default:
+        _check_conv_shapes(args)
     out = func(*_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
     device = next(_tensors(list(args))).device
     return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=device).zero_()
@@ -385,12 +404,15 @@ class _OpLog:
 
 
 class _LogMode(TorchDispatchMode):
-    def __init__(self, log_: _OpLog):
+    def __init__(self, log_: _OpLog, values: _Values | None = None):
         super().__init__()
         self.log = log_
+        self.values = values
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.log.op(func)
+        if self.values is not None:
+            return self.values.call(func, args, kwargs or {})
         return func(*args, **(kwargs or {}))
 
 
@@ -407,21 +429,31 @@ def eval_mode(model: nn.Module):
             m.training = t
 
 
-def op_log(model: nn.Module, example_inputs) -> tuple[Any, list]:
-    """Run ``model`` (eval mode, no gradients) and return its output and the op sequence it issued, in the
-    form ``Recording.ops`` has."""
+def op_log(model: nn.Module, example_inputs, fast: bool = False) -> tuple[Any, list, list]:
+    """Run ``model`` (eval mode, no gradients) and return its output, the op sequence it issued, in the form
+    ``Recording.ops`` has, and (``fast``) the tensors of unknown origin its ops received.
+
+    ``fast``: as a fast trace runs it, without weight arithmetic (the output has the right shapes only) and
+    with its value checks (``MadeUpValue``); torch's fused attention paths are off, as in a trace.
+    """
     from torch.nn.modules import module as _m
 
     log_ = _OpLog()
+    values = _Values(_trusted_tensors(model, example_inputs)) if fast else None
     h1 = _m.register_module_forward_pre_hook(lambda mod, args: log_.enter(mod))
     h2 = _m.register_module_forward_hook(lambda mod, args, out: log_.leave(mod))
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
-        with eval_mode(model), torch.no_grad(), _LogMode(log_):
+        if fast:
+            torch.backends.mha.set_fastpath_enabled(False)
+        with eval_mode(model), torch.no_grad(), \
+                (_python_reads_checked(values) if fast else contextlib.nullcontext()), _LogMode(log_, values):
             out = call_model(model, example_inputs)
     finally:
         h1.remove()
         h2.remove()
-    return out, log_.ops
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return out, log_.ops, (values.unaccounted if fast else [])
 
 
 def _aten(names) -> frozenset:
@@ -447,8 +479,149 @@ class MadeUpValue(TraceError):
     """A fast trace reached an op whose result depends on values it did not compute."""
 
 
+def _storage_key(t: torch.Tensor):
+    """The address of ``t``'s storage (shared by all its views), or None for a tensor without one."""
+    if not t.numel():
+        return None
+    try:
+        return t.data_ptr() - t.storage_offset() * t.element_size()
+    except RuntimeError:  # no storage (sparse, nested, functional wrappers)
+        return None
+
+
+class _Values:
+    """What a forward without weight arithmetic knows about its tensors' values.
+
+    *Made up* is a property of memory: a storage holds made-up values once a skipped op, or any op fed a
+    made-up value, writes into it, and so does every view of it, whenever taken (an in-place write through
+    one view reaches the others). A fresh output that an op computed from real values only is real.
+
+    *Accounted*: every tensor an op receives must be a parameter, a buffer, an example input, a constant
+    made in the forward (``torch.tensor``) or the output of an op this forward issued; only then are all the
+    paths by which made-up values travel seen. Anything else (a tensor cached in a module attribute by an
+    earlier forward, a C++ extension's output) is listed in ``unaccounted``, and the caller then confirms
+    the forward with real values.
+
+    While a forward runs under :func:`_python_reads_checked`, the reads that bypass the dispatcher
+    (``tolist``, ``numpy``, ``__array__``, ``__dlpack__``) are checked too.
+    """
+
+    def __init__(self, trusted=()):
+        self.made_up: set = set()
+        self.seen: dict = {}  # id -> weakref of the tensors ops produced
+        self._trusted = [t for t in trusted if isinstance(t, torch.Tensor)]  # kept alive: ids stay unique
+        self.trusted = {id(t) for t in self._trusted}
+        self.unaccounted: list[str] = []
+
+    def is_made_up(self, t) -> bool:
+        return _storage_key(t) in self.made_up
+
+    def _accounted(self, t) -> bool:
+        if id(t) in self.trusted or isinstance(t, nn.Parameter) or not t.dim():  # 0-dim: Python scalars
+            return True
+        r = self.seen.get(id(t))
+        return r is not None and r() is t
+
+    def _note(self, t, where: str):
+        if len(self.unaccounted) < 20:
+            self.unaccounted.append(f"{where}: a {tuple(t.shape)} tensor of unknown origin")
+
+    def python_read(self, t, how: str):
+        if self.is_made_up(t):
+            raise MadeUpValue(f"Tensor.{how} reads values the fast trace did not compute", op=how)
+        if not self._accounted(t):
+            self._note(t, f"Tensor.{how}")
+
+    def call(self, func, args, kwargs):
+        """``func`` without weight arithmetic: weight-reading convs and matmuls are not computed, and an op
+        that would read a made-up value to steer the forward raises ``MadeUpValue``."""
+        ins = list(_tensors(list(args) + list(kwargs.values())))
+        made_up = []
+        in_keys = set()
+        for t in ins:
+            k = _storage_key(t)
+            in_keys.add(k)
+            if k in self.made_up:
+                made_up.append(t)
+            if func is not _LIFT_FRESH and not self._accounted(t):
+                self._note(t, str(func))
+        if made_up and (func.overloadpacket in _VALUE_READERS or func in _VALUE_READER_OVERLOADS or (
+                func.overloadpacket in _INDEXING and any(not t.is_floating_point() for t in made_up))):
+            raise MadeUpValue(f"{func} reads values the fast trace did not compute", op=str(func))
+        if func in _WEIGHT_OPS and _reads_weight(args):
+            out = _zeros_like_result(func, args, kwargs)
+            made_up = True
+        else:
+            out = func(*args, **kwargs)
+        for t in _tensors(out):
+            k = _storage_key(t)
+            if k is None:
+                pass
+            elif made_up and func.overloadpacket not in _FRESH_VALUES:
+                self.made_up.add(k)
+            elif k not in in_keys:  # fresh memory an op filled from real values
+                self.made_up.discard(k)
+            try:
+                self.seen[id(t)] = weakref.ref(t)
+            except TypeError:
+                self._trusted.append(t)
+                self.trusted.add(id(t))
+        return out
+
+
+# ops that take a tensor for its shape only: their values do not derive from its values
+_FRESH_VALUES = _aten(("zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+                       "new_empty", "rand_like", "randn_like", "randint_like"))
+_LIFT_FRESH = torch.ops.aten.lift_fresh.default  # torch.tensor(...) in a forward: its input is a new constant
+_ACTIVE_VALUES: contextvars.ContextVar = contextvars.ContextVar("prunekit_active_values", default=None)
+_PYTHON_READS = ("tolist", "numpy", "__dlpack__")  # Tensor.__array__ goes through numpy()
+_read_guards: list = []  # [depth, {name: original or None}] while installed
+
+
+def _guard(name: str, original):
+    def method(self, *args, **kwargs):
+        values = _ACTIVE_VALUES.get()
+        if values is not None:
+            values.python_read(self, name)
+        return original(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+@contextlib.contextmanager
+def _python_reads_checked(values: _Values):
+    """Inside the block, this thread's ``Tensor.tolist/numpy/__dlpack__`` calls are checked by ``values``
+    (the methods are wrapped only while some fast forward runs; other threads pass straight through)."""
+    if not _read_guards:
+        saved = {n: torch.Tensor.__dict__.get(n) for n in _PYTHON_READS}
+        for n in _PYTHON_READS:
+            setattr(torch.Tensor, n, _guard(n, getattr(torch.Tensor, n)))
+        _read_guards.extend([0, saved])
+    _read_guards[0] += 1
+    token = _ACTIVE_VALUES.set(values)
+    try:
+        yield
+    finally:
+        _ACTIVE_VALUES.reset(token)
+        _read_guards[0] -= 1
+        if not _read_guards[0]:
+            for n, orig in _read_guards[1].items():
+                if orig is None:
+                    delattr(torch.Tensor, n)
+                else:
+                    setattr(torch.Tensor, n, orig)
+            _read_guards.clear()
+
+
+def _trusted_tensors(model: nn.Module, example_inputs) -> list:
+    out = list(model.buffers())
+    _walk_outputs(example_inputs, out.append)
+    return out
+
+
 class _Mode(TorchDispatchMode):
-    def __init__(self, rec: Recording, rules: dict, fast: bool = False):
+    def __init__(self, rec: Recording, rules: dict, fast: bool = False, values: _Values | None = None):
         super().__init__()
         self.rec = rec
         self.rules = rules
@@ -456,41 +629,14 @@ class _Mode(TorchDispatchMode):
         self.errors: list[str] = []
         self.fast = fast
         self.log = _OpLog()
-        self.made_up: dict[int, Any] = {}  # id -> weakref of tensors whose values a fast trace did not compute
-
-    def _is_made_up(self, t) -> bool:
-        r = self.made_up.get(id(t))
-        return r is not None and (r() if isinstance(r, weakref.ref) else r) is t
-
-    def _mark_made_up(self, out):
-        for t in _tensors(out):
-            try:
-                self.made_up[id(t)] = weakref.ref(t)
-            except TypeError:
-                self.made_up[id(t)] = t
-
-    def _fast_call(self, func, args, kwargs):
-        """``func`` under a fast trace: weight-reading convs and matmuls are not computed, values that derive
-        from them are tracked, and an op that would read such a value ends the trace (``MadeUpValue``)."""
-        made_up = [t for t in _tensors(list(args) + list(kwargs.values())) if self._is_made_up(t)]
-        if made_up and (func.overloadpacket in _VALUE_READERS or func in _VALUE_READER_OVERLOADS or (
-                func.overloadpacket in _INDEXING and any(not t.is_floating_point() for t in made_up))):
-            raise MadeUpValue(f"{func} reads values the fast trace did not compute", op=str(func))
-        if func in _WEIGHT_OPS and _reads_weight(args):
-            out = _zeros_like_result(func, args, kwargs)
-            self._mark_made_up(out)
-            return out
-        out = func(*args, **kwargs)
-        if made_up:
-            self._mark_made_up(out)
-        return out
+        self.values = values if values is not None else _Values()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.log.op(func)
         if func is _RESTRIDE:  # the rule compares the layout before and after (see rules._restride)
             self.rec.strides_before = (tuple(args[0].stride()), args[0].storage_offset())
-        out = self._fast_call(func, args, kwargs) if self.fast else func(*args, **kwargs)
+        out = self.values.call(func, args, kwargs) if self.fast else func(*args, **kwargs)
         if self.opaque:
             return out
         rec = self.rec
@@ -599,8 +745,10 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
 
     rec = Recording(model, ignore_modules)
     rec.inner_unit = frozenset(inner_unit)
-    mode = _Mode(rec, rules or RULES, fast=fast)
+    values = _Values(_trusted_tensors(model, example_inputs)) if fast else None
+    mode = _Mode(rec, rules or RULES, fast=fast, values=values)
     rec.fast, rec.ops = fast, mode.log.ops
+    rec.unaccounted = values.unaccounted if fast else []
     module_fqn = rec.module_fqn
 
     def pre(mod, args, kwargs=None):
@@ -656,7 +804,8 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with eval_mode(model), torch.no_grad(), mode:
+        with eval_mode(model), torch.no_grad(), \
+                (_python_reads_checked(values) if fast else contextlib.nullcontext()), mode:
             output = call_model(model, example_inputs)
     except MadeUpValue:
         raise

@@ -445,18 +445,41 @@ def _update_size_attrs(graph, removed, name_to_mod, tx):
 
 
 def _validate(model, graph, example_inputs, check_ops: bool = True):
-    from ..graph.trace import call_model, eval_mode, op_log
+    """Run the pruned model on ``example_inputs`` and compare its output shapes with the traced ones.
 
-    if graph.rec.fast and check_ops:  # a graph from a trace without weight arithmetic: the real forward must agree
-        out, ops = op_log(model, example_inputs)
+    After a fast trace (``check_ops``) the forward must also issue the trace's op sequence. It runs as the
+    trace did, without weight arithmetic and with the same value checks, unless some tensor of that trace
+    or of this forward had an origin the checks could not follow; then it runs with real values. Sets
+    ``graph.rec.validated`` to ``"fast"`` or ``"real"``.
+    """
+    from ..graph.trace import MadeUpValue, call_model, eval_mode, op_log
+
+    if graph.rec.fast and check_ops:  # a graph from a trace without weight arithmetic: the forward must agree
+        ops = None
+        if not graph.rec.unaccounted:
+            try:
+                out, ops, unaccounted = op_log(model, example_inputs, fast=True)
+            except MadeUpValue as e:
+                raise PruneError(f"the pruned model's forward reads values the fast trace did not compute ({e}); "
+                                 f"trace with real values", op="trace check") from e
+            graph.rec.validated = "fast"
+            if unaccounted:
+                log.debug("confirming the fast trace with real values: %s", unaccounted[0])
+                ops = None
+        else:
+            log.debug("confirming the fast trace with real values: %s", graph.rec.unaccounted[0])
+        if ops is None:
+            out, ops, _ = op_log(model, example_inputs)
+            graph.rec.validated = "real"
         if ops != graph.rec.ops:
             at = next((i for i, (a, b) in enumerate(zip(ops, graph.rec.ops)) if a != b), min(len(ops),
                                                                                               len(graph.rec.ops)))
-            raise PruneError(f"the real forward issued other ops than the fast trace (first difference at op "
-                             f"{at} of {len(ops)}); trace with real values", op="trace check")
+            raise PruneError(f"the pruned model's forward issued other ops than the fast trace (first difference "
+                             f"at op {at} of {len(ops)}); trace with real values", op="trace check")
     else:
         with eval_mode(model), torch.no_grad():
             out = call_model(model, example_inputs)
+        graph.rec.validated = "real"
     # dim 0 is the batch (or, for detectors, the data-dependent number of boxes): compare the rest
     before = [s[1:] + (len(s),) for s in output_shapes(graph.output)]
     after = [s[1:] + (len(s),) for s in output_shapes(out)]

@@ -1,5 +1,5 @@
 """The fast trace (weight-reading convs and matmuls not computed) gives the engine exactly the graph of a real
-trace, and prune_ falls back to a real trace whenever the pruned model's real forward takes another path."""
+trace, and prune_ falls back to a real trace whenever a made-up value could have steered the forward."""
 import copy
 import logging
 
@@ -28,8 +28,11 @@ def assert_same_graph(model, x, **kw):
     full = build_graph(model, x, **kw)
     assert fast.rec.fast and not full.rec.fast
     assert graph_signature(fast) == graph_signature(full)
-    _, ops = op_log(model, x)  # the dense model's real forward issues the ops the fast trace saw
+    _, ops, _ = op_log(model, x)  # the dense model's real forward issues the ops the fast trace saw
     assert ops == fast.rec.ops == full.rec.ops
+    _, fast_ops, unaccounted = op_log(model, x, fast=True)  # and so does a forward without weight arithmetic
+    assert fast_ops == ops
+    assert fast.rec.unaccounted == unaccounted == []  # every tensor's origin followed
     return fast
 
 
@@ -111,7 +114,8 @@ def test_prune_uses_fast_trace_and_matches_a_real_trace(monkeypatch):
     plan = pk.plan(twin, x, sparsity=0.5, ignore=["fc"])  # real trace
     calls = _prune_calls(monkeypatch)
     r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["fc"])
-    assert calls == [True] and r.trace == "fast" and "real forward confirmed the trace" in str(r)
+    assert calls == [True] and r.trace == r.validation == "fast"
+    assert "pruned model without weight arithmetic issued the same ops" in str(r)
     masked = copy.deepcopy(twin)
     zero_removed_(masked, plan)
     pk.prune_(twin, plan)
@@ -239,28 +243,140 @@ def test_failed_fast_attempt_leaves_nothing_behind(monkeypatch):
 
 
 class ListBranch(DataDependent):
-    """Branches on ``tolist()``, which copies values into Python without passing the dispatcher: only the
-    op-sequence check can see that the fast trace took the other branch."""
+    """Branches on ``tolist()``, which copies values into Python without passing the dispatcher."""
+
+    read = staticmethod(lambda t: t.tolist())
 
     def forward(self, x):
         h = self.stem(x)
         y = self.a(h)
-        if h.abs().sum().tolist() > 0:
+        if self.read(h.abs().sum()) > 0:
             y = y + self.b(h)
         else:
             y = y + self.b(h).sum(1, keepdim=True)
         return self.head(y)
 
 
-def test_values_read_outside_the_dispatcher_are_caught_by_the_op_check(monkeypatch):
+@pytest.mark.parametrize("read", ["tolist", "numpy", "asarray", "dlpack"])
+def test_values_read_outside_the_dispatcher_end_the_fast_trace(monkeypatch, read):
     model = ListBranch().double().eval()
+    model.read = {"tolist": lambda t: t.tolist(), "numpy": lambda t: float(t.numpy()),
+                  "asarray": lambda t: float(np.asarray(t)), "dlpack": lambda t: float(np.from_dlpack(t))}[read]
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    assert build_graph(model, x, fast=True).rec.fast  # the value check cannot see tolist()
+    with pytest.raises(MadeUpValue, match=read.replace("asarray", "numpy").replace("dlpack", "__dlpack__")):
+        build_graph(model, x, fast=True)
+    assert torch.Tensor.tolist is torch._C.TensorBase.tolist  # the guards are gone after the trace
+    assert "numpy" not in torch.Tensor.__dict__
     ref = copy.deepcopy(model)
     calls = _prune_calls(monkeypatch)
     r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
-    assert calls == [True, False] and r.trace == "real"
+    assert calls == [False] and r.trace == "real"
     pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
     got, want = model.state_dict(), ref.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert model.a.weight.shape[0] == model.b.weight.shape[0] == 4  # coupled by the real path's add
+
+
+def test_real_values_read_in_python_are_fine():
+    class Real(DataDependent):
+        def forward(self, x):
+            n = int(torch.tensor([2, 3]).sum().tolist())  # a constant: real values
+            y = self.a(self.stem(x))
+            return self.head(y[:, : y.shape[1] - n + 5])
+
+    model, x = Real().eval(), torch.randn(1, 3, 8, 8)
+    g = build_graph(model, x, fast=True)
+    assert g.rec.fast and g.rec.unaccounted == []
+
+
+class ViewThenWrite(DataDependent):
+    """Takes a view of a buffer-backed scratch tensor, then writes made-up values through another view: the
+    first view holds made-up values too, though no op produced it from one."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        scratch = h.new_ones(h.shape)
+        first = scratch[:, :1]  # a view taken while the values are real
+        scratch.copy_(h)  # made-up values written through the base
+        y = self.a(h)
+        if first.abs().sum() > 0:
+            y = y + self.b(h)
+        else:
+            y = y + self.b(h).sum(1, keepdim=True)
+        return self.head(y)
+
+
+def test_made_up_values_follow_the_memory_not_the_tensor_object():
+    model, x = ViewThenWrite().double().eval(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(MadeUpValue, match="_local_scalar_dense"):
+        build_graph(model, x, fast=True)
+
+
+class OutsideDispatcher(DataDependent):
+    """Computes a value with the dispatcher bypassed (as a C++ extension's kernel would): the fast trace cannot
+    follow it, so the pruned model's forward is confirmed with real values."""
+
+    def forward(self, x):
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        h = self.stem(x)
+        with _disable_current_modes():
+            s = h.abs().sum(dim=(1, 2, 3))  # a new tensor no op the trace saw produced
+        y = self.a(h)
+        if s.sum() > 0:
+            y = y + self.b(h)
+        else:
+            y = y + self.b(h).sum(1, keepdim=True)
+        return self.head(y)
+
+
+def test_tensors_of_unknown_origin_mean_a_real_confirmation(monkeypatch, caplog):
+    model, x = OutsideDispatcher().double().eval(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    g = build_graph(model, x, fast=True)  # the zeros take the path without the add: only a real forward sees it
+    assert g.rec.fast and len(g.rec.unaccounted) == 1 and "(1,) tensor of unknown origin" in g.rec.unaccounted[0]
+    ref = copy.deepcopy(model)
+    calls = _prune_calls(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="prunekit"):
+        r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
+    assert calls == [True, False] and r.trace == "real"
+    assert "confirming the fast trace with real values" in caplog.text
+    assert "other ops than the fast trace" in caplog.text
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
+    got, want = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert model.a.weight.shape[0] == model.b.weight.shape[0] == 4
+
+
+class CachedAttribute(nn.Module):
+    """Multiplies by a plain (unregistered) tensor attribute: its origin is unknown to the trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+        self.scale = torch.full((1, 8, 1, 1), 0.5)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu() * self.scale)
+
+
+def test_an_unknown_tensor_keeps_the_fast_plan_with_a_real_confirmation():
+    model, x = CachedAttribute().eval(), torch.randn(1, 3, 8, 8)
+    masked = copy.deepcopy(model)
+    zero_removed_(masked, pk.plan(masked, x, sparsity=0.5, ignore=["head"]))
+    r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
+    assert r.trace == "fast" and r.validation == "real" and "with real values issued the same ops" in str(r)
+    assert model.conv.weight.shape[0] == 8  # the attribute's 8 channels block the cut (no guessing)
+    assert_equivalent(masked, model, x)
+
+
+def test_fast_validation_checks_what_the_meta_kernels_do_not():
+    from prunekit.graph.trace import _check_conv_shapes
+
+    w, x = torch.zeros(6, 4, 3, 3), torch.zeros(1, 8, 5, 5)  # transposed: weight [in, out/groups, k, k]
+    with pytest.raises(RuntimeError, match="input has 8 channels"):
+        _check_conv_shapes((x, w, None, [1, 1], [0, 0], [1, 1], True, [0, 0], 1))
+    with pytest.raises(RuntimeError, match="bias has 5 entries for 4 output channels"):
+        _check_conv_shapes((torch.zeros(1, 8, 5, 5), torch.zeros(4, 8, 3, 3), torch.zeros(5), [1, 1], [0, 0],
+                            [1, 1], False, [0, 0], 1))
+    _check_conv_shapes((torch.zeros(1, 6, 5, 5), w, torch.zeros(4), [1, 1], [0, 0], [1, 1], True, [0, 0], 1))
