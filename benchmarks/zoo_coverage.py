@@ -285,8 +285,9 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], limit_s: float) -> N
                    and recs[(n, "prunekit")].get("validation")]
         real_check = [n for n in checked if recs[(n, "prunekit")]["validation"] == "real"]
         if checked:
-            lines += [f"`Report.validation`: of {len(checked)} models planned on the fast trace, {len(checked) - "
-                      f"len(real_check)} were confirmed by a forward of the pruned model without weight arithmetic; "
+            n_fast = len(checked) - len(real_check)
+            lines += [f"`Report.validation`: of {len(checked)} models planned on the fast trace, {n_fast}"
+                      f" were confirmed by a forward of the pruned model without weight arithmetic; "
                       f"these had a tensor of unknown origin and were confirmed with real values ({len(real_check)}): "
                       + (", ".join(f"`{n}`" for n in real_check) or "none") + ".", ""]
     lines += ["## prunekit failures by cause", "", "| cause | models |", "|---|---|"]
