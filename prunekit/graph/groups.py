@@ -118,12 +118,12 @@ class Graph:
             g = comp_to_gid[c]
             grp = groups[g]
             new = r[lmask & (gid_of_root[r] < 0)]
-            if len(new):
-                for rr in dict.fromkeys(new.tolist()):  # distinct roots in order of first position
-                    if gid_of_root[rr] < 0:
-                        gid_of_root[rr] = g
-                        ch_of_root[rr] = grp.width
-                        grp.width += 1
+            if len(new):  # the distinct new roots in order of first position become the next channels
+                uniq, first = np.unique(new, return_index=True)
+                fresh = uniq[np.argsort(first)]
+                gid_of_root[fresh] = g
+                ch_of_root[fresh] = grp.width + np.arange(len(fresh))
+                grp.width += len(fresh)
             ch = np.where(lmask, ch_of_root[r], -1)
             rl = "producer" if producer[start] else ("consumer" if consumer[start] else "other")
             grp.members.append(Member(fqn, d, size, ch, rl))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 
 import numpy as np
 import torch
@@ -81,23 +82,58 @@ def keep_indices(size: int, remove) -> torch.Tensor:
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def take_(t: torch.Tensor, dims: dict) -> torch.Tensor:
+class Scratch:
+    """One reusable buffer for the intermediate of a gather along several dims: fresh memory costs a page
+    fault per page on first touch, which for a large model's weights takes longer than the copy itself."""
+
+    def __init__(self, nbytes: int = 0):
+        self.nbytes = nbytes
+        self.buf: torch.Tensor | None = None
+
+    def view(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        n = math.prod(shape) * dtype.itemsize
+        if self.buf is None or self.buf.numel() < n or self.buf.device != torch.device(device):
+            self.buf = torch.empty(max(n, self.nbytes), dtype=torch.uint8, device=device)
+        return self.buf[:n].view(dtype).view(shape)
+
+    @staticmethod
+    def size_for(tensors: dict, cuts: dict) -> int:
+        """Bytes of the largest first-step intermediate of ``cuts = {fqn: {dim: positions}}``."""
+        best = 0
+        for fqn, dims in cuts.items():
+            t = tensors.get(fqn)
+            if t is None or len(dims) < 2:
+                continue
+            d = min(dims)
+            best = max(best, t.numel() // max(t.shape[d], 1) * (t.shape[d] - len(dims[d])) * t.element_size())
+        return best
+
+
+def take_(t: torch.Tensor, dims: dict, scratch: Scratch | None = None) -> torch.Tensor:
     """``t`` without the positions ``dims = {dim: positions to remove}``, as a new tensor.
 
     The rows of dim 0 go first (contiguous copies), so later dims gather from less data. Rows of a floating
     tensor are gathered through a same-size integer view of their bits (exact: only bits move), which CPU
     gathers along dim 0 handle faster; along later dims float32's own kernel is the faster one
-    (``benchmarks/engine_speed.py`` measures the whole call).
+    (``benchmarks/engine_speed.py`` measures the whole call). With ``scratch``, the intermediate of a gather
+    along several dims lives in that reused buffer; the result is always new memory.
     """
     out = t.detach()
     raw_dtype = _SAME_SIZE_INT.get(out.element_size()) if out.is_floating_point() and not out.is_complex() \
         and out.dim() else None
-    for d in sorted(dims):
+    order = sorted(dims)
+    for i, d in enumerate(order):
         keep = keep_indices(t.shape[d], dims[d]).to(t.device)
+        src, dtype = out, out.dtype
         if raw_dtype is not None and (d == 0 or out.element_size() != 4):
-            out = out.view(raw_dtype).index_select(d, keep).view(t.dtype)
+            src, dtype = out.view(raw_dtype), raw_dtype
+        if scratch is not None and i == 0 and len(order) > 1:
+            shape = list(src.shape)
+            shape[d] = len(keep)
+            res = torch.index_select(src, d, keep, out=scratch.view(shape, dtype, t.device))
         else:
-            out = out.index_select(d, keep)
+            res = src.index_select(d, keep)
+        out = res.view(t.dtype) if dtype != t.dtype else res
     return out
 
 
@@ -173,11 +209,12 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
         touched_modules = {}
         new_shapes = {}
         name_to_mod = dict(model.named_modules())
+        scratch = Scratch(Scratch.size_for(graph.rec.tensors, cuts))
         for fqn, dims in cuts.items():
             op = "slice"
             t = graph.rec.tensors[fqn]
             old_shape = tuple(t.shape)
-            new = take_(t, dims)
+            new = take_(t, dims, scratch)
             grad = t.grad if isinstance(t, nn.Parameter) else None
             if grad is not None:
                 tx.set_grad(t, None)  # so that rollback restores data before the old-shaped grad
@@ -185,14 +222,14 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
             new_shapes[fqn] = tuple(new.shape)
             if grad is not None and tuple(grad.shape) == old_shape:
                 op = "slice grad"
-                g = take_(grad, dims)
+                g = take_(grad, dims, scratch)
                 tx.set_grad(t, g.contiguous())
             state = opt_state.get(id(t))
             if state:
                 op = "slice optimizer state"
                 for k, v in list(state.items()):
                     if isinstance(v, torch.Tensor) and tuple(v.shape) == old_shape and v.dim() > 0:
-                        s = take_(v, dims)
+                        s = take_(v, dims, scratch)
                         tx.set_item(state, k, s.contiguous())
             mod, _ = _owner(model, fqn, name_to_mod)
             touched_modules[id(mod)] = mod
