@@ -157,10 +157,13 @@ def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, kind: str) -> 
     else:
         # summing over dim 0 through one temporary the size of the whole tensor is memory-bound (a large
         # embedding's columns); blocks of rows whose temporary stays in cache are much faster
-        per_pos = None
+        # (the blocks' rows add up as whole vectors, the CPU's fastest reduction; the other dims after)
+        acc = None
         for block in x.split(max(1, (1 << 18) // max(1, x[0].numel()))):
-            part = (block.abs() if kind == "l1" else block.square()).sum(other)
-            per_pos = part if per_pos is None else per_pos.add_(part)
+            part = (block.abs() if kind == "l1" else block.square()).reshape(len(block), -1).sum(0)
+            acc = part if acc is None else acc.add_(part)
+        rest = [d - 1 for d in other if d]
+        per_pos = acc.view(x.shape[1:]).sum(rest) if rest else acc
     per_pos = per_pos.double().cpu().numpy()
     valid = channel >= 0
     ch = channel[valid]
