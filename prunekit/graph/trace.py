@@ -9,10 +9,12 @@ The engine needs shapes and the op graph, not values. ``record(..., fast=True)``
 arithmetic of the costly ops that read a weight (convolutions and matrix products with a parameter
 operand): their output shape comes from torch's meta kernels and their values are zeros. Everything else
 (attention scores between activations, masks, index arithmetic, buffers such as rotary tables) still runs
-for real. An op that would read a value derived from a skipped op to steer the forward (a Python bool, a
-``topk`` or ``nonzero`` selection, a computed index) ends such a trace (``MadeUpValue``), and the trace is
-trusted only after the pruned model's real forward issued the same sequence of ops (:func:`op_log`);
-``prunekit.prune_`` traces again with real values otherwise.
+for real. Values derived from a skipped op are *made up*; the trace follows them through memory
+(:class:`_Values`), and an op or a Python read that would use one to steer the forward (a Python bool, a
+``topk`` or ``nonzero`` selection, a computed index, ``tolist()``) ends such a trace (``MadeUpValue``).
+The trace is trusted only after the pruned model's forward issued the same sequence of ops
+(:func:`op_log`): run the same way, without weight arithmetic, when every tensor's origin was followed,
+and with real values otherwise. ``prunekit.prune_`` traces again with real values when either check fails.
 """
 from __future__ import annotations
 
@@ -643,6 +645,8 @@ class _Mode(TorchDispatchMode):
         rec.op_count += 1
         try:
             _apply_rule(rec, self.rules, func, args, kwargs, out)
+        except MadeUpValue:  # a handler read a made-up value: only a real trace can tell
+            raise
         except Exception as e:  # a rule bug must never turn into a wrong prune: kill what the op touched
             log.debug("rule for %s failed: %r", func, e)
             for t in _tensors(list(args) + list(kwargs.values())):
