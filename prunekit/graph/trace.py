@@ -365,11 +365,22 @@ def _check_conv_shapes(args):
         raise RuntimeError(f"convolution: bias has {b.numel()} entries for {out_ch} output channels")
 
 
+_ADDMM = torch.ops.aten.addmm.default
+
+
 def _zeros_like_result(func, args, kwargs):
     """What ``func(*args, **kwargs)`` returns, in shape, strides, dtype and device, filled with zeros."""
     if func is torch.ops.aten.convolution.default:
         _check_conv_shapes(args)
-    out = func(*_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
+    bias = args[0]
+    if func is _ADDMM and bias.dtype == args[1].dtype == args[2].dtype:
+        # addmm's meta kernel is a Python reference about 20x slower than mm's: the product's shape from mm's,
+        # and the bias must broadcast to it (the result is a new contiguous matrix either way)
+        out = torch.ops.aten.mm.default(_to_meta(args[1]), _to_meta(args[2]))
+        if torch.broadcast_shapes(tuple(bias.shape), tuple(out.shape)) != tuple(out.shape):
+            raise RuntimeError(f"addmm: bias of shape {tuple(bias.shape)} does not broadcast to {tuple(out.shape)}")
+    else:
+        out = func(*_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
     device = next(_tensors(list(args))).device
     return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=device).zero_()
 
