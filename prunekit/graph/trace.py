@@ -372,10 +372,10 @@ def _zeros_like_result(func, args, kwargs):
     """What ``func(*args, **kwargs)`` returns, in shape, strides, dtype and device, filled with zeros."""
     if func is torch.ops.aten.convolution.default:
         _check_conv_shapes(args)
-    bias = args[0]
-    if func is _ADDMM and bias.dtype == args[1].dtype == args[2].dtype:
+    if func is _ADDMM and args[0].dtype == args[1].dtype == args[2].dtype:
         # addmm's meta kernel is a Python reference about 20x slower than mm's: the product's shape from mm's,
         # and the bias must broadcast to it (the result is a new contiguous matrix either way)
+        bias = args[0]
         out = torch.ops.aten.mm.default(_to_meta(args[1]), _to_meta(args[2]))
         if torch.broadcast_shapes(tuple(bias.shape), tuple(out.shape)) != tuple(out.shape):
             raise RuntimeError(f"addmm: bias of shape {tuple(bias.shape)} does not broadcast to {tuple(out.shape)}")
@@ -549,31 +549,28 @@ class _Values:
         """``func`` without weight arithmetic: weight-reading convs and matmuls are not computed, and an op
         that would read a made-up value to steer the forward raises ``MadeUpValue``."""
         ins = list(_tensors(list(args) + list(kwargs.values())))
-        made_up = []
+        made_up_ins = []
         in_keys = set()
         for t in ins:
             k = _storage_key(t)
             in_keys.add(k)
             if k in self.made_up:
-                made_up.append(t)
+                made_up_ins.append(t)
             if func is not _LIFT_FRESH and not self._accounted(t):
                 self._note(t, str(func))
-        if made_up and (func.overloadpacket in _VALUE_READERS or func in _VALUE_READER_OVERLOADS or (
-                func.overloadpacket in _INDEXING and any(not t.is_floating_point() for t in made_up))):
+        if made_up_ins and (func.overloadpacket in _VALUE_READERS or func in _VALUE_READER_OVERLOADS or (
+                func.overloadpacket in _INDEXING and any(not t.is_floating_point() for t in made_up_ins))):
             raise MadeUpValue(f"{func} reads values the fast trace did not compute", op=str(func))
-        if func in _WEIGHT_OPS and _reads_weight(args):
-            out = _zeros_like_result(func, args, kwargs)
-            made_up = True
-        else:
-            out = func(*args, **kwargs)
+        skipped = func in _WEIGHT_OPS and _reads_weight(args)
+        out = _zeros_like_result(func, args, kwargs) if skipped else func(*args, **kwargs)
+        tainted = skipped or (bool(made_up_ins) and func.overloadpacket not in _FRESH_VALUES)
         for t in _tensors(out):
             k = _storage_key(t)
-            if k is None:
-                pass
-            elif made_up and func.overloadpacket not in _FRESH_VALUES:
-                self.made_up.add(k)
-            elif k not in in_keys:  # fresh memory an op filled from real values
-                self.made_up.discard(k)
+            if k is not None:
+                if tainted:
+                    self.made_up.add(k)
+                elif k not in in_keys:  # fresh memory an op filled from real values
+                    self.made_up.discard(k)
             try:
                 self.seen[id(t)] = weakref.ref(t)
             except TypeError:
