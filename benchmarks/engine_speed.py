@@ -250,8 +250,9 @@ def reading(recs: dict) -> str:
             + ("met on " + ", ".join(met) if met else "not met on any model")
             + ". Torch-Pruning traces one forward with autograd. prunekit traces one forward without the"
             " arithmetic of weight-reading convs and matmuls (the fast trace, docs/engine.md), then runs the"
-            " pruned model once for real, which validates the result and confirms the trace; for Hugging Face"
-            " models it also rebuilds the config on the meta device. Its peak extra memory is at most "
+            " pruned model once the same way, which validates the result's shapes and confirms the trace (with"
+            " real values only when a tensor's origin was unknown, which none of these models has); for Hugging"
+            " Face models it also rebuilds the config on the meta device. Its peak extra memory is at most "
             f"{max(mems.values()):.2f}x the model's size (aim: 1.2x)." + _depth_reading(recs))
 
 
