@@ -36,6 +36,14 @@ def assert_same_graph(model, x, **kw):
     return fast
 
 
+def assert_same_as_real_plan(model, ref, x, ignore=("head",)):
+    """``model`` (pruned by ``prune_``) equals ``ref`` pruned through a plan on a real trace, tensor for tensor."""
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=list(ignore)))
+    got, want = model.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 @pytest.mark.parametrize("name", sorted(models()))
 def test_canonical_models_same_graph(name):
     model, x = models()[name]()
@@ -216,9 +224,7 @@ def test_another_op_sequence_falls_back_to_a_real_trace(monkeypatch, caplog):
     assert calls == [True, False] and r.trace == "real"
     assert "other ops than the fast trace" in caplog.text
     ref(x)  # the reference has built its table too
-    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
-    got, want = model.state_dict(), ref.state_dict()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert_same_as_real_plan(model, ref, x)
 
 
 def test_calibration_data_means_a_real_trace(monkeypatch):
@@ -271,9 +277,7 @@ def test_values_read_outside_the_dispatcher_end_the_fast_trace(monkeypatch, read
     calls = _prune_calls(monkeypatch)
     r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
     assert calls == [False] and r.trace == "real"
-    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
-    got, want = model.state_dict(), ref.state_dict()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert_same_as_real_plan(model, ref, x)
     assert model.a.weight.shape[0] == model.b.weight.shape[0] == 4  # coupled by the real path's add
 
 
@@ -341,9 +345,7 @@ def test_tensors_of_unknown_origin_mean_a_real_confirmation(monkeypatch, caplog)
     assert calls == [True, False] and r.trace == "real"
     assert "confirming the fast trace with real values" in caplog.text
     assert "other ops than the fast trace" in caplog.text
-    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
-    got, want = model.state_dict(), ref.state_dict()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert_same_as_real_plan(model, ref, x)
     assert model.a.weight.shape[0] == model.b.weight.shape[0] == 4
 
 
