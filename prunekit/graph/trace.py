@@ -353,9 +353,11 @@ def _to_meta(x):
 
 def _check_conv_shapes(args):
     """What the CPU convolution kernel checks and its meta kernel does not: the input's channels against a
-    transposed weight, and the bias length."""
+    transposed weight, a weight's dim 0 against the groups, and the bias length."""
     x, w, b = args[0], args[1], args[2]
     transposed, groups = args[6], args[8]
+    if w.shape[0] % groups:
+        raise RuntimeError(f"convolution: weight {tuple(w.shape)} has a dim 0 not divisible by groups={groups}")
     want_in = w.shape[0] if transposed else w.shape[1] * groups
     out_ch = w.shape[1] * groups if transposed else w.shape[0]
     if x.dim() > 1 and x.shape[1] != want_in:

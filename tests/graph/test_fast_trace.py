@@ -381,4 +381,7 @@ def test_fast_validation_checks_what_the_meta_kernels_do_not():
     with pytest.raises(RuntimeError, match="bias has 5 entries for 4 output channels"):
         _check_conv_shapes((torch.zeros(1, 8, 5, 5), torch.zeros(4, 8, 3, 3), torch.zeros(5), [1, 1], [0, 0],
                             [1, 1], False, [0, 0], 1))
+    with pytest.raises(RuntimeError, match="not divisible by groups=4"):  # a transposed weight's input channels
+        _check_conv_shapes((torch.zeros(1, 6, 5, 5), w, None, [1, 1], [0, 0], [1, 1], True, [0, 0], 4))
     _check_conv_shapes((torch.zeros(1, 6, 5, 5), w, torch.zeros(4), [1, 1], [0, 0], [1, 1], True, [0, 0], 1))
+    _check_conv_shapes((torch.zeros(1, 6, 5, 5), w, torch.zeros(8), [1, 1], [0, 0], [1, 1], True, [0, 0], 2))
