@@ -385,3 +385,26 @@ def test_fast_validation_checks_what_the_meta_kernels_do_not():
         _check_conv_shapes((torch.zeros(1, 6, 5, 5), w, None, [1, 1], [0, 0], [1, 1], True, [0, 0], 4))
     _check_conv_shapes((torch.zeros(1, 6, 5, 5), w, torch.zeros(4), [1, 1], [0, 0], [1, 1], True, [0, 0], 1))
     _check_conv_shapes((torch.zeros(1, 6, 5, 5), w, torch.zeros(8), [1, 1], [0, 0], [1, 1], True, [0, 0], 2))
+
+
+def test_layout_driven_decompositions_keep_the_fast_trace():
+    """SegFormer's linear layers decompose as ``addmm`` or as ``mm`` + ``add`` depending on the input's strides,
+    which differ between torch's meta kernels and the CPU kernels. Both forwards of a fast prune see the meta
+    layouts, so they agree; the graph is the real trace's either way."""
+    T = pytest.importorskip("transformers")
+    cfg = T.SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                            hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+                            mlp_ratios=[2, 2], decoder_hidden_size=32, num_labels=3)
+    torch.manual_seed(0)
+    model = T.SegformerForSemanticSegmentation(cfg).eval()
+    x = {"pixel_values": torch.randn(2, 3, 64, 64)}  # (with a batch of one the layouts happen to agree)
+    ignore = {id(model.decode_head.classifier): "decode_head.classifier"}
+    fast = build_graph(model, x, fast=True, ignore_modules=ignore)
+    full = build_graph(model, x, ignore_modules=ignore)
+    assert graph_signature(fast) == graph_signature(full)
+    assert fast.rec.ops != full.rec.ops  # the same computation, decomposed differently
+    ref = copy.deepcopy(model)
+    r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["decode_head.classifier"])
+    assert r.trace == r.validation == "fast"
+    assert op_log(model, x)[1] != fast.rec.ops  # a check with real values would have seen "another path"
+    assert_same_as_real_plan(model, ref, x, ignore=["decode_head.classifier"])
