@@ -43,7 +43,7 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         lo = np.minimum(ra[diff], rb[diff])
         hi = np.maximum(ra[diff], rb[diff])
         np.minimum.at(parent, hi, lo)
-        # pointer jumping on the atoms not yet pointing at a root only: that set shrinks by about half a step
+        # pointer jumping on the atoms not yet pointing at a root only: that set shrinks with every step
         act = np.flatnonzero(parent[parent] != parent)
         while len(act):
             parent[act] = parent[parent[act]]

@@ -375,7 +375,7 @@ def _zeros_like_result(func, args, kwargs):
     if func is torch.ops.aten.convolution.default:
         _check_conv_shapes(args)
     if func is _ADDMM and args[0].dtype == args[1].dtype == args[2].dtype:
-        # addmm's meta kernel is a Python reference about 20x slower than mm's: the product's shape from mm's,
+        # addmm's meta kernel is a Python reference, far slower than mm's: the product's shape from mm's,
         # and the bias must broadcast to it (the result is a new contiguous matrix either way)
         bias = args[0]
         out = torch.ops.aten.mm.default(_to_meta(args[1]), _to_meta(args[2]))
