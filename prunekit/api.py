@@ -31,7 +31,7 @@ from .allocate import allocate_global, allocate_uniform, parse_target, search_ta
 from .criteria import ChannelView, ConsumerView, channel_rows, get_criterion, reduce_scores, score_member
 from .errors import ConfigError, PruneError, PrunekitError
 from .graph import Graph, build_graph
-from .graph.trace import _walk_outputs, call_model, model_device, move_to
+from .graph.trace import MadeUpValue, _walk_outputs, call_model, model_device, move_to
 
 __all__ = ["plan", "prune_", "inspect", "Plan", "PlanGroup", "Report", "Inspection", "count_params"]
 
@@ -465,8 +465,13 @@ def _match_segments(segs: list, per_layer: dict) -> dict:
 def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, target: str | None = None,
          criterion: str = "l2", calib=None, ignore=(), global_: bool = False, round_to: int = 1,
          min_channels: int = 1, loss_fn=None, reduce: str = "group", per_layer: dict | None = None,
-         seed: int = 0) -> Plan:
+         seed: int = 0, trace: str = "auto") -> Plan:
     """Decide which channels to remove; changes nothing.
+
+    ``trace``: ``"auto"`` (default) traces without the arithmetic of weight-reading convs and matmuls when no
+    calibration data is given (docs/engine.md, the fast trace; a made-up value that could steer the forward
+    sends it to a real trace at once, and ``prune_`` confirms the rest on the pruned model); ``"real"``
+    always traces with real values.
 
     Example:
         >>> import prunekit as pk
@@ -478,9 +483,14 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     """
     per_layer = dict(per_layer or {})
     _validate(sparsity, target, criterion, global_, round_to, min_channels, reduce, per_layer)
+    if trace not in TRACES:
+        hint = closest(str(trace), list(TRACES))
+        raise ConfigError(f"trace={trace!r} is not valid" + (f"; did you mean {hint!r}?" if hint else "") +
+                          f"; choose one of {', '.join(map(repr, TRACES))}")
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
-    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, fast=_FAST_TRACE.get() and calib is None)
+    graph = _plan_graph(model, example_inputs, ignore_modules, fast=trace == "auto" and calib is None
+                        and _PLAN_TRACE.get() != "real")
     with _whole_network_context(criterion, model, example_inputs, calib, ignore):
         scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed)
     segs = _segments(graph)
@@ -638,9 +648,12 @@ def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()
     return _make_plan(model, graph, removal, settings, example_inputs)
 
 
-def _graph_for(model, p: Plan, example_inputs):
-    if p._graph is not None and p._model is not None and p._model() is model:
+def _graph_for(model, p: Plan, example_inputs, real_trace: bool = False):
+    same_model = p._graph is not None and p._model is not None and p._model() is model
+    if same_model and not (real_trace and p._graph.rec.fast):
         return p._graph, p._example_inputs if example_inputs is None else example_inputs
+    if same_model and example_inputs is None:
+        example_inputs = p._example_inputs
     if example_inputs is None:
         raise ConfigError("prune_(model, plan): this plan was loaded or made for another model object; pass "
                           "example_inputs=... so the model can be traced again")
@@ -665,32 +678,69 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
         if example_inputs is None:
             raise ConfigError("prune_(model) needs either a plan or example_inputs=... with plan keywords "
                               "(e.g. sparsity=0.5)")
-        if plan_kwargs.get("calib") is None:
-            # first without the arithmetic of weight-reading ops; trusted only when the pruned model's real
-            # forward issues the same ops, else (or on any failure) the model is as before and is traced for real
-            token = _FAST_TRACE.set(True)
+        make = globals()["plan"]
+        if plan_kwargs.get("calib") is None and plan_kwargs.get("trace", "auto") == "auto":
+            # first on a fast trace; trusted only when the pruned model's forward issues the same ops, else (or on
+            # any failure) the model is as before and is planned again on a trace with real values
+            token = _PLAN_TRACE.set("own")
             try:
-                return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs,
-                              optimizer, own_plan=True)
+                return _apply(model, make(model, example_inputs, **plan_kwargs), example_inputs, optimizer,
+                              own_plan=True)
             except PrunekitError as e:
                 log.debug("fast trace not used (%s); tracing with real values", e)
             finally:
-                _FAST_TRACE.reset(token)
-        return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs, optimizer,
-                      own_plan=True)
+                _PLAN_TRACE.reset(token)
+            token = _PLAN_TRACE.set("real")
+            try:
+                return _apply(model, make(model, example_inputs, **plan_kwargs), example_inputs, optimizer,
+                              own_plan=True)
+            finally:
+                _PLAN_TRACE.reset(token)
+        return _apply(model, make(model, example_inputs, **plan_kwargs), example_inputs, optimizer, own_plan=True)
     if plan_kwargs:
         raise ConfigError(f"prune_(model, plan, ...) got plan keywords {sorted(plan_kwargs)}; give either a "
                           f"plan or keywords to build one, not both")
     if not isinstance(plan, Plan):
         raise ConfigError(f"plan={type(plan).__name__} is not a prunekit Plan; build one with pk.plan(...)")
-    return _apply(model, plan, example_inputs, optimizer)
+    try:
+        return _apply(model, plan, example_inputs, optimizer)
+    except PruneError as e:
+        if e.op != "trace check":
+            raise
+        # a plan made on a fast trace that the pruned model's forward did not confirm (the model is as before):
+        # it still applies if a trace with real values gives the same groups (else a stale-plan error)
+        log.debug("the plan's fast trace was not confirmed (%s); tracing with real values", e)
+        try:
+            return _apply(model, plan, example_inputs, optimizer, real_trace=True)
+        except ConfigError as stale:
+            raise ConfigError(f"this plan was made on a trace without weight arithmetic, which the pruned model's "
+                              f"forward did not confirm, and a trace with real values couples other channels "
+                              f"({stale}); make the plan with pk.plan(..., trace='real')") from e
 
 
-# set by prune_ while it plans with a fast trace (see graph.trace.record)
-_FAST_TRACE: contextvars.ContextVar = contextvars.ContextVar("prunekit_fast_trace", default=False)
+TRACES = ("auto", "real")
+# how plan() traces when prune_ makes the plan: "own" (its first attempt, confirmed at once on the pruned
+# model, so a fast trace with tensors of unknown origin is fine) or "real" (after a failed attempt)
+_PLAN_TRACE: contextvars.ContextVar = contextvars.ContextVar("prunekit_plan_trace", default=None)
 
 
-def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: bool = False) -> Report:
+def _plan_graph(model, example_inputs, ignore_modules: dict, fast: bool) -> Graph:
+    """The graph a plan is made on: a fast trace when allowed, and a real one when a made-up value could
+    have steered the fast trace's forward. A plan that leaves prune_ is confirmed only when it is applied,
+    so for it a tensor of unknown origin (which the fast checks cannot follow) means a real trace too."""
+    if fast:
+        try:
+            graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, fast=True)
+            if not graph.rec.unaccounted or _PLAN_TRACE.get() == "own":
+                return graph
+            log.debug("fast trace not used (%s); tracing with real values", graph.rec.unaccounted[0])
+        except MadeUpValue as e:
+            log.debug("fast trace not used (%s); tracing with real values", e)
+    return build_graph(model, example_inputs, ignore_modules=ignore_modules)
+
+
+def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: bool = False,
+           real_trace: bool = False) -> Report:
     """The body of :func:`prune_`; ``own_plan``: the plan was made by prune_ itself and never left it."""
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
@@ -700,7 +750,7 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
         f, s, now = stale[0]
         raise ConfigError(f"stale plan: {f!r} had shape {tuple(s)} when planned but is {now} now "
                           f"({len(stale)} tensors differ); make a new plan for the current model")
-    graph, ex = _graph_for(model, plan_, example_inputs)
+    graph, ex = _graph_for(model, plan_, example_inputs, real_trace)
     index = {tuple(sorted((m.fqn, m.dim) for m in g.members)): g for g in graph.groups}
     removal = {}
     index_id = {}

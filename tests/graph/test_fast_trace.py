@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit.errors import ConfigError
 from prunekit.graph import build_graph
 from prunekit.graph.trace import MadeUpValue, op_log
 from prunekit.testing import assert_equivalent, models, zero_removed_
@@ -38,7 +39,7 @@ def assert_same_graph(model, x, **kw):
 
 def assert_same_as_real_plan(model, ref, x, ignore=("head",)):
     """``model`` (pruned by ``prune_``) equals ``ref`` pruned through a plan on a real trace, tensor for tensor."""
-    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=list(ignore)))
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=list(ignore), trace="real"))
     got, want = model.state_dict(), ref.state_dict()
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -119,7 +120,7 @@ def test_prune_uses_fast_trace_and_matches_a_real_trace(monkeypatch):
     model = tv.models.resnet18(weights=None, num_classes=10).double().eval()
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     twin = copy.deepcopy(model)
-    plan = pk.plan(twin, x, sparsity=0.5, ignore=["fc"])  # real trace
+    plan = pk.plan(twin, x, sparsity=0.5, ignore=["fc"], trace="real")
     calls = _prune_calls(monkeypatch)
     r = pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["fc"])
     assert calls == [True] and r.trace == r.validation == "fast"
@@ -242,7 +243,7 @@ def test_failed_fast_attempt_leaves_nothing_behind(monkeypatch):
     ref = copy.deepcopy(model)
     ref(x)
     pk.prune_(model, example_inputs=x, sparsity=0.5, ignore=["head"])
-    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"]))
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"], trace="real"))
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), k
     assert np.isclose(sum(p.numel() for p in model.parameters()), sum(p.numel() for p in ref.parameters()))
@@ -408,3 +409,77 @@ def test_layout_driven_decompositions_keep_the_fast_trace():
     assert r.trace == r.validation == "fast"
     assert op_log(model, x)[1] != fast.rec.ops  # a check with real values would have seen "another path"
     assert_same_as_real_plan(model, ref, x, ignore=["decode_head.classifier"])
+
+
+# ---- pk.plan on the fast trace --------------------------------------------------------------------------
+def test_public_plan_uses_the_fast_trace_and_prune_confirms_it():
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.resnet18(weights=None, num_classes=10).double().eval()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    ref = copy.deepcopy(model)
+    plan = pk.plan(model, x, sparsity=0.5, ignore=["fc"])
+    assert plan._graph.rec.fast
+    real = pk.plan(ref, x, sparsity=0.5, ignore=["fc"], trace="real")
+    assert not real._graph.rec.fast
+    assert plan.to_json() == real.to_json()  # the same channels, member for member
+    r = pk.prune_(model, plan)
+    assert r.trace == r.validation == "fast"
+    pk.prune_(ref, real)
+    got, want = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    with_calib = pk.plan(ref, x, sparsity=0.5, ignore=["fc"], criterion="l2", calib=[(x, None)])
+    assert not with_calib._graph.rec.fast  # calibration data: a real trace
+
+
+@pytest.mark.parametrize("cls", [DataDependent, OutsideDispatcher])
+def test_public_plan_traces_for_real_when_the_fast_checks_cannot_vouch(cls):
+    model, x = cls().double().eval(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    plan = pk.plan(model, x, sparsity=0.5, ignore=["head"])
+    assert not plan._graph.rec.fast  # a made-up value read, or a tensor of unknown origin
+    assert plan.to_json() == pk.plan(copy.deepcopy(model), x, sparsity=0.5, ignore=["head"], trace="real").to_json()
+
+
+def test_a_fast_plan_the_pruned_forward_does_not_confirm_is_checked_on_a_real_trace(caplog):
+    model, x = FirstCallCache().eval(), torch.randn(1, 3, 8, 8)
+    ref = copy.deepcopy(model)
+    plan = pk.plan(model, x, sparsity=0.5, ignore=["head"])  # the first call builds the table
+    assert plan._graph.rec.fast
+    with caplog.at_level(logging.DEBUG, logger="prunekit.api"):
+        r = pk.prune_(model, plan)  # the second does not: the op check fails, a real trace gives the same groups
+    assert "the plan's fast trace was not confirmed" in caplog.text and r.trace == "real"
+    ref(x)
+    pk.prune_(ref, pk.plan(ref, x, sparsity=0.5, ignore=["head"], trace="real"))
+    got, want = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+class FirstCallCouples(DataDependent):
+    """Adds b to a in its first forward only: a plan made on that forward couples channels that later
+    forwards do not."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.stem(x)
+        y = self.a(h)
+        y = y + (self.b(h) if self.calls == 1 else self.b(h).sum(1, keepdim=True))
+        return self.head(y)
+
+
+def test_a_fast_plan_that_a_real_trace_contradicts_is_refused_and_the_model_kept():
+    model, x = FirstCallCouples().eval(), torch.randn(1, 3, 8, 8)
+    plan = pk.plan(model, x, sparsity=0.5, ignore=["head"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"trace='real'"):
+        pk.prune_(model, plan)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+
+
+def test_trace_must_be_auto_or_real():
+    model, x = models()["residual"]()
+    with pytest.raises(ConfigError, match=r"trace='reel' is not valid; did you mean 'real'\?"):
+        pk.plan(model, x, sparsity=0.5, trace="reel")

@@ -109,13 +109,13 @@ def test_groups_blamed_together_are_tried_one_by_one(monkeypatch):
 
 def test_prune_with_keywords_searches_on_the_fast_trace():
     """prune_ plans on a fast trace; the search for breaking groups runs on it (its tries only ask whether the
-    forward runs) and the final prune's real forward confirms the trace: same model as the real-trace path."""
+    forward runs) and the final prune's check confirms the trace: same model as the real-trace path."""
     torch.manual_seed(0)
     model, x = Net().double().eval(), torch.randn(2, 5, 6, dtype=torch.float64)
     ref = copy.deepcopy(model)
     kw = dict(sparsity=0.5, ignore=["head"], per_layer={"embed": 0.0})  # the stream stays: the heads break
     report = pk.prune_(model, example_inputs=x, **kw)
-    ref_report = pk.prune_(ref, pk.plan(ref, x, **kw))
+    ref_report = pk.prune_(ref, pk.plan(ref, x, trace="real", **kw))
     assert report.trace == "fast" and ref_report.trace == "real"
     left = sorted(s["where"] for s in report.skipped if "breaks the model's forward" in s["reason"])
     assert left and left == sorted(s["where"] for s in ref_report.skipped if "breaks the model's forward" in s["reason"])
