@@ -678,25 +678,23 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
         if example_inputs is None:
             raise ConfigError("prune_(model) needs either a plan or example_inputs=... with plan keywords "
                               "(e.g. sparsity=0.5)")
-        make = globals()["plan"]
+        def apply_own_plan(how):  # plan() reads how to trace from _PLAN_TRACE (see _plan_graph)
+            token = _PLAN_TRACE.set(how)
+            try:
+                return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs,
+                              optimizer, own_plan=True)
+            finally:
+                _PLAN_TRACE.reset(token)
+
         if plan_kwargs.get("calib") is None and plan_kwargs.get("trace", "auto") == "auto":
             # first on a fast trace; trusted only when the pruned model's forward issues the same ops, else (or on
             # any failure) the model is as before and is planned again on a trace with real values
-            token = _PLAN_TRACE.set("own")
             try:
-                return _apply(model, make(model, example_inputs, **plan_kwargs), example_inputs, optimizer,
-                              own_plan=True)
+                return apply_own_plan("own")
             except PrunekitError as e:
                 log.debug("fast trace not used (%s); tracing with real values", e)
-            finally:
-                _PLAN_TRACE.reset(token)
-            token = _PLAN_TRACE.set("real")
-            try:
-                return _apply(model, make(model, example_inputs, **plan_kwargs), example_inputs, optimizer,
-                              own_plan=True)
-            finally:
-                _PLAN_TRACE.reset(token)
-        return _apply(model, make(model, example_inputs, **plan_kwargs), example_inputs, optimizer, own_plan=True)
+            return apply_own_plan("real")
+        return apply_own_plan(None)
     if plan_kwargs:
         raise ConfigError(f"prune_(model, plan, ...) got plan keywords {sorted(plan_kwargs)}; give either a "
                           f"plan or keywords to build one, not both")
