@@ -5,7 +5,7 @@ it. Errors raised while mutating a model are raised *after* the model has been r
 """
 from __future__ import annotations
 
-__all__ = ["PrunekitError", "ConfigError", "PruneError", "TraceError", "CheckpointError", "DataError"]
+__all__ = ["PrunekitError", "ConfigError", "PruneError", "TraceError", "CheckpointError", "DataError", "MechanismWarning"]
 
 
 class PrunekitError(Exception):
@@ -43,3 +43,8 @@ class CheckpointError(PrunekitError, RuntimeError):
 
 class DataError(PrunekitError, FileNotFoundError):
     """A data set could not be found or read."""
+
+
+class MechanismWarning(UserWarning):
+    """A method ran, but the mechanism that defines it did not act (telemetry says so); the message names
+    the knob to turn. The result is then not that method's result."""

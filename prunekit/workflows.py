@@ -426,7 +426,8 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
                      train_config=_train_config(recipe, recipe.prune_epochs, progress), device=recipe.device,
                      seed=recipe.seed, options=spec.options(recipe.options))
     result = spec.run(ctx)
-    return list(result.callbacks), {"model": result.model, **dict(result.info)}
+    return list(result.callbacks), {"model": result.model, **dict(result.info), "telemetry": dict(result.telemetry),
+                                    "engaged": result.engaged, "warnings": list(result.warnings)}
 
 
 def _finalize_masks(model: nn.Module) -> bool:
@@ -544,7 +545,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     timings["total"] = time.perf_counter() - t_start
 
     method = {"id": recipe.method, "via": "criterion" if spec is None else "method",
-              "status": None if spec is None else spec.status, "info": info}
+              "status": None if spec is None else spec.status, "telemetry": info.pop("telemetry", {}),
+              "engaged": info.pop("engaged", None), "warnings": info.pop("warnings", []), "info": info}
     if note:
         method["note"] = note
     data_info = {"train_images": int(getattr(bundle.train, "num_samples", 0)),

@@ -161,6 +161,10 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     cell.update({k: v for k, v in base.items() if k not in ("fingerprint", "latency_base_ms")})
     if g.latency:  # baseline and pruned model timed back to back, so both see the same machine load
         cell.update(W.paired_latency(ctx.baseline(), model, x))
+    cell["telemetry"] = {k: v for k, v in info.pop("telemetry", {}).items()
+                         if isinstance(v, (int, float, str, bool, type(None)))}
+    cell["engaged"] = info.pop("engaged", None)
+    cell["warnings"] = list(info.pop("warnings", []))
     cell["info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None)))}
     cell["time_prune_s"] = t_prune
     cell["machine"] = _machine(g.device)

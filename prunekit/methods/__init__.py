@@ -4,10 +4,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ._registry import METHODS, MethodResult, MethodSpec, RunContext, catalog, get_method, register_method
+from ._config import MethodConfig, option
+from ._registry import (
+    METHODS, MethodResult, MethodSpec, RunContext, Telemetry, catalog, get_method, register_method,
+)
 
-__all__ = ["METHODS", "MethodResult", "MethodSpec", "RunContext", "catalog", "get_method", "register_method",
-           "load_all"]
+__all__ = ["METHODS", "MethodConfig", "MethodResult", "MethodSpec", "RunContext", "Telemetry", "catalog",
+           "get_method", "option", "register_method", "load_all"]
 
 _loaded = False
 

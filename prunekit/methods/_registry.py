@@ -1,11 +1,17 @@
-"""The method registry: one entry per paper of the seed list, each with its metadata and status.
+"""The method registry: one entry per paper of the seed list, each with its metadata, config and status.
 
 The catalogue (``catalog.json``: id, title, venue, year, type of all 93 papers) says *what* exists; an
 implementation registers itself with :func:`register_method` and so decides the status shown by
 ``prunekit methods``. A paper without a registered implementation has status ``not-yet``.
+
+A method is ``fn(ctx: RunContext, cfg: Config) -> MethodResult`` plus a frozen config dataclass whose defaults
+are the paper's hyper-parameters. Everything else every method needs (options resolved into the config, the
+target parsed, data needs and reachability checked, the device, the transaction, telemetry checks) is the
+harness's job (:mod:`prunekit.methods._harness`); ``MethodSpec.run(ctx)`` goes through it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -14,22 +20,25 @@ from typing import Any, Callable, Literal
 
 from .._registry import Registry, unknown_name_message
 from ..errors import ConfigError
+from ._config import MethodConfig, config_to_dict, resolve_config
 
 Status = Literal["implemented", "partial", "not-meaningful", "not-yet"]
 Kind = Literal["structured", "unstructured", "other"]
 _STATUSES = ("implemented", "partial", "not-meaningful")
 _KINDS = ("structured", "unstructured", "other")
+_NEEDS = ("calib", "train", "val")
 
 
 @dataclass
 class RunContext:
-    """Everything a method needs to run end to end; built by ``prunekit run`` / ``prunekit bench``.
+    """Everything a method needs to run end to end; built by ``prunekit run`` / ``prunekit bench`` or by hand.
 
     ``target`` is a string: ``"macs=0.5"`` / ``"params=0.25"`` (fraction the pruned model *keeps*) for
-    structured methods, ``"sparsity=0.9"`` (fraction of weights removed) for unstructured ones.
-    ``train_data``/``val_data`` are iterables of ``(inputs, targets)`` batches; ``calib`` a short list of
-    such batches. ``prune_epochs`` is the training budget of training-time methods (regularise/search
-    before the cut); the shared fine-tune after the method is the caller's job, with ``MethodResult.callbacks``.
+    structured methods, ``"sparsity=0.9"`` (fraction of weights removed) for unstructured ones; the harness
+    parses it once into ``target_kind``/``target_value``. ``train_data``/``val_data`` are iterables of
+    ``(inputs, targets)`` batches; ``calib`` a short list of such batches. ``prune_epochs`` is the training
+    budget of training-time methods (regularise/search before the cut); the shared fine-tune after the method
+    is the caller's job, with ``MethodResult.callbacks``.
     """
 
     model: Any
@@ -43,7 +52,9 @@ class RunContext:
     train_config: Any = None  # prunekit.train.TrainConfig for those epochs (lr, optimizer, ...)
     device: str = "cpu"
     seed: int = 0
-    options: dict = field(default_factory=dict)  # method-specific overrides of MethodSpec.defaults
+    options: Any = field(default_factory=dict)  # overrides of the method's config fields (or a config object)
+    target_kind: str = field(default="", init=False)  # set by the harness: "macs" | "params" | "sparsity"
+    target_value: float = field(default=0.0, init=False)
 
 
 @dataclass
@@ -51,28 +62,60 @@ class MethodResult:
     model: Any  # the pruned model (usually the same object, modified in place)
     callbacks: list = field(default_factory=list)  # prunekit.train callbacks to use while fine-tuning
     info: dict = field(default_factory=dict)  # method-specific numbers, JSON-serialisable
+    telemetry: dict = field(default_factory=dict)  # the figures that show the mechanism acted
+    engaged: bool | None = None  # set by the harness from the method's Telemetry.engaged
+    warnings: list = field(default_factory=list)  # set by the harness: mechanism not engaged, and the knob
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """What shows a method's mechanism acted: the keys its result reports, a test on them, the knob to turn.
+
+    ``engaged(telemetry) -> bool`` is evaluated by the harness after the method ran; when it is false the run
+    ends with a warning ``"<method>: <what> did not happen; <knob>"``.
+    """
+
+    keys: tuple[str, ...]
+    engaged: Callable[[dict], bool]
+    what: str  # the mechanism in a few words, e.g. "BN scales driven to exactly zero"
+    knob: str  # what to turn when it did not act, e.g. "raise options.strength or prune_epochs"
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     id: str
-    run: Callable[[RunContext], MethodResult]
+    fn: Callable[..., Any]
+    config: type = MethodConfig  # frozen dataclass; its field defaults are the paper's hyper-parameters
     status: str = "implemented"  # implemented | partial | not-meaningful
     kind: str = "structured"  # structured | unstructured | other
     left_out: str = ""  # for partial / not-meaningful: what the implementation leaves out, and why
-    defaults: dict = field(default_factory=dict)  # the paper's hyper-parameters, overridable by options
-    needs_data: bool = False  # True when the method needs calibration or training data
+    needs: tuple[str, ...] = ()  # data the method cannot run without: "calib", "train", "val"
+    telemetry: Telemetry | None = None
     module: str = ""
+    legacy_needs_data: bool = False  # transitional: methods still registered with defaults=/needs_data=
 
-    def options(self, overrides: dict | None) -> dict:
-        """The method's defaults updated with ``overrides``; unknown keys are an error."""
-        overrides = dict(overrides or {})
-        bad = sorted(set(overrides) - set(self.defaults))
-        if bad:
-            raise ConfigError(
-                "; ".join(unknown_name_message(f"option of method {self.id!r}", k, self.defaults) for k in bad)
-            )
-        return {**self.defaults, **overrides}
+    @property
+    def defaults(self) -> dict:
+        """The paper's hyper-parameters: the config's defaults as a plain dict."""
+        return config_to_dict(self.config())
+
+    @property
+    def needs_data(self) -> bool:
+        return bool(self.needs) or self.legacy_needs_data
+
+    def resolve(self, overrides) -> MethodConfig:
+        """The config with ``overrides`` applied; unknown keys and bad values are one ``ConfigError``."""
+        return resolve_config(self.config, overrides, self.id)
+
+    def options(self, overrides) -> dict:
+        """The resolved config as a plain dict (what reports and recipes record)."""
+        return config_to_dict(self.resolve(overrides))
+
+    def run(self, ctx: RunContext) -> MethodResult:
+        """Run the method on ``ctx`` through the harness (checks, device, transaction, telemetry)."""
+        from ._harness import run_method
+
+        return run_method(self, ctx)
 
 
 def _validate(name: str, spec: MethodSpec) -> None:
@@ -84,6 +127,18 @@ def _validate(name: str, spec: MethodSpec) -> None:
         raise ConfigError(f"kind={spec.kind!r} for method {name!r}; choose one of {_KINDS}")
     if spec.status != "implemented" and not spec.left_out:
         raise ConfigError(f"method {name!r} has status {spec.status!r}: say what is left out (left_out=...)")
+    bad = [n for n in spec.needs if n not in _NEEDS]
+    if bad:
+        raise ConfigError(f"needs={spec.needs!r} for method {name!r}: unknown {bad}; choose from {_NEEDS}")
+    if not (isinstance(spec.config, type) and dataclasses.is_dataclass(spec.config)
+            and issubclass(spec.config, MethodConfig) and spec.config.__dataclass_params__.frozen):
+        raise ConfigError(f"config={spec.config!r} for method {name!r}: pass a frozen dataclass subclassing "
+                          f"prunekit.methods.MethodConfig")
+    try:
+        spec.config()
+    except TypeError as e:
+        raise ConfigError(f"config {spec.config.__name__} of method {name!r}: every field needs a default "
+                          f"(the paper's value): {e}") from None
 
 
 METHODS: Registry[MethodSpec] = Registry("method", validate=_validate)
@@ -92,29 +147,61 @@ METHODS: Registry[MethodSpec] = Registry("method", validate=_validate)
 def register_method(
     id: str,
     *,
+    config: type = MethodConfig,
     status: str = "implemented",
     kind: str = "structured",
     left_out: str = "",
+    needs: tuple[str, ...] = (),
+    telemetry: Telemetry | None = None,
     defaults: dict | None = None,
     needs_data: bool = False,
 ):
-    """Register ``fn(ctx: RunContext) -> MethodResult`` as the implementation of paper ``id``.
+    """Register ``fn(ctx: RunContext, cfg: config) -> MethodResult`` as the implementation of paper ``id``.
 
     Example:
-        >>> from prunekit.methods import register_method  # doctest: +SKIP
-        >>> @register_method("l1-filter", defaults={"criterion": "l1"})  # doctest: +SKIP
-        ... def run(ctx): ...
+        >>> from dataclasses import dataclass
+        >>> from prunekit.methods import MethodConfig, register_method
+        >>> @dataclass(frozen=True)
+        ... class L1Config(MethodConfig):
+        ...     allocation: str = "uniform"  # same fraction per layer (Li et al. 2017, section 3)
+        >>> @register_method("l1-filter", config=L1Config)  # doctest: +SKIP
+        ... def run(ctx, cfg): ...
     """
 
-    def deco(fn: Callable[[RunContext], MethodResult]):
-        spec = MethodSpec(
-            id=id, run=fn, status=status, kind=kind, left_out=left_out, defaults=dict(defaults or {}),
-            needs_data=needs_data, module=getattr(fn, "__module__", ""),
-        )
+    def deco(fn: Callable[..., MethodResult]):
+        nonlocal config
+        if defaults is not None:  # transitional: an untyped defaults dict and fn(ctx); see _legacy_config
+            config, fn = _legacy_config(id, defaults), _legacy_fn(fn)
+        spec = MethodSpec(id=id, fn=fn, config=config, status=status, kind=kind, left_out=left_out,
+                          needs=tuple(needs), telemetry=telemetry, module=getattr(fn, "__module__", ""),
+                          legacy_needs_data=needs_data)
         METHODS.register(id)(spec)
         return fn
 
     return deco
+
+
+def _legacy_config(id: str, defaults: dict) -> type:
+    """A frozen config dataclass typed from an untyped ``defaults`` dict (methods not yet given their own)."""
+    def typ(v):
+        return float if isinstance(v, float) else (Any if v is None or isinstance(v, (list, dict)) else type(v))
+
+    fields = [(k, typ(v), dataclasses.field(default=tuple(v) if isinstance(v, list) else v)) for k, v in
+              defaults.items() if not isinstance(v, dict)]
+    fields += [(k, dict, dataclasses.field(default_factory=lambda v=v: dict(v))) for k, v in defaults.items()
+               if isinstance(v, dict)]
+    name = "".join(p.capitalize() for p in id.replace("_", "-").split("-")) + "Config"
+    return dataclasses.make_dataclass(name, fields, bases=(MethodConfig,), frozen=True)
+
+
+def _legacy_fn(fn):
+    def run(ctx, cfg):
+        ctx.options = config_to_dict(cfg)
+        return fn(ctx)
+
+    run.__module__ = fn.__module__
+    run.__wrapped__ = fn
+    return run
 
 
 @lru_cache(maxsize=1)

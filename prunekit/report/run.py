@@ -72,6 +72,14 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _fmt_any(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        return ", ".join(_fmt_any(x) for x in v[:8]) + f", … ({len(v)} values)"
+    return str(v)
+
+
 def render_run_markdown(report: dict, plots: dict | None = None) -> str:
     """A Markdown page for people: summary table, stages, per-layer table and the plots."""
     validate_run_report(report)
@@ -86,6 +94,13 @@ def render_run_markdown(report: dict, plots: dict | None = None) -> str:
         lines += ["", f"> {m['note']}"]
     lines += ["", "| quantity | before | after | change |", "|---|---:|---:|---:|"]
     lines += [f"| {q} | {b} | {a} | {c} |" for q, b, a, c in summary_rows(report)]
+    telemetry = m.get("telemetry") or {}
+    if telemetry:
+        state = {True: "engaged", False: "**did not engage**"}.get(m.get("engaged"), "not checked")
+        lines += ["", f"## Mechanism ({state})", "", "| figure | value |", "|---|---:|"]
+        lines += [f"| {k} | {_fmt_any(v)} |" for k, v in telemetry.items()]
+    for w in m.get("warnings") or []:
+        lines += ["", f"> warning: {w}"]
     stages = report.get("stages") or {}
     if stages:
         lines += ["", "## Accuracy at each stage", "", "| stage | test accuracy |", "|---|---:|"]

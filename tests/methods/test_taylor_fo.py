@@ -85,8 +85,10 @@ def test_criterion_option_swaps_the_ranking_for_the_same_schedule(lenet):
 def test_unknown_criterion_option_is_refused_with_the_model_unchanged():
     from prunekit.errors import ConfigError
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 26 * 26, 10))
+    from collections import OrderedDict
+
+    model = torch.nn.Sequential(OrderedDict(conv1=torch.nn.Conv2d(1, 4, 3), relu=torch.nn.ReLU(),
+                                            flat=torch.nn.Flatten(), fc2=torch.nn.Linear(4 * 26 * 26, 10)))
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ConfigError, match="taylor-fo option criterion"):
         run_method("taylor-fo", model, [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))],
