@@ -69,11 +69,11 @@ def check_context(spec: MethodSpec, ctx: RunContext) -> None:
         kind, value = parse_target(ctx.target)
         allowed = _KINDS_FOR.get(spec.kind)
         if allowed and kind not in allowed:
-            what = ("removes channels: the target is the fraction of MACs or params kept; write e.g. "
-                    "target='macs=0.5'" if spec.kind == "structured" else
-                    "removes single weights: write target='sparsity=S' with S the fraction removed, e.g. "
-                    "target='sparsity=0.9'")
-            problems.append(f"method {spec.id!r}: target={ctx.target!r}; this method {what}")
+            what = ("a structured method (it removes channels): the target is the fraction of MACs or params "
+                    "kept; write e.g. target='macs=0.5'" if spec.kind == "structured" else
+                    "an unstructured method (it removes single weights): write target='sparsity=S' with S the "
+                    "fraction removed, e.g. target='sparsity=0.9'")
+            problems.append(f"target={ctx.target!r}: {spec.id} is {what}")
         else:
             ctx.target_kind, ctx.target_value = kind, value
     except ConfigError as e:
