@@ -20,6 +20,10 @@ RULES: dict = {}
 def rule(*names):
     def deco(fn):
         for n in names:
+            if n in RULES:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"rule for op {n!r} is already registered (by {RULES[n].__name__}); one rule per op")
             RULES[n] = fn
         return fn
 

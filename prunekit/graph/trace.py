@@ -250,14 +250,15 @@ _MODULE_HANDLERS: dict[type, Callable] = {}
 _OP_HANDLERS: dict[str, Callable] = {}
 
 
-def register_handler(target, fn: Callable | None = None):
+def register_handler(target, fn: Callable | None = None, *, overwrite: bool = False):
     """Declare how a custom module (or aten op) maps channels; usable as a decorator.
 
     For an ``nn.Module`` subclass the module runs as a black box and ``fn(rec, module, fqn, inputs,
     output)`` sets the labels of ``output`` from those of ``inputs`` and the module's parameters with
     ``rec.get(tensor)``, ``rec.couple(a, b)``, ``rec.kill(label, reason)`` and ``rec.set(tensor, labels)``.
     For an op (an ``OpOverload``/packet or its name such as ``"mylib.fused_gate"``) ``fn(rec, args,
-    kwargs, out)`` does the same. Tensors a handler leaves unset carry nothing prunable.
+    kwargs, out)`` does the same. Tensors a handler leaves unset carry nothing prunable. Registering a second
+    handler for the same target is an error unless ``overwrite=True``.
 
     Example:
         >>> import torch
@@ -275,13 +276,17 @@ def register_handler(target, fn: Callable | None = None):
 
     def deco(f):
         if isinstance(target, type) and issubclass(target, nn.Module):
-            _MODULE_HANDLERS[target] = f
+            table, key = _MODULE_HANDLERS, target
         elif isinstance(target, str) or hasattr(target, "name") or hasattr(target, "_qualified_op_name"):
-            _OP_HANDLERS[_op_key(target)] = f
+            table, key = _OP_HANDLERS, _op_key(target)
         else:
             raise ConfigError(
                 f"register_handler(target={target!r}): expected an nn.Module subclass, an aten op or an op "
                 f"name such as 'mylib.my_op'; pass one of those")
+        if key in table and not overwrite:
+            raise ConfigError(f"register_handler(target={target!r}): a handler is already registered for it "
+                              f"({getattr(table[key], '__name__', table[key])}); pass overwrite=True to replace it")
+        table[key] = f
         return f
 
     if fn is not None:

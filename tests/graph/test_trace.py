@@ -151,6 +151,12 @@ def test_register_handler_for_a_custom_op_restores_prunability():
     try:
         g, _ = _group_of(build_graph(model, torch.randn(3, 4)), "a.weight", 0)
         assert g is not None and g.width == 6
+        from prunekit.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="already registered for it .*overwrite=True"):
+            register_handler(Cummax, lambda *a: None)
+        register_handler(Cummax, handler, overwrite=True)
+        assert _MODULE_HANDLERS[Cummax] is handler
     finally:
         _MODULE_HANDLERS.pop(Cummax)
 
