@@ -17,6 +17,8 @@ gradient straight through) does better still.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,12 +27,13 @@ from .._registry import unknown_name_message
 from ..errors import ConfigError
 from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
 from ..masks.workflows import method_options, target_sparsity, train_config
-from ._registry import MethodResult, RunContext, register_method
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MASK_CRITERIA", "MASK1_ACTIONS", "lt_mask_scores", "lt_masks", "rewind_kept_", "signed_constant_",
-           "Supermask", "attach_supermasks", "detach_supermasks", "run_deconstruct_lt"]
+           "Supermask", "attach_supermasks", "detach_supermasks", "DeconstructLTConfig", "run"]
 
 
 def _rank01(x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +188,6 @@ def rewind_kept_(model: nn.Module, init: dict[str, torch.Tensor], fqns, action: 
 
 
 MASK1_ACTIONS = ("init", "reinit", "reshuffle", "signed_constant")
-VARIANTS = ("ticket", "supermask", "learned_supermask")
 
 
 def attach_supermasks(model: nn.Module, fqns, *, mode: str = "topk", sparsity: float = 0.5,
@@ -232,59 +234,71 @@ def detach_supermasks(model: nn.Module, masks: dict[str, Supermask]) -> dict[str
     return out
 
 
-@register_method("deconstruct-lt", kind="unstructured", needs_data=True, status="partial", left_out=(
+Criterion = Literal["large_final", "small_final", "large_init", "small_init", "large_init_large_final",
+                    "small_init_small_final", "magnitude_increase", "movement", "large_final_same_sign",
+                    "large_final_diff_sign", "magnitude_increase_same_sign", "random"]
+
+
+@dataclass(frozen=True)
+class DeconstructLTConfig(MethodConfig):
+    variant: Literal["ticket", "supermask", "learned_supermask"] = "ticket"  # sec. 3-4 tickets; sec. 5 supermasks
+    criterion: Criterion = "magnitude_increase"  # mask criterion (sec. 2, Fig. 2: with large_final, the best; large_final = the plain lottery ticket)
+    rewind: Literal["init", "reinit", "reshuffle", "signed_constant"] = "init"  # mask-1 action (sec. 4)
+    supermask_mode: Literal["bernoulli", "topk"] = "bernoulli"  # learned supermask: Bernoulli(sigmoid(s)) (sec. 5); topk is ours
+    supermask_lr: float = option(100.0, gt=0)  # SGD lr of the supermask scores (reference README: 100 for FC)
+    rescale: bool = False  # dynamic weight rescaling of the learned supermask (sec. 5, optional)
+    exempt: tuple[str, ...] = ()  # ours: ("first",) / ("last",) keep those layers dense
+
+
+def _differs_from_magnitude(masks: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], sparsity: float) -> float:
+    """Fraction of the weights kept/pruned differently from per-layer magnitude at the same sparsity."""
+    ref = select_masks({k: w.abs() for k, w in weights.items()}, get_pattern("element"),
+                       {k: sparsity for k in weights})
+    return sum(int((masks[k] != ref[k]).sum()) for k in masks) / max(sum(m.numel() for m in masks.values()), 1)
+
+
+@register_method("deconstruct-lt", config=DeconstructLTConfig, kind="unstructured", needs=("train",),
+                 status="partial", left_out=(
     "mask-0 actions (pruned weights frozen at their initial value instead of zero) are not implemented; "
     "learned Bernoulli supermasks end with the top-k scores (deterministic) instead of a sampled mask"),
-    defaults={
-        "variant": "ticket",  # ticket | supermask (untrained, signed constants) | learned_supermask
-        "criterion": "large_final",  # mask criterion (MASK_CRITERIA); supermask forces large_final_same_sign
-        "rewind": "init",  # mask-1 action: init | reinit | reshuffle | signed_constant
-        "supermask_mode": "topk",  # learned supermask: topk (exact sparsity) | bernoulli (paper)
-        "supermask_lr": 100.0,  # paper's README: SGD lr 100 for the FC supermask
-        "rescale": False,  # dynamic weight rescaling of the learned supermask
-        "exempt": (),
-    })
-def run_deconstruct_lt(ctx: RunContext) -> MethodResult:
+    telemetry=Telemetry(keys=("criterion", "differs_from_magnitude"),
+                        engaged=lambda t: t["differs_from_magnitude"] > 0,
+                        what="a mask other than plain magnitude (the criterion or supermask chose differently)",
+                        knob="set options.criterion to one other than 'large_final' (the plain lottery-ticket "
+                             "mask), or options.variant='supermask' / 'learned_supermask'"))
+def run(ctx: RunContext, cfg: DeconstructLTConfig) -> MethodResult:
     """``ticket``: train ``prune_epochs``, mask by ``criterion``, rewind survivors (``rewind``); the caller's
     fine-tune retrains. ``supermask``: the same training, then the large-final-same-sign mask over the
     *initial* signed-constant weights. ``learned_supermask``: weights frozen at init, scores trained
     ``prune_epochs`` epochs. Masks are per layer at the target sparsity."""
     from ..train import fit
 
-    opts = method_options("deconstruct-lt", ctx.options)
-    sparsity = target_sparsity(ctx.target, "deconstruct-lt")
-    problems = []
-    for key, choices, kind in (("variant", VARIANTS, "variant"), ("criterion", MASK_CRITERIA, "mask criterion"),
-                               ("rewind", MASK1_ACTIONS, "mask-1 action"),
-                               ("supermask_mode", ("topk", "bernoulli"), "supermask mode")):
-        if opts[key] not in choices:
-            problems.append(unknown_name_message(kind, opts[key], choices, key))
-    if ctx.train_data is None:
-        problems.append("train_data is required (every variant trains: the weights or the supermask scores)")
-    if problems:
-        raise ConfigError("deconstruct-lt: " + "; ".join(problems) + ". Fix the options (options={...}); the "
-                          "model was not changed.")
-    fqns = list(prunable_weights(ctx.model, ctx.ignore, tuple(opts["exempt"])))
+    sparsity = ctx.target_value
+    fqns = list(prunable_weights(ctx.model, ctx.ignore, cfg.exempt))
     init = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-    cfg = train_config(ctx, max(1, ctx.prune_epochs))
-    if opts["variant"] == "learned_supermask":
-        sms = attach_supermasks(ctx.model, fqns, mode=opts["supermask_mode"], sparsity=sparsity,
-                                rescale=opts["rescale"], seed=ctx.seed)
+    train = train_config(ctx, max(1, ctx.prune_epochs))
+    if cfg.variant == "learned_supermask":
+        sms = attach_supermasks(ctx.model, fqns, mode=cfg.supermask_mode, sparsity=sparsity, rescale=cfg.rescale,
+                                seed=ctx.seed)
         try:
-            fit(ctx.model, ctx.train_data, cfg.replace(optimizer="sgd", nesterov=False, lr=opts["supermask_lr"],
-                                                       weight_decay=0.0))
+            fit(ctx.model, ctx.train_data, train.replace(optimizer="sgd", nesterov=False, lr=cfg.supermask_lr,
+                                                         weight_decay=0.0))
         finally:
             masks = detach_supermasks(ctx.model, sms)
-        if opts["rewind"] != "init":
-            rewind_kept_(ctx.model, init, fqns, opts["rewind"], seed=ctx.seed)
+        if cfg.rewind != "init":
+            rewind_kept_(ctx.model, init, fqns, cfg.rewind, seed=ctx.seed)
         install_masks_(ctx.model, masks, mode="hard")
-        return MethodResult(ctx.model, callbacks=[], info={"variant": "learned_supermask", "sparsity": sparsity})
-    fit(ctx.model, ctx.train_data, cfg)
-    final = {k: ctx.model.get_parameter(k).detach().clone() for k in fqns}
-    criterion = "large_final_same_sign" if opts["variant"] == "supermask" else opts["criterion"]
-    masks = lt_masks(criterion, {k: init[k] for k in fqns}, final, sparsity, seed=ctx.seed)
-    rewind = "signed_constant" if opts["variant"] == "supermask" else opts["rewind"]
-    rewind_kept_(ctx.model, init, fqns, rewind, seed=ctx.seed)
-    install_masks_(ctx.model, masks, mode="hard")
-    return MethodResult(ctx.model, callbacks=[], info={"variant": opts["variant"], "criterion": criterion,
-                                                       "rewind": rewind, "sparsity": sparsity})
+        criterion, rewind, reference = f"learned_supermask:{cfg.supermask_mode}", cfg.rewind, init
+    else:
+        fit(ctx.model, ctx.train_data, train)
+        final = {k: ctx.model.get_parameter(k).detach().clone() for k in fqns}
+        criterion = "large_final_same_sign" if cfg.variant == "supermask" else cfg.criterion
+        masks = lt_masks(criterion, {k: init[k] for k in fqns}, final, sparsity, seed=ctx.seed)
+        rewind = "signed_constant" if cfg.variant == "supermask" else cfg.rewind
+        rewind_kept_(ctx.model, init, fqns, rewind, seed=ctx.seed)
+        install_masks_(ctx.model, masks, mode="hard")
+        reference = final
+    differs = _differs_from_magnitude(masks, {k: reference[k] for k in fqns}, sparsity)
+    return MethodResult(ctx.model, info={"variant": cfg.variant, "criterion": criterion, "rewind": rewind,
+                                         "sparsity": sparsity},
+                        telemetry={"criterion": criterion, "differs_from_magnitude": differs})

@@ -14,6 +14,7 @@ later mask refresh. Here the dense values live in the mask engine's ``"feedback"
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -24,11 +25,12 @@ from ..masks import get_masks, install_masks_, prunable_weights, remove_masks_, 
 from ..schedules import agp_cubic
 from ..train.callbacks import Callback, TrainState
 from ..masks.workflows import method_options, target_sparsity, train_config
-from ._registry import MethodResult, RunContext, register_method
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DPF", "dpf_masks", "run_dpf"]
+__all__ = ["DPF", "DPFConfig", "dpf_masks", "run"]
 
 
 def dpf_masks(weights: dict[str, torch.Tensor], sparsity: float, global_: bool = True) -> dict[str, torch.Tensor]:
@@ -95,36 +97,42 @@ class DPF(Callback):
             install_masks_(state.model, masks, mode="hard")
 
 
+@dataclass(frozen=True)
+class DPFConfig(MethodConfig):
+    frequency: int = option(16, ge=1)  # optimizer steps between mask refreshes (paper, sec. 5: every 16 iterations)
+    ramp_fraction: float = option(0.6, gt=0, le=1)  # share of the steps the cubic ramp (Zhu & Gupta) takes; entry check: 3 of 5 epochs
+    global_: bool = True  # one magnitude ranking across layers (paper: global unstructured magnitude)
+    exempt: tuple[str, ...] = ()  # ours: ("first",) / ("last",) keep those layers dense
 
-@register_method("dpf", kind="unstructured", needs_data=True, status="partial", left_out=(
+
+@register_method("dpf", config=DPFConfig, kind="unstructured", needs=("train",), status="partial", left_out=(
     "the structured variant (whole filters by norm, removed with surgery) is not implemented; only the "
-    "unstructured global-magnitude DPF is"), defaults={
-    "frequency": 16,  # optimizer steps between mask refreshes (paper: 16)
-    "ramp_fraction": 0.6,  # share of the training steps over which the cubic ramp reaches the target
-    "global_": True,  # one magnitude ranking across layers (paper: global unstructured)
-    "exempt": (),  # ("first",) / ("last",) keep those layers dense
-})
-def run_dpf(ctx: RunContext) -> MethodResult:
+    "unstructured global-magnitude DPF is"),
+    telemetry=Telemetry(keys=("refreshes", "flips", "revived", "revived_after_ramp"),
+                        engaged=lambda t: t["revived"] > 0,
+                        what="feedback: pruned weights kept training and came back at a mask refresh",
+                        knob="raise prune_epochs or lower options.frequency (weights return only at a refresh "
+                             "after they regrow)"))
+def run(ctx: RunContext, cfg: DPFConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with DPF; the model ends with hard masks at the target sparsity."""
     from ..train import fit
 
-    opts = method_options("dpf", ctx.options)
-    sparsity = target_sparsity(ctx.target, "dpf")
-    if ctx.train_data is None:
-        raise ConfigError("dpf trains while it prunes and needs train_data (an iterable of (inputs, targets))")
-    if not 0 < opts["ramp_fraction"] <= 1:
-        raise ConfigError(f"ramp_fraction={opts['ramp_fraction']!r} must be in (0, 1], e.g. 0.6")
-    cfg = train_config(ctx, max(1, ctx.prune_epochs))
-    total = cfg.epochs * len(ctx.train_data)
-    freq = opts["frequency"]
-    n = max(1, int(opts["ramp_fraction"] * total) // freq)
-    cb = DPF(partial(agp_cubic, final=sparsity, start=0, n=n, frequency=freq), frequency=freq,
-             global_=opts["global_"], ignore=ctx.ignore, exempt=tuple(opts["exempt"]))
-    fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
+    train = train_config(ctx, max(1, ctx.prune_epochs))
+    total = train.epochs * len(ctx.train_data)
+    n = max(1, int(cfg.ramp_fraction * total) // cfg.frequency)  # refreshes on the ramp
+    if n * cfg.frequency > total:
+        raise ConfigError(f"options.frequency={cfg.frequency} with ramp_fraction={cfg.ramp_fraction}: the ramp "
+                          f"needs {n * cfg.frequency} steps but training has {total}; lower frequency or raise "
+                          f"prune_epochs")
+    cb = DPF(partial(agp_cubic, final=ctx.target_value, start=0, n=n, frequency=cfg.frequency),
+             frequency=cfg.frequency, global_=cfg.global_, ignore=ctx.ignore, exempt=cfg.exempt)
+    fit(ctx.model, ctx.train_data, train, callbacks=[cb])
     masks = get_masks(ctx.model)
     kept = sum(int(masks[k].sum()) for k in cb.fqns)
     numel = sum(masks[k].numel() for k in cb.fqns)
-    ramp_end = n * freq
-    after = sum(u["revived"] for u in cb.updates if u["step"] > ramp_end)
-    return MethodResult(ctx.model, callbacks=[], info={"sparsity": 1 - kept / numel, "revived": cb.revived,
-                                                       "revived_after_ramp": after, "refreshes": len(cb.updates)})
+    after = sum(u["revived"] for u in cb.updates if u["step"] > n * cfg.frequency)
+    telemetry = {"refreshes": len(cb.updates), "flips": cb.revived + cb.pruned, "revived": cb.revived,
+                 "revived_after_ramp": after}
+    return MethodResult(ctx.model, info={"sparsity": 1 - kept / numel, "revived": cb.revived,
+                                         "revived_after_ramp": after, "refreshes": len(cb.updates)},
+                        telemetry=telemetry)

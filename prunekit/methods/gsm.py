@@ -15,6 +15,7 @@ to exactly zero; the paper needs no fine-tuning after that.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,11 +24,12 @@ from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights, select_masks, get_pattern
 from ..train.callbacks import Callback, TrainState
 from ..masks.workflows import method_options, target_sparsity, train_config
-from ._registry import MethodResult, RunContext, register_method
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["gsm_active_masks", "GSM", "run_gsm"]
+__all__ = ["gsm_active_masks", "GSM", "GSMConfig", "run"]
 
 
 def gsm_active_masks(weights: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], keep: int
@@ -60,7 +62,9 @@ class GSM(Callback):
     the pruned layers keep their gradient; the others' gradient is zeroed so only weight decay moves them.
     ``sparsity`` gives ``keep = round((1 - sparsity) * N)``. With ``harden_at_end`` the final top-``keep``
     weights by magnitude are kept with hard masks and all others become exactly zero.
-    ``active_changes`` counts weights entering the active set, per step.
+    ``active_changes`` counts weights entering the active set, per step; ``left`` marks every weight that
+    was active at some step and passive at a later one; ``masked`` / ``updates`` count the gradient entries
+    zeroed / seen over all steps.
     """
 
     def __init__(self, sparsity: float, *, ignore=(), exempt=(), harden_at_end: bool = True):
@@ -72,6 +76,9 @@ class GSM(Callback):
         self.keep = 0
         self._active: dict[str, torch.Tensor] | None = None
         self.active_changes: list[int] = []
+        self.left: dict[str, torch.Tensor] = {}
+        self.masked = 0
+        self.updates = 0
         self.near_zero = 0.0  # fraction of |w| < 1e-3 when training ended, before the final cut
 
     def on_train_start(self, state: TrainState) -> None:
@@ -86,7 +93,13 @@ class GSM(Callback):
         if self._active is not None:
             self.active_changes.append(sum(int((active[k] & ~self._active[k]).sum()) for k in active
                                            if k in self._active))
+            for k in active:
+                if k in self._active:
+                    gone = self._active[k] & ~active[k]
+                    self.left[k] = gone if k not in self.left else self.left[k] | gone
         self._active = active
+        self.masked += sum(int((~a).sum()) for a in active.values())
+        self.updates += sum(a.numel() for a in active.values())
         with torch.no_grad():
             for k, p in live.items():
                 p.grad.mul_(active[k])
@@ -103,24 +116,34 @@ class GSM(Callback):
             install_masks_(state.model, self.final_masks(), mode="hard")
 
 
+@dataclass(frozen=True)
+class GSMConfig(MethodConfig):
+    momentum: float = option(0.99, ge=0, lt=1)  # SGD momentum (reference code, gsm_lottery_ticket_lenet300.py)
+    weight_decay: float = option(5e-4, ge=0)  # the only force on passive weights (reference code: 5e-4)
+    lr: float | None = option(None, gt=0)  # None: the train config's lr (reference code: 1e-2)
+    exempt: tuple[str, ...] = ()  # ours: ("first",) / ("last",) keep those layers dense
 
-@register_method("gsm", kind="unstructured", needs_data=True, defaults={
-    "momentum": 0.99,  # paper (LeNet-300-100 script): SGD momentum 0.99
-    "weight_decay": 5e-4,  # paper: 5e-4; passive weights decay by ~lr*wd/(1-momentum) per step
-    "lr": None,  # None: the train config's lr (paper: 1e-2)
-    "exempt": (),  # ("first",) / ("last",) keep those layers dense
-})
-def run_gsm(ctx: RunContext) -> MethodResult:
+
+@register_method("gsm", config=GSMConfig, kind="unstructured", needs=("train",),
+                 telemetry=Telemetry(keys=("steps", "masked_fraction", "left_active", "passive_shrink_per_step",
+                                           "near_zero_before_cut"),
+                                     engaged=lambda t: t["masked_fraction"] > 0 and t["passive_shrink_per_step"] > 0,
+                                     what="momentum updates of the passive weights masked so that only weight "
+                                          "decay moved them",
+                                     knob="raise options.weight_decay (passive weights decay only through it) and "
+                                          "give it steps (prune_epochs)"))
+def run(ctx: RunContext, cfg: GSMConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with GSM (SGD, momentum 0.99), then zero everything outside the top Q."""
     from ..train import fit
 
-    opts = method_options("gsm", ctx.options)
-    sparsity = target_sparsity(ctx.target, "gsm")
-    if ctx.train_data is None:
-        raise ConfigError("gsm trains while it prunes and needs train_data (an iterable of (inputs, targets))")
-    cfg = train_config(ctx, max(1, ctx.prune_epochs), optimizer="sgd", nesterov=False, momentum=opts["momentum"],
-                       weight_decay=opts["weight_decay"], **({"lr": opts["lr"]} if opts["lr"] is not None else {}))
-    cb = GSM(sparsity, ignore=ctx.ignore, exempt=tuple(opts["exempt"]))
-    fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
-    return MethodResult(ctx.model, callbacks=[], info={"sparsity": sparsity, "keep": cb.keep,
-                                                       "near_zero_before_cut": cb.near_zero})
+    train = train_config(ctx, max(1, ctx.prune_epochs), optimizer="sgd", nesterov=False, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay, **({"lr": cfg.lr} if cfg.lr is not None else {}))
+    cb = GSM(ctx.target_value, ignore=ctx.ignore, exempt=cfg.exempt)
+    fit(ctx.model, ctx.train_data, train, callbacks=[cb])
+    telemetry = {"steps": len(cb.active_changes) + (cb._active is not None),
+                 "masked_fraction": cb.masked / max(cb.updates, 1),
+                 "left_active": sum(int(v.sum()) for v in cb.left.values()),
+                 "passive_shrink_per_step": train.lr * cfg.weight_decay / (1 - cfg.momentum),
+                 "near_zero_before_cut": cb.near_zero}
+    return MethodResult(ctx.model, info={"sparsity": ctx.target_value, "keep": cb.keep,
+                                         "near_zero_before_cut": cb.near_zero}, telemetry=telemetry)

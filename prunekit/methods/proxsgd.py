@@ -17,6 +17,8 @@ point was zero are set exactly to zero (the "snap") and masked, which is the pru
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,11 +27,12 @@ from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights, select_masks, get_pattern, view2d
 from ..train.callbacks import Callback, TrainState
 from ..masks.workflows import method_options, target_sparsity, train_config
-from ._registry import MethodResult, RunContext, register_method
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ProxSGD", "UseProxSGD", "prox_l1", "prox_group", "run_proxsgd"]
+__all__ = ["ProxSGD", "UseProxSGD", "prox_l1", "prox_group", "ProxSGDConfig", "run"]
 
 REGULARIZERS = ("l1", "group", "none")
 
@@ -205,35 +208,48 @@ class UseProxSGD(Callback):
             install_masks_(state.model, self.kept, mode="hard")
 
 
+@dataclass(frozen=True)
+class ProxSGDConfig(MethodConfig):
+    lr: float = option(0.06, gt=0)  # epsilon_0 (reference optimiser, ProxSGD_optimizer.py)
+    mu: float = option(1e-4, ge=0)  # L1 weight (reference optimiser)
+    regularizer: Literal["l1", "group", "none"] = "l1"  # l1 (sec. 4.1); group lasso over rows (sec. 4.2)
+    box: tuple[float, float] | None = None  # (low, high) constraint, e.g. (-1, 1) (sec. 4.3); None = unconstrained
+    rho: float = option(0.9, gt=0, le=1)  # momentum weight rho_0 (reference optimiser)
+    eps_decay: float = option(0.5, ge=0)  # epsilon_t = epsilon_0 / (t + 4) ** eps_decay (reference optimiser)
+    rho_decay: float = option(0.5, ge=0)  # rho_t = rho_0 / (t + 4) ** rho_decay (reference optimiser)
+    beta: float = option(0.999, ge=0, lt=1)  # running mean of squared gradients (reference optimiser)
+    delta: float = option(1e-7, gt=0)  # added to the curvature tau (reference optimiser)
+    top_up: bool = True  # ours: prune the smallest survivors globally when the proximal zeros are short (reported apart)
+    exempt: tuple[str, ...] = ()  # ours: ("first",) / ("last",) keep those layers dense
 
-@register_method("proxsgd", kind="unstructured", needs_data=True, defaults={
-    "lr": 0.06,  # epsilon_0 (reference optimiser)
-    "mu": 1e-4,  # L1 weight (reference optimiser)
-    "regularizer": "l1",  # "l1" | "group" (rows of the 2-D view: neurons / filters)
-    "box": None,  # (low, high) constraint, e.g. (-1, 1); None = unconstrained
-    "rho": 0.9, "eps_decay": 0.5, "rho_decay": 0.5, "beta": 0.999, "delta": 1e-7,
-    "top_up": True,  # when the emergent sparsity is below the target, prune the smallest survivors globally
-    "exempt": (),
-})
-def run_proxsgd(ctx: RunContext) -> MethodResult:
+    def __post_init__(self):
+        if self.box is not None and not (len(self.box) == 2 and self.box[0] < self.box[1]):
+            raise ValueError(f"options['box']={list(self.box)!r} must be (low, high) with low < high, e.g. (-1.0, 1.0)")
+
+
+@register_method("proxsgd", config=ProxSGDConfig, kind="unstructured", needs=("train",),
+                 telemetry=Telemetry(keys=("prox_zeros", "prox_zero_fraction", "emergent_sparsity", "topped_up"),
+                                     engaged=lambda t: t["prox_zeros"] > 0,
+                                     what="the proximal step set weights exactly to zero",
+                                     knob="raise options.mu (the L1 weight of the proximal step) or prune_epochs"))
+def run(ctx: RunContext, cfg: ProxSGDConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with ProxSGD, snap its zeros, then (``top_up``) reach the target exactly."""
     from ..train import fit
 
-    opts = method_options("proxsgd", ctx.options)
-    sparsity = target_sparsity(ctx.target, "proxsgd")
-    if ctx.train_data is None:
-        raise ConfigError("proxsgd trains the sparsity in and needs train_data (an iterable of (inputs, targets))")
-    cfg = train_config(ctx, max(1, ctx.prune_epochs))
-    kwargs = {k: opts[k] for k in ("lr", "mu", "regularizer", "box", "rho", "eps_decay", "rho_decay", "beta",
-                                   "delta")}
-    cb = UseProxSGD(ignore=ctx.ignore, exempt=tuple(opts["exempt"]), **kwargs)
-    fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
-    numel = sum(m.numel() for m in cb.kept.values())
-    emergent = 1 - sum(int(m.sum()) for m in cb.kept.values()) / max(numel, 1)
+    train = train_config(ctx, max(1, ctx.prune_epochs))
+    cb = UseProxSGD(ignore=ctx.ignore, exempt=cfg.exempt, lr=cfg.lr, mu=cfg.mu, regularizer=cfg.regularizer,
+                    box=cfg.box, rho=cfg.rho, eps_decay=cfg.eps_decay, rho_decay=cfg.rho_decay, beta=cfg.beta,
+                    delta=cfg.delta)
+    fit(ctx.model, ctx.train_data, train, callbacks=[cb])
+    numel = sum(p.numel() for p in cb._weights.values())
+    prox_zeros = sum(int((~m).sum()) for m in cb.kept.values())
+    emergent = prox_zeros / max(numel, 1)
     final = emergent
-    if opts["top_up"] and emergent < sparsity and cb.kept:
+    if cfg.top_up and emergent < ctx.target_value:
         scores = {k: p.detach().abs() for k, p in cb._weights.items()}
-        masks = select_masks(scores, get_pattern("element"), global_sparsity=sparsity)
+        masks = select_masks(scores, get_pattern("element"), global_sparsity=ctx.target_value)
         install_masks_(ctx.model, masks, mode="hard")
         final = 1 - sum(int(m.sum()) for m in masks.values()) / numel
-    return MethodResult(ctx.model, callbacks=[], info={"emergent_sparsity": emergent, "sparsity": final})
+    telemetry = {"prox_zeros": prox_zeros, "prox_zero_fraction": emergent, "emergent_sparsity": emergent,
+                 "topped_up": final - emergent}
+    return MethodResult(ctx.model, info={"emergent_sparsity": emergent, "sparsity": final}, telemetry=telemetry)

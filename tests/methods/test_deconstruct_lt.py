@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
 from prunekit.methods.deconstruct_lt import (Supermask, attach_supermasks, detach_supermasks, lt_mask_scores,
@@ -75,10 +75,51 @@ def test_attach_detach_supermasks_trains_only_scores_and_restores_the_model():
 def test_method_validates_up_front_and_leaves_the_model_unchanged():
     m = nn.Linear(4, 2)
     before = m.weight.detach().clone()
-    with pytest.raises(ConfigError, match=r"variant='lottery'.*rewind='zero'"):
+    with pytest.raises(ConfigError, match=r"variant'\]='lottery'.*rewind'\]='zero'"):
         get_method("deconstruct-lt").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5",
                                                     train_data=[1], options={"variant": "lottery", "rewind": "zero"}))
     assert torch.equal(m.weight, before) and not get_masks(m)
+
+
+def test_criterion_choices_are_the_mask_criteria():
+    from typing import get_args
+
+    from prunekit.methods.deconstruct_lt import MASK_CRITERIA, Criterion
+
+    assert set(get_args(Criterion)) == set(MASK_CRITERIA)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    data = [(torch.randn(16, 6), torch.randint(0, 3, (16,))) for _ in range(4)]
+    return m, data
+
+
+def test_default_criterion_picks_a_mask_that_differs_from_magnitude():
+    m, data = _tiny()
+    res = get_method("deconstruct-lt").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5",
+                                                      train_data=data, train_config=pk.TrainConfig(progress=False)))
+    t = res.telemetry
+    assert res.engaged is True and t["criterion"] == "magnitude_increase"
+    assert 0 < t["differs_from_magnitude"] <= 1 and sum(int((~v).sum()) for v in get_masks(m).values()) == 72
+
+
+def test_the_large_final_ticket_is_plain_magnitude_and_warns():
+    m, data = _tiny()
+    with pytest.warns(MechanismWarning, match="other than 'large_final'"):
+        res = get_method("deconstruct-lt").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5",
+                                                          train_data=data, options={"criterion": "large_final"},
+                                                          train_config=pk.TrainConfig(progress=False)))
+    assert res.engaged is False and res.telemetry == {"criterion": "large_final", "differs_from_magnitude": 0.0}
+
+
+def test_learned_supermask_telemetry_compares_with_the_magnitude_of_the_frozen_weights():
+    m, data = _tiny()
+    res = get_method("deconstruct-lt").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5",
+                                                      train_data=data, options={"variant": "learned_supermask"},
+                                                      train_config=pk.TrainConfig(progress=False)))
+    assert res.telemetry["criterion"] == "learned_supermask:bernoulli" and res.engaged is True
 
 
 @pytest.mark.slow
@@ -113,6 +154,6 @@ def test_small_scale_criteria_supermask_and_learned_supermask():
     torch.manual_seed(0)
     m = pk.models.create("lenet300")
     spec.run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", train_data=b.train, train_config=cfg,
-                        prune_epochs=2, options={"variant": "learned_supermask"}))
+                        prune_epochs=2, options={"variant": "learned_supermask", "supermask_mode": "topk"}))
     acc["learned"] = pk.evaluate(m, b.test)["accuracy"]
     assert acc["learned"] >= 0.60, acc

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks, mask_modes
 from prunekit.methods import RunContext, get_method
 from prunekit.methods.dpf import DPF, dpf_masks
@@ -55,11 +55,42 @@ def test_bad_frequency_and_target_are_config_errors():
     with pytest.raises(ConfigError, match="frequency=0"):
         DPF(lambda s: 0.5, frequency=0)
     m = nn.Linear(3, 2)
-    with pytest.raises(ConfigError, match="needs train_data"):
+    with pytest.raises(ConfigError, match="needs train data but train_data=None"):
         get_method("dpf").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5"))
     with pytest.raises(ConfigError, match="ramp_fraction"):
         get_method("dpf").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", train_data=[1],
                                          options={"ramp_fraction": 0}))
+    data = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))] * 2
+    with pytest.raises(ConfigError, match="frequency=16.*needs 16 steps but training has 2"):
+        get_method("dpf").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", train_data=data))
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    data = [(torch.randn(16, 10), torch.randint(0, 4, (16,))) for _ in range(8)]
+    return model, data
+
+
+def test_telemetry_at_the_defaults_shows_weights_coming_back():
+    model, data = _tiny()
+    res = get_method("dpf").run(RunContext(model=model, example_inputs=None, target="sparsity=0.8", train_data=data,
+                                           prune_epochs=6, train_config=pk.TrainConfig(lr=0.1, progress=False)))
+    t = res.telemetry
+    assert res.engaged is True and not res.warnings
+    assert t["refreshes"] == 1 + 48 // 16 and t["revived"] > 0 and t["flips"] >= t["revived"]
+    assert res.info["sparsity"] == pytest.approx(round(0.8 * 448) / 448)
+
+
+def test_a_single_refresh_at_the_end_is_one_shot_pruning_and_warns():
+    model, data = _tiny()
+    with pytest.warns(MechanismWarning, match="lower options.frequency"):
+        res = get_method("dpf").run(RunContext(model=model, example_inputs=None, target="sparsity=0.8",
+                                               train_data=data, options={"frequency": 8, "ramp_fraction": 1.0},
+                                               train_config=pk.TrainConfig(lr=0.1, progress=False)))
+    # refreshes at step 0 (sparsity 0: nothing pruned, nothing can come back) and step 8 (the full target)
+    assert res.engaged is False and res.telemetry["refreshes"] == 2 and res.telemetry["revived"] == 0
+    assert res.info["sparsity"] == pytest.approx(round(0.8 * 448) / 448)
 
 
 @pytest.mark.slow

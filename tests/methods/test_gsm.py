@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
 from prunekit.methods.gsm import GSM, gsm_active_masks
@@ -41,6 +41,33 @@ def test_passive_weights_only_decay_and_the_end_cut_is_exact():
     cb.on_train_end(state)
     assert get_masks(lin)["weight"].tolist() == [[True, True, False, False]]
     assert lin.weight[0, 2] == 0 and lin.weight[0, 3] == 0
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(6)]
+    return model, data
+
+
+def test_telemetry_shows_masked_updates_and_weights_leaving_the_active_set():
+    model, data = _tiny()
+    res = get_method("gsm").run(RunContext(model=model, example_inputs=None, target="sparsity=0.75", train_data=data,
+                                           prune_epochs=2, train_config=pk.TrainConfig(lr=0.01, progress=False)))
+    t = res.telemetry
+    assert res.engaged is True and t["steps"] == 12
+    assert t["masked_fraction"] == pytest.approx(1 - round(0.25 * 176) / 176)  # Q = 44 of 176 active every step
+    assert 0 < t["left_active"] <= 176 and t["passive_shrink_per_step"] == pytest.approx(0.01 * 5e-4 / 0.01)
+    assert int((model[0].weight == 0).sum() + (model[2].weight == 0).sum()) == 132
+
+
+def test_without_weight_decay_passive_weights_only_freeze_and_the_run_warns():
+    model, data = _tiny()
+    with pytest.warns(MechanismWarning, match="raise options.weight_decay"):
+        res = get_method("gsm").run(RunContext(model=model, example_inputs=None, target="sparsity=0.75",
+                                               train_data=data, options={"weight_decay": 0.0},
+                                               train_config=pk.TrainConfig(lr=0.01, progress=False)))
+    assert res.engaged is False and res.telemetry["passive_shrink_per_step"] == 0.0
 
 
 def test_bad_sparsity_and_target():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
 from prunekit.methods.proxsgd import ProxSGD, UseProxSGD, prox_group, prox_l1
@@ -56,6 +56,41 @@ def test_bad_arguments_name_the_argument_and_the_fix():
         UseProxSGD(box=(1, -1))
     with pytest.raises(ConfigError, match="mu=-1"):
         ProxSGD([nn.Parameter(torch.zeros(1))], mu=-1)
+    m = nn.Linear(3, 2)
+    before = m.weight.detach().clone()
+    for options, match in (({"box": [1, -1]}, r"options\['box'\]=\[1.0, -1.0\] must be \(low, high\) with low < high"),
+                           ({"regularizer": "l11"}, r"options\['regularizer'\]='l11'.*did you mean 'l1'")):
+        with pytest.raises(ConfigError, match=match):
+            get_method("proxsgd").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5",
+                                                 train_data=[1], options=options))
+    assert torch.equal(m.weight, before) and not get_masks(m)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(4)]
+    return model, data
+
+
+def test_telemetry_counts_the_exact_zeros_of_the_proximal_step():
+    model, data = _tiny()
+    res = get_method("proxsgd").run(RunContext(model=model, example_inputs=None, target="sparsity=0.5",
+                                               train_data=data, train_config=pk.TrainConfig(progress=False)))
+    t = res.telemetry
+    assert res.engaged is True and t["prox_zeros"] > 0
+    assert t["prox_zero_fraction"] == pytest.approx(t["prox_zeros"] / 176)
+    assert t["topped_up"] == pytest.approx(res.info["sparsity"] - t["emergent_sparsity"])
+
+
+def test_without_the_l1_term_no_weight_is_zeroed_and_the_run_warns():
+    model, data = _tiny()
+    with pytest.warns(MechanismWarning, match="raise options.mu"):
+        res = get_method("proxsgd").run(RunContext(model=model, example_inputs=None, target="sparsity=0.5",
+                                                   train_data=data, train_config=pk.TrainConfig(progress=False),
+                                                   options={"mu": 0.0}))
+    assert res.engaged is False and res.telemetry["prox_zeros"] == 0
+    assert res.telemetry["topped_up"] == pytest.approx(res.info["sparsity"]) == pytest.approx(88 / 176)
 
 
 def test_callback_swaps_the_optimizer_in_fit_and_the_method_reaches_the_target():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
 from prunekit.methods.agp import agp_callback
@@ -33,10 +33,28 @@ def test_soft_threshold_value_and_gradients_by_hand():
     w = torch.tensor([0.8, -0.3, -1.5], requires_grad=True)
     out = st(w)
     torch.testing.assert_close(out, torch.tensor([0.3, 0.0, -1.0]))
-    out.sum().backward()
-    torch.testing.assert_close(w.grad, torch.tensor([1.0, 0.0, 1.0]))  # pruned entries get no gradient
-    # d/ds of sum(sign(w) * (|w| - sigmoid(s))) over kept entries: -(+1 - 1) * sigmoid'(0) = 0
-    assert st.s.grad.item() == pytest.approx(0.0)
+    # L = 1*out0 + 2*out1 + 3*out2. dL/dw = c on kept entries, 0 on the pruned one.
+    # dL/ds = sum over kept of c_i * d(sign(w_i)(|w_i| - sigmoid(s)))/ds = sum c_i * (-sign(w_i)) * sigmoid'(s)
+    #       = (1 * -1 + 3 * +1) * sigmoid'(0) = 2 * 0.25 = 0.5
+    (out * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    torch.testing.assert_close(w.grad, torch.tensor([1.0, 0.0, 3.0]))
+    assert st.s.grad.item() == pytest.approx(0.5)
+
+
+def test_threshold_gradient_through_a_layer_matches_the_analytic_value():
+    lin = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.9, -0.6]]))
+    attach_str_(lin, s_init=-1.0)  # threshold sigmoid(-1) = 0.26894
+    st = lin.parametrizations.weight[0]
+    x = torch.tensor([[2.0, 1.0]])
+    loss = (lin(x) - 1.0).pow(2).sum()
+    loss.backward()
+    t = 1 / (1 + 2.718281828459045)
+    y = 2.0 * (0.9 - t) + 1.0 * -(0.6 - t)  # W~ = [0.9 - t, -(0.6 - t)]
+    # dL/dW~_i = 2 (y - 1) x_i; dW~_i/ds = -sign(W_i) sigmoid'(s) with sigmoid'(-1) = t (1 - t)
+    expected = 2 * (y - 1) * (2.0 * -1 + 1.0 * 1) * t * (1 - t)
+    assert expected != 0 and st.s.grad.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_attach_detach_keeps_parameter_names_and_bakes_zeros():
@@ -58,12 +76,53 @@ def test_controller_and_bad_arguments():
         STRCallback(0.5, ramp_steps=0)
 
 
+def test_the_steering_ramp_is_the_shared_cubic_ramp(monkeypatch):
+    import prunekit.methods.str_ as str_mod
+    from prunekit.schedules import agp_cubic
+
+    calls = []
+    monkeypatch.setattr(str_mod, "agp_cubic", lambda step, **kw: calls.append((step, kw)) or agp_cubic(step, **kw))
+    assert STRCallback(0.8, ramp_steps=10).scheduled(5) == pytest.approx(0.7)
+    assert calls == [(5, {"final": 0.8, "start": 0, "n": 10, "frequency": 1})]
+
+
+def _tiny():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(8)]
+    return m, data
+
+
+def test_plain_str_is_the_default_and_its_telemetry_separates_learned_from_topped_up():
+    m, data = _tiny()
+    assert get_method("str").defaults["steer"] is False  # the paper's emergent sparsity, no steering
+    res = get_method("str").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", train_data=data,
+                                           train_config=pk.TrainConfig(lr=0.1, progress=False), prune_epochs=2))
+    t = res.telemetry
+    assert res.engaged is True and t["steered"] is False
+    assert t["threshold_rise"] > 0 and 0 < t["learned_sparsity"] < 0.5  # the thresholds alone fall short here
+    assert t["topped_up"] == pytest.approx(res.info["sparsity"] - t["learned_sparsity"]) and t["topped_up"] > 0
+    assert set(t["thresholds"]) == {"0.weight", "2.weight"}
+
+
+def test_thresholds_that_cannot_move_warn_and_leave_everything_to_the_top_up():
+    m, data = _tiny()
+    with pytest.warns(MechanismWarning, match="raise options.s_init"):
+        res = get_method("str").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", train_data=data,
+                                               train_config=pk.TrainConfig(lr=0.1, weight_decay=0.0, progress=False),
+                                               options={"s_init": -1e4}))  # sigmoid(-1e4) = 0: no gradient on s
+    assert res.engaged is False and res.telemetry["learned_sparsity"] == 0.0
+    assert res.telemetry["topped_up"] == pytest.approx(res.info["sparsity"]) and res.info["sparsity"] >= 0.5
+
+
 def test_method_reaches_at_least_the_target_and_restores_names():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
     data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(8)]
     res = get_method("str").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", train_data=data,
-                                           train_config=pk.TrainConfig(lr=0.1, progress=False), prune_epochs=2))
+                                           train_config=pk.TrainConfig(lr=0.1, progress=False), prune_epochs=2,
+                                           options={"steer": True}))
+    assert res.telemetry["steered"] is True
     assert list(m.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     pruned = sum(int((~v).sum()) for v in get_masks(m).values())
     assert pruned >= round(0.5 * 352) and res.info["sparsity"] == pytest.approx(pruned / 352)
