@@ -95,14 +95,14 @@ def test_a_single_refresh_at_the_end_is_one_shot_pruning_and_warns():
 
 @pytest.mark.slow
 @needs_fashion
-def test_small_scale_dpf_beats_gradual_pruning_without_feedback():
+def test_small_scale_dpf_trails_gradual_pruning_at_five_epochs_but_revives_weights_and_beats_one_shot():
     """Entry check, scaled: LeNet-300-100 on 6k Fashion-MNIST images, 5 epochs, 95% global sparsity with
     a cubic ramp over the first 3 epochs, refresh every 16 steps; baseline: the same AGP ramp with hard
-    masks (no feedback). Mean test accuracy over 3 seeds.
-    The entry asks for DPF >= GMP + 0.5 pt; at this budget it does not hold. Calibration run (seeds 0-2):
-    DPF 0.751/0.7725/0.772 (mean 76.5%), GMP 0.8055/0.797/0.8105 (mean 80.4%); one seed with 10 epochs
-    (5 of ramp): DPF 82.1% vs GMP 83.75%. Thresholds: DPF >= GMP - 5 pt (a bound on what feedback costs
-    at a short budget) and DPF >= the dense net cut to 95% without retraining (72.6%) + 2 pt."""
+    masks (no feedback). Mean test accuracy over 3 seeds. The entry's claim (DPF >= GMP + 0.5 pt) does not
+    hold at this budget: DPF trails GMP (figures and command: the DPF row of docs/methods-weight-2.md, from
+    `python benchmarks/weight2_checks.py --only dpf`). The test asserts what is true: feedback revives weights
+    after the ramp, DPF ends >= 1 pt below GMP, and >= 2 pt above the dense net cut to 95% without
+    retraining. It fails, and the doc must be revised, the day DPF catches up with GMP here."""
     torch.set_num_threads(1)
     b = pk.data.load("fashion-mnist", batch_size=128, subset=(6000, 2000), val_fraction=0.0, augment=False)
     n = (3 * len(b.train)) // 16
@@ -114,19 +114,19 @@ def test_small_scale_dpf_beats_gradual_pruning_without_feedback():
         m = pk.models.create("lenet300")
         res = get_method("dpf").run(RunContext(model=m, example_inputs=None, target="sparsity=0.95",
                                                train_data=b.train, train_config=cfg, prune_epochs=5, seed=seed))
-        assert abs(res.info["sparsity"] - 0.95) <= 0.001
+        assert abs(res.info["sparsity"] - 0.95) <= 0.001 and res.engaged is True
         acc["dpf"].append(pk.evaluate(m, b.test)["accuracy"])
         torch.manual_seed(seed)
         g = pk.models.create("lenet300")
         sched = partial(agp_cubic, final=0.95, start=0, n=n, frequency=16)
         pk.fit(g, b.train, cfg, callbacks=[GradualPruning(sched, global_=True)])
         acc["gmp"].append(pk.evaluate(g, b.test)["accuracy"])
-        late_revived.append(res.info["revived_after_ramp"])  # feedback re-activates weights after the ramp
+        late_revived.append(res.telemetry["revived_after_ramp"])  # feedback re-activates weights after the ramp
     dpf, gmp = sum(acc["dpf"]) / 3, sum(acc["gmp"]) / 3
     assert min(late_revived) > 0, late_revived
-    assert dpf >= gmp - 0.05, acc
+    assert dpf <= gmp - 0.01, acc
     torch.manual_seed(0)
     d = pk.models.create("lenet300")
     pk.fit(d, b.train, pk.TrainConfig(epochs=5, lr=0.05, seed=0, progress=False))
     pk.sparsify_(d, sparsity=0.95, global_=True)
-    assert dpf >= pk.evaluate(d, b.test)["accuracy"] + 0.02, acc  # calibration: 72.6% one-shot, +3.9 pt
+    assert dpf >= pk.evaluate(d, b.test)["accuracy"] + 0.02, acc
