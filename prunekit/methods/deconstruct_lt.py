@@ -24,7 +24,7 @@ from torch import nn
 from .._registry import unknown_name_message
 from ..errors import ConfigError
 from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
-from ..masks.workflows import method_options, target_sparsity, train_config
+from ..train.rewind import method_options, target_sparsity, train_config
 from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)

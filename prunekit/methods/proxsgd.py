@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights, select_masks, get_pattern, view2d
 from ..train.callbacks import Callback, TrainState
-from ..masks.workflows import method_options, target_sparsity, train_config
+from ..train.rewind import method_options, target_sparsity, train_config
 from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)

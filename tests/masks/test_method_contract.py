@@ -17,9 +17,9 @@ FAST = {
     "agp": {"frequency": 2},
     "snip": {},
     "snip-ldi": {"ai_iterations": 20},
-    "lth": {"rounds": 2, "rewind_step": 1},
+    "lth": {"rate": 0.5, "output_rate": 0.5, "rewind_step": 1},
     "lr-rewinding": {"rate": 0.5},
-    "one-ticket": {"rounds": 2},
+    "one-ticket": {"rate": 0.5, "rewind_epochs": 0.5},
     "dns": {},
     "deep-compression": {"rounds": 2, "bits_fc": 3},
     "lap": {"rounds": 2},
@@ -98,6 +98,6 @@ def test_method_rejects_a_structured_target_before_touching_the_model(method):
     model = mlp()
     state = copy.deepcopy(model.state_dict())
     ctx = RunContext(model=model, example_inputs=None, target="macs=0.5", train_data=batches(), calib=batches()[:1])
-    with pytest.raises(ConfigError, match=rf"target='macs=0.5': {method} is an unstructured method"):
+    with pytest.raises(ConfigError, match=rf"method '{method}': target='macs=0.5'; this method removes single weights"):
         get_method(method).run(ctx)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()) and not get_masks(model)
