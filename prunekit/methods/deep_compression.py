@@ -303,10 +303,11 @@ def run(ctx: RunContext, cfg: DeepCompressionConfig) -> MethodResult:
 
     The returned callback keeps the weights shared while the caller fine-tunes (centroid training)."""
     dense_bytes = sum(t.numel() * 4 for t in ctx.model.state_dict().values())
-    base = train_config(ctx, cfg.retrain_epochs)
+    base = train_config(ctx, max(1, cfg.retrain_epochs))
     train = base.replace(lr=base.lr * cfg.retrain_lr_factor)
-    history = iterative_prune(ctx.model, ctx.train_data, train, sparsity=ctx.target_value, rounds=cfg.rounds,
-                              threshold="std", retrain_last=True, ignore=tuple(ctx.ignore))
+    history = iterative_prune(ctx.model, ctx.train_data if cfg.retrain_epochs else None, train,  # stage 1
+                              sparsity=ctx.target_value, rounds=cfg.rounds, threshold="std", retrain_last=True,
+                              ignore=tuple(ctx.ignore))
     books = share_weights_(ctx.model, bits_conv=cfg.bits_conv, bits_fc=cfg.bits_fc, fqns=list(get_masks(ctx.model)))
     callback = SharedWeights(books, reduce=cfg.centroid_grad, lr_factor=cfg.centroid_lr_factor,
                              max_step=cfg.centroid_max_step)

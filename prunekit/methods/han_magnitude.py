@@ -52,15 +52,14 @@ def run(ctx: RunContext, cfg: HanMagnitudeConfig) -> MethodResult:
     if cfg.threshold == "std" and cfg.overrides:
         raise ConfigError(f"overrides={cfg.overrides!r} need threshold='uniform' (the std rule sets every layer "
                           f"from one q)")
-    base = train_config(ctx, cfg.retrain_epochs)
+    base = train_config(ctx, max(1, cfg.retrain_epochs))
     train = base.replace(lr=base.lr * cfg.retrain_lr_factor)
-    kw = {"ignore": tuple(ctx.ignore), "exempt": cfg.exempt}
+    data = ctx.train_data if cfg.retrain_epochs else None
+    kw = {"sparsity": ctx.target_value, "rounds": cfg.rounds, "ignore": tuple(ctx.ignore), "exempt": cfg.exempt}
     if cfg.threshold == "std":
-        history = iterative_prune(ctx.model, ctx.train_data, train, sparsity=ctx.target_value, rounds=cfg.rounds,
-                                  threshold="std", **kw)
+        history = iterative_prune(ctx.model, data, train, threshold="std", **kw)
     else:
-        history = iterative_prune(ctx.model, ctx.train_data, train, sparsity=ctx.target_value, rounds=cfg.rounds,
-                                  overrides=dict(cfg.overrides), **kw)
+        history = iterative_prune(ctx.model, data, train, overrides=dict(cfg.overrides), **kw)
     telemetry = {"layer_pruned": history[-1]["layers"], "quality": history[-1].get("quality"),
                  "retrain_rounds": sum(1 for h in history if h["retrain_steps"] > 0)}
     return MethodResult(ctx.model, callbacks=[], info={"rounds": history, "sparsity": history[-1]["sparsity"]},

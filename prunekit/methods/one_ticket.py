@@ -36,8 +36,7 @@ class OneTicketConfig(MethodConfig):
     save_to: str | None = None  # path to write the ticket found (safetensors)
     head: str | None = None  # classifier FQN re-created on transfer (paper sec. 3; None: last prunable layer)
     rate: float = option(0.2, gt=0, lt=1)  # fraction of the survivors pruned per round (paper: 20%, recalled)
-    rewind_epochs: float = option(1.0, ge=0)  # late resetting: rewind to this epoch of the search (paper: late
-    #                                           resetting, point not stated; entry's check: end of epoch 1; 0 = θ₀)
+    rewind_epochs: float = option(1.0, ge=0)  # late resetting (paper sec. 3; point not stated; entry: end of epoch 1)
     source_optimizer: Literal["sgd", "adam", "adamw"] | None = None  # optimizer of the search (None: ctx.train_config's)
     source_lr: float | None = option(None, gt=0)  # its learning rate (None: ctx.train_config's)
     allocation: Literal["global", "uniform"] = "global"  # the paper prunes globally (VGG-19, ResNet-50)
@@ -67,7 +66,7 @@ def transfer_ticket_(model: nn.Module, ticket: Ticket | str, *, head: str | None
     return ticket
 
 
-@register_method("one-ticket", config=OneTicketConfig, kind="unstructured", needs=("train",),
+@register_method("one-ticket", config=OneTicketConfig, kind="unstructured",  # transfer needs no data; the search does
                  telemetry=Telemetry(keys=("transferred", "rounds", "rewinds", "rewound_to", "round_steps"),
                                      engaged=_engaged,
                                      what="late resetting (rewinding to an early step, neither 0 nor the end of a round)",
@@ -79,6 +78,9 @@ def run(ctx: RunContext, cfg: OneTicketConfig) -> MethodResult:
         ticket = transfer_ticket_(ctx.model, cfg.ticket, head=cfg.head)
         telemetry = {"transferred": True, "rounds": 0, "rewinds": 0, "rewound_to": ticket.rewind_step, "round_steps": 0}
         return MethodResult(ctx.model, callbacks=[], telemetry=telemetry, info={"transferred_from": str(cfg.ticket)})
+    if ctx.train_data is None:
+        raise ConfigError("one-ticket's search trains the model and needs train_data (an iterable of (inputs, "
+                          "targets) batches); pass train_data=, or options.ticket=PATH to transfer a saved ticket")
     changes = {k: getattr(cfg, f"source_{k}") for k in ("optimizer", "lr") if getattr(cfg, f"source_{k}") is not None}
     train = train_config(ctx, max(1, ctx.prune_epochs), **changes)
     rewind_step = int(round(cfg.rewind_epochs * len(ctx.train_data)))

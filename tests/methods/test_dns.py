@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.errors import MechanismWarning
 from prunekit.masks import get_masks, mask_modes
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.dns import dns_thresholds, hysteresis_mask
@@ -41,6 +42,21 @@ def test_dns_splices_and_ends_with_frozen_hard_masks():
     assert res.info["splices"] >= 1 and res.info["mask_updates"] > 10
     assert set(mask_modes(model).values()) == {"hard"}
     assert res.info["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert res.engaged is True and res.telemetry["splices"] == res.info["splices"]
+
+
+def test_masks_frozen_from_the_start_splice_nothing_and_warn():
+    load_all()
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30 * 16, 12, generator=g)
+    data = [(x[i:i + 16], (x[i:i + 16, :3].argmax(1))) for i in range(0, len(x), 16)]
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.8", train_data=data, prune_epochs=1,
+                     options={"stop_fraction": 1e-6}, train_config=TrainConfig(epochs=1, lr=0.2, progress=False))
+    with pytest.warns(MechanismWarning, match="raise prune_epochs or options.stop_fraction"):
+        res = get_method("dns").run(ctx)
+    assert res.engaged is False and res.telemetry["splices"] == 0 and res.telemetry["mask_updates"] == 0
 
 
 # --- small-scale check (scaled) ----------------------------------------------------------------------------

@@ -8,39 +8,83 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method, load_all
-from prunekit.methods.han_magnitude import std_scaled_scores, std_threshold_mask
+from prunekit.train import TrainConfig
+from prunekit.train.rewind import std_threshold_mask
 
 
-def test_threshold_rule_q1_prunes_68_percent_of_gaussian_weights():
-    w = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 0.05
-    pruned = 1 - std_threshold_mask(w, 1.0).float().mean().item()
-    assert pruned == pytest.approx(0.6827, abs=0.01)
+def batches(d_in, classes, n=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n * 16, d_in, generator=g)
+    return [(x[i:i + 16], x[i:i + 16, :classes].argmax(1)) for i in range(0, len(x), 16)]
+
+
+def one_round(model, sparsity, d_in, classes):
+    """The method itself, one prune round and no retraining (so the masks are the threshold rule's alone)."""
+    load_all()
+    ctx = RunContext(model=model, example_inputs=None, target=f"sparsity={sparsity}", train_data=batches(d_in, classes),
+                     options={"rounds": 1}, train_config=TrainConfig(epochs=1, lr=0.01, progress=False))
+    with pytest.warns(MechanismWarning, match="raise options.rounds"):  # one round: no retraining
+        return get_method("han-magnitude").run(ctx)
+
+
+def test_the_method_prunes_below_quality_times_std_and_q1_removes_68_percent_of_gaussian_weights():
+    model = nn.Sequential(nn.Linear(500, 400, bias=False))
+    with torch.no_grad():
+        model[0].weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    w = model[0].weight.detach().clone()
+    res = one_round(model, 0.6827, 500, 4)
+    q = res.telemetry["quality"]
+    assert q == pytest.approx(1.0, abs=0.01)  # the paper's rule: q = 1 prunes the 68.27% within one sigma
+    m = get_masks(model)["0.weight"]
+    assert torch.equal(m, w.abs() >= q * w.std())  # the mask is exactly |w| >= q * std(layer)
+    assert res.telemetry["layer_pruned"]["0.weight"] == pytest.approx(0.6827, abs=1e-4)
     with pytest.raises(ConfigError, match="quality=-1"):
         std_threshold_mask(w, -1)
 
 
-def test_std_scores_give_wide_layers_larger_cuts():
+def test_one_quality_parameter_sets_each_layers_threshold_from_its_own_std():
     model = nn.Sequential(nn.Linear(50, 50, bias=False), nn.Linear(50, 50, bias=False))
     with torch.no_grad():
         model[0].weight.normal_(0, 1.0)
         model[1].weight.normal_(0, 0.1)
-    s = std_scaled_scores(model)
-    # scaled by sigma, both layers rank alike: a shared q prunes about the same fraction of each
-    load_all()
-    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.5", options={"rounds": 1})
-    get_method("han-magnitude").run(ctx)
-    fr = {k: 1 - m.float().mean().item() for k, m in get_masks(model).items()}
+    w = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    res = one_round(model, 0.5, 50, 4)
+    q = res.telemetry["quality"]
+    for k, m in get_masks(model).items():
+        assert torch.equal(m, w[k].abs() >= q * w[k].std())
+    # scaled by sigma both layers rank alike (a global magnitude cut would empty the narrow layer)
+    fr = res.telemetry["layer_pruned"]
     assert fr["0.weight"] == pytest.approx(0.5, abs=0.06) and fr["1.weight"] == pytest.approx(0.5, abs=0.06)
-    assert set(s) == {"0.weight", "1.weight"}
 
 
-def test_rounds_need_training_data():
+def test_rounds_retrain_between_cuts_and_report_it():
     load_all()
-    ctx = RunContext(model=nn.Linear(4, 4), example_inputs=None, target="sparsity=0.5")
-    with pytest.raises(ConfigError, match="needs train_data"):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 3))
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.8", train_data=batches(10, 3),
+                     train_config=TrainConfig(epochs=1, lr=0.05, progress=False))
+    res = get_method("han-magnitude").run(ctx)
+    assert res.engaged is True and res.telemetry["retrain_rounds"] == 2  # 3 rounds, the last left to the caller
+    assert [h["retrain_steps"] for h in res.info["rounds"]] == [4, 4, 0]
+    assert res.info["sparsity"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_no_retraining_warns_and_bad_options_are_refused():
+    load_all()
+    model = nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 3))
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.5", train_data=batches(10, 3),
+                     options={"retrain_epochs": 0}, train_config=TrainConfig(epochs=1, lr=0.05, progress=False))
+    with pytest.warns(MechanismWarning, match="raise options.rounds"):
+        res = get_method("han-magnitude").run(ctx)
+    assert res.engaged is False and res.telemetry["retrain_rounds"] == 0
+    with pytest.raises(ConfigError, match="needs train data"):
+        get_method("han-magnitude").run(RunContext(model=nn.Linear(4, 4), example_inputs=None, target="sparsity=0.5"))
+    ctx = RunContext(model=nn.Linear(4, 4), example_inputs=None, target="sparsity=0.5", train_data=batches(4, 2),
+                     options={"overrides": {"weight": 0.2}})
+    with pytest.raises(ConfigError, match="need threshold='uniform'"):
         get_method("han-magnitude").run(ctx)
 
 
