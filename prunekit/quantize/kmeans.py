@@ -71,11 +71,10 @@ def kmeans(x: torch.Tensor, k: int, *, init: Literal["linear", "kmeans++"] = "km
         sums = torch.zeros_like(c).index_add_(0, assign, v)
         counts = torch.zeros(k).index_add_(0, assign, torch.ones(n))
         new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
-        moved = not torch.allclose(new, c)
+        if torch.allclose(new, c):  # converged: keep the centroids the assignment came from
+            break
         c = new
         assign = _distances(v, c).argmin(1)
-        if not moved:
-            break
     if nonempty:
         for j in range(k):
             if not (assign == j).any():

@@ -88,25 +88,23 @@ def test_no_retraining_warns_and_bad_options_are_refused():
         get_method("han-magnitude").run(ctx)
 
 
-# --- small-scale check (scaled; see the calibration note) -------------------------------------------------
+# --- small-scale check (scaled): what is true at this budget ----------------------------------------------------
 # Protocol: LeNet-300-100, Fashion-MNIST 6,000 training / 2,000 test images (seeded subset, no augmentation),
-# dense 4 epochs (SGD 0.05, cosine); han-magnitude to 92% in 3 rounds with 1 epoch of retraining between
-# rounds + 1 final epoch, vs one-shot 92% + 3 epochs of masked retraining (same total retraining).
-# Calibration run (`pytest -m slow tests/methods/test_han_magnitude.py`, seed 0, first run): dense 82.95%,
-# iterative 79.15%, one-shot 80.00%. At this budget (dense under-trained, 3 retraining epochs) neither the
-# paper's "no loss" nor "iterative beats one-shot" reproduces; the margins guard against regressions only:
-# measured gap to dense 3.8 pp (allowed 5.0), iterative - one-shot = -0.85 pp (allowed -1.5).
-HAN_MARGINS = {"vs_dense": 5.0, "vs_one_shot": 1.5}  # percentage points
+# dense 4 epochs (SGD 0.05, cosine); han-magnitude to 92% in 3 rounds with 1 epoch of retraining between rounds
+# + 1 final epoch, vs one-shot 92% with the same std rule + 3 epochs of masked retraining (same total).
+# `python benchmarks/weight_han_dns_checks.py --seeds 0 1 2`: dense 82.95/83.20/83.85%, iterative
+# 79.35/78.95/78.55%, one-shot 79.80/80.50/81.50%. Neither of the paper's claims reproduces at this budget
+# (under-trained dense model, 3 retraining epochs): the 92% model loses 3.6-5.3 pp, and one-shot is ahead of
+# iterative in every seed (+0.45/+1.55/+2.95 pp). This test asserts those facts for seed 0 (docs/masks.md,
+# "Findings").
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed")
-def test_small_scale_iterative_magnitude_pruning_keeps_dense_accuracy(record_property):
+def test_small_scale_92pct_loses_2_to_6_points_and_iterative_does_not_beat_one_shot(record_property):
     import copy
 
     import prunekit as pk
-    from prunekit.masks import sparsify_
-    from prunekit.methods import RunContext
 
     bundle = pk.data.load("fashion-mnist", batch_size=128, subset=(6000, 2000), augment=False, val_fraction=0)
     torch.manual_seed(0)
@@ -114,20 +112,24 @@ def test_small_scale_iterative_magnitude_pruning_keeps_dense_accuracy(record_pro
     cfg = pk.TrainConfig(epochs=4, lr=0.05, progress=False)
     pk.fit(dense, bundle.train, cfg)
     acc_dense = pk.evaluate(dense, bundle.test)["accuracy"]
-    iterative = copy.deepcopy(dense)
     load_all()
+    iterative = copy.deepcopy(dense)
     ctx = RunContext(model=iterative, example_inputs=None, target="sparsity=0.92", train_data=bundle.train,
                      options={"rounds": 3, "retrain_epochs": 1, "retrain_lr_factor": 0.2}, train_config=cfg)
-    get_method("han-magnitude").run(ctx)
+    res = get_method("han-magnitude").run(ctx)
     pk.fit(iterative, bundle.train, cfg.replace(epochs=1, lr=0.01))
     one_shot = copy.deepcopy(dense)
-    sparsify_(one_shot, sparsity=0.92, global_=True, scores=std_scaled_scores(one_shot))
+    ctx = RunContext(model=one_shot, example_inputs=None, target="sparsity=0.92", train_data=bundle.train,
+                     options={"rounds": 1}, train_config=cfg)
+    with pytest.warns(MechanismWarning):  # one round: no retraining inside the method (the fit below does it)
+        get_method("han-magnitude").run(ctx)
     pk.fit(one_shot, bundle.train, cfg.replace(epochs=3, lr=0.01))
     acc_it = pk.evaluate(iterative, bundle.test)["accuracy"]
     acc_os = pk.evaluate(one_shot, bundle.test)["accuracy"]
     record_property("accuracies", {"dense": acc_dense, "iterative": acc_it, "one_shot": acc_os})
+    assert res.engaged is True and res.telemetry["retrain_rounds"] == 2
     masks = get_masks(iterative)
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.92 * sum(m.numel() for m in masks.values()))
     assert all(int((iterative.get_parameter(k).detach()[~m] != 0).sum()) == 0 for k, m in masks.items())
-    assert acc_it >= acc_dense - HAN_MARGINS["vs_dense"] / 100
-    assert acc_it >= acc_os - HAN_MARGINS["vs_one_shot"] / 100
+    assert 0.02 <= acc_dense - acc_it <= 0.06  # measured 3.6 pp
+    assert acc_it <= acc_os  # measured 79.35% vs 79.80%

@@ -71,7 +71,7 @@ def test_rounds_and_bad_options():
 # LeNet-300-100, Fashion-MNIST 6,000 / 2,000 images (seeded subset, no augmentation); base training T = 6 epochs,
 # SGD 0.1 with a step to 0.01 at epoch 4; global magnitude pruning to 90% in one shot; retraining budget
 # t = 3 epochs: LR rewinding (the method, replaying epochs 3..6: 1 epoch at 0.1, 2 at 0.01) vs fine-tuning
-# (3 epochs at the final 0.01). Seeds 0, 1, 2. Figures: docs/methods-weight-1.md, lr-rewinding.
+# (3 epochs at the final 0.01). Seeds 0, 1, 2. Figures: docs/masks.md, "Findings".
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed")
 def test_small_scale_lr_rewinding_beats_fine_tuning_at_the_same_budget(record_property):
