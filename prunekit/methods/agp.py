@@ -27,8 +27,8 @@ __all__ = ["AGPConfig", "agp_callback", "run"]
 
 @dataclass(frozen=True)
 class AGPConfig(MethodConfig):
-    frequency: int = option(100, ge=1)  # Δt, optimizer steps between pruning events (paper sec. 3: 100-1000 made no difference)
-    ramp: tuple[float, float] = (0.0, 0.6)  # ours: fractions of the pruning run where the cubic ramp starts/ends (t0, t0 + nΔt)
+    frequency: int = option(100, ge=1)  # Δt in optimizer steps (paper sec. 3: 100-1000 alike)
+    ramp: tuple[float, float] = (0.0, 0.6)  # ours: where the ramp starts/ends (t0, t0 + nΔt), fractions of the run
     initial: float = option(0.0, ge=0, lt=1)  # s_i (paper eq. 1: usually 0)
     pattern: str = "element"  # paper: single weights; any registered mask pattern (ours)
     exempt: tuple[str, ...] = ()  # ("first",) / ("last",) keep that layer dense (ours)

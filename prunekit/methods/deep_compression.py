@@ -289,7 +289,7 @@ class DeepCompressionConfig(MethodConfig):
     index_bits_fc: int = option(5, ge=1, le=16)  # fully connected (paper sec. 2: 5)
     centroid_grad: Literal["sum", "mean"] = "sum"  # paper sec. 3.1: a centroid's gradient is the sum; mean is ours
     centroid_lr_factor: float = option(1.0, gt=0)  # ours: centroid step = factor * the optimizer's lr
-    centroid_max_step: float | None = option(0.05, gt=0)  # ours: cap on one step, fraction of the centroid spread (None: no cap)
+    centroid_max_step: float | None = option(0.05, gt=0)  # ours: step cap, fraction of the spread (None: none)
 
 
 @register_method("deep-compression", config=DeepCompressionConfig, kind="unstructured", needs=("train",),

@@ -30,9 +30,9 @@ __all__ = ["DNSConfig", "hysteresis_mask", "dns_thresholds", "run"]
 
 @dataclass(frozen=True)
 class DNSConfig(MethodConfig):
-    gamma: float = option(1e-4, ge=0)  # mask-update probability (1 + gamma * step) ** -power (reference code, README)
+    gamma: float = option(1e-4, ge=0)  # update probability (1 + gamma*step)^-power (reference code)
     power: float = option(1.0, ge=0)  # same formula (reference code: power = 1)
-    stop_fraction: float = option(0.75, gt=0, le=1)  # masks frozen after this fraction of the run (iter_stop; ours: as a fraction)
+    stop_fraction: float = option(0.75, gt=0, le=1)  # masks frozen after this fraction of the run (iter_stop)
     low: float = option(0.9, gt=0, le=1)  # hysteresis: cut kept weights at |w| <= low * t (reference code CCMaskCalc: 0.9)
     high: float = option(1.1, ge=1)  # splice pruned weights at |w| > high * t (reference code: 1.1)
     exact: bool = True  # ours: after the dynamic phase move the mask to exactly the target (fewest changes)

@@ -29,7 +29,7 @@ class HanMagnitudeConfig(MethodConfig):
     rounds: int = option(3, ge=1)  # prune -> retrain cycles (paper sec. 3.3: iterative; AlexNet used several)
     retrain_epochs: int = option(1, ge=0)  # masked retraining between rounds (ours: budget; caller fine-tunes after)
     retrain_lr_factor: float = option(0.1, gt=0, le=1)  # paper sec. 3.3: retrain at 1/10 .. 1/100 of the original lr
-    threshold: Literal["std", "uniform"] = "std"  # paper sec. 3: |w| < q * std(layer); "uniform": same sparsity per layer (ours)
+    threshold: Literal["std", "uniform"] = "std"  # paper sec. 3: |w| < q*std(layer); uniform: ours
     overrides: dict = field(default_factory=dict)  # {layer fqn: sparsity} for single layers (ours; uniform only)
     exempt: tuple[str, ...] = ()  # ("first",) / ("last",) keep that layer dense (ours)
 

@@ -30,7 +30,7 @@ class LRRewindingConfig(MethodConfig):
     rate: float = option(0.2, gt=0, lt=1)  # fraction of the surviving weights removed per round (paper sec. 5: 20%)
     one_shot: bool = False  # True: prune to the target at once, then retrain once (paper's one-shot variant)
     retrain_epochs: int | None = option(None, ge=1)  # t, epochs of each retraining (None: ctx.prune_epochs)
-    original_epochs: int | None = option(None, ge=1)  # T, length of the schedule replayed (None: = t, the paper's t = T recipe)
+    original_epochs: int | None = option(None, ge=1)  # T, schedule replayed (None: t = T, the paper's recipe)
 
 
 def _engaged(t: dict) -> bool:

@@ -31,12 +31,12 @@ __all__ = ["LTHConfig", "run"]
 
 @dataclass(frozen=True)
 class LTHConfig(MethodConfig):
-    rate: float = option(0.2, gt=0, lt=1)  # fraction of a fully connected layer's survivors pruned per round (paper Fig. 2: 20%; global: 20%)
+    rate: float = option(0.2, gt=0, lt=1)  # per round, of a fully connected layer's survivors (paper Fig. 2: 20%; global too)
     conv_rate: float = option(0.1, gt=0, lt=1)  # convolutions (paper Fig. 2: Conv-2/4 10%, Conv-6 15%)
     output_rate: float = option(0.1, gt=0, lt=1)  # the output layer (paper Fig. 2, mnist_fc constants: 10%)
     round_epochs: int | None = option(None, ge=1)  # ours: epochs per round (None: ctx.prune_epochs)
     rewind_step: int = option(0, ge=0)  # optimizer step rewound to (paper: 0 = θ₀; > 0 = late resetting)
-    allocation: Literal["uniform", "global"] = "uniform"  # per-layer rates (LeNet, Conv-2/4/6) or global (VGG-19, ResNet-18)
+    allocation: Literal["uniform", "global"] = "uniform"  # per-layer rates (LeNet, Conv-2/4/6); global (VGG, ResNet)
     exempt: tuple[str, ...] = ()  # ("first",) / ("last",) keep that layer dense (ours)
     reinit: bool = False  # the paper's control: same mask, fresh random weights
 
