@@ -68,7 +68,7 @@ def random_ticket_(model, ticket, head, seed):
 def run_one(seed, sparsity, args, bundle):
     import prunekit as pk
     from prunekit.masks import get_masks
-    from prunekit.masks.workflows import find_ticket
+    from prunekit.train.rewind import find_ticket
     from prunekit.methods.one_ticket import classifier_fqn, transfer_ticket_
 
     src_train, _ = split(bundle, [0, 1, 2, 3, 4])

@@ -26,7 +26,7 @@ import torch
 def main():
     import prunekit as pk
     from prunekit.masks import sparsify_
-    from prunekit.masks.workflows import find_ticket, reinit_
+    from prunekit.train.rewind import find_ticket, reinit_
     from prunekit.methods import RunContext, get_method, load_all
 
     ap = argparse.ArgumentParser()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..quantize import kmeans
 
 log = logging.getLogger(__name__)
 
@@ -80,35 +81,9 @@ def centripetal_gradient(weight: torch.Tensor, grad: torch.Tensor, avg: torch.Te
 
 
 def kmeans_clusters(weight: torch.Tensor, k: int, *, iters: int = 30, seed: int = 0) -> list[list[int]]:
-    """Cluster the filters (dim 0 of ``weight``) into exactly ``k`` non-empty clusters with k-means (k-means++)."""
-    x = weight.detach().reshape(weight.shape[0], -1).float().cpu()  # [n_filters, rest]; clustered on the CPU
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ConfigError(f"k={k} clusters for {n} filters; choose 1 <= k <= {n}")
-    gen = torch.Generator().manual_seed(seed)
-    centers = [x[torch.randint(n, (1,), generator=gen)].squeeze(0)]
-    for _ in range(1, k):  # k-means++ seeding
-        d = torch.cdist(x, torch.stack(centers)).min(dim=1).values ** 2
-        if float(d.sum()) <= 0:
-            centers.append(x[len(centers)])
-            continue
-        centers.append(x[torch.multinomial(d / d.sum(), 1, generator=gen)].squeeze(0))
-    c = torch.stack(centers)
-    assign = torch.cdist(x, c).argmin(dim=1)
-    for _ in range(iters):
-        for j in range(k):
-            members = assign == j
-            if members.any():
-                c[j] = x[members].mean(dim=0)
-        assign = torch.cdist(x, c).argmin(dim=1)
-    # repair empty clusters: move the farthest point of the largest cluster into each empty one
-    for j in range(k):
-        if not (assign == j).any():
-            counts = torch.bincount(assign, minlength=k)
-            big = int(counts.argmax())
-            members = (assign == big).nonzero().flatten()
-            far = members[torch.cdist(x[members], c[big : big + 1]).flatten().argmax()]
-            assign[far] = j
+    """Cluster the filters (dim 0 of ``weight``) into exactly ``k`` non-empty clusters (the one k-means,
+    :func:`prunekit.quantize.kmeans`, k-means++ seeding)."""
+    _, assign = kmeans(weight.reshape(weight.shape[0], -1), k, init="kmeans++", iters=iters, seed=seed, nonempty=True)
     return [sorted((assign == j).nonzero().flatten().tolist()) for j in range(k)]
 
 

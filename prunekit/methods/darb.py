@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from ..masks import Pattern, install_masks_, prunable_weights, register_pattern, view2d
-from ..masks.workflows import method_options, target_sparsity
+from ..train.rewind import method_options, target_sparsity
 from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from torch import nn
 from .._registry import unknown_name_message
 from ..errors import ConfigError
 from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
-from ..masks.workflows import method_options, target_sparsity, train_config
+from ..train.rewind import train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 

@@ -19,6 +19,7 @@ import heapq
 import json
 import struct
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,38 +27,14 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import get_masks, prunable_weights
-from ..masks.workflows import iterative_prune, method_options, target_sparsity, train_config
+from ..quantize import kmeans
+from ..train import fit
 from ..train.callbacks import Callback
-from ._registry import MethodResult, RunContext, register_method
-from .han_magnitude import std_scaled_scores
+from ..train.rewind import iterative_prune, train_config
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["kmeans_1d", "SharedWeights", "share_weights_", "huffman_lengths", "encode", "decode", "run_deep_compression"]
-
-
-def kmeans_1d(values: torch.Tensor, k: int, *, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on a 1-D tensor with linear initialisation between min and max.
-
-    Returns ``(centroids [k], assignment [n])``; an empty cluster keeps its previous centroid.
-
-    Example:
-        >>> c, a = kmeans_1d(torch.tensor([0.0, 0.1, 0.9, 1.0]), 2)
-        >>> [round(v, 2) for v in c.tolist()], a.tolist()
-        ([0.05, 0.95], [0, 0, 1, 1])
-    """
-    if values.numel() == 0:
-        return torch.zeros(k), torch.zeros(0, dtype=torch.long)
-    v = values.detach().float().flatten()
-    centroids = torch.linspace(float(v.min()), float(v.max()), k)
-    assign = torch.zeros_like(v, dtype=torch.long)
-    for _ in range(iterations):
-        assign = (v[:, None] - centroids[None, :]).abs().argmin(1)
-        sums = torch.zeros(k).index_add_(0, assign, v)
-        counts = torch.zeros(k).index_add_(0, assign, torch.ones_like(v))
-        new = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-        if torch.allclose(new, centroids):
-            break
-        centroids = new
-    return centroids, (v[:, None] - centroids[None, :]).abs().argmin(1)
+__all__ = ["DeepCompressionConfig", "SharedWeights", "share_weights_", "huffman_lengths", "encode", "decode", "run"]
 
 
 @dataclass
@@ -76,7 +53,7 @@ def share_weights_(model: nn.Module, *, bits_conv: int = 8, bits_fc: int = 5, fq
             p = model.get_parameter(fqn)
             mask = masks.get(fqn, p != 0)
             bits = bits_fc if p.dim() == 2 else bits_conv
-            centroids, assign = kmeans_1d(p[mask], 2 ** bits)
+            centroids, assign = kmeans(p[mask], 2 ** bits, init="linear")  # linear init (paper sec. 3.2)
             index = torch.full(p.shape, -1, dtype=torch.long)
             index[mask] = assign
             p.copy_(torch.where(mask, centroids[index.clamp_min(0)], torch.zeros_like(p)))
@@ -300,52 +277,51 @@ def decode(blob: bytes) -> dict[str, torch.Tensor]:
     return out
 
 
-@register_method("deep-compression", kind="unstructured", needs_data=True, defaults={
-    "rounds": 3,  # stage 1: prune -> retrain rounds (han-magnitude, std thresholds)
-    "retrain_epochs": 1,
-    "retrain_lr_factor": 0.1,
-    "bits_conv": 8,  # stage 2: 2^bits shared values per layer (paper: 8 conv, 5 fc)
-    "bits_fc": 5,
-    "centroid_epochs": 1,  # centroid fine-tuning epochs inside the method
-    "index_bits_conv": 8,  # stage 3: width of the relative position index (paper: 8 conv, 5 fc)
-    "index_bits_fc": 5,
-    "centroid_grad": "sum",  # the paper's rule; 'mean' averages instead (see SharedWeights)
-    "centroid_lr_factor": 1.0,  # centroid step = factor * the optimizer's lr
-    "centroid_max_step": 0.05,  # cap on one step, as a fraction of the layer's centroid spread (None: no cap)
-})
-def run_deep_compression(ctx: RunContext) -> MethodResult:
+@dataclass(frozen=True)
+class DeepCompressionConfig(MethodConfig):
+    rounds: int = option(3, ge=1)  # stage 1: prune -> retrain rounds as in han-magnitude (paper sec. 2)
+    retrain_epochs: int = option(1, ge=0)  # ours: retraining budget per round
+    retrain_lr_factor: float = option(0.1, gt=0, le=1)  # han-magnitude: retrain at 1/10 of the original lr
+    bits_conv: int = option(8, ge=1, le=16)  # stage 2: 2^bits shared values per conv layer (paper sec. 5: 8)
+    bits_fc: int = option(5, ge=1, le=16)  # per fully connected layer (paper sec. 5: 5)
+    centroid_epochs: int = option(1, ge=0)  # ours: centroid fine-tuning epochs inside the method
+    index_bits_conv: int = option(8, ge=1, le=16)  # stage 3: relative position index width, conv (paper sec. 2: 8)
+    index_bits_fc: int = option(5, ge=1, le=16)  # fully connected (paper sec. 2: 5)
+    centroid_grad: Literal["sum", "mean"] = "sum"  # paper sec. 3.1: a centroid's gradient is the sum; mean is ours
+    centroid_lr_factor: float = option(1.0, gt=0)  # ours: centroid step = factor * the optimizer's lr
+    centroid_max_step: float | None = option(0.05, gt=0)  # ours: step cap, fraction of the spread (None: none)
+
+
+@register_method("deep-compression", config=DeepCompressionConfig, kind="unstructured", needs=("train",),
+                 telemetry=Telemetry(keys=("stages_done", "bits", "clusters", "compressed_bytes", "dense_bytes"),
+                                     engaged=lambda t: t["compressed_bytes"] < t["dense_bytes"],
+                                     what="compression (pruning + weight sharing + Huffman coding to fewer bytes)",
+                                     knob="raise the target sparsity or lower options.bits_fc / options.bits_conv: "
+                                          "the coded model is not smaller than the dense float32 one"))
+def run(ctx: RunContext, cfg: DeepCompressionConfig) -> MethodResult:
     """Prune → share weights (k-means) → fine-tune centroids → Huffman-code; reports real byte sizes.
 
     The returned callback keeps the weights shared while the caller fine-tunes (centroid training)."""
-    from ..train import fit
-
-    opts = method_options("deep-compression", ctx.options)
-    sparsity = target_sparsity(ctx.target, "deep-compression")
-    for key in ("bits_conv", "bits_fc", "index_bits_conv", "index_bits_fc"):
-        if not isinstance(opts[key], int) or not 1 <= opts[key] <= 16:
-            raise ConfigError(f"{key}={opts[key]!r} must be an int in [1, 16]")
-    if opts["centroid_grad"] not in ("mean", "sum"):
-        raise ConfigError(f"centroid_grad={opts['centroid_grad']!r} is not a centroid-gradient reduction; "
-                          "use 'sum' (the paper's rule) or 'mean'")
-    if not (isinstance(opts["centroid_lr_factor"], (int, float)) and opts["centroid_lr_factor"] > 0):
-        raise ConfigError(f"centroid_lr_factor={opts['centroid_lr_factor']!r} must be a positive number")
     dense_bytes = sum(t.numel() * 4 for t in ctx.model.state_dict().values())
-    cfg = None
-    if ctx.train_data is not None:
-        base = train_config(ctx, opts["retrain_epochs"])
-        cfg = base.replace(lr=base.lr * opts["retrain_lr_factor"])
-    ignore = tuple(ctx.ignore)
-    history = iterative_prune(ctx.model, ctx.train_data, cfg, sparsity=sparsity, rounds=opts["rounds"],
-                              retrain_last=True, scores_fn=lambda m: std_scaled_scores(m, ignore), global_=True,
-                              ignore=ignore)
-    books = share_weights_(ctx.model, bits_conv=opts["bits_conv"], bits_fc=opts["bits_fc"], fqns=list(get_masks(ctx.model)))
-    callback = SharedWeights(books, reduce=opts["centroid_grad"], lr_factor=opts["centroid_lr_factor"],
-                             max_step=opts["centroid_max_step"])
-    if ctx.train_data is not None and opts["centroid_epochs"]:
-        fit(ctx.model, ctx.train_data, cfg.replace(epochs=opts["centroid_epochs"]), callbacks=[callback])
-    kw = {"index_bits_conv": opts["index_bits_conv"], "index_bits_fc": opts["index_bits_fc"]}
+    base = train_config(ctx, max(1, cfg.retrain_epochs))
+    train = base.replace(lr=base.lr * cfg.retrain_lr_factor)
+    history = iterative_prune(ctx.model, ctx.train_data if cfg.retrain_epochs else None, train,  # stage 1
+                              sparsity=ctx.target_value, rounds=cfg.rounds, threshold="std", retrain_last=True,
+                              ignore=tuple(ctx.ignore))
+    books = share_weights_(ctx.model, bits_conv=cfg.bits_conv, bits_fc=cfg.bits_fc, fqns=list(get_masks(ctx.model)))
+    callback = SharedWeights(books, reduce=cfg.centroid_grad, lr_factor=cfg.centroid_lr_factor,
+                             max_step=cfg.centroid_max_step)
+    centroid_steps = 0
+    if cfg.centroid_epochs:
+        centroid_steps = fit(ctx.model, ctx.train_data, train.replace(epochs=cfg.centroid_epochs),
+                             callbacks=[callback]).steps
+    kw = {"index_bits_conv": cfg.index_bits_conv, "index_bits_fc": cfg.index_bits_fc}
     huff = len(encode(ctx.model, books, **kw))
     fixed = len(encode(ctx.model, books, huffman=False, **kw))
+    stages = ["prune", "share"] + (["centroids"] if centroid_steps else []) + ["huffman"]
+    telemetry = {"stages_done": stages, "bits": {f: b.bits for f, b in books.items()},
+                 "clusters": {f: int(torch.unique(b.index[b.index >= 0]).numel()) for f, b in books.items()},
+                 "compressed_bytes": huff, "dense_bytes": dense_bytes}
     info = {"rounds": history, "sparsity": history[-1]["sparsity"], "dense_bytes": dense_bytes,
             "compressed_bytes": huff, "fixed_width_bytes": fixed, "ratio": dense_bytes / huff}
-    return MethodResult(ctx.model, callbacks=[callback], info=info)
+    return MethodResult(ctx.model, callbacks=[callback], info=info, telemetry=telemetry)

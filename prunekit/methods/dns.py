@@ -13,16 +13,29 @@ which training continues with the mask frozen.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..errors import ConfigError
 from ..masks import dense_weight, get_masks, install_masks_, mask_report, prunable_weights, select_masks, update_masks_
 from ..masks.patterns import get_pattern
-from ..masks.workflows import method_options, target_sparsity, train_config
-from ..schedules import dns_update_probability
-from ._registry import MethodResult, RunContext, register_method
+from ..schedules import MaskUpdate, dns_update_probability
+from ..train import fit
+from ..train.rewind import train_config
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["hysteresis_mask", "dns_thresholds", "run_dns"]
+__all__ = ["DNSConfig", "hysteresis_mask", "dns_thresholds", "run"]
+
+
+@dataclass(frozen=True)
+class DNSConfig(MethodConfig):
+    gamma: float = option(1e-4, ge=0)  # update probability (1 + gamma*step)^-power (reference code)
+    power: float = option(1.0, ge=0)  # same formula (reference code: power = 1)
+    stop_fraction: float = option(0.75, gt=0, le=1)  # masks frozen after this fraction of the run (iter_stop)
+    low: float = option(0.9, gt=0, le=1)  # hysteresis: cut kept weights at |w| <= low * t (reference code CCMaskCalc: 0.9)
+    high: float = option(1.1, ge=1)  # splice pruned weights at |w| > high * t (reference code: 1.1)
+    exact: bool = True  # ours: after the dynamic phase move the mask to exactly the target (fewest changes)
 
 
 def hysteresis_mask(weight: torch.Tensor, mask: torch.Tensor, threshold: float, *, low: float = 0.9,
@@ -53,44 +66,31 @@ def dns_thresholds(params: dict, sparsity: float, low: float = 0.9) -> dict[str,
     return out
 
 
-@register_method("dns", kind="unstructured", needs_data=True, defaults={
-    "gamma": 1e-4,  # mask-update probability (1 + gamma * step) ** -power (reference code)
-    "power": 1.0,
-    "stop_fraction": 0.75,  # fraction of the pruning run after which masks are frozen (iter_stop)
-    "low": 0.9,  # hysteresis band: cut at <= low * t, splice at > high * t (reference code: 0.9 / 1.1)
-    "high": 1.1,
-    "exact": True,  # after the dynamic phase, move the mask to exactly the target (fewest changes)
-})
-def run_dns(ctx: RunContext) -> MethodResult:
+@register_method("dns", config=DNSConfig, kind="unstructured", needs=("train",),
+                 telemetry=Telemetry(keys=("splices", "prunes", "mask_updates"), engaged=lambda t: t["splices"] >= 1,
+                                     what="splicing (pruned weights that grew back re-enter the mask)",
+                                     knob="raise prune_epochs or options.stop_fraction (masks are revised only "
+                                          "until then), or lower options.gamma (revisions become rarer with it)"))
+def run(ctx: RunContext, cfg: DNSConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` epochs with spliceable (feedback) masks, then freeze them."""
-    from ..schedules import MaskUpdate
-    from ..train import fit
-
-    opts = method_options("dns", ctx.options)
-    sparsity = target_sparsity(ctx.target, "dns")
-    if ctx.train_data is None:
-        raise ConfigError("dns prunes and splices during training and needs train_data")
-    if not 0 < opts["low"] <= 1 <= opts["high"]:
-        raise ConfigError(f"low={opts['low']}, high={opts['high']}: the band needs 0 < low <= 1 <= high")
+    sparsity = ctx.target_value
     params = prunable_weights(ctx.model, ctx.ignore)
-    thresholds = dns_thresholds(params, sparsity, opts["low"])
+    thresholds = dns_thresholds(params, sparsity, cfg.low)
     install_masks_(ctx.model, {f: torch.ones_like(p, dtype=torch.bool) for f, p in params.items()}, mode="feedback")
 
     def update(model, step):
         masks = get_masks(model)
-        return {f: hysteresis_mask(dense_weight(model, f), masks[f], thresholds[f],
-                                   low=opts["low"], high=opts["high"]) for f in params}
+        return {f: hysteresis_mask(dense_weight(model, f), masks[f], thresholds[f], low=cfg.low, high=cfg.high)
+                for f in params}
 
-    cfg = train_config(ctx, max(1, ctx.prune_epochs))
-    total = cfg.epochs * len(ctx.train_data)
-    stop = max(1, int(opts["stop_fraction"] * total))
-    # first cut at step 0, then the probabilistic revisions until `stop`
-    update_masks_(ctx.model, update(ctx.model, 0))
-    cb = MaskUpdate(update, probability=lambda s: dns_update_probability(s, gamma=opts["gamma"], power=opts["power"],
-                                                                         stop=stop), seed=ctx.seed)
-    fit(ctx.model, ctx.train_data, cfg, callbacks=[cb])
+    train = train_config(ctx, max(1, ctx.prune_epochs))
+    stop = max(1, int(cfg.stop_fraction * train.epochs * len(ctx.train_data)))
+    update_masks_(ctx.model, update(ctx.model, 0))  # the first cut at step 0, then the probabilistic revisions
+    cb = MaskUpdate(update, probability=lambda s: dns_update_probability(s, gamma=cfg.gamma, power=cfg.power, stop=stop),
+                    seed=ctx.seed)
+    fit(ctx.model, ctx.train_data, train, callbacks=[cb])
     dynamic = 1 - sum(int(m.sum()) for m in get_masks(ctx.model).values()) / sum(p.numel() for p in params.values())
-    if opts["exact"]:
+    if cfg.exact:
         # move the dynamic mask to the exact target with the fewest changes: active weights rank above
         # dormant ones, each group by magnitude
         current = get_masks(ctx.model)
@@ -103,7 +103,6 @@ def run_dns(ctx: RunContext) -> MethodResult:
         masks = {f: m.clone() for f, m in get_masks(ctx.model).items()}
     install_masks_(ctx.model, masks, mode="hard")  # frozen masks from here on (the caller's fine-tune)
     report = mask_report(ctx.model)
-    return MethodResult(ctx.model, callbacks=[], info={"splices": cb.splices, "prunes": cb.prunes,
-                                                       "mask_updates": cb.updates, "dynamic_sparsity": dynamic,
-                                                       "sparsity": report.sparsity})
-
+    telemetry = {"splices": cb.splices, "prunes": cb.prunes, "mask_updates": cb.updates}
+    return MethodResult(ctx.model, callbacks=[], telemetry=telemetry,
+                        info={**telemetry, "dynamic_sparsity": dynamic, "sparsity": report.sparsity})

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..masks import get_masks, install_masks_, prunable_weights, remove_masks_, select_masks, get_pattern
 from ..schedules import agp_cubic
 from ..train.callbacks import Callback, TrainState
-from ..masks.workflows import method_options, target_sparsity, train_config
+from ..train.rewind import train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 

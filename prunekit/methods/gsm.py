@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights, select_masks, get_pattern
 from ..train.callbacks import Callback, TrainState
-from ..masks.workflows import method_options, target_sparsity, train_config
+from ..train.rewind import train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 

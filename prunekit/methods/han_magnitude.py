@@ -8,79 +8,59 @@ its layer: the cut-off of a layer is a quality parameter times the standard devi
 weights, so layers with widely spread weights lose more of them. The surviving weights are retrained with
 the pruned ones held at zero (keeping, not re-initialising, the survivors), and the prune → retrain cycle
 repeats to reach high compression. Here one quality parameter is shared by all layers and chosen so the
-whole model reaches the requested sparsity — equivalent to ranking every weight by ``|w| / σ_layer`` —
-and the sparsity grows geometrically over the rounds.
+whole model reaches the requested sparsity of each round, and the sparsity grows geometrically over the
+rounds (:func:`prunekit.train.rewind.iterative_prune` with ``threshold="std"``).
 """
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, field
+from typing import Literal
 
 from ..errors import ConfigError
-from ..masks import prunable_weights
-from ..masks.workflows import iterative_prune, method_options, target_sparsity, train_config
-from ._registry import MethodResult, RunContext, register_method
+from ..train.rewind import iterative_prune, std_threshold_mask, train_config
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["std_threshold_mask", "std_scaled_scores", "run_han_magnitude"]
-
-
-def std_threshold_mask(weight: torch.Tensor, quality: float) -> torch.Tensor:
-    """Keep mask of Han et al.'s rule: prune ``|w| < quality * std(w)``.
-
-    Example:
-        >>> w = torch.tensor([0.1, -2.0, 0.5, 3.0])
-        >>> std_threshold_mask(w, 0.5).tolist()
-        [False, True, False, True]
-    """
-    if not isinstance(quality, (int, float)) or quality < 0:
-        raise ConfigError(f"quality={quality!r} must be a number >= 0 (threshold in units of the layer's std)")
-    return weight.abs() >= quality * weight.detach().float().std()
+__all__ = ["HanMagnitudeConfig", "run", "std_threshold_mask"]
 
 
-def std_scaled_scores(model, ignore=(), exempt=()) -> dict[str, torch.Tensor]:
-    """``|w| / std(layer)`` for every prunable weight: one global cut on these is one shared quality
-    parameter ``q`` with per-layer thresholds ``q * σ_layer``. Already-pruned zeros are left out of σ."""
-    out = {}
-    for fqn, p in prunable_weights(model, ignore, exempt).items():
-        w = p.detach().float()
-        alive = w[w != 0]
-        sigma = alive.std() if alive.numel() > 1 else w.std()
-        out[fqn] = w.abs() / sigma.clamp_min(1e-12)
-    return out
+@dataclass(frozen=True)
+class HanMagnitudeConfig(MethodConfig):
+    rounds: int = option(3, ge=1)  # prune -> retrain cycles (paper sec. 3.3: iterative; AlexNet used several)
+    retrain_epochs: int = option(1, ge=0)  # masked retraining between rounds (ours: budget; caller fine-tunes after)
+    retrain_lr_factor: float = option(0.1, gt=0, le=1)  # paper sec. 3.3: retrain at 1/10 .. 1/100 of the original lr
+    threshold: Literal["std", "uniform"] = "std"  # paper sec. 3: |w| < q*std(layer); uniform: ours
+    overrides: dict = field(default_factory=dict)  # {layer fqn: sparsity} for single layers (ours; uniform only)
+    exempt: tuple[str, ...] = ()  # ("first",) / ("last",) keep that layer dense (ours)
+
+
+def _engaged(t: dict) -> bool:
+    return t["retrain_rounds"] >= 1 and any(v > 0 for v in t["layer_pruned"].values())
 
 
 @register_method(
-    "han-magnitude", kind="unstructured", needs_data=True, status="partial",
+    "han-magnitude", config=HanMagnitudeConfig, kind="unstructured", needs=("train",), status="partial",
     left_out="neurons left with no inputs or outputs are not removed (no structural step); dropout rescaling "
              "during retraining is not applied; per-layer quality parameters from a sensitivity sweep are "
              "replaced by one shared parameter set by the target sparsity (override per layer with 'overrides')",
-    defaults={
-        "rounds": 3,  # prune -> retrain cycles (paper: iterative; AlexNet used several)
-        "retrain_epochs": 1,  # masked retraining between rounds (the caller fine-tunes after the last)
-        "retrain_lr_factor": 0.1,  # paper: retrain at 1/10 .. 1/100 of the original learning rate
-        "threshold": "std",  # "std": |w| < q * std(layer) with one q; "uniform": same sparsity per layer
-        "overrides": {},  # {layer fqn: sparsity} fixed for single layers (uniform threshold only)
-        "exempt": (),  # ("first",) / ("last",) keep that layer dense
-    })
-def run_han_magnitude(ctx: RunContext) -> MethodResult:
+    telemetry=Telemetry(keys=("layer_pruned", "quality", "retrain_rounds"), engaged=_engaged,
+                        what="prune -> masked retrain cycles with the std threshold",
+                        knob="raise options.rounds (>= 2) and options.retrain_epochs (>= 1): Han et al. retrain "
+                             "between prune rounds"))
+def run(ctx: RunContext, cfg: HanMagnitudeConfig) -> MethodResult:
     """Iterative magnitude pruning with per-layer std thresholds and masked retraining between rounds."""
-    opts = method_options("han-magnitude", ctx.options)
-    sparsity = target_sparsity(ctx.target, "han-magnitude")
-    if opts["threshold"] not in ("std", "uniform"):
-        raise ConfigError(f"threshold={opts['threshold']!r}: choose 'std' (q * std per layer) or 'uniform'")
-    if opts["threshold"] == "std" and opts["overrides"]:
-        raise ConfigError("overrides need threshold='uniform' (the std rule sets every layer from one q)")
-    cfg = None
-    if ctx.train_data is not None:
-        base = train_config(ctx, opts["retrain_epochs"])
-        cfg = base.replace(lr=base.lr * opts["retrain_lr_factor"])
-    elif opts["rounds"] > 1 and opts["retrain_epochs"]:
-        raise ConfigError("han-magnitude retrains between rounds and needs train_data; pass it or set rounds=1")
-    exempt, ignore = tuple(opts["exempt"]), tuple(ctx.ignore)
-    if opts["threshold"] == "std":
-        history = iterative_prune(ctx.model, ctx.train_data, cfg, sparsity=sparsity, rounds=opts["rounds"],
-                                  scores_fn=lambda m: std_scaled_scores(m, ignore, exempt), global_=True,
-                                  ignore=ignore, exempt=exempt)
+    if cfg.threshold == "std" and cfg.overrides:
+        raise ConfigError(f"overrides={cfg.overrides!r} need threshold='uniform' (the std rule sets every layer "
+                          f"from one q)")
+    base = train_config(ctx, max(1, cfg.retrain_epochs))
+    train = base.replace(lr=base.lr * cfg.retrain_lr_factor)
+    data = ctx.train_data if cfg.retrain_epochs else None
+    kw = {"sparsity": ctx.target_value, "rounds": cfg.rounds, "ignore": tuple(ctx.ignore), "exempt": cfg.exempt}
+    if cfg.threshold == "std":
+        history = iterative_prune(ctx.model, data, train, threshold="std", **kw)
     else:
-        history = iterative_prune(ctx.model, ctx.train_data, cfg, sparsity=sparsity, rounds=opts["rounds"],
-                                  overrides=opts["overrides"], ignore=ignore, exempt=exempt)
-    return MethodResult(ctx.model, callbacks=[], info={"rounds": history, "sparsity": history[-1]["sparsity"]})
+        history = iterative_prune(ctx.model, data, train, overrides=dict(cfg.overrides), **kw)
+    telemetry = {"layer_pruned": history[-1]["layers"], "quality": history[-1].get("quality"),
+                 "retrain_rounds": sum(1 for h in history if h["retrain_steps"] > 0)}
+    return MethodResult(ctx.model, callbacks=[], info={"rounds": history, "sparsity": history[-1]["sparsity"]},
+                        telemetry=telemetry)

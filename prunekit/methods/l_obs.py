@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..graph.trace import model_device, move_to
 from ..masks import install_masks_, prunable_weights, register_weight_criterion, view2d
-from ..masks.workflows import method_options, target_sparsity
+from ..train.rewind import method_options, target_sparsity
 from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)

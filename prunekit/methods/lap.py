@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import get_masks, register_weight_criterion
-from ..masks.workflows import iterative_prune, method_options, target_sparsity, train_config
+from ..train.rewind import iterative_prune, method_options, target_sparsity, train_config
 from ._registry import MethodResult, RunContext, register_method
 
 log = logging.getLogger(__name__)

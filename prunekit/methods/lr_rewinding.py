@@ -12,56 +12,55 @@ magnitude, retrain with learning-rate rewinding" until the target sparsity is re
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..masks import sparsify_
-from ..masks.workflows import method_options, retrain_lr_rewinding, target_sparsity, train_config
-from ._registry import MethodResult, RunContext, register_method
+from ..schedules import geometric_rounds
+from ..train import lr_factor
+from ..train.rewind import retrain_lr_rewinding, train_config
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["run_lr_rewinding", "rounds_for"]
-
-
-def rounds_for(sparsity: float, rate: float) -> list[float]:
-    """Sparsity after each round removing ``rate`` of the survivors, the last one clipped to ``sparsity``.
-
-    Example:
-        >>> [round(s, 3) for s in rounds_for(0.5, 0.2)]
-        [0.2, 0.36, 0.488, 0.5]
-    """
-    if not 0 < rate < 1:
-        raise ConfigError(f"rate={rate!r} must be in (0, 1): the fraction of surviving weights removed per round")
-    if sparsity <= 0:
-        return [0.0]
-    n = math.ceil(math.log(1 - sparsity) / math.log(1 - rate) - 1e-9)
-    out = [1 - (1 - rate) ** (r + 1) for r in range(n)]
-    out[-1] = sparsity
-    return out
+__all__ = ["LRRewindingConfig", "run"]
 
 
-@register_method("lr-rewinding", kind="unstructured", needs_data=True, defaults={
-    "rate": 0.2,  # fraction of the surviving weights removed per round (paper: 20%)
-    "one_shot": False,  # True: prune to the target at once, then retrain once
-    "retrain_epochs": None,  # t: epochs of each retraining (None: ctx.prune_epochs)
-    "original_epochs": None,  # T: length of the original schedule replayed (None: = retrain_epochs)
-})
-def run_lr_rewinding(ctx: RunContext) -> MethodResult:
+@dataclass(frozen=True)
+class LRRewindingConfig(MethodConfig):
+    rate: float = option(0.2, gt=0, lt=1)  # fraction of the surviving weights removed per round (paper sec. 5: 20%)
+    one_shot: bool = False  # True: prune to the target at once, then retrain once (paper's one-shot variant)
+    retrain_epochs: int | None = option(None, ge=1)  # t, epochs of each retraining (None: ctx.prune_epochs)
+    original_epochs: int | None = option(None, ge=1)  # T, schedule replayed (None: t = T, the paper's recipe)
+
+
+def _engaged(t: dict) -> bool:
+    return t["epochs_replayed"] >= 1 and t["lr_at_rewind"] > t["final_lr"] * (1 + 1e-9)
+
+
+@register_method("lr-rewinding", config=LRRewindingConfig, kind="unstructured", needs=("train",),
+                 telemetry=Telemetry(keys=("rounds", "epochs_replayed", "lr_at_rewind", "final_lr"), engaged=_engaged,
+                                     what="replaying a learning rate above the schedule's final one",
+                                     knob="give train_config a decaying schedule (step, cosine) and raise "
+                                          "options.retrain_epochs: with a flat replayed tail LR rewinding is "
+                                          "fine-tuning"))
+def run(ctx: RunContext, cfg: LRRewindingConfig) -> MethodResult:
     """Prune a trained ``ctx.model`` by global magnitude; retrain each round replaying the last ``t`` epochs
     of the ``T``-epoch schedule in ``ctx.train_config`` (learning rate, scheduler)."""
-    opts = method_options("lr-rewinding", ctx.options)
-    sparsity = target_sparsity(ctx.target, "lr-rewinding")
-    if ctx.train_data is None:
-        raise ConfigError("lr-rewinding retrains after each pruning round and needs train_data")
-    t = opts["retrain_epochs"] or max(1, ctx.prune_epochs)
-    T = opts["original_epochs"] or t
+    t = cfg.retrain_epochs or max(1, ctx.prune_epochs)
+    T = cfg.original_epochs or t
     if t > T:
         raise ConfigError(f"retrain_epochs={t} > original_epochs={T}: learning-rate rewinding replays part of the "
                           f"original schedule; set original_epochs >= retrain_epochs")
     original = train_config(ctx, T)
-    schedule = [sparsity] if opts["one_shot"] else rounds_for(sparsity, opts["rate"])
+    schedule = [ctx.target_value] if cfg.one_shot else geometric_rounds(ctx.target_value, rate=cfg.rate)
     history = []
     for s in schedule:
         report = sparsify_(ctx.model, sparsity=s, global_=True, ignore=tuple(ctx.ignore))
-        retrain_lr_rewinding(ctx.model, ctx.train_data, original, retrain_epochs=t)
-        history.append({"sparsity": report.sparsity})
-    return MethodResult(ctx.model, callbacks=[], info={"rounds": history, "sparsity": history[-1]["sparsity"]})
+        res = retrain_lr_rewinding(ctx.model, ctx.train_data, original, retrain_epochs=t)
+        history.append({"sparsity": report.sparsity, "retrain_steps": res.steps})
+    n = len(ctx.train_data)
+    telemetry = {"rounds": len(history), "epochs_replayed": t * len(history),
+                 "lr_at_rewind": original.lr * lr_factor((T - t) * n, T * n, original),
+                 "final_lr": original.lr * lr_factor(T * n - 1, T * n, original)}
+    return MethodResult(ctx.model, callbacks=[], telemetry=telemetry,
+                        info={"rounds": history, "sparsity": history[-1]["sparsity"]})

@@ -10,19 +10,40 @@ resetting; to transfer, the mask and the rewound weights of every layer except t
 into the target network, whose classifier is made anew for the target's classes, and the ticket is
 trained on the target. Tickets from larger, natural-image data sets transfer well, often close to a
 ticket found on the target itself, and tickets carry over between SGD and Adam. Here that becomes a
-workflow: find and save a ticket, load it elsewhere with a fresh head, train.
+workflow: find and save a ticket, load it elsewhere with a fresh head, train. The search rewinds to the end
+of the first epoch by default (late resetting; the paper's exact rewind point is not stated, the entry's
+small-scale check uses the end of epoch 1).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
 from ..errors import ConfigError
 from ..masks import prunable_weights
-from ..masks.workflows import (Ticket, find_ticket, load_ticket, method_options, save_ticket, target_sparsity,
-                               train_config)
-from ._registry import MethodResult, RunContext, register_method
+from ..train.rewind import Ticket, find_ticket, load_ticket, save_ticket, train_config
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["transfer_ticket_", "run_one_ticket", "classifier_fqn"]
+__all__ = ["OneTicketConfig", "transfer_ticket_", "run", "classifier_fqn"]
+
+
+@dataclass(frozen=True)
+class OneTicketConfig(MethodConfig):
+    ticket: str | None = None  # path of a saved ticket to transfer in (None: find one on train_data)
+    save_to: str | None = None  # path to write the ticket found (safetensors)
+    head: str | None = None  # classifier FQN re-created on transfer (paper sec. 3; None: last prunable layer)
+    rate: float = option(0.2, gt=0, lt=1)  # fraction of the survivors pruned per round (paper: 20%, recalled)
+    rewind_epochs: float = option(1.0, ge=0)  # late resetting (paper sec. 3; point not stated; entry: end of epoch 1)
+    source_optimizer: Literal["sgd", "adam", "adamw"] | None = None  # optimizer of the search (None: ctx.train_config's)
+    source_lr: float | None = option(None, gt=0)  # its learning rate (None: ctx.train_config's)
+    allocation: Literal["global", "uniform"] = "global"  # the paper prunes globally (VGG-19, ResNet-50)
+
+
+def _engaged(t: dict) -> bool:
+    return t["transferred"] or (t["rewinds"] >= 1 and 0 < t["rewound_to"] < t["round_steps"])
 
 
 def classifier_fqn(model: nn.Module) -> str:
@@ -33,39 +54,42 @@ def classifier_fqn(model: nn.Module) -> str:
     return weights[-1].rpartition(".")[0]
 
 
-def transfer_ticket_(model: nn.Module, ticket: Ticket | str, *, head: str | None = None) -> nn.Module:
+def transfer_ticket_(model: nn.Module, ticket: Ticket | str, *, head: str | None = None) -> Ticket:
     """Load a ticket (object or file) into ``model`` except its classifier ``head`` (kept as initialised,
-    dense): the target network may have another number of classes."""
+    dense): the target network may have another number of classes. Returns the ticket."""
     if not isinstance(ticket, Ticket):
         ticket = load_ticket(ticket)
     head = head or classifier_fqn(model)
     if head not in dict(model.named_modules()):
         raise ConfigError(f"head={head!r} is not a module of the model; pass the classifier's FQN")
-    return ticket.apply_(model, skip=(head,))
+    ticket.apply_(model, skip=(head,))
+    return ticket
 
 
-@register_method("one-ticket", kind="unstructured", needs_data=True, defaults={
-    "ticket": None,  # path of a saved ticket to transfer in (None: find one on train_data)
-    "save_to": None,  # path to write the ticket found (safetensors)
-    "head": None,  # classifier FQN re-created on transfer (None: last prunable layer)
-    "rounds": 5,  # ticket search: train -> prune -> rewind rounds
-    "rewind_step": 0,  # late resetting: the optimizer step rewound to (e.g. the end of epoch 1)
-    "source_optimizer": None,  # optimizer of the search ("sgd", "adam"; None: ctx.train_config's)
-    "source_lr": None,
-    "allocation": "global",  # the paper prunes globally
-})
-def run_one_ticket(ctx: RunContext) -> MethodResult:
-    """Transfer ``options['ticket']`` into ``ctx.model``, or find one on ``ctx.train_data`` (and save it)."""
-    opts = method_options("one-ticket", ctx.options)
-    if opts["ticket"] is not None:
-        transfer_ticket_(ctx.model, opts["ticket"], head=opts["head"])
-        return MethodResult(ctx.model, callbacks=[], info={"transferred_from": str(opts["ticket"])})
-    sparsity = target_sparsity(ctx.target, "one-ticket")
-    changes = {k: opts[f"source_{k}"] for k in ("optimizer", "lr") if opts[f"source_{k}"] is not None}
-    cfg = train_config(ctx, max(1, ctx.prune_epochs), **changes)
-    ticket = find_ticket(ctx.model, ctx.train_data, cfg, sparsity=sparsity, rounds=opts["rounds"],
-                         rewind_step=opts["rewind_step"], allocation=opts["allocation"], ignore=tuple(ctx.ignore))
-    info = {"rounds": ticket.history, "sparsity": ticket.history[-1]["sparsity"]}
-    if opts["save_to"]:
-        info["ticket"] = save_ticket(ticket, opts["save_to"])
-    return MethodResult(ctx.model, callbacks=[], info=info)
+@register_method("one-ticket", config=OneTicketConfig, kind="unstructured",  # transfer needs no data; the search does
+                 telemetry=Telemetry(keys=("transferred", "rounds", "rewinds", "rewound_to", "round_steps"),
+                                     engaged=_engaged,
+                                     what="late resetting (rewinding to an early step, neither 0 nor the end of a round)",
+                                     knob="set options.rewind_epochs above 0 and below the epochs of one round "
+                                          "(prune_epochs): the paper rewinds to an early epoch"))
+def run(ctx: RunContext, cfg: OneTicketConfig) -> MethodResult:
+    """Transfer ``cfg.ticket`` into ``ctx.model``, or find one on ``ctx.train_data`` (and save it)."""
+    if cfg.ticket is not None:
+        ticket = transfer_ticket_(ctx.model, cfg.ticket, head=cfg.head)
+        telemetry = {"transferred": True, "rounds": 0, "rewinds": 0, "rewound_to": ticket.rewind_step, "round_steps": 0}
+        return MethodResult(ctx.model, callbacks=[], telemetry=telemetry, info={"transferred_from": str(cfg.ticket)})
+    if ctx.train_data is None:
+        raise ConfigError("one-ticket's search trains the model and needs train_data (an iterable of (inputs, "
+                          "targets) batches); pass train_data=, or options.ticket=PATH to transfer a saved ticket")
+    changes = {k: getattr(cfg, f"source_{k}") for k in ("optimizer", "lr") if getattr(cfg, f"source_{k}") is not None}
+    train = train_config(ctx, max(1, ctx.prune_epochs), **changes)
+    rewind_step = int(round(cfg.rewind_epochs * len(ctx.train_data)))
+    ticket = find_ticket(ctx.model, ctx.train_data, train, sparsity=ctx.target_value, rate=cfg.rate,
+                         rewind_step=rewind_step, allocation=cfg.allocation, ignore=tuple(ctx.ignore))
+    h = ticket.history
+    info = {"rounds": h, "sparsity": h[-1]["sparsity"], "rewind_step": rewind_step}
+    if cfg.save_to:
+        info["ticket"] = save_ticket(ticket, cfg.save_to)
+    telemetry = {"transferred": False, "rounds": len(h), "rewinds": len(h), "rewound_to": rewind_step,
+                 "round_steps": h[0]["steps"]}
+    return MethodResult(ctx.model, callbacks=[], info=info, telemetry=telemetry)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..masks import sparsify_
-from ..masks.workflows import method_options, target_sparsity
+from ..train.rewind import method_options, target_sparsity
 from ._registry import MethodResult, RunContext, register_method
 
 __all__ = ["run_snip"]

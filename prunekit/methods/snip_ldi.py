@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import get_masks, prunable_weights, sparsify_, view2d
-from ..masks.workflows import method_options, target_sparsity
+from ..train.rewind import method_options, target_sparsity
 from ._registry import MethodResult, RunContext, register_method
 
 __all__ = ["orthogonal_init_", "isometry_error", "approximate_isometry_", "run_snip_ldi"]

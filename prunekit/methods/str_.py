@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
-from ..masks.workflows import method_options, target_sparsity, train_config
+from ..train.rewind import train_config
 from ..schedules import agp_cubic
 from ..train.callbacks import Callback, TrainState
 from ._config import MethodConfig, option

@@ -1,7 +1,7 @@
 """Schedules: pure functions ``(step, **params) -> sparsity`` and the callbacks that drive them.
 
 Functions (no state, no model): :func:`one_shot`, :func:`at_init`, :func:`agp_cubic` (Zhu & Gupta),
-:func:`iterative` and :func:`geometric_rounds` (Han et al.; lottery-ticket rounds),
+:func:`geometric_rounds` (the one round schedule: Han et al., lottery tickets, LR rewinding),
 :func:`dns_update_probability` (Dynamic Network Surgery), :func:`lr_rewind_factor` (Renda et al.).
 
 Callbacks for :func:`prunekit.train.fit` (imported lazily, they need :mod:`prunekit.train`):
@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import importlib
 
-from .functions import (agp_cubic, at_init, dns_update_probability, geometric_rounds, iterative, lr_rewind_factor,
-                        one_shot)
+from .functions import agp_cubic, at_init, dns_update_probability, geometric_rounds, lr_rewind_factor, one_shot
 
-__all__ = ["agp_cubic", "at_init", "dns_update_probability", "geometric_rounds", "iterative", "lr_rewind_factor",
+__all__ = ["agp_cubic", "at_init", "dns_update_probability", "geometric_rounds", "lr_rewind_factor",
            "one_shot", "GradualPruning", "MaskUpdate", "RewindPoints", "LRReplay"]
 
 _CALLBACKS = ("GradualPruning", "MaskUpdate", "RewindPoints", "LRReplay")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 
-__all__ = ["one_shot", "at_init", "agp_cubic", "iterative", "geometric_rounds", "dns_update_probability",
+__all__ = ["one_shot", "at_init", "agp_cubic", "geometric_rounds", "dns_update_probability",
            "lr_rewind_factor"]
 
 
@@ -59,33 +59,66 @@ def agp_cubic(step: int, *, final: float, start: int, n: int, frequency: int, in
     return float(final + (initial - final) * (1.0 - k / n) ** power)
 
 
-def geometric_rounds(rate: float, rounds: int) -> list[float]:
-    """Sparsity after each of ``rounds`` rounds that each remove ``rate`` of the surviving weights (LTH).
+def geometric_rounds(final: float, *, rounds: int | None = None, rate=None, sizes: dict | None = None) -> list:
+    """The one round schedule of iterative pruning: the sparsity after each round, every round removing the
+    same fraction of the weights that survived the previous one (Han et al. 2015; lottery tickets, Frankle &
+    Carbin 2019; learning-rate rewinding, Renda et al. 2020).
+
+    Give ``rounds`` (the per-round rate follows, the last round lands on ``final``) or ``rate`` (as many rounds
+    as it takes; the last round is shortened to land on ``final`` exactly). ``rate`` may be per layer,
+    ``{name: rate}`` with ``sizes={name: numel}``: each layer keeps ``(1 - rate_l) ** r`` after round ``r``,
+    the rounds continue until the whole (size-weighted) reaches ``final``, and the last round is shortened for
+    every layer alike (a fractional round found by bisection); the result is then one ``{name: sparsity}`` per
+    round.
 
     Example:
-        >>> [round(s, 3) for s in geometric_rounds(0.2, 3)]
+        >>> [round(s, 3) for s in geometric_rounds(0.488, rate=0.2)]
         [0.2, 0.36, 0.488]
-    """
-    _check_fraction("rate", rate)
-    _check_int("rounds", rounds, 1)
-    return [1.0 - (1.0 - rate) ** (r + 1) for r in range(rounds)]
-
-
-def iterative(step: int, *, final: float, rounds: int, steps_per_round: int, start: int = 0) -> float:
-    """Iterative prune → retrain (Han et al. 2015): round ``r`` prunes at ``start + r * steps_per_round`` to
-    a sparsity whose kept fraction shrinks geometrically to ``1 - final`` after the last round.
-
-    Example:
-        >>> [round(iterative(s, final=0.75, rounds=2, steps_per_round=5), 2) for s in (0, 4, 5, 50)]
-        [0.5, 0.5, 0.75, 0.75]
+        >>> geometric_rounds(0.75, rounds=2)
+        [0.5, 0.75]
+        >>> [{k: round(v, 3) for k, v in r.items()} for r in
+        ...  geometric_rounds(0.19, rate={"a": 0.2, "b": 0.1}, sizes={"a": 9, "b": 1})]
+        [{'a': 0.2, 'b': 0.1}]
     """
     _check_fraction("final", final)
-    _check_int("rounds", rounds, 1)
-    _check_int("steps_per_round", steps_per_round, 1)
-    if step < start:
-        return 0.0
-    r = min((step - start) // steps_per_round, rounds - 1)
-    return 1.0 - (1.0 - final) ** ((r + 1) / rounds)
+    if (rounds is None) == (rate is None):
+        raise ConfigError(f"rounds={rounds!r}, rate={rate!r}: give exactly one (rounds, or the fraction of the "
+                          f"survivors removed per round)")
+    if rounds is not None:
+        _check_int("rounds", rounds, 1)
+        return [1.0 - (1.0 - final) ** ((r + 1) / rounds) for r in range(rounds - 1)] + [float(final)]
+    per_layer = isinstance(rate, dict)
+    rates = dict(rate) if per_layer else {"": rate}
+    for name, p in rates.items():
+        if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 < p < 1.0):
+            raise ConfigError(f"rate{'[' + repr(name) + ']' if per_layer else ''}={p!r} must be a float in (0, 1) "
+                              f"(fraction of the surviving weights removed per round), e.g. 0.2")
+    if per_layer:
+        if sizes is None or set(sizes) != set(rates):
+            raise ConfigError(f"per-layer rates need sizes={{name: numel}} for the same layers; got "
+                              f"{sorted(rates)} and {sorted(sizes or {})}")
+    else:
+        sizes = {"": 1}
+    total = float(sum(sizes.values()))
+
+    def kept(e: float) -> float:  # fraction of all weights kept after e rounds
+        return sum(n * (1.0 - rates[k]) ** e for k, n in sizes.items()) / total
+
+    def at(e: float) -> dict:
+        return {k: 1.0 - (1.0 - p) ** e for k, p in rates.items()}
+
+    if final <= 0.0:
+        return [{k: 0.0 for k in rates}] if per_layer else [0.0]
+    out, r = [], 1
+    while 1.0 - kept(r) < final - 1e-12:  # whole rounds that stay below the target
+        out.append(at(r))
+        r += 1
+    lo, hi = r - 1.0, float(r)  # the last round, shortened: the fractional e where the whole reaches final
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if 1.0 - kept(mid) < final else (lo, mid)
+    out.append(at(hi))
+    return out if per_layer else [d[""] for d in out]
 
 
 def dns_update_probability(step: int, *, gamma: float = 1e-4, power: float = 1.0, stop: int | None = None) -> float:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.agp import agp_callback
@@ -39,6 +39,17 @@ def test_agp_ramps_over_the_configured_window_and_masks_only_grow():
     assert all(b <= a + 2e-3 for a, b in zip(incs, incs[1:]))  # cubic: increments shrink
     for fqn, m in get_masks(model).items():
         assert 1 - m.float().mean().item() == pytest.approx(0.9, abs=1e-3)
+    assert res.engaged is True and res.telemetry == {"ramp_steps": 6, "ramp_sparsity": sp[-1]}
+
+
+def test_a_run_too_short_for_a_ramp_is_one_shot_and_warns():
+    load_all()
+    model = nn.Sequential(nn.Linear(10, 30), nn.ReLU(), nn.Linear(30, 2))
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.9", train_data=data()[:1], prune_epochs=1,
+                     train_config=TrainConfig(epochs=1, lr=0.05, progress=False))
+    with pytest.warns(MechanismWarning, match="lower options.frequency"):
+        res = get_method("agp").run(ctx)
+    assert res.engaged is False and res.telemetry["ramp_steps"] == 1
 
 
 def test_agp_callback_rejects_bad_ramp():

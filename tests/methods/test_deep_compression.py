@@ -10,12 +10,14 @@ from torch import nn
 
 from prunekit.masks import get_masks, sparsify_
 from prunekit.methods import RunContext, get_method, load_all
-from prunekit.methods.deep_compression import (decode, encode, huffman_lengths, kmeans_1d, share_weights_)
+from prunekit.errors import MechanismWarning
+from prunekit.methods.deep_compression import decode, encode, huffman_lengths, share_weights_
+from prunekit.quantize import kmeans
 from prunekit.train import TrainConfig
 
 
 def test_kmeans_linear_init_and_huffman_lengths():
-    c, a = kmeans_1d(torch.tensor([-1.0, -0.9, 0.0, 0.95, 1.0]), 3)
+    c, a = kmeans(torch.tensor([-1.0, -0.9, 0.0, 0.95, 1.0]), 3, init="linear")
     assert c.tolist() == pytest.approx([-0.95, 0.0, 0.975])
     lengths = huffman_lengths({0: 45, 1: 13, 2: 12, 3: 16, 4: 9, 5: 5})
     assert sum(45 * 0 + lengths[s] * n for s, n in {0: 45, 1: 13, 2: 12, 3: 16, 4: 9, 5: 5}.items()) == 224
@@ -54,6 +56,25 @@ def test_method_reports_real_sizes_and_keeps_shared_values():
     for fqn, m in get_masks(model).items():
         assert len(torch.unique(model.get_parameter(fqn).detach()[m])) <= 8
         assert int((model.get_parameter(fqn).detach()[~m] != 0).sum()) == 0
+    t = res.telemetry
+    assert res.engaged is True and t["stages_done"] == ["prune", "share", "centroids", "huffman"]
+    assert t["bits"] == {"0.weight": 3, "2.weight": 3} and all(1 < k <= 8 for k in t["clusters"].values())
+    assert t["compressed_bytes"] == info["compressed_bytes"]
+
+
+def test_a_codebook_larger_than_the_layer_warns_that_nothing_was_compressed():
+    load_all()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    data = [(x[i:i + 16], x[i:i + 16, :4].argmax(1)) for i in range(0, 32, 16)]
+    model = nn.Sequential(nn.Linear(8, 4))
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.5", train_data=data,
+                     options={"rounds": 1, "bits_fc": 16, "centroid_epochs": 0},
+                     train_config=TrainConfig(epochs=1, lr=0.05, progress=False))
+    with pytest.warns(MechanismWarning, match="lower options.bits_fc"):
+        res = get_method("deep-compression").run(ctx)
+    assert res.engaged is False and res.telemetry["compressed_bytes"] >= res.telemetry["dense_bytes"]
+    assert res.telemetry["stages_done"] == ["prune", "share", "huffman"]
 
 
 # --- small-scale check (scaled) ----------------------------------------------------------------------------
@@ -132,7 +153,7 @@ def test_bad_centroid_grad_option_leaves_the_model_unchanged():
     model = nn.Sequential(nn.Linear(8, 4))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.5", options={"centroid_grad": "median"})
-    with pytest.raises(Exception, match="centroid_grad='median'"):
+    with pytest.raises(Exception, match=r"options\['centroid_grad'\]='median' is not one of"):
         get_method("deep-compression").run(ctx)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])

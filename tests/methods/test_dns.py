@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.errors import MechanismWarning
 from prunekit.masks import get_masks, mask_modes
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.dns import dns_thresholds, hysteresis_mask
@@ -41,21 +42,36 @@ def test_dns_splices_and_ends_with_frozen_hard_masks():
     assert res.info["splices"] >= 1 and res.info["mask_updates"] > 10
     assert set(mask_modes(model).values()) == {"hard"}
     assert res.info["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert res.engaged is True and res.telemetry["splices"] == res.info["splices"]
 
 
-# --- small-scale check (scaled) ----------------------------------------------------------------------------
+def test_masks_frozen_from_the_start_splice_nothing_and_warn():
+    load_all()
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30 * 16, 12, generator=g)
+    data = [(x[i:i + 16], (x[i:i + 16, :3].argmax(1))) for i in range(0, len(x), 16)]
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.8", train_data=data, prune_epochs=1,
+                     options={"stop_fraction": 1e-6}, train_config=TrainConfig(epochs=1, lr=0.2, progress=False))
+    with pytest.warns(MechanismWarning, match="raise prune_epochs or options.stop_fraction"):
+        res = get_method("dns").run(ctx)
+    assert res.engaged is False and res.telemetry["splices"] == 0 and res.telemetry["mask_updates"] == 0
+
+
+# --- small-scale check (scaled): what is true at this budget ----------------------------------------------------
 # LeNet-300-100, Fashion-MNIST 6,000 / 2,000 images, no augmentation; dense 4 epochs (SGD 0.05, cosine);
 # DNS to 95% for 2 epochs (lr 0.01) + 1 epoch with frozen masks, vs one-shot magnitude 95% per layer + 3
-# epochs of masked retraining. Calibration run (`pytest -m slow tests/methods/test_dns.py`, seed 0, after the
-# fewest-changes projection): dense 82.95%, DNS 78.10%, one-shot 79.65%, 1,206 splices. At this budget DNS
-# does not beat one-shot (-1.55 pp, allowed -2.5) and is 4.85 pp under dense (allowed 6.0): regression guards,
-# not the paper's claim, which needs the long surgery phase of the reference code (14,000 iterations).
-DNS_MARGINS = {"vs_dense": 6.0, "vs_one_shot": 2.5}
+# epochs of masked retraining. `python benchmarks/weight_han_dns_checks.py --seeds 0 1 2`: dense
+# 82.95/83.20/83.85%, DNS 78.00/78.75/77.90%, one-shot 79.75/78.65/79.90%, 1,200/1,045/1,162 splices. Splicing
+# happens, but at this budget (2 epochs of surgery; the reference code runs 14,000 iterations) DNS does not beat
+# one-shot magnitude pruning (-1.75/+0.10/-2.00 pp) and loses 4.5-6.0 pp to dense. This test asserts those
+# facts for seed 0 (docs/masks.md, "Findings").
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed")
-def test_small_scale_dns(record_property):
+def test_small_scale_dns_splices_but_does_not_beat_one_shot_at_a_2_epoch_budget(record_property):
     import copy
 
     import prunekit as pk
@@ -79,6 +95,6 @@ def test_small_scale_dns(record_property):
     pk.fit(one_shot, bundle.train, cfg.replace(epochs=3, lr=0.01))
     acc_os = pk.evaluate(one_shot, bundle.test)["accuracy"]
     record_property("numbers", {"dense": acc_dense, "dns": acc_dns, "one_shot": acc_os, "splices": res.info["splices"]})
-    assert res.info["splices"] >= 1
-    assert acc_dns >= acc_dense - DNS_MARGINS["vs_dense"] / 100
-    assert acc_dns >= acc_os - DNS_MARGINS["vs_one_shot"] / 100
+    assert res.engaged is True and res.telemetry["splices"] >= 100  # measured 1,200
+    assert acc_dns <= acc_os  # measured 78.00% vs 79.75%
+    assert 0.03 <= acc_dense - acc_dns <= 0.07  # measured 4.95 pp
