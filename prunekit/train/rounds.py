@@ -100,8 +100,8 @@ def prune_in_rounds(model: nn.Module, example_inputs, *, target: str, score: Sco
                     max_rounds: int, train_data=None, steps_between: int = 0, train_config: TrainConfig | None = None,
                     ignore=(), min_channels: int = 1) -> RoundsResult:
     """Cut ``model`` to ``target`` in rounds of the ``per_round`` globally lowest-scoring channels, training
-    ``steps_between`` minibatches of ``train_data`` (with ``train_config``; one SGD epoch-less run of
-    :func:`~prunekit.train.fit` per gap) after every cut but the last.
+    ``steps_between`` minibatches of ``train_data`` after every cut but the last (one call of
+    :func:`~prunekit.train.fit` per gap, with ``train_config``; the batches cycle over ``train_data``).
 
     ``per_round`` grows to ``ceil(n / max_rounds)`` when ``max_rounds`` rounds of it would not remove the
     ``n`` channels a data-free plan needs for the target; the last round removes what is still needed.
