@@ -2,7 +2,8 @@
 calibration images, 2,000 test images, no fine-tuning. (b) the least-squares re-fit lowers each re-fitted
 layer's output error; (c) accuracy >= l1 selection at the same widths... here at the same MAC target, and
 >= random + 5 points. Calibration run (2026-11-30): cp-lasso 88.65% (87.95% without the re-fit), l1 88.05%,
-random 77.83%; threshold for l1: -1 point (the entry's +1 point over l1 was not reached on LeNet-5)."""
+random 77.83%; threshold for l1: -1 point (the entry's +1 point over l1 was not reached on LeNet-5). Reconstruction
+telemetry (2026-12-07): selection_error 0.027 against random_error 0.122 for a random set of the same widths."""
 import copy
 
 import pytest

@@ -4,7 +4,8 @@ ThiNet kept set reconstructs better than the L1 kept set of the same size; (b) t
 (the paper's per-channel scaling, and the default full fit) lowers the error further; and before fine-tuning
 ThiNet beats random selection. Calibration run (2026-11-30, `pytest -s tests/methods/test_thinet.py`):
 thinet with the scaling re-fit 88.90%, with the full re-fit 88.55%, 88.05% without a re-fit, vs
-random 77.83%; threshold +5."""
+random 77.83%; threshold +5. Reconstruction telemetry (2026-12-07, same protocol): selection_error 0.021
+against random_error 0.122 (threshold: below half); the full re-fit changes 3 layers, the scaling 1."""
 import copy
 
 import numpy as np
