@@ -16,6 +16,11 @@ linear) ``sum W * dL/dW = sum a * dL/da`` over every sample and position, so a c
 term. ``taylor`` squares each calibration batch's estimate and averages over batches, as the 2019 paper
 averages over mini-batches (it keeps one gradient copy per batch: memory = batches x model); ``taylor-act``
 uses the gradient summed over the calibration batches.
+
+Through the engine these per-member scores are averaged over a group's members after normalising each by
+its mean. The papers score one quantity per unit, which :func:`taylor_fo_scores` (the gate after BN, raw)
+and :func:`taylor_fm_scores` (the next layer's input, per example, l2 per layer) compute per group; the
+taylor-fo / taylor-fm methods rank with those.
 """
 from __future__ import annotations
 
