@@ -10,28 +10,33 @@ pruned network and targets from the original one so errors do not pile up. Remov
 removes the filter producing it. Here the ``cp-lasso`` criterion ranks channels by how long they survive
 along the LASSO path, the engine cuts the same fraction per layer to meet the MAC/parameter target, and
 every layer whose inputs were cut is re-fitted by least squares (``refit="full"``) to its outputs recorded
-on the unpruned network. Left out: the layer-by-layer order (all layers are selected on the unpruned
-network and cut at once) and the "3C" combination with factorisations.
+on the unpruned network, with inputs from the pruned one. Left out: the layer-by-layer order (all layers
+are selected on the unpruned network and cut at once), the penalty bisection to exactly c' channels (the
+path order is used instead) and the "3C" combination with factorisations.
 """
 from __future__ import annotations
 
-from ._registry import MethodResult, RunContext, get_method, register_method
-from .l1_filter import _choice, check_context
-from .thinet import prune_and_refit
+from dataclasses import dataclass
+from typing import Literal
 
-DEFAULTS = {
-    "allocation": "uniform",  # per-layer ratios were hand-set in the paper; uniform meets a target
-    "refit": "full",  # least squares on the kept weights of every re-fitted layer
-}
+from ._config import MethodConfig
+from ._registry import MethodResult, RunContext, Telemetry, register_method
+from .thinet import RECONSTRUCTION_TELEMETRY, prune_and_refit
 
 
-@register_method("cp-lasso", kind="structured", status="partial", defaults=DEFAULTS, needs_data=True,
+@dataclass(frozen=True)
+class CPLassoConfig(MethodConfig):
+    allocation: Literal["uniform", "global"] = "uniform"  # the paper sets per-layer ratios by hand; uniform -- ours
+    refit: Literal["full", "scale", "none"] = "full"  # least squares on the kept weights (sec. 3.1, step (ii))
+
+
+@register_method("cp-lasso", config=CPLassoConfig, kind="structured", status="partial", needs=("calib",),
+                 telemetry=Telemetry(what="least-squares re-fit of the layers whose input channels were cut",
+                                     **RECONSTRUCTION_TELEMETRY),
                  left_out="sequential layer-by-layer selection (all layers are selected on the unpruned network "
-                          "and cut at once, then re-fitted) and the 3C combination with factorisations")
-def run(ctx: RunContext) -> MethodResult:
-    opts = get_method("cp-lasso").options(ctx.options)
-    _choice("cp-lasso", "allocation", opts["allocation"], ("uniform", "global"))
-    _choice("cp-lasso", "refit", opts["refit"], ("full", "scale", "none"))
-    check_context(ctx, "cp-lasso", needs_calib=True)
-    info = prune_and_refit(ctx, "cp-lasso", "cp-lasso", opts["allocation"], opts["refit"])
-    return MethodResult(model=ctx.model, info={"criterion": "cp-lasso", **opts, **info})
+                          "and cut at once, then re-fitted), the penalty bisection to exactly c' non-zero "
+                          "coefficients (channels are ranked by the LASSO path instead), and the 3C combination "
+                          "with factorisations")
+def run(ctx: RunContext, cfg: CPLassoConfig) -> MethodResult:
+    info, telemetry = prune_and_refit(ctx, "cp-lasso", cfg.allocation, cfg.refit)
+    return MethodResult(model=ctx.model, info=info, telemetry=telemetry)

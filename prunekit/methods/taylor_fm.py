@@ -3,36 +3,51 @@
 Paper: Pavlo Molchanov, Stephen Tyree, Tero Karras, Timo Aila, Jan Kautz, "Pruning Convolutional Neural
 Networks for Resource Efficient Inference", ICLR 2017. https://arxiv.org/abs/1611.06440
 
-The paper approximates the loss change caused by zeroing a feature map with the first-order Taylor term
-``|mean(a * dL/da)|`` over batch and positions, scales each layer's scores to unit l2 norm so that all
-layers can be ranked together, and prunes greedily: remove the globally weakest map, fine-tune a few
-minibatches, and repeat until the budget is met. Here the ``taylor-act`` criterion provides the scores
-from calibration gradients, each round removes ``per_round`` maps (1, as in the paper, unless
-``max_rounds`` rounds would not reach the target) through the engine, and ``steps_between`` minibatches
-of ``ctx.train_data`` are trained between rounds, within ``ctx.prune_epochs`` epochs in total.
+The paper approximates the loss change caused by zeroing a feature map by the first-order Taylor term
+``|(1/M) sum_m a_m dL/da_m|`` over the map's M positions, computed for each example and averaged over the
+minibatch; each layer's scores are scaled to unit l2 norm so that all layers can be ranked together. It
+prunes greedily: remove the globally weakest map, fine-tune a few minibatches, and repeat until the budget
+is met. Here each round scores the feature maps as the next layer reads them, from the calibration batches
+(:func:`prunekit.criteria.taylor.taylor_fm_scores`), removes ``per_round`` maps (1, as in the paper, unless
+``max_rounds`` rounds would not reach the target) through the engine and trains ``steps_between``
+minibatches through ``fit`` (:func:`prunekit.train.rounds.prune_in_rounds`); the last round lands on the
+MAC/parameter target.
 """
 from __future__ import annotations
 
-from ._registry import MethodResult, RunContext, get_method, register_method
-from .l1_filter import _choice, _criterion_option, check_context, prune_iteratively
+from dataclasses import dataclass
+from typing import Literal
 
-DEFAULTS = {
-    "per_round": 1,  # feature maps removed per round (paper: 1)
-    "max_rounds": 64,  # cap on rounds; per_round grows when the target needs more
-    "steps_between": 20,  # minibatches of fine-tuning between rounds
-    "lr": 1e-3,  # learning rate of those steps
-    "reduce": "group",
-    "criterion": "taylor-act",  # the ranking; another registered criterion gives the entry's same-schedule baselines
-}
+from ..criteria.taylor import taylor_fm_scores
+from ..train.rounds import between_rounds_config, prune_in_rounds, registered_scorer
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 
-@register_method("taylor-fm", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    opts = get_method("taylor-fm").options(ctx.options)
-    _choice("taylor-fm", "reduce", opts["reduce"], ("group", "producer"))
-    _criterion_option("taylor-fm", opts["criterion"])
-    check_context(ctx, "taylor-fm", needs_calib=True, needs_train=opts["steps_between"] > 0)
-    info = prune_iteratively(ctx, "taylor-fm", opts["criterion"], per_round=opts["per_round"],
-                             max_rounds=opts["max_rounds"], steps_between=opts["steps_between"], lr=opts["lr"],
-                             allocation="global", reduce=opts["reduce"])
-    return MethodResult(model=ctx.model, info={**opts, **info})
+@dataclass(frozen=True)
+class TaylorFMConfig(MethodConfig):
+    per_round: int = option(1, ge=1)  # feature maps removed per round (sec. 2: one map, then fine-tune)
+    max_rounds: int = option(64, ge=1)  # cap on rounds; per_round grows when the target needs more -- ours
+    steps_between: int = option(20, ge=0)  # minibatches of fine-tuning after each cut (entry's check: 20)
+    lr: float = option(1e-3, gt=0)  # SGD lr of those steps -- ours (the paper fine-tunes at its training lr)
+    criterion: Literal["taylor-act", "l1", "l2", "random"] = "taylor-act"  # taylor-act: the paper's score; others:
+    # the entry's same-schedule baselines (engine criterion, members mean-normalised) -- ours
+
+
+@register_method("taylor-fm", config=TaylorFMConfig, kind="structured", needs=("calib", "train"), telemetry=Telemetry(
+    keys=("rounds", "steps_between", "train_steps"), engaged=lambda t: t["train_steps"] > 0,
+    what="fine-tuning between the rounds that each remove per_round maps",
+    knob="raise steps_between (minibatches trained after each cut), or lower per_round / raise max_rounds so "
+         "the target takes several rounds"))
+def run(ctx: RunContext, cfg: TaylorFMConfig) -> MethodResult:
+    if cfg.criterion == "taylor-act":
+        def score(model, graph):
+            return taylor_fm_scores(model, graph, ctx.calib)
+    else:
+        score = registered_scorer(cfg.criterion, ctx.calib, seed=ctx.seed)
+    res = prune_in_rounds(ctx.model, ctx.example_inputs, target=ctx.target, score=score, per_round=cfg.per_round,
+                          max_rounds=cfg.max_rounds, train_data=ctx.train_data, steps_between=cfg.steps_between,
+                          train_config=between_rounds_config(ctx.train_config, lr=cfg.lr, device=ctx.device,
+                                                             seed=ctx.seed), ignore=ctx.ignore)
+    tel = {"rounds": res.rounds, "steps_between": res.steps_between, "train_steps": res.train_steps}
+    return MethodResult(model=ctx.model, info={"criterion": cfg.criterion, **res.to_dict()}, telemetry=tel)

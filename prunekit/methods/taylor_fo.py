@@ -1,38 +1,54 @@
-"""Taylor-FO: squared first-order Taylor importance of BatchNorm gates, removed globally in rounds.
+"""Taylor-FO: squared first-order Taylor importance of a gate after each BatchNorm, removed globally in rounds.
 
 Paper: Pavlo Molchanov, Arun Mallya, Stephen Tyree, Iuri Frosio, Jan Kautz, "Importance Estimation for
 Neural Network Pruning", CVPR 2019. https://arxiv.org/abs/1906.10771
 
 The paper estimates how much the loss would change if a unit were removed by the square of its
-first-order Taylor term; with a gate after each BatchNorm this is ``(gamma * dL/dgamma)^2`` (for a filter,
-``(sum w * dL/dw)^2``), which correlates closely with the true change. Scores are ranked over the whole
-network without per-layer normalisation, a fixed number of units is removed every few dozen minibatches
-of continued training, and the network is fine-tuned at the end. Here the ``taylor`` criterion is computed
-from calibration gradients, each round removes the globally lowest channels through the engine and
-trains ``steps_between`` minibatches before the next, and the last round lands on the MAC/parameter target.
+first-order Taylor term. Its best variant places a gate (a constant 1) after each BatchNorm: the unit's
+importance is ``(g * dL/dg)^2``, which equals ``(gamma dL/dgamma + beta dL/dbeta)^2``, squared on each
+mini-batch and averaged over mini-batches. The scores are ranked over the whole network as they are (no
+per-layer normalisation); every 30 minibatches of continued training the 100 lowest units are removed, up
+to 32 times, and the network is fine-tuned afterwards. Here each round scores the calibration batches
+(:func:`prunekit.criteria.taylor.taylor_fo_scores`; a layer without BatchNorm is gated at its output, so
+its term is the filter's ``sum w dL/dw``), cuts the globally lowest channels through the engine and trains
+``steps_between`` minibatches through ``fit`` (:func:`prunekit.train.rounds.prune_in_rounds`); the last
+round lands on the MAC/parameter target.
 """
 from __future__ import annotations
 
-from ._registry import MethodResult, RunContext, get_method, register_method
-from .l1_filter import _choice, _criterion_option, check_context, prune_iteratively
+from dataclasses import dataclass
+from typing import Literal
 
-DEFAULTS = {
-    "per_round": 100,  # units removed per round (paper: 100 on ImageNet); more when max_rounds would not reach
-    "max_rounds": 32,  # paper: up to 32 rounds
-    "steps_between": 30,  # minibatches of training between rounds (paper: 30)
-    "lr": 1e-3,  # learning rate of those steps
-    "reduce": "group",  # "producer": the BatchNorm gate (and filter) terms only
-    "criterion": "taylor",  # the ranking; another registered criterion gives the entry's same-schedule baselines
-}
+from ..criteria.taylor import taylor_fo_scores
+from ..train.rounds import between_rounds_config, prune_in_rounds, registered_scorer
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 
-@register_method("taylor-fo", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    opts = get_method("taylor-fo").options(ctx.options)
-    _choice("taylor-fo", "reduce", opts["reduce"], ("group", "producer"))
-    _criterion_option("taylor-fo", opts["criterion"])
-    check_context(ctx, "taylor-fo", needs_calib=True, needs_train=opts["steps_between"] > 0)
-    info = prune_iteratively(ctx, "taylor-fo", opts["criterion"], per_round=opts["per_round"],
-                             max_rounds=opts["max_rounds"], steps_between=opts["steps_between"], lr=opts["lr"],
-                             allocation="global", reduce=opts["reduce"])
-    return MethodResult(model=ctx.model, info={**opts, **info})
+@dataclass(frozen=True)
+class TaylorFOConfig(MethodConfig):
+    per_round: int = option(100, ge=1)  # units removed per round (sec. 4, ImageNet: 100); more if max_rounds binds
+    max_rounds: int = option(32, ge=1)  # rounds at most (sec. 4: up to 32)
+    steps_between: int = option(30, ge=0)  # minibatches trained after each cut (sec. 4: every 30 minibatches)
+    lr: float = option(1e-3, gt=0)  # SGD lr of those steps (NVlabs/Taylor_pruning config: 1e-3, no decay)
+    criterion: Literal["taylor", "l2", "l1", "random"] = "taylor"  # taylor: the paper's gate score; others: the
+    # entry's same-schedule baselines (engine criterion, members mean-normalised) -- ours
+
+
+@register_method("taylor-fo", config=TaylorFOConfig, kind="structured", needs=("calib", "train"), telemetry=Telemetry(
+    keys=("rounds", "steps_between", "train_steps"), engaged=lambda t: t["train_steps"] > 0,
+    what="training between the rounds that each remove per_round units",
+    knob="raise steps_between (minibatches trained after each cut), or lower per_round / raise max_rounds so "
+         "the target takes several rounds"))
+def run(ctx: RunContext, cfg: TaylorFOConfig) -> MethodResult:
+    if cfg.criterion == "taylor":
+        def score(model, graph):
+            return taylor_fo_scores(model, graph, ctx.calib)
+    else:
+        score = registered_scorer(cfg.criterion, ctx.calib, seed=ctx.seed)
+    res = prune_in_rounds(ctx.model, ctx.example_inputs, target=ctx.target, score=score, per_round=cfg.per_round,
+                          max_rounds=cfg.max_rounds, train_data=ctx.train_data, steps_between=cfg.steps_between,
+                          train_config=between_rounds_config(ctx.train_config, lr=cfg.lr, device=ctx.device,
+                                                             seed=ctx.seed), ignore=ctx.ignore)
+    tel = {"rounds": res.rounds, "steps_between": res.steps_between, "train_steps": res.train_steps}
+    return MethodResult(model=ctx.model, info={"criterion": cfg.criterion, **res.to_dict()}, telemetry=tel)
