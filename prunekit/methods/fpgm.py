@@ -9,7 +9,8 @@ most replaceable. Its fast form scores each filter by the sum of its Euclidean d
 its layer and takes the smallest sums, the same fraction in every layer. The selection is soft (Alg. 1):
 after every training epoch the selected filters are set to zero but keep training, so a filter chosen by
 mistake grows back and another is chosen at the next epoch; the filters that are zero after the last epoch
-are removed. Here the per-epoch selection is the :class:`~prunekit.methods._regularizers.SoftFilterMask`
+are removed. As in the authors' code (`pruning_cifar10.py`), a first selection zeroes the given model before
+the first epoch, so one epoch already re-selects once. Here the per-epoch selection is the :class:`~prunekit.methods._regularizers.SoftFilterMask`
 callback (filters tied by a residual add are scored together and zeroed at the same indices), the number
 per layer comes from the engine's plan at the MAC/parameter target, and the end cut removes exactly the
 last selection, so the target is met. ``schedule="one-shot"`` is one engine cut of the given model instead.
@@ -52,8 +53,9 @@ def _engaged(t: dict) -> bool:
                                      engaged=_engaged,
                                      what="soft re-selection of the filters nearest the geometric median "
                                           "(one-shot: a cut decided by the distances, not by ties)",
-                                     knob="raise prune_epochs (soft: one selection per epoch, at least 2 to "
-                                          "re-select); one-shot: prune a trained model whose filters differ"))
+                                     knob="raise prune_epochs (soft: one selection before training and one "
+                                          "after each epoch); one-shot: prune a trained model whose filters "
+                                          "differ"))
 def run(ctx: RunContext, cfg: FPGMConfig) -> MethodResult:
     import prunekit as pk
 
@@ -70,10 +72,12 @@ def run(ctx: RunContext, cfg: FPGMConfig) -> MethodResult:
                           "train_data=None; pass training batches (RunContext(train_data=loader)) or use "
                           "schedule='one-shot'")
     mask = _soft_mask(ctx.model, plan)
-    base = ctx.train_config if ctx.train_config is not None else pk.TrainConfig(progress=False)
-    pk.fit(ctx.model, ctx.train_data, dataclasses.replace(base, epochs=ctx.prune_epochs, device=ctx.device,
-                                                          seed=ctx.seed), callbacks=[mask])
-    last = mask.history[-1] if mask.history else {}  # Alg. 1: the filters zero after the last epoch go
+    mask.apply()  # the authors' code selects once before the first epoch
+    if ctx.prune_epochs >= 1:
+        base = ctx.train_config if ctx.train_config is not None else pk.TrainConfig(progress=False)
+        pk.fit(ctx.model, ctx.train_data, dataclasses.replace(base, epochs=ctx.prune_epochs, device=ctx.device,
+                                                              seed=ctx.seed), callbacks=[mask])
+    last = mask.history[-1]  # Alg. 1: the filters zero after the last epoch go
     chosen = {tied[0]: last[tied[0]].tolist() for tied in mask.tied if len(last.get(tied[0], ()))}
     report = pk.prune_(ctx.model, pk.plan_channels(ctx.model, ctx.example_inputs, chosen, ignore=list(ctx.ignore))
                        ) if chosen else None

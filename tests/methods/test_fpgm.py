@@ -86,9 +86,9 @@ def test_default_is_the_soft_schedule_reselected_every_epoch():
     m, _ = _tiny()
     dense = copy.deepcopy(m)
     r = _run(m, _train_batches(), prune_epochs=3)
-    t = r.telemetry
-    assert r.info["schedule"] == "soft" and t["schedule"] == "soft" and t["selections"] == 3 and r.engaged is True
-    assert r.info["zeroed_per_epoch"] == [r.info["zeroed_per_epoch"][0]] * 3 and t["groups_cut"] == 3
+    t = r.telemetry  # one selection before training (the authors' code), one after each epoch
+    assert r.info["schedule"] == "soft" and t["schedule"] == "soft" and t["selections"] == 4 and r.engaged is True
+    assert r.info["zeroed_per_epoch"] == [r.info["zeroed_per_epoch"][0]] * 4 and t["groups_cut"] == 3
     assert t["regrown"] >= 0 and r.info["reduce"] == "producer"
     x = torch.zeros(1, 1, 28, 28)
     assert pk.measure.count_macs(m, x).total <= 0.5 * pk.measure.count_macs(dense, x).total
@@ -117,14 +117,17 @@ def test_soft_schedule_removes_exactly_the_last_zeroed_filters(monkeypatch):
     m.eval()
     with torch.no_grad():
         torch.testing.assert_close(m(x), probe.out, rtol=1e-5, atol=1e-5)
-    assert r.telemetry["selections"] == 2 and m.conv1.out_channels < 20
+    assert r.telemetry["selections"] == 3 and m.conv1.out_channels < 20
 
 
-def test_one_selection_warns_to_raise_prune_epochs():
+def test_one_epoch_reselects_once_and_no_epoch_warns_to_raise_prune_epochs():
+    m, _ = _tiny()
+    r = _run(m, _train_batches(), prune_epochs=1)
+    assert r.engaged is True and r.telemetry["selections"] == 2
     m, _ = _tiny()
     with pytest.warns(MechanismWarning, match="raise prune_epochs"):
-        r = _run(m, _train_batches(), prune_epochs=1)
-    assert r.engaged is False and r.telemetry["selections"] == 1
+        r = _run(m, _train_batches(), prune_epochs=0)
+    assert r.engaged is False and r.telemetry["selections"] == 1 and m.conv1.out_channels < 20
 
 
 def test_one_shot_on_identical_filters_warns():
