@@ -9,11 +9,12 @@ most replaceable. Its fast form scores each filter by the sum of its Euclidean d
 its layer and takes the smallest sums, the same fraction in every layer. The selection is soft (Alg. 1):
 after every training epoch the selected filters are set to zero but keep training, so a filter chosen by
 mistake grows back and another is chosen at the next epoch; the filters that are zero after the last epoch
-are removed. As in the authors' code (`pruning_cifar10.py`), a first selection zeroes the given model before
-the first epoch, so one epoch already re-selects once. Here the per-epoch selection is the :class:`~prunekit.methods._regularizers.SoftFilterMask`
-callback (filters tied by a residual add are scored together and zeroed at the same indices), the number
-per layer comes from the engine's plan at the MAC/parameter target, and the end cut removes exactly the
-last selection, so the target is met. ``schedule="one-shot"`` is one engine cut of the given model instead.
+are removed. As in the authors' code (``pruning_cifar10.py``), a first selection zeroes the given model
+before the first epoch, so one epoch already re-selects once. Here the selection is the
+:class:`~prunekit.methods._regularizers.SoftFilterMask` callback (filters tied by a residual add are scored
+together and zeroed at the same indices), the number per layer comes from the engine's plan at the
+MAC/parameter target, and the end cut removes exactly the last selection, so the target is met.
+``schedule="one-shot"`` is one engine cut of the given model instead.
 """
 from __future__ import annotations
 

@@ -33,9 +33,9 @@ class HRankConfig(MethodConfig):
                  telemetry=Telemetry(**ONE_SHOT_TELEMETRY,
                                      what="filters removed because their maps' average rank is below the kept "
                                           "ones' (removed_over_kept: mean rank removed / kept)",
-                                     knob="no removed channel scored below the kept ones: the maps have equal ranks (all "
-                                          "full rank or all constant); give calibration images that vary or "
-                                          "prune layers with larger maps"))
+                                     knob="no removed channel scored below the kept ones: the maps have "
+                                          "equal ranks (all full rank or all constant); give calibration "
+                                          "images that vary or prune layers with larger maps"))
 def run(ctx: RunContext, cfg: HRankConfig) -> MethodResult:
     import prunekit as pk
 
