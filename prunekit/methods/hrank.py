@@ -12,22 +12,39 @@ MAC/parameter target is met (``per_layer`` rates can be given instead), and the 
 """
 from __future__ import annotations
 
-from ._registry import MethodResult, RunContext, get_method, register_method
-from .l1_filter import _choice, check_context, prune_with_criterion
+from dataclasses import dataclass
+from typing import Literal
 
-DEFAULTS = {
-    "allocation": "uniform",  # the paper's per-layer rates are hand-set; uniform meets a target
-    "per_layer": None,  # {module fqn: sparsity} to reproduce hand-set rates instead of a target
-}
+from ._config import MethodConfig
+from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ._telemetry import ONE_SHOT_TELEMETRY, criterion_separation
 
 
-@register_method("hrank", kind="structured", status="partial", defaults=DEFAULTS, needs_data=True,
+@dataclass(frozen=True)
+class HRankConfig(MethodConfig):
+    allocation: Literal["uniform", "global"] = "uniform"  # the paper's rates are hand-set per layer (sec. 4.1,
+    # `--compress_rate`); uniform (ours) meets a target; global ranks across layers (ours)
+    per_layer: dict | None = None  # {module fqn: sparsity}: the paper's hand-set rates instead of a target
+
+
+@register_method("hrank", config=HRankConfig, kind="structured", status="partial", needs=("calib",),
                  left_out="the layer-by-layer schedule with a fine-tune after each layer: all layers are cut "
-                          "at once, then the shared fine-tune runs")
-def run(ctx: RunContext) -> MethodResult:
-    opts = get_method("hrank").options(ctx.options)
-    _choice("hrank", "allocation", opts["allocation"], ("uniform", "global"))
-    check_context(ctx, "hrank", needs_calib=True)
-    rep = prune_with_criterion(ctx, "hrank", "hrank", allocation=opts["allocation"], reduce="group",
-                               per_layer=opts["per_layer"])
-    return MethodResult(model=ctx.model, info={"criterion": "hrank", **opts, "engine_report": rep})
+                          "at once, then the shared fine-tune runs",
+                 telemetry=Telemetry(**ONE_SHOT_TELEMETRY,
+                                     what="filters removed because their maps' average rank is below the kept "
+                                          "ones' (removed_over_kept: mean rank removed / kept)",
+                                     knob="no removed channel scored below the kept ones: the maps have "
+                                          "equal ranks (all full rank or all constant); give calibration "
+                                          "images that vary or prune layers with larger maps"))
+def run(ctx: RunContext, cfg: HRankConfig) -> MethodResult:
+    import prunekit as pk
+
+    how = {"per_layer": cfg.per_layer} if cfg.per_layer else {"target": ctx.target,
+                                                              "global_": cfg.allocation == "global"}
+    plan = pk.plan(ctx.model, ctx.example_inputs, criterion="hrank", calib=ctx.calib, reduce="group",
+                   ignore=list(ctx.ignore), seed=ctx.seed, **how)
+    telemetry = criterion_separation(ctx.model, ctx.example_inputs, plan, "hrank", calib=ctx.calib)
+    report = pk.prune_(ctx.model, plan)
+    return MethodResult(model=ctx.model, telemetry=telemetry,
+                        info={"criterion": "hrank", "reduce": "group", "allocation": cfg.allocation,
+                              "per_layer": cfg.per_layer, "engine_report": report.to_dict()})

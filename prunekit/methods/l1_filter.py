@@ -12,121 +12,62 @@ filters (``reduce="producer"``), the allocation is the same fraction per layer b
 finds the fraction that meets the MAC/parameter target) or, with ``allocation="sensitivity"``, the
 per-layer ratios of :mod:`prunekit.allocate.sensitivity` measured on the validation data.
 
-This module also holds the small driver the other one-shot criterion methods share
-(:func:`prune_with_criterion`, :func:`prune_iteratively`).
+:func:`~prunekit.methods._telemetry.criterion_separation` is the telemetry of every one-shot criterion cut
+(l1-filter, fpgm, hrank, nisp): how far the criterion, not the tie-break, decided which channels went.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import math
+from dataclasses import dataclass
+from typing import Literal
 
-import torch
 
 from ..errors import ConfigError
-from ._registry import MethodResult, RunContext, get_method, register_method
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ._telemetry import ONE_SHOT_TELEMETRY, criterion_separation
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "allocation": "uniform",  # uniform | global | sensitivity (the paper's per-layer choice)
-    "reduce": "producer",  # score the producing filters' own weights, as the paper does
-    "max_batches": 4,  # validation batches per evaluation of the sensitivity sweep
-}
-_ALLOCATIONS = ("uniform", "global", "sensitivity")
+
+@dataclass(frozen=True)
+class L1FilterConfig(MethodConfig):
+    allocation: Literal["uniform", "global", "sensitivity"] = "uniform"  # per-layer fractions: the paper reads
+    # them off its sensitivity analysis (sec. 3.2, "sensitivity"); uniform (ours, the default) meets a target
+    # without validation data; global ranks mean-normalised scores across layers (ours)
+    reduce: Literal["producer", "group"] = "producer"  # score = the producing filter's own |W| (sec. 3.1)
+    max_batches: int = option(4, ge=1)  # validation batches per evaluation of the sensitivity sweep (ours)
 
 
-def _choice(method: str, name: str, value, choices) -> None:
-    if value not in choices:
-        from .._registry import closest
+@register_method("l1-filter", config=L1FilterConfig, kind="structured",
+                 telemetry=Telemetry(**ONE_SHOT_TELEMETRY,
+                                     what="filters removed because their L1 norm is below the kept ones'",
+                                     knob="no removed filter scored below the kept ones: the filters' L1 "
+                                          "norms tie (a constant model?) or no group was cut; prune a trained "
+                                          "model or lower the target"))
+def run(ctx: RunContext, cfg: L1FilterConfig) -> MethodResult:
+    import prunekit as pk
 
-        hint = closest(str(value), list(choices))
-        raise ConfigError(f"method {method!r}: options[{name!r}]={value!r} is not valid" +
-                          (f"; did you mean {hint!r}?" if hint else "") + f"; choose one of {list(choices)}")
-
-
-def check_context(ctx: RunContext, method: str, *, needs_calib: bool, needs_train: bool = False) -> None:
-    """Fail before touching the model: target kind, data a method needs, ignore names (one error for all)."""
-    from ..allocate import parse_target
-
-    problems = []
-    try:
-        parse_target(ctx.target)
-    except ConfigError as e:
-        problems.append(f"method {method!r}: {e}")
-    if needs_calib and not ctx.calib:
-        problems.append(f"method {method!r} scores channels from data but calib={ctx.calib!r}; pass a few "
-                        f"calibration batches (RunContext(calib=[(inputs, targets), ...]), `prunekit run` "
-                        f"--calib-batches N) or use a data-free method such as 'l1-filter' or 'fpgm'")
-    if needs_train and ctx.train_data is None:
-        problems.append(f"method {method!r} fine-tunes between pruning steps but train_data=None; pass training "
-                        f"batches (RunContext(train_data=loader))")
-    if problems:
-        raise ConfigError("; ".join(problems))
-    if needs_calib:  # a data-free plan finds an unreachable target before any calibration pass
-        from ..api import plan
-
-        try:
-            plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="l1", ignore=list(ctx.ignore))
-        except ConfigError as e:
-            raise ConfigError(f"method {method!r}: {e}") from None
-
-
-def prune_with_criterion(ctx: RunContext, method: str, criterion: str, *, allocation: str = "uniform",
-                         reduce: str = "group", per_layer: dict | None = None, calib_needed: bool = True,
-                         target: str | None = None) -> dict:
-    """One engine cut of ``ctx.model`` to ``ctx.target`` ranked by ``criterion``; returns the engine report.
-
-    The engine plans first (an unreachable target or a missing input raises ConfigError and changes
-    nothing) and applies the plan transactionally.
-    """
-    from ..api import prune_
-
-    kw = dict(example_inputs=ctx.example_inputs, criterion=criterion, calib=ctx.calib if calib_needed else None,
-              ignore=list(ctx.ignore), reduce=reduce, seed=ctx.seed)
-    if per_layer is not None:
-        rep = prune_(ctx.model, per_layer=per_layer, **kw)
-    else:
-        rep = prune_(ctx.model, target=target or ctx.target, global_=allocation == "global", **kw)
-    return rep.to_dict()
-
-
-def _accuracy(model, batches) -> float:
-    from ..graph.trace import model_device, move_to
-
-    correct = n = 0
-    was = model.training
-    model.eval()
-    device = model_device(model)
-    with torch.no_grad():
-        for x, y in batches:
-            x, y = move_to((x, y), device)
-            correct += int((model(x).argmax(1) == y).sum())
-            n += len(y)
-    model.train(was)
-    return correct / max(n, 1)
-
-
-@register_method("l1-filter", kind="structured", defaults=DEFAULTS, needs_data=False)
-def run(ctx: RunContext) -> MethodResult:
-    opts = get_method("l1-filter").options(ctx.options)
-    _choice("l1-filter", "allocation", opts["allocation"], _ALLOCATIONS)
-    _choice("l1-filter", "reduce", opts["reduce"], ("group", "producer"))
-    check_context(ctx, "l1-filter", needs_calib=False)
-    info: dict = {"criterion": "l1", "allocation": opts["allocation"]}
+    info: dict = {"criterion": "l1", "reduce": cfg.reduce, "allocation": cfg.allocation}
     per_layer = None
-    if opts["allocation"] == "sensitivity":
+    if cfg.allocation == "sensitivity":  # sec. 3.2: prune each layer alone, evaluate, spare the sensitive ones
         from ..allocate.sensitivity import ratios_for_target, sensitivity_curves
 
         data = ctx.val_data if ctx.val_data is not None else ctx.calib
         if data is None:
-            raise ConfigError("method 'l1-filter' with allocation='sensitivity' evaluates each pruned layer: pass "
-                              "val_data (or calib) batches, or use allocation='uniform'")
-        batches = list(itertools.islice(iter(data), int(opts["max_batches"])))
-        curves = sensitivity_curves(ctx.model, ctx.example_inputs, lambda m: _accuracy(m, batches), criterion="l1",
-                                    ignore=ctx.ignore, reduce=opts["reduce"])
+            raise ConfigError("method 'l1-filter': allocation='sensitivity' evaluates each pruned layer but "
+                              "val_data=None and calib=None; pass val_data (or calib) batches, or use "
+                              "allocation='uniform'")
+        batches = list(itertools.islice(iter(data), cfg.max_batches))
+        curves = sensitivity_curves(ctx.model, ctx.example_inputs,
+                                    lambda m: pk.evaluate(m, batches, device=ctx.device)["accuracy"],
+                                    criterion="l1", ignore=ctx.ignore, reduce=cfg.reduce, seed=ctx.seed)
         per_layer, drop = ratios_for_target(ctx.model, ctx.example_inputs, curves, ctx.target, ignore=ctx.ignore)
         info.update({"sensitivity": curves, "per_layer": per_layer, "accepted_drop": drop})
-    rep = prune_with_criterion(ctx, "l1-filter", "l1", allocation=opts["allocation"], reduce=opts["reduce"],
-                               per_layer=per_layer, calib_needed=False)
-    return MethodResult(model=ctx.model, info={**info, "engine_report": rep})
+    how = {"per_layer": per_layer} if per_layer else {"target": ctx.target, "global_": cfg.allocation == "global"}
+    plan = pk.plan(ctx.model, ctx.example_inputs, criterion="l1", reduce=cfg.reduce, ignore=list(ctx.ignore),
+                   seed=ctx.seed, **how)
+    telemetry = criterion_separation(ctx.model, ctx.example_inputs, plan, "l1", reduce=cfg.reduce, seed=ctx.seed)
+    report = pk.prune_(ctx.model, plan)
+    return MethodResult(model=ctx.model, info={**info, "engine_report": report.to_dict()}, telemetry=telemetry)

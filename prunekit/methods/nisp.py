@@ -14,25 +14,38 @@ MAC/parameter target, and the shared fine-tune follows.
 """
 from __future__ import annotations
 
-from ._registry import MethodResult, RunContext, get_method, register_method
-from .l1_filter import _choice, check_context, prune_with_criterion
+from dataclasses import dataclass
+from typing import Literal
 
-DEFAULTS = {
-    "allocation": "uniform",  # a predefined ratio per layer
-    "alpha": 0.5,  # Inf-FS mix of response spread and decorrelation
-    "classifier": None,  # FQN of the layer reading the final responses (default: the last nn.Linear)
-}
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ._telemetry import ONE_SHOT_TELEMETRY, criterion_separation
 
 
-@register_method("nisp", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
+@dataclass(frozen=True)
+class NISPConfig(MethodConfig):
+    allocation: Literal["uniform", "global"] = "uniform"  # a predefined ratio per layer (sec. 3); global (ours)
+    alpha: float = option(0.5, ge=0, le=1)  # Inf-FS mix of response spread and decorrelation (Roffo et al. 2015)
+    classifier: str | None = None  # FQN of the layer reading the final responses (default: the last nn.Linear)
+
+
+@register_method("nisp", config=NISPConfig, kind="structured", needs=("calib",),
+                 telemetry=Telemetry(**ONE_SHOT_TELEMETRY,
+                                     what="neurons removed because their propagated importance is below the "
+                                          "kept ones'",
+                                     knob="no removed channel scored below the kept ones: the propagated scores do not "
+                                          "differ (constant weights or responses?); give calibration images that "
+                                          "vary and a trained model"))
+def run(ctx: RunContext, cfg: NISPConfig) -> MethodResult:
+    import prunekit as pk
     from ..criteria.nisp import nisp_context
 
-    opts = get_method("nisp").options(ctx.options)
-    _choice("nisp", "allocation", opts["allocation"], ("uniform", "global"))
-    check_context(ctx, "nisp", needs_calib=True)
-    with nisp_context(ctx.model, ctx.example_inputs, ctx.calib, ignore=ctx.ignore, alpha=opts["alpha"],
-                      classifier=opts["classifier"]):
-        rep = prune_with_criterion(ctx, "nisp", "nisp", allocation=opts["allocation"], reduce="group",
-                                   calib_needed=False)
-    return MethodResult(model=ctx.model, info={"criterion": "nisp", **opts, "engine_report": rep})
+    with nisp_context(ctx.model, ctx.example_inputs, ctx.calib, ignore=ctx.ignore, alpha=cfg.alpha,
+                      classifier=cfg.classifier):
+        plan = pk.plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="nisp", reduce="group",
+                       global_=cfg.allocation == "global", ignore=list(ctx.ignore), seed=ctx.seed)
+        telemetry = criterion_separation(ctx.model, ctx.example_inputs, plan, "nisp")
+    report = pk.prune_(ctx.model, plan)
+    return MethodResult(model=ctx.model, telemetry=telemetry,
+                        info={"criterion": "nisp", "reduce": "group", "allocation": cfg.allocation,
+                              "alpha": cfg.alpha, "classifier": cfg.classifier, "engine_report": report.to_dict()})
