@@ -25,8 +25,8 @@ __all__ = ["SNIPConfig", "run_snip", "magnitude_overlap"]
 
 @dataclass(frozen=True)
 class SNIPConfig(MethodConfig):
-    batches: int = option(1, ge=1)  # scoring mini-batches (paper sec. 4: one batch, 100 images on MNIST)
-    global_: bool = True  # one ranking over all layers (paper sec. 4.1: keep the top-kappa globally)
+    batches: int = option(1, ge=1)  # scoring mini-batches (paper: one batch; 100 images on MNIST)
+    global_: bool = True  # one ranking over all layers (paper: keep the kappa most sensitive globally)
 
 
 def magnitude_overlap(magnitudes: dict, masks: dict) -> tuple[float, int]:
