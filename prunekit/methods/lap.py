@@ -81,7 +81,10 @@ class _FlowMode(TorchFunctionMode):
         else:
             p = frozenset().union(*(tg[0] for tg in tags))
             a = frozenset().union(*(tg[1] for tg in tags))
-        for t in _tensors(out):
+        targets = list(_tensors(out))
+        if getattr(func, "__name__", "") == "__setitem__" and args and isinstance(args[0], torch.Tensor):
+            targets.append(args[0])  # x[i] = y writes y into x
+        for t in targets:
             self.tag(t, p, a)
         return out
 
@@ -346,6 +349,9 @@ def run_lap(ctx: RunContext, cfg: LAPConfig) -> MethodResult:
         history.append({"round": r, "sparsity": report.sparsity})
         if r + 1 < cfg.rounds and cfg.retrain_epochs:
             fit(ctx.model, ctx.train_data, train_cfg)
+    if unmatched:
+        log.warning("lap: %d neighbour pairs do not line up channel for channel and were skipped: %s",
+                    len(set(unmatched)), sorted(set(unmatched))[:5])
     return MethodResult(ctx.model, info={"rounds": history, "sparsity": history[-1]["sparsity"],
                                          "prev": flow.prev, "next": flow.next}, telemetry={
         "kept_not_by_magnitude": differ,
