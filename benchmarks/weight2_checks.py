@@ -42,7 +42,7 @@ def check_lap():
             m = pk.models.create("lenet300")
             m.load_state_dict(dense.state_dict())
             for s in lap_round_sparsities(0.96875, 5):
-                pk.sparsify_(m, sparsity=s, criterion=crit)
+                pk.sparsify_(m, sparsity=s, criterion=crit, calib=b.calib(1))
                 pk.fit(m, b.train, pk.TrainConfig(epochs=1, lr=0.05, seed=seed, progress=False))
             acc[crit].append(_acc(m, b))
     return acc

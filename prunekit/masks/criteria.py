@@ -70,18 +70,22 @@ def score_random(model, params, *, calib=None, loss_fn=None, generator=None):
     return out
 
 
-def connection_sensitivity(model, params, calib, loss_fn=None) -> dict[str, torch.Tensor]:
+def connection_sensitivity(model, params, calib, loss_fn=None, *, train_mode: bool = True) -> dict[str, torch.Tensor]:
     """``|w * dL/dw|`` summed over the calibration batches (SNIP's ``|dL/dc|`` at ``c = 1``).
 
-    Gradients are taken with ``torch.autograd.grad`` so ``.grad`` of the model is left untouched.
+    The loss is taken with the network as in training (``train_mode``, as in Lee et al. 2019: BatchNorm
+    normalises with the batch's statistics, dropout is active); every module's train/eval flag and every
+    buffer (BatchNorm running statistics) are put back afterwards, so scoring changes nothing but the
+    returned scores. Gradients are taken with ``torch.autograd.grad``, so ``.grad`` is left untouched.
     """
     loss_fn = loss_fn or F.cross_entropy
     names = list(params)
     tensors = [params[n] for n in names]
     totals = [torch.zeros_like(t) for t in tensors]
     n_batches = 0
-    was_training = model.training
-    model.eval()  # the scoring pass must not update BatchNorm statistics
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    model.train(train_mode)
     try:
         for inputs, targets in calib:
             inputs, targets = move_to((inputs, targets), tensors[0].device if tensors else "cpu")
@@ -92,7 +96,11 @@ def connection_sensitivity(model, params, calib, loss_fn=None) -> dict[str, torc
                     total.add_((g * t).detach())
             n_batches += 1
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     if n_batches == 0:
         raise ConfigError("calib is empty: connection sensitivity needs at least one (inputs, targets) batch")
     return {n: t.abs() for n, t in zip(names, totals)}

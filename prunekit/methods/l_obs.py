@@ -17,6 +17,8 @@ saliency order from one inverse), and we regularise H with a small multiple of i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +27,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..graph.trace import model_device, move_to
 from ..masks import install_masks_, prunable_weights, register_weight_criterion, view2d
-from ..train.rewind import method_options, target_sparsity
-from ._registry import MethodResult, RunContext, register_method
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-__all__ = ["layer_hessians", "obs_saliency", "obs_prune_layer", "run_l_obs"]
+__all__ = ["layer_hessians", "obs_saliency", "obs_prune_layer", "layer_output_error", "LOBSConfig", "run_l_obs"]
 
 
 def _layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -150,34 +152,53 @@ def score_obs(model, params, *, calib=None, loss_fn=None, generator=None):
             for f, p in params.items()}
 
 
-@register_method("l-obs", kind="unstructured", needs_data=True, defaults={
-    "max_samples": 10000,  # input rows per layer for H (entry's small-scale check: 10k samples)
-    "damp": 1e-5,  # H + damp * mean(diag H) * I (the paper starts its Woodbury recursion from 1e6 * I)
-    "exempt": (),
-})
-def run_l_obs(ctx: RunContext) -> MethodResult:
+def layer_output_error(weight: torch.Tensor, bias: torch.Tensor | None, new_weight: torch.Tensor,
+                       new_bias: torch.Tensor | None, h: torch.Tensor) -> float:
+    """The layer-wise error ``1/(2n) ||Y' - Y||^2 = 1/2 sum_rows d^T H d`` of replacing (w, b) by (w', b').
+
+    Example:
+        >>> h = torch.eye(3, dtype=torch.float64)            # two whitened inputs and the bias column
+        >>> layer_output_error(torch.ones(1, 2), None, torch.tensor([[1.0, 0.0]]), None, h)
+        0.5
+    """
+    d = view2d(new_weight.detach()).double() - view2d(weight.detach()).double()
+    db = (new_bias.detach().double() - bias.detach().double()) if bias is not None else d.new_zeros(d.shape[0])
+    da = torch.cat([d, db.reshape(-1, 1)], dim=1)
+    return float(0.5 * ((da @ h.double()) * da).sum())
+
+
+@dataclass(frozen=True)
+class LOBSConfig(MethodConfig):
+    max_samples: int = option(10000, ge=1)  # input rows per layer for H (entry's small-scale check: 10k samples)
+    damp: float = option(1e-5, gt=0)  # H + damp * mean(diag H) * I (the paper's recursion starts from 1e6 * I)
+    exempt: tuple[Literal["first", "last"], ...] = ()  # ours: keep the first / last layer dense
+
+
+@register_method("l-obs", config=LOBSConfig, kind="unstructured", needs=("calib",),
+                 telemetry=Telemetry(
+                     keys=("layer_sparsity", "layer_error_zeroed", "layer_error_obs"),
+                     engaged=lambda t: t["layer_error_obs"] < t["layer_error_zeroed"],
+                     what="the OBS update of the surviving weights lowering the layer-wise error below zeroing",
+                     knob="the survivors compensate only through correlated layer inputs: pass calibration "
+                          "batches of real training inputs (calib, options.max_samples)"))
+def run_l_obs(ctx: RunContext, cfg: LOBSConfig) -> MethodResult:
     """One-shot L-OBS: every layer pruned to the target sparsity with OBS corrections; fine-tune afterwards."""
-    opts = method_options("l-obs", ctx.options)
-    sparsity = target_sparsity(ctx.target, "l-obs")
-    calib = ctx.calib if ctx.calib is not None else ctx.train_data
-    if calib is None:
-        raise ConfigError("l-obs builds each layer's Hessian from data: pass calib=[(inputs, targets), ...] "
-                          "(or train_data)")
-    params = prunable_weights(ctx.model, ctx.ignore, tuple(opts["exempt"]))
-    hs = layer_hessians(ctx.model, list(params), calib, max_samples=opts["max_samples"])
-    updates = {}
-    for fqn in params:  # compute everything first: a failure leaves the model untouched
+    params = prunable_weights(ctx.model, ctx.ignore, cfg.exempt)
+    hs = layer_hessians(ctx.model, list(params), ctx.calib, max_samples=cfg.max_samples)
+    masks, err_zero, err_obs = {}, 0.0, 0.0
+    for fqn in params:
         module = ctx.model.get_submodule(fqn.rpartition(".")[0])
-        updates[fqn] = (module, *obs_prune_layer(module.weight, getattr(module, "bias", None), hs[fqn], sparsity,
-                                                 damp=opts["damp"]))
-    masks = {}
-    with torch.no_grad():
-        for fqn, (module, w, b, mask) in updates.items():
+        bias = getattr(module, "bias", None)
+        w, b, masks[fqn] = obs_prune_layer(module.weight, bias, hs[fqn], ctx.target_value, damp=cfg.damp)
+        err_zero += layer_output_error(module.weight, bias, module.weight * masks[fqn], bias, hs[fqn])
+        err_obs += layer_output_error(module.weight, bias, w, b, hs[fqn])
+        with torch.no_grad():  # the harness restores the model if a later layer fails
             module.weight.copy_(w)
             if b is not None:
-                module.bias.copy_(b)
-            masks[fqn] = mask
+                bias.copy_(b)
     install_masks_(ctx.model, masks, mode="hard")
     numel = sum(m.numel() for m in masks.values())
-    return MethodResult(ctx.model, callbacks=[], info={
-        "sparsity": 1 - sum(int(m.sum()) for m in masks.values()) / numel})
+    layer_sparsity = {f: 1 - int(m.sum()) / m.numel() for f, m in masks.items()}
+    return MethodResult(ctx.model, info={"sparsity": 1 - sum(int(m.sum()) for m in masks.values()) / numel},
+                        telemetry={"layer_sparsity": layer_sparsity, "layer_error_zeroed": err_zero,
+                                   "layer_error_obs": err_obs})

@@ -12,15 +12,17 @@ stay zero), restoring approximate isometry before normal training starts.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..masks import get_masks, prunable_weights, sparsify_, view2d
-from ..train.rewind import method_options, target_sparsity
-from ._registry import MethodResult, RunContext, register_method
+from ._config import MethodConfig, option
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["orthogonal_init_", "isometry_error", "approximate_isometry_", "run_snip_ldi"]
+__all__ = ["orthogonal_init_", "isometry_error", "approximate_isometry_", "SNIPLDIConfig", "run_snip_ldi"]
 
 
 def orthogonal_init_(model: nn.Module, *, gain: float = 1.0, ignore=(), seed: int | None = None) -> list[str]:
@@ -81,23 +83,38 @@ def approximate_isometry_(model: nn.Module, *, iterations: int = 1000, lr: float
     return {f: (before[f], float(isometry_error(params[f].detach(), masks[f]))) for f in names}
 
 
-@register_method("snip-ldi", kind="unstructured", needs_data=True, defaults={
-    "orthogonal_init": True,  # re-initialise prunable weights orthogonally before scoring
-    "gain": 1.0,  # orthogonal init gain (1 for linear/tanh nets)
-    "ai_iterations": 1000,  # approximate-isometry steps after pruning (reference code: 10,000)
-    "ai_lr": 0.01,  # Adam learning rate of the isometry optimisation
-    "batches": 1,  # SNIP scoring batches
-})
-def run_snip_ldi(ctx: RunContext) -> MethodResult:
-    """Orthogonal init → SNIP (global) → approximate isometry on the masked weights."""
-    opts = method_options("snip-ldi", ctx.options)
-    sparsity = target_sparsity(ctx.target, "snip-ldi")
-    if not ctx.calib:
-        raise ConfigError("snip-ldi scores weights on calibration batches; pass calib=[(inputs, targets), ...]")
-    if opts["orthogonal_init"]:
-        orthogonal_init_(ctx.model, gain=opts["gain"], ignore=tuple(ctx.ignore), seed=ctx.seed)
-    report = sparsify_(ctx.model, sparsity=sparsity, criterion="snip", calib=list(ctx.calib)[: opts["batches"]],
+def _total_error(model: nn.Module, fqns, masks=None) -> float:
+    masks = masks or {}
+    return float(sum(isometry_error(model.get_parameter(f).detach(), masks.get(f)) for f in fqns))
+
+
+@dataclass(frozen=True)
+class SNIPLDIConfig(MethodConfig):
+    orthogonal_init: bool = True  # orthogonal weights before scoring (paper: gives layerwise dynamical isometry)
+    gain: float = option(1.0, gt=0)  # orthogonal init gain (paper: 1 for the linear/tanh networks)
+    ai_iterations: int = option(10000, ge=0)  # approximate-isometry steps (entry: 10,000 in the reference code)
+    ai_lr: float = option(0.01, gt=0)  # Adam step of the isometry optimisation (ours: not given in the entry)
+    batches: int = option(1, ge=1)  # SNIP scoring mini-batches (paper: one batch)
+
+
+@register_method("snip-ldi", config=SNIPLDIConfig, kind="unstructured", needs=("calib",),
+                 telemetry=Telemetry(
+                     keys=("isometry_error_init", "isometry_error_orthogonal", "isometry_error_pruned",
+                           "isometry_error_ai"),
+                     engaged=lambda t: t["isometry_error_ai"] < t["isometry_error_pruned"],
+                     what="the approximate-isometry step lowering the pruned layers' isometry error",
+                     knob="raise options.ai_iterations or options.ai_lr"))
+def run_snip_ldi(ctx: RunContext, cfg: SNIPLDIConfig) -> MethodResult:
+    """Orthogonal init -> SNIP (global) -> approximate isometry on the masked weights."""
+    fqns = list(prunable_weights(ctx.model, tuple(ctx.ignore)))
+    err_init = _total_error(ctx.model, fqns)
+    if cfg.orthogonal_init:
+        orthogonal_init_(ctx.model, gain=cfg.gain, ignore=tuple(ctx.ignore), seed=ctx.seed)
+    err_orth = _total_error(ctx.model, fqns)
+    report = sparsify_(ctx.model, sparsity=ctx.target_value, criterion="snip", calib=list(ctx.calib)[: cfg.batches],
                        global_=True, ignore=tuple(ctx.ignore))
-    errors = approximate_isometry_(ctx.model, iterations=opts["ai_iterations"], lr=opts["ai_lr"],
-                                   fqns=list(report.layers))
-    return MethodResult(ctx.model, callbacks=[], info={"sparsity": report.sparsity, "isometry_error": errors})
+    errors = approximate_isometry_(ctx.model, iterations=cfg.ai_iterations, lr=cfg.ai_lr, fqns=list(report.layers))
+    return MethodResult(ctx.model, info={"sparsity": report.sparsity, "isometry_error": errors}, telemetry={
+        "isometry_error_init": err_init, "isometry_error_orthogonal": err_orth,
+        "isometry_error_pruned": sum(b for b, _ in errors.values()),
+        "isometry_error_ai": sum(a for _, a in errors.values())})

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks, get_pattern, install_masks_
 from prunekit.methods import RunContext, get_method
 from prunekit.methods.darb import _block_ids, block_max_mask, darb_blocks_per_row, darb_mask, quantize_blocks
@@ -63,6 +63,39 @@ def test_method_exact_sparsity_and_bad_pattern():
     assert res.info["sparsity"] == 0.75
     with pytest.raises(ConfigError, match="bmwm:B"):
         get_pattern("bmwm:x")
+
+
+def test_telemetry_engaged_when_rows_get_different_block_counts():
+    m = nn.Linear(16, 4)
+    with torch.no_grad():
+        m.weight.copy_(torch.cat([torch.full((1, 16), 5.0), torch.full((3, 16), 0.1)]) * torch.linspace(1, 2, 16))
+    res = get_method("darb").run(RunContext(model=m, example_inputs=None, target="sparsity=0.75"))
+    assert res.engaged is True
+    assert res.telemetry == {"adaptive_layers": 1, "blocks_per_row": {"weight": {"min": 1, "max": 13}}}
+
+
+def test_warns_when_every_row_has_the_same_density():
+    """Each row a permutation of 1..8: magnitude keeps the same 4 of every row, so DARB is BMWM with block 2."""
+    m = nn.Linear(8, 4, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(r)) + 1.0
+                                    for r in range(4)]))
+    with pytest.warns(MechanismWarning, match="pattern='bmwm:B'"):
+        res = get_method("darb").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5"))
+    assert res.engaged is False
+    assert res.telemetry["blocks_per_row"] == {"weight": {"min": 4, "max": 4}}
+
+
+def test_partial_status_names_the_missing_block_rule_and_bad_options_leave_the_model():
+    spec = get_method("darb")
+    assert spec.status == "partial" and "block size" in spec.left_out
+    m = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    before = m[0].weight.detach().clone()
+    with pytest.raises(ConfigError, match=r"block_sizes.*must be positive integers"):
+        spec.run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", options={"block_sizes": [0, 4]}))
+    with pytest.raises(ConfigError, match=r"exempt.*'middle'"):
+        spec.run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", options={"exempt": ["middle"]}))
+    assert torch.equal(m[0].weight, before) and not get_masks(m)
 
 
 @pytest.mark.slow

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
-from prunekit.methods.l_obs import _layer_inputs, layer_hessians, obs_prune_layer, obs_saliency
+from prunekit.methods.l_obs import _layer_inputs, layer_hessians, layer_output_error, obs_prune_layer, obs_saliency
 
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 needs_fashion = pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
@@ -53,12 +53,53 @@ def test_conv_rows_follow_the_weight_view_order():
 def test_method_exact_per_layer_sparsity_and_needs_data():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    calib = [(torch.randn(32, 8), torch.randint(0, 3, (32,)))]
+    calib = [(torch.randn(32, 8) @ torch.randn(8, 8), torch.randint(0, 3, (32,)))]
     res = get_method("l-obs").run(RunContext(model=m, example_inputs=None, target="sparsity=0.75", calib=calib))
     assert {k: int((~v).sum()) for k, v in get_masks(m).items()} == {"0.weight": 96, "2.weight": 36}
     assert res.info["sparsity"] == 0.75
+    assert res.telemetry["layer_sparsity"] == {"0.weight": 0.75, "2.weight": 0.75}
+    # the OBS update absorbs part of the damage: the layer-wise error is below that of zeroing the same weights
+    assert res.engaged is True
+    assert res.telemetry["layer_error_obs"] < 0.9 * res.telemetry["layer_error_zeroed"]
     with pytest.raises(ConfigError, match="calib="):
         get_method("l-obs").run(RunContext(model=nn.Linear(2, 2), example_inputs=None, target="sparsity=0.5"))
+
+
+def test_layer_output_error_is_half_the_mean_squared_output_change():
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3)
+    x = torch.randn(64, 5)
+    h = layer_hessians(lin, ["weight"], [(x, None)])["weight"]
+    with torch.no_grad():
+        new_w, new_b = lin.weight * 0.5, lin.bias + 1.0
+        direct = 0.5 * (F.linear(x, new_w, new_b) - lin(x)).double().pow(2).sum() / 64
+    assert layer_output_error(lin.weight, lin.bias, new_w, new_b, h) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_warns_when_uncorrelated_inputs_leave_nothing_to_compensate():
+    """Inputs whose columns are orthogonal with zero mean (a Hadamard matrix without its ones column) give
+    H = I: H_KS = 0, so the OBS update is zero and L-OBS equals zeroing."""
+    had = torch.tensor([[1.0]])
+    for _ in range(3):
+        had = torch.cat([torch.cat([had, had], 1), torch.cat([had, -had], 1)], 0)  # 8 x 8
+    x = had[:, 1:]  # 7 zero-mean orthogonal columns, each of squared norm 8
+    torch.manual_seed(0)
+    m = nn.Linear(7, 4)
+    with pytest.warns(MechanismWarning, match="correlated layer inputs"):
+        res = get_method("l-obs").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5",
+                                                 calib=[(x, torch.zeros(8, dtype=torch.long))]))
+    assert res.engaged is False
+    assert res.telemetry["layer_error_obs"] == res.telemetry["layer_error_zeroed"] > 0
+
+
+def test_bad_options_are_one_config_error_and_leave_the_model():
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    before = m[0].weight.detach().clone()
+    calib = [(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))]
+    with pytest.raises(ConfigError, match=r"damp.*must be > 0.*exempt.*'middle'"):
+        get_method("l-obs").run(RunContext(model=m, example_inputs=None, target="sparsity=0.5", calib=calib,
+                                           options={"damp": 0.0, "exempt": ["middle"]}))
+    assert torch.equal(m[0].weight, before) and not get_masks(m)
 
 
 @pytest.mark.slow

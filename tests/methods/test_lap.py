@@ -5,9 +5,11 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, MechanismWarning
+from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
-from prunekit.methods.lap import lap_round_sparsities, lap_scores, score_lap
+from prunekit.methods.lap import (IDENTITY, lap_round_sparsities, lap_scores, model_lap_scores, score_lap,
+                                  trace_data_flow)
 
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 needs_fashion = pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
@@ -34,7 +36,7 @@ def test_lap_and_magnitude_keep_different_weights_on_a_hand_sized_case():
         m[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [0.1, 0.1, 0.1]]))
         m[2].weight.copy_(torch.tensor([[0.5, 0.6], [0.5, 0.6]]))
         m[4].weight.copy_(torch.tensor([[1.0, 1.0]]))
-    scores = score_lap(m, {"2.weight": m[2].weight})["2.weight"]
+    scores = score_lap(m, {"2.weight": m[2].weight}, calib=[(torch.randn(1, 3), None)])["2.weight"]
     # magnitude keeps column 1 (0.6 > 0.5); LAP keeps column 0, fed by the neuron with large inputs
     lap_keep = scores.flatten().topk(2).indices.sort().values.tolist()
     mag_keep = m[2].weight.abs().flatten().topk(2).indices.sort().values.tolist()
@@ -53,7 +55,7 @@ def test_conv_into_linear_uses_channel_norms_over_the_flatten():
 
 def test_sparsify_with_lap_criterion_hits_exact_per_layer_sparsity_and_masks_hold():
     m = _chain()
-    rep = pk.sparsify_(m, sparsity=0.5, criterion="lap")
+    rep = pk.sparsify_(m, sparsity=0.5, criterion="lap", calib=[(torch.randn(2, 3), torch.zeros(2))])
     assert [v["pruned"] for v in rep.layers.values()] == [3, 2, 1]
     opt = torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9)
     for _ in range(3):
@@ -85,6 +87,94 @@ def test_run_through_registry_reaches_target_and_rejects_bad_target():
     torch.testing.assert_close(m[1].weight, before)
 
 
+class _RegisteredOutOfOrder(nn.Module):
+    """Registration order head, inp, branch; data flow inp -> branch -> (+ inp) -> head. All 4 wide, so the
+    registration-order chain connects too, to the wrong neighbours."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 4)
+        self.inp = nn.Linear(4, 4)
+        self.branch = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.head(torch.relu(self.branch(h)) + h)
+
+
+def test_neighbours_come_from_the_data_flow_and_a_skip_adds_one():
+    """Issue 14: LAP took neighbours from module registration order. Fails on the old code, which scored
+    head with inp as its next layer and branch with no next layer."""
+    torch.manual_seed(0)
+    m = _RegisteredOutOfOrder()
+    flow = trace_data_flow(m, torch.randn(1, 4))
+    assert flow.prev == {"head": ["branch", IDENTITY], "inp": [], "branch": ["inp"]}
+    assert flow.next == {"head": [], "inp": ["branch", IDENTITY], "branch": ["head"]}
+    params = {f"{n}.weight": getattr(m, n).weight for n in ("head", "inp", "branch")}
+    s = score_lap(m, params, calib=[(torch.randn(2, 4), None)])
+    w = {n: getattr(m, n).weight.detach() for n in ("head", "inp", "branch")}
+    rows = lambda a: a.pow(2).sum(1)  # noqa: E731 - squared norm entering each unit
+    cols = lambda a: a.pow(2).sum(0)  # noqa: E731 - squared norm leaving each unit
+    # head: previous = branch's units plus the identity (+1); no next layer
+    torch.testing.assert_close(s["head.weight"], w["head"].pow(2) * (rows(w["branch"]) + 1)[None, :])
+    # inp: no previous layer; next = branch's columns plus the identity (+1)
+    torch.testing.assert_close(s["inp.weight"], w["inp"].pow(2) * (cols(w["branch"]) + 1)[:, None])
+    # branch: previous = inp, next = head (no identity on either side)
+    torch.testing.assert_close(s["branch.weight"],
+                               w["branch"].pow(2) * rows(w["inp"])[None, :] * cols(w["head"])[:, None])
+
+
+def test_resnet_neighbours_follow_blocks_and_shortcuts():
+    m = pk.models.create("resnet20", num_classes=10, in_channels=1, input_size=28)
+    flow = trace_data_flow(m, torch.randn(1, 1, 28, 28))
+    assert flow.prev["layer1.1.conv1"] == ["layer1.0.conv2", IDENTITY]
+    assert flow.next["layer1.2.conv2"] == ["layer2.0.conv1", "layer2.0.shortcut.0"]  # projection, no identity
+    assert flow.prev["layer2.1.conv1"] == ["layer2.0.conv2", "layer2.0.shortcut.0"]
+    assert flow.prev["fc"] == ["layer3.2.conv2", IDENTITY]
+    unmatched = []
+    model_lap_scores(m, flow, [f"{n}.weight" for n in flow.layers], unmatched)
+    assert unmatched == []
+
+
+def _data(n=2):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
+
+
+def test_defaults_keep_other_weights_than_magnitude():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = _data()
+    res = get_method("lap").run(RunContext(model=m, example_inputs=data[0][0], target="sparsity=0.75",
+                                           train_data=data, train_config=pk.TrainConfig(lr=0.05, progress=False)))
+    assert res.engaged is True
+    t = res.telemetry
+    assert t["kept_not_by_magnitude"] > 0 and t["layers_with_neighbours"] == 2 and t["unmatched"] == 0
+    assert [round(r["sparsity"], 4) for r in res.info["rounds"]][-1] == 0.75
+
+
+def test_warns_when_no_layer_has_a_neighbour():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    data = _data()
+    with pytest.warns(MechanismWarning, match="only through neighbouring layers"):
+        res = get_method("lap").run(RunContext(model=m, example_inputs=data[0][0], target="sparsity=0.5",
+                                               options={"rounds": 1}))
+    assert res.engaged is False
+    assert res.telemetry["kept_not_by_magnitude"] == 0 and res.telemetry["layers_with_neighbours"] == 0
+
+
+def test_needs_train_data_to_retrain_and_bad_options_leave_the_model():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = m[1].weight.detach().clone()
+    with pytest.raises(ConfigError, match="needs train_data"):
+        get_method("lap").run(RunContext(model=m, example_inputs=_data()[0][0], target="sparsity=0.5"))
+    with pytest.raises(ConfigError, match=r"rounds.*must be >= 1"):
+        get_method("lap").run(RunContext(model=m, example_inputs=_data()[0][0], target="sparsity=0.5",
+                                         train_data=_data(), options={"rounds": 0}))
+    assert torch.equal(m[1].weight, before) and not get_masks(m)
+
+
 @pytest.mark.slow
 @needs_fashion
 def test_small_scale_lap_beats_magnitude_at_high_sparsity():
@@ -103,7 +193,7 @@ def test_small_scale_lap_beats_magnitude_at_high_sparsity():
             m = pk.models.create("lenet300")
             m.load_state_dict(dense.state_dict())
             for s in lap_round_sparsities(0.96875, 5):
-                pk.sparsify_(m, sparsity=s, criterion=crit)
+                pk.sparsify_(m, sparsity=s, criterion=crit, calib=b.calib(1))
                 pk.fit(m, b.train, pk.TrainConfig(epochs=1, lr=0.05, seed=seed, progress=False))
             acc[crit].append(pk.evaluate(m, b.test)["accuracy"])
     lap, mag = sum(acc["lap"]) / 3, sum(acc["magnitude"]) / 3

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from prunekit.data.sources import FASHION_DIR
+from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks, install_masks_
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.snip_ldi import approximate_isometry_, isometry_error, orthogonal_init_
@@ -38,17 +39,48 @@ def test_ai_restores_isometry_and_never_touches_pruned_entries():
     assert abs(float(sv.mean()) - 1) < 0.2
 
 
+def _ctx(model, **options):
+    x = torch.randn(64, model[0].in_features)
+    return RunContext(model=model, example_inputs=x[:1], target="sparsity=0.9",
+                      calib=[(x, torch.randint(0, 4, (64,)))], options=options)
+
+
 def test_run_reports_isometry_and_keeps_target():
     load_all()
     torch.manual_seed(0)
     model = deep_mlp()
-    x = torch.randn(64, 32)
-    ctx = RunContext(model=model, example_inputs=x[:1], target="sparsity=0.9",
-                     calib=[(x, torch.randint(0, 4, (64,)))], options={"ai_iterations": 50})
-    res = get_method("snip-ldi").run(ctx)
+    res = get_method("snip-ldi").run(_ctx(model, ai_iterations=50))
     total = sum(m.numel() for m in get_masks(model).values())
     assert sum(int((~m).sum()) for m in get_masks(model).values()) == round(0.9 * total)
     assert all(a < b for b, a in res.info["isometry_error"].values())
+
+
+def test_orthogonal_init_and_approximate_isometry_engage():
+    load_all()
+    torch.manual_seed(0)
+    res = get_method("snip-ldi").run(_ctx(deep_mlp(width=8, depth=2), ai_iterations=100))  # default 10,000: ~1 min
+    t = res.telemetry
+    assert res.engaged is True
+    assert t["isometry_error_orthogonal"] < 1e-6 < t["isometry_error_init"]  # orthogonal init: exact isometry
+    assert t["isometry_error_ai"] < t["isometry_error_pruned"] - 1.0  # pruning broke it, AI restored part
+
+
+def test_warns_when_the_isometry_step_does_nothing():
+    load_all()
+    torch.manual_seed(0)
+    with pytest.warns(MechanismWarning, match="raise options.ai_iterations"):
+        res = get_method("snip-ldi").run(_ctx(deep_mlp(), ai_iterations=0))
+    assert res.engaged is False
+    assert res.telemetry["isometry_error_ai"] == res.telemetry["isometry_error_pruned"] > 0
+
+
+def test_bad_options_are_one_config_error_and_leave_the_model():
+    load_all()
+    model = deep_mlp()
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ConfigError, match=r"ai_iterations.*must be >= 0.*ai_lr.*must be > 0"):
+        get_method("snip-ldi").run(_ctx(model, ai_iterations=-1, ai_lr=0.0))
+    assert torch.equal(model[0].weight, before) and not get_masks(model)
 
 
 # --- small-scale check (scaled to LeNet-300-100; the entry's 7-layer tanh MLP is not run) ------------------
@@ -75,8 +107,9 @@ def test_small_scale_snip_ldi_beats_snip(record_property):
         torch.manual_seed(seed)
         model = pk.models.create("lenet300", num_classes=10, in_channels=1, input_size=28)
         calib = bundle.calib(1, batch_size=100)
+        options = {"ai_iterations": 1000} if method == "snip-ldi" else {}  # the calibration run's AI budget
         get_method(method).run(RunContext(model=model, example_inputs=None, target="sparsity=0.9", calib=calib,
-                                          seed=seed))
+                                          seed=seed, options=options))
         pk.fit(model, bundle.train, cfg)
         accs[method] = pk.evaluate(model, bundle.test)["accuracy"]
     record_property("accuracies", accs)
