@@ -120,13 +120,14 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
 
     1. bisect the uniform ratio until the two closest ratios bracket ``goal`` (``r_keep`` keeps at least
        ``goal``, ``r_cut`` less);
-    2. if neither lands within ``tol``, measure what moving each prunable layer alone from ``r_keep`` to
-       ``r_cut`` costs (one channel step of that layer's group), then, largest step first, move a layer to
-       ``r_cut`` (Torch-Pruning's own ``pruning_ratio_dict``) whenever the measured result still keeps at least
-       ``goal * (1 - tol)``, until within ``tol / 2`` of ``goal``.
+    2. if neither lands within ``tol``, start from ``r_keep`` everywhere, measure what moving each prunable
+       layer alone to ``r_cut`` costs (one channel step of that layer's group), then, largest step first, move
+       a layer (Torch-Pruning's own ``pruning_ratio_dict``) whenever the measured result still keeps at least
+       ``goal * (1 - tol)``, until within ``tol / 2`` of ``goal``; if that fails, the same from ``r_cut``
+       everywhere towards ``r_keep``.
 
-    The closest trial wins. Returns ``{"ratio", "kept", "goal", "layers_at_cut_ratio", "trials"}``;
-    ``layers_at_cut_ratio`` is ``None`` when the uniform ratio sufficed. ``seed`` seeds the random importance
+    The closest trial wins. Returns ``{"ratio", "kept", "goal", "layers_moved", "moved_to_ratio", "trials"}``;
+    ``layers_moved`` is ``None`` when a uniform ratio sufficed. ``seed`` seeds the random importance
     (the same draw in every trial and in the final cut).
     """
     from ..measure import count_macs, count_params
@@ -189,34 +190,37 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
     best = min([(off(kept_keep), r_keep, None, kept_keep), (off(kept_cut), r_cut, None, kept_cut)],
                key=lambda t: t[0])
     # 2. mixed per-layer ratios when a single ratio cannot land within tol
-    cut_set: tuple[str, ...] = ()
     if best[0] > tol and layers:
-        # greedy: from r_keep everywhere, move the layers to r_cut largest step first while the model still
-        # keeps at least goal * (1 - tol); every accepted move is a measured trial, not an estimate
-        alone = {n: kept_keep - trial(r_keep, {n: r_cut}) for n in layers[:_MAX_MEASURED_LAYERS]}
-        current = kept_keep
-        for n in sorted(alone, key=lambda n: -alone[n]):
-            if alone[n] <= 0 or current - alone[n] < goal * (1 - tol) * 0.995:
-                continue
-            kept = trial(r_keep, {m: r_cut for m in (*cut_set, n)})
-            if kept >= goal * (1 - tol):
-                cut_set, current = (*cut_set, n), kept
-                if off(kept) < best[0]:
-                    best = (off(kept), r_keep, cut_set, kept)
-                if off(kept) <= tol / 2:
-                    break
-    _, ratio, moved, _ = best
-    prune(model, ratio, None if moved is None else {n: r_cut for n in moved})
+        # greedy, from each side: from r_keep everywhere move layers to r_cut (largest measured step first)
+        # while the model keeps at least goal * (1 - tol); from r_cut everywhere move layers back to r_keep
+        # while it keeps at most goal * (1 + tol). Every accepted move is a measured trial, not an estimate.
+        for start, other, start_kept, sign in ((r_keep, r_cut, kept_keep, 1.0), (r_cut, r_keep, kept_cut, -1.0)):
+            step = {n: sign * (start_kept - trial(start, {n: other})) for n in layers[:_MAX_MEASURED_LAYERS]}
+            moved, current = (), start_kept
+            for n in sorted(step, key=lambda n: -step[n]):
+                if step[n] <= 0 or sign * (current - sign * step[n] - goal) < -goal * tol * 1.005:
+                    continue
+                kept = trial(start, {m: other for m in (*moved, n)})
+                if sign * (kept - goal) >= -goal * tol:
+                    moved, current = (*moved, n), kept
+                    if off(kept) < best[0]:
+                        best = (off(kept), start, (other, moved), kept)
+                    if off(kept) <= tol / 2:
+                        break
+            if best[0] <= tol:
+                break
+    _, ratio, mix, _ = best
+    moved = None if mix is None else mix[1]
+    prune(model, ratio, None if mix is None else {n: mix[0] for n in mix[1]})
     model.zero_grad(set_to_none=True)
     kept = cost(model) / base
     if off(kept) > tol:
         log.warning("%s: kept %.4f of %s, %.1f%% from the goal %.4f (no ratio mix lands closer)", method, kept,
                     kind, 100 * off(kept), goal)
-    log.info("%s: ratio %.4f (%s layers at %.4f) keeps %.4f of %s (goal %.4f)", method, ratio,
-             None if moved is None else len(moved), r_cut, kept,
-             kind, goal)
-    return {"ratio": ratio, "kept": kept, "goal": goal, "layers_at_cut_ratio": None if moved is None else len(moved),
-            "cut_ratio": r_cut,
+    log.info("%s: ratio %.4f (%s layers at %s) keeps %.4f of %s (goal %.4f)", method, ratio,
+             None if moved is None else len(moved), None if mix is None else mix[0], kept, kind, goal)
+    return {"ratio": ratio, "kept": kept, "goal": goal, "layers_moved": None if moved is None else len(moved),
+            "moved_to_ratio": None if mix is None else mix[0],
             "trials": len(trials)}
 
 
