@@ -19,6 +19,23 @@ def test_grid_round_trip_and_cell_order(tmp_path):
     assert cell_id("tp:l1", "macs=0.5", 2) == "macs_0.5__tp_l1__s2"
 
 
+def test_control_and_torch_pruning_rows_run_after_the_method_rows():
+    g = BenchGrid(methods=["tp:l1", "criterion:random", "l1-filter", "torch-prune:global-magnitude"],
+                  targets=["macs=0.5"], seeds=[0])
+    assert [m for m, _, _ in g.cells()] == ["l1-filter", "tp:l1", "criterion:random",
+                                            "torch-prune:global-magnitude"]
+    assert g.is_control("criterion:random") and g.is_control("tp:l1") and not g.is_control("l1-filter")
+    off = dataclasses.replace(g, equal_budget=False)
+    assert off.waits("tp:l1") and not off.waits("criterion:random")  # TP still waits: its MACs goal
+    named = dataclasses.replace(g, controls=("criterion:random",))
+    assert not named.is_control("tp:l1") and named.is_control("criterion:random")
+    assert off.fingerprint() != g.fingerprint() and named.fingerprint() != g.fingerprint()
+    with pytest.raises(ConfigError, match=r"controls=\['magnitude'\] are not in methods"):
+        dataclasses.replace(g, controls=("magnitude",))
+    with pytest.raises(ConfigError, match="equal_budget='yes' must be true or false"):
+        dataclasses.replace(g, equal_budget="yes")
+
+
 def test_fingerprint_tracks_protocol_only():
     g = BenchGrid()
     assert dataclasses.replace(g, seeds=(0, 1, 2), methods=("tp:lamp",)).fingerprint() == g.fingerprint()

@@ -84,10 +84,10 @@ def test_keep_going_records_a_failed_cell_and_the_next_run_retries_it(tmp_path, 
     grid = _grid(tmp_path, methods=("criterion:l1", "criterion:l2"), seeds=(0,))
     real = protocol.run_cell
 
-    def flaky(ctx, method, target, seed, base, progress=False):
+    def flaky(ctx, method, target, seed, base, progress=False, **kw):
         if method == "criterion:l2":
             raise RuntimeError("boom on l2")
-        return real(ctx, method, target, seed, base, progress=progress)
+        return real(ctx, method, target, seed, base, progress=progress, **kw)
 
     monkeypatch.setattr(protocol, "run_cell", flaky)
     with pytest.raises(RuntimeError, match="boom"):  # without keep_going a failure stops the run
@@ -136,16 +136,16 @@ def test_a_worker_does_not_retry_a_cell_that_failed_in_the_same_run(tmp_path, mo
     grid = _grid(tmp_path, methods=("criterion:l2",), seeds=(0,))
     calls = []
 
-    def failing(ctx, method, target, seed, base, progress=False):
+    def failing(ctx, method, target, seed, base, progress=False, **kw):
         calls.append(method)
         raise RuntimeError("no device")
 
     monkeypatch.setattr(protocol, "run_cell", failing)
     (tmp_path / "res" / "tiny.cells").mkdir(parents=True)
-    assert protocol._worker(grid, None, True, 1, "run-a") == 0
-    assert protocol._worker(grid, None, True, 1, "run-a") == 0  # a second worker of the same run skips it
+    assert protocol._worker(grid, None, True, 1, "run-a", grid.waits("criterion:l2")) == 0
+    assert protocol._worker(grid, None, True, 1, "run-a", grid.waits("criterion:l2")) == 0  # a second worker of the same run skips it
     assert len(calls) == 1
-    assert protocol._worker(grid, None, True, 1, "run-b") == 0  # the next run tries it again
+    assert protocol._worker(grid, None, True, 1, "run-b", grid.waits("criterion:l2")) == 0  # the next run tries it again
     assert len(calls) == 2
 
 
