@@ -353,7 +353,8 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
         return state.finished(method, target, seed)
 
     state.finished_fn = finished
-    phases = ([c for c in enumerate(todo) if not grid.waits(c[1][0])], [c for c in enumerate(todo) if grid.waits(c[1][0])])
+    numbered = list(enumerate(todo))
+    phases = ([c for c in numbered if not grid.waits(c[1][0])], [c for c in numbered if grid.waits(c[1][0])])
     for phase in phases:
         for i, (method, target, seed) in (reversed(phase) if reverse else phase):
             if finished(method, target, seed) is not None:
@@ -487,11 +488,11 @@ def _fairness_notes(grid: BenchGrid, cells: list[dict]) -> list[str]:
                          f"when they all land within 1% of it){span}.")
     off = sorted({(c["method"], c["target"]) for c in cells if c.get("engaged") is False})
     for method, target in off:
-        warns = sorted({w for c in cells if c["method"] == method and c["target"] == target
-                        for w in c.get("warnings", [])})
-        notes.append(f"NOT ENGAGED: {method} at {target}: its mechanism did not act in "
-                     f"{sum(1 for c in cells if c['method'] == method and c['target'] == target and c.get('engaged') is False)}"
-                     f" seed(s), so the row is not that method's result. " + " ".join(warns))
+        row = [c for c in cells if c["method"] == method and c["target"] == target]
+        warns = sorted({w for c in row for w in c.get("warnings", [])})
+        n_off = sum(1 for c in row if c.get("engaged") is False)
+        notes.append(f"NOT ENGAGED: {method} at {target}: its mechanism did not act in {n_off} of {len(row)} "
+                     f"seed(s), so the row is not that method's result. " + " ".join(warns))
     return notes
 
 

@@ -142,10 +142,11 @@ def test_a_worker_does_not_retry_a_cell_that_failed_in_the_same_run(tmp_path, mo
 
     monkeypatch.setattr(protocol, "run_cell", failing)
     (tmp_path / "res" / "tiny.cells").mkdir(parents=True)
-    assert protocol._worker(grid, None, True, 1, "run-a", grid.waits("criterion:l2")) == 0
-    assert protocol._worker(grid, None, True, 1, "run-a", grid.waits("criterion:l2")) == 0  # a second worker of the same run skips it
+    waiting = grid.waits("criterion:l2")  # a control row: the workers' second phase
+    assert protocol._worker(grid, None, True, 1, "run-a", waiting) == 0
+    assert protocol._worker(grid, None, True, 1, "run-a", waiting) == 0  # a second worker of the same run skips it
     assert len(calls) == 1
-    assert protocol._worker(grid, None, True, 1, "run-b", grid.waits("criterion:l2")) == 0  # the next run tries it again
+    assert protocol._worker(grid, None, True, 1, "run-b", waiting) == 0  # the next run tries it again
     assert len(calls) == 2
 
 
@@ -228,3 +229,22 @@ def test_fractional_fine_tune_runs_exact_steps():
     assert [b[0] for b in _Steps(batches, 10)] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1] and len(_Steps(batches, 10)) == 10
     assert precut_epochs(6, 4, {}) == (1.5, "counted")
     assert precut_epochs(6, 4, {"epochs_trained": 3}) == (3.0, "reported")
+
+
+def test_notes_state_the_matched_budget_goal_and_non_engaged_rows():
+    from prunekit.bench.protocol import _fairness_notes
+
+    grid = BenchGrid(methods=("sss", "criterion:random", "tp:l1"), targets=("macs=0.25",), seeds=(0, 1))
+    cells = [{"method": "sss", "target": "macs=0.25", "seed": s, "engaged": s == 0, "epochs_precut": 2.0,
+              "warnings": ["sss: no gate reached zero; raise prune_epochs"] * (s == 1)} for s in (0, 1)]
+    cells += [{"method": "criterion:random", "target": "macs=0.25", "seed": s, "control": True,
+               "deps": {"extra_epochs": 2.0, "budget_from": "sss"}} for s in (0, 1)]
+    cells += [{"method": "tp:l1", "target": "macs=0.25", "seed": s, "control": True,
+               "deps": {"extra_epochs": 2.0, "budget_from": "sss", "goal": 0.2462}, "info": {"kept": k}}
+              for s, k in ((0, 0.2458), (1, 0.2466))]
+    notes = _fairness_notes(grid, cells)
+    assert any("control rows (criterion:random, tp:l1) fine-tune 1 + 2 epochs (sss's pre-cut training)" in n
+               for n in notes)
+    assert any("within 1% of 0.2462" in n and "0.2458-0.2466" in n for n in notes)
+    flagged = [n for n in notes if n.startswith("NOT ENGAGED: sss at macs=0.25")]
+    assert len(flagged) == 1 and "1 of 2 seed(s)" in flagged[0] and "raise prune_epochs" in flagged[0]
