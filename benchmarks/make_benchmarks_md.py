@@ -13,6 +13,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 # (file, heading, cut the section at this heading (exclusive) or None)
 SECTIONS = [
     ("fit.md", "Foundation: training loop and baselines", None),
+    ("filter_fair.md", "Filter pruning on the fair protocol (equal training, Torch-Pruning at matched MACs)", None),
+    ("weight_fair.md", "Weight pruning on the fair protocol (equal training, matched sparsity)", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
     ("filter_full.md", "Filter pruning: the full table (3 seeds, 2x and 4x, every Torch-Pruning importance)", None),

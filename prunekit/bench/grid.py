@@ -16,7 +16,12 @@ GRID_TYPE = "prunekit.BenchGrid"
 GRID_VERSION = 1
 # the fields that define the protocol: a finished cell is reused only when all of them are unchanged
 _PROTOCOL = ("model", "data", "baseline", "prune_epochs", "finetune_epochs", "lr", "batch_size", "subset",
-             "calib_batches", "data_dir", "data_options", "ignore", "device", "options")
+             "calib_batches", "data_dir", "data_options", "ignore", "device", "options", "equal_budget", "controls")
+# bumped when the protocol's steps change, so that cells of the older protocol are run again
+# (2: Torch-Pruning matched within 1% of prunekit's MACs, equal training budgets, epochs counted per cell)
+PROTOCOL_VERSION = 2
+# control rows when a grid names none: bare engine criteria and the peer tools
+_CONTROL_PREFIXES = ("criterion:", "tp:", "torch-prune:")
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,16 @@ class BenchGrid:
     device: str = "cpu"  # cpu | cuda
     latency: bool = True  # measure batch-1 latency of each pruned model
     options: dict = field(default_factory=dict)  # {method: {option: value}} method-specific overrides
+    equal_budget: bool = True  # control rows fine-tune longer by the largest pre-cut training of a method row
+    controls: tuple[str, ...] | None = None  # the control rows (None: every criterion:, tp: and torch-prune: row)
     out: str = "benchmarks/results/grid"  # results prefix: <out>.json/.md/.png and the cells in <out>.cells/
     notes: tuple[str, ...] = ()  # sentences printed under the results table (budget, caveats)
 
     def __post_init__(self):
-        for name in ("methods", "targets", "seeds", "ignore", "notes"):
+        for name in ("methods", "targets", "seeds", "ignore", "notes", "controls"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if isinstance(value, (list, str, int)):
                 value = (value,) if isinstance(value, (str, int)) else tuple(value)
                 object.__setattr__(self, name, value)
@@ -61,6 +70,12 @@ class BenchGrid:
             problems.append(f"seeds={list(self.seeds)!r} must be a non-empty list of integers >= 0")
         if len(set(self.methods)) != len(self.methods):
             problems.append(f"methods={list(self.methods)!r} has duplicates")
+        if not isinstance(self.equal_budget, bool):
+            problems.append(f"equal_budget={self.equal_budget!r} must be true or false")
+        if self.controls is not None:
+            stray = [c for c in self.controls if c not in self.methods]
+            if stray:
+                problems.append(f"controls={list(stray)!r} are not in methods; list control rows among the methods")
         if problems:
             raise ConfigError("invalid bench grid: " + "; ".join(problems))
         for t in self.targets:
@@ -107,12 +122,25 @@ class BenchGrid:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        for key in ("methods", "targets", "seeds", "ignore", "notes"):
-            data[key] = list(data[key])
+        for key in ("methods", "targets", "seeds", "ignore", "notes", "controls"):
+            data[key] = None if data[key] is None else list(data[key])
         return {"type": GRID_TYPE, "version": GRID_VERSION, **data}
 
     def protocol(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in _PROTOCOL}
+        return {"protocol_version": PROTOCOL_VERSION,
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in _PROTOCOL}}
+
+    def is_control(self, method: str) -> bool:
+        """A control row: random selection, magnitude and the peer tools (see ``controls``)."""
+        if self.controls is not None:
+            return method in self.controls
+        return method.startswith(_CONTROL_PREFIXES)
+
+    def waits(self, method: str) -> bool:
+        """Whether the cells of ``method`` run after the method rows of their target: a control row under
+        ``equal_budget`` (its fine-tune length comes from their training) and a Torch-Pruning row (its MACs
+        goal comes from the MACs they reached)."""
+        return method.startswith("tp:") or (self.equal_budget and self.is_control(method))
 
     def fingerprint(self) -> str:
         text = json.dumps(self.protocol(), sort_keys=True, default=str)
@@ -120,8 +148,10 @@ class BenchGrid:
 
     def cells(self) -> list[tuple[str, str, int]]:
         """(method, target, seed) in run order: method, then target, then seed, so that each finished stretch
-        of a cut-off grid is complete table rows (every seed of a method at a target)."""
-        return [(m, t, s) for m in self.methods for t in self.targets for s in self.seeds]
+        of a cut-off grid is complete table rows (every seed of a method at a target); the rows that wait on
+        the method rows (:meth:`waits`) come last."""
+        order = [m for m in self.methods if not self.waits(m)] + [m for m in self.methods if self.waits(m)]
+        return [(m, t, s) for m in order for t in self.targets for s in self.seeds]
 
     def cell_recipe(self, method: str, target: str, seed: int) -> Recipe:
         """The run recipe of one cell (peer methods use it for the shared fields only). A variant

@@ -3,14 +3,23 @@
 Protocol of one cell (method, target, seed), identical for prunekit methods and peer tools:
 
 1. start from a fresh copy of the trained baseline; seed everything with the cell's seed;
-2. prune to the target (MACs/params fraction kept, or weight sparsity); evaluate → ``acc_pruned``;
+2. prune to the target (MACs/params fraction kept, or weight sparsity); evaluate → ``acc_pruned``. The
+   optimizer steps the method takes before the cut are counted (a process-wide optimizer hook), so every
+   cell records the training it consumed: ``epochs_precut`` = the method's own ``info["epochs_trained"]``
+   when it reports one, else the counted steps / batches per epoch;
 3. re-estimate BatchNorm statistics on ``calib_batches`` training batches (structured targets) → ``acc_recal``;
-4. fine-tune ``finetune_epochs`` epochs on the training subset (SGD, momentum 0.9, cosine lr) → ``acc_finetuned``;
-5. count params and MACs (``prunekit.measure``, one counter for every tool) and time batch-1 latency.
+4. fine-tune on the training subset (SGD, momentum 0.9, cosine lr) → ``acc_finetuned``: ``finetune_epochs``,
+   plus, for a control row under ``equal_budget``, ``extra_epochs`` = the largest ``epochs_precut`` of any
+   method row at the same target (as optimizer steps, so a fractional budget is honoured exactly);
+5. count params and MACs (``prunekit.measure``, one counter for every tool) and time batch-1 latency
+   (structured targets).
 
-Every accuracy is on the complete test split. Each finished cell is written atomically to
-``<out>.cells/<cell>.json`` together with the grid's protocol fingerprint; a rerun skips the cells whose
-file exists with the same fingerprint, so a grid cut off half-way continues where it stopped.
+Control rows and Torch-Pruning rows run after the method rows of their target (:meth:`BenchGrid.waits`):
+Torch-Pruning's ratio is searched to within 1% of the MACs/params fraction prunekit's method rows reached
+(the target itself when they all land within 1% of it). Every accuracy is on the complete test split. Each
+finished cell is written atomically to ``<out>.cells/<cell>.json`` with the grid's protocol fingerprint
+(and, for a waiting row, the budget and goal it ran with); a rerun skips the cells whose file exists with
+the same fingerprint (and budget), so a grid cut off half-way continues where it stopped.
 """
 from __future__ import annotations
 
@@ -118,11 +127,84 @@ def baseline_numbers(ctx: _Context, cache: Path) -> dict:
     return nums
 
 
-def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, progress: bool = False) -> dict:
-    """Run one cell of the protocol and return its numbers (nothing is written here)."""
+class _StepCounter:
+    """Counts optimizer steps taken anywhere in the process while active (the method's own training)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def __enter__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._handle = register_optimizer_step_post_hook(self._hook)
+        return self
+
+    def _hook(self, optimizer, args, kwargs):
+        self.steps += 1
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        return False
+
+
+class _Steps:
+    """``steps`` batches from ``loader`` as one pass (a new pass of the loader whenever one ends)."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps = loader, steps
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        n = 0
+        while n < self.steps:
+            for batch in self.loader:
+                if n >= self.steps:
+                    return
+                n += 1
+                yield batch
+
+
+def precut_epochs(steps: int, steps_per_epoch: int, info: dict) -> tuple[float, str]:
+    """Training epochs a cell consumed before the cut, and where the figure comes from.
+
+    Example:
+        >>> precut_epochs(36, 36, {}), precut_epochs(18, 36, {"epochs_trained": 2})
+        ((1.0, 'counted'), (2.0, 'reported'))
+    """
+    reported = info.get("epochs_trained")
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool):
+        return float(reported), "reported"
+    return (steps / steps_per_epoch if steps_per_epoch else 0.0), "counted"
+
+
+def _finetune(model, bundle, recipe, epochs: float, callbacks, progress: bool) -> int:
+    """Fine-tune ``epochs`` epochs (fractional: as optimizer steps); returns the steps taken."""
     from .. import workflows as W
     from ..train import fit
 
+    spe = len(bundle.train)
+    steps = round(epochs * spe)
+    if steps <= 0:
+        return 0
+    if abs(epochs - round(epochs)) < 1e-9:
+        fit(model, bundle.train, W._train_config(recipe, int(round(epochs)), progress), callbacks=callbacks)
+    else:  # one pass of exactly `steps` batches: the cosine schedule spans the whole budget
+        fit(model, _Steps(bundle.train, steps), W._train_config(recipe, 1, progress), callbacks=callbacks)
+    return steps
+
+
+def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, progress: bool = False,
+             deps: dict | None = None) -> dict:
+    """Run one cell of the protocol and return its numbers (nothing is written here).
+
+    ``deps`` (for the rows that wait on the method rows, see :func:`dependencies`): ``extra_epochs`` of
+    fine-tuning on top of ``finetune_epochs`` and ``goal``, the MACs/params fraction Torch-Pruning matches.
+    """
+    from .. import workflows as W
+
+    deps = dict(deps or {})
     g = ctx.grid
     t0 = time.perf_counter()
     bundle = ctx.bundle(seed)
@@ -132,25 +214,36 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     torch.manual_seed(seed)
     recipe = g.cell_recipe(method, target, seed)
     callbacks, info, masked = [], {}, None
-    if method.startswith(peers.TP_PREFIX):
-        info = peers.tp_prune_(model, x, method, target, calib=W.calib_batches(bundle, g.calib_batches),
-                               num_classes=bundle.num_classes, ignore=tuple(g.ignore), seed=seed)
-    elif method.startswith(peers.TORCH_PRUNE_PREFIX):
-        masked = peers.torch_prune_(model, method, target)
-    else:
-        spec = W._check_method(recipe.method, kind)  # the id of a variant id[option=value]
-        callbacks, info = W._apply_pruning(model, x, recipe, spec, bundle, progress)
-        model = info.pop("model", model)
+    with _StepCounter() as counter:
+        if method.startswith(peers.TP_PREFIX):
+            info = peers.tp_prune_(model, x, method, target, calib=W.calib_batches(bundle, g.calib_batches),
+                                   num_classes=bundle.num_classes, ignore=tuple(g.ignore), seed=seed,
+                                   goal=deps.get("goal"))
+        elif method.startswith(peers.TORCH_PRUNE_PREFIX):
+            masked = peers.torch_prune_(model, method, target)
+        else:
+            spec = W._check_method(recipe.method, kind)  # the id of a variant id[option=value]
+            callbacks, info = W._apply_pruning(model, x, recipe, spec, bundle, progress)
+            model = info.pop("model", model)
     t_prune = time.perf_counter() - t0
+    spe = len(bundle.train)
     cell = {"method": method, "target": target, "seed": seed,
-            "source": peers.peer_source(method) if peers.is_peer(method) else "prunekit"}
+            "source": peers.peer_source(method) if peers.is_peer(method) else "prunekit",
+            "control": g.is_control(method)}
     cell["acc_pruned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
     cell["acc_recal"] = None
     if g.calib_batches > 0 and kind != "sparsity":
         W.recalibrate_bn(model, W.calib_batches(bundle, g.calib_batches), g.device)
         cell["acc_recal"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
-    if g.finetune_epochs > 0:
-        fit(model, bundle.train, W._train_config(recipe, g.finetune_epochs, progress), callbacks=callbacks)
+    precut, how = precut_epochs(counter.steps, spe, info)
+    extra = float(deps.get("extra_epochs") or 0.0)
+    ft_steps = _finetune(model, bundle, recipe, g.finetune_epochs + extra, callbacks, progress)
+    cell.update({"steps_per_epoch": spe, "precut_steps": counter.steps, "epochs_precut": precut,
+                 "epochs_precut_source": how, "extra_epochs": extra, "finetune_steps": ft_steps,
+                 "epochs_finetune": ft_steps / spe if spe else 0.0})
+    cell["epochs_total"] = cell["epochs_precut"] + cell["epochs_finetune"]
+    if deps:
+        cell["deps"] = deps
     if masked is not None:
         peers.torch_prune_finalize(masked)
     W._finalize_masks(model)
@@ -159,7 +252,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     cell.update(W._measure(model, x, False))
     cell["nonzero_params"] = _nonzero(model)
     cell.update({k: v for k, v in base.items() if k not in ("fingerprint", "latency_base_ms")})
-    if g.latency:  # baseline and pruned model timed back to back, so both see the same machine load
+    if g.latency and kind != "sparsity":  # baseline and pruned model back to back: both see the same load
         cell.update(W.paired_latency(ctx.baseline(), model, x))
     cell["telemetry"] = {k: v for k, v in info.pop("telemetry", {}).items()
                          if isinstance(v, (int, float, str, bool, type(None)))}
@@ -170,6 +263,46 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     cell["machine"] = _machine(g.device)
     cell["time_s"] = time.perf_counter() - t0
     return cell
+
+
+def _kept(cell: dict, kind: str) -> float | None:
+    key = "macs" if kind == "macs" else "params"
+    if cell.get(key) is None or not cell.get(f"{key}_base"):
+        return None
+    return cell[key] / cell[f"{key}_base"]
+
+
+def dependencies(grid: BenchGrid, method: str, target: str, finished, failed) -> dict | None:
+    """What a waiting row (:meth:`BenchGrid.waits`) runs with at ``target``, from the method rows' cells;
+    None while one of them is neither finished nor failed.
+
+    ``extra_epochs`` (control rows under ``equal_budget``): the largest ``epochs_precut`` of a method row at
+    ``target``, so that no method row trained more than a control row (``budget_from`` names it). ``goal``
+    (Torch-Pruning rows, MACs/params targets): the target's fraction when every prunekit method row landed
+    within 1% of it, else the mean fraction they reached.
+    """
+    rows = [(m, s) for m in grid.methods if not grid.waits(m) for s in grid.seeds]
+    cells = []
+    for m, s in rows:
+        cell = finished(m, target, s)
+        if cell is None and not failed(m, target, s):
+            return None
+        if cell is not None:
+            cells.append(cell)
+    deps: dict = {}
+    if grid.equal_budget and grid.is_control(method):
+        top = max(cells, key=lambda c: c.get("epochs_precut") or 0.0, default=None)
+        extra = round(float(top.get("epochs_precut") or 0.0), 6) if top is not None else 0.0
+        deps["extra_epochs"] = extra
+        deps["budget_from"] = top["method"] if top is not None and extra > 0 else None
+    kind, value = parse_target(target)
+    if method.startswith(peers.TP_PREFIX) and kind != "sparsity":
+        kept = [k for k in (_kept(c, kind) for c in cells if c.get("source") == "prunekit") if k is not None]
+        if kept and any(abs(k / value - 1) > 0.01 for k in kept):
+            deps["goal"] = round(sum(kept) / len(kept), 6)
+        else:
+            deps["goal"] = float(value)
+    return deps
 
 
 def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, progress: bool = True,
@@ -212,32 +345,40 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
         resume, reverse, limit = True, False, 0  # below: only collect what the workers wrote and report it
 
     rerun = set() if resume else set(todo)  # --fresh: every cell runs again once
+    state = _GridState(grid, cells_dir, fp)
 
     def finished(method, target, seed):
         if (method, target, seed) in rerun:
             return None
-        return _finished_cell(cells_dir / f"{cell_id(method, target, seed)}.json", fp)
+        return state.finished(method, target, seed)
 
-    order = list(enumerate(todo))
-    for i, (method, target, seed) in (reversed(order) if reverse else order):
-        if finished(method, target, seed) is not None:
-            continue
-        if limit is not None and ran >= limit:
-            break
-        log.info("cell %d/%d: %s %s seed %d", i + 1, len(todo), method, target, seed)
-        ran += _run_one(ctx, cells_dir, (method, target, seed), base, fp, progress, keep_going)
-        rerun.discard((method, target, seed))
+    state.finished_fn = finished
+    numbered = list(enumerate(todo))
+    phases = ([c for c in numbered if not grid.waits(c[1][0])], [c for c in numbered if grid.waits(c[1][0])])
+    for phase in phases:
+        for i, (method, target, seed) in (reversed(phase) if reverse else phase):
+            if finished(method, target, seed) is not None:
+                continue
+            if limit is not None and ran >= limit:
+                break
+            deps = state.deps(method, target)
+            if grid.waits(method) and deps is None:
+                continue  # its target's method rows are not all finished yet
+            log.info("cell %d/%d: %s %s seed %d", i + 1, len(todo), method, target, seed)
+            ran += _run_one(ctx, cells_dir, (method, target, seed), base, fp, progress, keep_going, deps=deps)
+            rerun.discard((method, target, seed))
     results = [c for c in (finished(*cell) for cell in todo) if c is not None]
     protocol = {"model": grid.model, "data": grid.data, "baseline": _describe_baseline(grid.baseline),
                 "fine-tune images": ctx.bundle(grid.seeds[0]).train.num_samples,
-                "fine-tune epochs": grid.finetune_epochs,
+                "fine-tune epochs": grid.finetune_epochs, "pre-cut epochs (training-time methods)": grid.prune_epochs,
+                "equal budget": _describe_budget(grid),
                 "fine-tune lr": grid.lr, "batch size": grid.batch_size,
                 "BN recalibration batches": grid.calib_batches, "seeds": list(grid.seeds),
                 "test set": "complete", "device": grid.device,
                 "machine": "; ".join(sorted({c.get("machine") or _machine() for c in results})) or _machine()}
     missing = [f"{m} @ {t} seed {s}" for (m, t, s) in todo if finished(m, t, s) is None]
     failed = _failures(cells_dir, todo, fp, finished)
-    notes = list(grid.notes)
+    notes = list(grid.notes) + _fairness_notes(grid, results)
     if failed:
         by_error: dict[str, list[str]] = {}
         for c, e in failed.items():
@@ -256,7 +397,7 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
 
 
 def _run_one(ctx: _Context, cells_dir: Path, cell: tuple[str, str, int], base: dict, fp: str, progress: bool,
-             keep_going: bool, run_id: str = "") -> int:
+             keep_going: bool, run_id: str = "", deps: dict | None = None) -> int:
     """Run one cell and write its file (or, with ``keep_going``, its failure); 1 when it finished."""
     import traceback
 
@@ -264,7 +405,7 @@ def _run_one(ctx: _Context, cells_dir: Path, cell: tuple[str, str, int], base: d
 
     cid = cell_id(*cell)
     try:
-        data = run_cell(ctx, *cell, base, progress=progress)
+        data = run_cell(ctx, *cell, base, progress=progress, deps=deps)
     except Exception as exc:  # noqa: BLE001 - recorded, and re-raised unless keep_going
         if not keep_going:
             raise
@@ -277,6 +418,82 @@ def _run_one(ctx: _Context, cells_dir: Path, cell: tuple[str, str, int], base: d
     write_json(data, cells_dir / f"{cid}.json")
     (cells_dir / f"{cid}.failed.json").unlink(missing_ok=True)
     return 1
+
+
+class _GridState:
+    """Finished cells of one grid on disk; a waiting row's cell counts only under its current dependencies."""
+
+    def __init__(self, grid: BenchGrid, cells_dir: Path, fp: str):
+        self.grid, self.cells_dir, self.fp = grid, cells_dir, fp
+        self.finished_fn = self.finished_plain
+        self._deps: dict = {}
+
+    def finished_plain(self, method, target, seed):
+        return _finished_cell(self.cells_dir / f"{cell_id(method, target, seed)}.json", self.fp)
+
+    def failed(self, method, target, seed) -> bool:
+        path = self.cells_dir / f"{cell_id(method, target, seed)}.failed.json"
+        try:
+            return path.is_file() and json.loads(path.read_text()).get("fingerprint") == self.fp
+        except (OSError, ValueError):
+            return False
+
+    def deps(self, method, target) -> dict | None:
+        if not self.grid.waits(method):
+            return None
+        # settled method rows do not change within one run (they run first), so a found answer is kept
+        key = (self.grid.is_control(method), method.startswith(peers.TP_PREFIX), target)
+        if key not in self._deps:
+            found = dependencies(self.grid, method, target, self.finished_fn, self.failed)
+            if found is None:
+                return None
+            self._deps[key] = found
+        return dict(self._deps[key])
+
+    def finished(self, method, target, seed):
+        cell = self.finished_plain(method, target, seed)
+        if cell is None or not self.grid.waits(method):
+            return cell
+        deps = self.deps(method, target)
+        return cell if deps is not None and cell.get("deps") == deps else None
+
+
+def _describe_budget(grid: BenchGrid) -> str:
+    if not grid.equal_budget:
+        return "off (every row fine-tunes the same epochs; methods train before the cut on top)"
+    return ("on (each control row fine-tunes finetune epochs + the largest pre-cut training of a method row at "
+            "its target, as optimizer steps)")
+
+
+def _fairness_notes(grid: BenchGrid, cells: list[dict]) -> list[str]:
+    """Sentences under the table: how the budget and Torch-Pruning's MACs were matched, per target."""
+    notes = []
+    for target in grid.targets:
+        at = [c for c in cells if c["target"] == target]
+        ctrl = [c for c in at if c.get("control") and c.get("deps", {}).get("extra_epochs") is not None]
+        if grid.equal_budget and ctrl:
+            d = ctrl[0]["deps"]
+            names = ", ".join(sorted({c["method"] for c in ctrl}))
+            src = f" ({d['budget_from']}'s pre-cut training)" if d.get("budget_from") else ""
+            notes.append(f"Budget at {target}: control rows ({names}) fine-tune {grid.finetune_epochs} + "
+                         f"{d['extra_epochs']:g} epochs{src}, the largest pre-cut training of any method row, so no "
+                         f"method row consumed more training than a control row.")
+        tp = [c for c in at if c["method"].startswith(peers.TP_PREFIX) and c.get("deps", {}).get("goal")]
+        if tp:
+            goal = tp[0]["deps"]["goal"]
+            kept = [c["info"].get("kept") for c in tp if c.get("info", {}).get("kept") is not None]
+            span = f"; they landed at {min(kept):.4f}-{max(kept):.4f}" if kept else ""
+            notes.append(f"Torch-Pruning at {target}: ratio searched (uniform bisection, then a per-layer ratio mix) "
+                         f"to within 1% of {goal:.4f}, the fraction prunekit's method rows reached (or the target "
+                         f"when they all land within 1% of it){span}.")
+    off = sorted({(c["method"], c["target"]) for c in cells if c.get("engaged") is False})
+    for method, target in off:
+        row = [c for c in cells if c["method"] == method and c["target"] == target]
+        warns = sorted({w for c in row for w in c.get("warnings", [])})
+        n_off = sum(1 for c in row if c.get("engaged") is False)
+        notes.append(f"NOT ENGAGED: {method} at {target}: its mechanism did not act in {n_off} of {len(row)} "
+                     f"seed(s), so the row is not that method's result. " + " ".join(warns))
+    return notes
 
 
 def _failures(cells_dir: Path, todo, fp: str, finished) -> dict[str, str]:
@@ -344,46 +561,55 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _worker(grid: BenchGrid, out: str | None, keep_going: bool, threads: int, run_id: str) -> int:
+def _worker(grid: BenchGrid, out: str | None, keep_going: bool, threads: int, run_id: str,
+            waiting: bool = False) -> int:
     """One worker process: claim and run unfinished cells in seed-major order until none is left (a cell that
-    failed in this run, ``run_id``, is not tried again by another worker)."""
+    failed in this run, ``run_id``, is not tried again by another worker). ``waiting``: the rows that wait on
+    the method rows (run after every method row is settled); otherwise the method rows."""
     torch.set_num_threads(threads)
     cells_dir = _cells_dir(grid, out)
     fp = grid.fingerprint()
     ctx = _Context(grid)
     base = baseline_numbers(ctx, cells_dir / "baseline.json")
+    state = _GridState(grid, cells_dir, fp)
     order = {k: i for i, k in enumerate(grid.seeds)}, {k: i for i, k in enumerate(grid.targets)}
-    todo = sorted(grid.cells(), key=lambda c: (order[0][c[2]], order[1][c[1]]))
+    todo = sorted((c for c in grid.cells() if grid.waits(c[0]) == waiting),
+                  key=lambda c: (order[0][c[2]], order[1][c[1]]))
     ran = 0
     for cell in todo:
         cid = cell_id(*cell)
 
         def settled():  # finished, or failed in this run
-            return (_finished_cell(cells_dir / f"{cid}.json", fp) is not None
+            return (state.finished(*cell) is not None
                     or _failed_in(cells_dir / f"{cid}.failed.json", run_id))
 
         claim = cells_dir / f"{cid}.claim"
-        if settled() or not _claim(claim):
+        deps = state.deps(cell[0], cell[1])
+        if settled() or (waiting and deps is None) or not _claim(claim):
             continue
         try:
             if settled():
                 continue  # settled by another worker between the check and the claim
             log.info("worker %d: %s %s seed %d", os.getpid(), *cell)
-            ran += _run_one(ctx, cells_dir, cell, base, fp, False, keep_going, run_id)
+            ran += _run_one(ctx, cells_dir, cell, base, fp, False, keep_going, run_id, deps=deps)
         finally:
             claim.unlink(missing_ok=True)
     return ran
 
 
 def _run_workers(grid: BenchGrid, out: str | None, workers: int, keep_going: bool, threads: int) -> int:
+    """The method rows first, then (once they are settled) the rows that wait on them."""
     import multiprocessing as mp
     import uuid
 
     run_id = uuid.uuid4().hex[:12]
+    ran = 0
     with mp.get_context("spawn").Pool(workers) as pool:
-        results = [pool.apply_async(_worker, (grid, out, keep_going, threads, run_id))
-                   for _ in range(workers)]
-        return sum(r.get() for r in results)
+        for waiting in (False, True):
+            results = [pool.apply_async(_worker, (grid, out, keep_going, threads, run_id, waiting))
+                       for _ in range(workers)]
+            ran += sum(r.get() for r in results)
+    return ran
 
 
 def _describe_baseline(name: str | None) -> str:

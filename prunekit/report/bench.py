@@ -7,7 +7,8 @@ from pathlib import Path
 from .run import write_json
 
 _ACC = ("acc_pruned", "acc_recal", "acc_finetuned")
-_NUM = ("params", "macs", "latency_ms", "params_base", "macs_base", "latency_base_ms", "acc_base", "time_s")
+_NUM = ("params", "macs", "latency_ms", "params_base", "macs_base", "latency_base_ms", "acc_base", "time_s",
+        "nonzero_params", "epochs_precut", "epochs_finetune", "epochs_total")
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -35,9 +36,44 @@ def aggregate_cells(cells: list[dict]) -> list[dict]:
                "seeds": sorted(c["seed"] for c in group)}
         for key in _ACC + _NUM:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([c.get(key) for c in group])
+        # the first column: right after the cut with BN recalibration (right after the cut where none ran)
+        row["acc_cut_mean"], row["acc_cut_std"] = _mean_std(
+            [c.get("acc_recal") if c.get("acc_recal") is not None else c.get("acc_pruned") for c in group])
+        row["control"] = any(c.get("control") for c in group)
+        engaged = [c.get("engaged") for c in group]
+        row["engaged"] = None if all(e is None for e in engaged) else all(e is True for e in engaged)
+        row["not_engaged_seeds"] = sum(1 for e in engaged if e is False)
+        row["telemetry"] = summarize_telemetry([c.get("telemetry") or {} for c in group])
         rows.append(row)
     rows.sort(key=lambda r: (r["target"], r["source"] != "prunekit", r["source"], r["method"]))
     return rows
+
+
+def summarize_telemetry(per_seed: list[dict]) -> dict:
+    """One value per telemetry key over seeds: the mean of numbers (a fraction for flags), the distinct
+    strings joined.
+
+    Example:
+        >>> summarize_telemetry([{"selections": 3, "zeroed": 0.5}, {"selections": 5, "zeroed": 0.25}])
+        {'selections': 4.0, 'zeroed': 0.375}
+    """
+    out: dict = {}
+    for key in dict.fromkeys(k for t in per_seed for k in t):
+        values = [t[key] for t in per_seed if key in t and t[key] is not None]
+        if values and all(isinstance(v, (int, float)) for v in values):
+            out[key] = statistics.fmean(float(v) for v in values)
+        elif values:
+            out[key] = "/".join(dict.fromkeys(str(v) for v in values))
+    return out
+
+
+def _fmt_telemetry(summary: dict) -> str:
+    def num(v):
+        if isinstance(v, str):
+            return v
+        return f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"
+
+    return ", ".join(f"{k}={num(v)}" for k, v in summary.items()) or "—"
 
 
 def _pm(mean, std, scale=100.0, digits=2) -> str:
@@ -57,22 +93,46 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
     if base is not None:
         lines += [f"Baseline test accuracy: {100 * base['acc_base_mean']:.2f}%, "
                   f"{base['params_base_mean'] / 1e3:.1f} k params, {base['macs_base_mean'] / 1e6:.2f} M MACs.", ""]
-    lines += ["| target | tool | method | seeds | acc. after prune (%) | after BN recal. (%) | after fine-tune (%) "
-              "| params (k) | MACs (M) | MACs kept | latency ms, baseline → pruned |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| target | tool | method | seeds | after the cut, BN recal. (%) | after fine-tune (%) | MACs kept "
+              "| weights kept | epochs: pre-cut + fine-tune = total | engaged | telemetry (mean over seeds) "
+              "| params (k) | latency ms, baseline → pruned |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for r in rows:
         macs_kept = (r["macs_mean"] / r["macs_base_mean"]) if r.get("macs_mean") and r.get("macs_base_mean") else None
-        lat = "—" if r.get("latency_ms_mean") is None else f"{r['latency_ms_mean']:.2f}"
-        if r.get("latency_ms_mean") is not None and r.get("latency_base_ms_mean") is not None:
+        w_kept = (r["nonzero_params_mean"] / r["params_base_mean"]
+                  if r.get("nonzero_params_mean") and r.get("params_base_mean") else None)
+        structured = not str(r["target"]).startswith("sparsity")
+        lat = "—" if r.get("latency_ms_mean") is None or not structured else f"{r['latency_ms_mean']:.2f}"
+        if lat != "—" and r.get("latency_base_ms_mean") is not None:
             lat = f"{r['latency_base_ms_mean']:.1f} → {lat}"
         params = "—" if r["params_mean"] is None else f"{r['params_mean'] / 1e3:.1f}"
-        macs = "—" if r["macs_mean"] is None else f"{r['macs_mean'] / 1e6:.2f}"
         kept = "—" if macs_kept is None else f"{macs_kept:.3f}"
+        wk = "—" if w_kept is None else f"{w_kept:.3f}"
+        if r.get("epochs_total_mean") is None:
+            epochs = "—"
+        else:
+            epochs = (f"{r['epochs_precut_mean']:.3g} + {r['epochs_finetune_mean']:.3g} = "
+                      f"{r['epochs_total_mean']:.3g}")
+        if r.get("engaged") is None:
+            engaged = "—"
+        elif r["engaged"]:
+            engaged = "yes"
+        else:
+            engaged = f"**NO** ({r['not_engaged_seeds']}/{r['n']} seeds)"
+        method = r["method"] + (" (control)" if r.get("control") else "")
+        if r.get("engaged") is False:
+            method = f"{r['method']} **(not engaged)**"
         lines.append(
-            f"| {r['target']} | {r['source']} | {r['method']} | {r['n']} | "
-            f"{_pm(r['acc_pruned_mean'], r['acc_pruned_std'])} | {_pm(r['acc_recal_mean'], r['acc_recal_std'])} | "
-            f"{_pm(r['acc_finetuned_mean'], r['acc_finetuned_std'])} | {params} | {macs} | {kept} | {lat} |"
+            f"| {r['target']} | {r['source']} | {method} | {r['n']} | "
+            f"{_pm(r.get('acc_cut_mean'), r.get('acc_cut_std'))} | "
+            f"{_pm(r['acc_finetuned_mean'], r['acc_finetuned_std'])} | {kept} | {wk} | {epochs} | {engaged} | "
+            f"{_fmt_telemetry(r.get('telemetry') or {})} | {params} | {lat} |"
         )
+    lines += ["", "After the cut, BN recal.: accuracy right after pruning with BatchNorm statistics re-estimated, "
+              "before any fine-tune (right after the cut for sparsity targets and models without BatchNorm). "
+              "Epochs: the training each row consumed, counted in optimizer steps (the method's own report where "
+              "it gives one); the baseline's training is shared by every row and not counted. Mean ± sample std "
+              "over seeds."]
     return "\n".join(lines) + "\n"
 
 

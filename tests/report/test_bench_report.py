@@ -32,7 +32,8 @@ def test_write_bench_report(tmp_path):
     data = json.loads((tmp_path / "grid.json").read_text())
     assert len(data["cells"]) == 12 and len(data["rows"]) == 4
     md = (tmp_path / "grid.md").read_text()
-    assert "| macs=0.5 | prunekit | l1 | 3 | 31.00 ± 1.00 | 70.00 ± 0.00 | 89.00 ± 1.00 | 100.0 | 20.00 | 0.488 |" in md
+    # after the cut with BN recal. first, after the fine-tune second, then MACs kept; mean ± std over 3 seeds
+    assert "| macs=0.5 | prunekit | l1 | 3 | 70.00 ± 0.00 | 89.00 ± 1.00 | 0.488 |" in md
     assert made["pareto"].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -40,3 +41,29 @@ def test_pareto_front_drops_dominated():
     pts = [{"macs": 10, "accuracy": 0.8}, {"macs": 12, "accuracy": 0.7}, {"macs": 20, "accuracy": 0.9},
            {"macs": 25, "accuracy": 0.85}]
     assert [(p["macs"], p["accuracy"]) for p in pareto_front(pts)] == [(10, 0.8), (20, 0.9)]
+
+
+def test_columns_in_order_and_non_engaged_rows_flagged(tmp_path):
+    cells = []
+    for seed, engaged in ((0, True), (1, False), (2, True)):
+        cells.append({"method": "sss", "source": "prunekit", "target": "macs=0.5", "seed": seed, "acc_pruned": 0.1,
+                      "acc_recal": 0.6 + 0.1 * seed, "acc_finetuned": 0.8, "macs": 5e6, "macs_base": 1e7,
+                      "params": 1e5, "params_base": 2e5, "nonzero_params": 1e5, "epochs_precut": 1.0,
+                      "epochs_finetune": 1.0, "epochs_total": 2.0, "engaged": engaged,
+                      "telemetry": {"gates_zero": 0.1 * seed}, "warnings": ["raise prune_epochs"] * (not engaged)})
+        cells.append({"method": "criterion:random", "source": "prunekit", "target": "macs=0.5", "seed": seed,
+                      "control": True, "acc_pruned": 0.1, "acc_recal": 0.5, "acc_finetuned": 0.75, "macs": 5e6,
+                      "macs_base": 1e7, "params": 1e5, "params_base": 2e5, "nonzero_params": 1e5,
+                      "epochs_precut": 0.0, "epochs_finetune": 2.0, "epochs_total": 2.0, "engaged": None})
+    write_bench_report(cells, tmp_path / "g")
+    md = (tmp_path / "g.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| target"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[4].startswith("after the cut, BN recal.") and cols[5] == "after fine-tune (%)"
+    assert cols[6:10] == ["MACs kept", "weights kept", "epochs: pre-cut + fine-tune = total", "engaged"]
+    assert cols[10].startswith("telemetry")
+    assert ("| macs=0.5 | prunekit | sss **(not engaged)** | 3 | 70.00 ± 10.00 | 80.00 ± 0.00 | 0.500 | 0.500 | "
+            "1 + 1 = 2 | **NO** (1/3 seeds) | gates_zero=0.1 |") in md
+    assert "| criterion:random (control) | 3 | 50.00 ± 0.00 | 75.00 ± 0.00 | 0.500 | 0.500 | 0 + 2 = 2 | — |" in md
+    row = next(r for r in json.loads((tmp_path / "g.json").read_text())["rows"] if r["method"] == "sss")
+    assert row["engaged"] is False and row["not_engaged_seeds"] == 1
