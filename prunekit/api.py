@@ -584,7 +584,7 @@ def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()
         >>> import prunekit as pk
         >>> from prunekit.testing import models
         >>> model, x = models()["residual"]()
-        >>> p = pk.plan_channels(model, x, {"conv1": [0, 2]})
+        >>> p = pk.plan_channels(model, x, {"a": [0, 2]})
         >>> pk.prune_(model, p).params_after < p.predicted["params_before"]
         True
     """

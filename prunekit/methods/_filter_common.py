@@ -26,8 +26,8 @@ def soft_threshold(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Te
     """``sign(x) * max(|x| - threshold, 0)``: the proximal operator of ``threshold * |x|``.
 
     Example:
-        >>> soft_threshold(torch.tensor([-0.3, 0.05, 0.5]), 0.1).tolist()
-        [-0.19999998807907104, 0.0, 0.4000000059604645]
+        >>> [round(v, 6) for v in soft_threshold(torch.tensor([-0.3, 0.05, 0.5]), 0.1).tolist()]
+        [-0.2, 0.0, 0.4]
     """
     return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0)
 
