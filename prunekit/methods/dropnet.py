@@ -142,5 +142,6 @@ def run(ctx: RunContext, cfg: DropNetConfig) -> MethodResult:
     telemetry = {"cycles": cycles, "rewinds": rewinds,
                  "rewound_to": (f"fresh initialisation (seed {ctx.seed})" if cfg.init == "fresh"
                                 else "the weights given") if cfg.rewind else "none"}
-    return MethodResult(model=model, info={"dropped_before_cut": dropped, **telemetry, **report},
+    info = {"dropped_before_cut": dropped, "epochs_trained": cycles * ctx.prune_epochs, **telemetry, **report}
+    return MethodResult(model=model, info=info,
                         telemetry=telemetry)
