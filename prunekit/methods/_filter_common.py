@@ -403,14 +403,13 @@ def group_scores(model: nn.Module, ctx, criterion: str, batches=None, graph=None
     return {g.key: torch.as_tensor(per_group[index[id(g.group)]], dtype=torch.float64) for g in groups}
 
 
-def check_prune_epochs(ctx, method_id: str) -> None:
-    """A training-time method needs ``prune_epochs >= 1`` (the harness checks data and target, not this)."""
+def require_prune_epochs(ctx, method_id: str) -> None:
+    """A training-time method needs ``ctx.prune_epochs >= 1`` (the harness checks data, not this budget)."""
     pe = ctx.prune_epochs
     if isinstance(pe, bool) or not isinstance(pe, int) or pe < 1:
-        raise ConfigError(
-            f"prune_epochs={pe!r}: method {method_id!r} is a training-time method and cannot run one-shot; "
-            f"give prune_epochs >= 1 (epochs of training before the cut) or choose a one-shot method"
-        )
+        raise ConfigError(f"prune_epochs={pe!r}: method {method_id!r} is a training-time method and cannot run "
+                          f"one-shot; give prune_epochs >= 1 (epochs of training before the cut) or choose a "
+                          f"one-shot method")
 
 
 def reinitialise_(model: nn.Module) -> int:

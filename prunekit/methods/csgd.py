@@ -30,8 +30,8 @@ import torch
 
 from ._config import MethodConfig, option
 from ._filter_common import (
-    check_prune_epochs, cluster_average_matrix, cut_to_target, filter_groups, kmeans_clusters, merge_clusters_,
-    removal_counts, train_config, weight_scores,
+    cluster_average_matrix, cut_to_target, filter_groups, kmeans_clusters, merge_clusters_, removal_counts,
+    require_prune_epochs, train_config, weight_scores,
 )
 from ._regularizers import Centripetal
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -116,7 +116,7 @@ def _spread_telemetry(model, groups, clusters, tolerance: float) -> dict:
 def run(ctx: RunContext, cfg: CSGDConfig) -> MethodResult:
     from ..train import fit
 
-    check_prune_epochs(ctx, "csgd")
+    require_prune_epochs(ctx, "csgd")
     model = ctx.model
     groups, clusters = cluster_groups(model, ctx, cfg.kmeans_iters)
     spread_start = cluster_spread(model, groups, clusters)

@@ -32,8 +32,8 @@ import torch
 
 from ._config import MethodConfig, option
 from ._filter_common import (
-    _graph, check_prune_epochs, cut_to_target, filter_groups, first_batches, fresh_initialisation, group_scores,
-    removal_counts, select_lowest_global, train_config,
+    _graph, cut_to_target, filter_groups, first_batches, fresh_initialisation, group_scores, removal_counts,
+    require_prune_epochs, select_lowest_global, train_config,
 )
 from ._regularizers import HardFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -46,7 +46,7 @@ class DropNetConfig(MethodConfig):
     fraction: float = option(0.2, gt=0, lt=1)  # share of the remaining units dropped per cycle (code: `percentile`)
     allocation: Literal["min", "min_layer"] = "min"  # min: global ranking | min_layer: per layer (paper sec. 3)
     rewind: bool = True  # reset surviving weights to their initial values after each drop (paper sec. 3)
-    init: Literal["fresh", "given"] = "fresh"  # what "initial values" are: a fresh draw under ctx.seed | the weights given (ours)
+    init: Literal["fresh", "given"] = "fresh"  # initial values: drawn under ctx.seed | the weights given (ours)
     stat_batches: int = option(16, ge=1)  # training batches for the activation statistics when ctx.calib is None (ours)
     order: Literal["min", "max", "random"] = "min"  # min: DropNet | max, random: the paper's baselines (code)
 
@@ -101,7 +101,7 @@ def _hard_mask(model, groups, keep) -> HardFilterMask:
 def run(ctx: RunContext, cfg: DropNetConfig) -> MethodResult:
     from ..train import fit
 
-    check_prune_epochs(ctx, "dropnet")
+    require_prune_epochs(ctx, "dropnet")
     model = ctx.model
     # the initial values are fixed before any training
     init = (fresh_initialisation(model, ctx.seed) if cfg.init == "fresh"

@@ -23,7 +23,7 @@ from typing import Literal
 
 from ._config import MethodConfig, option
 from ._filter_common import (
-    _graph, check_prune_epochs, cut_to_target, filter_groups, first_batches, group_scores, train_config,
+    _graph, cut_to_target, filter_groups, first_batches, group_scores, require_prune_epochs, train_config,
 )
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -65,7 +65,7 @@ def dead_channels(model, ctx: RunContext, gamma_threshold: float = 1e-3, stat_ba
 def run(ctx: RunContext, cfg: ImplicitSparsityConfig) -> MethodResult:
     from ..train import fit
 
-    check_prune_epochs(ctx, "implicit-sparsity")
+    require_prune_epochs(ctx, "implicit-sparsity")
     fit(ctx.model, ctx.train_data, train_config(ctx, optimizer=cfg.optimizer, lr=cfg.lr,
                                                 weight_decay=cfg.weight_decay))
     mean_act, dead = dead_channels(ctx.model, ctx, cfg.gamma_threshold, cfg.stat_batches)

@@ -25,7 +25,7 @@ from typing import Literal
 
 from ..errors import ConfigError
 from ._config import MethodConfig, option
-from ._filter_common import check_prune_epochs, reinitialise_, train_config
+from ._filter_common import reinitialise_, require_prune_epochs, train_config
 from ._registry import MethodResult, RunContext, Telemetry, get_method, register_method
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _macs(model, example_inputs) -> int:
 def run(ctx: RunContext, cfg: RethinkingConfig) -> MethodResult:
     from ..train import fit
 
-    check_prune_epochs(ctx, "rethinking")
+    require_prune_epochs(ctx, "rethinking")
     source = get_method(cfg.source)
     if source.kind != "structured":
         raise ConfigError(f"options['source']={cfg.source!r} is a {source.kind} method; Rethinking trains a "

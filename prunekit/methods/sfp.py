@@ -23,7 +23,7 @@ from typing import Literal
 
 from ._config import MethodConfig, option
 from ._filter_common import (
-    check_prune_epochs, cut_to_target, filter_groups, removal_counts, train_config, weight_scores,
+    cut_to_target, filter_groups, removal_counts, require_prune_epochs, train_config, weight_scores,
 )
 from ._regularizers import SoftFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SFPConfig(MethodConfig):
-    criterion: Literal["l2", "fpgm"] = "l2"  # filter score: L2 norm (paper sec. 3.2); fpgm = the authors' CVPR 2019 variant
+    criterion: Literal["l2", "fpgm"] = "l2"  # filter score: L2 norm (paper sec. 3.2); fpgm: CVPR 2019 variant
     interval: int = option(1, ge=1)  # epochs between re-selections (paper Alg. 1 / code `epoch_prune=1`)
 
 
@@ -55,7 +55,7 @@ def soft_pruning_callback(model, ctx: RunContext, criterion: str = "l2", interva
 def run(ctx: RunContext, cfg: SFPConfig) -> MethodResult:
     from ..train import fit
 
-    check_prune_epochs(ctx, "sfp")
+    require_prune_epochs(ctx, "sfp")
     cb = soft_pruning_callback(ctx.model, ctx, cfg.criterion, cfg.interval)
     fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])
     # the last epoch end zeroed the final selection: those filters have the lowest score (0) and go first

@@ -88,7 +88,7 @@ def test_fresh_initialisation_is_seeded_and_leaves_the_model_and_the_generator_a
     assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(before)
     assert not torch.equal(a["0.weight"], fresh_initialisation(net, 6)["0.weight"])
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert float(a["0.weight"].abs().max()) <= 0.5 and a["1.weight"].eq(1).all()  # kaiming-uniform bound 1/2; BN gamma 1
+    assert float(a["0.weight"].abs().max()) <= 0.5 and a["1.weight"].eq(1).all()  # kaiming bound 1/2; BN gamma 1
 
 
 def test_global_keep_masks_counts_and_normalisation():
