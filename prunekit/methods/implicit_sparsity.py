@@ -58,9 +58,9 @@ def dead_channels(model, ctx: RunContext, gamma_threshold: float = 1e-3, stat_ba
 
 @register_method("implicit-sparsity", config=ImplicitSparsityConfig, kind="structured", needs=("train",),
                  status="partial",
-                 left_out="the paper's emergent dead filters are not shown at our budgets: 4 epochs of Adam + L2 on the "
-                          "benchmark setting left 0 of 448 ResNet-20 channels dead (docs/methods-filter-2.md), so "
-                          "benchmark rows are a mean-activation cut (telemetry topped_up) and warn",
+                 left_out="the paper's emergent dead filters are not shown at our budgets: 4 epochs of Adam + L2 "
+                          "on the benchmark setting left 0 of 448 ResNet-20 channels dead "
+                          "(docs/methods-filter-2.md), so benchmark rows are a mean-activation cut and warn",
                  telemetry=Telemetry(keys=("dead_found", "topped_up", "dead_fraction"),
                                      engaged=lambda t: t["dead_found"] > 0,
                                      what="filters dying on their own under Adam + L2",
