@@ -10,9 +10,11 @@ import logging
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..criteria import ChannelView, get_criterion
 from ..errors import ConfigError
 from ..quantize import kmeans
 
@@ -93,16 +95,23 @@ def filter_norms(weight: torch.Tensor, p: int = 2) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1).norm(p=p, dim=1)
 
 
-def fpgm_scores(weight: torch.Tensor) -> torch.Tensor:
-    """Sum of Euclidean distances from each filter to all others; the lowest is nearest the geometric median.
+def weight_scores(weight: torch.Tensor, criterion: str = "l2") -> torch.Tensor:
+    """One score per filter (dim 0 of ``weight``) from the registered weight criterion ``criterion``.
+
+    The same function ``prunekit.plan``/``prune_`` use (``prunekit.criteria``), applied to one tensor; higher
+    means keep. Only criteria that need no calibration data (``l1``, ``l2``, ``fpgm``, ...) score a bare tensor.
 
     Example:
-        >>> w = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
-        >>> fpgm_scores(w).tolist()   # the middle filter is closest to the others
+        >>> weight_scores(torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]]), "fpgm").tolist()
         [6.0, 5.0, 9.0]
     """
-    x = weight.detach().reshape(weight.shape[0], -1).float()
-    return torch.cdist(x, x).sum(dim=1)
+    spec = get_criterion(criterion)
+    if spec.needs:
+        raise ConfigError(f"criterion={criterion!r} needs {list(spec.needs)} from calibration data; a filter "
+                          f"score on weights alone takes a weight criterion such as 'l2' or 'fpgm'")
+    w = weight.detach().reshape(weight.shape[0], -1)
+    view = ChannelView(fqn="", dim=0, role="producer", channels=np.arange(w.shape[0]), weight=w)
+    return torch.as_tensor(spec.fn(view)).detach().float().reshape(-1).cpu()
 
 
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -351,46 +360,57 @@ class restore_on_error:
         return False
 
 
-def post_activation_stats(model: nn.Module, modules: dict[str, nn.Module], batches,
-                          device: str = "cpu") -> dict[str, dict[str, torch.Tensor]]:
-    """Per-channel statistics of ``relu(output)`` of each named module over ``batches`` (eval mode, no grad).
+def group_scores(model: nn.Module, ctx, criterion: str, batches=None, graph=None,
+                 groups: list | None = None) -> dict[str, torch.Tensor]:
+    """``{group key: [width] scores}`` of the registered ``criterion`` for every filter group (higher = keep).
 
-    Returns ``{fqn: {"mean": [C], "max": [C]}}``: the mean over samples and positions of the post-ReLU
-    activation (DropNet's criterion) and its maximum (zero max = a dead channel, implicit sparsity).
+    The engine's own scoring path (:func:`prunekit.api.score_groups`, ``reduce="producer"``), so a method ranks
+    channels exactly as ``prunekit.plan(criterion=...)`` would; data-driven criteria (``mean-act``, ``apoz``)
+    read ``batches`` (``(inputs, targets)`` pairs). A channel's activation statistic is taken where the network
+    uses it: the input of the layers that read it (after BatchNorm and ReLU).
     """
-    sums: dict[str, torch.Tensor] = {}
-    maxs: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    hooks = []
+    from ..api import score_groups
 
-    def make(fqn):
-        def hook(_m, _i, out):
-            a = torch.relu(out.detach()).float()
-            a = a.transpose(0, 1).reshape(a.shape[1], -1)  # [C, N*positions]
-            sums[fqn] = sums.get(fqn, 0) + a.sum(dim=1)
-            m = a.max(dim=1).values
-            maxs[fqn] = torch.maximum(maxs[fqn], m) if fqn in maxs else m
-            counts[fqn] = counts.get(fqn, 0) + a.shape[1]
+    graph = graph if graph is not None else _graph(model, ctx)
+    groups = groups if groups is not None else filter_groups(model, ctx, graph)
+    per_group = score_groups(model, graph, criterion, calib=batches, reduce="producer", seed=ctx.seed)
+    index = {id(g): i for i, g in enumerate(graph.groups)}
+    return {g.key: torch.as_tensor(per_group[index[id(g.group)]], dtype=torch.float64) for g in groups}
 
-        return hook
 
-    for fqn, mod in modules.items():
-        hooks.append(mod.register_forward_hook(make(fqn)))
-    was_training = model.training
-    n_batches = 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for inputs, _ in batches:
-                _forward(model, inputs.to(device) if torch.is_tensor(inputs) else inputs)
-                n_batches += 1
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    if n_batches == 0:
-        raise ConfigError("the statistics batches are empty; pass calib=[(inputs, targets), ...] or train_data")
-    return {f: {"mean": (sums[f] / counts[f]).cpu(), "max": maxs[f].cpu()} for f in sums}
+def require_prune_epochs(ctx, method_id: str) -> None:
+    """A training-time method needs ``ctx.prune_epochs >= 1`` (the harness checks data, not this budget)."""
+    pe = ctx.prune_epochs
+    if isinstance(pe, bool) or not isinstance(pe, int) or pe < 1:
+        raise ConfigError(f"prune_epochs={pe!r}: method {method_id!r} is a training-time method and cannot run "
+                          f"one-shot; give prune_epochs >= 1 (epochs of training before the cut) or choose a "
+                          f"one-shot method")
+
+
+def reinitialise_(model: nn.Module) -> int:
+    """Re-draw every parameter with its module's own initialiser (``reset_parameters``) and reset BatchNorm
+    statistics; returns how many modules were reset. Draws from torch's global generator."""
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+            m.reset_parameters()
+            n += 1
+        elif hasattr(m, "reset_running_stats"):
+            m.reset_running_stats()
+    return n
+
+
+def fresh_initialisation(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """A state dict of ``model`` re-initialised by its modules' own initialisers under ``seed``; ``model`` and
+    torch's global generator are left as they were."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        reinitialise_(twin)
+    return {k: v.detach().clone() for k, v in twin.state_dict().items()}
 
 
 def first_batches(data, n: int) -> list:

@@ -25,8 +25,8 @@ from torch import nn
 
 from ..train.callbacks import Callback
 from ._filter_common import (
-    ChannelGates, apg_nag_step, centripetal_gradient, filter_norms, fpgm_scores, global_keep_masks, lowest,
-    soft_threshold,
+    ChannelGates, apg_nag_step, centripetal_gradient, filter_norms, global_keep_masks, lowest, soft_threshold,
+    weight_scores,
 )
 
 log = logging.getLogger(__name__)
@@ -132,26 +132,29 @@ class APGGates(Callback):
 
 
 class SoftFilterMask(Callback):
-    """Soft filter pruning: at each epoch end zero the ``n_prune`` lowest-scoring filters of each layer.
+    """Soft filter pruning: every ``every`` epochs zero the ``n_prune`` lowest-scoring filters of each layer.
 
     Zeroed filters keep their gradients, so training may grow them back before the next re-selection.
-    ``criterion`` is ``"l2"`` (filter norm) or ``"fpgm"`` (distance to the other filters). ``tied`` lists
-    layers whose filters are one channel (e.g. joined by a residual add): their scores are summed and the
-    same indices zeroed in all of them; ``n_prune`` is keyed by the first layer of each tied set.
-    ``history`` keeps the zeroed indices of every selection, ``{fqn: tensor}`` per epoch.
+    ``criterion`` names a registered weight criterion (``"l2"``: filter norm, ``"fpgm"``: distance to the
+    other filters; :func:`~prunekit.methods._filter_common.weight_scores`). ``tied`` lists layers whose
+    filters are one channel (e.g. joined by a residual add): their scores are summed and the same indices
+    zeroed in all of them; ``n_prune`` is keyed by the first layer of each tied set. A selection happens at
+    the end of every ``every``-th epoch and at the end of the last one (when the loop says which that is).
+    ``history`` keeps the zeroed indices of every selection, ``{fqn: tensor}`` per selection.
     """
 
     def __init__(self, layers: dict[str, nn.Module], n_prune: dict[str, int], criterion: str = "l2",
-                 tied: Sequence[Sequence[str]] | None = None):
+                 tied: Sequence[Sequence[str]] | None = None, every: int = 1):
         self.layers = dict(layers)
         self.n_prune = dict(n_prune)
         self.criterion = criterion
+        self.every = int(every)
         in_tied = {f for t in (tied or ()) for f in t}
         self.tied = [list(t) for t in (tied or ())] + [[f] for f in self.layers if f not in in_tied]
         self.history: list[dict[str, torch.Tensor]] = []
 
     def scores(self, weight: torch.Tensor) -> torch.Tensor:
-        return fpgm_scores(weight) if self.criterion == "fpgm" else filter_norms(weight, 2)
+        return weight_scores(weight, self.criterion)
 
     def apply(self) -> dict[str, torch.Tensor]:
         chosen = {}
@@ -161,15 +164,25 @@ class SoftFilterMask(Callback):
                 idx = lowest(score, self.n_prune.get(members[0], 0))
                 for f in members:
                     mod = self.layers[f]
-                    mod.weight[idx] = 0.0
+                    mod.weight[idx.to(mod.weight.device)] = 0.0
                     if getattr(mod, "bias", None) is not None:
-                        mod.bias[idx] = 0.0
+                        mod.bias[idx.to(mod.bias.device)] = 0.0
                     chosen[f] = idx
         self.history.append(chosen)
         return chosen
 
+    def regrown(self) -> int:
+        """Filters zeroed at one selection and not chosen at the next: training grew them back."""
+        n = 0
+        for a, b in zip(self.history, self.history[1:]):
+            for f, idx in a.items():
+                n += len(set(idx.tolist()) - set(b.get(f, idx).tolist()))
+        return n
+
     def on_epoch_end(self, state) -> None:
-        self.apply()
+        total = getattr(getattr(state, "config", None), "epochs", None)
+        if (state.epoch + 1) % self.every == 0 or (total is not None and state.epoch + 1 == total):
+            self.apply()
 
 
 class Centripetal(Callback):

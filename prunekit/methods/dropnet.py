@@ -11,34 +11,44 @@ the surviving weights to their initial values, and train again, until the desire
 dropped unit is held at exactly zero (its producing weights, bias and BatchNorm affine) by the
 :class:`~prunekit.methods._regularizers.HardFilterMask` callback, each cycle trains ``ctx.prune_epochs``
 epochs with :func:`prunekit.train.fit`, the total number of units to drop is what the engine needs for the
-MAC/parameter target with the chosen allocation, the post-activation is ``relu`` of the channel's BatchNorm
-(or of its conv/linear output when there is none), and the dropped units are removed by the engine at the end.
+MAC/parameter target with the chosen allocation, the score is the registered ``mean-act`` criterion (the
+mean post-ReLU value of the channel where the next layers read it), and the dropped units are removed by the
+engine at the end.
+
+The initial values: the model handed to a method is usually trained (every benchmark starts from a trained
+baseline), and its own initialisation is gone. With ``init="fresh"`` (default) the method draws the
+initialisation the paper resets to before training begins: every module's own initialiser under
+``ctx.seed``. ``init="given"`` rewinds to the weights the method received, which is the paper only when the
+model passed in is untrained.
 """
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..errors import ConfigError
+from ._config import MethodConfig, option
 from ._filter_common import (
-    check_target_reachable,
-    check_choice, check_positive, check_training_context, first_batches, method_options, post_activation_stats,
-    restore_on_error, select_lowest_global, train_config,
+    _graph, cut_to_target, filter_groups, first_batches, fresh_initialisation, group_scores, removal_counts,
+    require_prune_epochs, select_lowest_global, train_config,
 )
 from ._regularizers import HardFilterMask
-from ._registry import MethodResult, RunContext, register_method
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "fraction": 0.2,  # share of the remaining units dropped per cycle (the paper's `percentile`)
-    "allocation": "min",  # min: global ranking | min_layer: the same share in every layer
-    "rewind": True,  # reset surviving weights to their initial values after each drop
-    "stat_batches": 16,  # training batches for the activation statistics when ctx.calib is not given
-    "order": "min",  # min: drop lowest activations (DropNet) | max: drop highest | random (baselines)
-}
+
+@dataclass(frozen=True)
+class DropNetConfig(MethodConfig):
+    fraction: float = option(0.2, gt=0, lt=1)  # share of the remaining units dropped per cycle (code: `percentile`)
+    allocation: Literal["min", "min_layer"] = "min"  # min: global ranking | min_layer: per layer (paper sec. 3)
+    rewind: bool = True  # reset surviving weights to their initial values after each drop (paper sec. 3)
+    init: Literal["fresh", "given"] = "fresh"  # initial values: drawn under ctx.seed | the weights given (ours)
+    stat_batches: int = option(16, ge=1)  # training batches for the activation statistics when ctx.calib is None (ours)
+    order: Literal["min", "max", "random"] = "min"  # min: DropNet | max, random: the paper's baselines (code)
 
 
 def select_drop(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], n: int, per_layer: bool,
@@ -70,28 +80,9 @@ def select_drop(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], 
     return select_lowest_global(keyed, keep, n, min_keep=0.0)
 
 
-@register_method("dropnet", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    from ._filter_common import cut_to_target, filter_groups, removal_counts
-    from ..train import fit
-
-    opts = method_options("dropnet", ctx)
-    check_positive(opts, "fraction", "stat_batches")
-    check_choice("allocation", opts["allocation"], ("min", "min_layer"))
-    check_choice("order", opts["order"], ("min", "max", "random"))
-    if not opts["fraction"] < 1:
-        raise ConfigError(f"options['fraction']={opts['fraction']!r} is the share of the remaining units dropped "
-                          f"per cycle and must be in (0, 1); the paper uses 0.2")
-    check_training_context(ctx, "dropnet")
-    check_target_reachable(ctx.model, ctx)
-    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
-    model = ctx.model
+def _hard_mask(model, groups, keep) -> HardFilterMask:
+    """One mask over every producing tensor of each group (conv/linear weight and bias, BN affine)."""
     mods = dict(model.named_modules())
-    groups = [g for g in filter_groups(model, ctx) if g.convs]
-    act = {g.key: mods[g.bns[0] if g.bns else g.convs[0]] for g in groups}
-    batches = ctx.calib if ctx.calib is not None else first_batches(ctx.train_data, int(opts["stat_batches"]))
-    per_layer = opts["allocation"] == "min_layer"
-    keep = {g.key: torch.ones(g.width, dtype=torch.bool) for g in groups}
     mask = HardFilterMask()
     for g in groups:
         for f in g.convs + g.bns:
@@ -99,34 +90,58 @@ def run(ctx: RunContext) -> MethodResult:
                 t = getattr(mods[f], name, None)
                 if t is not None:
                     mask.tensors[f"{f}.{name}"] = (t, keep[g.key])  # shared keep tensor per group
-    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    stats = post_activation_stats(model, act, batches, ctx.device)
-    counts = removal_counts(model, ctx, {k: stats[k]["mean"] for k in act},
-                            "uniform" if per_layer else "global")
+    return mask
+
+
+@register_method("dropnet", config=DropNetConfig, kind="structured", needs=("train",),
+                 telemetry=Telemetry(keys=("cycles", "rewinds", "rewound_to"), engaged=lambda t: t["rewinds"] >= 1,
+                                     what="drop-and-rewind to the initial weights",
+                                     knob="set options.rewind=true: the paper resets the surviving weights to "
+                                          "their initial values after every drop"))
+def run(ctx: RunContext, cfg: DropNetConfig) -> MethodResult:
+    from ..train import fit
+
+    require_prune_epochs(ctx, "dropnet")
+    model = ctx.model
+    # the initial values are fixed before any training
+    init = (fresh_initialisation(model, ctx.seed) if cfg.init == "fresh"
+            else {k: v.detach().clone() for k, v in model.state_dict().items()})
+    graph = _graph(model, ctx)
+    groups = [g for g in filter_groups(model, ctx, graph) if g.convs]
+    batches = ctx.calib if ctx.calib is not None else first_batches(ctx.train_data, cfg.stat_batches)
+    per_layer = cfg.allocation == "min_layer"
+    keep = {g.key: torch.ones(g.width, dtype=torch.bool) for g in groups}
+    mask = _hard_mask(model, groups, keep)
+
+    def scores():
+        return group_scores(model, ctx, "mean-act", batches, graph, groups)
+
+    counts = removal_counts(model, ctx, scores(), "uniform" if per_layer else "global")
     total = sum(counts.get(g.key, 0) for g in groups)
     gen = torch.Generator().manual_seed(ctx.seed)
-    dropped, cycles = 0, 0
-    with restore_on_error(model):
-        while True:
-            fit(model, ctx.train_data, train_config(ctx), callbacks=[mask])
-            cycles += 1
-            if dropped >= total:
-                break
-            stats = post_activation_stats(model, act, batches, ctx.device)
-            alive = sum(int(m.sum()) for m in keep.values())
-            n = min(max(1, math.ceil(float(opts["fraction"]) * alive)), total - dropped)
-            got = select_drop({k: stats[k]["mean"] for k in act}, keep, n, per_layer, opts["order"], gen)
-            dropped += got
-            if got == 0:
-                break
-            if opts["rewind"]:
-                model.load_state_dict(init)
-            mask.apply()
-    stats = post_activation_stats(model, act, batches, ctx.device)
-    scores = {}
-    for k in act:
-        s = stats[k]["mean"].clone()
-        s[~keep[k]] = -1.0  # dropped units go first
-        scores[k] = s
-    report = cut_to_target(model, ctx, scores, allocation="uniform" if per_layer else "global")
-    return MethodResult(model=model, info={"cycles": cycles, "dropped_before_cut": dropped, **report})
+    dropped, cycles, rewinds = 0, 0, 0
+    while True:
+        fit(model, ctx.train_data, train_config(ctx), callbacks=[mask])
+        cycles += 1
+        if dropped >= total:
+            break
+        alive = sum(int(m.sum()) for m in keep.values())
+        n = min(max(1, math.ceil(cfg.fraction * alive)), total - dropped)
+        got = select_drop(scores(), keep, n, per_layer, cfg.order, gen)
+        dropped += got
+        if got == 0:
+            break
+        if cfg.rewind:
+            model.load_state_dict(init)
+            rewinds += 1
+        mask.apply()
+    final = scores()
+    for k in final:
+        final[k][~keep[k]] = -1.0  # dropped units go first
+    report = cut_to_target(model, ctx, final, allocation="uniform" if per_layer else "global")
+    telemetry = {"cycles": cycles, "rewinds": rewinds,
+                 "rewound_to": (f"fresh initialisation (seed {ctx.seed})" if cfg.init == "fresh"
+                                else "the weights given") if cfg.rewind else "none"}
+    info = {"dropped_before_cut": dropped, "epochs_trained": cycles * ctx.prune_epochs, **telemetry, **report}
+    return MethodResult(model=model, info=info,
+                        telemetry=telemetry)

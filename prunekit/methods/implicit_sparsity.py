@@ -8,77 +8,79 @@ and an L2 penalty, end up with many filters that never activate on any input, al
 sparsity; the effect grows with the penalty and largely disappears with plain SGD. Such a filter's output
 after the ReLU is zero everywhere, so it can be deleted without changing the network at all: a free
 speed-up. Here the method trains ``ctx.prune_epochs`` epochs with the paper's recipe (Adam, L2 weight
-decay; both options), detects dead channels as those whose post-ReLU activation is zero on every
-calibration image (or whose BatchNorm ``|gamma|`` is below ``gamma_threshold``), and ranks channels by their
-mean post-ReLU activation, dead ones first, for the engine's global cut to the MAC/parameter target. When the
-target asks for no more than the dead channels, the cut is lossless on the calibration data.
+decay; both options) and detects dead channels as those whose post-ReLU activation is zero on every
+calibration image (the registered ``apoz`` criterion scores such a channel exactly 0) or whose BatchNorm
+``|gamma|`` is below ``gamma_threshold``. Those are the emergent sparsity. To meet the MAC/parameter target
+the cut then tops up with the channels of lowest mean post-ReLU activation (the registered ``mean-act``
+criterion), ranked over the network; the run reports how many channels died and how many were topped up,
+and warns when none died.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
+from ._config import MethodConfig, option
 from ._filter_common import (
-    check_target_reachable,
-    check_choice, check_positive, check_training_context, first_batches, method_options, post_activation_stats,
-    restore_on_error, train_config,
+    _graph, cut_to_target, filter_groups, first_batches, group_scores, require_prune_epochs, train_config,
 )
-from ._registry import MethodResult, RunContext, register_method
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "optimizer": "adam",  # the adaptive optimiser that makes filters die (sgd | adam | adamw)
-    "lr": 1e-3,  # Adam learning rate
-    "weight_decay": 5e-4,  # L2 strength (the effect grows with it)
-    "gamma_threshold": 1e-3,  # |gamma| below this also counts as dead (authors' code: 1e-3)
-    "stat_batches": 16,  # training batches used to detect dead channels when ctx.calib is not given
-}
+
+@dataclass(frozen=True)
+class ImplicitSparsityConfig(MethodConfig):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # the adaptive optimiser that makes filters die (paper sec. 3)
+    lr: float = option(1e-3, gt=0)  # Adam learning rate (paper's setting for BasicNet)
+    weight_decay: float = option(5e-4, ge=0)  # L2 strength; the effect grows with it (paper sec. 3)
+    gamma_threshold: float = option(1e-3, ge=0)  # |gamma| below this also counts as dead (authors' code, SelecSLS)
+    stat_batches: int = option(16, ge=1)  # training batches that detect dead channels when ctx.calib is None (ours)
 
 
 def dead_channels(model, ctx: RunContext, gamma_threshold: float = 1e-3, stat_batches: int = 16):
-    """``(stats, dead)``: post-ReLU statistics and a dead mask ``{group key: [C] bool}`` per channel group."""
-    from ._filter_common import filter_groups
-
-    mods = dict(model.named_modules())
-    groups = filter_groups(model, ctx)
-    act = {g.key: mods[g.bns[0] if g.bns else g.convs[0]] for g in groups if g.bns or g.convs}
+    """``(mean_act, dead)``: mean post-ReLU activation and a dead mask ``{group key: [C] bool}`` per group."""
+    graph = _graph(model, ctx)
+    groups = filter_groups(model, ctx, graph)
     batches = ctx.calib if ctx.calib is not None else first_batches(ctx.train_data, stat_batches)
-    stats = post_activation_stats(model, act, batches, ctx.device)
+    nonzero = group_scores(model, ctx, "apoz", batches, graph, groups)  # fraction of non-zero responses
+    mean_act = group_scores(model, ctx, "mean-act", batches, graph, groups)
+    mods = dict(model.named_modules())
     dead = {}
     for g in groups:
-        if g.key not in stats:
-            continue
-        d = stats[g.key]["max"] <= 0
+        d = nonzero[g.key] <= 0
         for b in g.bns:
             d = d | (mods[b].weight.detach().abs().cpu() < gamma_threshold)
         dead[g.key] = d
-    return stats, dead
+    return mean_act, dead
 
 
-@register_method("implicit-sparsity", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    from ._filter_common import cut_to_target
+@register_method("implicit-sparsity", config=ImplicitSparsityConfig, kind="structured", needs=("train",),
+                 status="partial",
+                 left_out="the paper's emergent dead filters are not shown at our budgets: 4 epochs of Adam + L2 "
+                          "on the benchmark setting left 0 of 448 ResNet-20 channels dead "
+                          "(docs/methods-filter-2.md), so benchmark rows are a mean-activation cut and warn",
+                 telemetry=Telemetry(keys=("dead_found", "topped_up", "dead_fraction"),
+                                     engaged=lambda t: t["dead_found"] > 0,
+                                     what="filters dying on their own under Adam + L2",
+                                     knob="raise prune_epochs or options.weight_decay: dead filters emerge only "
+                                          "after longer adaptive training (see docs/methods-filter-2.md)"))
+def run(ctx: RunContext, cfg: ImplicitSparsityConfig) -> MethodResult:
     from ..train import fit
 
-    opts = method_options("implicit-sparsity", ctx)
-    check_choice("optimizer", opts["optimizer"], ("adam", "adamw", "sgd"))
-    check_positive(opts, "lr", "stat_batches")
-    check_positive(opts, "weight_decay", "gamma_threshold", allow_zero=True)
-    check_training_context(ctx, "implicit-sparsity")
-    check_target_reachable(ctx.model, ctx)
-    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
-    cfg = train_config(ctx, optimizer=opts["optimizer"], lr=float(opts["lr"]),
-                       weight_decay=float(opts["weight_decay"]))
-    with restore_on_error(ctx.model):
-        fit(ctx.model, ctx.train_data, cfg)
-    stats, dead = dead_channels(ctx.model, ctx, float(opts["gamma_threshold"]), int(opts["stat_batches"]))
+    require_prune_epochs(ctx, "implicit-sparsity")
+    fit(ctx.model, ctx.train_data, train_config(ctx, optimizer=cfg.optimizer, lr=cfg.lr,
+                                                weight_decay=cfg.weight_decay))
+    mean_act, dead = dead_channels(ctx.model, ctx, cfg.gamma_threshold, cfg.stat_batches)
     scores = {}
     for key, d in dead.items():
-        s = stats[key]["mean"].clone()
-        s[d] = -1.0  # dead channels go first
+        s = mean_act[key].clone()
+        s[d] = -1.0  # dead channels go first (a score <= 0 is always cut)
         scores[key] = s
     n_dead = sum(int(d.sum()) for d in dead.values())
     n = sum(len(d) for d in dead.values())
     report = cut_to_target(ctx.model, ctx, scores, allocation="global")
-    return MethodResult(model=ctx.model, info={"dead_channels": n_dead, "dead_fraction": n_dead / max(n, 1),
-                                               **report})
+    telemetry = {"dead_found": n_dead, "topped_up": max(report["removed_channels"] - n_dead, 0),
+                 "dead_fraction": n_dead / max(n, 1)}
+    return MethodResult(model=ctx.model, info={"dead_channels": n_dead, **telemetry, **report}, telemetry=telemetry)

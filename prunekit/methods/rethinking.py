@@ -12,30 +12,38 @@ at twice the epochs, as the authors do on ImageNet). Here the method runs any ot
 method (``options={"source": "l1-filter"}``, its own options in ``source_options``) to obtain the pruned
 architecture, re-initialises every parameter and BatchNorm statistic of the result with each module's own
 initialiser, and trains it from scratch for ``ctx.prune_epochs`` (Scratch-E) or ``ctx.prune_epochs`` times
-the MAC ratio, capped at ``max_factor`` times (Scratch-B), with :func:`prunekit.train.fit`.
+the MAC ratio, capped at ``max_factor`` times (Scratch-B), with :func:`prunekit.train.fit`. It therefore
+trains more than a method that only uses ``prune_epochs``: ``info["epochs_trained"]`` counts every epoch
+(the source's own training included) for a fair comparison.
 """
 from __future__ import annotations
 
 import logging
 import math
-
-from torch import nn
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from ..errors import ConfigError
-from ._filter_common import (
-    check_choice, check_positive, check_target_reachable, check_training_context, method_options, train_config,
-)
-from ._registry import MethodResult, RunContext, register_method
+from ._config import MethodConfig, option
+from ._filter_common import reinitialise_, require_prune_epochs, train_config
+from ._registry import MethodResult, RunContext, Telemetry, get_method, register_method
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "source": "l1-filter",  # the method whose pruned architecture is trained from scratch
-    "source_options": {},  # options passed to the source method
-    "schedule": "scratch-B",  # scratch-E: same epochs | scratch-B: same compute (MACs x epochs)
-    "max_factor": 2.0,  # Scratch-B never trains more than this many times the epochs (authors' ImageNet cap)
-}
-SCHEDULES = ("scratch-E", "scratch-B")
+__all__ = ["RethinkingConfig", "scratch_epochs", "reinitialise_"]
+
+
+@dataclass(frozen=True)
+class RethinkingConfig(MethodConfig):
+    source: str = "l1-filter"  # the method whose pruned architecture is trained from scratch (paper: L1-norm, sec. 4.1)
+    source_options: dict | None = None  # options passed to the source method (its defaults when None)
+    schedule: Literal["scratch-E", "scratch-B"] = "scratch-B"  # same epochs | same compute (paper sec. 4)
+    max_factor: float = option(2.0, gt=0)  # Scratch-B trains at most this many times the epochs (authors' ImageNet cap)
+
+    def __post_init__(self):
+        if self.source == "rethinking":
+            raise ValueError("options['source']='rethinking': the source must be another structured method that "
+                             "produces a pruned architecture, e.g. 'l1-filter' or 'slimming'")
 
 
 def scratch_epochs(epochs: int, dense_macs: int, pruned_macs: int, schedule: str = "scratch-B",
@@ -52,55 +60,39 @@ def scratch_epochs(epochs: int, dense_macs: int, pruned_macs: int, schedule: str
     return max(epochs, int(math.ceil(epochs * factor - 1e-9)))
 
 
-def reinitialise_(model: nn.Module) -> int:
-    """Re-draw every parameter with its module's own initialiser; returns how many modules were reset."""
-    n = 0
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-            m.reset_parameters()
-            n += 1
-        elif hasattr(m, "reset_running_stats"):
-            m.reset_running_stats()
-    return n
-
-
 def _macs(model, example_inputs) -> int:
     from ..graph import build_graph
 
     return int(build_graph(model, example_inputs).macs())
 
 
-@register_method("rethinking", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    from dataclasses import replace
-
-    from ._registry import get_method
+@register_method("rethinking", config=RethinkingConfig, kind="structured", needs=("train",),
+                 telemetry=Telemetry(keys=("scratch_epochs", "source_epochs", "epochs_trained", "reinitialised"),
+                                     engaged=lambda t: t["reinitialised"] > 0 and t["scratch_epochs"] >= 1,
+                                     what="from-scratch training of the pruned architecture",
+                                     knob="give prune_epochs >= 1 and a source whose result has modules to "
+                                          "re-initialise"))
+def run(ctx: RunContext, cfg: RethinkingConfig) -> MethodResult:
     from ..train import fit
 
-    opts = method_options("rethinking", ctx)
-    check_choice("schedule", opts["schedule"], SCHEDULES)
-    check_positive(opts, "max_factor")
-    if opts["source"] == "rethinking":
-        raise ConfigError("options['source']='rethinking': the source must be another structured method that "
-                          "produces a pruned architecture, e.g. 'l1-filter' or 'slimming'")
-    if not isinstance(opts["source_options"], dict):
-        raise ConfigError(f"options['source_options']={opts['source_options']!r} must be a dict of the source "
-                          f"method's options, e.g. {{}}")
-    check_training_context(ctx, "rethinking")
-    check_target_reachable(ctx.model, ctx)
-    source = get_method(opts["source"])
+    require_prune_epochs(ctx, "rethinking")
+    source = get_method(cfg.source)
     if source.kind != "structured":
-        raise ConfigError(f"options['source']={opts['source']!r} is a {source.kind} method; Rethinking trains a "
+        raise ConfigError(f"options['source']={cfg.source!r} is a {source.kind} method; Rethinking trains a "
                           f"pruned *architecture* from scratch, so choose a structured method such as 'l1-filter'")
-    src_opts = source.options(opts["source_options"])
+    src_cfg = source.resolve(cfg.source_options or {})
     dense = _macs(ctx.model, ctx.example_inputs)
-    result = source.run(replace(ctx, options=src_opts))
+    result = source.run(replace(ctx, options=src_cfg))
     model = result.model
     pruned = _macs(model, ctx.example_inputs)
-    epochs = scratch_epochs(ctx.prune_epochs, dense, pruned, opts["schedule"], float(opts["max_factor"]))
-    reinitialise_(model)
+    epochs = scratch_epochs(ctx.prune_epochs, dense, pruned, cfg.schedule, cfg.max_factor)
+    n_reset = reinitialise_(model)
     fit(model, ctx.train_data, train_config(ctx, epochs=epochs))
-    info = {"source": opts["source"], "schedule": opts["schedule"], "scratch_epochs": epochs,
-            "dense_macs": dense, "pruned_macs": pruned,
+    # the source's own training (a training-time source reports more than prune_epochs when it loops)
+    source_epochs = int(result.info.get("epochs_trained", ctx.prune_epochs if "train" in source.needs else 0))
+    telemetry = {"scratch_epochs": epochs, "source_epochs": source_epochs, "epochs_trained": epochs + source_epochs,
+                 "reinitialised": n_reset}
+    info = {"source": cfg.source, "schedule": cfg.schedule, "dense_macs": dense, "pruned_macs": pruned,
+            "prune_epochs": ctx.prune_epochs, **telemetry,
             "source_info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}}
-    return MethodResult(model=model, callbacks=list(result.callbacks), info=info)
+    return MethodResult(model=model, callbacks=list(result.callbacks), info=info, telemetry=telemetry)

@@ -11,64 +11,56 @@ epoch the filters that are zero at that point are physically removed. Here the p
 :class:`~prunekit.methods._regularizers.SoftFilterMask` callback, the per-layer counts come from the
 structural engine's uniform allocation at the MAC/parameter target (so the end model meets it), filters tied
 by a residual add are scored together and zeroed at the same indices, and ``criterion="fpgm"`` selects the
-filters nearest the layer's geometric median instead (the FPGM variant of the same authors).
+filters nearest the layer's geometric median instead (the FPGM variant of the same authors). The soft
+mechanism needs at least two selections, i.e. ``prune_epochs >= 2 * interval``; with one selection SFP is a
+one-shot norm cut and the run says so.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
+from ._config import MethodConfig, option
 from ._filter_common import (
-    check_target_reachable,
-    check_choice, check_training_context, filter_norms, method_options, restore_on_error, train_config,
+    cut_to_target, filter_groups, removal_counts, require_prune_epochs, train_config, weight_scores,
 )
 from ._regularizers import SoftFilterMask
-from ._registry import MethodResult, RunContext, register_method
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "criterion": "l2",  # l2 (SFP) | fpgm (geometric-median variant)
-}
-CRITERIA = ("l2", "fpgm")
+
+@dataclass(frozen=True)
+class SFPConfig(MethodConfig):
+    criterion: Literal["l2", "fpgm"] = "l2"  # filter score: L2 norm (paper sec. 3.2); fpgm: CVPR 2019 variant
+    interval: int = option(1, ge=1)  # epochs between re-selections (paper Alg. 1 / code `epoch_prune=1`)
 
 
-def soft_pruning_callback(model, ctx: RunContext, criterion: str = "l2") -> SoftFilterMask:
+def soft_pruning_callback(model, ctx: RunContext, criterion: str = "l2", interval: int = 1) -> SoftFilterMask:
     """The SFP callback for ``model`` at ``ctx.target``: per-layer counts from the engine's uniform allocation."""
-    from ._filter_common import filter_groups, removal_counts
-
     groups = filter_groups(model, ctx)
     mods = dict(model.named_modules())
     layers = {f: mods[f] for g in groups for f in g.convs}
-    counts = removal_counts(model, ctx, {f: filter_norms(m.weight) for f, m in layers.items()}, "uniform")
+    counts = removal_counts(model, ctx, {f: weight_scores(m.weight, "l2") for f, m in layers.items()}, "uniform")
     n_prune = {g.convs[0]: counts.get(g.key, 0) for g in groups if g.convs}
-    return SoftFilterMask(layers, n_prune, criterion, tied=[g.convs for g in groups if g.convs])
+    return SoftFilterMask(layers, n_prune, criterion, tied=[g.convs for g in groups if g.convs], every=interval)
 
 
-@register_method("sfp", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    from ._filter_common import cut_to_target
+@register_method("sfp", config=SFPConfig, kind="structured", needs=("train",),
+                 telemetry=Telemetry(keys=("selections", "regrown"), engaged=lambda t: t["selections"] >= 2,
+                                     what="soft re-selection of the zeroed filters during training",
+                                     knob="raise prune_epochs to at least 2 x options.interval: SFP re-selects "
+                                          "once per interval epochs, so one selection is a one-shot norm cut"))
+def run(ctx: RunContext, cfg: SFPConfig) -> MethodResult:
     from ..train import fit
 
-    opts = method_options("sfp", ctx)
-    check_choice("criterion", opts["criterion"], CRITERIA)
-    check_training_context(ctx, "sfp")
-    check_target_reachable(ctx.model, ctx)
-    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
-    cb = soft_pruning_callback(ctx.model, ctx, opts["criterion"])
-    with restore_on_error(ctx.model):
-        fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])
-    # the last epoch end zeroed the final selection: those filters have the smallest norm (0) and go first
-    scores = {f: filter_norms(m.weight) for f, m in cb.layers.items()}
-    report = cut_to_target(ctx.model, ctx, scores, allocation="uniform")
-    regrown = _regrown(cb.history)
-    return MethodResult(model=ctx.model, info={"criterion": opts["criterion"], "selections": len(cb.history),
-                                               "regrown_between_epochs": regrown, **report})
-
-
-def _regrown(history) -> int:
-    """Filters zeroed at one selection and not selected at the next (they grew back)."""
-    n = 0
-    for a, b in zip(history, history[1:]):
-        for f, idx in a.items():
-            n += len(set(idx.tolist()) - set(b.get(f, idx).tolist()))
-    return n
+    require_prune_epochs(ctx, "sfp")
+    cb = soft_pruning_callback(ctx.model, ctx, cfg.criterion, cfg.interval)
+    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])
+    # the last epoch end zeroed the final selection: those filters have the lowest score (0) and go first
+    report = cut_to_target(ctx.model, ctx, {f: weight_scores(m.weight, "l2") for f, m in cb.layers.items()},
+                           allocation="uniform")
+    telemetry = {"selections": len(cb.history), "regrown": cb.regrown()}
+    return MethodResult(model=ctx.model, info={"criterion": cfg.criterion, **telemetry, **report},
+                        telemetry=telemetry)

@@ -5,8 +5,8 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.methods._filter_common import (
-    ChannelGates, apg_nag_step, centripetal_gradient, cluster_average_matrix, conv_bn_pairs, filter_norms,
-    fpgm_scores, global_keep_masks, kmeans_clusters, lowest, soft_threshold,
+    ChannelGates, apg_nag_step, centripetal_gradient, cluster_average_matrix, conv_bn_pairs, fresh_initialisation,
+    global_keep_masks, kmeans_clusters, lowest, soft_threshold, weight_scores,
 )
 
 
@@ -63,11 +63,32 @@ def test_kmeans_finds_planted_clusters_and_exact_k():
 
 def test_fpgm_ranking_differs_from_norm():
     # 1-D filters -1, 2, 3, 4, 9: smallest norm is filter 0; the geometric median is filter 2
-    # (distance sums 22, 13, 12, 13, 28 by hand)
+    # (distance sums 22, 13, 12, 13, 28 by hand); scored through the registered criteria
     w = torch.tensor([[-1.0], [2.0], [3.0], [4.0], [9.0]])
-    torch.testing.assert_close(fpgm_scores(w), torch.tensor([22.0, 13.0, 12.0, 13.0, 28.0]))
-    assert lowest(fpgm_scores(w), 1).tolist() == [2]
-    assert lowest(filter_norms(w), 1).tolist() == [0]
+    torch.testing.assert_close(weight_scores(w, "fpgm"), torch.tensor([22.0, 13.0, 12.0, 13.0, 28.0]))
+    torch.testing.assert_close(weight_scores(w.view(5, 1, 1, 1), "l2"), torch.tensor([1.0, 2.0, 3.0, 4.0, 9.0]))
+    assert lowest(weight_scores(w, "fpgm"), 1).tolist() == [2]
+    assert lowest(weight_scores(w, "l2"), 1).tolist() == [0]
+    with pytest.raises(ConfigError, match="criterion='mean-act' needs"):
+        weight_scores(w, "mean-act")
+
+
+def test_fresh_initialisation_is_seeded_and_leaves_the_model_and_the_generator_alone():
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(7.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(123)
+    a = fresh_initialisation(net, 5)
+    after_draw = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after_draw)  # the global generator was not advanced
+    b = fresh_initialisation(net, 5)
+    assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(before)
+    assert not torch.equal(a["0.weight"], fresh_initialisation(net, 6)["0.weight"])
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert float(a["0.weight"].abs().max()) <= 0.5 and a["1.weight"].eq(1).all()  # kaiming bound 1/2; BN gamma 1
 
 
 def test_global_keep_masks_counts_and_normalisation():
@@ -141,7 +162,8 @@ def test_training_method_is_registered_as_structured_and_needing_data(method):
 
 @pytest.mark.parametrize("method", TRAINING_METHODS)
 @pytest.mark.parametrize("bad, match", [
-    ({"train_data": None}, r"train_data=None: method '.*' trains before it prunes"),
+    ({"train_data": None}, r"method '.*' needs train data but train_data=None"  # the harness's check
+                           r"|train_data=None: method '.*' trains before it prunes"),  # methods not yet migrated
     ({"prune_epochs": 0}, r"prune_epochs=0: method '.*' is a training-time method and cannot run one-shot"),
     ({"target": "sparsity=0.5"}, r"target='sparsity=0.5'.*write e.g. target='macs=0.5'"),
 ])

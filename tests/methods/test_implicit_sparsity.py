@@ -1,8 +1,10 @@
 """Implicit sparsity: dead channels (zero post-ReLU output on every image) are found and removed losslessly."""
+import pytest
 import torch
 
 import prunekit as pk
-from prunekit.methods import RunContext
+from prunekit.errors import MechanismWarning
+from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods._filter_common import cut_to_target
 from prunekit.methods.implicit_sparsity import dead_channels
 
@@ -22,7 +24,7 @@ def test_planted_dead_channels_are_detected_and_removed_without_changing_the_log
             m.bias[idx] = -50.0  # BN output far below zero on every input: ReLU kills the channel
     ctx = RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.99",
                      calib=data.calib(4))
-    stats, dead = dead_channels(model, ctx)
+    mean_act, dead = dead_channels(model, ctx)
     found = {k: v.nonzero().flatten().tolist() for k, v in dead.items() if v.any()}
     assert found == {"features.3": [1, 6], "features.10": [0], "features.14": [3, 4, 30]}
     model.eval()
@@ -31,10 +33,39 @@ def test_planted_dead_channels_are_detected_and_removed_without_changing_the_log
     acc = pk.evaluate(model, data.test)["accuracy"]
     scores = {}
     for key, d in dead.items():
-        s = stats[key]["mean"].clone()
+        s = mean_act[key].clone()
         s[d] = -1.0
         scores[key] = s
     info = cut_to_target(model, ctx, scores, "global")
     assert info["removed_channels"] == 6
     torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
     assert pk.evaluate(model, data.test)["accuracy"] == acc
+
+
+def _run(plant: bool, **options):
+    load_all()
+    torch.manual_seed(0)
+    model = pk.models.create("vgg-small", width=0.25)
+    data = pk.data.load("synthetic", batch_size=16, n_train=32, n_test=16, val_fraction=0.0)
+    if plant:  # channels that are dead when the Adam + L2 training starts (their gradient is zero: they stay dead)
+        with torch.no_grad():
+            model.features[4].bias[[1, 6]] = -50.0
+    ctx = RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
+                     calib=data.calib(2), prune_epochs=1, train_config=pk.TrainConfig(progress=False),
+                     options=options)
+    return get_method("implicit-sparsity").run(ctx)
+
+
+def test_dead_filters_after_adam_training_are_counted_apart_from_the_top_up():
+    res = _run(plant=True)
+    t = res.telemetry
+    assert res.engaged is True and t["dead_found"] == 2
+    assert t["dead_found"] + t["topped_up"] == res.info["removed_channels"] and t["topped_up"] > 0
+
+
+def test_no_dead_filter_after_one_short_epoch_warns_and_names_the_budget():
+    # issue 14: at the recipes' budget no filter died and the row was a plain activation cut, silently
+    with pytest.warns(MechanismWarning, match=r"raise prune_epochs or options\.weight_decay"):
+        res = _run(plant=False)
+    assert res.engaged is False and res.telemetry["dead_found"] == 0
+    assert res.telemetry["topped_up"] == res.info["removed_channels"] > 0

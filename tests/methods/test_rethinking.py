@@ -44,6 +44,9 @@ def test_rethinking_reproduces_the_source_widths_and_trains_from_scratch():
     shapes = {k: tuple(v.shape) for k, v in res.model.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in source.model.state_dict().items()}
     assert res.info["scratch_epochs"] == scratch_epochs(1, res.info["dense_macs"], res.info["pruned_macs"]) == 2
+    # it trains more than the methods it is compared with: sfp's epoch, then 2 from scratch
+    assert res.telemetry == {"scratch_epochs": 2, "source_epochs": 1, "epochs_trained": 3, "reinitialised": 13}
+    assert res.engaged is True and res.info["epochs_trained"] == 3 and res.info["prune_epochs"] == 1
     assert not torch.equal(res.model.features[0].weight, source.model.features[0].weight)
 
 
@@ -54,7 +57,7 @@ def test_rethinking_refuses_itself_and_unstructured_sources():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match=r"options\['source'\]='rethinking'"):
         get_method("rethinking").run(_ctx(model, data, options={"source": "rethinking"}))
-    with pytest.raises(ConfigError, match=r"options\['schedule'\]='scratch_B' is not a valid value; did you mean "
-                                          r"'scratch-B'\? Valid values: scratch-E, scratch-B"):
+    with pytest.raises(ConfigError, match=r"options\['schedule'\]='scratch_B' is not one of \['scratch-E', "
+                                          r"'scratch-B'\]; did you mean 'scratch-B'\?"):
         get_method("rethinking").run(_ctx(model, data, options={"schedule": "scratch_B"}))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

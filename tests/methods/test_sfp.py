@@ -1,9 +1,11 @@
 """SFP: zeroed filters keep training and may come back; the end model is cut at the zeroed filters."""
+import pytest
 import torch
 
 import prunekit as pk
-from prunekit.methods import RunContext
-from prunekit.methods._filter_common import cut_to_target, filter_norms
+from prunekit.errors import MechanismWarning
+from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods._filter_common import cut_to_target, weight_scores
 from prunekit.methods._regularizers import SoftFilterMask
 from prunekit.methods.sfp import soft_pruning_callback
 from prunekit.train import Callback
@@ -16,7 +18,7 @@ class _NormsBeforeSelection(Callback):
         self.layers, self.norms = layers, []
 
     def on_epoch_end(self, state):
-        self.norms.append({f: filter_norms(m.weight) for f, m in self.layers.items()})
+        self.norms.append({f: weight_scores(m.weight, "l2") for f, m in self.layers.items()})
 
 
 def test_soft_mask_zeroes_lowest_filters_and_ties_layers():
@@ -33,7 +35,7 @@ def test_soft_mask_zeroes_lowest_filters_and_ties_layers():
     assert w_a.tolist()[1:] == [0.10000000149011612, 3.0, 2.0]
 
 
-def test_zeroed_filters_grow_back_and_the_cut_keeps_accuracy():
+def test_zeroed_filters_grow_back_and_the_cut_equals_the_masked_model_without_its_bn_shift():
     # entry checks (a)+(b), scaled: vgg-small at width 0.25, 2k Fashion-MNIST images, 3 epochs from scratch,
     # per-layer rate from the engine's uniform allocation at macs=0.5.
     data = pk.data.load("fashion-mnist", batch_size=64, subset=(2000, 1000), augment=False, val_fraction=0.0)
@@ -60,7 +62,33 @@ def test_zeroed_filters_grow_back_and_the_cut_keeps_accuracy():
             bn.bias[idx] = 0.0  # with the zero filter's running mean also 0, the channel outputs exactly 0
             bn.running_mean[idx] = 0.0
         reference = model(x)
-    info = cut_to_target(model, ctx, {f: filter_norms(m.weight) for f, m in cb.layers.items()}, "uniform")
+    info = cut_to_target(model, ctx, {f: weight_scores(m.weight, "l2") for f, m in cb.layers.items()}, "uniform")
     assert info["removed_channels"] == sum(len(v) for v in cb.history[-1].values())
     assert info["kept_macs_fraction"] <= 0.5
     torch.testing.assert_close(model(x), reference, atol=1e-4, rtol=1e-4)
+
+
+def _run_sfp(prune_epochs, **options):
+    load_all()
+    torch.manual_seed(0)
+    model = pk.models.create("vgg-small", width=0.25)
+    data = pk.data.load("synthetic", batch_size=16, n_train=64, n_test=16, val_fraction=0.0)
+    ctx = RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
+                     prune_epochs=prune_epochs, train_config=pk.TrainConfig(lr=0.05, progress=False), options=options)
+    return get_method("sfp").run(ctx)
+
+
+def test_sfp_reselects_at_every_epoch_end_and_reports_the_regrown_filters():
+    # issue 14: at one epoch SFP selected once (a one-shot L2 cut) and nothing said so
+    res = _run_sfp(3)
+    assert res.engaged is True and res.warnings == []
+    assert res.telemetry["selections"] == 3 and res.telemetry["regrown"] >= 0
+    assert res.info["kept_macs_fraction"] <= 0.5
+    # interval=2 over 3 epochs: after epoch 2 and once more at the end (the paper zeroes again before removal)
+    assert _run_sfp(3, interval=2).telemetry["selections"] == 2
+
+
+def test_sfp_with_a_single_selection_warns_and_names_prune_epochs():
+    with pytest.warns(MechanismWarning, match="raise prune_epochs"):
+        res = _run_sfp(1)
+    assert res.engaged is False and res.telemetry["selections"] == 1 and res.telemetry["regrown"] == 0
