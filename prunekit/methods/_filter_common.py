@@ -500,9 +500,48 @@ def filter_groups(model: nn.Module, ctx, graph=None) -> list[FilterGroup]:
     return out
 
 
-def bn_scale_scores(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{bn_fqn: |gamma|}`` for every affine BatchNorm."""
-    return {f: bn.weight.detach().abs().clone() for f, bn in bn_layers(model)}
+def bn_criterion_scores(model: nn.Module, criterion: str = "bn-scale") -> dict[str, torch.Tensor]:
+    """``{bn_fqn: scores}`` of every affine BatchNorm from the registered channel ``criterion``.
+
+    ``"bn-scale"`` (:mod:`prunekit.criteria.bn`) gives ``|gamma|``, so an exact-zero scale scores 0 and is
+    cut first by :func:`select_to_target`.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(3); bn.weight.data = torch.tensor([0.5, -2.0, 0.0])
+        >>> bn_criterion_scores(nn.Sequential(bn))["0"].tolist()
+        [0.5, 2.0, 0.0]
+    """
+    import numpy as np
+
+    from ..criteria import ChannelView, get_criterion, score_member
+
+    spec = get_criterion(criterion)
+    out = {}
+    for f, bn in bn_layers(model):
+        view = ChannelView(f"{f}.weight", 0, "producer", np.arange(bn.num_features),
+                           bn.weight.detach().reshape(-1, 1), module=bn, module_fqn=f)
+        out[f] = torch.from_numpy(score_member(spec, view))
+    return out
+
+
+def zero_scale_channels(model: nn.Module, ctx) -> int:
+    """Channels of the prunable groups whose every affine BatchNorm scale is exactly 0 (channels switched off)."""
+    mods = dict(model.named_modules())
+    n = 0
+    for g in filter_groups(model, ctx):
+        if g.bns:
+            off = torch.stack([mods[b].weight.detach().cpu() == 0 for b in g.bns]).all(0)
+            n += int(off.sum())
+    return n
+
+
+def require_prune_epochs(ctx, method_id: str) -> None:
+    """A training-time method needs ``ctx.prune_epochs >= 1`` (the harness checks data, not this budget)."""
+    pe = ctx.prune_epochs
+    if isinstance(pe, bool) or not isinstance(pe, int) or pe < 1:
+        raise ConfigError(f"prune_epochs={pe!r}: method {method_id!r} is a training-time method and cannot run "
+                          f"one-shot; give prune_epochs >= 1 (epochs of training before the cut) or choose a "
+                          f"one-shot method")
 
 
 def require_bn(model: nn.Module, method_id: str) -> None:

@@ -6,7 +6,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.methods import RunContext
-from prunekit.methods._filter_common import bn_layers, bn_scale_scores, cut_to_target
+from prunekit.methods._filter_common import bn_layers, bn_criterion_scores, cut_to_target
 from prunekit.methods._regularizers import BNScaleISTA
 from prunekit.methods.bn_ista import GammaRescale, ista_callbacks, layer_cost_weights
 
@@ -85,7 +85,7 @@ def test_small_alpha_zeroes_more_scales_and_zero_channels_are_removed():
     assert zero[0.1] > zero[1.0] and zero[0.1] >= 0.02
     n_zero = sum(int((bn.weight == 0).sum()) for _, bn in bn_layers(model))
     ctx = RunContext(model=model, example_inputs=x, target="macs=0.99")
-    info = cut_to_target(model, ctx, bn_scale_scores(model), "global")
+    info = cut_to_target(model, ctx, bn_criterion_scores(model), "global")
     assert info["removed_channels"] >= n_zero
     assert all(float(bn.weight.detach().abs().min()) > 0 for _, bn in bn_layers(model))  # every zero is gone
 
@@ -110,7 +110,7 @@ def test_constant_channels_are_folded_into_their_readers():
 
     assert fold_constant_channels_(model, ctx) == {"folded": 3, "not_folded": 0}
     torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
-    info = cut_to_target(model, ctx, bn_scale_scores(model), "global")
+    info = cut_to_target(model, ctx, bn_criterion_scores(model), "global")
     assert info["removed_channels"] == 3 and model[3].in_channels == 2 and model[9].in_features == 4
     torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
 
