@@ -70,7 +70,9 @@ def _dead_channel_ctx(gamma: float, **kw):
 def test_default_strength_collapses_a_useless_scale_and_reports_the_separation():
     # the L1 push at the paper's s = 1e-4 (lr 0.1, momentum 0.9, 60 steps) takes the dead channel's gamma from
     # 0.012 under 1e-2; no other scale is near it, so exactly 1 of the 10 scales is small afterwards
-    from prunekit.methods import get_method
+    from prunekit.methods import get_method, load_all
+
+    load_all()
 
     res = get_method("slimming").run(_dead_channel_ctx(0.012))
     t = res.telemetry
@@ -82,7 +84,9 @@ def test_default_strength_collapses_a_useless_scale_and_reports_the_separation()
 
 def test_zero_strength_does_not_separate_and_warns_with_the_knob():
     from prunekit.errors import MechanismWarning
-    from prunekit.methods import get_method
+    from prunekit.methods import get_method, load_all
+
+    load_all()
 
     with pytest.warns(MechanismWarning, match="raise options.strength"):
         res = get_method("slimming").run(_dead_channel_ctx(0.012, options={"strength": 0.0}))
@@ -91,7 +95,9 @@ def test_zero_strength_does_not_separate_and_warns_with_the_knob():
 
 def test_negative_strength_is_refused_with_the_model_unchanged():
     from prunekit.errors import ConfigError
-    from prunekit.methods import get_method
+    from prunekit.methods import get_method, load_all
+
+    load_all()
 
     ctx = _dead_channel_ctx(0.012, options={"strength": -1e-4})
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
