@@ -43,7 +43,8 @@ def main(which: str, values: list[float]) -> None:
             gates = ChannelGates(model, [f for f, _ in bn_layers(model)])
             pk.fit(model, data.train, cfg, callbacks=[APGGates(gates, v)])
             g = torch.cat([t.detach() for t in gates.gates.values()])
-            shown = f"zero {float((g == 0).float().mean()):.4f}  min {float(g.min()):.4f}  median {float(g.median()):.4f}"
+            shown = (f"zero {float((g == 0).float().mean()):.4f}  min {float(g.min()):.4f}  "
+                     f"median {float(g.median()):.4f}")
         elif which == "slim":
             pk.fit(model, data.train, cfg, callbacks=[BNScaleL1([bn for _, bn in bn_layers(model)], v)])
             g = torch.cat([bn.weight.detach().abs() for _, bn in bn_layers(model)])

@@ -60,7 +60,8 @@ def _dead_channel_ctx(gamma: float, **kw):
         model[1].weight[1] = gamma
         model[1].bias[1] = -10.0
     g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(kw.pop("n", 60))]
+    n = kw.pop("n", 60)
+    data = [(torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
     base = dict(model=model, example_inputs=data[0][0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
                 train_config=pk.TrainConfig(lr=0.1, weight_decay=0.0, scheduler="constant", progress=False))
     base.update(kw)
