@@ -25,8 +25,8 @@ def soft_threshold(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Te
     """``sign(x) * max(|x| - threshold, 0)``: the proximal operator of ``threshold * |x|``.
 
     Example:
-        >>> soft_threshold(torch.tensor([-0.3, 0.05, 0.5]), 0.1).tolist()
-        [-0.19999998807907104, 0.0, 0.4000000059604645]
+        >>> soft_threshold(torch.tensor([-0.75, 0.25, 1.5]), 0.5).tolist()
+        [-0.25, 0.0, 1.0]
     """
     return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0)
 
