@@ -28,8 +28,8 @@ def soft_threshold(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Te
     """``sign(x) * max(|x| - threshold, 0)``: the proximal operator of ``threshold * |x|``.
 
     Example:
-        >>> [round(v, 6) for v in soft_threshold(torch.tensor([-0.3, 0.05, 0.5]), 0.1).tolist()]
-        [-0.2, 0.0, 0.4]
+        >>> soft_threshold(torch.tensor([-0.75, 0.25, 1.5]), 0.5).tolist()
+        [-0.25, 0.0, 1.0]
     """
     return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0)
 
@@ -248,39 +248,6 @@ class ChannelGates:
 
 
 # --------------------------------------------------------------------------------------------- validation
-def check_training_context(ctx, method_id: str, *, kinds: tuple[str, ...] = ("macs", "params")) -> tuple[str, float]:
-    """Check everything a training-time structured method needs before it touches the model.
-
-    Returns the parsed ``(target_kind, value)``. Raises one ConfigError listing every problem.
-    """
-    from ..recipe import parse_target
-
-    problems: list[str] = []
-    kind = value = None
-    try:
-        kind, value = parse_target(ctx.target)
-        if kind not in kinds:
-            problems.append(
-                f"target={ctx.target!r}: method {method_id!r} prunes filters, so the target is the fraction of "
-                f"{' or '.join(kinds)} kept; write e.g. target='macs=0.5'"
-            )
-    except ConfigError as e:
-        problems.append(str(e))
-    if ctx.train_data is None:
-        problems.append(
-            f"train_data=None: method {method_id!r} trains before it prunes; pass training batches "
-            f"(RunContext(train_data=loader)) or choose a one-shot method such as 'l1-filter'"
-        )
-    pe = ctx.prune_epochs
-    if isinstance(pe, bool) or not isinstance(pe, int) or pe < 1:
-        problems.append(
-            f"prune_epochs={pe!r}: method {method_id!r} is a training-time method and cannot run one-shot; "
-            f"give prune_epochs >= 1 (epochs of training before the cut) or choose a one-shot method"
-        )
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return kind, value
-
 
 def train_config(ctx, **overrides):
     """The TrainConfig for a method's own training: ``ctx.train_config`` with epochs/device/seed from ``ctx``."""
@@ -304,12 +271,6 @@ def steps_per_epoch(train_data) -> int:
 
 
 # ------------------------------------------------------------------------------------------ method plumbing
-def method_options(method_id: str, ctx) -> dict:
-    """``MethodSpec.defaults`` of ``method_id`` updated with ``ctx.options`` (unknown keys are a ConfigError)."""
-    from ._registry import METHODS
-
-    return METHODS.get(method_id, argument="method").options(ctx.options)
-
 
 def check_choice(name: str, value, choices: Sequence[str]) -> None:
     """``options[name]`` must be one of ``choices``; the error shows the closest valid value."""
@@ -321,43 +282,6 @@ def check_choice(name: str, value, choices: Sequence[str]) -> None:
                           + (f"; did you mean {hint!r}?" if hint else "")
                           + f" Valid values: {', '.join(map(str, choices))}; set e.g. "
                             f"options={{{name!r}: {(hint or choices[0])!r}}}")
-
-
-def check_positive(opts: dict, *names: str, allow_zero: bool = False) -> None:
-    """Each named option must be a real number > 0 (>= 0 with ``allow_zero``); all problems in one error."""
-    bad = []
-    for n in names:
-        v = opts[n]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (v >= 0 if allow_zero else v > 0)
-        if not ok:
-            bad.append(f"options[{n!r}]={v!r} must be a number {'>= 0' if allow_zero else '> 0'}")
-    if bad:
-        raise ConfigError("; ".join(bad) + "; fix the value in options={...}")
-
-
-class restore_on_error:
-    """Context manager: on an exception, load back the model's parameters and buffers as they were on entry.
-
-    Used around the training phase of a method (shapes do not change there; the engine's surgery is
-    transactional on its own), so a failure leaves the user's model as it was given.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            current = self.model.state_dict()
-            if set(current) == set(self.saved) and all(current[k].shape == v.shape for k, v in self.saved.items()):
-                self.model.load_state_dict(self.saved)
-            else:
-                log.error("could not restore the model after %s: its structure changed", exc_type.__name__)
-        return False
 
 
 def group_scores(model: nn.Module, ctx, criterion: str, batches=None, graph=None,
@@ -495,9 +419,39 @@ def filter_groups(model: nn.Module, ctx, graph=None) -> list[FilterGroup]:
     return out
 
 
-def bn_scale_scores(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{bn_fqn: |gamma|}`` for every affine BatchNorm."""
-    return {f: bn.weight.detach().abs().clone() for f, bn in bn_layers(model)}
+def bn_criterion_scores(model: nn.Module, criterion: str = "bn-scale") -> dict[str, torch.Tensor]:
+    """``{bn_fqn: scores}`` of every affine BatchNorm from the registered channel ``criterion``.
+
+    ``"bn-scale"`` (:mod:`prunekit.criteria.bn`) gives ``|gamma|``, so an exact-zero scale scores 0 and is
+    cut first by :func:`select_to_target`.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(3); bn.weight.data = torch.tensor([0.5, -2.0, 0.0])
+        >>> bn_criterion_scores(nn.Sequential(bn))["0"].tolist()
+        [0.5, 2.0, 0.0]
+    """
+    import numpy as np
+
+    from ..criteria import ChannelView, get_criterion, score_member
+
+    spec = get_criterion(criterion)
+    out = {}
+    for f, bn in bn_layers(model):
+        view = ChannelView(f"{f}.weight", 0, "producer", np.arange(bn.num_features),
+                           bn.weight.detach().reshape(-1, 1), module=bn, module_fqn=f)
+        out[f] = torch.from_numpy(score_member(spec, view))
+    return out
+
+
+def zero_scale_channels(model: nn.Module, ctx) -> int:
+    """Channels of the prunable groups whose every affine BatchNorm scale is exactly 0 (channels switched off)."""
+    mods = dict(model.named_modules())
+    n = 0
+    for g in filter_groups(model, ctx):
+        if g.bns:
+            off = torch.stack([mods[b].weight.detach().cpu() == 0 for b in g.bns]).all(0)
+            n += int(off.sum())
+    return n
 
 
 def require_bn(model: nn.Module, method_id: str) -> None:
@@ -613,15 +567,6 @@ def removal_counts(model: nn.Module, ctx, scores: dict[str, torch.Tensor], alloc
     """``{group key: number of channels}`` the cut at ``ctx.target`` would remove with this allocation."""
     sel, _ = select_to_target(model, ctx, scores, allocation)
     return {k: len(v) for k, v in sel.items()}
-
-
-def check_target_reachable(model: nn.Module, ctx) -> None:
-    """Fail up front (model untouched) when ``ctx.target`` needs more than all-but-one channel of every group."""
-    groups = filter_groups(model, ctx)
-    if not groups:
-        raise ConfigError(f"model={type(model).__name__} has no prunable conv/linear channel group (after "
-                          f"ignore={list(ctx.ignore)!r}); check ignore= or use a model with prunable layers")
-    select_to_target(model, ctx, {g.key: torch.zeros(g.width) for g in groups}, "global", groups)
 
 
 def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], allocation: str = "global") -> dict:

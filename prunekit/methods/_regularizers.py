@@ -130,6 +130,11 @@ class APGGates(Callback):
                 g.copy_(new)
         self.gates.zero_grad()
 
+    def zero_fraction(self) -> float:
+        """Fraction of all gates that are exactly 0 (structures the proximal step switched off)."""
+        n = sum(g.numel() for g in self.gates.gates.values())
+        return sum(int((g == 0).sum()) for g in self.gates.gates.values()) / max(n, 1)
+
 
 class SoftFilterMask(Callback):
     """Soft filter pruning: every ``every`` epochs zero the ``n_prune`` lowest-scoring filters of each layer.
@@ -236,7 +241,9 @@ class DynamicFilterMask(Callback):
     The forward and backward use the masked filters (``W * m``); the optimizer then updates the dense
     weights with that gradient, so a masked filter keeps learning and can re-enter at the next re-estimate.
     ``saliency(weight) -> [n_filters]`` scores filters (default: L1 norm); scores are divided by their
-    layer's mean before the global ranking. ``flips`` counts 0->1 changes of the mask.
+    layer's mean before the global ranking. After the first estimate, ``updates`` counts re-estimates,
+    ``flips`` the 0->1 changes of the mask (filters that came back) and ``changed`` every position that
+    changed either way.
     """
 
     def __init__(self, layers: dict[str, nn.Module], n_keep: int, update_every: int = 50,
@@ -250,6 +257,8 @@ class DynamicFilterMask(Callback):
         self.static = static
         self.masks: dict[str, torch.Tensor] = {}
         self.flips = 0
+        self.updates = -1  # the first estimate (below) is not a re-estimate
+        self.changed = 0
         self._dense: dict[str, torch.Tensor] = {}
         self.update_masks()
 
@@ -264,7 +273,9 @@ class DynamicFilterMask(Callback):
         for n, m in zip(names, new):
             if n in self.masks:
                 self.flips += int((m & ~self.masks[n]).sum())
+                self.changed += int((m != self.masks[n]).sum())
             self.masks[n] = m
+        self.updates += 1
 
     def _swap_in_masked(self) -> None:
         with torch.no_grad():

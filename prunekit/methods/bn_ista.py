@@ -15,31 +15,40 @@ the same ``rho`` zeroes them sooner — and undoes the rescaling after training.
 layer normalised to mean 1 (the paper's exact Eq. 2 normalisation is not reproduced), the rescaling is
 checked numerically to preserve the model's outputs, the constant output of each zero channel is folded
 into the layers that read it (bias, or the running mean of the BatchNorm after the reader), and the cut
-ranks channels by ``|gamma|`` globally, so exact zeros go first, until the MAC/parameter target is met.
+ranks channels by ``|gamma|`` (the registered ``bn-scale`` criterion) globally, so exact zeros go first,
+until the MAC/parameter target is met.
+
+Telemetry: the fraction of scales exactly zero before the cut, and how many removed channels were zero
+(``emergent``: the paper's removal) against those the ranking added to reach the target (``topped_up``: our
+addition, so a target beyond what the proximal steps zeroed is still met). The mechanism engaged when some
+scale reached exactly zero; with none, the run is a plain global ``|gamma|`` cut and ends with a warning.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..train import fit
+from ._config import MethodConfig, option
 from ._filter_common import (
-    check_target_reachable,
-    _forward, bn_layers, check_positive, check_training_context, conv_bn_pairs, method_options,
-    restore_on_error, train_config,
+    _forward, bn_criterion_scores, bn_layers, conv_bn_pairs, cut_to_target, filter_groups, require_bn,
+    require_prune_epochs, train_config, zero_scale_channels,
 )
 from ._regularizers import BNScaleISTA
-from ._registry import MethodResult, RunContext, register_method
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "rho": 0.005,  # global penalty knob (author README: 0.001 warm-up, then 0.005 on ResNet-20 / CIFAR-10)
-    "alpha": 1.0,  # gamma-W rescaling factor (the paper searches 0.001, 0.01, 0.1, 1); 1 = no rescaling
-    "cost_weighted": True,  # lambda_l proportional to the MACs of one channel of layer l (mean 1)
-}
+
+@dataclass(frozen=True)
+class BNISTAConfig(MethodConfig):
+    rho: float = option(0.005, ge=0)  # global penalty (author README: 0.001 warm-up, then 0.005, ResNet-20/CIFAR-10)
+    alpha: float = option(1.0, gt=0)  # gamma-W rescaling factor (paper searches 0.001, 0.01, 0.1, 1); 1 = none
+    cost_weighted: bool = True  # lambda_l proportional to the cost of one channel of layer l (paper Eq. 2), mean 1
 
 
 def layer_cost_weights(model: nn.Module, example_inputs) -> dict[str, float]:
@@ -145,8 +154,6 @@ def fold_constant_channels_(model: nn.Module, ctx, batches=None) -> dict:
     is exact. With zero-padded convolutions only border pixels differ. Returns
     ``{"folded": n, "not_folded": n}``.
     """
-    from ._filter_common import filter_groups
-
     mods = dict(model.named_modules())
     groups = filter_groups(model, ctx)
     out_bn = {c: g.bns[0] for g in groups for c in g.convs if g.bns}
@@ -209,7 +216,7 @@ def fold_constant_channels_(model: nn.Module, ctx, batches=None) -> dict:
     return {"folded": folded, "not_folded": skipped}
 
 
-def ista_callbacks(model: nn.Module, example_inputs, rho: float = DEFAULTS["rho"],
+def ista_callbacks(model: nn.Module, example_inputs, rho: float = BNISTAConfig.rho,
                    cost_weighted: bool = True) -> list:
     """The BN-ISTA proximal step for any training loop (all affine BatchNorms of ``model``)."""
     bns = dict(bn_layers(model))
@@ -217,26 +224,28 @@ def ista_callbacks(model: nn.Module, example_inputs, rho: float = DEFAULTS["rho"
     return [BNScaleISTA(bns, rho, weights)]
 
 
-@register_method("bn-ista", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    from ._filter_common import bn_scale_scores, cut_to_target, require_bn
-    from ..train import fit
-
-    opts = method_options("bn-ista", ctx)
-    check_positive(opts, "rho", allow_zero=True)
-    check_positive(opts, "alpha")
-    check_training_context(ctx, "bn-ista")
-    check_target_reachable(ctx.model, ctx)
-    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
+@register_method(
+    "bn-ista", config=BNISTAConfig, kind="structured", needs=("train",),
+    telemetry=Telemetry(
+        keys=("zero_scale_fraction", "removed_channels", "emergent", "topped_up"),
+        engaged=lambda t: t["zero_scale_fraction"] > 0,
+        what="ISTA steps driving BN scales to exactly zero",
+        knob="raise options.rho (or lower options.alpha) or prune_epochs; "
+             "benchmarks/recipes/filter_engaged.yaml gives the bench setting's rho"))
+def run(ctx: RunContext, cfg: BNISTAConfig) -> MethodResult:
     require_bn(ctx.model, "bn-ista")
-    cbs = ista_callbacks(ctx.model, ctx.example_inputs, opts["rho"], bool(opts["cost_weighted"]))
-    with restore_on_error(ctx.model):
-        rescale = GammaRescale(ctx.model, ctx.example_inputs, opts["alpha"]).apply_()
-        fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=cbs)
-        rescale.undo_()
+    require_prune_epochs(ctx, "bn-ista")
+    cbs = ista_callbacks(ctx.model, ctx.example_inputs, cfg.rho, cfg.cost_weighted)
+    rescale = GammaRescale(ctx.model, ctx.example_inputs, cfg.alpha).apply_()
+    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=cbs)
+    rescale.undo_()
     zero = cbs[0].zero_fraction()
     fold = fold_constant_channels_(ctx.model, ctx, ctx.calib)
-    scores = bn_scale_scores(ctx.model)
-    report = cut_to_target(ctx.model, ctx, scores, allocation="global")
-    return MethodResult(model=ctx.model, info={"rho": opts["rho"], "alpha": opts["alpha"],
-                                               "zero_gamma_fraction": zero, **fold, **report})
+    zero_channels = zero_scale_channels(ctx.model, ctx)
+    report = cut_to_target(ctx.model, ctx, bn_criterion_scores(ctx.model), allocation="global")
+    emergent = zero_channels - zero_scale_channels(ctx.model, ctx)  # a group keeps one channel even when all are 0
+    telemetry = {"zero_scale_fraction": zero, "removed_channels": report["removed_channels"], "emergent": emergent,
+                 "topped_up": report["removed_channels"] - emergent}
+    return MethodResult(model=ctx.model, telemetry=telemetry,
+                        info={"rho": cfg.rho, "alpha": cfg.alpha, "zero_gamma_fraction": zero,
+                              "epochs_trained": ctx.prune_epochs, **fold, **report})

@@ -17,30 +17,34 @@ the tick and tock are short :func:`prunekit.train.fit` runs with the callbacks o
 each tick masks its share of the channels still needed to reach the MAC/parameter target (re-estimated from
 the engine's exact cost model with the current scores), so the masks meet the target at the last tick; the
 final cut goes through the structural engine. The FLOPs-aware score variant is not included.
+
+Telemetry: the tick-tock rounds completed and the gates each round removed (masked); engaged when the ticks
+masked any gate. ``info["epochs_trained"]`` counts the tocks and the ticks' batches in epochs of the
+training data: the ticks add training that one-epoch peers do not get.
 """
 from __future__ import annotations
 
-import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
+from ..train import fit
+from ._config import MethodConfig, option
 from ._filter_common import (
-    check_target_reachable,
-    ChannelGates, check_positive, check_training_context, first_batches, method_options, restore_on_error,
-    select_lowest_global, train_config,
+    ChannelGates, _graph, cut_to_target, filter_groups, first_batches, require_bn, require_prune_epochs,
+    select_lowest_global, select_to_target, train_config,
 )
 from ._regularizers import FreezeExcept, GateSGD, GateTaylor
-from ._registry import MethodResult, RunContext, register_method
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "ticks_per_tock": 10,  # T: ticks between two tocks (released VGG-16 config)
-    "tick_batches": 20,  # batches of training data per tick (the paper ticks on a subset)
-    "l1": 1e-3,  # lambda: L1 weight on the gates during tocks (released VGG-16 config)
-    "min_keep": 0.1,  # fraction of each layer's channels that is never pruned
-}
+@dataclass(frozen=True)
+class GateDecoratorConfig(MethodConfig):
+    ticks_per_tock: int = option(10, ge=1)  # T, ticks between two tocks (reference run/vgg16/prune.json)
+    tick_batches: int = option(20, ge=1)  # ours: batches per tick (the paper ticks on a subset of unstated size)
+    l1: float = option(1e-3, ge=0)  # lambda, L1 weight on the gates during tocks (reference run/vgg16/prune.json)
+    min_keep: float = option(0.1, ge=0, lt=1)  # floor: fraction of each layer's channels kept (the entry: 10%)
 
 
 def taylor_scores_for_groups(taylor: GateTaylor, groups) -> dict[str, torch.Tensor]:
@@ -48,18 +52,17 @@ def taylor_scores_for_groups(taylor: GateTaylor, groups) -> dict[str, torch.Tens
     return {g.key: sum(taylor.scores[b] for b in g.bns) for g in groups}
 
 
-@register_method("gate-decorator", kind="structured", defaults=DEFAULTS, needs_data=True)
-def run(ctx: RunContext) -> MethodResult:
-    from ._filter_common import _graph, cut_to_target, filter_groups, require_bn, select_to_target
-    from ..train import fit
-
-    opts = method_options("gate-decorator", ctx)
-    check_positive(opts, "ticks_per_tock", "tick_batches")
-    check_positive(opts, "l1", allow_zero=True)
-    check_training_context(ctx, "gate-decorator")
-    check_target_reachable(ctx.model, ctx)
-    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
+@register_method(
+    "gate-decorator", config=GateDecoratorConfig, kind="structured", needs=("train",),
+    telemetry=Telemetry(
+        keys=("rounds", "ticks", "removed_per_round"),
+        engaged=lambda t: sum(t["removed_per_round"]) > 0,
+        what="tick phases masking gates by their Taylor scores",
+        knob="lower options.min_keep or ask for a smaller target (the ticks mask only what the target needs, "
+             "above the per-layer floor)"))
+def run(ctx: RunContext, cfg: GateDecoratorConfig) -> MethodResult:
     require_bn(ctx.model, "gate-decorator")
+    require_prune_epochs(ctx, "gate-decorator")
     model = ctx.model
     graph = _graph(model, ctx)  # traced before the gates exist; masking never changes the structure
     groups = [g for g in filter_groups(model, ctx, graph) if g.bns]
@@ -68,35 +71,37 @@ def run(ctx: RunContext) -> MethodResult:
     bn_params = [p for g in groups for b in g.bns for p in (mods[b].weight, mods[b].bias)]
     keep = {g.key: torch.ones(g.width, dtype=torch.bool) for g in groups}
     gate_keep = {b: keep[g.key] for g in groups for b in g.bns}  # shared tensors: masking a group masks its gates
-    n_ticks = ctx.prune_epochs * int(opts["ticks_per_tock"])
-    tick_data = first_batches(ctx.train_data, int(opts["tick_batches"]))
+    n_ticks = ctx.prune_epochs * cfg.ticks_per_tock
+    tick_data = first_batches(ctx.train_data, cfg.tick_batches)
     taylor = GateTaylor(gates)
     tick_cfg = train_config(ctx, epochs=1, scheduler="constant")
     tock_cfg = train_config(ctx, epochs=1)
-    masked = 0
-    try:
-        with restore_on_error(model):
-            for tock in range(ctx.prune_epochs):
-                for tick in range(int(opts["ticks_per_tock"])):
-                    taylor.reset()
-                    fit(model, tick_data, tick_cfg, callbacks=[
-                        FreezeExcept(model, bn_params), taylor, GateSGD(gates, keep=gate_keep)])
-                    scores = taylor_scores_for_groups(taylor, groups)
-                    # channels still needed to meet the target, given the masks so far and these scores
-                    needed = sum(len(v) for v in select_to_target(
-                        model, ctx, _masked_scores(scores, keep), "global", groups, graph=graph)[0].values())
-                    ticks_left = n_ticks - (tock * int(opts["ticks_per_tock"]) + tick)
-                    n = math.ceil(max(needed - masked, 0) / ticks_left)
-                    masked += select_lowest_global(scores, keep, n, float(opts["min_keep"]))
-                    _zero_masked(gates, gate_keep)
-                fit(model, ctx.train_data, tock_cfg, callbacks=[GateSGD(gates, l1=float(opts["l1"]), keep=gate_keep)])
-    except BaseException:
-        gates.remove()
-        raise
+    masked, removed_per_round = 0, []
+    for tock in range(ctx.prune_epochs):
+        masked_before = masked
+        for tick in range(cfg.ticks_per_tock):
+            taylor.reset()
+            fit(model, tick_data, tick_cfg, callbacks=[FreezeExcept(model, bn_params), taylor,
+                                                       GateSGD(gates, keep=gate_keep)])
+            scores = taylor_scores_for_groups(taylor, groups)
+            # channels still needed to meet the target, given the masks so far and these scores
+            needed = sum(len(v) for v in select_to_target(
+                model, ctx, _masked_scores(scores, keep), "global", groups, graph=graph)[0].values())
+            ticks_left = n_ticks - (tock * cfg.ticks_per_tock + tick)
+            n = math.ceil(max(needed - masked, 0) / ticks_left)
+            masked += select_lowest_global(scores, keep, n, cfg.min_keep)
+            _zero_masked(gates, gate_keep)
+        removed_per_round.append(masked - masked_before)
+        fit(model, ctx.train_data, tock_cfg, callbacks=[GateSGD(gates, l1=cfg.l1, keep=gate_keep)])
     scores = _masked_scores(taylor_scores_for_groups(taylor, groups), keep)  # the last tick's scores
     gates.fold_()
     report = cut_to_target(model, ctx, scores, allocation="global")
-    return MethodResult(model=model, info={"masked_before_cut": masked, "ticks": n_ticks, **report})
+    epoch_len = len(ctx.train_data) if hasattr(ctx.train_data, "__len__") else None
+    tick_epochs = n_ticks * len(tick_data) / epoch_len if epoch_len else None
+    telemetry = {"rounds": ctx.prune_epochs, "ticks": n_ticks, "removed_per_round": removed_per_round}
+    return MethodResult(model=model, telemetry=telemetry, info={
+        "masked_before_cut": masked, "ticks": n_ticks, "tick_epochs": tick_epochs,
+        "epochs_trained": ctx.prune_epochs + tick_epochs if tick_epochs is not None else None, **report})
 
 
 def _masked_scores(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

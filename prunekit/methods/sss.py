@@ -13,55 +13,55 @@ network are selected by the data. Here the factors are channel gates on the outp
 the :class:`~prunekit.methods._regularizers.APGGates` callback with the loop's learning rate, folded into the
 BatchNorm affine parameters after training (a zero gate makes its channel output exactly zero), and the cut
 removes the smallest gates globally, zeros first, until the MAC/parameter target is met.
+
+Telemetry: the fraction of gates exactly zero before the cut, and how many removed channels had a zero gate
+(``emergent``: the paper's removal) against those the ranking added to reach the target (``topped_up``: our
+addition). The mechanism engaged when some gate reached exactly zero; with none, the run is a plain global
+cut on the gate values and ends with a warning.
 """
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 
-from ._filter_common import (
-    check_target_reachable,
-    ChannelGates, bn_layers, check_positive, check_training_context, method_options, restore_on_error, train_config,
-)
+from ..train import fit
+from ._config import MethodConfig, option
+from ._filter_common import (ChannelGates, bn_layers, cut_to_target, require_bn, require_prune_epochs, train_config,
+                             zero_scale_channels)
 from ._regularizers import APGGates
-from ._registry import MethodResult, RunContext, register_method
+from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "strength": 0.01,  # gamma of the paper: L1 weight on the scaling factors (ResNet-50 block selection)
-    "momentum": 0.9,  # Nesterov momentum of the APG update
-}
+@dataclass(frozen=True)
+class SSSConfig(MethodConfig):
+    strength: float = option(0.01, ge=0)  # gamma, L1 weight on the factors (reference config/cfgs.py, ResNet-50 blocks)
+    momentum: float = option(0.9, ge=0, lt=1)  # mu of the APG (NAG form) update (reference core/optimizer.py)
 
 
 @register_method(
-    "sss", status="partial", kind="structured", defaults=DEFAULTS, needs_data=True,
+    "sss", config=SSSConfig, status="partial", kind="structured", needs=("train",),
     left_out="Scaling factors sit on channels only; block (residual-branch) and group factors are not offered, "
              "because removing a whole residual branch needs module replacement that the structural engine "
              "does not do.",
-)
-def run(ctx: RunContext) -> MethodResult:
-    from ._filter_common import cut_to_target, require_bn
-    from ..train import fit
-
-    opts = method_options("sss", ctx)
-    check_positive(opts, "strength", allow_zero=True)
-    check_positive(opts, "momentum", allow_zero=True)
-    check_training_context(ctx, "sss")
-    check_target_reachable(ctx.model, ctx)
-    ctx.model.to(ctx.device)  # gates, masks and statistics are created on the training device
+    telemetry=Telemetry(
+        keys=("zero_gate_fraction", "removed_channels", "emergent", "topped_up"),
+        engaged=lambda t: t["zero_gate_fraction"] > 0,
+        what="APG steps driving channel gates to exactly zero",
+        knob="raise options.strength or prune_epochs; benchmarks/recipes/filter_engaged.yaml gives the bench "
+             "setting's strength"))
+def run(ctx: RunContext, cfg: SSSConfig) -> MethodResult:
     require_bn(ctx.model, "sss")
+    require_prune_epochs(ctx, "sss")
     gates = ChannelGates(ctx.model, [f for f, _ in bn_layers(ctx.model)])
-    apg = APGGates(gates, opts["strength"], opts["momentum"])
-    try:
-        with restore_on_error(ctx.model):
-            fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[apg])
-    except BaseException:
-        gates.remove()
-        raise
+    apg = APGGates(gates, cfg.strength, cfg.momentum)
+    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[apg])
+    zero = apg.zero_fraction()
     scores = {f: g.detach().clone() for f, g in gates.gates.items()}
-    gates.fold_()
-    n = sum(len(s) for s in scores.values())
-    zeros = sum(int((s == 0).sum()) for s in scores.values())
+    gates.fold_()  # a zero gate makes its BatchNorm scale exactly zero
+    zero_channels = zero_scale_channels(ctx.model, ctx)
     report = cut_to_target(ctx.model, ctx, scores, allocation="global")
-    return MethodResult(model=ctx.model, info={"strength": opts["strength"], "zero_gate_fraction": zeros / n,
-                                               **report})
+    emergent = zero_channels - zero_scale_channels(ctx.model, ctx)  # a group keeps one channel even when all are 0
+    telemetry = {"zero_gate_fraction": zero, "removed_channels": report["removed_channels"], "emergent": emergent,
+                 "topped_up": report["removed_channels"] - emergent}
+    return MethodResult(model=ctx.model, telemetry=telemetry,
+                        info={"strength": cfg.strength, "zero_gate_fraction": zero,
+                              "epochs_trained": ctx.prune_epochs, **report})

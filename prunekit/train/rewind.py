@@ -24,7 +24,6 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..masks import _engine
 from ..masks.sparsify import prunable_weights, sparsify_
-from ..recipe import parse_target
 from ..schedules.callbacks import LRReplay, RewindPoints
 from ..schedules.functions import geometric_rounds, lr_rewind_factor
 from .callbacks import Callback
@@ -330,16 +329,3 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
 
 
 # ------------------------------------------------------------------ transitional (methods not yet migrated)
-def target_sparsity(target: str, method: str) -> float:
-    """The S of ``target="sparsity=S"``. Transitional: a method on the harness reads ``ctx.target_value``."""
-    kind, value = parse_target(target)
-    if kind != "sparsity":
-        raise ConfigError(f"target={target!r}: {method} is an unstructured method and takes target='sparsity=S' "
-                          f"(the fraction of weights removed), e.g. 'sparsity=0.9'")
-    return value
-
-
-def method_options(method: str, options) -> dict:
-    """Transitional: under the harness's wrapper for old-style methods ``options`` already is the method's
-    resolved config (unknown keys refused, defaults filled in); a method on the harness reads its config."""
-    return dict(options or {})

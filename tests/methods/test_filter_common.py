@@ -162,8 +162,7 @@ def test_training_method_is_registered_as_structured_and_needing_data(method):
 
 @pytest.mark.parametrize("method", TRAINING_METHODS)
 @pytest.mark.parametrize("bad, match", [
-    ({"train_data": None}, r"method '.*' needs train data but train_data=None"  # the harness's check
-                           r"|train_data=None: method '.*' trains before it prunes"),  # methods not yet migrated
+    ({"train_data": None}, r"method '.*' needs train data but train_data=None"),  # the harness's check
     ({"prune_epochs": 0}, r"prune_epochs=0: method '.*' is a training-time method and cannot run one-shot"),
     ({"target": "sparsity=0.5"}, r"target='sparsity=0.5'.*write e.g. target='macs=0.5'"),
 ])

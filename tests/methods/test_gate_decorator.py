@@ -79,3 +79,24 @@ def test_tick_tock_run_reaches_the_mac_target_and_masks_before_the_cut():
     assert res.info["masked_before_cut"] == res.info["removed_channels"]  # the cut removes what the ticks masked
     assert res.info["ticks"] == 4
     assert not any(m._forward_hooks for m in model.modules())
+    # telemetry: 2 tick-tock rounds whose ticks masked every removed channel between them
+    assert res.engaged is True and res.telemetry["rounds"] == 2 and res.telemetry["ticks"] == 4
+    assert sum(res.telemetry["removed_per_round"]) == res.info["removed_channels"]
+    # 2 tocks of 4 batches + 4 ticks of 2 batches on a 4-batch epoch: 2 + 4 * 2 / 4 = 4 epochs of training
+    assert res.info["tick_epochs"] == 2.0 and res.info["epochs_trained"] == 4.0
+
+
+def test_a_floor_of_every_channel_masks_nothing_in_the_ticks_and_warns_with_the_knob():
+    import pytest
+
+    from prunekit.errors import MechanismWarning
+
+    load_all()
+    data = pk.data.load("synthetic", batch_size=32, n_train=64, n_test=32, val_fraction=0.0)
+    ctx = RunContext(model=_vgg(), example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
+                     prune_epochs=1, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
+                     options={"ticks_per_tock": 1, "tick_batches": 1, "min_keep": 0.99})  # floor: all 8-32 kept
+    with pytest.warns(MechanismWarning, match="lower options.min_keep or ask for a smaller target"):
+        res = get_method("gate-decorator").run(ctx)
+    assert res.engaged is False and res.telemetry["removed_per_round"] == [0]
+    assert res.info["masked_before_cut"] == 0 and res.info["removed_channels"] > 0  # the cut ranked them all

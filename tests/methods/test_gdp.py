@@ -1,4 +1,5 @@
 """GDP: one global mask, re-estimated during training; masked filters keep learning and can come back."""
+import pytest
 import torch
 
 import prunekit as pk
@@ -129,3 +130,54 @@ def test_unknown_budget_is_refused():
     _, model, ctx = _setup()
     with pytest.raises(ConfigError, match="budget"):
         dynamic_mask_callback(model, ctx, budget="flops")
+
+
+# ------------------------------------------------------------------------------------- harness and telemetry
+def _tiny_ctx(n: int = 36, **kw):
+    """A tiny conv net and ``n`` batches of learnable labels (the image mean's tercile)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, 1, 6, 6, generator=g) for _ in range(n)]
+    data = [(x, torch.bucketize(x.mean((1, 2, 3)), torch.tensor([-0.07, 0.07]))) for x in xs]
+    base = dict(model=model, example_inputs=xs[0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
+                train_config=pk.TrainConfig(lr=0.1, progress=False))
+    base.update(kw)
+    return RunContext(**base)
+
+
+def test_a_36_step_epoch_re_estimates_the_mask_at_the_default_interval_and_filters_come_back():
+    # the benchmark's epoch is 36 steps; the old interval of 50 steps never fired inside it. update_epochs=0.3
+    # re-estimates every round(0.3 * 36) = 11 steps: after steps 11, 22 and 33
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+    res = get_method("gdp").run(_tiny_ctx())
+    t = res.telemetry
+    assert res.info["update_every_steps"] == 11 and t["mask_updates"] == 3
+    assert res.engaged is True and t["mask_flips"] >= t["recovered"] >= 1  # 13 and 6 when written
+    assert res.info["kept_macs_fraction"] <= 0.5 and res.info["epochs_trained"] == 1
+
+
+def test_static_mask_does_not_change_and_warns_with_the_knob():
+    from prunekit.errors import MechanismWarning
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+    with pytest.warns(MechanismWarning, match=r"lower options.update_epochs or raise prune_epochs"):
+        res = get_method("gdp").run(_tiny_ctx(options={"static": True}))
+    assert res.engaged is False and res.telemetry == {"mask_updates": 0, "mask_flips": 0, "recovered": 0}
+
+
+def test_an_interval_longer_than_the_run_re_estimates_nothing_and_warns():
+    from prunekit.errors import MechanismWarning
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+    with pytest.warns(MechanismWarning, match="dynamic global mask"):
+        res = get_method("gdp").run(_tiny_ctx(options={"update_epochs": 1.5}))
+    assert res.engaged is False and res.telemetry["mask_updates"] == 0

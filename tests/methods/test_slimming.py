@@ -5,7 +5,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.methods import RunContext
-from prunekit.methods._filter_common import bn_layers, bn_scale_scores, cut_to_target
+from prunekit.methods._filter_common import bn_layers, bn_criterion_scores, cut_to_target
 from prunekit.methods.slimming import sparsity_callbacks
 
 
@@ -43,7 +43,65 @@ def test_sparsity_training_makes_scales_sparse_and_the_global_cut_non_uniform():
     assert sparsity[0.02] >= sparsity[0.0] + 0.1
     ctx = RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.5")
     widths_before = {f: bn.num_features for f, bn in bn_layers(model)}
-    info = cut_to_target(model, ctx, bn_scale_scores(model), "global")
+    info = cut_to_target(model, ctx, bn_criterion_scores(model), "global")
     assert info["kept_macs_fraction"] <= 0.5
     ratios = {round(bn.num_features / widths_before[f], 3) for f, bn in bn_layers(model)}
     assert len(ratios) > 1  # per-layer kept ratios come out of the global threshold, not a fixed share
+
+
+# ------------------------------------------------------------------------------------- harness and telemetry
+def _dead_channel_ctx(gamma: float, **kw):
+    """A tiny conv net whose first BN channel 1 is dead (beta = -10 before a ReLU: no loss gradient reaches it)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    with torch.no_grad():
+        model[1].weight[1] = gamma
+        model[1].bias[1] = -10.0
+    g = torch.Generator().manual_seed(0)
+    n = kw.pop("n", 60)
+    data = [(torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
+    base = dict(model=model, example_inputs=data[0][0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
+                train_config=pk.TrainConfig(lr=0.1, weight_decay=0.0, scheduler="constant", progress=False))
+    base.update(kw)
+    return RunContext(**base)
+
+
+def test_default_strength_collapses_a_useless_scale_and_reports_the_separation():
+    # the L1 push at the paper's s = 1e-4 (lr 0.1, momentum 0.9, 60 steps) takes the dead channel's gamma from
+    # 0.012 under 1e-2; no other scale is near it, so exactly 1 of the 10 scales is small afterwards
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+
+    res = get_method("slimming").run(_dead_channel_ctx(0.012))
+    t = res.telemetry
+    assert res.engaged is True
+    assert t["small_scale_fraction_before"] == 0.0 and t["small_scale_fraction"] == 0.1
+    assert 0 < t["removed_kept_gamma_ratio"] < 1  # the cut removes the smaller scales
+    assert res.info["epochs_trained"] == 1
+
+
+def test_zero_strength_does_not_separate_and_warns_with_the_knob():
+    from prunekit.errors import MechanismWarning
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+
+    with pytest.warns(MechanismWarning, match="raise options.strength"):
+        res = get_method("slimming").run(_dead_channel_ctx(0.012, options={"strength": 0.0}))
+    assert res.engaged is False and res.telemetry["small_scale_fraction"] == 0.0
+
+
+def test_negative_strength_is_refused_with_the_model_unchanged():
+    from prunekit.errors import ConfigError
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+
+    ctx = _dead_channel_ctx(0.012, options={"strength": -1e-4})
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"options\['strength'\]=-0.0001 must be >= 0"):
+        get_method("slimming").run(ctx)
+    assert all(torch.equal(before[k], v) for k, v in ctx.model.state_dict().items())

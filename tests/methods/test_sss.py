@@ -1,4 +1,5 @@
 """SSS: APG-trained channel gates stay non-negative, reach exact zeros, and zero-gated channels cut exactly."""
+import pytest
 import torch
 
 import prunekit as pk
@@ -53,3 +54,54 @@ def test_apg_step_matches_nesterov_form_on_a_toy_problem():
         g.grad = (g.detach() - 2.0).clone()
         apg.on_after_backward(None)
     torch.testing.assert_close(g.detach(), torch.tensor([1.5]))
+
+
+# ------------------------------------------------------------------------------------- harness and telemetry
+def _dead_channel_ctx(n: int = 120, **kw):
+    """A tiny conv net whose first BN channel 1 is dead (beta = -10 before a ReLU: its gate gets no loss gradient)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    with torch.no_grad():
+        model[1].bias[1] = -10.0
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, 1, 6, 6, generator=g) for _ in range(n)]
+    # labels the net can learn (the image mean's tercile): with random labels every gate loses its gradient and
+    # the L1 term zeroes them all
+    data = [(x, torch.bucketize(x.mean((1, 2, 3)), torch.tensor([-0.07, 0.07]))) for x in xs]
+    base = dict(model=model, example_inputs=data[0][0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
+                train_config=pk.TrainConfig(lr=0.1, weight_decay=0.0, scheduler="constant", progress=False))
+    base.update(kw)
+    return RunContext(**base)
+
+
+def test_default_strength_zeroes_a_useless_gate_and_the_topped_up_removals_are_reported():
+    # the paper's gamma = 0.01 at lr 0.1: with no loss gradient the APG (NAG form, momentum 0.9) takes a gate from
+    # 1 to exactly 0 in 109 steps (apg_nag_step iterated by hand), so after 120 steps the dead channel's gate is 0
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+
+    res = get_method("sss").run(_dead_channel_ctx())
+    t = res.telemetry
+    assert res.engaged is True
+    assert t["zero_gate_fraction"] == 0.1 and t["emergent"] == 1
+    assert t["topped_up"] == t["removed_channels"] - 1 and t["removed_channels"] == res.info["removed_channels"]
+    assert res.info["widths"]["0"] < 4 and res.info["kept_macs_fraction"] <= 0.5
+
+
+def test_too_few_steps_zero_no_gate_and_warn_with_the_knob():
+    # 100 steps: the dead gate is still above 0 (it reaches 0 at step 109), so the cut is a plain ranking of gates
+    from prunekit.errors import MechanismWarning
+    from prunekit.methods import get_method, load_all
+
+    load_all()
+
+    with pytest.warns(MechanismWarning, match=r"raise options.strength or prune_epochs"):
+        res = get_method("sss").run(_dead_channel_ctx(n=100))
+    assert res.engaged is False
+    assert res.telemetry["zero_gate_fraction"] == 0.0 and res.telemetry["emergent"] == 0
+    assert res.telemetry["topped_up"] == res.telemetry["removed_channels"] > 0
