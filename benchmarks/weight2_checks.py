@@ -30,7 +30,7 @@ def _acc(m, b):
 
 
 def check_lap():
-    from prunekit.methods.lap import lap_round_sparsities
+    from prunekit.schedules.functions import geometric_rounds
 
     b = _data()
     acc = {"lap": [], "magnitude": []}
@@ -41,7 +41,7 @@ def check_lap():
         for crit in acc:
             m = pk.models.create("lenet300")
             m.load_state_dict(dense.state_dict())
-            for s in lap_round_sparsities(0.96875, 5):
+            for s in geometric_rounds(0.96875, rounds=5):
                 pk.sparsify_(m, sparsity=s, criterion=crit, calib=b.calib(1))
                 pk.fit(m, b.train, pk.TrainConfig(epochs=1, lr=0.05, seed=seed, progress=False))
             acc[crit].append(_acc(m, b))

@@ -92,7 +92,6 @@ class MethodSpec:
     needs: tuple[str, ...] = ()  # data the method cannot run without: "calib", "train", "val"
     telemetry: Telemetry | None = None
     module: str = ""
-    legacy_needs_data: bool = False  # transitional: methods still registered with defaults=/needs_data=
 
     @property
     def defaults(self) -> dict:
@@ -101,7 +100,7 @@ class MethodSpec:
 
     @property
     def needs_data(self) -> bool:
-        return bool(self.needs) or self.legacy_needs_data
+        return bool(self.needs)
 
     def resolve(self, overrides) -> MethodConfig:
         """The config with ``overrides`` applied; unknown keys and bad values are one ``ConfigError``."""
@@ -153,8 +152,6 @@ def register_method(
     left_out: str = "",
     needs: tuple[str, ...] = (),
     telemetry: Telemetry | None = None,
-    defaults: dict | None = None,
-    needs_data: bool = False,
 ):
     """Register ``fn(ctx: RunContext, cfg: config) -> MethodResult`` as the implementation of paper ``id``.
 
@@ -169,39 +166,12 @@ def register_method(
     """
 
     def deco(fn: Callable[..., MethodResult]):
-        nonlocal config
-        if defaults is not None:  # transitional: an untyped defaults dict and fn(ctx); see _legacy_config
-            config, fn = _legacy_config(id, defaults), _legacy_fn(fn)
         spec = MethodSpec(id=id, fn=fn, config=config, status=status, kind=kind, left_out=left_out,
-                          needs=tuple(needs), telemetry=telemetry, module=getattr(fn, "__module__", ""),
-                          legacy_needs_data=needs_data)
+                          needs=tuple(needs), telemetry=telemetry, module=getattr(fn, "__module__", ""))
         METHODS.register(id)(spec)
         return fn
 
     return deco
-
-
-def _legacy_config(id: str, defaults: dict) -> type:
-    """A frozen config dataclass typed from an untyped ``defaults`` dict (methods not yet given their own)."""
-    def typ(v):
-        return float if isinstance(v, float) else (Any if v is None or isinstance(v, (list, dict)) else type(v))
-
-    fields = [(k, typ(v), dataclasses.field(default=tuple(v) if isinstance(v, list) else v)) for k, v in
-              defaults.items() if not isinstance(v, dict)]
-    fields += [(k, dict, dataclasses.field(default_factory=lambda v=v: dict(v))) for k, v in defaults.items()
-               if isinstance(v, dict)]
-    name = "".join(p.capitalize() for p in id.replace("_", "-").split("-")) + "Config"
-    return dataclasses.make_dataclass(name, fields, bases=(MethodConfig,), frozen=True)
-
-
-def _legacy_fn(fn):
-    def run(ctx, cfg):
-        ctx.options = config_to_dict(cfg)
-        return fn(ctx)
-
-    run.__module__ = fn.__module__
-    run.__wrapped__ = fn
-    return run
 
 
 @lru_cache(maxsize=1)

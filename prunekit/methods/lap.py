@@ -30,13 +30,14 @@ from ..errors import ConfigError
 from ..graph.trace import model_device, move_to
 from ..masks import get_masks, register_weight_criterion, sparsify_
 from ..train import TrainConfig, fit
+from ..schedules.functions import geometric_rounds
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DataFlow", "trace_data_flow", "lookahead_scores", "lap_scores", "model_lap_scores", "score_lap",
-           "lap_round_sparsities", "LAPConfig", "run_lap"]
+           "LAPConfig", "run_lap"]
 
 LAP_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 IDENTITY = "identity"  # a residual connection: a neighbour whose weights are the identity (norm 1 per unit)
@@ -283,21 +284,6 @@ def score_lap(model, params, *, calib=None, loss_fn=None, generator=None):
     return model_lap_scores(model, trace_data_flow(model, batch[0]), params)
 
 
-def lap_round_sparsities(sparsity: float, rounds: int) -> list[float]:
-    """Per-round sparsities of iterative pruning with a constant pruning rate reaching ``sparsity``.
-
-    Round ``r`` (from 0) keeps ``(1 - sparsity) ** ((r + 1) / rounds)`` of the weights (LAP prunes the same fraction of
-    the survivors each round).
-
-    Example:
-        >>> [round(s, 4) for s in lap_round_sparsities(0.75, 2)]
-        [0.5, 0.75]
-    """
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise ConfigError(f"rounds={rounds!r} must be a positive int (prune/retrain rounds), e.g. 5")
-    return [1.0 - (1.0 - sparsity) ** ((r + 1) / rounds) for r in range(rounds)]
-
-
 @dataclass(frozen=True)
 class LAPConfig(MethodConfig):
     rounds: int = option(5, ge=1)  # prune/retrain rounds, the same rate each round (entry's check: 5 x 50%)
@@ -339,7 +325,7 @@ def run_lap(ctx: RunContext, cfg: LAPConfig) -> MethodResult:
     train_cfg = (ctx.train_config if ctx.train_config is not None else TrainConfig(progress=False)).replace(
         epochs=cfg.retrain_epochs, seed=ctx.seed, device=ctx.device)
     history, differ, unmatched = [], 0, []
-    for r, sparsity in enumerate(lap_round_sparsities(ctx.target_value, cfg.rounds)):
+    for r, sparsity in enumerate(geometric_rounds(ctx.target_value, rounds=cfg.rounds)):
         scores = model_lap_scores(ctx.model, flow, [_fqn(n) for n in flow.layers], unmatched)
         before = {_fqn(n): w.abs() for n, w in _effective_weights(ctx.model, flow).items()}
         report = sparsify_(ctx.model, sparsity=sparsity, criterion="lap", scores=scores, global_=cfg.global_,

@@ -8,7 +8,8 @@ import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
 from prunekit.methods import RunContext, get_method
-from prunekit.methods.lap import (IDENTITY, lap_round_sparsities, lap_scores, model_lap_scores, score_lap,
+from prunekit.schedules.functions import geometric_rounds
+from prunekit.methods.lap import (IDENTITY, lap_scores, model_lap_scores, score_lap,
                                   trace_data_flow)
 
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -66,9 +67,9 @@ def test_sparsify_with_lap_criterion_hits_exact_per_layer_sparsity_and_masks_hol
 
 
 def test_round_schedule_and_bad_rounds():
-    assert lap_round_sparsities(0.9375, 4) == pytest.approx([0.5, 0.75, 0.875, 0.9375])
+    assert geometric_rounds(0.9375, rounds=4) == pytest.approx([0.5, 0.75, 0.875, 0.9375])
     with pytest.raises(ConfigError, match="rounds=0"):
-        lap_round_sparsities(0.9, 0)
+        geometric_rounds(0.9, rounds=0)
 
 
 def test_run_through_registry_reaches_target_and_rejects_bad_target():
@@ -192,7 +193,7 @@ def test_small_scale_lap_beats_magnitude_at_high_sparsity():
         for crit in acc:
             m = pk.models.create("lenet300")
             m.load_state_dict(dense.state_dict())
-            for s in lap_round_sparsities(0.96875, 5):
+            for s in geometric_rounds(0.96875, rounds=5):
                 pk.sparsify_(m, sparsity=s, criterion=crit, calib=b.calib(1))
                 pk.fit(m, b.train, pk.TrainConfig(epochs=1, lr=0.05, seed=seed, progress=False))
             acc[crit].append(pk.evaluate(m, b.test)["accuracy"])
