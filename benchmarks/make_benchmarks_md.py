@@ -51,6 +51,18 @@ one NVIDIA H200 (torch 2.11.0+cu130). Several jobs shared the two cores while th
 times carry noise of tens of percent; ratios measured side by side in one run (and MACs) are the reliable
 figures. Accuracy budgets are small (short fine-tunes, data subsets), as each section states: compare rows
 with each other, not with published numbers.
+
+**Which tables are current.** The two "fair protocol" sections come first: every row there counts the
+training it consumed, the control rows get the same total, Torch-Pruning is matched to prunekit's MACs and
+rows whose mechanism did not engage are flagged. Every other filter and weight section below was measured
+before the method harness and its faithfulness fixes (typed configs at the papers' defaults, mechanism
+telemetry), on the old protocol. Rows of methods whose algorithm or default changed in that work are stale:
+fpgm (soft schedule by default), sfp, csgd, gdp (interval in epochs), bn-ista, sss, slimming, implicit-sparsity,
+dropnet (rewinds to an initialisation), taylor-fo and taylor-fm (the papers' scores), lth (per-layer rates),
+one-ticket (late resetting), snip (train-mode scoring), snip-ldi (10,000 isometry steps), lap (neighbours
+from the data flow), str (plain STR by default), deconstruct-lt (Bernoulli supermask, magnitude-increase
+criterion). Torch-Pruning rows there run at a lower MAC fraction than prunekit's. Read them as history until
+the fair-protocol grids cover them.
 """
 
 
