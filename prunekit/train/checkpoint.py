@@ -10,12 +10,16 @@ shape *before* touching the model: a corrupted or mismatched checkpoint raises
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 import random
-import tempfile
+import signal
+import threading
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +50,135 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+_TMP_SUFFIX = ".prunekit-tmp"
+
+
+class _Signalled(BaseException):
+    """Raised inside a save by the SIGTERM/SIGHUP handler so the temporary file is removed on the way out."""
+
+
+@contextmanager
+def _signals_unwind():
+    """While active (main thread only), SIGTERM/SIGHUP unwind the stack like Ctrl-C, then are re-delivered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def handler(signum, frame):
+        got.append(signum)
+        raise _Signalled(signum)
+
+    old = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is None:
+            continue
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover - not settable here
+            pass
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        yield
+    except _Signalled:
+        pass
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if got:  # the previous handler (default: terminate) now gets the signal it would have had
+        signal.raise_signal(got[0])
+        raise KeyboardInterrupt(f"signal {got[0]} during a save; the file was not changed")
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temporary files of ``path`` left by a process that was killed (SIGKILL) while saving."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{_TMP_SUFFIX}"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _open_unnamed(directory: Path):
+    """An unnamed file in ``directory`` (Linux O_TMPFILE): a kill, even SIGKILL, leaves nothing behind."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not Path("/proc/self/fd").is_dir():
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY, 0o666)
+    except OSError:  # file system without O_TMPFILE support
+        return None
+
+
+def _link_unnamed(fd: int, tmp: Path) -> None:
+    # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N: Python only calls linkat when a dir fd is given
+    root = os.open("/", os.O_RDONLY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", tmp, src_dir_fd=root, follow_symlinks=True)
+    finally:
+        os.close(root)
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike):
+    """Yield a binary file object; on a clean exit its bytes replace ``path`` atomically.
+
+    Write to an unnamed (or hidden temporary) file in the same folder, fsync, then rename over ``path``:
+    a reader, or a later run after a kill at any point, sees the old file or the complete new one. The
+    temporary file is removed on every exit path: exceptions, Ctrl-C, SIGTERM/SIGHUP (unwound, then
+    re-delivered), and after SIGKILL by the next save of the same path. New files get ``0666 & ~umask``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the folder {str(path.parent)!r} for {path.name!r} ({e.strerror}); "
+                              f"choose a writable location") from None
+    _sweep_stale(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+    with _signals_unwind():
+        fd = _open_unnamed(path.parent)
+        named = fd is None
+        try:
+            if named:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        except OSError as e:
+            raise CheckpointError(f"cannot write {str(path)!r} ({e.strerror}); choose a writable location, "
+                                  f"nothing was changed") from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+                if not named:
+                    _link_unnamed(f.fileno(), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a platform without directory fds
+        return
     try:
         os.fsync(dir_fd)
     finally:
