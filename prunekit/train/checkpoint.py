@@ -367,3 +367,65 @@ def _optimizer_state(index: dict, tensors: dict, optimizer, source: str) -> dict
     for pid, scalars in saved["scalars"].items():
         state.setdefault(int(pid), {}).update(scalars)
     return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def write_with_record(path: str | os.PathLike, tensors: dict[str, torch.Tensor], key: str, record: dict) -> dict:
+    """Write ``tensors`` to ``path`` (one safetensors file) with ``record`` in its header, atomically.
+
+    ``record`` travels as JSON in the header's metadata field under ``key``, with ``sha256`` set to the hash
+    of the tensor bytes (everything after the header); returns the record as written.
+    """
+    import struct
+
+    blob = memoryview(tensors_to_bytes(tensors))
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(bytes(blob[8:8 + n]))
+    payload = blob[8 + n:]
+    record = {**record, "sha256": hashlib.sha256(payload).hexdigest()}
+    header["__metadata__"] = {**header.get("__metadata__", {}), key: json.dumps(record)}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # safetensors aligns the tensor data to 8 bytes
+    with atomic_writer(path) as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        f.write(payload)
+    return record
+
+
+def read_record(path: str | os.PathLike, key: str) -> dict | None:
+    """The record stored under ``key`` in the safetensors header of ``path`` (None if there is none)."""
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if n < 2 or n > min(100_000_000, size - 8):
+                return None
+            header = json.loads(f.read(n))
+        return json.loads(header["__metadata__"][key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_tensors_with_record(path: str | os.PathLike, sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors of a file written by :func:`write_with_record`, whose tensor bytes must hash to ``sha256``."""
+    import struct
+
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"tensor file {str(path)!r} is missing; restore it or train it again")
+    data = memoryview(path.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else len(data)
+    actual = hashlib.sha256(data[8 + n:]).hexdigest() if n <= len(data) - 8 else "truncated"
+    if actual != sha256:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted: sha256 {actual[:16]}... does not match the "
+                              f"recorded {str(sha256)[:16]}...; it was not loaded. Restore the file or retrain")
+    try:
+        return load(bytes(data))
+    except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be parsed ({e}); it was not loaded") from None
