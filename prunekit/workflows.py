@@ -125,7 +125,26 @@ RUN_MARKER = ".prunekit-run"  # written into every output folder of `prunekit ru
 
 
 def _is_previous_run(folder: Path) -> bool:
-    return (folder / RUN_MARKER).is_file()
+    """True when ``folder`` holds a prunekit run and nothing else (a file added later, e.g. notes, is the user's)."""
+    if not (folder / RUN_MARKER).is_file():
+        return False
+    return {p.name for p in folder.iterdir()} - {RUN_MARKER} <= _marker_files(folder)
+
+
+def _marker_files(folder: Path) -> set:
+    import json
+
+    try:
+        return set(json.loads((folder / RUN_MARKER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _write_marker(stage: Path) -> None:
+    import json
+
+    files = sorted(p.name for p in stage.iterdir())
+    (stage / RUN_MARKER).write_text(json.dumps({"type": "prunekit.run", "version": 1, "files": files}) + "\n")
 
 
 def _inside_cwd_chain(folder: Path) -> bool:
@@ -187,7 +206,7 @@ def _staged_output(out: str | os.PathLike, *, force: bool = False):
                               f"folder for --out") from None
         try:
             yield stage
-            (stage / RUN_MARKER).write_text('{"type": "prunekit.run", "version": 1}\n')
+            _write_marker(stage)
             if in_place:
                 _replace_entries(out, stage)
             elif not out.exists():
@@ -223,10 +242,12 @@ def _check_out_free(out: str | os.PathLike, force: bool = False) -> None:
     if out.is_dir():
         entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(".prunekit.partial-"))
         if entries and not force and not _is_previous_run(out):
+            entries = [e for e in entries if e != RUN_MARKER and e not in _marker_files(out)]
             shown = ", ".join(entries[:5]) + (f", … ({len(entries)} entries)" if len(entries) > 5 else "")
-            raise ConfigError(f"out={str(out)!r} holds files that are not a prunekit run ({shown}); nothing was "
-                              f"written. Choose a new or empty folder, or pass --force to replace the folder and "
-                              f"delete what it holds")
+            what = ("holds files that prunekit did not write" if (out / RUN_MARKER).exists()
+                    else "holds files that are not a prunekit run")
+            raise ConfigError(f"out={str(out)!r} {what} ({shown}); nothing was written. Choose a new or empty "
+                              f"folder, or pass --force to replace the folder and delete what it holds")
         if not os.access(out, os.W_OK | os.X_OK):
             raise ConfigError(f"out={str(out)!r} is read-only; choose a writable folder for --out")
     if out.is_dir() and _inside_cwd_chain(out):
