@@ -831,23 +831,36 @@ def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = N
     net = resolve_model(model, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
     import onnxruntime as ort
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["output"], opset_version=opset,
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        probe = torch.randn(3, *x.shape[1:])
-        with torch.no_grad():
-            ref = net(probe).numpy()
-        got = sess.run(None, {"input": probe.numpy()})[0]
-        diff = float(np.abs(ref - got).max())
-        if diff > atol:
-            raise ConfigError(f"onnxruntime output differs from torch by {diff:.2e} > atol={atol}; "
-                              f"the export is not faithful, nothing was written")
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .train.checkpoint import _TMP_SUFFIX, _signals_unwind, _sweep_stale
+
+    # a temporary file beside the target (removed on any exit; one left by SIGKILL by the next export), fsynced,
+    # then renamed over the target: the file is the old one or the complete, checked new one
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+    with _signals_unwind():
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_stale(out_path)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except OSError as e:
+            raise ConfigError(f"onnx={out!r}: cannot write there ({e.strerror}); choose a writable path") from None
+        try:
+            torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["output"],
+                              opset_version=opset, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                              dynamo=False)
+            sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            probe = torch.randn(3, *x.shape[1:])
+            with torch.no_grad():
+                ref = net(probe).numpy()
+            got = sess.run(None, {"input": probe.numpy()})[0]
+            diff = float(np.abs(ref - got).max())
+            if diff > atol:
+                raise ConfigError(f"onnxruntime output differs from torch by {diff:.2e} > atol={atol}; "
+                                  f"the export is not faithful, nothing was written")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     return {"model": model, "onnx": str(out_path), "max_abs_diff": diff, "opset": opset,
             "bytes": out_path.stat().st_size}

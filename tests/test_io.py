@@ -79,6 +79,9 @@ def test_save_follows_the_umask_and_refuses_a_read_only_folder_cleanly(tmp_path)
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o640
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot create the folder"):
+        pk.save(model, tmp_path / "afile" / "m.safetensors")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -118,3 +121,26 @@ def test_stale_temporary_of_a_killed_process_is_removed_by_the_next_save(tmp_pat
     stale.write_bytes(b"x" * 100)
     pk.save(model, tmp_path / "m.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_sigterm_during_a_save_removes_the_temporary_then_reaches_the_previous_handler(tmp_path, monkeypatch):
+    import signal
+
+    from prunekit.train import checkpoint
+
+    model, _ = models()["chain"]()
+    path = pk.save(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    monkeypatch.setattr(checkpoint, "_open_unnamed", lambda d: None)  # a named temporary, visible if it leaked
+    real = checkpoint.os.fsync
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: signal.raise_signal(signal.SIGTERM))
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 15 during a save"):
+            pk.save(model, path)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        monkeypatch.setattr(checkpoint.os, "fsync", real)
+    assert seen == [signal.SIGTERM]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
