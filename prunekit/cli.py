@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="method option (repeatable); the value is parsed as YAML")
     r.add_argument("--force", action="store_true",
                    help="replace an --out folder that holds other files (they are deleted)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run of the same command from its last fine-tune checkpoint")
 
     t = sub.add_parser("train", help="train a dense baseline (written to baselines/<model>-<data>.safetensors)")
     t.add_argument("--model", default="resnet20")
@@ -151,11 +153,11 @@ def _cmd_run(args) -> int:
     from . import workflows as W
 
     flags = {k: v for k, v in vars(args).items()
-             if k not in ("command", "verbose", "recipe", "option", "no_latency", "force", "baselines")}
+             if k not in ("command", "verbose", "recipe", "option", "no_latency", "force", "baselines", "resume")}
     if getattr(args, "no_latency", False):
         flags["latency"] = False
     recipe, note = W.resolve_recipe(getattr(args, "recipe", None), flags, getattr(args, "option", None) or [])
-    report = W.run_job(recipe, note=note, force=getattr(args, "force", False))
+    report = W.run_job(recipe, note=note, force=getattr(args, "force", False), resume=getattr(args, "resume", False))
     console = _console()
     from .report import summary_rows
 
@@ -295,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunekit {command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"prunekit {command}: interrupted; no outputs were written", file=sys.stderr)
+        hint = "; rerun the same command with --resume to continue" if command == "run" else ""
+        print(f"prunekit {command}: interrupted; no outputs were written{hint}", file=sys.stderr)
         return 130
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._registry import closest
-from .errors import ConfigError
+from .errors import ConfigError, PrunekitError
 from .recipe import Recipe, parse_target
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,15 @@ def resolve_recipe(recipe_path: str | None, flags: dict, options: list[str] = ()
 
 # --- helpers -----------------------------------------------------------------------------------------------
 RUN_MARKER = ".prunekit-run"  # written into every output folder of `prunekit run`/`prune`: "a previous run"
+_OWN_PREFIXES = (".prunekit.partial-", ".prunekit.resume")  # prunekit's working folders inside `--out .`
 
 
 def _is_previous_run(folder: Path) -> bool:
     """True when ``folder`` holds a prunekit run and nothing else (a file added later, e.g. notes, is the user's)."""
     if not (folder / RUN_MARKER).is_file():
         return False
-    return {p.name for p in folder.iterdir()} - {RUN_MARKER} <= _marker_files(folder)
+    return {p.name for p in folder.iterdir() if not p.name.startswith(_OWN_PREFIXES)} - {RUN_MARKER} \
+        <= _marker_files(folder)
 
 
 def _marker_files(folder: Path) -> set:
@@ -226,7 +228,7 @@ def _staged_output(out: str | os.PathLike, *, force: bool = False):
 def _replace_entries(out: Path, stage: Path) -> None:
     """``--out .``: delete the previous run's entries in ``out`` and move the staged ones in."""
     for p in out.iterdir():
-        if p != stage:
+        if p != stage and not p.name.startswith(_OWN_PREFIXES):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     for p in sorted(stage.iterdir(), key=lambda p: p.name == RUN_MARKER):  # the marker last
         os.replace(p, out / p.name)
@@ -240,7 +242,7 @@ def _check_out_free(out: str | os.PathLike, force: bool = False) -> None:
         raise ConfigError(f"out={str(out)!r} is a file; pass a folder path for the outputs (a new or empty folder, "
                           f"or a previous run's)")
     if out.is_dir():
-        entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(".prunekit.partial-"))
+        entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(_OWN_PREFIXES))
         if entries and not force and not _is_previous_run(out):
             entries = [e for e in entries if e != RUN_MARKER and e not in _marker_files(out)]
             shown = ", ".join(entries[:5]) + (f", … ({len(entries)} entries)" if len(entries) > 5 else "")
@@ -258,6 +260,46 @@ def _check_out_free(out: str | os.PathLike, force: bool = False) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"out={str(out)!r}: cannot create it in the read-only folder {str(parent)!r}; choose a "
                           f"writable folder for --out")
+
+
+RUN_CHECKPOINT_EVERY = 100  # fine-tune steps between the checkpoints `prunekit run --resume` continues from
+
+
+def _resume_dir(out: str | os.PathLike) -> Path:
+    """Hidden checkpoint folder of the run writing ``out``: beside it, or inside it for ``--out .``."""
+    out = Path(os.path.abspath(out))
+    if out.is_dir() and _inside_cwd_chain(out):
+        return out / ".prunekit.resume"
+    return out.parent / f".{out.name}.resume"
+
+
+def _prepare_resume(recipe: Recipe, resume: bool) -> Path:
+    """The checkpoint folder of this run: checked against the recipe when resuming, emptied for a fresh run."""
+    import json
+
+    from .train.checkpoint import atomic_write_bytes
+
+    d = _resume_dir(recipe.out)
+    record = d / "recipe.json"
+    if resume:
+        try:
+            saved = json.loads(record.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"--resume: no interrupted run writing out={recipe.out!r} to continue; run the same "
+                              f"command without --resume") from None
+        now = json.loads(json.dumps(recipe.to_dict()))
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff:
+            raise ConfigError(f"--resume: the interrupted run writing out={recipe.out!r} used other settings "
+                              f"({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in diff[:5])}); "
+                              f"resume with the same flags, or run without --resume to start over")
+        return d
+    shutil.rmtree(d, ignore_errors=True)  # a fresh run: an older interrupted run's checkpoint is stale
+    try:
+        atomic_write_bytes(record, (json.dumps(recipe.to_dict(), indent=1, default=str) + "\n").encode())
+    except PrunekitError as e:
+        raise ConfigError(f"out={recipe.out!r}: {e}") from None
+    return d
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -641,18 +683,23 @@ def _validate_run(recipe: Recipe, kind: str, force: bool = False):
     return spec
 
 
-def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: bool = False) -> dict:
+def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: bool = False,
+            resume: bool = False) -> dict:
     """The main job: baseline → prune to the target → BN recalibration → fine-tune → evaluate → report.
 
     Writes ``report.json``, ``report.md``, plots, ``recipe.yaml`` and ``model.safetensors`` (``pk.save``) into
     ``recipe.out`` and returns the report dict (with ``out`` added). ``recipe.out`` must be new, empty or a
-    previous run, unless ``force`` (see :func:`_staged_output`).
+    previous run, unless ``force`` (see :func:`_staged_output`). The fine-tune writes checkpoints into a hidden
+    folder beside ``recipe.out``; after an interruption ``resume=True`` (``prunekit run ... --resume``) redoes
+    the deterministic steps before it and continues the fine-tune from the last checkpoint, giving the
+    weights of an uninterrupted run. The folder is deleted when the run succeeds.
     """
     import prunekit as pk
 
     t_start = time.perf_counter()
     kind, _ = parse_target(recipe.target)
     spec = _validate_run(recipe, kind, force)
+    resume_dir = _prepare_resume(recipe, resume)
     torch.manual_seed(recipe.seed)
     timings = {}
     t = time.perf_counter()
@@ -687,8 +734,9 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     if recipe.finetune_epochs > 0:
         from .train import fit
 
-        result = fit(model, bundle.train, _train_config(recipe, recipe.finetune_epochs, progress),
-                     callbacks=callbacks, val_data=bundle.val)
+        cfg = _train_config(recipe, recipe.finetune_epochs, progress).replace(
+            checkpoint_dir=str(resume_dir / "finetune"), checkpoint_every=RUN_CHECKPOINT_EVERY, resume=resume)
+        result = fit(model, bundle.train, cfg, callbacks=callbacks, val_data=bundle.val)
         history = _history(result)
     timings["fine-tune"] = time.perf_counter() - t
     _finalize_masks(model)
@@ -719,6 +767,7 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
         files = {"model": _save_model(model, stage / "model.safetensors"), "recipe": "recipe.yaml"}
         recipe.save(stage / "recipe.yaml")
         write_run_report({**report, "files": files}, stage)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     return {**report, "out": str(recipe.out)}
 
 
