@@ -384,7 +384,7 @@ def _resolve(spec: str, *, num_classes: int = 10, in_channels: int = 1,
             raise ConfigError(f"model={spec!r}: no such file; pass a model file written by `prunekit run`/`prune` "
                               f"(model.safetensors), a baseline name (see baselines/) or a model name such as "
                               f"resnet20")
-        if _is_baseline_record(path.with_suffix(".json")):
+        if _is_baseline_file(path):
             meta = baselines.baseline_info(str(path))
             return baselines.load_baseline(str(path)), {"model": meta["model"], **meta["build"]}
         build = _build_record(path)
@@ -413,6 +413,15 @@ def _build_record(path: Path) -> dict:
         raise ConfigError(f"model={str(path)!r}: cannot tell which architecture to rebuild; keep the report.json "
                           f"that `prunekit run`/`prune` wrote beside the model file") from None
     return build
+
+
+def _is_baseline_file(path: Path) -> bool:
+    """True for a baseline: a one-file baseline (record in the header) or weights with a ``.json`` record."""
+    from .train.checkpoint import read_record
+
+    if path.suffix == ".safetensors" and read_record(path, "prunekit.baseline") is not None:
+        return True
+    return _is_baseline_record(path.with_suffix(".json"))
 
 
 def _is_baseline_record(path: Path) -> bool:
@@ -460,8 +469,7 @@ def _baseline_model(name: str) -> str | None:
     try:
         if _is_path(name):
             path = Path(name)
-            if _is_baseline_record(path.with_suffix(".json")) or path.suffix == ".safetensors" and \
-                    baselines.read_record(path, baselines._TYPE) is not None:
+            if _is_baseline_file(path):
                 return baselines.baseline_info(str(path))["model"]
             return _build_record(path).get("model")
         return baselines.baseline_info(name)["model"]

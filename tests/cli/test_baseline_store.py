@@ -82,3 +82,13 @@ def test_baselines_flag_selects_the_store(run_main, tmp_path):
     assert not (tmp_path / "store").exists()
     code, _, err = run_main("eval", "--model", "lenet300-synthetic", "--data", "synthetic", "--baselines", "other")
     assert code == 0, err
+
+
+def test_a_one_file_baseline_passed_as_a_path_is_read_as_a_baseline(run_main, tmp_path):
+    assert run_main(*TRAIN, "--out", "b/l.safetensors")[0] == 0
+    code, out, err = run_main("eval", "--model", "b/l.safetensors", "--data", "synthetic")
+    assert code == 0, err
+    assert json.loads(out)["params"] == 266610
+    code, _, err = run_main(*RUN, "--baseline", "b/l.safetensors", "--out", "r")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["model_build"]["model"] == "lenet300"
