@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Callable
@@ -73,7 +72,8 @@ def save(model: nn.Module, path) -> Path:
 
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"path={str(path)!r} is a folder; pass a file path such as {str(path / 'model.safetensors')!r}")
+        raise ConfigError(f"path={str(path)!r} is a folder; pass a file path such as "
+                          f"{str(path / 'model.safetensors')!r}")
     state = model.state_dict()
     tensors, aliases, seen = {}, {}, {}
     for k, v in state.items():
@@ -146,7 +146,8 @@ def _read_meta(path: Path) -> dict:
         try:
             meta = json.loads(embedded)
         except json.JSONDecodeError as e:
-            raise CheckpointError(f"the record inside {path.name!r} is not valid JSON ({e}); re-save the model") from None
+            raise CheckpointError(f"the record inside {path.name!r} is not valid JSON ({e}); "
+                                  f"re-save the model") from None
         digest, recorded, source = _sha256_from(path, offset), meta.get("payload_sha256"), path.name
     else:
         if not sidecar(path).exists():

@@ -236,7 +236,7 @@ def _replace_entries(out: Path, stage: Path) -> None:
 
 
 def _check_out_free(out: str | os.PathLike, force: bool = False) -> None:
-    """Refuse an ``out`` that holds anything but a previous prunekit run (unless ``force``), a file, or a read-only folder."""
+    """Refuse an ``out`` holding anything but a previous prunekit run (unless ``force``), a file, a read-only folder."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={str(out)!r} is a file; pass a folder path for the outputs (a new or empty folder, "
@@ -669,8 +669,6 @@ def _plain(obj):
 # --- run ---------------------------------------------------------------------------------------------------
 def _validate_run(recipe: Recipe, kind: str, force: bool = False):
     """Check out folder, data set, model, method and baseline; raise one error listing every problem."""
-    from .train import baseline as baselines
-
     problems, spec = [], None
     checks = [lambda: _check_out_free(recipe.out, force), lambda: _check_data_name(recipe.data),
               lambda: _check_model_name(recipe.model)]

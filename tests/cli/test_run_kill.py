@@ -41,6 +41,7 @@ def test_sigkill_in_the_fine_tune_then_resume_gives_the_uninterrupted_weights(tm
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert re.search(r"resumed from step (15|30) \(epoch [12], batch 0\)", err)  # 461 training images, 32 a batch
-    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut", "full", "r.yaml"]
