@@ -144,3 +144,24 @@ def test_sigterm_during_a_save_removes_the_temporary_then_reaches_the_previous_h
         monkeypatch.setattr(checkpoint.os, "fsync", real)
     assert seen == [signal.SIGTERM]
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_a_pickle_with_a_forged_sidecar_or_a_record_that_does_not_fit_is_a_checkpoint_error(tmp_path):
+    import hashlib
+
+    model, _ = models()["chain"]()
+    pickled = tmp_path / "p.safetensors"
+    torch.save(model.state_dict(), pickled)  # a torch zip, not safetensors
+    meta = {"format": "prunekit-pruned", "version": 1, "sha256": hashlib.sha256(pickled.read_bytes()).hexdigest(),
+            "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}, "aliases": {}, "modules": {}}
+    (tmp_path / "p.safetensors.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a safetensors file written by prunekit.save"):
+        pk.load(pickled, lambda: models()["chain"]()[0])
+    path = tmp_path / "m.safetensors"
+    _save_two_file_form(model, path)  # then a sidecar whose hash matches but whose shapes do not fit the weights
+    side = tmp_path / "m.safetensors.json"
+    rec = json.loads(side.read_text())
+    rec["shapes"]["conv1.weight"] = [2, 3, 3, 3]
+    side.write_text(json.dumps(rec))
+    with pytest.raises(CheckpointError, match="does not fit its own record"):
+        pk.load(path, lambda: models()["chain"]()[0])
