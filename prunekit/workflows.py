@@ -235,6 +235,12 @@ def _replace_entries(out: Path, stage: Path) -> None:
     stage.rmdir()
 
 
+def _too_precious(folder: Path) -> bool:
+    target = folder.resolve()
+    here = Path.cwd().resolve()
+    return target == Path(target.anchor) or target == Path.home().resolve() or target in here.parents
+
+
 def _check_out_free(out: str | os.PathLike, force: bool = False) -> None:
     """Refuse an ``out`` holding anything but a previous prunekit run (unless ``force``), a file, a read-only folder."""
     out = Path(out)
@@ -243,6 +249,9 @@ def _check_out_free(out: str | os.PathLike, force: bool = False) -> None:
                           f"or a previous run's)")
     if out.is_dir():
         entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(_OWN_PREFIXES))
+        if entries and force and not _is_previous_run(out) and _too_precious(out):
+            raise ConfigError(f"out={str(out)!r} is the file system root, the home folder or a folder above the "
+                              f"working directory; --force will not delete it. Choose a new folder for --out")
         if entries and not force and not _is_previous_run(out):
             entries = [e for e in entries if e != RUN_MARKER and e not in _marker_files(out)]
             shown = ", ".join(entries[:5]) + (f", … ({len(entries)} entries)" if len(entries) > 5 else "")

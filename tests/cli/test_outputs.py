@@ -113,3 +113,13 @@ def test_staging_folder_of_a_killed_run_is_removed_by_the_next_run(tmp_path):
     with _staged_output(out) as stage:
         (stage / "a.txt").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_force_never_deletes_home_root_or_a_folder_above_the_working_directory(run_main, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    os.chdir(deep)
+    code, _, err = run_main(*PRUNE, "--out", str(tmp_path), "--force")
+    assert code == 2 and "--force will not delete it" in err
+    assert (tmp_path / "keep.txt").read_text() == "mine" and deep.is_dir()
