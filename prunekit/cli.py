@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     r.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option (repeatable); the value is parsed as YAML")
+    r.add_argument("--force", action="store_true",
+                   help="replace an --out folder that holds other files (they are deleted)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run of the same command from its last fine-tune checkpoint")
 
     t = sub.add_parser("train", help="train a dense baseline (written to baselines/<model>-<data>.safetensors)")
     t.add_argument("--model", default="resnet20")
@@ -67,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir")
     t.add_argument("--device")
     t.add_argument("--checkpoint-dir", help="makes training resumable: rerun the same command after a kill")
+    t.add_argument("--force", action="store_true", help="replace an existing baseline of the same name")
 
     e = sub.add_parser("eval", help="test accuracy, params, MACs and latency of a model")
     e.add_argument("--model", required=True, help="model file, baseline name or model spec")
@@ -83,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--input-shape", type=_shape, help="example input shape, default 1,1,28,28")
     pr.add_argument("--num-classes", type=int, default=10)
     pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--force", action="store_true",
+                    help="replace an --out folder that holds other files (they are deleted)")
 
     i = sub.add_parser("inspect", help="prunable groups and widths of a model")
     i.add_argument("--model", required=True)
@@ -115,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--onnx", required=True, help="output .onnx path")
     x.add_argument("--input-shape", type=_shape)
     x.add_argument("--opset", type=int, default=17)
+    for cmd in (r, t, e, pr, i, b, x):
+        cmd.add_argument("--baselines", metavar="DIR", default=argparse.SUPPRESS,
+                         help="baseline store (default $PRUNEKIT_BASELINES or the user cache, "
+                              "~/.cache/prunekit/baselines); the shipped baselines are searched after it")
     return p
 
 
@@ -141,11 +152,12 @@ def _table(title, header, rows):
 def _cmd_run(args) -> int:
     from . import workflows as W
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "recipe", "option", "no_latency")}
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "verbose", "recipe", "option", "no_latency", "force", "baselines", "resume")}
     if getattr(args, "no_latency", False):
         flags["latency"] = False
     recipe, note = W.resolve_recipe(getattr(args, "recipe", None), flags, getattr(args, "option", None) or [])
-    report = W.run_job(recipe, note=note)
+    report = W.run_job(recipe, note=note, force=getattr(args, "force", False), resume=getattr(args, "resume", False))
     console = _console()
     from .report import summary_rows
 
@@ -197,7 +209,7 @@ def _print_json(obj) -> int:
 def _cmd_train(args) -> int:
     from .workflows import train_job
 
-    opts = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "model", "data")}
+    opts = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "model", "data", "baselines")}
     rec = train_job(args.model, args.data, **opts)
     print(f"baseline {rec['model']}-{rec['data']}: test accuracy {100 * rec['test_accuracy']:.2f}% "
           f"({rec['params']} params); reproduce with: {rec['command']}")
@@ -215,7 +227,7 @@ def _cmd_prune(args) -> int:
     from .workflows import prune_job
 
     rep = prune_job(args.model, args.target, args.out, criterion=args.criterion, ignore=tuple(args.ignore),
-                    input_shape=args.input_shape, num_classes=args.num_classes)
+                    input_shape=args.input_shape, num_classes=args.num_classes, force=args.force)
     b, a = rep["before"], rep["after"]
     _console().print(_table(f"prunekit prune — {args.model} → {args.target}", ("", "before", "after"),
                             [("params", b["params"], a["params"]),
@@ -275,13 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "run"
     if args.command is None:
         args = parser.parse_args(["run"])
+    if getattr(args, "baselines", None):
+        import os
+
+        os.environ["PRUNEKIT_BASELINES"] = args.baselines  # read by every verb (and bench's worker processes)
     try:
         return _COMMANDS[command](args)
     except PrunekitError as exc:
         print(f"prunekit {command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"prunekit {command}: interrupted; no outputs were written", file=sys.stderr)
+        hint = "; rerun the same command with --resume to continue" if command == "run" else ""
+        print(f"prunekit {command}: interrupted; no outputs were written{hint}", file=sys.stderr)
         return 130
 
 

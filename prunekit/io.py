@@ -1,15 +1,18 @@
-"""Save and load pruned models without pickle: safetensors weights plus a JSON sidecar of shapes.
+"""Save and load pruned models without pickle: one safetensors file that carries its own shapes.
 
-``save(model, path)`` writes ``path`` (safetensors) and ``path + ".json"`` (every tensor's shape, every
-module's integer size attributes, tied-weight aliases and the sha256 of the weights file). ``load(path,
-model_factory)`` builds the original architecture, resizes its tensors and module attributes to the
-saved ones, checks the hash and loads the weights strictly.
+``save(model, path)`` writes ``path``: the weights, and in the safetensors header's metadata field every
+tensor's shape, every module's integer size attributes, tied-weight aliases and the sha256 of the tensor
+bytes. The file is written to a temporary file, fsynced and renamed over ``path``, so a kill at any moment
+leaves the old file or the complete new one (see :func:`prunekit.train.checkpoint.atomic_writer`).
+``load(path, model_factory)`` builds the original architecture, resizes its tensors and module attributes
+to the saved ones, checks the hash and loads the weights strictly. It also reads the older two-file form
+(weights plus a ``path + ".json"`` sidecar).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +25,8 @@ from .surgery.mha import PrunableMultiheadAttention
 __all__ = ["save", "load"]
 _FORMAT = "prunekit-pruned"
 _VERSION = 1
+_META_KEY = "prunekit"  # key of the safetensors header's __metadata__ that holds our record
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the header size
 
 
 def _sha256(path: Path) -> str:
@@ -48,7 +53,7 @@ def sidecar(path) -> Path:
 
 
 def save(model: nn.Module, path) -> Path:
-    """Write ``model``'s weights to ``path`` (safetensors) and its shapes to ``path + '.json'``.
+    """Write ``model``'s weights and shapes to ``path`` (one safetensors file), atomically.
 
     Example:
         >>> import tempfile, os, torch, prunekit as pk
@@ -61,9 +66,14 @@ def save(model: nn.Module, path) -> Path:
         >>> m2.conv1.out_channels
         4
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
+
+    from .train.checkpoint import atomic_writer
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"path={str(path)!r} is a folder; pass a file path such as "
+                          f"{str(path / 'model.safetensors')!r}")
     state = model.state_dict()
     tensors, aliases, seen = {}, {}, {}
     for k, v in state.items():
@@ -74,17 +84,88 @@ def save(model: nn.Module, path) -> Path:
         if key is not None:
             seen[key] = k
         tensors[k] = v.detach().cpu().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    meta = {"format": _FORMAT, "version": _VERSION, "sha256": _sha256(path),
+    blob = memoryview(to_bytes(tensors))
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(bytes(blob[8:8 + n]))
+    payload = blob[8 + n:]
+    meta = {"format": _FORMAT, "version": _VERSION, "payload_sha256": hashlib.sha256(payload).hexdigest(),
             "shapes": {k: list(v.shape) for k, v in state.items()}, "aliases": aliases,
             "modules": {n: _size_attrs(m) for n, m in model.named_modules()},
             # nn.MultiheadAttention modules the engine turned into their op-by-op twin (surgery.mha)
             "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)]}
-    sidecar(path).write_text(json.dumps(meta, indent=1))
+    header["__metadata__"] = {**header.get("__metadata__", {}), _META_KEY: json.dumps(meta)}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # safetensors aligns the tensor data to 8 bytes
+    with atomic_writer(path) as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        f.write(payload)
+    try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
+        sidecar(path).unlink(missing_ok=True)
+    except OSError:
+        pass
     return path
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    """The safetensors header of ``path`` and the offset of its tensor bytes (CheckpointError if not one)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if n < 2 or n > min(_MAX_HEADER, size - 8):
+            raise CheckpointError(f"path={str(path)!r} is not a safetensors file written by prunekit.save "
+                                  f"(bad header); pass a file saved with prunekit.save")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"path={str(path)!r} is not a safetensors file written by prunekit.save "
+                              f"(unreadable header); pass a file saved with prunekit.save")
+    return header, 8 + n
+
+
+def _sha256_from(path: Path, offset: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_meta(path: Path) -> dict:
+    """The record of a saved model: in the file's header, or (older form) in its ``.json`` sidecar."""
+    if not path.is_file():
+        raise CheckpointError(f"path={str(path)!r}: no such file; pass a model file written by prunekit.save "
+                              f"(older saves also need their {sidecar(path).name!r} sidecar)")
+    header, offset = _header(path)
+    embedded = (header.get("__metadata__") or {}).get(_META_KEY)
+    if embedded is not None:
+        try:
+            meta = json.loads(embedded)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"the record inside {path.name!r} is not valid JSON ({e}); "
+                                  f"re-save the model") from None
+        digest, recorded, source = _sha256_from(path, offset), meta.get("payload_sha256"), path.name
+    else:
+        if not sidecar(path).exists():
+            raise CheckpointError(f"path={str(path)!r} has no prunekit record in its header and no "
+                                  f"{sidecar(path).name!r} sidecar beside it; pass a file written by prunekit.save")
+        try:
+            meta = json.loads(sidecar(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{sidecar(path).name!r} is not valid JSON ({e}); re-save the model") from None
+        digest, recorded, source = _sha256(path), meta.get("sha256") if isinstance(meta, dict) else None, \
+            sidecar(path).name
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+        got = meta if not isinstance(meta, dict) else (meta.get("format"), meta.get("version"))
+        raise CheckpointError(f"{source!r} has format/version {got!r}; expected {_FORMAT!r} version {_VERSION}")
+    if digest != recorded:
+        raise CheckpointError(f"weights file {path.name!r} has sha256 {digest[:12]}… but {source!r} records "
+                              f"{str(recorded)[:12]}…; the file was changed or corrupted")
+    return meta
 
 
 def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
@@ -95,20 +176,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     from .surgery.mha import mark_pruned_, supported
 
     path = Path(path)
-    if not path.exists() or not sidecar(path).exists():
-        raise CheckpointError(f"path={str(path)!r}: need both the weights file and its {sidecar(path).name!r} "
-                              f"sidecar written by prunekit.save; check the path")
-    try:
-        meta = json.loads(sidecar(path).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{sidecar(path).name!r} is not valid JSON ({e}); re-save the model") from None
-    if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-        raise CheckpointError(f"{sidecar(path).name!r} has format {meta.get('format')!r} version "
-                              f"{meta.get('version')!r}; expected {_FORMAT!r} version {_VERSION}")
-    digest = _sha256(path)
-    if digest != meta.get("sha256"):
-        raise CheckpointError(f"weights file {path.name!r} has sha256 {digest[:12]}… but the sidecar records "
-                              f"{str(meta.get('sha256'))[:12]}…; the file was changed or corrupted")
+    meta = _read_meta(path)
     if not callable(model_factory):
         raise ConfigError(f"model_factory={model_factory!r} must be a callable returning a fresh model of the "
                           f"original architecture, e.g. lambda: torchvision.models.resnet18()")
@@ -143,8 +211,15 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
             v = tuple(v) if isinstance(v, list) else v
             if cur != v:
                 object.__setattr__(mod, k, v)
-    weights = load_file(str(path))
+    try:
+        weights = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
+        raise CheckpointError(f"weights file {path.name!r} cannot be read ({e}); re-save the model") from None
     for k, src in meta["aliases"].items():
         weights[k] = weights[src]
-    model.load_state_dict(weights, strict=True)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights file {path.name!r} does not fit its own record ({str(e)[:300]}); "
+                              f"re-save the model") from None
     return model

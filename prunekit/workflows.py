@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import glob
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from ._registry import closest
-from .errors import ConfigError
+from .errors import ConfigError, PrunekitError
 from .recipe import Recipe, parse_target
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,10 @@ def resolve_recipe(recipe_path: str | None, flags: dict, options: list[str] = ()
                     f"filter criterion ({recipe.method})")
     explicit_none = {k for k in ("baseline", "subset") if k in given and
                      (given[k] is None or (isinstance(given[k], str) and given[k].lower() == "none"))}
+    if not recipe_path and "baseline" not in given and ("model" in given or "data" in given) \
+            and recipe.baseline is not None:
+        # the default baseline is the requested model's: never prune the default model under another name
+        given["baseline"] = f"{given.get('model', recipe.model)}-{given.get('data', recipe.data)}"
     recipe = recipe.override(**{k: v for k, v in given.items() if k not in explicit_none})
     if explicit_none:
         recipe = dataclasses.replace(recipe, **{k: None for k in explicit_none})
@@ -116,30 +121,194 @@ def resolve_recipe(recipe_path: str | None, flags: dict, options: list[str] = ()
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-@contextmanager
-def _staged_output(out: str | os.PathLike):
-    """Yield a staging folder that replaces ``out`` on success and is deleted on failure."""
-    out = Path(out)
-    stage = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+RUN_MARKER = ".prunekit-run"  # written into every output folder of `prunekit run`/`prune`: "a previous run"
+_OWN_PREFIXES = (".prunekit.partial-", ".prunekit.resume")  # prunekit's working folders inside `--out .`
+
+
+def _is_previous_run(folder: Path) -> bool:
+    """True when ``folder`` holds a prunekit run and nothing else (a file added later, e.g. notes, is the user's)."""
+    if not (folder / RUN_MARKER).is_file():
+        return False
+    return {p.name for p in folder.iterdir() if not p.name.startswith(_OWN_PREFIXES)} - {RUN_MARKER} \
+        <= _marker_files(folder)
+
+
+def _marker_files(folder: Path) -> set:
+    import json
+
     try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        return set(json.loads((folder / RUN_MARKER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
-def _check_out_free(out: str | os.PathLike) -> None:
+def _write_marker(stage: Path) -> None:
+    import json
+
+    files = sorted(p.name for p in stage.iterdir())
+    (stage / RUN_MARKER).write_text(json.dumps({"type": "prunekit.run", "version": 1, "files": files}) + "\n")
+
+
+def _inside_cwd_chain(folder: Path) -> bool:
+    """True when ``folder`` is the working directory or one of its ancestors (it cannot be swapped away)."""
+    here = Path.cwd().resolve()
+    target = folder.resolve()
+    return target == here or target in here.parents
+
+
+def _sweep_partials(prefix: str, where: Path) -> None:
+    """Remove the staging folders ``where/.<prefix>.{partial,old}-<pid>-*`` of processes killed (SIGKILL) mid-run."""
+    from .train.checkpoint import _alive
+
+    for p in where.glob(f".{glob.escape(prefix)}.*-*-*"):
+        kind, _, rest = p.name[len(prefix) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("partial", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap(a: Path, b: Path) -> bool:
+    """Exchange the folders ``a`` and ``b`` in one step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+@contextmanager
+def _staged_output(out: str | os.PathLike, *, force: bool = False):
+    """Yield a staging folder whose content replaces ``out`` as a whole on success; deleted on failure.
+
+    ``out`` must be missing, empty, a previous run (its ``.prunekit-run`` marker) or ``force`` must be given
+    (see :func:`_check_out_free`). The new folder is completed (marker included), then swapped with the old
+    one in one rename where the system allows it, and the old one deleted: never merged. When ``out`` is the
+    working directory (``--out .``) the folder itself stays and only its entries are replaced. Exceptions,
+    Ctrl-C and SIGTERM remove the staging folder; one left by SIGKILL is removed by the next run to ``out``.
+    """
+    from .train.checkpoint import _signals_unwind
+
+    out = Path(os.path.abspath(out))
+    _check_out_free(out, force=force)
+    in_place = out.is_dir() and _inside_cwd_chain(out)
+    where, prefix = (out, "prunekit") if in_place else (out.parent, out.name)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage = where / f".{prefix}.partial-{tag}"
+    with _signals_unwind():
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            _sweep_partials(prefix, where)
+            stage.mkdir()
+        except OSError as e:
+            raise ConfigError(f"out={str(out)!r}: cannot write in {str(where)!r} ({e.strerror}); choose a writable "
+                              f"folder for --out") from None
+        try:
+            yield stage
+            _write_marker(stage)
+            if in_place:
+                _replace_entries(out, stage)
+            elif not out.exists():
+                os.replace(stage, out)
+            elif _swap(stage, out):
+                shutil.rmtree(stage)  # now holds the old run
+            else:
+                old = where / f".{prefix}.old-{tag}"
+                os.replace(out, old)
+                os.replace(stage, out)
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+
+def _replace_entries(out: Path, stage: Path) -> None:
+    """``--out .``: delete the previous run's entries in ``out`` and move the staged ones in."""
+    for p in out.iterdir():
+        if p != stage and not p.name.startswith(_OWN_PREFIXES):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p in sorted(stage.iterdir(), key=lambda p: p.name == RUN_MARKER):  # the marker last
+        os.replace(p, out / p.name)
+    stage.rmdir()
+
+
+def _too_precious(folder: Path) -> bool:
+    target = folder.resolve()
+    here = Path.cwd().resolve()
+    return target == Path(target.anchor) or target == Path.home().resolve() or target in here.parents
+
+
+def _check_out_free(out: str | os.PathLike, force: bool = False) -> None:
+    """Refuse an ``out`` holding anything but a previous prunekit run (unless ``force``), a file, a read-only folder."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={str(out)!r} is a file; pass a folder path for the outputs")
+        raise ConfigError(f"out={str(out)!r} is a file; pass a folder path for the outputs (a new or empty folder, "
+                          f"or a previous run's)")
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(_OWN_PREFIXES))
+        if entries and force and not _is_previous_run(out) and _too_precious(out):
+            raise ConfigError(f"out={str(out)!r} is the file system root, the home folder or a folder above the "
+                              f"working directory; --force will not delete it. Choose a new folder for --out")
+        if entries and not force and not _is_previous_run(out):
+            entries = [e for e in entries if e != RUN_MARKER and e not in _marker_files(out)]
+            shown = ", ".join(entries[:5]) + (f", … ({len(entries)} entries)" if len(entries) > 5 else "")
+            what = ("holds files that prunekit did not write" if (out / RUN_MARKER).exists()
+                    else "holds files that are not a prunekit run")
+            raise ConfigError(f"out={str(out)!r} {what} ({shown}); nothing was written. Choose a new or empty "
+                              f"folder, or pass --force to replace the folder and delete what it holds")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ConfigError(f"out={str(out)!r} is read-only; choose a writable folder for --out")
+    if out.is_dir() and _inside_cwd_chain(out):
+        return  # `--out .`: written in place, the parent folder is not touched
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"out={str(out)!r}: cannot create it in the read-only folder {str(parent)!r}; choose a "
+                          f"writable folder for --out")
+
+
+RUN_CHECKPOINT_EVERY = 100  # fine-tune steps between the checkpoints `prunekit run --resume` continues from
+
+
+def _resume_dir(out: str | os.PathLike) -> Path:
+    """Hidden checkpoint folder of the run writing ``out``: beside it, or inside it for ``--out .``."""
+    out = Path(os.path.abspath(out))
+    if out.is_dir() and _inside_cwd_chain(out):
+        return out / ".prunekit.resume"
+    return out.parent / f".{out.name}.resume"
+
+
+def _prepare_resume(recipe: Recipe, resume: bool) -> Path:
+    """The checkpoint folder of this run: checked against the recipe when resuming, emptied for a fresh run."""
+    import json
+
+    from .train.checkpoint import atomic_write_bytes
+
+    d = _resume_dir(recipe.out)
+    record = d / "recipe.json"
+    if resume:
+        try:
+            saved = json.loads(record.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"--resume: no interrupted run writing out={recipe.out!r} to continue; run the same "
+                              f"command without --resume") from None
+        now = json.loads(json.dumps(recipe.to_dict()))
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff:
+            raise ConfigError(f"--resume: the interrupted run writing out={recipe.out!r} used other settings "
+                              f"({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in diff[:5])}); "
+                              f"resume with the same flags, or run without --resume to start over")
+        return d
+    shutil.rmtree(d, ignore_errors=True)  # a fresh run: an older interrupted run's checkpoint is stale
+    try:
+        atomic_write_bytes(record, (json.dumps(recipe.to_dict(), indent=1, default=str) + "\n").encode())
+    except PrunekitError as e:
+        raise ConfigError(f"out={recipe.out!r}: {e}") from None
+    return d
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -224,7 +393,7 @@ def _resolve(spec: str, *, num_classes: int = 10, in_channels: int = 1,
             raise ConfigError(f"model={spec!r}: no such file; pass a model file written by `prunekit run`/`prune` "
                               f"(model.safetensors), a baseline name (see baselines/) or a model name such as "
                               f"resnet20")
-        if _is_baseline_record(path.with_suffix(".json")):
+        if _is_baseline_file(path):
             meta = baselines.baseline_info(str(path))
             return baselines.load_baseline(str(path)), {"model": meta["model"], **meta["build"]}
         build = _build_record(path)
@@ -255,6 +424,15 @@ def _build_record(path: Path) -> dict:
     return build
 
 
+def _is_baseline_file(path: Path) -> bool:
+    """True for a baseline: a one-file baseline (record in the header) or weights with a ``.json`` record."""
+    from .train.checkpoint import read_record
+
+    if path.suffix == ".safetensors" and read_record(path, "prunekit.baseline") is not None:
+        return True
+    return _is_baseline_record(path.with_suffix(".json"))
+
+
 def _is_baseline_record(path: Path) -> bool:
     import json
 
@@ -265,7 +443,7 @@ def _is_baseline_record(path: Path) -> bool:
 
 
 def _load_baseline(name: str) -> tuple[nn.Module, dict]:
-    """(model, build) of the trained baseline ``name`` (shipped name or file); a missing one says how to make it."""
+    """(model, build) of the trained baseline ``name`` (store name or file); a missing one says how to make it."""
     from .train import baseline as baselines
 
     if _is_path(name) and Path(name).exists():
@@ -273,12 +451,58 @@ def _load_baseline(name: str) -> tuple[nn.Module, dict]:
     try:
         meta = baselines.baseline_info(name)
         return baselines.load_baseline(name), {"model": meta["model"], **meta["build"]}
-    except ConfigError as exc:
-        model = name.split("-")[0] if not _is_path(name) else "MODEL"
-        data = name[len(model) + 1:] if not _is_path(name) and "-" in name else "fashion-mnist"
-        raise ConfigError(f"baseline={name!r} is not there yet: {exc}. Make it once with `prunekit train --model "
-                          f"{model} --data {data}` (writes baselines/{model}-{data}.safetensors), or pass "
-                          f"--baseline none to prune an untrained model") from None
+    except ConfigError:
+        raise ConfigError(_missing_baseline(name)) from None
+
+
+def _missing_baseline(name: str) -> str:
+    from .train import baseline as baselines
+
+    if _is_path(name):
+        return (f"baseline={name!r}: no such file; pass a baseline name (see `prunekit train`), a model file, "
+                f"or none")
+    full = name if "-" in name else f"{name}-fashion-mnist"
+    model = full.split("-")[0]
+    data = full[len(model) + 1:]
+    where = " and ".join(repr(str(d)) for d in baselines.search_path())
+    return (f"baseline={name!r} is not there yet (looked in {where}). Make it once with `prunekit train --model "
+            f"{model} --data {data}` (writes {full}.safetensors into the baseline store), or pass --baseline none "
+            f"to prune an untrained model")
+
+
+def _baseline_model(name: str) -> str | None:
+    """The architecture of baseline ``name`` (from its record), or None when it cannot be told."""
+    from .errors import PrunekitError
+    from .train import baseline as baselines
+
+    try:
+        if _is_path(name):
+            path = Path(name)
+            if _is_baseline_file(path):
+                return baselines.baseline_info(str(path))["model"]
+            return _build_record(path).get("model")
+        return baselines.baseline_info(name)["model"]
+    except (PrunekitError, OSError, KeyError, TypeError):
+        return None
+
+
+def _baseline_problems(recipe: Recipe) -> list[str]:
+    """Why ``recipe.baseline`` cannot be used: missing (with the command that makes it), or another model's."""
+    from .train import baseline as baselines
+
+    b = recipe.baseline
+    if _is_path(b) and not Path(b).exists():
+        return [_missing_baseline(b)]
+    if not _is_path(b) and b not in baselines.list_baselines() and f"{b}-fashion-mnist" not in \
+            baselines.list_baselines():
+        return [_missing_baseline(b)]
+    arch = _baseline_model(b)
+    spec = recipe.model
+    if arch is not None and ":" not in spec and not _is_path(spec) and arch != spec:
+        return [f"baseline={b!r} is a trained {arch} but model={spec!r}: prunekit never prunes another model "
+                f"than the one asked for. Pass --baseline {spec}-{recipe.data} (make it once with `prunekit train "
+                f"--model {spec} --data {recipe.data}`), --model {arch}, or --baseline none"]
+    return []
 
 
 def calib_batches(bundle, n_batches: int) -> list:
@@ -372,7 +596,7 @@ def recalibrate_bn(model: nn.Module, batches, device: str = "cpu") -> int:
 
 
 def _save_model(model: nn.Module, path: Path) -> str:
-    """``pk.save`` the model (safetensors + shapes sidecar); returns the file name."""
+    """``pk.save`` the model (one safetensors file carrying its shapes); returns the file name."""
     from .io import save
 
     save(model, str(path))
@@ -452,12 +676,10 @@ def _plain(obj):
 
 
 # --- run ---------------------------------------------------------------------------------------------------
-def _validate_run(recipe: Recipe, kind: str):
+def _validate_run(recipe: Recipe, kind: str, force: bool = False):
     """Check out folder, data set, model, method and baseline; raise one error listing every problem."""
-    from .train import baseline as baselines
-
     problems, spec = [], None
-    checks = [lambda: _check_out_free(recipe.out), lambda: _check_data_name(recipe.data),
+    checks = [lambda: _check_out_free(recipe.out, force), lambda: _check_data_name(recipe.data),
               lambda: _check_model_name(recipe.model)]
     for check in checks:
         try:
@@ -469,34 +691,30 @@ def _validate_run(recipe: Recipe, kind: str):
     except ConfigError as exc:
         problems.append(str(exc))
     if recipe.baseline is not None:
-        b = recipe.baseline
-        if _is_path(b) and not Path(b).exists():
-            problems.append(f"baseline={b!r}: no such file; pass a baseline name (see baselines/), a model file, "
-                            f"or none")
-        elif not _is_path(b) and b not in baselines.list_baselines() and f"{b}-fashion-mnist" not in \
-                baselines.list_baselines():
-            model = b.split("-")[0]
-            data = b[len(model) + 1:] or "fashion-mnist"
-            problems.append(f"baseline={b!r} is not there yet (looked in {baselines.baselines_dir().name}/). Make it "
-                            f"once with `prunekit train --model {model} --data {data}` (writes baselines/{model}-"
-                            f"{data}.safetensors), or pass --baseline none to prune an untrained model")
+        problems += _baseline_problems(recipe)
     if problems:
         raise ConfigError("; ".join(problems) if len(problems) == 1 else
                           f"{len(problems)} problems:\n  " + "\n  ".join(problems))
     return spec
 
 
-def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
+def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: bool = False,
+            resume: bool = False) -> dict:
     """The main job: baseline → prune to the target → BN recalibration → fine-tune → evaluate → report.
 
     Writes ``report.json``, ``report.md``, plots, ``recipe.yaml`` and ``model.safetensors`` (``pk.save``) into
-    ``recipe.out`` and returns the report dict (with ``out`` added).
+    ``recipe.out`` and returns the report dict (with ``out`` added). ``recipe.out`` must be new, empty or a
+    previous run, unless ``force`` (see :func:`_staged_output`). The fine-tune writes checkpoints into a hidden
+    folder beside ``recipe.out``; after an interruption ``resume=True`` (``prunekit run ... --resume``) redoes
+    the deterministic steps before it and continues the fine-tune from the last checkpoint, giving the
+    weights of an uninterrupted run. The folder is deleted when the run succeeds.
     """
     import prunekit as pk
 
     t_start = time.perf_counter()
     kind, _ = parse_target(recipe.target)
-    spec = _validate_run(recipe, kind)
+    spec = _validate_run(recipe, kind, force)
+    resume_dir = _prepare_resume(recipe, resume)
     torch.manual_seed(recipe.seed)
     timings = {}
     t = time.perf_counter()
@@ -531,8 +749,9 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
     if recipe.finetune_epochs > 0:
         from .train import fit
 
-        result = fit(model, bundle.train, _train_config(recipe, recipe.finetune_epochs, progress),
-                     callbacks=callbacks, val_data=bundle.val)
+        cfg = _train_config(recipe, recipe.finetune_epochs, progress).replace(
+            checkpoint_dir=str(resume_dir / "finetune"), checkpoint_every=RUN_CHECKPOINT_EVERY, resume=resume)
+        result = fit(model, bundle.train, cfg, callbacks=callbacks, val_data=bundle.val)
         history = _history(result)
     timings["fine-tune"] = time.perf_counter() - t
     _finalize_masks(model)
@@ -559,10 +778,11 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "") -> dict:
               "per_layer": _per_layer(layers_before, layer_stats(model)), "history": history, "timings": timings}
     from .report import write_run_report
 
-    with _staged_output(recipe.out) as stage:
+    with _staged_output(recipe.out, force=force) as stage:
         files = {"model": _save_model(model, stage / "model.safetensors"), "recipe": "recipe.yaml"}
         recipe.save(stage / "recipe.yaml")
         write_run_report({**report, "files": files}, stage)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     return {**report, "out": str(recipe.out)}
 
 
@@ -599,7 +819,7 @@ def _example_for(model_spec: str, input_shape: tuple[int, ...] | None) -> torch.
 
 
 def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignore: tuple[str, ...] = (),
-              input_shape: tuple[int, ...] | None = None, num_classes: int = 10) -> dict:
+              input_shape: tuple[int, ...] | None = None, num_classes: int = 10, force: bool = False) -> dict:
     """One-shot pruning of a saved model or a spec (no data needed): structural (macs=/params=) or masks (sparsity=).
 
     Writes ``model.safetensors`` and ``report.json`` into ``out``.
@@ -608,7 +828,7 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
     from .report import write_json
 
     kind, value = parse_target(target)
-    _check_out_free(out)
+    _check_out_free(out, force)
     x = _example_for(model, input_shape)
     if kind != "sparsity":
         from .criteria import CRITERIA
@@ -629,7 +849,7 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
               "before": {k: v for k, v in before.items() if k != "layers"},
               "after": {k: v for k, v in after.items() if k != "layers"},
               "per_layer": _per_layer(before["layers"], after["layers"]), "engine_report": _plain(rep)}
-    with _staged_output(out) as stage:
+    with _staged_output(out, force=force) as stage:
         report["files"] = {"model": _save_model(net, stage / "model.safetensors")}
         write_json(report, stage / "report.json")
     return {**report, "out": str(out)}
@@ -675,23 +895,36 @@ def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = N
     net = resolve_model(model, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
     import onnxruntime as ort
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["output"], opset_version=opset,
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        probe = torch.randn(3, *x.shape[1:])
-        with torch.no_grad():
-            ref = net(probe).numpy()
-        got = sess.run(None, {"input": probe.numpy()})[0]
-        diff = float(np.abs(ref - got).max())
-        if diff > atol:
-            raise ConfigError(f"onnxruntime output differs from torch by {diff:.2e} > atol={atol}; "
-                              f"the export is not faithful, nothing was written")
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .train.checkpoint import _TMP_SUFFIX, _signals_unwind, _sweep_stale
+
+    # a temporary file beside the target (removed on any exit; one left by SIGKILL by the next export), fsynced,
+    # then renamed over the target: the file is the old one or the complete, checked new one
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+    with _signals_unwind():
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_stale(out_path)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except OSError as e:
+            raise ConfigError(f"onnx={out!r}: cannot write there ({e.strerror}); choose a writable path") from None
+        try:
+            torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["output"],
+                              opset_version=opset, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                              dynamo=False)
+            sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            probe = torch.randn(3, *x.shape[1:])
+            with torch.no_grad():
+                ref = net(probe).numpy()
+            got = sess.run(None, {"input": probe.numpy()})[0]
+            diff = float(np.abs(ref - got).max())
+            if diff > atol:
+                raise ConfigError(f"onnxruntime output differs from torch by {diff:.2e} > atol={atol}; "
+                                  f"the export is not faithful, nothing was written")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     return {"model": model, "onnx": str(out_path), "max_abs_diff": diff, "opset": opset,
             "bytes": out_path.stat().st_size}

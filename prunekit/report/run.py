@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -17,11 +16,11 @@ _REQUIRED = ("recipe", "method", "before", "after")
 
 def write_json(data, path) -> Path:
     """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
+    from ..train.checkpoint import atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: several workers may write one file
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    # temporary name per process (several workers may write one file), fsynced, renamed, removed on any exit
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=_jsonable) + "\n").encode())
     return path
 
 
@@ -147,6 +146,8 @@ def write_run_report(report: dict, out_dir) -> dict:
     files = {name: str(path.name) for name, path in made.items()}
     report = {**report, "files": {**report.get("files", {}), **files, "markdown": "report.md"}}
     write_json(report, out / "report.json")
-    (out / "report.md").write_text(render_run_markdown(report, made))
+    from ..train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out / "report.md", render_run_markdown(report, made).encode())
     log.info("report written to %s", out)
     return {"json": out / "report.json", "markdown": out / "report.md", **made}

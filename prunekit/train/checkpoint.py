@@ -10,12 +10,16 @@ shape *before* touching the model: a corrupted or mismatched checkpoint raises
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 import random
-import tempfile
+import signal
+import threading
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +50,135 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+_TMP_SUFFIX = ".prunekit-tmp"
+
+
+class _Signalled(BaseException):
+    """Raised inside a save by the SIGTERM/SIGHUP handler so the temporary file is removed on the way out."""
+
+
+@contextmanager
+def _signals_unwind():
+    """While active (main thread only), SIGTERM/SIGHUP unwind the stack like Ctrl-C, then are re-delivered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def handler(signum, frame):
+        got.append(signum)
+        raise _Signalled(signum)
+
+    old = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is None:
+            continue
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover - not settable here
+            pass
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        yield
+    except _Signalled:
+        pass
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if got:  # the previous handler (default: terminate) now gets the signal it would have had
+        signal.raise_signal(got[0])
+        raise KeyboardInterrupt(f"signal {got[0]} during a save; the file was not changed")
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temporary files of ``path`` left by a process that was killed (SIGKILL) while saving."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{_TMP_SUFFIX}"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2:].split(".")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _open_unnamed(directory: Path):
+    """An unnamed file in ``directory`` (Linux O_TMPFILE): a kill, even SIGKILL, leaves nothing behind."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not Path("/proc/self/fd").is_dir():
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY, 0o666)
+    except OSError:  # file system without O_TMPFILE support
+        return None
+
+
+def _link_unnamed(fd: int, tmp: Path) -> None:
+    # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N: Python only calls linkat when a dir fd is given
+    root = os.open("/", os.O_RDONLY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", tmp, src_dir_fd=root, follow_symlinks=True)
+    finally:
+        os.close(root)
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike):
+    """Yield a binary file object; on a clean exit its bytes replace ``path`` atomically.
+
+    Write to an unnamed (or hidden temporary) file in the same folder, fsync, then rename over ``path``:
+    a reader, or a later run after a kill at any point, sees the old file or the complete new one. The
+    temporary file is removed on every exit path: exceptions, Ctrl-C, SIGTERM/SIGHUP (unwound, then
+    re-delivered), and after SIGKILL by the next save of the same path. New files get ``0666 & ~umask``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the folder {str(path.parent)!r} for {path.name!r} ({e.strerror}); "
+                              f"choose a writable location") from None
+    _sweep_stale(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+    with _signals_unwind():
+        fd = _open_unnamed(path.parent)
+        named = fd is None
+        try:
+            if named:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        except OSError as e:
+            raise CheckpointError(f"cannot write {str(path)!r} ({e.strerror}); choose a writable location, "
+                                  f"nothing was changed") from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+                if not named:
+                    _link_unnamed(f.fileno(), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a platform without directory fds
+        return
     try:
         os.fsync(dir_fd)
     finally:
@@ -249,3 +367,65 @@ def _optimizer_state(index: dict, tensors: dict, optimizer, source: str) -> dict
     for pid, scalars in saved["scalars"].items():
         state.setdefault(int(pid), {}).update(scalars)
     return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def write_with_record(path: str | os.PathLike, tensors: dict[str, torch.Tensor], key: str, record: dict) -> dict:
+    """Write ``tensors`` to ``path`` (one safetensors file) with ``record`` in its header, atomically.
+
+    ``record`` travels as JSON in the header's metadata field under ``key``, with ``sha256`` set to the hash
+    of the tensor bytes (everything after the header); returns the record as written.
+    """
+    import struct
+
+    blob = memoryview(tensors_to_bytes(tensors))
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(bytes(blob[8:8 + n]))
+    payload = blob[8 + n:]
+    record = {**record, "sha256": hashlib.sha256(payload).hexdigest()}
+    header["__metadata__"] = {**header.get("__metadata__", {}), key: json.dumps(record)}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # safetensors aligns the tensor data to 8 bytes
+    with atomic_writer(path) as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        f.write(payload)
+    return record
+
+
+def read_record(path: str | os.PathLike, key: str) -> dict | None:
+    """The record stored under ``key`` in the safetensors header of ``path`` (None if there is none)."""
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if n < 2 or n > min(100_000_000, size - 8):
+                return None
+            header = json.loads(f.read(n))
+        return json.loads(header["__metadata__"][key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_tensors_with_record(path: str | os.PathLike, sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors of a file written by :func:`write_with_record`, whose tensor bytes must hash to ``sha256``."""
+    import struct
+
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"tensor file {str(path)!r} is missing; restore it or train it again")
+    data = memoryview(path.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else len(data)
+    actual = hashlib.sha256(data[8 + n:]).hexdigest() if n <= len(data) - 8 else "truncated"
+    if actual != sha256:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted: sha256 {actual[:16]}... does not match the "
+                              f"recorded {str(sha256)[:16]}...; it was not loaded. Restore the file or retrain")
+    try:
+        return load(bytes(data))
+    except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be parsed ({e}); it was not loaded") from None

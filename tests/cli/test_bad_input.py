@@ -59,9 +59,9 @@ def test_run_recipe_unknown_key_and_missing_file(run_main, tmp_path):
 def test_missing_baseline_says_how_to_make_it(run_main, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_BASELINES", str(tmp_path / "empty"))
     code, _, err = run_main("run", "--model", "resnet20", "--data", "synthetic", "--method", "criterion:l1",
-                            "--baseline", "resnet20-fashion-mnist")
+                            "--baseline", "resnet20-synthetic")
     assert code == 2
-    assert "prunekit train --model resnet20 --data fashion-mnist" in err
+    assert "prunekit train --model resnet20 --data synthetic" in err
     assert list(tmp_path.iterdir()) == []
 
 

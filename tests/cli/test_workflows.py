@@ -43,7 +43,7 @@ def test_staged_output_replaces_only_on_success(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     with _staged_output(out) as stage:
         (stage / "b.txt").write_text("3")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".prunekit-run", "b.txt"]  # replaced, never merged
 
 
 def test_run_job_unstructured_keeps_sparsity_through_fine_tune(tmp_path):

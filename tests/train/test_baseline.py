@@ -6,8 +6,9 @@ import torch
 from prunekit import data
 from prunekit.errors import CheckpointError, ConfigError, DataError
 from prunekit.train import evaluate
-from prunekit.train.baseline import baselines_dir, command_line, list_baselines, load_baseline, train_baseline
-from prunekit.train.checkpoint import sha256_file
+from prunekit.train.baseline import (command_line, list_baselines, load_baseline, shipped_baselines_dir,
+                                     train_baseline)
+from prunekit.train.checkpoint import read_record, sha256_file, write_with_record
 
 SYN = {"n_train": 256, "n_test": 128, "noise": 0.5}
 
@@ -22,9 +23,10 @@ def trained(tmp_path_factory):
 
 def test_baseline_record_matches_the_weights_and_the_test_set(trained):
     out, meta = trained
-    rec = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # one file: the record is inside
+    rec = read_record(out, "prunekit.baseline")
     assert rec == json.loads(json.dumps(meta))
-    assert rec["sha256"] == sha256_file(out)
+    assert len(rec["sha256"]) == 64 and rec["sha256"] != sha256_file(out)  # the tensor bytes', not the file's
     assert rec["epochs"] == 3 and rec["seed"] == 0 and rec["params"] == 266610 and rec["test_n"] == 128
     assert rec["command"] == (f"prunekit train --model lenet300 --data synthetic --epochs 3 --out {out} "
                               "--lr 0.05 --batch-size 32")
@@ -40,18 +42,17 @@ def test_baseline_record_matches_the_weights_and_the_test_set(trained):
 
 def test_tampered_weights_or_record_are_refused(trained, tmp_path):
     out, _ = trained
-    w, j = tmp_path / out.name, tmp_path / out.with_suffix(".json").name
+    w = tmp_path / out.name
     raw = bytearray(out.read_bytes())
     raw[-5] ^= 0x01
     w.write_bytes(bytes(raw))
-    j.write_text(out.with_suffix(".json").read_text())
     with pytest.raises(CheckpointError, match=r"is corrupted: sha256 .* does not match the recorded"):
         load_baseline(str(w))
-    rec = json.loads(j.read_text())
+    rec = read_record(out, "prunekit.baseline")
     rec["build"]["num_classes"] = 5
-    rec["sha256"] = sha256_file(out)
-    w.write_bytes(out.read_bytes())
-    j.write_text(json.dumps(rec))
+    from safetensors.torch import load_file
+
+    write_with_record(w, load_file(str(out)), "prunekit.baseline", rec)
     with pytest.raises(CheckpointError, match=r"does not match the model \(shape mismatches"):
         load_baseline(str(w))
 
@@ -73,16 +74,16 @@ def test_command_line_lists_only_changed_options():
                                                          "--subset 5000")
 
 
-SHIPPED = list_baselines()
+SHIPPED = list_baselines(shipped_baselines_dir())
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_baselines_load_with_their_hash_and_command(name):
-    rec = json.loads((baselines_dir() / f"{name}.json").read_text())
+    rec = json.loads((shipped_baselines_dir() / f"{name}.json").read_text())
     assert rec["command"].startswith(f"prunekit train --model {rec['model']} --data {rec['data']} "
                                      f"--epochs {rec['epochs']} --out baselines/{name}.safetensors")
-    assert rec["sha256"] == sha256_file(baselines_dir() / f"{name}.safetensors")
-    model = load_baseline(name)
+    assert rec["sha256"] == sha256_file(shipped_baselines_dir() / f"{name}.safetensors")
+    model = load_baseline(name, directory=shipped_baselines_dir())
     assert sum(p.numel() for p in model.parameters()) == rec["params"]
 
 
@@ -92,6 +93,6 @@ def test_shipped_lenet300_reproduces_its_recorded_accuracy():
         bundle = data.load("fashion-mnist", val_fraction=0.0)
     except DataError as e:  # the data set is an optional install
         pytest.skip(f"Fashion-MNIST not available: {e}")
-    rec = json.loads((baselines_dir() / "lenet300-fashion-mnist.json").read_text())
-    acc = evaluate(load_baseline("lenet300"), bundle.test)["accuracy"]
+    rec = json.loads((shipped_baselines_dir() / "lenet300-fashion-mnist.json").read_text())
+    acc = evaluate(load_baseline("lenet300", directory=shipped_baselines_dir()), bundle.test)["accuracy"]
     assert acc == rec["test_accuracy"] and acc >= 0.89
