@@ -10,6 +10,18 @@ os.environ.setdefault("PRUNEKIT_PROGRESS", "0")
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _baseline_store(tmp_path_factory):
+    """The user baseline store of every test: an empty tmp folder (the shipped baselines are still found)."""
+    old = os.environ.get("PRUNEKIT_BASELINES")
+    os.environ["PRUNEKIT_BASELINES"] = str(tmp_path_factory.mktemp("baseline-store"))
+    yield
+    if old is None:
+        os.environ.pop("PRUNEKIT_BASELINES", None)
+    else:
+        os.environ["PRUNEKIT_BASELINES"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -12,18 +12,6 @@ def run_cli(cwd, *args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _baseline_store(tmp_path_factory):
-    """The user baseline store of these tests: an empty tmp folder (the shipped baselines are still found)."""
-    old = os.environ.get("PRUNEKIT_BASELINES")
-    os.environ["PRUNEKIT_BASELINES"] = str(tmp_path_factory.mktemp("baseline-store"))
-    yield
-    if old is None:
-        os.environ.pop("PRUNEKIT_BASELINES", None)
-    else:
-        os.environ["PRUNEKIT_BASELINES"] = old
-
-
 @pytest.fixture
 def cli(tmp_path):
     return lambda *args, timeout=900: run_cli(tmp_path, *args, timeout=timeout)
