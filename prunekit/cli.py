@@ -168,20 +168,14 @@ def _cmd_run(args) -> int:
     method = report.get("method") or {}
     if method.get("telemetry"):
         state = {True: "engaged", False: "did not engage"}.get(method.get("engaged"), "not checked")
-        rows = [(k, _short(v)) for k, v in method["telemetry"].items()]
+        from .report.run import format_value
+
+        rows = [(k, format_value(v)) for k, v in method["telemetry"].items()]
         console.print(_table(f"mechanism of {recipe.method}: {state}", ("figure", "value"), rows))
     for w in method.get("warnings") or []:
         console.print(f"[yellow]warning:[/] {w}")
     console.print(f"report: {report['out']}/report.md")
     return 0
-
-
-def _short(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and len(v) > 8:
-        return ", ".join(_short(x) for x in v[:8]) + f", … ({len(v)} values)"
-    return str(v)
 
 
 def _cmd_methods(args) -> int:

@@ -66,9 +66,7 @@ def save(model: nn.Module, path) -> Path:
         >>> m2.conv1.out_channels
         4
     """
-    from safetensors.torch import save as to_bytes
-
-    from .train.checkpoint import atomic_writer
+    from .train.checkpoint import write_with_record
 
     path = Path(path)
     if path.is_dir():
@@ -84,22 +82,11 @@ def save(model: nn.Module, path) -> Path:
         if key is not None:
             seen[key] = k
         tensors[k] = v.detach().cpu().contiguous()
-    blob = memoryview(to_bytes(tensors))
-    n = struct.unpack("<Q", blob[:8])[0]
-    header = json.loads(bytes(blob[8:8 + n]))
-    payload = blob[8 + n:]
-    meta = {"format": _FORMAT, "version": _VERSION, "payload_sha256": hashlib.sha256(payload).hexdigest(),
-            "shapes": {k: list(v.shape) for k, v in state.items()}, "aliases": aliases,
-            "modules": {n: _size_attrs(m) for n, m in model.named_modules()},
+    meta = {"format": _FORMAT, "version": _VERSION, "shapes": {k: list(v.shape) for k, v in state.items()},
+            "aliases": aliases, "modules": {n: _size_attrs(m) for n, m in model.named_modules()},
             # nn.MultiheadAttention modules the engine turned into their op-by-op twin (surgery.mha)
             "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)]}
-    header["__metadata__"] = {**header.get("__metadata__", {}), _META_KEY: json.dumps(meta)}
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # safetensors aligns the tensor data to 8 bytes
-    with atomic_writer(path) as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        f.write(payload)
+    write_with_record(path, tensors, _META_KEY, meta, hash_field="payload_sha256")
     try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
         sidecar(path).unlink(missing_ok=True)
     except OSError:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..criteria.taylor import taylor_fo_scores
-from ..train.rounds import between_rounds_config, prune_in_rounds, registered_scorer
+from ..train.rounds import prune_in_rounds_with
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -41,14 +41,5 @@ class TaylorFOConfig(MethodConfig):
     knob="raise steps_between (minibatches trained after each cut), or lower per_round / raise max_rounds so "
          "the target takes several rounds"))
 def run(ctx: RunContext, cfg: TaylorFOConfig) -> MethodResult:
-    if cfg.criterion == "taylor":
-        def score(model, graph):
-            return taylor_fo_scores(model, graph, ctx.calib)
-    else:
-        score = registered_scorer(cfg.criterion, ctx.calib, seed=ctx.seed)
-    res = prune_in_rounds(ctx.model, ctx.example_inputs, target=ctx.target, score=score, per_round=cfg.per_round,
-                          max_rounds=cfg.max_rounds, train_data=ctx.train_data, steps_between=cfg.steps_between,
-                          train_config=between_rounds_config(ctx.train_config, lr=cfg.lr, device=ctx.device,
-                                                             seed=ctx.seed), ignore=ctx.ignore)
-    tel = {"rounds": res.rounds, "steps_between": res.steps_between, "train_steps": res.train_steps}
-    return MethodResult(model=ctx.model, info={"criterion": cfg.criterion, **res.to_dict()}, telemetry=tel)
+    info, telemetry = prune_in_rounds_with(ctx, cfg, taylor_fo_scores, "taylor")
+    return MethodResult(model=ctx.model, info=info, telemetry=telemetry)

@@ -71,11 +71,12 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _fmt_any(v) -> str:
+def format_value(v) -> str:
+    """A telemetry value for people: floats to 4 significant digits, long lists shortened."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)) and len(v) > 8:
-        return ", ".join(_fmt_any(x) for x in v[:8]) + f", … ({len(v)} values)"
+        return ", ".join(format_value(x) for x in v[:8]) + f", … ({len(v)} values)"
     return str(v)
 
 
@@ -97,7 +98,7 @@ def render_run_markdown(report: dict, plots: dict | None = None) -> str:
     if telemetry:
         state = {True: "engaged", False: "**did not engage**"}.get(m.get("engaged"), "not checked")
         lines += ["", f"## Mechanism ({state})", "", "| figure | value |", "|---|---:|"]
-        lines += [f"| {k} | {_fmt_any(v)} |" for k, v in telemetry.items()]
+        lines += [f"| {k} | {format_value(v)} |" for k, v in telemetry.items()]
     for w in m.get("warnings") or []:
         lines += ["", f"> warning: {w}"]
     stages = report.get("stages") or {}

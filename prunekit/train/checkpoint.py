@@ -369,11 +369,12 @@ def _optimizer_state(index: dict, tensors: dict, optimizer, source: str) -> dict
     return {"state": state, "param_groups": saved["param_groups"]}
 
 
-def write_with_record(path: str | os.PathLike, tensors: dict[str, torch.Tensor], key: str, record: dict) -> dict:
+def write_with_record(path: str | os.PathLike, tensors: dict[str, torch.Tensor], key: str, record: dict, *,
+                      hash_field: str = "sha256") -> dict:
     """Write ``tensors`` to ``path`` (one safetensors file) with ``record`` in its header, atomically.
 
-    ``record`` travels as JSON in the header's metadata field under ``key``, with ``sha256`` set to the hash
-    of the tensor bytes (everything after the header); returns the record as written.
+    ``record`` travels as JSON in the header's metadata field under ``key``, with ``hash_field`` set to the
+    hash of the tensor bytes (everything after the header); returns the record as written.
     """
     import struct
 
@@ -381,7 +382,7 @@ def write_with_record(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     n = struct.unpack("<Q", blob[:8])[0]
     header = json.loads(bytes(blob[8:8 + n]))
     payload = blob[8 + n:]
-    record = {**record, "sha256": hashlib.sha256(payload).hexdigest()}
+    record = {**record, hash_field: hashlib.sha256(payload).hexdigest()}
     header["__metadata__"] = {**header.get("__metadata__", {}), key: json.dumps(record)}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # safetensors aligns the tensor data to 8 bytes

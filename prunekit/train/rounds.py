@@ -216,3 +216,22 @@ def between_rounds_config(base: TrainConfig | None, *, lr: float, device, seed: 
     return base.replace(optimizer="sgd", lr=lr, momentum=0.9, nesterov=False, weight_decay=0.0,
                         scheduler="constant", warmup_steps=0, min_lr=0.0, kd_alpha=0.0, label_smoothing=0.0,
                         device=str(device or "cpu"), seed=seed)
+
+
+def prune_in_rounds_with(ctx, cfg, paper_score: Callable, paper_criterion: str) -> tuple[dict, dict]:
+    """The body every round-based method shares: ``(info, telemetry)`` of :func:`prune_in_rounds` run on
+    ``ctx`` (model, example inputs, target, calib, train data, ignore, device, seed) with ``cfg``'s
+    ``per_round``, ``max_rounds``, ``steps_between``, ``lr`` and ``criterion``; ``cfg.criterion ==
+    paper_criterion`` ranks with ``paper_score(model, graph, calib)``, anything else with that registered
+    criterion (the same-schedule baselines)."""
+    if cfg.criterion == paper_criterion:
+        def score(model, graph):
+            return paper_score(model, graph, ctx.calib)
+    else:
+        score = registered_scorer(cfg.criterion, ctx.calib, seed=ctx.seed)
+    res = prune_in_rounds(ctx.model, ctx.example_inputs, target=ctx.target, score=score, per_round=cfg.per_round,
+                          max_rounds=cfg.max_rounds, train_data=ctx.train_data, steps_between=cfg.steps_between,
+                          train_config=between_rounds_config(ctx.train_config, lr=cfg.lr, device=ctx.device,
+                                                             seed=ctx.seed), ignore=ctx.ignore)
+    telemetry = {"rounds": res.rounds, "steps_between": res.steps_between, "train_steps": res.train_steps}
+    return {"criterion": cfg.criterion, **res.to_dict()}, telemetry
