@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ._registry import closest
-from .allocate import allocate_global, allocate_uniform, parse_target, search_target, select_removal
+from .allocate import allocate_to_target, check_allocation, kept_at, parse_target, select_removal
 from .criteria import ChannelView, ConsumerView, channel_rows, get_criterion, reduce_scores, score_member
 from .errors import ConfigError, PruneError, PrunekitError
 from .graph import Graph, build_graph
@@ -252,12 +252,12 @@ def _validate(sparsity, target, criterion, global_, round_to, min_channels, redu
         problems.append(f"round_to={round_to!r} must be an int >= 1 (kept widths become multiples of it)")
     if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 0:
         problems.append(f"min_channels={min_channels!r} must be an int >= 0")
-    if reduce not in ("group", "producer"):
+    if reduce is not None and reduce not in ("group", "producer"):
         hint = closest(str(reduce), ["group", "producer"])
         problems.append(f"reduce={reduce!r} is not valid" + (f"; did you mean {hint!r}?" if hint else "") +
                         "; choose 'group' or 'producer'")
-    if not isinstance(global_, bool):
-        problems.append(f"global_={global_!r} must be True or False")
+    if global_ is not None and not isinstance(global_, bool):
+        problems.append(f"global_={global_!r} must be True or False (deprecated: use allocation='global')")
     for k, v in (per_layer or {}).items():
         e = _check_sparsity(v, f"per_layer[{k!r}]")
         if e:
@@ -463,10 +463,19 @@ def _match_segments(segs: list, per_layer: dict) -> dict:
 
 
 def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, target: str | None = None,
-         criterion: str = "l2", calib=None, ignore=(), global_: bool = False, round_to: int = 1,
-         min_channels: int = 1, loss_fn=None, reduce: str = "group", per_layer: dict | None = None,
-         seed: int = 0, trace: str = "auto") -> Plan:
+         criterion: str = "l2", calib=None, ignore=(), allocation: str = "uniform", round_to: int = 1,
+         min_channels: int = 1, loss_fn=None, reduce: str | None = None, per_layer: dict | None = None,
+         seed: int = 0, trace: str = "auto", global_: bool | None = None) -> Plan:
     """Decide which channels to remove; changes nothing.
+
+    ``criterion`` scores channels (default ``"l2"``); ``reduce`` says whose weights score a coupled channel:
+    ``"producer"`` (the layers whose outputs the channels are; the papers' definition of ``l1``/``l2``/``fpgm``
+    and their default) or ``"group"`` (the mean over every coupled member, the default of the other
+    criteria). ``allocation``: ``"uniform"`` (the same fraction from every layer) or ``"global"`` (one ranking
+    of mean-normalised scores over all layers); ``per_layer={fqn or 're:regex': sparsity}`` overrides single
+    layers. With ``target="macs=<fraction kept>"`` (or ``params=``) the plan lands within the budget and as
+    close to it as single channels (``round_to`` units) allow. ``global_=True`` is the deprecated spelling
+    of ``allocation="global"``.
 
     ``trace``: ``"auto"`` (default) traces without the arithmetic of weight-reading convs and matmuls when no
     calibration data is given (docs/engine.md, the fast trace; a made-up value that could steer the forward
@@ -487,6 +496,7 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
         hint = closest(str(trace), list(TRACES))
         raise ConfigError(f"trace={trace!r} is not valid" + (f"; did you mean {hint!r}?" if hint else "") +
                           f"; choose one of {', '.join(map(repr, TRACES))}")
+    allocation, reduce = _resolve_allocation_reduce(allocation, global_, reduce, criterion)
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
     graph = _plan_graph(model, example_inputs, ignore_modules, fast=trace == "auto" and calib is None
@@ -497,21 +507,14 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     overrides = _match_segments(segs, per_layer) if per_layer else {}
     widths = [len(c) for _, c, _ in segs]
     seg_scores = [scores[gid][chans] for gid, chans, _ in segs]
+    how = dict(allocation=allocation, round_to=round_to, min_channels=min_channels, fixed=overrides)
 
-    def kept_at(s: float) -> list:
-        if global_:
-            fixed = {i: allocate_uniform([widths[i]], [overrides[i]], round_to, min_channels)[0] for i in overrides}
-            return allocate_global(seg_scores, s, round_to, min_channels, fixed)
-        return allocate_uniform(widths, [overrides.get(i, s) for i in range(len(widths))], round_to, min_channels)
-
-    def removal_at(s):
-        kept = kept_at(s)
-        sel = select_removal(seg_scores, kept)
+    def removal_of(kept: list) -> dict:
         removal: dict = {}
-        for i, idx in sel.items():
+        for i, idx in select_removal(seg_scores, kept).items():
             gid, chans, _ = segs[i]
             removal.setdefault(gid, []).append(chans[idx])
-        return kept, {g: np.sort(np.concatenate(v)) for g, v in removal.items()}
+        return {g: np.sort(np.concatenate(v)) for g, v in removal.items()}
 
     base = 0.0 if sparsity is None else float(sparsity)
     if target is not None:
@@ -519,18 +522,48 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
         cost = graph.macs if kind == "macs" else graph.params
         budget = int(math.floor(cost() * frac))
         try:
-            base = search_target(lambda s: cost(graph.removed_flat(removal_at(s)[1])), budget)
+            kept, base = allocate_to_target(widths, seg_scores, lambda k: cost(graph.removed_flat(removal_of(k))),
+                                            budget, **how)
         except ConfigError as e:
             raise ConfigError(f"target={target!r}: {e}") from None
-    kept, removal = removal_at(base)
+    else:
+        kept = kept_at(widths, seg_scores, base, **how)
+    removal = removal_of(kept)
     zero = sorted({graph.groups[segs[i][0]].name for i, k in enumerate(kept) if k == 0 and widths[i] > 0})
     if zero:
         raise ConfigError(f"groups {zero[:5]} would reach zero width (min_channels={min_channels}); raise "
                           f"min_channels to >= 1 or lower the sparsity")
     settings = {"sparsity": base if (sparsity is not None or target is not None) else None, "target": target,
-                "criterion": criterion, "global_": global_, "round_to": round_to, "min_channels": min_channels,
+                "criterion": criterion, "allocation": allocation, "round_to": round_to, "min_channels": min_channels,
                 "reduce": reduce, "per_layer": per_layer, "ignore": sorted(ignore_modules.values()), "seed": seed}
     return _make_plan(model, graph, removal, settings, example_inputs)
+
+
+# criteria whose papers define the score on the producing filters alone (Li et al. 2017: a filter's own |W|;
+# He et al. 2019: distances between the filters of one layer): their default reduction is "producer"
+PRODUCER_CRITERIA = ("l1", "l2", "fpgm")
+
+
+def default_reduce(criterion: str) -> str:
+    """The reduction ``plan`` uses when none is given: ``"producer"`` for :data:`PRODUCER_CRITERIA`, else
+    ``"group"``."""
+    return "producer" if criterion in PRODUCER_CRITERIA else "group"
+
+
+def _resolve_allocation_reduce(allocation, global_, reduce, criterion) -> tuple:
+    """``(allocation, reduce)`` after the deprecated ``global_`` and the criterion's default reduction."""
+    if global_ is not None:
+        import warnings
+
+        warnings.warn("plan(global_=...) is deprecated; use allocation='global' or allocation='uniform'",
+                      DeprecationWarning, stacklevel=3)
+        if global_ and allocation not in ("uniform", "global"):
+            raise ConfigError(f"global_=True contradicts allocation={allocation!r}; pass allocation only")
+        allocation = "global" if global_ else allocation
+    problem = check_allocation(allocation)
+    if problem:
+        raise ConfigError(problem)
+    return allocation, default_reduce(criterion) if reduce is None else reduce
 
 
 def _whole_network_context(criterion: str, model, example_inputs, calib, ignore):
