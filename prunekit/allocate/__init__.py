@@ -12,16 +12,17 @@ and ``min_channels``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ..criteria import normalise, select_lowest
 from ..errors import ConfigError
 
 __all__ = ["kept_width", "allocate_uniform", "allocate_global", "search_target", "select_removal",
            "parse_target", "fill_to_budget", "kept_at", "allocate_to_target", "ALLOCATIONS", "erk_densities",
-           "layer_sparsities", "check_allocation"]
+           "layer_sparsities", "check_allocation", "global_keep_masks"]
 
 ALLOCATIONS = ("uniform", "global")  # channel allocations; ``sparsify_`` adds "erk" for weights
 
@@ -214,6 +215,33 @@ def layer_sparsities(shapes: dict, sparsity: float, per_layer: dict, allocation:
             for k, d in erk_densities(free, density).items():
                 out[k] = 1.0 - d
     return out
+
+
+def global_keep_masks(scores: Sequence[torch.Tensor], n_keep: int, *, normalize: bool = False,
+                      min_keep: int = 1) -> list[torch.Tensor]:
+    """Boolean keep-masks over several layers from one global ranking: the ``n_keep`` highest scores survive.
+
+    ``normalize`` divides each layer's scores by their mean first (so layers of different scale and width
+    compete fairly); every layer keeps at least ``min_keep`` filters, which may push the kept total above ``n_keep``.
+    """
+    flat = []
+    for layer, s in enumerate(scores):
+        s = s.detach().float()
+        if normalize:
+            s = s / s.abs().mean().clamp_min(1e-12)
+        flat.append(s)
+    allv = torch.cat(flat)
+    order = torch.sort(allv, descending=True, stable=True).indices
+    keep = torch.zeros_like(allv, dtype=torch.bool)
+    keep[order[:n_keep]] = True
+    masks, start = [], 0
+    for s in flat:
+        m = keep[start : start + len(s)].clone()
+        if int(m.sum()) < min_keep:
+            m[torch.sort(s, descending=True, stable=True).indices[:min_keep]] = True
+        masks.append(m)
+        start += len(s)
+    return masks
 
 
 def select_removal(scores: list, kept: list) -> dict:

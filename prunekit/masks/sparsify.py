@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._registry import unknown_name_message
+from ..allocate import erk_densities, layer_sparsities
 from ..errors import ConfigError
 from . import _engine
 from .criteria import get_weight_criterion
@@ -83,7 +84,7 @@ def _as_fqn(model: nn.Module, item) -> str:
         for name, m in model.named_modules():
             if m is item:
                 return name
-    raise ConfigError(f"ignore/overrides entries must be FQN strings ('re:' for regexes) or submodules of the "
+    raise ConfigError(f"ignore/per_layer entries must be FQN strings ('re:' for regexes) or submodules of the "
                       f"model, got {item!r}")
 
 
@@ -116,46 +117,6 @@ def prunable_weights(model: nn.Module, ignore=(), exempt=()) -> dict[str, nn.Par
         known = [m for m, _, _ in found]
         raise ConfigError("; ".join(unknown_name_message("layer", k, known, "ignore") for k in unused) +
                           ". Remove the entry or fix its FQN.")
-    return out
-
-
-def erk_densities(shapes: dict[str, tuple], density: float) -> dict[str, float]:
-    """Erdős–Rényi-Kernel densities: ``d_l ∝ sum(shape) / prod(shape)``, scaled so the kept-weight count
-    equals ``density`` of the total; layers that would exceed 1 are kept dense and the rest re-scaled."""
-    numel = {k: math.prod(s) for k, s in shapes.items()}
-    raw = {k: sum(s) / math.prod(s) for k, s in shapes.items()}
-    dense: set[str] = set()
-    while True:
-        budget = density * sum(numel.values()) - sum(numel[k] for k in dense)
-        free = {k: raw[k] * numel[k] for k in shapes if k not in dense}
-        eps = budget / sum(free.values()) if free else 0.0
-        over = [k for k in free if eps * raw[k] > 1.0]
-        if not over:
-            return {k: 1.0 if k in dense else eps * raw[k] for k in shapes}
-        dense.update(over)
-
-
-def _layer_sparsities(params, sparsity, overrides, allocation, model) -> dict[str, float]:
-    out = {}
-    for fqn in params:
-        module_fqn = fqn.rpartition(".")[0]
-        s = sparsity
-        for key, value in overrides.items():
-            if _matches(key, module_fqn, fqn):
-                s = value
-        out[fqn] = s
-    if allocation == "erk":
-        free = {k: tuple(p.shape) for k, p in params.items() if out[k] == sparsity}
-        if free:
-            fixed_kept = sum((1 - out[k]) * params[k].numel() for k in params if k not in free)
-            total = sum(p.numel() for p in params.values())
-            free_numel = sum(params[k].numel() for k in free)
-            density = ((1 - sparsity) * total - fixed_kept) / free_numel
-            if not 0 <= density <= 1:
-                raise ConfigError(f"allocation='erk': the overrides leave no feasible density for the other "
-                                  f"layers (needed {density:.3f}); loosen overrides or sparsity={sparsity}")
-            for k, d in erk_densities(free, density).items():
-                out[k] = 1.0 - d
     return out
 
 
@@ -213,24 +174,27 @@ def sparsify_(
     sparsity: float | None = None,
     criterion: str = "magnitude",
     pattern: str = "element",
-    global_: bool = False,
+    global_: bool | None = None,
     calib=None,
     ignore=(),
-    allocation: str | None = None,
-    overrides: dict | None = None,
+    allocation: str = "uniform",
+    per_layer: dict | None = None,
     exempt=(),
     mode: str = "hard",
     nested: bool = True,
     loss_fn=None,
     seed: int | None = 0,
     scores: dict | None = None,
+    overrides: dict | None = None,
 ) -> MaskReport:
     """Mask the weights of Linear/Conv layers to ``sparsity`` and keep them masked; returns a report.
 
     ``criterion`` names a weight criterion (``magnitude``, ``random``, ``snip``, ...; ``snip`` needs
     ``calib``, an iterable of ``(inputs, targets)`` batches). ``pattern``: ``element``, ``row``, ``column``,
-    ``N:M``, ``block:RxC``. Allocation: ``uniform`` (default), ``global`` (``global_=True``) or ``erk``;
-    ``overrides={fqn or 're:regex': sparsity}`` sets single layers; ``exempt=("first", "last")`` keeps the
+    ``N:M``, ``block:RxC``. ``allocation``: ``"uniform"`` (default), ``"global"`` or ``"erk"``;
+    ``per_layer={fqn or 're:regex': sparsity}`` sets single layers (as in :func:`prunekit.plan`;
+    ``overrides=`` and ``global_=True`` are the deprecated spellings of ``per_layer=`` and
+    ``allocation="global"``); ``exempt=("first", "last")`` keeps the
     first/last layer dense; ``ignore`` skips layers. With ``nested`` (default) weights already masked stay
     masked. ``mode`` is ``"hard"`` or ``"feedback"`` (see :func:`install_masks_`). ``scores`` bypasses the
     criterion with precomputed ``{param_fqn: scores}``. Everything is validated first; on failure the
@@ -255,10 +219,18 @@ def sparsify_(
     except ConfigError as exc:
         problems.append(str(exc))
         crit = None
-    if allocation is None:
-        allocation = "global" if global_ else "uniform"
-    elif global_ and allocation != "global":
-        problems.append(f"global_=True contradicts allocation={allocation!r}; pass one of them")
+    if global_ is not None or overrides is not None:
+        import warnings
+
+        warnings.warn("sparsify_(global_=..., overrides=...) is deprecated; use allocation='global' and "
+                      "per_layer={fqn: sparsity}", DeprecationWarning, stacklevel=2)
+    if global_ and allocation not in ("uniform", "global"):
+        problems.append(f"global_=True contradicts allocation={allocation!r}; pass allocation only")
+    elif global_:
+        allocation = "global"
+    if overrides is not None and per_layer is not None:
+        problems.append("per_layer= and its deprecated spelling overrides= were both given; pass per_layer only")
+    overrides = per_layer if per_layer is not None else overrides
     if allocation not in ALLOCATIONS:
         problems.append(unknown_name_message("allocation", allocation, ALLOCATIONS, "allocation"))
     if mode not in _engine.MODES:
@@ -269,7 +241,7 @@ def sparsify_(
             problems.append(f"sparsity={sparsity!r} conflicts with pattern={pattern!r}, whose sparsity is "
                             f"{pat.fixed_sparsity:g}; omit sparsity or pass {pat.fixed_sparsity:g}")
         if overrides:
-            problems.append(f"overrides={overrides!r} cannot apply to the fixed-sparsity pattern {pattern!r}")
+            problems.append(f"per_layer={overrides!r} cannot apply to the fixed-sparsity pattern {pattern!r}")
         if allocation != "uniform":
             problems.append(f"allocation={allocation!r} cannot apply to the fixed-sparsity pattern {pattern!r}; "
                             f"N:M keeps N of every M weights in every layer")
@@ -279,9 +251,9 @@ def sparsify_(
     else:
         problems.append(_check_sparsity("sparsity", sparsity))
     for k, v in overrides.items():
-        problems.append(_check_sparsity(f"overrides[{k!r}]", v))
+        problems.append(_check_sparsity(f"per_layer[{k!r}]", v))
     if allocation == "global" and overrides:
-        problems.append("overrides cannot be combined with global allocation; use allocation='uniform' or 'erk'")
+        problems.append("per_layer cannot be combined with global allocation; use allocation='uniform' or 'erk'")
     if crit is not None and crit.needs_calib and calib is None:
         problems.append(f"criterion={criterion!r} needs calib=[(inputs, targets), ...] batches to score weights")
     params = {}
@@ -298,7 +270,7 @@ def sparsify_(
     unused = [k for k in overrides if not k.startswith("re:") and not any(
         _matches(k, f.rpartition(".")[0], f) for f in params)]
     if unused:
-        problems += [unknown_name_message("layer", k, [f.rpartition(".")[0] for f in params], "overrides")
+        problems += [unknown_name_message("layer", k, [f.rpartition(".")[0] for f in params], "per_layer")
                      for k in unused]
     if problems:
         raise ConfigError("sparsify_: " + "; ".join(p.rstrip(". ") for p in problems) + ". The model was not changed.")
@@ -320,7 +292,9 @@ def sparsify_(
         if allocation == "global":
             masks = select_masks(scores, pat, global_sparsity=sparsity)
         else:
-            masks = select_masks(scores, pat, _layer_sparsities(params, sparsity, overrides, allocation, model))
+            masks = select_masks(scores, pat, layer_sparsities(
+                {f: tuple(p.shape) for f, p in params.items()}, sparsity, overrides, allocation,
+                lambda key, fqn: _matches(key, fqn.rpartition(".")[0], fqn)))
         _engine.install_masks_(model, masks, mode=mode)
     return MaskReport(op="sparsify_", layers={f: _layer_entry(m) for f, m in masks.items()},
                       criterion=criterion if crit is not None else "precomputed", pattern=pat.spec,

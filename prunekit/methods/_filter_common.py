@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..allocate import global_keep_masks  # noqa: F401  (re-exported: the training-time methods' import)
 from ..criteria import ChannelView, get_criterion
 from ..errors import ConfigError
 from ..quantize import kmeans
@@ -120,33 +121,6 @@ def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long)
     order = torch.sort(scores.detach().float(), stable=True).indices
     return order[:k].sort().values
-
-
-def global_keep_masks(scores: Sequence[torch.Tensor], n_keep: int, *, normalize: bool = False,
-                      min_keep: int = 1) -> list[torch.Tensor]:
-    """Boolean keep-masks over several layers from one global ranking: the ``n_keep`` highest scores survive.
-
-    ``normalize`` divides each layer's scores by their mean first (so layers of different scale and width
-    compete fairly); every layer keeps at least ``min_keep`` filters, which may push the kept total above ``n_keep``.
-    """
-    flat = []
-    for layer, s in enumerate(scores):
-        s = s.detach().float()
-        if normalize:
-            s = s / s.abs().mean().clamp_min(1e-12)
-        flat.append(s)
-    allv = torch.cat(flat)
-    order = torch.sort(allv, descending=True, stable=True).indices
-    keep = torch.zeros_like(allv, dtype=torch.bool)
-    keep[order[:n_keep]] = True
-    masks, start = [], 0
-    for s in flat:
-        m = keep[start : start + len(s)].clone()
-        if int(m.sum()) < min_keep:
-            m[torch.sort(s, descending=True, stable=True).indices[:min_keep]] = True
-        masks.append(m)
-        start += len(s)
-    return masks
 
 
 # ------------------------------------------------------------------------------------------------ model views
@@ -477,6 +451,7 @@ def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], all
     """
     import numpy as np
 
+    from ..allocate import allocate_to_target, kept_at
     from ..recipe import parse_target
 
     kind, value = parse_target(ctx.target)
@@ -496,60 +471,28 @@ def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], all
     dense = cost()
     budget = value * dense
     gid = {g.key: g.group.id for g in scored}
+    widths = [g.width for g in scored]
+    group_scores = [summed[g.key] for g in scored]
 
     def removed_mask(sel: dict[str, np.ndarray]) -> np.ndarray:
         return graph.removed_flat({gid[k]: v for k, v in sel.items() if len(v)})
 
-    def fits(sel) -> bool:
-        return cost(removed_mask(sel)) <= budget
+    def selection(kept: list) -> dict[str, np.ndarray]:  # each group's lowest scores beyond its kept width
+        return {g.key: np.sort(np.argsort(sc, kind="stable")[:g.width - k]).astype(np.int64)
+                for g, sc, k in zip(scored, group_scores, kept)}
 
-    if allocation == "global":
-        entries = sorted(((float(summed[g.key][i]), g.key, i) for g in scored for i in range(g.width)),
-                         key=lambda t: (t[0], t[1], t[2]))
-        room = {g.key: g.width - min_keep for g in scored}
-        order = []
-        for _, k, i in entries:
-            if room[k] > 0:
-                order.append((k, i))
-                room[k] -= 1
-
-        def take(n):
-            sel: dict[str, list] = {}
-            for k, i in order[:n]:
-                sel.setdefault(k, []).append(i)
-            return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in sel.items()}
-
-        lo, hi = 0, len(order)
-        if not fits(take(hi)):
-            raise ConfigError(_unreachable(ctx.target, cost(removed_mask(take(hi))) / dense, kind))
-        while lo < hi:  # smallest n that meets the budget (cost falls as n grows)
-            mid = (lo + hi) // 2
-            if fits(take(mid)):
-                hi = mid
-            else:
-                lo = mid + 1
-        lo = max(lo, sum(1 for k, i in order if summed[k][i] <= 0))  # zero/negative: dead or masked, always cut
-        sel = take(lo)
-    elif allocation == "uniform":
-        def take_f(f):
-            out = {}
-            for g in scored:
-                n = min(int(math.floor(f * g.width + 1e-9)), g.width - min_keep)
-                out[g.key] = np.sort(np.argsort(summed[g.key], kind="stable")[:max(n, 0)]).astype(np.int64)
-            return out
-
-        if not fits(take_f(1.0)):
-            raise ConfigError(_unreachable(ctx.target, cost(removed_mask(take_f(1.0))) / dense, kind))
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if fits(take_f(mid)):
-                hi = mid
-            else:
-                lo = mid
-        sel = take_f(hi)
-    else:
-        check_choice("allocation", allocation, ("global", "uniform"))
+    check_choice("allocation", allocation, ("global", "uniform"))
+    # global: one ranking of the raw scores, a group at min_keep leaving it; scores <= 0 mark channels already
+    # off (exact-zero scale, masked, dead), always part of the removal even beyond the target
+    forced = ([min(int((sc <= 0).sum()), w - min_keep) for sc, w in zip(group_scores, widths)]
+              if allocation == "global" else None)
+    how = dict(allocation=allocation, min_channels=min_keep, normalise_by=None, room=True, forced=forced)
+    emptied = kept_at(widths, group_scores, 1.0, **{k: v for k, v in how.items() if k != "forced"})
+    if cost(removed_mask(selection(emptied))) > budget:
+        raise ConfigError(_unreachable(ctx.target, cost(removed_mask(selection(emptied))) / dense, kind))
+    kept, _ = allocate_to_target(widths, group_scores, lambda k: cost(removed_mask(selection(k))), budget,
+                                 hi=1.0, **how)
+    sel = selection(kept)
     sel = {k: v for k, v in sel.items() if len(v)}
     after = cost(removed_mask(sel))
     info = {"target": ctx.target, "allocation": allocation, f"dense_{kind}": int(dense), f"pruned_{kind}": int(after),

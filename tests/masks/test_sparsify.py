@@ -23,12 +23,12 @@ def same_state(a, b):
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 0.98])
-@pytest.mark.parametrize("global_", [False, True])
-def test_exact_requested_sparsity(sparsity, global_):
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_exact_requested_sparsity(sparsity, allocation):
     model = mlp()
-    report = pk.sparsify_(model, sparsity=sparsity, global_=global_)
+    report = pk.sparsify_(model, sparsity=sparsity, allocation=allocation)
     sizes = {"0.weight": 512, "2.weight": 512, "4.weight": 64}
-    if global_:
+    if allocation == "global":
         assert report.pruned == round(sparsity * 1088)
     else:
         assert {k: v["pruned"] for k, v in report.layers.items()} == {k: round(sparsity * n) for k, n in sizes.items()}
@@ -41,7 +41,7 @@ def test_magnitude_prunes_smallest_and_global_ranks_across_layers():
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 4.0]]))
         model[1].weight.copy_(torch.tensor([[0.5, 5.0], [-6.0, 0.1]]))
-    pk.sparsify_(model, sparsity=0.5, global_=True)
+    pk.sparsify_(model, sparsity=0.5, allocation="global")
     m = get_masks(model)
     assert m["0.weight"].tolist() == [[False, False], [True, True]]
     assert m["1.weight"].tolist() == [[False, True], [True, False]]
@@ -91,9 +91,9 @@ def test_erk_allocation_hits_total_density_and_favours_small_layers():
     assert d["b"] == 1.0 and (d["a"] * 10000 + 200) == pytest.approx(0.5 * 10200)
 
 
-def test_overrides_exempt_and_ignore():
+def test_per_layer_exempt_and_ignore():
     model = mlp()
-    report = pk.sparsify_(model, sparsity=0.9, overrides={"2": 0.5}, exempt=("last",), ignore=["re:^0$"])
+    report = pk.sparsify_(model, sparsity=0.9, per_layer={"2": 0.5}, exempt=("last",), ignore=["re:^0$"])
     assert list(report.layers) == ["2.weight"]
     assert report.layers["2.weight"]["pruned"] == 256
     report = pk.sparsify_(mlp(), sparsity=0.9, exempt=("first",))
@@ -138,7 +138,7 @@ def test_snip_criterion_is_zero_for_always_zero_inputs():
     ({"sparsity": 0.5, "pattern": "block:ax4"}, "'block:RxC' with positive integers"),
     ({"sparsity": 0.5, "ignore": ["fc9"]}, "unknown layer ignore='fc9'"),
     ({"sparsity": 0.5, "allocation": "erc"}, "did you mean 'erk'"),
-    ({"sparsity": 0.5, "overrides": {"2": 1.5}}, r"overrides\['2'\]=1.5 must be a float"),
+    ({"sparsity": 0.5, "per_layer": {"2": 1.5}}, r"per_layer\['2'\]=1.5 must be a float"),
 ])
 def test_bad_input_is_a_clear_error_and_the_model_is_unchanged(kwargs, match):
     model = convnet()
@@ -168,7 +168,22 @@ def test_deterministic_under_a_seed():
     def run():
         torch.manual_seed(7)
         model = convnet()
-        pk.sparsify_(model, sparsity=0.7, global_=True)
+        pk.sparsify_(model, sparsity=0.7, allocation="global")
         return {k: v.clone() for k, v in get_masks(model).items()}
     a, b = run(), run()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deprecated_global_and_overrides_still_work_with_a_warning():
+    torch.manual_seed(0)
+    a = mlp()
+    b = copy.deepcopy(a)
+    with pytest.warns(DeprecationWarning, match="allocation='global'"):
+        old = pk.sparsify_(a, sparsity=0.5, global_=True)
+    new = pk.sparsify_(b, sparsity=0.5, allocation="global")
+    assert old.allocation == new.allocation == "global" and old.layers == new.layers
+    with pytest.warns(DeprecationWarning, match="per_layer"):
+        old = pk.sparsify_(mlp(), sparsity=0.9, overrides={"2": 0.5})
+    assert old.layers["2.weight"]["pruned"] == 256 and old.layers["0.weight"]["pruned"] == round(0.9 * 512)
+    with pytest.raises(ConfigError, match="both given"), pytest.warns(DeprecationWarning):
+        pk.sparsify_(mlp(), sparsity=0.9, overrides={"2": 0.5}, per_layer={"2": 0.4})
