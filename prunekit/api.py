@@ -97,6 +97,10 @@ class Plan:
         head = (f"Plan: {len(self.groups)} groups, {sum(1 for g in self.groups if g.removed)} pruned; params "
                 f"{p['params_before']:,} -> {p['params_after']:,}, MACs {p['macs_before']:,} -> "
                 f"{p['macs_after']:,}")
+        st = self.settings
+        if st.get("criterion"):
+            head += (f"\ncriterion {st['criterion']} (reduce={st.get('reduce', 'group')}), allocation "
+                     f"{st.get('allocation', 'global' if st.get('global_') else 'uniform')}")
         return head + "\n" + _table(("group", "name", "width", "members", "coupled (~ approximate)"), rows)
 
 
@@ -129,6 +133,8 @@ class Report:
     # how the pruned model's validation forward ran: "fast" (without weight arithmetic, with the fast trace's
     # value checks), "real", or "none" (no example inputs)
     validation: str = "real"
+    # how the channels were chosen: {"criterion", "reduce", "allocation"} of the plan ({} for plan_channels)
+    selection: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,6 +147,8 @@ class Report:
         s = (f"Pruned: params {self.params_before:,} -> {self.params_after:,} ({pr:.1%} kept), MACs "
              f"{self.macs_before:,} -> {self.macs_after:,} ({mr:.1%} kept)\n")
         s += _table(("group", "name", "before", "after"), rows)
+        if self.selection:
+            s += "\nselected by " + ", ".join(f"{k}={v}" for k, v in self.selection.items())
         if self.skipped:
             s += f"\n{len(self.skipped)} dims not prunable (see .skipped)"
         if self.config_changes:
@@ -829,7 +837,8 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
     approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
     return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx,
                   config_changes, trace="fast" if graph.rec.fast else "real",
-                  validation=graph.rec.validated or "none")
+                  validation=graph.rec.validated or "none",
+                  selection={k: plan_.settings[k] for k in ("criterion", "reduce", "allocation") if k in plan_.settings})
 
 
 def _sync_hf_config(model, skipped: list) -> dict:

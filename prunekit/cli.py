@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="one-shot pruning of a saved model or spec, no data needed")
     pr.add_argument("--model", required=True, help="model file, baseline name or model spec")
     pr.add_argument("--target", required=True, help="macs=0.5 / params=0.5 / sparsity=0.9")
-    pr.add_argument("--criterion", default="l1")
+    pr.add_argument("--criterion", default=None,
+                    help="channel criterion for macs=/params= (default l2, as pk.plan; l1/l2/fpgm score the "
+                         "producing filters) or weight criterion for sparsity= (default magnitude, as pk.sparsify_)")
     pr.add_argument("--ignore", nargs="*", default=[])
     pr.add_argument("--input-shape", type=_shape, help="example input shape, default 1,1,28,28")
     pr.add_argument("--num-classes", type=int, default=10)
@@ -220,7 +222,8 @@ def _cmd_eval(args) -> int:
 def _cmd_prune(args) -> int:
     from .workflows import prune_job
 
-    rep = prune_job(args.model, args.target, args.out, criterion=args.criterion, ignore=tuple(args.ignore),
+    criterion = args.criterion or ("magnitude" if args.target.strip().lower().startswith("sparsity") else "l2")
+    rep = prune_job(args.model, args.target, args.out, criterion=criterion, ignore=tuple(args.ignore),
                     input_shape=args.input_shape, num_classes=args.num_classes, force=args.force)
     b, a = rep["before"], rep["after"]
     _console().print(_table(f"prunekit prune — {args.model} → {args.target}", ("", "before", "after"),

@@ -30,10 +30,9 @@ def test_plan_changes_nothing_and_lists_exact_indices():
     g = next(g for g in p.groups if g.members[0]["fqn"] == "conv1.weight")
     w = model.conv1.weight.detach().abs().sum((1, 2, 3))
     assert g.width == 8 and g.kept == 4
-    # group reduction mixes normalised member scores; the producer-only reduction is the paper's L1 rank
-    pp = pk.plan(model, x, sparsity=0.5, criterion="l1", reduce="producer")
-    gp = next(g for g in pp.groups if g.members[0]["fqn"] == "conv1.weight")
-    assert sorted(gp.channels) == sorted(torch.argsort(w)[:4].tolist())
+    # criterion="l1" means the paper's score: the producing filter's own |W| (reduce="producer" by default)
+    assert p.settings["reduce"] == "producer"
+    assert sorted(g.channels) == sorted(torch.argsort(w)[:4].tolist())
     conv2_in = next(m for m in g.members if m["fqn"] == "conv2.weight" and m["dim"] == 1)
     assert conv2_in["indices"] == sorted(g.channels)
 
@@ -92,10 +91,39 @@ def test_global_ranking_prunes_unevenly_and_keeps_total_fraction():
     model, x = models()["chain"]()
     with torch.no_grad():
         model.conv2.weight[:6] *= 0.01  # six weak conv2 filters: global ranking should take them first
-    p = pk.plan(model, x, sparsity=0.3, global_=True, criterion="l1", reduce="producer")
+    p = pk.plan(model, x, sparsity=0.3, allocation="global", criterion="l1")
     widths = {g.members[0]["fqn"]: (g.width, g.kept) for g in p.groups}
     assert sum(w - k for w, k in widths.values()) == int(0.3 * 20)
     assert widths["conv2.weight"] == (12, 6) and widths["conv1.weight"] == (8, 8)
+
+
+def test_deprecated_global_keyword_is_allocation_global():
+    model, x = models()["chain"]()
+    with pytest.warns(DeprecationWarning, match="allocation='global'"):
+        old = pk.plan(model, x, sparsity=0.3, global_=True)
+    new = pk.plan(model, x, sparsity=0.3, allocation="global")
+    assert old.settings["allocation"] == "global" and old.to_dict() == new.to_dict()
+
+
+@pytest.mark.parametrize("criterion,reduce", [("l1", "producer"), ("l2", "producer"), ("fpgm", "producer"),
+                                              ("bn-scale", "group"), ("random", "group")])
+def test_default_reduction_follows_the_criterion_and_is_stated(criterion, reduce):
+    model, x = models()["residual"]()
+    p = pk.plan(model, x, sparsity=0.5, criterion=criterion)
+    assert p.settings["reduce"] == reduce and f"criterion {criterion} (reduce={reduce})" in str(p)
+    r = pk.prune_(model, p, example_inputs=x)
+    assert r.selection == {"criterion": criterion, "reduce": reduce, "allocation": "uniform"}
+    assert f"reduce={reduce}" in str(r) and r.to_dict()["selection"]["reduce"] == reduce
+
+
+def test_group_reduction_stays_available():
+    model, x = models()["residual"]()
+    p = pk.plan(model, x, sparsity=0.5, criterion="l1", reduce="group")
+    q = pk.plan(model, x, sparsity=0.5, criterion="l1", reduce="producer")
+    assert p.settings["reduce"] == "group"
+    # the whole-group mean of normalised member scores picks other channels than the producers' own |W|
+    assert [g.channels for g in p.groups] != [g.channels for g in q.groups]
+    assert pk.plan(model, x, sparsity=0.5, criterion="l1").to_dict() == q.to_dict()
 
 
 def test_round_to_min_channels_and_per_layer():
@@ -149,7 +177,8 @@ BAD = [
     (dict(), ConfigError, "say how much to prune"),
     (dict(sparsity=0.5, reduce="grup"), ConfigError, "did you mean 'group'"),
     (dict(sparsity=0.5, round_to=0), ConfigError, "round_to=0"),
-    (dict(sparsity=0.95, global_=True, min_channels=0), ConfigError, "zero width"),
+    (dict(sparsity=0.95, allocation="global", min_channels=0), ConfigError, "zero width"),
+    (dict(sparsity=0.5, allocation="globl"), ConfigError, "allocation='globl' is not valid; did you mean 'global'"),
     (dict(per_layer={"conv9": 0.5}), ConfigError, "matches no prunable layer; did you mean"),
 ]
 
