@@ -177,12 +177,13 @@ def fill_to_budget(kept: list, widths: list, cost_of: Callable[[list], int], bud
 def allocate_to_target(widths: list, scores: list, cost_of: Callable[[list], int], budget: float, *,
                        allocation: str = "uniform", round_to: int = 1, min_channels: int = 1,
                        fixed: dict | None = None, normalise_by: str | None = "mean", room: bool = False,
-                       forced: list | None = None, hi: float = 0.999) -> tuple[list, float]:
+                       forced: list | None = None, hi: float = 0.999, fill: bool = True) -> tuple[list, float]:
     """Kept widths whose cost is within ``budget`` and as close to it as the granularity allows.
 
     The sparsity is found by bisection on :func:`kept_at` (``cost_of(kept)`` is the exact cost of the kept
-    widths), then :func:`fill_to_budget` closes the gap group by group. ``forced[i]``: channels group ``i``
-    loses whatever the budget (dead or masked channels); the removal is never smaller. Returns
+    widths), then :func:`fill_to_budget` closes the gap group by group (``fill=False``: the bisection's
+    allocation as it is, e.g. a global cut that must stay a prefix of one ranking). ``forced[i]``: channels
+    group ``i`` loses whatever the budget (dead or masked channels); the removal is never smaller. Returns
     ``(kept, sparsity)``; raises ConfigError when even ``hi`` does not reach the budget.
     """
     fixed = fixed or {}
@@ -195,6 +196,8 @@ def allocate_to_target(widths: list, scores: list, cost_of: Callable[[list], int
         return kept
 
     s = search_target(lambda s: cost_of(at(s)), budget, hi=hi)
+    if not fill:
+        return at(s), s
     max_kept = None if forced is None else [w - f for w, f in zip(widths, forced)]
     kept = fill_to_budget(at(s), widths, cost_of, budget, round_to=round_to, frozen=fixed, max_kept=max_kept,
                           min_channels=min_channels)

@@ -486,12 +486,14 @@ def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], all
     # off (exact-zero scale, masked, dead), always part of the removal even beyond the target
     forced = ([min(int((sc <= 0).sum()), w - min_keep) for sc, w in zip(group_scores, widths)]
               if allocation == "global" else None)
+    # a global cut stays the shortest prefix of the ranking that meets the target (methods that mask channels
+    # before the cut, e.g. gate-decorator's ticks, mask that prefix); a uniform cut is filled to the budget
     how = dict(allocation=allocation, min_channels=min_keep, normalise_by=None, room=True, forced=forced)
     emptied = kept_at(widths, group_scores, 1.0, **{k: v for k, v in how.items() if k != "forced"})
     if cost(removed_mask(selection(emptied))) > budget:
         raise ConfigError(_unreachable(ctx.target, cost(removed_mask(selection(emptied))) / dense, kind))
     kept, _ = allocate_to_target(widths, group_scores, lambda k: cost(removed_mask(selection(k))), budget,
-                                 hi=1.0, **how)
+                                 hi=1.0, fill=allocation == "uniform", **how)
     sel = selection(kept)
     sel = {k: v for k, v in sel.items() if len(v)}
     after = cost(removed_mask(sel))

@@ -92,20 +92,31 @@ def test_plan_lands_within_one_percent_with_round_to():
     assert all(g.kept % 8 == 0 or g.kept == g.width for g in p.groups)
 
 
-@pytest.mark.parametrize("allocation", ["uniform", "global"])
-def test_methods_cut_lands_within_one_percent(allocation):
-    # the training-time methods' cut (select_to_target) uses the same allocator; uniform used to land at 0.2057
+def _methods_cut(target, allocation):
     import types
 
     from prunekit.methods._filter_common import filter_groups, select_to_target
 
     model, x = _model("resnet20")
-    ctx = types.SimpleNamespace(target="macs=0.215", example_inputs=x, ignore=(), device="cpu")
+    ctx = types.SimpleNamespace(target=target, example_inputs=x, ignore=(), device="cpu")
     g = torch.Generator().manual_seed(1)
     scores = {gr.convs[0]: torch.rand(gr.width, generator=g) for gr in filter_groups(model, ctx)}
     sel, info = select_to_target(model, ctx, scores, allocation)
+    return scores, sel, info
+
+
+def test_methods_uniform_cut_lands_within_one_percent():
+    # the training-time methods' cut (select_to_target) uses the same allocator; it used to land at 0.2057
+    scores, sel, info = _methods_cut("macs=0.215", "uniform")
     assert abs(info["kept_macs_fraction"] / 0.215 - 1) <= 0.01 and info["kept_macs_fraction"] <= 0.215
-    # within a group the lowest scores go
-    for key, idx in sel.items():
-        s = scores[key] if key in scores else next(v for k, v in scores.items() if k.startswith(key))
-        assert set(idx.tolist()) == set(torch.argsort(s, stable=True)[:len(idx)].tolist())
+    for key, idx in sel.items():  # within a group the lowest scores go
+        assert set(idx.tolist()) == set(torch.argsort(scores[key], stable=True)[:len(idx)].tolist())
+
+
+def test_methods_global_cut_is_the_shortest_prefix_of_one_ranking():
+    # gate-decorator masks a prefix of the global ranking before its cut: the cut must be that prefix
+    scores, sel, info = _methods_cut("params=0.5", "global")
+    assert info["kept_params_fraction"] <= 0.5
+    ranked = sorted((float(s[i]), k, i) for k, s in scores.items() for i in range(len(s)))
+    n = info["removed_channels"]
+    assert {(k, i) for _, k, i in ranked[:n]} == {(k, int(i)) for k, v in sel.items() for i in v}
