@@ -838,7 +838,8 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
     return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx,
                   config_changes, trace="fast" if graph.rec.fast else "real",
                   validation=graph.rec.validated or "none",
-                  selection={k: plan_.settings[k] for k in ("criterion", "reduce", "allocation") if k in plan_.settings})
+                  selection={k: plan_.settings[k] for k in ("criterion", "reduce", "allocation")
+                             if k in plan_.settings})
 
 
 def _sync_hf_config(model, skipped: list) -> dict:

@@ -1,7 +1,6 @@
 """``sparsify_``: score weights, allocate a sparsity per layer, select by pattern, install the masks."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
