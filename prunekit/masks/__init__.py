@@ -3,7 +3,7 @@
 The API (all in place, all returning a report or a dict, never ``None``)::
 
     report = pk.sparsify_(model, sparsity=0.9, criterion="magnitude", pattern="element",
-                          global_=False, calib=None, ignore=(), allocation=None, overrides=None,
+                          allocation="uniform", calib=None, ignore=(), per_layer=None,
                           exempt=(), mode="hard", nested=True, seed=0, scores=None)   # -> MaskReport
     pk.finalize_(model)          # masks made permanent; a plain model with the dense state_dict keys
 
@@ -31,7 +31,7 @@ Dense conversion for inference: :mod:`prunekit.masks.sparse`.
 Example:
     >>> import torch, prunekit as pk
     >>> model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    >>> pk.sparsify_(model, sparsity=0.75, global_=True).pruned
+    >>> pk.sparsify_(model, sparsity=0.75, allocation="global").pruned
     240
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     >>> for _ in range(3):

@@ -62,7 +62,7 @@ def run(ctx: RunContext, cfg: FPGMConfig) -> MethodResult:
 
     info = {"criterion": "fpgm", "reduce": cfg.reduce, "schedule": cfg.schedule, "allocation": cfg.allocation}
     plan = pk.plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="fpgm", reduce=cfg.reduce,
-                   global_=cfg.allocation == "global", ignore=list(ctx.ignore))
+                   allocation=cfg.allocation, ignore=list(ctx.ignore))
     if cfg.schedule == "one-shot":
         tel = criterion_separation(ctx.model, ctx.example_inputs, plan, "fpgm", reduce=cfg.reduce)
         report = pk.prune_(ctx.model, plan)

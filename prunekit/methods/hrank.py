@@ -40,7 +40,7 @@ def run(ctx: RunContext, cfg: HRankConfig) -> MethodResult:
     import prunekit as pk
 
     how = {"per_layer": cfg.per_layer} if cfg.per_layer else {"target": ctx.target,
-                                                              "global_": cfg.allocation == "global"}
+                                                              "allocation": cfg.allocation}
     plan = pk.plan(ctx.model, ctx.example_inputs, criterion="hrank", calib=ctx.calib, reduce="group",
                    ignore=list(ctx.ignore), seed=ctx.seed, **how)
     telemetry = criterion_separation(ctx.model, ctx.example_inputs, plan, "hrank", calib=ctx.calib)

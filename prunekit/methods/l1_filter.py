@@ -65,7 +65,7 @@ def run(ctx: RunContext, cfg: L1FilterConfig) -> MethodResult:
                                     criterion="l1", ignore=ctx.ignore, reduce=cfg.reduce, seed=ctx.seed)
         per_layer, drop = ratios_for_target(ctx.model, ctx.example_inputs, curves, ctx.target, ignore=ctx.ignore)
         info.update({"sensitivity": curves, "per_layer": per_layer, "accepted_drop": drop})
-    how = {"per_layer": per_layer} if per_layer else {"target": ctx.target, "global_": cfg.allocation == "global"}
+    how = {"per_layer": per_layer} if per_layer else {"target": ctx.target, "allocation": cfg.allocation}
     plan = pk.plan(ctx.model, ctx.example_inputs, criterion="l1", reduce=cfg.reduce, ignore=list(ctx.ignore),
                    seed=ctx.seed, **how)
     telemetry = criterion_separation(ctx.model, ctx.example_inputs, plan, "l1", reduce=cfg.reduce, seed=ctx.seed)

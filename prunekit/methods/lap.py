@@ -328,7 +328,7 @@ def run_lap(ctx: RunContext, cfg: LAPConfig) -> MethodResult:
     for r, sparsity in enumerate(geometric_rounds(ctx.target_value, rounds=cfg.rounds)):
         scores = model_lap_scores(ctx.model, flow, [_fqn(n) for n in flow.layers], unmatched)
         before = {_fqn(n): w.abs() for n, w in _effective_weights(ctx.model, flow).items()}
-        report = sparsify_(ctx.model, sparsity=sparsity, criterion="lap", scores=scores, global_=cfg.global_,
+        report = sparsify_(ctx.model, sparsity=sparsity, criterion="lap", scores=scores, allocation="global" if cfg.global_ else "uniform",
                            ignore=tuple(ctx.ignore), exempt=cfg.exempt)
         masks = get_masks(ctx.model)
         differ += _kept_not_by_magnitude({f: before[f] for f in report.layers}, masks)

@@ -55,7 +55,7 @@ def run(ctx: RunContext, cfg: LRRewindingConfig) -> MethodResult:
     schedule = [ctx.target_value] if cfg.one_shot else geometric_rounds(ctx.target_value, rate=cfg.rate)
     history = []
     for s in schedule:
-        report = sparsify_(ctx.model, sparsity=s, global_=True, ignore=tuple(ctx.ignore))
+        report = sparsify_(ctx.model, sparsity=s, allocation="global", ignore=tuple(ctx.ignore))
         res = retrain_lr_rewinding(ctx.model, ctx.train_data, original, retrain_epochs=t)
         history.append({"sparsity": report.sparsity, "retrain_steps": res.steps})
     n = len(ctx.train_data)

@@ -43,7 +43,7 @@ def run(ctx: RunContext, cfg: NISPConfig) -> MethodResult:
     with nisp_context(ctx.model, ctx.example_inputs, ctx.calib, ignore=ctx.ignore, alpha=cfg.alpha,
                       classifier=cfg.classifier):
         plan = pk.plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="nisp", reduce="group",
-                       global_=cfg.allocation == "global", ignore=list(ctx.ignore), seed=ctx.seed)
+                       allocation=cfg.allocation, ignore=list(ctx.ignore), seed=ctx.seed)
         telemetry = criterion_separation(ctx.model, ctx.example_inputs, plan, "nisp")
     report = pk.prune_(ctx.model, plan)
     return MethodResult(model=ctx.model, telemetry=telemetry,

@@ -55,7 +55,7 @@ def run_snip(ctx: RunContext, cfg: SNIPConfig) -> MethodResult:
     params = prunable_weights(ctx.model, tuple(ctx.ignore))
     scores = connection_sensitivity(ctx.model, params, list(ctx.calib)[: cfg.batches])
     magnitudes = {f: p.detach().abs().clone() for f, p in params.items()}
-    report = sparsify_(ctx.model, sparsity=ctx.target_value, criterion="snip", scores=scores, global_=cfg.global_,
+    report = sparsify_(ctx.model, sparsity=ctx.target_value, criterion="snip", scores=scores, allocation="global" if cfg.global_ else "uniform",
                        ignore=tuple(ctx.ignore))
     overlap, differ = magnitude_overlap(magnitudes, get_masks(ctx.model))
     return MethodResult(ctx.model, info={"sparsity": report.sparsity,

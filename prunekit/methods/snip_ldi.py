@@ -112,7 +112,7 @@ def run_snip_ldi(ctx: RunContext, cfg: SNIPLDIConfig) -> MethodResult:
         orthogonal_init_(ctx.model, gain=cfg.gain, ignore=tuple(ctx.ignore), seed=ctx.seed)
     err_orth = _total_error(ctx.model, fqns)
     report = sparsify_(ctx.model, sparsity=ctx.target_value, criterion="snip", calib=list(ctx.calib)[: cfg.batches],
-                       global_=True, ignore=tuple(ctx.ignore))
+                       allocation="global", ignore=tuple(ctx.ignore))
     errors = approximate_isometry_(ctx.model, iterations=cfg.ai_iterations, lr=cfg.ai_lr, fqns=list(report.layers))
     return MethodResult(ctx.model, info={"sparsity": report.sparsity, "isometry_error": errors}, telemetry={
         "isometry_error_init": err_init, "isometry_error_orthogonal": err_orth,

@@ -64,7 +64,7 @@ def prune_and_refit(ctx: RunContext, criterion: str, allocation: str, refit: str
     """Record the readers' outputs, cut with ``criterion``, re-fit the readers whose inputs were cut.
     Returns (info, telemetry): the reconstruction error of the selection against a random selection at
     the same target (before the re-fit), and the layers the least-squares re-fit changed."""
-    kw = dict(target=ctx.target, ignore=list(ctx.ignore), global_=allocation == "global", seed=ctx.seed)
+    kw = dict(target=ctx.target, ignore=list(ctx.ignore), allocation=allocation, seed=ctx.seed)
     p = plan(ctx.model, ctx.example_inputs, criterion=criterion, calib=ctx.calib, **kw)
     readers = refittable(ctx.model, sorted({m["fqn"].rpartition(".")[0] for g in p.groups if g.channels
                                             for m in g.members if m.get("role") == "consumer"

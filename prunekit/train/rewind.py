@@ -251,9 +251,9 @@ def find_ticket(model: nn.Module, data, cfg, *, sparsity: float, rounds: int | N
         if evaluate_on is not None:
             entry["trained_accuracy"] = evaluate(model, evaluate_on)["accuracy"]
         if isinstance(s, dict):
-            report = sparsify_(model, sparsity=max(s.values()), overrides=s, exempt=exempt, ignore=ignore)
+            report = sparsify_(model, sparsity=max(s.values()), per_layer=s, exempt=exempt, ignore=ignore)
         else:
-            report = sparsify_(model, sparsity=s, global_=allocation == "global", exempt=exempt, ignore=ignore)
+            report = sparsify_(model, sparsity=s, allocation=allocation, exempt=exempt, ignore=ignore)
         entry["sparsity"] = report.sparsity
         entry["layers"] = {k: v["sparsity"] for k, v in report.layers.items()}
         model.load_state_dict(points.weights(rewind_step))  # masked by the load hook

@@ -113,7 +113,7 @@ def prune_in_rounds(model: nn.Module, example_inputs, *, target: str, score: Sco
         raise ConfigError(f"steps_between={steps_between} trains between rounds but train_data=None; pass "
                           f"training batches or set steps_between=0")
     ignore_ids = _ignore_ids(model, ignore)
-    p = plan(model, example_inputs, target=target, criterion="l1", ignore=list(ignore), global_=True)  # raises
+    p = plan(model, example_inputs, target=target, criterion="l1", ignore=list(ignore), allocation="global")  # raises
     n_total = sum(g.removed for g in p.groups)
     per = max(int(per_round), math.ceil(n_total / max(int(max_rounds), 1)))
     cfg = train_config or TrainConfig(progress=False)
