@@ -92,6 +92,7 @@ class MethodSpec:
     needs: tuple[str, ...] = ()  # data the method cannot run without: "calib", "train", "val"
     telemetry: Telemetry | None = None
     module: str = ""
+    smoke: dict = field(default_factory=dict)  # options that make a tiny run cheap (contract tests, smoke runs)
 
     @property
     def defaults(self) -> dict:
@@ -135,6 +136,8 @@ def _validate(name: str, spec: MethodSpec) -> None:
                           f"prunekit.methods.MethodConfig")
     try:
         spec.config()
+        if spec.smoke:
+            spec.resolve(spec.smoke)
     except TypeError as e:
         raise ConfigError(f"config {spec.config.__name__} of method {name!r}: every field needs a default "
                           f"(the paper's value): {e}") from None
@@ -152,8 +155,13 @@ def register_method(
     left_out: str = "",
     needs: tuple[str, ...] = (),
     telemetry: Telemetry | None = None,
+    smoke: dict | None = None,
 ):
     """Register ``fn(ctx: RunContext, cfg: config) -> MethodResult`` as the implementation of paper ``id``.
+
+    ``needs`` names the data the method cannot run without, ``telemetry`` what shows its mechanism acted, and
+    ``smoke`` the options that make a run on a tiny setting cheap (e.g. fewer inner iterations); the registry's
+    contract tests run every method with them, and they are checked against the config at registration.
 
     Example:
         >>> from dataclasses import dataclass
@@ -167,7 +175,8 @@ def register_method(
 
     def deco(fn: Callable[..., MethodResult]):
         spec = MethodSpec(id=id, fn=fn, config=config, status=status, kind=kind, left_out=left_out,
-                          needs=tuple(needs), telemetry=telemetry, module=getattr(fn, "__module__", ""))
+                          needs=tuple(needs), telemetry=telemetry, module=getattr(fn, "__module__", ""),
+                          smoke=dict(smoke or {}))
         METHODS.register(id)(spec)
         return fn
 

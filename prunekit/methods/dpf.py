@@ -105,7 +105,8 @@ class DPFConfig(MethodConfig):
     exempt: tuple[str, ...] = ()  # ours: ("first",) / ("last",) keep those layers dense
 
 
-@register_method("dpf", config=DPFConfig, kind="unstructured", needs=("train",), status="partial", left_out=(
+@register_method("dpf", config=DPFConfig, kind="unstructured", needs=("train",), smoke={"frequency": 1},
+                 status="partial", left_out=(
     "the structured variant (whole filters by norm, removed with surgery) is not implemented; only the "
     "unstructured global-magnitude DPF is"),
     telemetry=Telemetry(keys=("refreshes", "flips", "revived", "revived_after_ramp"),

@@ -98,6 +98,7 @@ class SNIPLDIConfig(MethodConfig):
 
 
 @register_method("snip-ldi", config=SNIPLDIConfig, kind="unstructured", needs=("calib",),
+                 smoke={"ai_iterations": 20},
                  telemetry=Telemetry(
                      keys=("isometry_error_init", "isometry_error_orthogonal", "isometry_error_pruned",
                            "isometry_error_ai"),

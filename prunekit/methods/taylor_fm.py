@@ -34,7 +34,8 @@ class TaylorFMConfig(MethodConfig):
     # the entry's same-schedule baselines (engine criterion, members mean-normalised) -- ours
 
 
-@register_method("taylor-fm", config=TaylorFMConfig, kind="structured", needs=("calib", "train"), telemetry=Telemetry(
+@register_method("taylor-fm", config=TaylorFMConfig, kind="structured", needs=("calib", "train"),
+                 smoke={"per_round": 16, "steps_between": 2}, telemetry=Telemetry(
     keys=("rounds", "steps_between", "train_steps"), engaged=lambda t: t["train_steps"] > 0,
     what="fine-tuning between the rounds that each remove per_round maps",
     knob="raise steps_between (minibatches trained after each cut), or lower per_round / raise max_rounds so "
