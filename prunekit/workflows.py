@@ -61,6 +61,9 @@ def methods_table(status: str | None = None) -> list[dict]:
             "kind": spec.kind if spec else "",
             "left_out": spec.left_out if spec else "",
             "link": entry.get("link", ""),
+            "options": spec.defaults if spec else {},
+            "needs": list(spec.needs) if spec else [],
+            "telemetry": list(spec.telemetry.keys) if spec and spec.telemetry else [],
         })
     if status is not None:
         rows = [r for r in rows if r["status"] == status]
