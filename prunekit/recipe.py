@@ -31,22 +31,36 @@ TARGET_KINDS = ("macs", "params", "sparsity")
 DEVICES = ("cpu", "cuda", "mps")
 
 
+# names users write for a kind, mapped to the kind of the SAME meaning (never the opposite one: ``params``
+# is the fraction kept, ``sparsity`` the fraction removed)
+_TARGET_SYNONYMS = {"flops": "macs", "mac": "macs", "flop": "macs", "compute": "macs", "param": "params",
+                    "parameters": "params", "weights": "params", "size": "params", "keep": "params",
+                    "kept": "params", "density": "params", "remove": "sparsity", "removed": "sparsity",
+                    "prune": "sparsity", "pruned": "sparsity", "sparse": "sparsity", "ratio": "sparsity"}
+
+
 def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
-    """Split ``"macs=0.5"`` into ``("macs", 0.5)`` after checking both halves.
+    """Split ``"macs=0.5"`` into ``("macs", 0.5)`` after checking both halves: the one target grammar of the
+    API (``plan``/``prune_``), recipes and the command line.
 
     ``macs``/``params`` give the fraction the pruned model *keeps* (0 < v <= 1); ``sparsity`` the fraction of
-    weights removed (0 <= v < 1).
+    weights removed (0 <= v < 1). The kind is case-insensitive; anything else is a ``ConfigError`` whose hint
+    never names a kind of the opposite meaning.
 
     Example:
         >>> parse_target("params=0.25")
         ('params', 0.25)
+        >>> parse_target(" Sparsity = 0.9 ")
+        ('sparsity', 0.9)
     """
-    fix = "write it as KIND=VALUE, e.g. macs=0.5 (keep half the MACs) or sparsity=0.9 (remove 90% of weights)"
+    fix = ("write it as KIND=VALUE, e.g. macs=0.5 (keep half the MACs), params=0.5 (keep half the "
+           "parameters) or sparsity=0.9 (remove 90% of weights)")
     if not isinstance(target, str) or target.count("=") != 1:
         raise ConfigError(f"{argument}={target!r} is not a target; {fix}")
     kind, _, raw = (part.strip() for part in target.partition("="))
+    kind = kind.lower()
     if kind not in TARGET_KINDS:
-        hint = closest(kind, TARGET_KINDS)
+        hint = _TARGET_SYNONYMS.get(kind) or closest(kind, TARGET_KINDS)
         raise ConfigError(
             f"{argument}={target!r}: unknown target kind {kind!r}"
             + (f"; did you mean {hint!r}?" if hint else "")
@@ -57,9 +71,11 @@ def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
     except ValueError:
         raise ConfigError(f"{argument}={target!r}: {raw!r} is not a number; {fix}") from None
     if kind == "sparsity" and not 0.0 <= value < 1.0:
-        raise ConfigError(f"{argument}={target!r}: sparsity is the fraction removed and must be in [0, 1); {fix}")
+        raise ConfigError(f"{argument}={target!r}: sparsity is the fraction removed and must be in [0, 1), "
+                          f"e.g. sparsity=0.9 removes 90%")
     if kind != "sparsity" and not 0.0 < value <= 1.0:
-        raise ConfigError(f"{argument}={target!r}: {kind} is the fraction kept and must be in (0, 1]; {fix}")
+        raise ConfigError(f"{argument}={target!r}: {kind} is the fraction kept and must be in (0, 1], "
+                          f"e.g. {kind}=0.5 keeps half")
     return kind, value
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._registry import unknown_name_message
 from ..errors import ConfigError
 from . import _engine
@@ -207,6 +208,7 @@ def _check_sparsity(name: str, value) -> str | None:
     return None
 
 
+@checked(verb="sparsify")
 def sparsify_(
     model: nn.Module,
     *,
