@@ -74,7 +74,7 @@ def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
         raise ConfigError(f"{argument}={target!r}: sparsity is the fraction removed and must be in [0, 1), "
                           f"e.g. sparsity=0.9 removes 90%")
     if kind != "sparsity" and not 0.0 < value <= 1.0:
-        raise ConfigError(f"{argument}={target!r}: {kind} is the fraction kept and must be in (0, 1], "
+        raise ConfigError(f"{argument}={target!r}: {kind} gives the fraction kept; the fraction kept must be in (0, 1], "
                           f"e.g. {kind}=0.5 keeps half")
     return kind, value
 
