@@ -130,12 +130,21 @@ class Recipe:
             problems.append(f"ignore={self.ignore!r} must be a list of module paths")
         if self.baseline is not None and not isinstance(self.baseline, str):
             problems.append(f"baseline={self.baseline!r} must be a baseline name, a checkpoint path or null")
+        if not isinstance(self.latency, bool):
+            problems.append(f"latency={self.latency!r} must be true or false")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            problems.append(f"data_dir={self.data_dir!r} must be a folder path or null")
         if isinstance(self.device, str) and self.device.split(":")[0] not in DEVICES:
             problems.append(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
+        if isinstance(self.target, str) and self.target:
+            try:
+                parse_target(self.target)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if len(problems) == 1 and problems[0].startswith("target="):
+            raise ConfigError(problems[0])
         if problems:
             raise ConfigError("invalid recipe: " + "; ".join(problems))
-        if isinstance(self.target, str):
-            parse_target(self.target)
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -158,7 +167,8 @@ class Recipe:
         _check_keys(data, source)
         if "ignore" in data and data["ignore"] is not None:
             ignore = data["ignore"]
-            data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+            data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore) if isinstance(
+                ignore, (list, tuple)) else ignore  # anything else is reported by __post_init__
         elif "ignore" in data:
             data["ignore"] = ()
         for key in ("options", "data_options"):
@@ -173,7 +183,20 @@ class Recipe:
         if not path.is_file():
             raise ConfigError(f"recipe={str(path)!r} does not exist; pass the path of a .yaml or .json recipe "
                               f"(every run writes one: runs/<name>/recipe.yaml)")
-        text = path.read_text()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"recipe={str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or "\x00" in text:
+            raise ConfigError(f"recipe={str(path)!r} is a binary file, not a YAML/JSON recipe; pass the recipe.yaml "
+                              f"a run wrote (runs/<name>/recipe.yaml) or write one (docs/cli.md, recipes)")
+        if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+            raise ConfigError(f"recipe={str(path)!r} is empty; write at least one key (e.g. method: l1-filter), "
+                              f"or run without --recipe for the default job")
         if path.suffix.lower() == ".json":
             try:
                 data = json.loads(text)
@@ -188,7 +211,10 @@ class Recipe:
                 raise ConfigError(f"recipe={str(path)!r} is not valid YAML: {exc}") from None
         else:
             raise ConfigError(f"recipe={str(path)!r}: unknown extension {path.suffix!r}; use .yaml, .yml or .json")
-        return cls.from_dict(data or {}, source=f"recipe {str(path)!r}")
+        if data is None:
+            raise ConfigError(f"recipe={str(path)!r} is empty; write at least one key (e.g. method: l1-filter), "
+                              f"or run without --recipe for the default job")
+        return cls.from_dict(data, source=f"recipe {str(path)!r}")
 
     def override(self, **changes: Any) -> "Recipe":
         """A copy with ``changes`` applied; ``None`` values (flags not given) are skipped."""
