@@ -196,6 +196,18 @@ def _check_keywords(name: str, sig: inspect.Signature, kwargs: dict, extra: tupl
         raise ConfigError("; ".join(parts) + f". Valid keywords: {', '.join(sorted(set(valid)))}")
 
 
+def _check_ignore(ignore):
+    """``ignore`` as the verbs take it: a module FQN (or ``re:`` regex), a module, or a list of them."""
+    if ignore is None:
+        return ()
+    if isinstance(ignore, (str, nn.Module)):
+        return ignore
+    if isinstance(ignore, (list, tuple, set, frozenset)) and all(isinstance(i, (str, nn.Module)) for i in ignore):
+        return ignore
+    raise ConfigError(f"ignore={ignore!r} must be a module FQN, a module, or a list of them (e.g. ignore=['fc'] "
+                      f"or ignore=['re:.*head.*'])")
+
+
 def checked(func=None, *, verb: str = "prune", extra_from=None):
     """Decorate a model-changing verb with the checks of this module (see the module docstring).
 
@@ -214,6 +226,8 @@ def checked(func=None, *, verb: str = "prune", extra_from=None):
         extra = tuple(inspect.signature(extra_from).parameters) if extra_from is not None else ()
         _check_keywords(func.__name__, sig, kwargs, extra)
         allow = kwargs.pop("allow_nonfinite", False)
+        if "ignore" in kwargs:
+            kwargs["ignore"] = _check_ignore(kwargs["ignore"])
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as e:

@@ -356,8 +356,18 @@ def _run_problems(args) -> list[str]:
     problems = []
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "recipe", "option", "no_latency")
              and not isinstance(v, _BadValue) and not k.startswith("_")}
+    options = []
+    for item in getattr(args, "option", None) or []:
+        import yaml
+
+        try:
+            yaml.safe_load(item.partition("=")[2])
+            options.append(item)
+        except yaml.YAMLError as exc:
+            problems.append(f"--option {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote "
+                            f"it, e.g. --option 'key=\"text\"'")
     try:
-        recipe, _ = W.resolve_recipe(getattr(args, "recipe", None), flags, getattr(args, "option", None) or [])
+        recipe, _ = W.resolve_recipe(getattr(args, "recipe", None), flags, options)
     except ConfigError as exc:
         problems.append(str(exc))
         checks = [("model", W._check_model_name), ("data", W._check_data_name),
