@@ -95,10 +95,19 @@ def _first_batch(calib):
                           f"e.g. calib=[(x, y)] or a DataLoader") from None
     if it is calib:
         return None
-    try:
-        return next(it)
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state()
+    try:  # drawing a batch must not move any random stream (a shuffled DataLoader seeds itself from torch's)
+        with torch.random.fork_rng(devices=[]):
+            return next(it)
     except StopIteration:
         raise ConfigError("calib is empty; pass at least one (inputs, targets) batch, e.g. calib=[(x, y)]") from None
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
 
 
 def check_calib(model: nn.Module, calib, example_inputs=None, *, loss_fn=None,
