@@ -85,33 +85,55 @@ def check_model(model, *, allow_nonfinite: bool = False, verb: str = "prune") ->
 
 
 def _first_batch(calib):
-    """The first batch of a re-iterable ``calib`` (a one-shot iterator is left alone: None)."""
-    if calib is None or isinstance(calib, (torch.Tensor, str, bytes)):
-        return calib
-    try:
-        it = iter(calib)
-    except TypeError:
-        raise ConfigError(f"calib={type(calib).__name__} is not an iterable of (inputs, targets) batches; pass "
-                          f"e.g. calib=[(x, y)] or a DataLoader") from None
-    if it is calib:
-        return None
+    """The first batch of a re-iterable ``calib`` (a one-shot iterator is left alone: None). Drawing it moves
+    no random stream (a shuffled DataLoader seeds its iterator from torch's global generator)."""
     import random
 
     import numpy as np
 
+    if calib is None or isinstance(calib, (torch.Tensor, str, bytes)):
+        return calib
+    if not hasattr(calib, "__iter__") and not hasattr(calib, "__getitem__"):
+        raise ConfigError(f"calib={type(calib).__name__} is not an iterable of (inputs, targets) batches; pass "
+                          f"e.g. calib=[(x, y)] or a DataLoader")
+    if hasattr(calib, "__next__"):
+        return None  # a one-shot iterator: drawing from it would lose the batch
     states = random.getstate(), np.random.get_state()
-    try:  # drawing a batch must not move any random stream (a shuffled DataLoader seeds itself from torch's)
+    try:
         with torch.random.fork_rng(devices=[]):
-            return next(it)
+            return next(iter(calib))
     except StopIteration:
         raise ConfigError("calib is empty; pass at least one (inputs, targets) batch, e.g. calib=[(x, y)]") from None
+    except TypeError as exc:
+        raise ConfigError(f"calib={type(calib).__name__} cannot be iterated ({exc}); pass e.g. calib=[(x, y)] or a "
+                          f"DataLoader") from None
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
 
 
+def _uses_loss(verb: str, a: dict) -> bool:
+    """Whether the verb's criterion computes the loss of the calibration batches (so their targets matter)."""
+    if a.get("loss_fn") is not None:
+        return True
+    criterion = a.get("criterion")
+    if not isinstance(criterion, str):
+        return False
+    if verb == "sparsify_":
+        return criterion.startswith("snip")
+    from .criteria import CRITERIA
+
+    spec = CRITERIA._items.get(criterion) if hasattr(CRITERIA, "_items") else None
+    if spec is None:
+        try:
+            spec = CRITERIA.get(criterion)
+        except PrunekitError:
+            return False
+    return any("grad" in n for n in spec.needs)
+
+
 def check_calib(model: nn.Module, calib, example_inputs=None, *, loss_fn=None,
-                allow_nonfinite: bool = False) -> list:
+                allow_nonfinite: bool = False, targets: bool = True) -> list:
     """Run the first batch of ``calib`` through ``model`` (eval mode, no gradients, nothing changes):
     a batch that is not ``(inputs, targets)``, that the model cannot run, whose targets do not fit the loss,
     or whose activations are non-finite is a ConfigError naming ``calib``. Returns the data-dependent reads
@@ -151,7 +173,7 @@ def check_calib(model: nn.Module, calib, example_inputs=None, *, loss_fn=None,
                 raise ConfigError(f"calib: the model cannot run batch 0, whose inputs are {_shapes(x)}{want} "
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give calib batches "
                                   f"(inputs, targets) whose inputs have the model's input shape") from None
-            if loss_fn is not None or isinstance(y, torch.Tensor):
+            if targets:
                 from .api import _default_loss
 
                 try:
@@ -248,7 +270,7 @@ def checked(func=None, *, verb: str = "prune", extra_from=None):
         check_model(model, allow_nonfinite=allow, verb=verb)
         calib = a.get("calib")
         reads = check_calib(model, calib, a.get("example_inputs"), loss_fn=a.get("loss_fn"),
-                            allow_nonfinite=allow) if calib is not None else []
+                            allow_nonfinite=allow, targets=_uses_loss(func.__name__, a)) if calib is not None else []
         from .graph.trace import PYTHON_READS_SINK
 
         sink: list = []
