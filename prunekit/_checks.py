@@ -281,6 +281,11 @@ def checked(func=None, *, verb: str = "prune", extra_from=None):
         finally:
             _ACTIVE.reset(token)
             PYTHON_READS_SINK.reset(tok2)
+        given_plan = a.get("plan")
+        rec = getattr(getattr(given_plan, "_graph", None), "rec", None)  # a plan made earlier: its trace's reads
+        for entry in getattr(rec, "python_reads", []):
+            if entry not in sink:
+                sink.append(entry)
         if sink:
             note = (f"data-dependent control flow: {'; '.join(sink[:5])}; the plan covers the traced path only "
                     f"(inputs that take another branch may not run on the pruned model)")

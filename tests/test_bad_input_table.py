@@ -476,6 +476,9 @@ def test_data_dependent_flow_is_reported():
     rep = pk.prune_(m, example_inputs=x, sparsity=0.5)
     assert any("data-dependent control flow" in n and "traced path only" in n for n in rep.notes)
     assert "traced path only" in str(rep)
+    m1 = Branchy()
+    p = pk.plan(m1, x, sparsity=0.5)  # a plan made first, applied later: the report still says so
+    assert any("traced path only" in n for n in pk.prune_(m1, p).notes)
     m2, x2 = _chain()
     assert pk.prune_(m2, example_inputs=x2, sparsity=0.5).notes == []
 
