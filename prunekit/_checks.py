@@ -71,10 +71,14 @@ def check_model(model, *, allow_nonfinite: bool = False, verb: str = "prune") ->
     if allow_nonfinite:
         return
     bad = []
+    params = {n for n, _ in model.named_parameters()}
     with torch.no_grad():
         for n, t in tensors:
-            if t.is_floating_point() or t.is_complex():
-                if t.numel() and not bool(torch.isfinite(t).all()):
+            if (t.is_floating_point() or t.is_complex()) and t.numel():
+                # a buffer may hold +-inf on purpose (clamp bounds such as input_min/input_max); NaN never,
+                # and BatchNorm statistics never hold inf
+                strict = n in params or n.endswith(("running_mean", "running_var"))
+                if not bool((torch.isfinite(t) if strict else ~torch.isnan(t)).all()):
                     bad.append(n)
     if bad:
         shown = ", ".join(repr(n) for n in bad[:8]) + (f", +{len(bad) - 8}" if len(bad) > 8 else "")
