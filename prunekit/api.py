@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import checked
 from ._registry import closest
 from .allocate import allocate_to_target, check_allocation, kept_at, parse_target, select_removal
 from .criteria import ChannelView, ConsumerView, channel_rows, get_criterion, reduce_scores, score_member
@@ -135,6 +136,8 @@ class Report:
     validation: str = "real"
     # how the channels were chosen: {"criterion", "reduce", "allocation"} of the plan ({} for plan_channels)
     selection: dict = dataclasses.field(default_factory=dict)
+    # what the trace could not vouch for, e.g. data-dependent control flow (the plan covers the traced path)
+    notes: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,6 +159,8 @@ class Report:
         if self.trace == "fast":
             how = "without weight arithmetic" if self.validation == "fast" else "with real values"
             s += f"\ntraced without weight arithmetic; a forward of the pruned model {how} issued the same ops"
+        for note in self.notes:
+            s += f"\nnote: {note}"
         return s
 
 
@@ -470,6 +475,7 @@ def _match_segments(segs: list, per_layer: dict) -> dict:
     return res
 
 
+@checked(verb="prune")
 def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, target: str | None = None,
          criterion: str = "l2", calib=None, ignore=(), allocation: str = "uniform", round_to: int = 1,
          min_channels: int = 1, loss_fn=None, reduce: str | None = None, per_layer: dict | None = None,
@@ -703,6 +709,7 @@ def _graph_for(model, p: Plan, example_inputs, real_trace: bool = False):
     return build_graph(model, example_inputs, ignore_modules=ignore), example_inputs
 
 
+@checked(verb="prune", extra_from=plan)
 def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, optimizer=None,
            **plan_kwargs) -> Report:
     """Apply ``plan`` (or build one from ``plan_kwargs``) to ``model`` in place and report what changed.

@@ -277,18 +277,160 @@ _COMMANDS = {"run": _cmd_run, "train": _cmd_train, "eval": _cmd_eval, "prune": _
              "bench": _cmd_bench, "methods": _cmd_methods, "export": _cmd_export}
 
 
+class _BadValue:
+    """A flag value its type could not convert: kept so that every bad flag is reported at once."""
+
+    def __init__(self, flag: str, text: str, kind: str):
+        self.message = f"{flag} {text!r} is not {kind}"
+
+
+def _collect_type_errors(parser: argparse.ArgumentParser) -> None:
+    """Make every typed flag of every subcommand return a :class:`_BadValue` instead of stopping the parse."""
+    kinds = {int: "an integer", float: "a number", _shape: "a shape like 1,3,32,32",
+             _optional_int: "an integer or 'all'"}
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for sp in (c for a in subs for c in a.choices.values()):
+        for action in sp._actions:
+            conv = action.type
+            if conv is None or not action.option_strings:
+                continue
+
+            def convert(text, conv=conv, flag=action.option_strings[0]):
+                try:
+                    return conv(text)
+                except (argparse.ArgumentTypeError, TypeError, ValueError):
+                    return _BadValue(flag, text, kinds.get(conv, "valid"))
+
+            convert.__name__ = getattr(conv, "__name__", "value")
+            action.type = convert
+
+
+def _bad_values(args) -> list[str]:
+    out = []
+    for v in vars(args).values():
+        for item in (v if isinstance(v, list) else [v]):
+            if isinstance(item, _BadValue):
+                out.append(item.message)
+    return out
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> list[str]:
+    from ._registry import closest
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    sp = subs[0].choices.get(command) if subs else None
+    valid = [o for a in (sp._actions if sp else []) for o in a.option_strings if o.startswith("--")]
+    out = []
+    after_flag = False
+    for tok in extra:
+        if after_flag and not tok.startswith("-"):  # the value of the unknown flag just reported
+            after_flag = False
+            continue
+        after_flag = tok.startswith("-") and "=" not in tok
+        if tok.startswith("-"):
+            flag = tok.split("=", 1)[0]
+            hint = closest(flag, valid)
+            out.append(f"unknown flag {flag!r}" + (f"; did you mean {hint}?" if hint else "") +
+                       f" (see prunekit {command} --help)")
+        else:
+            out.append(f"unexpected argument {tok!r}: every value follows its flag, e.g. --target macs=0.5 "
+                       f"(see prunekit {command} --help)")
+    return out
+
+
+def _device_problem(device) -> str | None:
+    """Why ``device`` cannot be used on this machine (None when it can, or is not a device string)."""
+    if not isinstance(device, str):
+        return None
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        return (f"device={device!r}: no CUDA GPU is available to torch here (torch.cuda.is_available() is "
+                f"False); use --device cpu")
+    if kind == "cuda" and ":" in device:
+        idx = device.split(":", 1)[1]
+        if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+            return (f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use "
+                    f"--device cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return f"device={device!r}: Apple's MPS backend is not available here; use --device cpu"
+    return None
+
+
+def _run_problems(args) -> list[str]:
+    """Every problem of a ``run`` command line, gathered before anything runs (flags, recipe, names, device)."""
+    from . import workflows as W
+
+    problems = []
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "recipe", "option", "no_latency")
+             and not isinstance(v, _BadValue) and not k.startswith("_")}
+    options = []
+    for item in getattr(args, "option", None) or []:
+        import yaml
+
+        try:
+            yaml.safe_load(item.partition("=")[2])
+            options.append(item)
+        except yaml.YAMLError as exc:
+            problems.append(f"--option {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote "
+                            f"it, e.g. --option 'key=\"text\"'")
+    try:
+        recipe, _ = W.resolve_recipe(getattr(args, "recipe", None), flags, options)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        checks = [("model", W._check_model_name), ("data", W._check_data_name),
+                  ("method", lambda m: W._check_method(m, "macs"))]
+        for name, check in checks:
+            if isinstance(flags.get(name), str) and flags[name]:
+                try:
+                    check(flags[name])
+                except ConfigError as e:
+                    if str(e) not in problems:
+                        problems.append(str(e))
+        device = _device_problem(flags.get("device"))
+        if device:
+            problems.append(device)
+        return problems
+    device = _device_problem(recipe.device)
+    if device:
+        problems.append(device)
+    if problems or _bad_values(args):
+        try:
+            W._validate_run(recipe, recipe.target_kind)
+        except ConfigError as e:
+            problems.append(str(e))
+    return problems
+
+
+def _report_problems(command: str, problems: list[str]) -> int:
+    text = problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
+    print(f"prunekit {command}: error: {text}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    _collect_type_errors(parser)
+    args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     command = args.command or "run"
     if args.command is None:
+        if extra:
+            return _report_problems(command, _unknown_flags(parser, command, extra))
         args = parser.parse_args(["run"])
     if getattr(args, "baselines", None):
         import os
 
         os.environ["PRUNEKIT_BASELINES"] = args.baselines  # read by every verb (and bench's worker processes)
     try:
+        problems = _unknown_flags(parser, command, extra) + _bad_values(args)
+        if command == "run":
+            problems += [p for p in _run_problems(args) if p not in problems]
+        elif _device_problem(getattr(args, "device", None)):
+            problems.append(_device_problem(args.device))
+        if problems:
+            return _report_problems(command, problems)
         return _COMMANDS[command](args)
     except PrunekitError as exc:
         print(f"prunekit {command}: error: {exc}", file=sys.stderr)

@@ -31,22 +31,36 @@ TARGET_KINDS = ("macs", "params", "sparsity")
 DEVICES = ("cpu", "cuda", "mps")
 
 
+# names users write for a kind, mapped to the kind of the SAME meaning (never the opposite one: ``params``
+# is the fraction kept, ``sparsity`` the fraction removed)
+_TARGET_SYNONYMS = {"flops": "macs", "mac": "macs", "flop": "macs", "compute": "macs", "param": "params",
+                    "parameters": "params", "weights": "params", "size": "params", "keep": "params",
+                    "kept": "params", "density": "params", "remove": "sparsity", "removed": "sparsity",
+                    "prune": "sparsity", "pruned": "sparsity", "sparse": "sparsity", "ratio": "sparsity"}
+
+
 def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
-    """Split ``"macs=0.5"`` into ``("macs", 0.5)`` after checking both halves.
+    """Split ``"macs=0.5"`` into ``("macs", 0.5)`` after checking both halves: the one target grammar of the
+    API (``plan``/``prune_``), recipes and the command line.
 
     ``macs``/``params`` give the fraction the pruned model *keeps* (0 < v <= 1); ``sparsity`` the fraction of
-    weights removed (0 <= v < 1).
+    weights removed (0 <= v < 1). The kind is case-insensitive; anything else is a ``ConfigError`` whose hint
+    never names a kind of the opposite meaning.
 
     Example:
         >>> parse_target("params=0.25")
         ('params', 0.25)
+        >>> parse_target(" Sparsity = 0.9 ")
+        ('sparsity', 0.9)
     """
-    fix = "write it as KIND=VALUE, e.g. macs=0.5 (keep half the MACs) or sparsity=0.9 (remove 90% of weights)"
+    fix = ("write it as KIND=VALUE, e.g. macs=0.5 (keep half the MACs), params=0.5 (keep half the "
+           "parameters) or sparsity=0.9 (remove 90% of weights)")
     if not isinstance(target, str) or target.count("=") != 1:
         raise ConfigError(f"{argument}={target!r} is not a target; {fix}")
     kind, _, raw = (part.strip() for part in target.partition("="))
+    kind = kind.lower()
     if kind not in TARGET_KINDS:
-        hint = closest(kind, TARGET_KINDS)
+        hint = _TARGET_SYNONYMS.get(kind) or closest(kind, TARGET_KINDS)
         raise ConfigError(
             f"{argument}={target!r}: unknown target kind {kind!r}"
             + (f"; did you mean {hint!r}?" if hint else "")
@@ -57,9 +71,11 @@ def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
     except ValueError:
         raise ConfigError(f"{argument}={target!r}: {raw!r} is not a number; {fix}") from None
     if kind == "sparsity" and not 0.0 <= value < 1.0:
-        raise ConfigError(f"{argument}={target!r}: sparsity is the fraction removed and must be in [0, 1); {fix}")
+        raise ConfigError(f"{argument}={target!r}: sparsity is the fraction removed and must be in [0, 1), "
+                          f"e.g. sparsity=0.9 removes 90%")
     if kind != "sparsity" and not 0.0 < value <= 1.0:
-        raise ConfigError(f"{argument}={target!r}: {kind} is the fraction kept and must be in (0, 1]; {fix}")
+        raise ConfigError(f"{argument}={target!r}: {kind} gives the fraction kept; the fraction kept must be in (0, 1], "
+                          f"e.g. {kind}=0.5 keeps half")
     return kind, value
 
 
@@ -114,12 +130,21 @@ class Recipe:
             problems.append(f"ignore={self.ignore!r} must be a list of module paths")
         if self.baseline is not None and not isinstance(self.baseline, str):
             problems.append(f"baseline={self.baseline!r} must be a baseline name, a checkpoint path or null")
+        if not isinstance(self.latency, bool):
+            problems.append(f"latency={self.latency!r} must be true or false")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            problems.append(f"data_dir={self.data_dir!r} must be a folder path or null")
         if isinstance(self.device, str) and self.device.split(":")[0] not in DEVICES:
             problems.append(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
+        if isinstance(self.target, str) and self.target:
+            try:
+                parse_target(self.target)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if len(problems) == 1 and problems[0].startswith("target="):
+            raise ConfigError(problems[0])
         if problems:
             raise ConfigError("invalid recipe: " + "; ".join(problems))
-        if isinstance(self.target, str):
-            parse_target(self.target)
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -142,7 +167,8 @@ class Recipe:
         _check_keys(data, source)
         if "ignore" in data and data["ignore"] is not None:
             ignore = data["ignore"]
-            data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+            data["ignore"] = (ignore,) if isinstance(ignore, str) else tuple(ignore) if isinstance(
+                ignore, (list, tuple)) else ignore  # anything else is reported by __post_init__
         elif "ignore" in data:
             data["ignore"] = ()
         for key in ("options", "data_options"):
@@ -157,7 +183,20 @@ class Recipe:
         if not path.is_file():
             raise ConfigError(f"recipe={str(path)!r} does not exist; pass the path of a .yaml or .json recipe "
                               f"(every run writes one: runs/<name>/recipe.yaml)")
-        text = path.read_text()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"recipe={str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or "\x00" in text:
+            raise ConfigError(f"recipe={str(path)!r} is a binary file, not a YAML/JSON recipe; pass the recipe.yaml "
+                              f"a run wrote (runs/<name>/recipe.yaml) or write one (docs/cli.md, recipes)")
+        if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+            raise ConfigError(f"recipe={str(path)!r} is empty; write at least one key (e.g. method: l1-filter), "
+                              f"or run without --recipe for the default job")
         if path.suffix.lower() == ".json":
             try:
                 data = json.loads(text)
@@ -172,7 +211,10 @@ class Recipe:
                 raise ConfigError(f"recipe={str(path)!r} is not valid YAML: {exc}") from None
         else:
             raise ConfigError(f"recipe={str(path)!r}: unknown extension {path.suffix!r}; use .yaml, .yml or .json")
-        return cls.from_dict(data or {}, source=f"recipe {str(path)!r}")
+        if data is None:
+            raise ConfigError(f"recipe={str(path)!r} is empty; write at least one key (e.g. method: l1-filter), "
+                              f"or run without --recipe for the default job")
+        return cls.from_dict(data, source=f"recipe {str(path)!r}")
 
     def override(self, **changes: Any) -> "Recipe":
         """A copy with ``changes`` applied; ``None`` values (flags not given) are skipped."""

@@ -814,6 +814,34 @@ def eval_job(model: str, data: str = "fashion-mnist", *, batch_size: int = 256, 
 
 
 # --- prune / inspect ---------------------------------------------------------------------------------------
+def _check_writable(path: Path, argument: str) -> None:
+    """ConfigError unless a file can be created at ``path`` (its folder is made if missing; probed with a
+    temporary file that is removed at once, since permission bits do not tell for root or read-only mounts)."""
+    import tempfile
+
+    why = "it is a folder" if path.is_dir() else None
+    if why is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe-"):
+                pass
+        except OSError as exc:
+            why = f"{str(path.parent)!r} is not a writable folder ({exc.strerror or type(exc).__name__})"
+    if why:
+        raise ConfigError(f"{argument}={str(path)!r} cannot be written: {why}; choose a path in a folder you can "
+                          f"write, e.g. --{argument} ./model.onnx")
+
+
+def _onnx_opsets() -> tuple[int, int]:
+    """The opsets ``torch.onnx.export(..., dynamo=False)`` accepts."""
+    try:
+        from torch.onnx import _constants as c
+
+        return c.ONNX_MIN_OPSET, getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 7, 17
+
+
 def _example_for(model_spec: str, input_shape: tuple[int, ...] | None) -> torch.Tensor:
     shape = tuple(input_shape) if input_shape else (1, 1, 28, 28)
     if len(shape) < 2 or any(int(s) < 1 for s in shape):
@@ -893,7 +921,15 @@ def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = N
     x = _example_for(model, input_shape)
     out_path = Path(out)
     if out_path.suffix != ".onnx":
-        raise ConfigError(f"out={out!r} must end in .onnx, e.g. --out model.onnx")
+        raise ConfigError(f"onnx={out!r} must end in .onnx, e.g. --onnx model.onnx")
+    lo, hi = _onnx_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+        raise ConfigError(f"opset={opset!r} is not supported by this torch's ONNX exporter (opsets {lo}..{hi}); "
+                          f"use --opset 17 (the default)")
+    if _is_path(model) and not Path(model).exists():
+        raise ConfigError(f"model={model!r}: no such file; pass a model file written by `prunekit run`/`prune` "
+                          f"(model.safetensors), a baseline name or a model name such as lenet5")
+    _check_writable(out_path, "onnx")
     _check_model_name(model)
     net = resolve_model(model, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
     import onnxruntime as ort

@@ -171,7 +171,7 @@ BAD = [
     (dict(sparsity=0.5, ignore=["fcc"]), ConfigError, "'fcc' matches no module; did you mean 'fc'"),
     (dict(sparsity=0.5, ignore=["re:head.*"]), ConfigError, "matches no module"),
     (dict(target="macs=0.0001"), ConfigError, "cannot be reached"),
-    (dict(target="flops=0.5"), ConfigError, "unknown budget 'flops'"),
+    (dict(target="flops=0.5"), ConfigError, "unknown target kind 'flops'"),
     (dict(target="macs=2"), ConfigError, r"fraction kept must be in \(0, 1\]"),
     (dict(sparsity=0.5, target="macs=0.5"), ConfigError, "either sparsity= or target="),
     (dict(), ConfigError, "say how much to prune"),

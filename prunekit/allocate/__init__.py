@@ -281,26 +281,20 @@ def select_removal(scores: list, kept: list) -> dict:
 
 
 def parse_target(target: str) -> tuple[str, float]:
-    """``"macs=0.5"`` -> ("macs", 0.5): the fraction of MACs (or params) the pruned model keeps."""
-    if not isinstance(target, str) or "=" not in target:
-        raise ConfigError(f"target={target!r} is not a budget; write it as 'macs=<fraction kept>' or "
-                          f"'params=<fraction kept>', e.g. target='macs=0.5'")
-    kind, _, val = target.partition("=")
-    kind = kind.strip().lower()
-    if kind not in ("macs", "params"):
-        from .._registry import closest
+    """A structured budget from the one target grammar (:func:`prunekit.recipe.parse_target`): ``"macs=0.5"``
+    -> ``("macs", 0.5)``, the fraction of MACs (or params) the pruned model keeps; ``"sparsity=0.9"`` (the
+    fraction of parameters removed) -> ``("params", 0.1)``.
 
-        hint = closest(kind, ["macs", "params"])
-        raise ConfigError(f"target={target!r}: unknown budget {kind!r}" + (f"; did you mean {hint!r}?" if hint
-                          else "") + " Valid: 'macs=<fraction>', 'params=<fraction>'")
-    try:
-        frac = float(val)
-    except ValueError:
-        raise ConfigError(f"target={target!r}: {val!r} is not a number; write e.g. '{kind}=0.5'") from None
-    if not 0 < frac <= 1:
-        raise ConfigError(f"target={target!r}: the fraction kept must be in (0, 1], got {frac}; "
-                          f"e.g. '{kind}=0.5' keeps half")
-    return kind, frac
+    Example:
+        >>> parse_target("macs=0.5"), parse_target("sparsity=0.75")
+        (('macs', 0.5), ('params', 0.25))
+    """
+    from ..recipe import parse_target as parse
+
+    kind, value = parse(target)
+    if kind == "sparsity":
+        return "params", 1.0 - value
+    return kind, value
 
 
 def search_target(cost_at: Callable[[float], int], budget: int, *, hi: float = 0.999, steps: int = 30) -> float:

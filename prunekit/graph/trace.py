@@ -102,6 +102,9 @@ class Recording:
         self.ops: list = []  # the op sequence of the traced forward (see op_log)
         self.unaccounted: list[str] = []  # a fast trace's tensors of unknown origin (see _Values)
         self.validated: str | None = None  # how surgery's validation forward ran: "fast" or "real"
+        # data-dependent control flow: where a tensor value became a Python bool/int/float or was read out
+        # ("<module fqn>: <how>"); the trace then covers the path these values chose (see note_python_read)
+        self.python_reads: list[str] = []
         # reshapes that split one channel dim over several output dims ([B, P*C] -> [B, P, C]): the op's
         # index and the labels of the dim taken as the unit. By default the outer dim is the unit (whole
         # heads go); ops listed in ``inner_unit`` take the innermost dim instead (selective-kernel
@@ -593,6 +596,43 @@ _LIFT_FRESH = torch.ops.aten.lift_fresh.default  # torch.tensor(...) in a forwar
 _ACTIVE_VALUES: contextvars.ContextVar = contextvars.ContextVar("prunekit_active_values", default=None)
 _PYTHON_READS = ("tolist", "numpy", "__dlpack__")  # Tensor.__array__ goes through numpy()
 _read_guards: list = []  # [depth, {name: original or None}] while installed
+# ops by which a tensor's value leaves torch for Python (and so may steer the forward): Tensor.__bool__,
+# item(), int()/float() of a tensor and torch.equal all reach the dispatcher as one of these
+_SCALAR_READS = _aten(("_local_scalar_dense", "is_nonzero", "equal"))
+# every traced forward appends its data-dependent reads here while a caller collects them (prunekit._checks)
+_READ_NAMES = {"_local_scalar_dense": "a tensor value turned into a Python bool/int/float (if/item/int/float)",
+               "is_nonzero": "a tensor value turned into a Python bool", "equal": "torch.equal"}
+PYTHON_READS_SINK: contextvars.ContextVar = contextvars.ContextVar("prunekit_python_reads", default=None)
+
+
+def note_python_read(rec, how: str):
+    """Record that the traced forward turned a tensor value into a Python value (``how``) inside the
+    module on top of the stack: a data-dependent branch the trace followed one way only."""
+    how = _READ_NAMES.get(how, how)
+    entry = f"{(rec.stack[-1] if rec.stack else '') or '<model>'}.forward: {how}"
+    if entry not in rec.python_reads and len(rec.python_reads) < 20:
+        rec.python_reads.append(entry)
+        sink = PYTHON_READS_SINK.get()
+        if sink is not None and entry not in sink:
+            sink.append(entry)
+
+
+class _ReadLog:
+    """The Python reads (``tolist``/``numpy``/``__dlpack__``) of a traced forward: recorded as data-dependent
+    reads, then checked by a fast trace's ``values`` (which refuses made-up values)."""
+
+    def __init__(self, rec, values=None, mode=None):
+        self.rec = rec
+        self.values = values
+        self.mode = mode
+
+    def python_read(self, t, how: str):
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        if self.mode is None or _get_current_dispatch_mode() is self.mode:  # the forward's read, not a rule's
+            note_python_read(self.rec, f"Tensor.{how}")
+        if self.values is not None:
+            self.values.python_read(t, how)
 
 
 def _guard(name: str, original):
@@ -651,6 +691,8 @@ class _Mode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.log.op(func)
+        if func.overloadpacket in _SCALAR_READS:  # bool(t), t.item(), int(t), float(t), torch.equal
+            note_python_read(self.rec, str(func.overloadpacket).rpartition(".")[2])
         if func is _RESTRIDE:  # the rule compares the layout before and after (see rules._restride)
             self.rec.strides_before = (tuple(args[0].stride()), args[0].storage_offset())
         out = self.values.call(func, args, kwargs) if self.fast else func(*args, **kwargs)
@@ -824,7 +866,7 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with eval_mode(model), torch.no_grad(), \
-                (_python_reads_checked(values) if fast else contextlib.nullcontext()), mode:
+                _python_reads_checked(_ReadLog(rec, values if fast else None, mode)), mode:
             output = call_model(model, example_inputs)
     except MadeUpValue:
         raise

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._registry import unknown_name_message
 from ..allocate import erk_densities, layer_sparsities
 from ..errors import ConfigError
@@ -167,6 +168,7 @@ def _check_sparsity(name: str, value) -> str | None:
     return None
 
 
+@checked(verb="sparsify")
 def sparsify_(
     model: nn.Module,
     *,
