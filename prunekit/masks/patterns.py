@@ -125,8 +125,14 @@ class NMPattern(Pattern):
 PATTERNS: Registry[Callable[[str, str | None], Pattern]] = Registry("pattern")
 
 
-def register_pattern(family: str):
-    """Register ``factory(spec, arg) -> Pattern`` for pattern strings ``"family"`` or ``"family:arg"``."""
+_EXAMPLES = ["element", "row", "column", "2:4", "4:8", "block:1x4", "block:4x4"]
+
+
+def register_pattern(family: str, *, example: str | None = None):
+    """Register ``factory(spec, arg) -> Pattern`` for pattern strings ``"family"`` or ``"family:arg"``;
+    ``example`` (e.g. ``"bmwm:4"``) is shown in error messages and exercised by the registry's contract tests."""
+    if example is not None:
+        _EXAMPLES.append(example)
     return PATTERNS.register(family)
 
 
@@ -162,7 +168,6 @@ def _nm(spec, arg):
     return NMPattern(spec, n, m)
 
 
-_EXAMPLES = ["element", "row", "column", "2:4", "4:8", "block:1x4", "block:4x4"]
 
 
 def get_pattern(spec: str | Pattern) -> Pattern:

@@ -164,7 +164,7 @@ class BlockMaxPattern(Pattern):
         return bool((m.reshape(rows, -1, self.block).sum(-1) <= 1).all())
 
 
-@register_pattern("bmwm")
+@register_pattern("bmwm", example="bmwm:4")
 def _bmwm(spec, arg):
     if arg is None or not arg.isdigit() or int(arg) < 2:
         raise ConfigError(f"pattern={spec!r}: block-max masking is 'bmwm:B' with an integer block size B >= 2, "
