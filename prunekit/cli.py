@@ -151,11 +151,14 @@ def _table(title, header, rows):
     return table
 
 
+# flags of `run` that are not recipe keys: they steer the command, not the job
+_NOT_RECIPE_FLAGS = ("command", "verbose", "recipe", "option", "no_latency", "force", "baselines", "resume")
+
+
 def _cmd_run(args) -> int:
     from . import workflows as W
 
-    flags = {k: v for k, v in vars(args).items()
-             if k not in ("command", "verbose", "recipe", "option", "no_latency", "force", "baselines", "resume")}
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_RECIPE_FLAGS}
     if getattr(args, "no_latency", False):
         flags["latency"] = False
     recipe, note = W.resolve_recipe(getattr(args, "recipe", None), flags, getattr(args, "option", None) or [])
@@ -363,7 +366,7 @@ def _run_problems(args) -> list[str]:
     from . import workflows as W
 
     problems = []
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "recipe", "option", "no_latency")
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_RECIPE_FLAGS
              and not isinstance(v, _BadValue) and not k.startswith("_")}
     options = []
     for item in getattr(args, "option", None) or []:
