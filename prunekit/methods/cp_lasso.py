@@ -21,7 +21,7 @@ from typing import Literal
 
 from ._config import MethodConfig
 from ._registry import MethodResult, RunContext, Telemetry, register_method
-from .thinet import RECONSTRUCTION_TELEMETRY, prune_and_refit
+from ._reconstruct import RECONSTRUCTION_TELEMETRY, prune_and_refit
 
 
 @dataclass(frozen=True)
