@@ -10,7 +10,7 @@ from prunekit.workflows import export_onnx
 
 def test_export_to_an_unwritable_path_is_a_clear_error(tmp_path):
     (tmp_path / "f").write_text("a file, not a folder")
-    with pytest.raises(ConfigError, match=r"onnx=.*cannot write there"):
+    with pytest.raises(ConfigError, match=r"onnx=.*cannot be written"):
         export_onnx("lenet5", str(tmp_path / "f" / "m.onnx"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
