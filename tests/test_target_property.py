@@ -91,10 +91,15 @@ def test_verbs_with_any_keywords_work_or_refuse(chain, kwargs, verb):
     m, x = chain()
     call = {"plan": lambda: pk.plan(m, x, **kwargs), "prune_": lambda: pk.prune_(m, example_inputs=x, **kwargs),
             "sparsify_": lambda: pk.sparsify_(m, **kwargs)}[verb]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
     try:
-        call()
-    except PrunekitError:
-        pass
+        result = call()
+    except PrunekitError as e:  # a refusal says why and leaves the model as it was
+        assert str(e)
+        after = m.state_dict()
+        assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+        return
+    assert result is not None  # nothing public returns None
 
 
 # ---- the command line --------------------------------------------------------------------------------------
