@@ -48,3 +48,11 @@ ONE_SHOT_TELEMETRY = dict(
 )
 
 
+
+
+# the round-based methods (taylor-fo, taylor-fm): training between the cuts is their mechanism
+ROUNDS_TELEMETRY = dict(
+    keys=("rounds", "steps_between", "train_steps"), engaged=lambda t: t["train_steps"] > 0,
+    knob="raise steps_between (minibatches trained after each cut), or lower per_round / raise max_rounds so "
+         "the target takes several rounds",
+)

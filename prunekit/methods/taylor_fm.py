@@ -22,6 +22,7 @@ from ..criteria.taylor import taylor_fm_scores
 from ..train.rounds import prune_in_rounds_with
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ._telemetry import ROUNDS_TELEMETRY
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,7 @@ class TaylorFMConfig(MethodConfig):
 
 @register_method("taylor-fm", config=TaylorFMConfig, kind="structured", needs=("calib", "train"),
                  smoke={"per_round": 16, "steps_between": 2}, telemetry=Telemetry(
-    keys=("rounds", "steps_between", "train_steps"), engaged=lambda t: t["train_steps"] > 0,
-    what="fine-tuning between the rounds that each remove per_round maps",
-    knob="raise steps_between (minibatches trained after each cut), or lower per_round / raise max_rounds so "
-         "the target takes several rounds"))
+    what="fine-tuning between the rounds that each remove per_round maps", **ROUNDS_TELEMETRY))
 def run(ctx: RunContext, cfg: TaylorFMConfig) -> MethodResult:
     info, telemetry = prune_in_rounds_with(ctx, cfg, taylor_fm_scores, "taylor-act")
     return MethodResult(model=ctx.model, info=info, telemetry=telemetry)

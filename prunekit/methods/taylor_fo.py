@@ -23,6 +23,7 @@ from ..criteria.taylor import taylor_fo_scores
 from ..train.rounds import prune_in_rounds_with
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ._telemetry import ROUNDS_TELEMETRY
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,7 @@ class TaylorFOConfig(MethodConfig):
 
 
 @register_method("taylor-fo", config=TaylorFOConfig, kind="structured", needs=("calib", "train"), telemetry=Telemetry(
-    keys=("rounds", "steps_between", "train_steps"), engaged=lambda t: t["train_steps"] > 0,
-    what="training between the rounds that each remove per_round units",
-    knob="raise steps_between (minibatches trained after each cut), or lower per_round / raise max_rounds so "
-         "the target takes several rounds"))
+    what="training between the rounds that each remove per_round units", **ROUNDS_TELEMETRY))
 def run(ctx: RunContext, cfg: TaylorFOConfig) -> MethodResult:
     info, telemetry = prune_in_rounds_with(ctx, cfg, taylor_fo_scores, "taylor")
     return MethodResult(model=ctx.model, info=info, telemetry=telemetry)
