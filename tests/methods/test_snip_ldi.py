@@ -55,6 +55,18 @@ def test_run_reports_isometry_and_keeps_target():
     assert all(a < b for b, a in res.info["isometry_error"].values())
 
 
+def test_isometry_steps_count_as_no_training_epoch():
+    # the approximate-isometry step is 10,000 data-free Adam steps by default; the benchmark protocol counts
+    # optimizer steps as training unless a method reports its epochs, which made snip-ldi look 23.7 epochs long
+    from prunekit.bench.protocol import precut_epochs
+
+    load_all()
+    torch.manual_seed(0)
+    res = get_method("snip-ldi").run(_ctx(deep_mlp(width=8, depth=2), ai_iterations=100))
+    assert res.info["epochs_trained"] == 0
+    assert precut_epochs(100, 4, res.info) == (0.0, "reported")
+
+
 def test_orthogonal_init_and_approximate_isometry_engage():
     load_all()
     torch.manual_seed(0)
