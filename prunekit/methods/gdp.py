@@ -11,12 +11,12 @@ one of the masked network), and the mask is re-estimated from time to time, so a
 can recover. When training ends the masked filters are removed. Here the mask is the
 :class:`~prunekit.methods._regularizers.DynamicFilterMask` callback; the saliency defaults to the filter's L1
 norm divided by its layer's mean (the paper's exact saliency function was not available to us, so it is an option,
-``saliency``: ``l1`` or ``l2``). The paper budgets the mask as a fraction of all filters; here
-``budget="cost"`` (the default) re-chooses every mask with the engine's global allocation for the
-MAC/parameter target, so the masked network always costs what the target says, wherever the mask moves;
-``budget="filters"`` keeps the paper's fixed filter count (the count the target needs at the first estimate),
-whose cost drifts when the mask moves filters between cheap and costly layers (at a larger budget the cut
-then lands below the target). ``static=True`` freezes the mask at the first estimate (the baseline the
+``saliency``: ``l1`` or ``l2``). The paper budgets the mask as a fraction of all filters: ``budget="filters"``
+(the default) keeps the filter count the target needs at the first estimate, so the masked network's cost
+drifts when the mask moves filters between cheap and costly layers (the final cut still meets the target:
+masked filters go first, then the engine's global allocation tops up or gives back). ``budget="cost"`` (ours)
+re-chooses every mask with the engine's global allocation for the MAC/parameter target, so the masked
+network always costs what the target says, wherever the mask moves. ``static=True`` freezes the mask at the first estimate (the baseline the
 paper's dynamic update is compared with).
 
 The paper gives no re-estimation interval; it is set in epochs (``update_epochs``), so a short run still
@@ -44,14 +44,14 @@ class GDPConfig(MethodConfig):
     update_epochs: float = option(0.3, gt=0)  # epochs between re-estimates (paper: none; entry: 50 of 157 steps)
     saliency: Literal["l1", "l2"] = "l1"  # filter norm / layer mean, global (paper's saliency not found; entry: l1)
     static: bool = False  # ours: keep the first mask (the entry's static-pruning baseline, check (c))
-    budget: Literal["cost", "filters"] = "cost"  # ours: each mask meets the target | filters: paper's fixed count
+    budget: Literal["filters", "cost"] = "filters"  # paper: a fixed filter count (sec. 3) | cost: ours, each mask meets the target
 
 
-BUDGETS = ("cost", "filters")
+BUDGETS = ("filters", "cost")
 
 
 def dynamic_mask_callback(model, ctx: RunContext, update_every: int = 50, saliency: str = "l1",
-                          static: bool = False, budget: str = "cost") -> DynamicFilterMask:
+                          static: bool = False, budget: str = "filters") -> DynamicFilterMask:
     """The GDP callback for ``model`` at ``ctx.target`` (filters of single-producer channel groups).
 
     ``update_every`` is in optimizer steps; :func:`run` derives it from ``update_epochs``.

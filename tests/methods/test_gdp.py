@@ -76,11 +76,11 @@ def _mask_macs_fraction(cb, graph) -> float:
 
 
 def test_cost_budget_keeps_every_mask_on_the_mac_target():
-    # the default budget: each re-estimated mask costs at most the target (and the cut lands near it)
+    # budget="cost" (ours): each re-estimated mask costs at most the target (and the cut lands near it)
     from prunekit.methods._filter_common import _graph
 
     data, model, ctx = _setup()
-    cb = dynamic_mask_callback(model, ctx, update_every=2, saliency="l2")
+    cb = dynamic_mask_callback(model, ctx, update_every=2, saliency="l2", budget="cost")
     graph = _graph(model, ctx)
     seen = []
     update = cb.update_masks
@@ -120,6 +120,15 @@ def test_a_moved_mask_drifts_off_the_target_under_the_filter_count_but_not_under
         fractions[budget] = _mask_macs_fraction(cb, graph)
     assert 0.45 <= fractions["cost"] <= 0.5, fractions
     assert fractions["filters"] < 0.42, fractions  # 0.401 when written; the cost budget 0.499
+
+
+def test_the_default_budget_is_the_papers_fixed_filter_count():
+    from prunekit.methods.gdp import GDPConfig
+
+    assert GDPConfig().budget == "filters"
+    data, model, ctx = _setup()
+    cb = dynamic_mask_callback(model, ctx, update_every=2, saliency="l2")
+    assert cb.choose is None  # later masks keep the first estimate's filter count, as in the paper
 
 
 def test_unknown_budget_is_refused():
