@@ -180,7 +180,7 @@ def _capped(store: dict, name: str, t: torch.Tensor, cap: int | None, kept: dict
 
 def collect(model: nn.Module, calib: Iterable, *, outputs=(), inputs=(), output_grads=(), input_grads=(),
             param_grads: bool | Iterable[str] = False, per_batch: bool = False, stats=(), input_stats=(),
-            gram=(), gram_bias: bool = True, max_rows: int | None = None, cap: int | None = None,
+            gram=(), gram_bias: bool = False, max_rows: int | None = None, cap: int | None = None,
             loss_fn: Callable | None = None, on_batch: Callable | None = None, keep: bool = True,
             on_input: Callable | None = None, on_output: Callable | None = None, watch=()) -> Calibration:
     """Run ``calib`` once through ``model`` and return a :class:`Calibration` with what was asked for.

@@ -23,10 +23,10 @@ def _sum_ce(out, y):
 def test_linear_gram_by_hand_with_and_without_the_bias_column():
     lin = nn.Linear(2, 1)
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    cal = collect(lin, [(x, None)], gram=[""], gram_bias=False)
+    cal = collect(lin, [(x, None)], gram=[""])
     # rows (1, 2) and (3, 4): [[1+9, 2+12], [2+12, 4+16]]
     assert cal.gram[""].tolist() == [[10.0, 14.0], [14.0, 20.0]] and cal.gram_rows[""] == 2
-    cal = collect(lin, [(x[:1], None), (x[1:], None)], gram=[""])  # two batches add up; bias column of ones
+    cal = collect(lin, [(x[:1], None), (x[1:], None)], gram=[""], gram_bias=True)  # batches add up; bias column
     assert cal.gram[""].tolist() == [[10.0, 14.0, 4.0], [14.0, 20.0, 6.0], [4.0, 6.0, 2.0]]
     assert cal.hessian("").tolist() == [[5.0, 7.0, 2.0], [7.0, 10.0, 3.0], [2.0, 3.0, 1.0]]
     assert cal.gram[""].dtype == torch.float64 and cal.gram[""].device.type == "cpu"
