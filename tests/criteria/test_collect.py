@@ -150,9 +150,10 @@ def test_errors_name_calib_and_the_closest_module():
         collect(m, [(torch.randn(2, 2), None)], outputs=["haed"])
     with pytest.raises(ConfigError, match=r"'head.wieght' is not a parameter.*did you mean 'head.weight'"):
         collect(m, [(torch.randn(2, 2), None)], param_grads=["head.wieght"])
-    with pytest.raises(ConfigError, match=r"Conv2d with groups=1.*groups=2"):
-        collect(nn.Conv2d(2, 2, 3, groups=2), [(torch.randn(1, 2, 4, 4), None)], gram=[""])
-    assert _hooks(m) == 0
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2))
+    with pytest.raises(ConfigError, match=r"Conv2d with groups=1.*groups=2"):  # raised inside the hook
+        collect(grouped, [(torch.randn(1, 2, 4, 4), None)], gram=["0"])
+    assert _hooks(m) == 0 and _hooks(grouped) == 0
 
 
 @pytest.mark.parametrize("name", ["chain", "residual", "concat", "flatten_linear", "attention", "se", "tied"])
@@ -175,3 +176,5 @@ def test_collect_for_scoring_returns_what_the_engine_collects(name):
     assert all(covered[0]) and covered[1][0] and covered[2][1]  # grads, outputs and inputs were compared
     with pytest.raises(ConfigError, match="needs calibration data"):
         collect_for_scoring(model, graph, None, None, True, False)
+    with pytest.raises(ConfigError, match="calib is empty"):  # the engine's own pass scores nothing silently here
+        collect_for_scoring(model, graph, [], None, True, False)
