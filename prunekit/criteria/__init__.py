@@ -25,6 +25,10 @@ The view (:class:`ChannelView`) has exactly these fields:
 - ``collect_inputs(module_fqn) -> list[Tensor]``: recorded inputs of that module over ``calib``
 - ``seed``: for stochastic criteria
 
+Calibration passes run through one collector, :func:`prunekit.criteria.collect.collect` (the Taylor and
+reconstruction passes, L-OBS's layer-wise Hessians, the filter methods' recordings);
+:func:`~prunekit.criteria.collect.collect_for_scoring` returns exactly what the engine's pass returns.
+
 Example:
     >>> import torch
     >>> from prunekit.criteria import get_criterion, ChannelView
@@ -38,9 +42,11 @@ from __future__ import annotations
 from . import norms  # noqa: F401  (registers l1, l2, random)
 from ._base import (CRITERIA, ChannelView, ConsumerView, CriterionSpec, channel_rows, get_criterion, normalise,
                     reduce_scores, register_criterion, score_member, select_lowest)
+from .collect import Calibration, ChannelStats, collect, collect_for_scoring
 
-__all__ = ["CRITERIA", "ChannelView", "ConsumerView", "CriterionSpec", "channel_rows", "get_criterion",
-           "normalise", "reduce_scores", "register_criterion", "score_member", "select_lowest"]
+__all__ = ["CRITERIA", "Calibration", "ChannelStats", "ChannelView", "ConsumerView", "CriterionSpec", "channel_rows",
+           "collect", "collect_for_scoring", "get_criterion", "normalise", "reduce_scores", "register_criterion",
+           "score_member", "select_lowest"]
 
 
 def _load_others():

@@ -25,6 +25,7 @@ from torch import nn
 
 from ._base import ChannelView, random_generator, register_criterion
 from ._stats import _cached, per_channel, readers
+from .collect import collect
 
 log = logging.getLogger(__name__)
 
@@ -161,26 +162,11 @@ def score_cp_lasso(view: ChannelView) -> torch.Tensor:
 
 # ---- the re-fit after surgery ---------------------------------------------------------------------------------
 def _run(model: nn.Module, calib, fqns: list, want: str) -> dict:
-    """Inputs (``want="in"``) or outputs (``"out"``) of modules ``fqns`` over ``calib``, eval mode, no grad."""
-    from ..graph.trace import call_model, model_device, move_to
-
-    mods = dict(model.named_modules())
-    rec: dict = {f: [] for f in fqns}
-    device = model_device(model)
-    hooks = [mods[f].register_forward_hook(  # kept on the CPU, where the solves run
-        lambda m, a, o, f=f: rec[f].append((a[0] if want == "in" else o).detach().cpu())) for f in fqns]
-    was = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, _ in calib:
-                call_model(model, move_to(x, device))
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, t in was.items():
-            m.training = t
-    return {f: torch.cat(v) for f, v in rec.items() if v}
+    """Inputs (``want="in"``) or outputs (``"out"``) of modules ``fqns`` over ``calib`` (eval mode, no grad),
+    kept on the CPU where the solves run."""
+    cal = collect(model, calib, **{"inputs" if want == "in" else "outputs": fqns})
+    rec = cal.inputs if want == "in" else cal.outputs
+    return {f: torch.cat(rec[f]) for f in fqns if rec.get(f)}
 
 
 def refittable(model: nn.Module, fqns) -> list:

@@ -24,7 +24,6 @@ taylor-fo / taylor-fm methods rank with those.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import ChannelView, channel_rows, register_criterion
+from .collect import collect
 
 
 def taylor_sum(view: ChannelView) -> torch.Tensor:
@@ -91,52 +91,28 @@ def _loss(outputs, targets, reduction: str = "mean"):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction=reduction)
 
 
-@contextlib.contextmanager
-def _grad_pass(model: nn.Module):
-    """Eval mode, the caller's ``.grad`` fields and train/eval flags restored afterwards."""
-    saved = {p: p.grad for p in model.parameters()}
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, g in saved.items():
-            p.grad = g
-        for m, t in modes.items():
-            m.training = t
-
-
 def taylor_fo_scores(model: nn.Module, graph, calib, loss_fn: Callable | None = None) -> list[np.ndarray]:
     """Molchanov et al. 2019, per group: ``mean over calibration batches b of (sum over the gate members
     of w * dL_b/dw)^2`` -- the squared first-order term of a gate after BatchNorm (``gamma dL/dgamma + beta
     dL/dbeta`` is ``sum over batch and positions of z * dL/dz`` for the BN output ``z``). Raw values, no
     normalisation: the paper ranks them across the whole network as they are."""
-    from ..graph.trace import call_model, model_device, move_to
-
     params = dict(model.named_parameters())
     gates = [gate_members(model, g) for g in graph.groups]
     sums = [np.zeros(g.width) for g in graph.groups]
-    loss_fn = loss_fn or _loss
-    device = model_device(model)
-    n = 0
-    with _grad_pass(model):
-        for x, y in calib:
-            x, y = move_to((x, y), device)
-            for p in params.values():
-                p.grad = None
-            loss_fn(call_model(model, x), y).backward()
-            for gi, (g, members) in enumerate(zip(graph.groups, gates)):
-                term = np.zeros(g.width)
-                for m in members:
-                    p = params[m.fqn]
-                    if p.grad is None:
-                        continue
-                    chans, w = channel_rows(p.detach().cpu(), m.dim, m.channel)
-                    _, gr = channel_rows(p.grad.detach().cpu(), m.dim, m.channel)
-                    term[chans] += (w.double() * gr.double()).sum(1).numpy()
-                sums[gi] += term ** 2
-            n += 1
+
+    def add_batch(batch):  # one calibration batch's gradients
+        for gi, (g, members) in enumerate(zip(graph.groups, gates)):
+            term = np.zeros(g.width)
+            for m in members:
+                if m.fqn not in batch.grads:
+                    continue
+                chans, w = channel_rows(params[m.fqn].detach().cpu(), m.dim, m.channel)
+                _, gr = channel_rows(batch.grads[m.fqn], m.dim, m.channel)
+                term[chans] += (w.double() * gr.double()).sum(1).numpy()
+            sums[gi] += term ** 2
+
+    fqns = sorted({m.fqn for members in gates for m in members})
+    n = collect(model, calib, param_grads=fqns, loss_fn=loss_fn or _loss, on_batch=add_batch, keep=False).batches
     return [s / max(n, 1) for s in sums]
 
 
@@ -146,8 +122,6 @@ def taylor_fm_scores(model: nn.Module, graph, calib, loss_fn: Callable | None = 
     separately and averaged over the examples of every calibration batch, then the group's vector scaled
     to unit l2 norm. ``dL/da`` is the gradient of the example's own loss through that reader only (a
     residual stream read by several layers sums their terms)."""
-    from ..graph.trace import call_model, model_device, move_to
-
     mods = dict(model.named_modules())
     readers: dict = {}  # module fqn -> [(group index, member)]
     for gi, g in enumerate(graph.groups):
@@ -157,55 +131,37 @@ def taylor_fm_scores(model: nn.Module, graph, calib, loss_fn: Callable | None = 
             if m.role == "consumer" and leaf == "weight" and m.dim == 1 and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                 readers.setdefault(mf, []).append((gi, m))
     totals = [np.zeros(g.width) for g in graph.groups]
-    seen: dict = {}
     examples = 0
 
-    def pre_hook(mod, args, mf):
-        x = args[0]
-        if not (torch.is_tensor(x) and x.requires_grad):
-            return None
-        alias = x.view_as(x)  # a node of its own: its gradient flows through this reader only
-        # the hook holds a detached copy, not the alias: a cycle alias -> hook -> alias would keep the graph,
-        # and with it stale gradient accumulators of parameters the engine resizes later, alive
-        alias.register_hook(lambda g, a=x.detach(), mf=mf: seen.__setitem__(mf, (a, g.detach())))
-        return (alias, *args[1:])
+    def add_batch(batch):  # one calibration batch: per-example terms of every reader
+        nonlocal examples
+        per_example = [np.zeros((0, g.width)) for g in graph.groups]
+        for mf, pairs in readers.items():
+            if mf not in batch.input_grads:
+                continue
+            a, g = batch.inputs[mf][0], batch.input_grads[mf][0]  # the first call of the reader
+            feat = 1 if isinstance(mods[mf], (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else a.dim() - 1
+            prod = (a.double() * g.double()).movedim(feat, 1)  # [N, C, ...]
+            prod = prod.reshape(prod.shape[0], prod.shape[1], -1).sum(2).numpy()  # [N, C]
+            positions = int(np.prod(a.shape[2:])) if feat == 1 else int(np.prod(a.shape[1:-1]))
+            for gi, m in pairs:
+                if m.size != prod.shape[1]:
+                    continue  # a grouped conv reads a slice per group: no per-channel map here
+                valid = m.channel >= 0
+                count = np.bincount(m.channel[valid], minlength=graph.groups[gi].width)
+                term = np.zeros((prod.shape[0], graph.groups[gi].width))
+                np.add.at(term.T, m.channel[valid], prod[:, valid].T)
+                term /= np.maximum(count, 1) * max(positions, 1)  # mean over the map's positions
+                pe = per_example[gi]
+                per_example[gi] = term if not len(pe) else pe + term
+        n_batch = max((len(pe) for pe in per_example), default=0)
+        for gi, pe in enumerate(per_example):
+            if len(pe):
+                totals[gi] += np.abs(pe).sum(0)
+        examples += n_batch
 
-    hooks = [mods[mf].register_forward_pre_hook(lambda mod, args, mf=mf: pre_hook(mod, args, mf))
-             for mf in readers]
-    device = model_device(model)
-    try:
-        with _grad_pass(model):
-            for x, y in calib:
-                x, y = move_to((x, y), device)
-                seen.clear()
-                (loss_fn or (lambda o, t: _loss(o, t, "sum")))(call_model(model, x), y).backward()
-                per_example = [np.zeros((0, g.width)) for g in graph.groups]
-                for mf, pairs in readers.items():
-                    if mf not in seen:
-                        continue
-                    a, g = seen[mf]
-                    feat = 1 if isinstance(mods[mf], (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else a.dim() - 1
-                    prod = (a.double() * g.double()).movedim(feat, 1)  # [N, C, ...]
-                    prod = prod.reshape(prod.shape[0], prod.shape[1], -1).sum(2).cpu().numpy()  # [N, C]
-                    positions = int(np.prod(a.shape[2:])) if feat == 1 else int(np.prod(a.shape[1:-1]))
-                    for gi, m in pairs:
-                        if m.size != prod.shape[1]:
-                            continue  # a grouped conv reads a slice per group: no per-channel map here
-                        valid = m.channel >= 0
-                        count = np.bincount(m.channel[valid], minlength=graph.groups[gi].width)
-                        term = np.zeros((prod.shape[0], graph.groups[gi].width))
-                        np.add.at(term.T, m.channel[valid], prod[:, valid].T)
-                        term /= np.maximum(count, 1) * max(positions, 1)  # mean over the map's positions
-                        pe = per_example[gi]
-                        per_example[gi] = term if not len(pe) else pe + term
-                n_batch = max((len(pe) for pe in per_example), default=0)
-                for gi, pe in enumerate(per_example):
-                    if len(pe):
-                        totals[gi] += np.abs(pe).sum(0)
-                examples += n_batch
-    finally:
-        for h in hooks:
-            h.remove()
+    collect(model, calib, inputs=list(readers), input_grads=list(readers),
+            loss_fn=loss_fn or (lambda o, t: _loss(o, t, "sum")), on_batch=add_batch, keep=False)
     out = []
     for t in totals:
         t = t / max(examples, 1)

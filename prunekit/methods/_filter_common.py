@@ -16,6 +16,7 @@ from torch import nn
 
 from ..allocate import global_keep_masks  # noqa: F401  (re-exported: the training-time methods' import)
 from ..criteria import ChannelView, get_criterion
+from ..criteria.collect import collect
 from ..errors import ConfigError
 from ..quantize import kmeans
 
@@ -135,42 +136,23 @@ def conv_bn_pairs(model: nn.Module, example_inputs) -> list[tuple[str, str]]:
     Found by recording one forward pass (eval mode, no grad), so the pairing follows the real data flow
     rather than the order in which modules were declared. The model is left unchanged.
     """
+    producers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    bns = {n for n, m in model.named_modules() if isinstance(m, _BN_TYPES)}
     produced: dict[int, str] = {}
     pairs: list[tuple[str, str]] = []
-    hooks = []
-    names = {m: n for n, m in model.named_modules()}
 
-    def after_producer(mod, _inp, out):
-        produced[id(out)] = names[mod]
+    def after_producer(name, _args, out):
+        if name in producers:
+            produced[id(out)] = name
 
-    def before_bn(mod, inp):
-        src = produced.get(id(inp[0]))
+    def before_bn(name, args):
+        src = produced.get(id(args[0])) if name in bns else None
         if src is not None:
-            pairs.append((src, names[mod]))
+            pairs.append((src, name))
 
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            hooks.append(m.register_forward_hook(after_producer))
-        elif isinstance(m, _BN_TYPES):
-            hooks.append(m.register_forward_pre_hook(before_bn))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            _forward(model, example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    collect(model, [(example_inputs, None)], watch=sorted(producers | bns), on_output=after_producer,
+            on_input=before_bn)
     return pairs
-
-
-def _forward(model: nn.Module, inputs):
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    return model(inputs)
 
 
 class ChannelGates:

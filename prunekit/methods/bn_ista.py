@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..criteria.collect import collect
 from ..errors import ConfigError
 from ..train import fit
 from ._config import MethodConfig, option
 from ._filter_common import (
-    _forward, bn_criterion_scores, bn_layers, conv_bn_pairs, cut_to_target, filter_groups, require_bn,
+    bn_criterion_scores, bn_layers, conv_bn_pairs, cut_to_target, filter_groups, require_bn,
     require_prune_epochs, train_config, zero_scale_channels,
 )
 from ._regularizers import BNScaleISTA
@@ -55,18 +56,8 @@ def layer_cost_weights(model: nn.Module, example_inputs) -> dict[str, float]:
     """``{bn_fqn: lambda_l}``: MACs of one output channel of the conv feeding each BN, normalised to mean 1."""
     pairs = conv_bn_pairs(model, example_inputs)
     mods = dict(model.named_modules())
-    area: dict[str, int] = {}
-    hooks = [mods[c].register_forward_hook(lambda m, i, o, c=c: area.__setitem__(c, int(o[0, 0].numel())))
-             for c, _ in pairs]
-    try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            _forward(model, example_inputs)
-            model.train(was)
-    finally:
-        for h in hooks:
-            h.remove()
+    outs = collect(model, [(example_inputs, None)], outputs=[c for c, _ in pairs], cap=1).outputs
+    area = {c: int(o[0][0, 0].numel()) for c, o in outs.items()}
     cost = {bn: float(mods[c].weight[0].numel() * area[c]) for c, bn in pairs}
     mean = sum(cost.values()) / max(len(cost), 1)
     return {bn: v / mean for bn, v in cost.items()}
@@ -86,16 +77,10 @@ class GammaRescale:
         self.readers: list[nn.Module] = []
 
     def _inputs(self) -> dict[nn.Module, torch.Tensor]:
-        seen: dict[nn.Module, torch.Tensor] = {}
-        hooks = [m.register_forward_pre_hook(lambda m, i: seen.setdefault(m, i[0].detach().clone()))
-                 for m in self.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        try:
-            with torch.no_grad():
-                _forward(self.model, self.x)
-        finally:
-            for h in hooks:
-                h.remove()
-        return seen
+        """The first input of every Conv2d/Linear on ``example_inputs``, in forward order."""
+        names = {n: m for n, m in self.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        seen = collect(self.model, [(self.x, None)], inputs=list(names)).inputs
+        return {names[n]: xs[0] for n, xs in seen.items()}
 
     def apply_(self) -> "GammaRescale":
         if self.alpha == 1.0:
@@ -172,25 +157,14 @@ def fold_constant_channels_(model: nn.Module, ctx, batches=None) -> dict:
                         readers.append((bn, c, r_fqn, m.positions([c])))
     if not readers:
         return {"folded": 0, "not_folded": 0}
-    seen: dict[str, list] = {}
-    hooks = [mods[f].register_forward_pre_hook(lambda mod, i, f=f: seen.setdefault(f, []).append(i[0].detach()))
-             for f in {r[2] for r in readers}]
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            for inputs in (batches if batches is not None else [(ctx.example_inputs, None)]):
-                _forward(model, inputs[0])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    seen = collect(model, batches if batches is not None else [(ctx.example_inputs, None)],
+                   inputs=sorted({r[2] for r in readers})).inputs
     folded = skipped = 0
     done: set = set()
     with torch.no_grad():
         for bn, c, r_fqn, pos in readers:
             r = mods[r_fqn]
-            x = torch.cat(seen[r_fqn])
+            x = torch.cat(seen[r_fqn]).to(r.weight.device)
             cols = x[:, torch.as_tensor(pos)] if isinstance(r, nn.Linear) else x[:, int(pos[0])]
             v = cols.reshape(len(x), -1) if isinstance(r, nn.Linear) else cols.reshape(-1)
             if not bool(torch.allclose(v, v.reshape(-1)[0].expand_as(v), atol=1e-6)):

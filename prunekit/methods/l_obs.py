@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..graph.trace import model_device, move_to
+from ..criteria.collect import collect, layer_rows
 from ..masks import install_masks_, prunable_weights, register_weight_criterion, view2d
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -37,57 +36,32 @@ __all__ = ["layer_hessians", "obs_saliency", "obs_prune_layer", "layer_output_er
 
 def _layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The rows the layer multiplies by its 2-D weight view, with a trailing 1 for the bias: ``[n, d + 1]``."""
-    if isinstance(module, nn.Linear):
-        rows = x.reshape(-1, x.shape[-1])
-    elif isinstance(module, nn.Conv2d):
-        if module.groups != 1 or isinstance(module.padding, str):
-            raise ConfigError(f"l-obs supports Conv2d with groups=1 and numeric padding; a layer has "
-                              f"groups={module.groups}, padding={module.padding!r}: ignore it (ignore=[...])")
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)  # [N, C*kh*kw, L]
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    else:
+    _check_layer(module)
+    return layer_rows(module, x, bias=True)
+
+
+def _check_layer(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)):
+        raise ConfigError(f"l-obs supports Conv2d with groups=1 and numeric padding; a layer has "
+                          f"groups={module.groups}, padding={module.padding!r}: ignore it (ignore=[...])")
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise ConfigError(f"l-obs handles Linear and Conv2d layers, not {type(module).__name__}; ignore it")
-    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1).double()
 
 
-@torch.no_grad()
 def layer_hessians(model: nn.Module, fqns, calib, *, max_samples: int | None = None) -> dict[str, torch.Tensor]:
     """``{weight_fqn: H}`` with ``H = mean(x x^T)`` over the layer's bias-augmented inputs on ``calib``.
 
     ``calib`` is an iterable of ``(inputs, targets)`` batches; ``max_samples`` caps the input rows used.
     """
-    modules = {f: model.get_submodule(f.rpartition(".")[0]) for f in fqns}
-    sums = {f: None for f in fqns}
-    counts = {f: 0 for f in fqns}
-    handles = []
-
-    def hook(fqn):
-        def fn(module, args):
-            rows = _layer_inputs(module, args[0].detach())
-            if max_samples is not None:
-                rows = rows[: max(0, max_samples - counts[fqn])]
-            h = rows.T @ rows
-            sums[fqn] = h if sums[fqn] is None else sums[fqn] + h
-            counts[fqn] += rows.shape[0]
-        return fn
-
-    for f, m in modules.items():
-        handles.append(m.register_forward_pre_hook(hook(f)))
-    was_training = model.training
-    model.eval()
-    try:
-        for inputs, _ in calib:
-            model(move_to(inputs, model_device(model)))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    empty = [f for f in fqns if not counts[f]]
+    layers = {f: f.rpartition(".")[0] for f in fqns}
+    for mf in layers.values():
+        _check_layer(model.get_submodule(mf))
+    cal = collect(model, calib, gram=list(layers.values()), gram_bias=True, max_rows=max_samples)
+    empty = [f for f, mf in layers.items() if not cal.gram_rows.get(mf)]
     if empty:
         raise ConfigError(f"calib gave no inputs to {empty}; pass calib=[(inputs, targets), ...] batches that reach "
                           "those layers")
-    return {f: sums[f] / counts[f] for f in fqns}
+    return {f: cal.hessian(mf) for f, mf in layers.items()}
 
 
 def _inverse(h: torch.Tensor, damp: float) -> torch.Tensor:

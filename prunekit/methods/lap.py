@@ -27,7 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError
-from ..graph.trace import model_device, move_to
+from ..criteria.collect import collect
 from ..masks import get_masks, register_weight_criterion, sparsify_
 from ..train import TrainConfig, fit
 from ..schedules.functions import geometric_rounds
@@ -124,34 +124,26 @@ def trace_data_flow(model: nn.Module, example_inputs) -> DataFlow:
     mode = _FlowMode()
     prev = {n: set() for n in layers}
     nxt = {n: set() for n in layers}
-    handles = []
-    for name, module in layers.items():
-        def pre(mod, args, name=name):
-            tg = mode.get(args[0]) if args else None
-            if tg is not None:
-                prev[name] |= tg[0]
-                for p in tg[0] - {IDENTITY}:
-                    nxt[p].add(name)
 
-        def post(mod, args, out, name=name):
+    def pre(name, args):
+        if name == "":  # the model's own inputs: tagged as coming from no layer
+            for t in _tensors(args):
+                mode.tag(t, (), ())
+        if name not in layers:
+            return
+        tg = mode.get(args[0]) if args else None
+        if tg is not None:
+            prev[name] |= tg[0]
+            for p in tg[0] - {IDENTITY}:
+                nxt[p].add(name)
+
+    def post(name, args, out):
+        if name in layers:
             tg = mode.get(args[0]) if args else None
             mode.tag(out, {name}, (tg[1] if tg else frozenset()) | {name})
 
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    try:
-        with torch.no_grad(), mode:
-            inputs = move_to(tuple(inputs), model_device(model))
-            for t in _tensors(inputs):
-                mode.tag(t, (), ())
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes:
-            m.training = training
+    with mode:
+        collect(model, [(example_inputs, None)], watch=["", *layers], on_input=pre, on_output=post)
     for name in mode.identity_of:
         nxt[name].add(IDENTITY)
     order = list(layers)
