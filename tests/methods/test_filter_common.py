@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from method_setups import bundle_ctx, conv_ctx, tiny_convnet, vgg_synthetic
 
 from prunekit.errors import ConfigError
 from prunekit.methods import METHODS, get_method, load_all
@@ -149,17 +150,9 @@ def test_training_methods_are_computed_from_the_registry_and_hold_the_methods_th
 
 
 def _tiny_ctx(**kw):
-    from prunekit.methods import RunContext
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    model = tiny_convnet()
     x = torch.randn(8, 1, 6, 6)
-    base = dict(model=model, example_inputs=x[:2], target="macs=0.5",
-                train_data=[(x, torch.randint(0, 3, (8,)))], prune_epochs=1)
-    base.update(kw)
-    return RunContext(**base)
+    return conv_ctx(model, [(x, torch.randint(0, 3, (8,)))], **{"train_config": None, **kw})
 
 
 @pytest.mark.parametrize("method", TRAINING_METHODS)
@@ -210,15 +203,9 @@ _RUN_OPTIONS = {"gate-decorator": {"ticks_per_tock": 2, "tick_batches": 2}, "ret
 
 def _run_small(method):
     import prunekit as pk
-    from prunekit.methods import RunContext, get_method, load_all
 
-    load_all()
-    torch.manual_seed(0)
-    model = pk.models.create("vgg-small", width=0.25)
-    data = pk.data.load("synthetic", batch_size=32, n_train=64, n_test=32, val_fraction=0.0)
-    x = data.example_inputs(2)
-    ctx = RunContext(model=model, example_inputs=x, target="macs=0.5", train_data=data.train, calib=data.calib(1),
-                     prune_epochs=1, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
+    model, data = vgg_synthetic(n_train=64, n_test=32, batch_size=32)
+    ctx = bundle_ctx(model, data, calib=data.calib(1), train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
                      options=_RUN_OPTIONS.get(method, get_method(method).smoke))
     return ctx, get_method(method).run
 
