@@ -19,11 +19,12 @@ from prunekit.errors import ConfigError
 from prunekit.methods import METHODS, RunContext, get_method, load_all
 
 load_all()
-# The one-shot filter family, computed from the registry: every structured method that scores channels from the
-# weights alone or from calibration batches (taylor-fo/fm also train a few steps between their rounds). The
-# training-time structured methods (needs train, no calib) have their own contract (test_filter_common.py).
+# The one-shot filter family, computed from the registry: every structured method but the training-time ones
+# (those need train data and no calibration batches; their contract is in test_filter_common.py), so each
+# structured method is in one of the two. These score channels from the weights or from calibration batches
+# (taylor-fo/fm also train a few steps between their rounds).
 IDS = [mid for mid in METHODS.names() if get_method(mid).kind == "structured"
-       and (not get_method(mid).needs or "calib" in get_method(mid).needs)]
+       and not ("train" in get_method(mid).needs and "calib" not in get_method(mid).needs)]
 # options that keep the contract runs cheap (a method missing here runs with its registered smoke options)
 FAST = {"taylor-fo": {"steps_between": 1, "max_rounds": 2}, "taylor-fm": {"steps_between": 1, "max_rounds": 2}}
 
