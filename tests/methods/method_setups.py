@@ -124,3 +124,13 @@ def bundle_ctx(model, data, **kw) -> RunContext:
                 prune_epochs=1)
     base.update(kw)
     return RunContext(**base)
+
+
+# ---- linearly separable batches for the weight-pruning methods -------------------------------------------------
+def separable_batches(n: int, batch: int, d: int, classes: int = 2, *, seed: int = 0, labels: str = "argmax"):
+    """``n`` batches of ``batch`` Gaussian inputs of dimension ``d`` (generator ``seed``) with labels a linear
+    model can learn: ``"argmax"`` of the first ``classes`` coordinates, or ``"sign"`` of the first one."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n * batch, d, generator=g)
+    y = (x[:, 0] > 0).long() if labels == "sign" else x[:, :classes].argmax(1)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
