@@ -1,6 +1,6 @@
 """Contract tests generated from every registry but the methods' (tests/methods/test_contract.py): channel
-criteria (data-driven ones included), weight criteria, patterns, models and data sets. A newly registered
-entry is tested without editing a list here.
+criteria (data-driven ones included), weight criteria, patterns, models, data sets and the graph's op rules.
+A newly registered entry is tested without editing a list here.
 """
 import copy
 
@@ -12,6 +12,7 @@ import prunekit as pk
 from prunekit.criteria import CRITERIA
 from prunekit.data import DATASETS
 from prunekit.errors import ConfigError, DataError
+from prunekit.graph.rules import RULES, rule
 from prunekit.masks import get_masks
 from prunekit.masks.criteria import WEIGHT_CRITERIA
 from prunekit.masks.patterns import _EXAMPLES, PATTERNS, get_pattern
@@ -101,3 +102,34 @@ def test_every_data_set_loads_consistent_batches_or_says_how_to_get_it(name, tmp
     assert int(y.max()) < bundle.num_classes
     if x.dim() == 4:
         assert x.shape[1] == bundle.in_channels
+
+
+# ---- graph rules and handlers -------------------------------------------------------------------------------
+# Rule names that name no op this torch can dispatch, so their rule never runs; reported to the graph's owner
+# (remove a name here when rules.py drops or renames it; a new dead name fails the test below).
+_DEAD_RULES = {"glu_placeholder", "permute_", "lp_pool2d"}
+
+
+def _op_exists(name: str) -> bool:
+    namespace, _, op = name.rpartition(".")
+    if namespace:  # a library's op, e.g. torchvision.roi_align: its library registers it on import
+        pytest.importorskip(namespace)
+        return hasattr(getattr(torch.ops, namespace), op)
+    return hasattr(torch.ops.aten, name)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in RULES if n != "__pointwise__"))
+def test_every_graph_rule_names_an_op_the_tracer_can_see(name):
+    # the tracer looks a rule up by the op's name (``aten.`` dropped): a rule under a name no op has never runs
+    if name in _DEAD_RULES:
+        assert not _op_exists(name), f"{name!r} is an op now: drop it from _DEAD_RULES"
+        return
+    assert _op_exists(name), f"graph rule {name!r} names no op of torch {torch.__version__}: it never runs"
+
+
+def test_a_graph_rule_registered_twice_is_an_error_and_keeps_the_first():
+    # (a handler registered twice: tests/graph/test_trace.py::test_register_handler_for_a_custom_op_restores_prunability)
+    first = RULES["cat"]
+    with pytest.raises(ConfigError, match="rule for op 'cat' is already registered"):
+        rule("cat")(lambda rec, args, kwargs, out: None)
+    assert RULES["cat"] is first

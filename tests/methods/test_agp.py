@@ -6,6 +6,7 @@ FASHION = os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
 
 import pytest
 import torch
+from method_setups import separable_batches
 from torch import nn
 
 from prunekit.errors import ConfigError, MechanismWarning
@@ -16,9 +17,7 @@ from prunekit.train import TrainConfig
 
 
 def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(20 * 8, 10, generator=g)
-    return [(x[i:i + 8], (x[i:i + 8, 0] > 0).long()) for i in range(0, len(x), 8)]
+    return separable_batches(20, 8, 10, labels="sign")
 
 
 def test_agp_ramps_over_the_configured_window_and_masks_only_grow():

@@ -1,6 +1,7 @@
 """BN-ISTA: proximal steps give exact zeros; the gamma-W rescaling keeps the function and speeds them up."""
 import pytest
 import torch
+from method_setups import conv_batches, conv_ctx, tiny_convnet
 from torch import nn
 
 import prunekit as pk
@@ -156,19 +157,7 @@ def test_ista_callback_gives_the_same_weights_in_lightning_as_in_fit(tmp_path):
 # ------------------------------------------------------------------------------------- harness and telemetry
 def _dead_channel_ctx(gamma: float, n: int = 5, **kw):
     """A tiny conv net whose first BN channel 1 is dead (beta = -10 before a ReLU: no loss gradient reaches it)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
-    with torch.no_grad():
-        model[1].weight[1] = gamma
-        model[1].bias[1] = -10.0
-    g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
-    base = dict(model=model, example_inputs=data[0][0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
-                train_config=pk.TrainConfig(lr=0.1, weight_decay=0.0, scheduler="constant", progress=False))
-    base.update(kw)
-    return RunContext(**base)
+    return conv_ctx(tiny_convnet(dead_gamma=gamma), conv_batches(n), **kw)
 
 
 def test_default_rho_zeroes_a_useless_scale_and_the_topped_up_removals_are_reported():

@@ -7,14 +7,9 @@ telemetry (2026-12-07): selection_error 0.027 against random_error 0.122 for a r
 import copy
 
 import pytest
-from test_l1_filter import _tiny, accuracy, lenet_setup, random_baseline, run_method
+from method_setups import accuracy, random_baseline, run_method, tiny_lenet
 
 from prunekit.errors import MechanismWarning
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
 
 
 @pytest.mark.needs_fashion
@@ -31,7 +26,7 @@ def test_cp_lasso_refit_and_accuracy(lenet):
 
 
 def test_cp_lasso_reports_reconstruction_telemetry_at_defaults():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     r = run_method("cp-lasso", m, calib)
     t = r.telemetry
     assert r.engaged is True and t["refit_layers"] >= 1
@@ -39,7 +34,7 @@ def test_cp_lasso_reports_reconstruction_telemetry_at_defaults():
 
 
 def test_cp_lasso_without_refit_warns_and_names_the_option():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with pytest.warns(MechanismWarning, match="refit='full'"):
         r = run_method("cp-lasso", m, calib, refit="none")
     assert r.engaged is False and r.telemetry["refit_layers"] == 0

@@ -1,6 +1,7 @@
 """C-SGD: the centripetal update pulls clusters together and the merge keeps the function."""
 import pytest
 import torch
+from method_setups import bundle_ctx, vgg_synthetic
 
 import prunekit as pk
 from prunekit.errors import MechanismWarning
@@ -73,14 +74,10 @@ def test_centripetal_training_merges_clusters_and_the_merge_keeps_accuracy():
 
 def _run_csgd(**options):
     load_all()
-    torch.manual_seed(0)
-    model = pk.models.create("vgg-small", width=0.25)
-    data = pk.data.load("synthetic", batch_size=16, n_train=32, n_test=16, val_fraction=0.0)
+    model, data = vgg_synthetic(n_train=32, n_test=16, batch_size=16)
     # plain SGD (no momentum): one step with lr * eps = 1 moves every filter onto its cluster mean
     cfg = pk.TrainConfig(lr=0.1, momentum=0.0, scheduler="constant", weight_decay=0.0, progress=False)
-    ctx = RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
-                     prune_epochs=1, train_config=cfg, options=options)
-    return get_method("csgd").run(ctx)
+    return get_method("csgd").run(bundle_ctx(model, data, train_config=cfg, options=options))
 
 
 def test_csgd_reports_converged_clusters_when_the_pull_is_strong_enough():

@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from method_setups import tiny_mlp_task
 from torch import nn
 
 import prunekit as pk
@@ -90,10 +91,7 @@ def test_criterion_choices_are_the_mask_criteria():
 
 
 def _tiny():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
-    data = [(torch.randn(16, 6), torch.randint(0, 3, (16,))) for _ in range(4)]
-    return m, data
+    return tiny_mlp_task(6, 16, 3, 4)
 
 
 def test_default_criterion_picks_a_mask_that_differs_from_magnitude():

@@ -3,6 +3,7 @@ from functools import partial
 
 import pytest
 import torch
+from method_setups import tiny_mlp_task
 from torch import nn
 
 import prunekit as pk
@@ -66,10 +67,7 @@ def test_bad_frequency_and_target_are_config_errors():
 
 
 def _tiny():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
-    data = [(torch.randn(16, 10), torch.randint(0, 4, (16,))) for _ in range(8)]
-    return model, data
+    return tiny_mlp_task(10, 32, 4, 8)
 
 
 def test_telemetry_at_the_defaults_shows_weights_coming_back():

@@ -2,8 +2,10 @@
 import pytest
 import torch
 from torch import nn
+from method_setups import bundle_ctx, conv_ctx, tiny_convnet, vgg_synthetic
 
 from prunekit.errors import ConfigError
+from prunekit.methods import METHODS, get_method, load_all
 from prunekit.methods._filter_common import (
     ChannelGates, apg_nag_step, centripetal_gradient, cluster_average_matrix, conv_bn_pairs, fresh_initialisation,
     global_keep_masks, kmeans_clusters, lowest, soft_threshold, weight_scores,
@@ -132,22 +134,25 @@ def test_channel_gates_fold_is_exact():
 
 
 # ---------------------------------------------------------------- contract tests over the training-time methods
-TRAINING_METHODS = ["slimming", "bn-ista", "sss", "sfp", "gate-decorator", "csgd", "implicit-sparsity",
-                    "rethinking", "dropnet", "gdp"]
+load_all()
+# The training-time structured methods, computed from the registry: they need train data and no calibration
+# batches (the one-shot family, which scores from weights or calibration batches, has its contract in
+# test_l1_filter.py). A newly registered method of this kind is in the contract without editing a list.
+TRAINING_METHODS = [m for m in METHODS.names() if get_method(m).kind == "structured"
+                    and "train" in get_method(m).needs and "calib" not in get_method(m).needs]
+
+
+def test_training_methods_are_computed_from_the_registry_and_hold_the_methods_they_were_written_for():
+    assert {"slimming", "bn-ista", "sss", "sfp", "gate-decorator", "csgd", "implicit-sparsity", "rethinking",
+            "dropnet", "gdp"} <= set(TRAINING_METHODS)
+    assert set(_RUN_OPTIONS) <= set(TRAINING_METHODS), sorted(set(_RUN_OPTIONS) - set(TRAINING_METHODS))
+    assert not {"l1-filter", "taylor-fo", "agp"} & set(TRAINING_METHODS)
 
 
 def _tiny_ctx(**kw):
-    from prunekit.methods import RunContext
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    model = tiny_convnet()
     x = torch.randn(8, 1, 6, 6)
-    base = dict(model=model, example_inputs=x[:2], target="macs=0.5",
-                train_data=[(x, torch.randint(0, 3, (8,)))], prune_epochs=1)
-    base.update(kw)
-    return RunContext(**base)
+    return conv_ctx(model, [(x, torch.randint(0, 3, (8,)))], **{"train_config": None, **kw})
 
 
 @pytest.mark.parametrize("method", TRAINING_METHODS)
@@ -193,21 +198,15 @@ def test_training_method_refuses_unknown_option_with_closest_match(method):
 
 
 _RUN_OPTIONS = {"gate-decorator": {"ticks_per_tock": 2, "tick_batches": 2}, "rethinking": {"source": "slimming"},
-                "dropnet": {"fraction": 0.5}}
+                "dropnet": {"fraction": 0.5}}  # a method missing here runs with its registered smoke options
 
 
 def _run_small(method):
     import prunekit as pk
-    from prunekit.methods import RunContext, get_method, load_all
 
-    load_all()
-    torch.manual_seed(0)
-    model = pk.models.create("vgg-small", width=0.25)
-    data = pk.data.load("synthetic", batch_size=32, n_train=64, n_test=32, val_fraction=0.0)
-    x = data.example_inputs(2)
-    ctx = RunContext(model=model, example_inputs=x, target="macs=0.5", train_data=data.train, calib=data.calib(1),
-                     prune_epochs=1, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
-                     options=_RUN_OPTIONS.get(method, {}))
+    model, data = vgg_synthetic(n_train=64, n_test=32, batch_size=32)
+    ctx = bundle_ctx(model, data, calib=data.calib(1), train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
+                     options=_RUN_OPTIONS.get(method, get_method(method).smoke))
     return ctx, get_method(method).run
 
 

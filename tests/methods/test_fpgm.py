@@ -12,16 +12,11 @@ import copy
 
 import pytest
 import torch
-from test_l1_filter import _constant, _tiny, accuracy, lenet_setup, random_baseline, run_method
+from method_setups import accuracy, constant_, random_baseline, run_method, tiny_lenet
 
 import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods import RunContext, get_method, load_all
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
 
 
 @pytest.mark.needs_fashion
@@ -85,7 +80,7 @@ def test_planted_filters_one_shot_removes_the_median_and_a_duplicate():
 def test_default_is_the_soft_schedule_reselected_every_epoch():
     # the paper's Alg. 1: train an epoch, zero the filters nearest the geometric median, repeat; remove at the end
     # (before this fix the method was a one-shot cut of the untrained weights with no telemetry)
-    m, _ = _tiny()
+    m, _ = tiny_lenet()
     dense = copy.deepcopy(m)
     r = _run(m, _train_batches(), prune_epochs=3)
     t = r.telemetry  # one selection before training (the authors' code), one after each epoch
@@ -114,7 +109,7 @@ def test_soft_schedule_removes_exactly_the_last_zeroed_filters(monkeypatch):
     probe, fit = Probe(), pk.fit
     monkeypatch.setattr(pk, "fit", lambda model, data, cfg, callbacks: fit(model, data, cfg,
                                                                            callbacks=[*callbacks, probe]))
-    m, _ = _tiny()
+    m, _ = tiny_lenet()
     r = _run(m, _train_batches(), prune_epochs=2)
     m.eval()
     with torch.no_grad():
@@ -123,24 +118,24 @@ def test_soft_schedule_removes_exactly_the_last_zeroed_filters(monkeypatch):
 
 
 def test_one_epoch_reselects_once_and_no_epoch_warns_to_raise_prune_epochs():
-    m, _ = _tiny()
+    m, _ = tiny_lenet()
     r = _run(m, _train_batches(), prune_epochs=1)
     assert r.engaged is True and r.telemetry["selections"] == 2
-    m, _ = _tiny()
+    m, _ = tiny_lenet()
     with pytest.warns(MechanismWarning, match="raise prune_epochs"):
         r = _run(m, _train_batches(), prune_epochs=0)
     assert r.engaged is False and r.telemetry["selections"] == 1 and m.conv1.out_channels < 20
 
 
 def test_one_shot_on_identical_filters_warns():
-    m, _ = _tiny()
+    m, _ = tiny_lenet()
     with pytest.warns(MechanismWarning, match="geometric median"):
-        r = _run(_constant(m), schedule="one-shot")
+        r = _run(constant_(m), schedule="one-shot")
     assert r.engaged is False and r.telemetry["groups_ranked"] == 0
 
 
 def test_soft_schedule_without_training_data_is_refused_and_the_model_kept():
-    m, _ = _tiny()
+    m, _ = tiny_lenet()
     state = copy.deepcopy(m.state_dict())
     with pytest.raises(ConfigError, match="schedule='soft'.*train_data=None.*schedule='one-shot'"):
         _run(m)

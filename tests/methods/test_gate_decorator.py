@@ -1,6 +1,7 @@
 """Gate Decorator: Taylor importance on gates, global selection, melt exactness, tick-tock run."""
 
 import torch
+from method_setups import bundle_ctx
 from torch import nn
 
 import prunekit as pk
@@ -70,9 +71,7 @@ def test_tick_tock_run_reaches_the_mac_target_and_masks_before_the_cut():
     load_all()
     model = _vgg()
     data = pk.data.load("synthetic", batch_size=32, n_train=128, n_test=32, val_fraction=0.0)
-    x = data.example_inputs(2)
-    ctx = RunContext(model=model, example_inputs=x, target="macs=0.5", train_data=data.train, prune_epochs=2,
-                     train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
+    ctx = bundle_ctx(model, data, prune_epochs=2, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
                      options={"ticks_per_tock": 2, "tick_batches": 2})
     res = get_method("gate-decorator").run(ctx)
     assert res.info["kept_macs_fraction"] <= 0.5
@@ -93,8 +92,7 @@ def test_a_floor_of_every_channel_masks_nothing_in_the_ticks_and_warns_with_the_
 
     load_all()
     data = pk.data.load("synthetic", batch_size=32, n_train=64, n_test=32, val_fraction=0.0)
-    ctx = RunContext(model=_vgg(), example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
-                     prune_epochs=1, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
+    ctx = bundle_ctx(_vgg(), data, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False),
                      options={"ticks_per_tock": 1, "tick_batches": 1, "min_keep": 0.99})  # floor: all 8-32 kept
     with pytest.warns(MechanismWarning, match="lower options.min_keep or ask for a smaller target"):
         res = get_method("gate-decorator").run(ctx)

@@ -1,6 +1,7 @@
 """GDP: one global mask, re-estimated during training; masked filters keep learning and can come back."""
 import pytest
 import torch
+from method_setups import conv_batches, conv_ctx, tiny_convnet
 
 import prunekit as pk
 from prunekit.methods import RunContext
@@ -144,19 +145,8 @@ def test_unknown_budget_is_refused():
 # ------------------------------------------------------------------------------------- harness and telemetry
 def _tiny_ctx(n: int = 36, **kw):
     """A tiny conv net and ``n`` batches of learnable labels (the image mean's tercile)."""
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(8, 1, 6, 6, generator=g) for _ in range(n)]
-    data = [(x, torch.bucketize(x.mean((1, 2, 3)), torch.tensor([-0.07, 0.07]))) for x in xs]
-    base = dict(model=model, example_inputs=xs[0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
-                train_config=pk.TrainConfig(lr=0.1, progress=False))
-    base.update(kw)
-    return RunContext(**base)
+    return conv_ctx(tiny_convnet(), conv_batches(n, "tercile"),
+                    **{"train_config": pk.TrainConfig(lr=0.1, progress=False), **kw})
 
 
 def test_a_36_step_epoch_re_estimates_the_mask_at_the_default_interval_and_filters_come_back():

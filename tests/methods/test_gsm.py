@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from method_setups import tiny_mlp_task
 from torch import nn
 
 import prunekit as pk
@@ -44,10 +45,7 @@ def test_passive_weights_only_decay_and_the_end_cut_is_exact():
 
 
 def _tiny():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(6)]
-    return model, data
+    return tiny_mlp_task(8, 16, 3, 6)
 
 
 def test_telemetry_shows_masked_updates_and_weights_leaving_the_active_set():

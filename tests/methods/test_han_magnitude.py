@@ -6,6 +6,7 @@ FASHION = os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
 
 import pytest
 import torch
+from method_setups import separable_batches
 from torch import nn
 
 from prunekit.errors import ConfigError, MechanismWarning
@@ -16,9 +17,7 @@ from prunekit.train.rewind import std_threshold_mask
 
 
 def batches(d_in, classes, n=4):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n * 16, d_in, generator=g)
-    return [(x[i:i + 16], x[i:i + 16, :classes].argmax(1)) for i in range(0, len(x), 16)]
+    return separable_batches(n, 16, d_in, classes)
 
 
 def one_round(model, sparsity, d_in, classes):

@@ -16,17 +16,12 @@ import copy
 import pytest
 import torch
 from scipy.stats import spearmanr
-from test_l1_filter import _tiny, accuracy, lenet_setup, random_baseline, run_method
+from method_setups import accuracy, random_baseline, run_method, tiny_lenet
 
 import prunekit as pk
 
 from prunekit.criteria.hrank import average_rank
 from prunekit.errors import MechanismWarning
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
 
 
 @pytest.mark.needs_fashion
@@ -94,14 +89,14 @@ def test_hrank_selection_is_below_random_before_finetune_on_lenet(lenet, record_
 
 
 def test_hrank_telemetry_engaged_on_varied_maps():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     r = run_method("hrank", m, calib)
     assert r.engaged is True and r.telemetry["groups_ranked"] >= 1 and r.telemetry["removed_over_kept"] < 1
 
 
 def test_hrank_on_maps_of_equal_rank_warns():
     # no bias and black images: every map is zero, every rank 0, nothing for the criterion to rank
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with torch.no_grad():
         for mod in (m.conv1, m.conv2, m.fc1):
             mod.bias.zero_()

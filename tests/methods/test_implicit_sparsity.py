@@ -1,6 +1,7 @@
 """Implicit sparsity: dead channels (zero post-ReLU output on every image) are found and removed losslessly."""
 import pytest
 import torch
+from method_setups import bundle_ctx, vgg_synthetic
 
 import prunekit as pk
 from prunekit.errors import MechanismWarning
@@ -44,15 +45,11 @@ def test_planted_dead_channels_are_detected_and_removed_without_changing_the_log
 
 def _run(plant: bool, **options):
     load_all()
-    torch.manual_seed(0)
-    model = pk.models.create("vgg-small", width=0.25)
-    data = pk.data.load("synthetic", batch_size=16, n_train=32, n_test=16, val_fraction=0.0)
+    model, data = vgg_synthetic(n_train=32, n_test=16, batch_size=16)
     if plant:  # channels that are dead when the Adam + L2 training starts (their gradient is zero: they stay dead)
         with torch.no_grad():
             model.features[4].bias[[1, 6]] = -50.0
-    ctx = RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
-                     calib=data.calib(2), prune_epochs=1, train_config=pk.TrainConfig(progress=False),
-                     options=options)
+    ctx = bundle_ctx(model, data, calib=data.calib(2), train_config=pk.TrainConfig(progress=False), options=options)
     return get_method("implicit-sparsity").run(ctx)
 
 

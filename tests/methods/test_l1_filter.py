@@ -12,48 +12,21 @@ import copy
 
 import pytest
 import torch
+from method_setups import accuracy, constant_, random_baseline, run_method, tiny_lenet
 
 import prunekit as pk
 from prunekit.errors import ConfigError
-from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods import METHODS, RunContext, get_method, load_all
 
-IDS = ["l1-filter", "fpgm", "hrank", "thinet", "cp-lasso", "nisp", "taylor-fo", "taylor-fm"]
-
-
-def lenet_setup():
-    from prunekit import data
-    from prunekit.train.baseline import load_baseline
-
-    b = data.load("fashion-mnist", subset=(2000, 2000), batch_size=250, val_fraction=0.0)
-    return load_baseline("lenet5-fashion-mnist"), list(b.test), b.calib(2, 128), b
-
-
-def accuracy(m, batches) -> float:
-    m.eval()
-    with torch.no_grad():
-        return sum(int((m(x).argmax(1) == y).sum()) for x, y in batches) / sum(len(y) for _, y in batches)
-
-
-def random_baseline(model, calib, test, target="macs=0.5") -> float:
-    accs = []
-    for seed in (0, 1, 2):
-        m = copy.deepcopy(model)
-        pk.prune_(m, example_inputs=calib[0][0][:1], criterion="random", target=target, ignore=["fc2"], seed=seed)
-        accs.append(accuracy(m, test))
-    return sum(accs) / 3
-
-
-def run_method(mid, model, calib, target="macs=0.5", train=None, **options):
-    load_all()
-    spec = get_method(mid)
-    ctx = RunContext(model=model, example_inputs=torch.zeros(1, 1, 28, 28), target=target, calib=calib, ignore=("fc2",),
-                     train_data=train, options=spec.options(options))
-    return spec.run(ctx)
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
+load_all()
+# The one-shot filter family, computed from the registry: every structured method but the training-time ones
+# (those need train data and no calibration batches; their contract is in test_filter_common.py), so each
+# structured method is in one of the two. These score channels from the weights or from calibration batches
+# (taylor-fo/fm also train a few steps between their rounds).
+IDS = [mid for mid in METHODS.names() if get_method(mid).kind == "structured"
+       and not ("train" in get_method(mid).needs and "calib" not in get_method(mid).needs)]
+# options that keep the contract runs cheap (a method missing here runs with its registered smoke options)
+FAST = {"taylor-fo": {"steps_between": 1, "max_rounds": 2}, "taylor-fm": {"steps_between": 1, "max_rounds": 2}}
 
 
 @pytest.mark.needs_fashion
@@ -73,33 +46,28 @@ def test_l1_filter_beats_random_before_finetune(lenet, record_property):
 
 
 # ---- contract over the family: physically smaller, target met, errors leave the model unchanged ----------
-def _tiny():
-    from prunekit import models
-
-    torch.manual_seed(0)
-    m = models.create("lenet5")
-    g = torch.Generator().manual_seed(0)
-    calib = [(torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g))]
-    return m, calib
+def test_the_family_is_computed_from_the_registry_and_holds_the_methods_it_was_written_for():
+    assert {"l1-filter", "fpgm", "hrank", "thinet", "cp-lasso", "nisp", "taylor-fo", "taylor-fm"} <= set(IDS)
+    assert set(FAST) <= set(IDS), f"options for methods outside the family: {sorted(set(FAST) - set(IDS))}"
+    assert not {"slimming", "sfp", "agp"} & set(IDS)  # training-time and unstructured methods are not in it
 
 
 @pytest.mark.parametrize("mid", IDS)
 def test_contract_smaller_model_meets_target(mid):
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     before = sum(p.numel() for p in m.parameters())
-    opts = {"steps_between": 1, "max_rounds": 2} if mid.startswith("taylor") else {}
-    r = run_method(mid, m, calib, train=calib, **opts)
+    r = run_method(mid, m, calib, train=calib, **FAST.get(mid, get_method(mid).smoke))
     x = calib[0][0][:1]
     assert r.model is m and sum(p.numel() for p in m.parameters()) < before
     assert m.conv2.out_channels < 50 and m(x).shape == (1, 10)
-    dense = pk.measure.count_macs(_tiny()[0], x).total
+    dense = pk.measure.count_macs(tiny_lenet()[0], x).total
     assert pk.measure.count_macs(m, x).total <= 0.5 * dense
     assert get_method(mid).kind == "structured" and get_method(mid).module.startswith("prunekit.methods.")
 
 
-@pytest.mark.parametrize("mid", [i for i in IDS if get_method(i).needs_data] if load_all() is None else [])
+@pytest.mark.parametrize("mid", [i for i in IDS if "calib" in get_method(i).needs])
 def test_contract_needs_calibration_data(mid):
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     state = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ConfigError, match=f"method '{mid}'.*calib=None.*calibration batches"):
         run_method(mid, m, None)
@@ -108,7 +76,7 @@ def test_contract_needs_calibration_data(mid):
 
 @pytest.mark.parametrize("mid", IDS)
 def test_contract_unreachable_target_leaves_model_unchanged(mid):
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     state = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ConfigError, match="cannot be reached"):
         run_method(mid, m, calib, target="macs=0.0001", train=calib)
@@ -117,24 +85,17 @@ def test_contract_unreachable_target_leaves_model_unchanged(mid):
 
 
 def test_bad_option_names_choices():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with pytest.raises(ConfigError, match="options\\['allocation'\\]='globl'.*did you mean 'global'"):
         run_method("l1-filter", m, calib, allocation="globl")
 
 
 # ---- l1-filter itself: the paper's score, its telemetry, the sensitivity allocation -------------------------
-def _constant(m):
-    with torch.no_grad():
-        for p in m.parameters():
-            p.fill_(0.05)
-    return m
-
-
 def test_l1_scores_the_producing_filter_and_says_so():
     # conv1's filters have L1 norms rising with the index; conv2 reads them with input slices whose norms fall
     # much faster:
     # the paper's score (the producing filter alone) removes conv1's first filters, the group mean would not
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with torch.no_grad():
         m.conv1.weight.copy_(torch.arange(1, 21.0).view(20, 1, 1, 1).expand(20, 1, 5, 5) / 100)
         m.conv2.weight.copy_((torch.arange(20, 0, -1.0) ** 3).view(1, 20, 1, 1).expand(50, 20, 5, 5) / 1e4)
@@ -151,7 +112,7 @@ def test_l1_scores_the_producing_filter_and_says_so():
 
 
 def test_l1_telemetry_engaged_on_distinct_norms():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     r = run_method("l1-filter", m, calib)
     assert r.engaged is True and r.telemetry["groups_cut"] == 3 and r.telemetry["groups_ranked"] == 3
     assert r.telemetry["tied_fraction"] == 0.0 and r.telemetry["removed_over_kept"] < 1
@@ -160,9 +121,9 @@ def test_l1_telemetry_engaged_on_distinct_norms():
 def test_l1_on_tied_norms_warns_that_the_criterion_did_not_rank():
     from prunekit.errors import MechanismWarning
 
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with pytest.warns(MechanismWarning, match="norms tie"):
-        r = run_method("l1-filter", _constant(m), calib)
+        r = run_method("l1-filter", constant_(m), calib)
     assert r.engaged is False and r.telemetry["groups_ranked"] == 0 and r.telemetry["tied_fraction"] == 1.0
 
 

@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from method_setups import separable_batches
 from torch import nn
 
 import prunekit.train.rewind as rewind
@@ -15,9 +16,7 @@ FASHION = os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
 
 
 def data(n=4):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n * 8, 6, generator=g)
-    return [(x[i:i + 8], (x[i:i + 8, 0] > 0).long()) for i in range(0, len(x), 8)]
+    return separable_batches(n, 8, 6, labels="sign")
 
 
 class LRs(Callback):

@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from method_setups import separable_batches
 from torch import nn
 
 from prunekit.errors import ConfigError, MechanismWarning
@@ -16,9 +17,7 @@ FASHION = os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
 
 
 def data(n=6):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n * 16, 10, generator=g)
-    return [(x[i:i + 16], x[i:i + 16, :2].argmax(1)) for i in range(0, len(x), 16)]
+    return separable_batches(n, 16, 10, 2)
 
 
 def mlp():

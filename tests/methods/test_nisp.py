@@ -7,12 +7,7 @@ points and >= l1 - 3 points (the entry's 0.5 is for LeNet-300-100); nisp is 3.2 
 import copy
 
 import pytest
-from test_l1_filter import _constant, _tiny, accuracy, lenet_setup, random_baseline, run_method
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
+from method_setups import accuracy, constant_, random_baseline, run_method, tiny_lenet
 
 
 @pytest.mark.needs_fashion
@@ -28,7 +23,7 @@ def test_nisp_beats_random_near_l1(lenet, record_property):
 
 
 def test_nisp_telemetry_engaged_on_a_random_model():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     r = run_method("nisp", m, calib)
     assert r.engaged is True and r.telemetry["groups_cut"] == 3 and r.telemetry["groups_ranked"] >= 1
     assert r.info["alpha"] == 0.5 and r.info["reduce"] == "group"
@@ -38,9 +33,9 @@ def test_nisp_on_constant_weights_warns():
     # every neuron of a layer has the same weights: the propagated importances tie everywhere
     from prunekit.errors import MechanismWarning
 
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with pytest.warns(MechanismWarning, match="propagated scores do not"):
-        r = run_method("nisp", _constant(m), calib)
+        r = run_method("nisp", constant_(m), calib)
     assert r.engaged is False and r.telemetry["groups_ranked"] == 0
 
 

@@ -1,4 +1,5 @@
 import torch
+from method_setups import separable_batches
 from torch import nn
 
 from prunekit.errors import CheckpointError, ConfigError, MechanismWarning
@@ -15,9 +16,7 @@ def net(classes):
 
 
 def data(classes):
-    g = torch.Generator().manual_seed(classes)
-    x = torch.randn(64, 10, generator=g)
-    return [(x[i:i + 16], x[i:i + 16, :classes].argmax(1)) for i in range(0, 64, 16)]
+    return separable_batches(4, 16, 10, classes, seed=classes)
 
 
 def test_ticket_saved_on_a_source_transfers_to_a_target_with_a_new_head(tmp_path):

@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from method_setups import tiny_mlp_task
 from torch import nn
 
 import prunekit as pk
@@ -67,10 +68,7 @@ def test_bad_arguments_name_the_argument_and_the_fix():
 
 
 def _tiny():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(4)]
-    return model, data
+    return tiny_mlp_task(8, 16, 3, 4)
 
 
 def test_telemetry_counts_the_exact_zeros_of_the_proximal_step():

@@ -3,10 +3,11 @@ import copy
 
 import pytest
 import torch
+from method_setups import bundle_ctx
 
 import prunekit as pk
 from prunekit.errors import ConfigError
-from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods import get_method, load_all
 from prunekit.methods.rethinking import reinitialise_, scratch_epochs
 
 
@@ -29,8 +30,7 @@ def test_reinitialise_redraws_every_parameter_and_statistic():
 
 
 def _ctx(model, data, **kw):
-    return RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
-                      prune_epochs=1, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False), **kw)
+    return bundle_ctx(model, data, train_config=pk.TrainConfig(epochs=1, lr=0.05, progress=False), **kw)
 
 
 def test_rethinking_reproduces_the_source_widths_and_trains_from_scratch():

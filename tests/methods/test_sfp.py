@@ -1,6 +1,7 @@
 """SFP: zeroed filters keep training and may come back; the end model is cut at the zeroed filters."""
 import pytest
 import torch
+from method_setups import bundle_ctx, vgg_synthetic
 
 import prunekit as pk
 from prunekit.errors import MechanismWarning
@@ -70,11 +71,9 @@ def test_zeroed_filters_grow_back_and_the_cut_equals_the_masked_model_without_it
 
 def _run_sfp(prune_epochs, **options):
     load_all()
-    torch.manual_seed(0)
-    model = pk.models.create("vgg-small", width=0.25)
-    data = pk.data.load("synthetic", batch_size=16, n_train=64, n_test=16, val_fraction=0.0)
-    ctx = RunContext(model=model, example_inputs=data.example_inputs(2), target="macs=0.5", train_data=data.train,
-                     prune_epochs=prune_epochs, train_config=pk.TrainConfig(lr=0.05, progress=False), options=options)
+    model, data = vgg_synthetic(n_train=64, n_test=16, batch_size=16)
+    ctx = bundle_ctx(model, data, prune_epochs=prune_epochs, train_config=pk.TrainConfig(lr=0.05, progress=False),
+                     options=options)
     return get_method("sfp").run(ctx)
 
 

@@ -1,6 +1,7 @@
 """Network slimming: the L1 term on BN scales makes them sparse; the global cut gives non-uniform widths."""
 import pytest
 import torch
+from method_setups import conv_batches, conv_ctx, tiny_convnet
 from torch import nn
 
 import prunekit as pk
@@ -50,22 +51,9 @@ def test_sparsity_training_makes_scales_sparse_and_the_global_cut_non_uniform():
 
 
 # ------------------------------------------------------------------------------------- harness and telemetry
-def _dead_channel_ctx(gamma: float, **kw):
+def _dead_channel_ctx(gamma: float, n: int = 60, **kw):
     """A tiny conv net whose first BN channel 1 is dead (beta = -10 before a ReLU: no loss gradient reaches it)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
-    with torch.no_grad():
-        model[1].weight[1] = gamma
-        model[1].bias[1] = -10.0
-    g = torch.Generator().manual_seed(0)
-    n = kw.pop("n", 60)
-    data = [(torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
-    base = dict(model=model, example_inputs=data[0][0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
-                train_config=pk.TrainConfig(lr=0.1, weight_decay=0.0, scheduler="constant", progress=False))
-    base.update(kw)
-    return RunContext(**base)
+    return conv_ctx(tiny_convnet(dead_gamma=gamma), conv_batches(n), **kw)
 
 
 def test_default_strength_collapses_a_useless_scale_and_reports_the_separation():

@@ -1,6 +1,7 @@
 """SSS: APG-trained channel gates stay non-negative, reach exact zeros, and zero-gated channels cut exactly."""
 import pytest
 import torch
+from method_setups import conv_batches, conv_ctx, tiny_convnet
 
 import prunekit as pk
 from prunekit.methods import RunContext
@@ -58,24 +59,11 @@ def test_apg_step_matches_nesterov_form_on_a_toy_problem():
 
 # ------------------------------------------------------------------------------------- harness and telemetry
 def _dead_channel_ctx(n: int = 120, **kw):
-    """A tiny conv net whose first BN channel 1 is dead (beta = -10 before a ReLU: its gate gets no loss gradient)."""
-    from torch import nn
+    """A tiny conv net whose first BN channel 1 is dead (beta = -10 before a ReLU: its gate gets no loss gradient).
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
-    with torch.no_grad():
-        model[1].bias[1] = -10.0
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(8, 1, 6, 6, generator=g) for _ in range(n)]
-    # labels the net can learn (the image mean's tercile): with random labels every gate loses its gradient and
-    # the L1 term zeroes them all
-    data = [(x, torch.bucketize(x.mean((1, 2, 3)), torch.tensor([-0.07, 0.07]))) for x in xs]
-    base = dict(model=model, example_inputs=data[0][0][:2], target="macs=0.5", train_data=data, prune_epochs=1,
-                train_config=pk.TrainConfig(lr=0.1, weight_decay=0.0, scheduler="constant", progress=False))
-    base.update(kw)
-    return RunContext(**base)
+    The labels are ones the net can learn (the image mean's tercile): with random labels every gate loses its
+    gradient and the L1 term zeroes them all."""
+    return conv_ctx(tiny_convnet(dead=True), conv_batches(n, "tercile"), **kw)
 
 
 def test_default_strength_zeroes_a_useless_gate_and_the_topped_up_removals_are_reported():

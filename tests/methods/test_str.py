@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from method_setups import tiny_mlp_task
 from torch import nn
 
 import prunekit as pk
@@ -87,10 +88,7 @@ def test_the_steering_ramp_is_the_shared_cubic_ramp(monkeypatch):
 
 
 def _tiny():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
-    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(8)]
-    return m, data
+    return tiny_mlp_task(8, 32, 3, 8)
 
 
 def test_plain_str_is_the_default_and_its_telemetry_separates_learned_from_topped_up():

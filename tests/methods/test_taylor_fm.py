@@ -12,15 +12,10 @@ import copy
 
 import pytest
 import torch
-from test_l1_filter import accuracy, lenet_setup
+from method_setups import accuracy
 
 from prunekit.errors import MechanismWarning
 from prunekit.methods import RunContext, get_method
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
 
 
 def _iterate(model, criterion, calib, train, seed=0):

@@ -13,15 +13,10 @@ import copy
 import pytest
 import torch
 from scipy.stats import spearmanr
-from test_l1_filter import _tiny, accuracy, lenet_setup, run_method
+from method_setups import accuracy, run_method, tiny_lenet
 
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.graph import build_graph
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
 
 
 def _loss(m, batches):
@@ -100,7 +95,7 @@ def test_criterion_option_swaps_the_ranking_for_the_same_schedule(lenet):
 
 
 def test_taylor_fo_at_its_defaults_trains_between_rounds():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     r = run_method("taylor-fo", m, calib, train=calib)
     assert r.engaged is True and r.telemetry["rounds"] >= 2
     assert r.telemetry["train_steps"] == 30 * (r.telemetry["rounds"] - 1)  # the paper's 30 minibatches per gap
@@ -108,7 +103,7 @@ def test_taylor_fo_at_its_defaults_trains_between_rounds():
 
 
 def test_taylor_fo_without_steps_between_warns_and_names_the_knob():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with pytest.warns(MechanismWarning, match="raise steps_between"):
         r = run_method("taylor-fo", m, calib, train=calib, steps_between=0)
     assert r.engaged is False and r.telemetry["train_steps"] == 0

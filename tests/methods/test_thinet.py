@@ -11,15 +11,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_l1_filter import _tiny, accuracy, lenet_setup, random_baseline, run_method
+from method_setups import accuracy, random_baseline, run_method, tiny_lenet
 
 from prunekit.criteria.reconstruction import contributions
 from prunekit.errors import MechanismWarning
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return lenet_setup()
 
 
 @pytest.mark.needs_fashion
@@ -63,7 +58,7 @@ def test_thinet_default_refit_is_full():
 
 
 def test_thinet_reports_reconstruction_telemetry_at_defaults():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     r = run_method("thinet", m, calib)
     t = r.telemetry
     assert r.engaged is True and t["refit_layers"] >= 1
@@ -72,7 +67,7 @@ def test_thinet_reports_reconstruction_telemetry_at_defaults():
 
 
 def test_thinet_without_refit_warns_and_names_the_option():
-    m, calib = _tiny()
+    m, calib = tiny_lenet()
     with pytest.warns(MechanismWarning, match="refit='full'"):
         r = run_method("thinet", m, calib, refit="none")
     assert r.engaged is False and r.telemetry["refit_layers"] == 0 and r.info["refit_mse"] == {}
