@@ -8,7 +8,10 @@ pruned with the reason, and an exact params/MACs cost model.
 from __future__ import annotations
 
 from .groups import Graph, Group, Member, NonPrunable, build_graph
-from .trace import Recording, call_model, handlers, record, register_handler
+from .handlers_registry import handlers, register_handler
+from .recording import Recording
+from .tensors import call_model
+from .trace import record
 
 __all__ = ["Graph", "Group", "Member", "NonPrunable", "Recording", "build_graph", "call_model", "handlers",
            "record", "register_handler"]

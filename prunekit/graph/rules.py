@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ._labels import ANY, ANY_ID, NONE_ID, as_array, is_labelled
 
 RULES: dict = {}
@@ -21,8 +22,6 @@ def rule(*names):
     def deco(fn):
         for n in names:
             if n in RULES:
-                from ..errors import ConfigError
-
                 raise ConfigError(f"rule for op {n!r} is already registered (by {RULES[n].__name__}); one rule per op")
             RULES[n] = fn
         return fn

@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from ..errors import PruneError
+from ..graph.oplog import eval_mode, op_log
+from ..graph.tensors import _walk_outputs, call_model
+from ..graph.values import MadeUpValue
 from .modules import FIXERS, SIZE_ATTRS, fixers_for, register_fixer
 from . import mha
 
@@ -158,8 +161,6 @@ def set_tensor_(model: nn.Module, fqn: str, new: torch.Tensor, tx: Transaction, 
 
 def output_shapes(output) -> list:
     shapes = []
-    from ..graph.trace import _walk_outputs
-
     _walk_outputs(output, lambda t: shapes.append(tuple(t.shape)))
     return shapes
 
@@ -489,8 +490,6 @@ def _validate(model, graph, example_inputs, check_ops: bool = True):
     or of this forward had an origin the checks could not follow; then it runs with real values. Sets
     ``graph.rec.validated`` to ``"fast"`` or ``"real"``.
     """
-    from ..graph.trace import MadeUpValue, call_model, eval_mode, op_log
-
     if graph.rec.fast and check_ops:  # a graph from a trace without weight arithmetic: the forward must agree
         ops = None
         if not graph.rec.unaccounted:

@@ -10,6 +10,8 @@ from typing import Callable
 
 from torch import nn
 
+from .mha import sync_attrs_
+
 FIXERS: list[tuple[type | str, Callable]] = []
 
 # integer attributes that size an op (``view(B, T, self.num_heads, -1)``): updated when the op's size did
@@ -132,6 +134,4 @@ def _fix_rnn(m, ctx):
 
 @register_fixer("PrunableMultiheadAttention")
 def _fix_mha(m, ctx):
-    from .mha import sync_attrs_
-
     sync_attrs_(m, ctx.set)
