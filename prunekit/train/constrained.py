@@ -95,7 +95,8 @@ class Projection:
     def check(self, weights: dict[str, torch.Tensor]) -> None:
         """ConfigError when the pattern cannot apply to a weight, or per_layer names an unknown one."""
         pat = get_pattern(self.pattern)
-        problems = [f"{k}: {msg}" for k, w in weights.items() for msg in pat.problems(tuple(w.reshape(w.shape[0], -1).shape))]
+        problems = [f"{k}: {msg}" for k, w in weights.items()
+                    for msg in pat.problems(tuple(w.reshape(w.shape[0], -1).shape))]
         unknown = [k for k in self.per_layer if k not in weights and f"{k}.weight" not in weights]
         if unknown:
             problems.append(f"per_layer names {unknown}, not among the constrained weights {list(weights)}")
@@ -155,7 +156,8 @@ class ConstrainedTraining(Callback):
             problems.append(f"max_updates={max_updates!r} must be None or an int >= 0")
         if problems:
             raise ConfigError("ConstrainedTraining: " + "; ".join(problems))
-        self.projection, self.rho, self.rho_factor, self.rho_max = projection, float(rho), float(rho_factor), float(rho_max)
+        self.projection, self.rho = projection, float(rho)
+        self.rho_factor, self.rho_max = float(rho_factor), float(rho_max)
         self.interval, self.unit, self.max_updates, self.use_duals = interval, unit, max_updates, use_duals
         self.ignore, self.exempt, self.params = tuple(ignore), tuple(exempt), params
         self.weights: dict[str, nn.Parameter] = {}

@@ -82,7 +82,8 @@ def test_multipliers_follow_lcs_update_rule():
     cb.update()
     theta = cb.Z
     for k in w:  # theta = proj(w - lambda/mu); lambda <- lambda - mu (w - theta), kept when mu doubles
-        assert torch.equal(theta[k], Projection(sparsity=0.8, scope="global")({k2: w[k2] - lam0[k2] / 0.5 for k2 in w})[0][k])
+        shifted = {k2: w[k2] - lam0[k2] / 0.5 for k2 in w}
+        assert torch.equal(theta[k], Projection(sparsity=0.8, scope="global")(shifted)[0][k])
         assert torch.allclose(cb.multipliers[k], lam0[k] - 0.5 * (w[k] - theta[k]), atol=1e-7)
     assert cb.rho == 1.0
 
@@ -105,3 +106,43 @@ def test_bad_input_is_refused_and_the_model_is_unchanged():
         get_method("lc").run(ctx(allocation="globl"))
     with pytest.raises(ConfigError, match="sparsity"):
         get_method("lc").run(ctx(target="macs=0.5"))
+
+
+@pytest.mark.slow
+@pytest.mark.needs_fashion
+def test_small_scale_lc_learns_layer_densities_and_closes_the_gap_but_trails_retrained_magnitude(record_property):
+    """Entry check: shipped LeNet-300-100, l0 constraint kappa = 5% of all weights, 15 LC steps x 1 epoch,
+    mu_0 = 1e-3, a = 1.2 (lr 0.1, the default); against global one-shot magnitude at 5% + 15 epochs of retraining.
+
+    Calibration run (2026-12-07, 6,000 / 2,000 images, seed 0,
+    `pytest -p no:xdist -m slow -s tests/methods/test_admm.py tests/methods/test_lc.py`): dense 89.90%; LC (w =
+    theta, no retraining) 83.90%; one-shot global magnitude + 15 epochs 87.25%; densities fc1 4.1%, fc2 10.3%,
+    fc3 55.4%; ||w - theta|| 11.89 -> 15.60 (step 4) -> 3.83. (a), (b), (c) hold; (d) "within 1 pp of dense and
+    >= magnitude + retraining" does not reproduce at this budget (docs/methods-weight-3.md).
+    """
+    from prunekit.masks import sparsify_
+    from prunekit.train.baseline import load_baseline
+    b = pk.data.load("fashion-mnist", batch_size=128, subset=(6000, 2000), augment=False, val_fraction=0)
+    base = load_baseline("lenet300-fashion-mnist")
+    acc_dense = pk.evaluate(base, b.test)["accuracy"]
+    model = copy.deepcopy(base)
+    c = RunContext(model=model, example_inputs=None, target="sparsity=0.95", train_data=b.train, prune_epochs=15,
+                   train_config=TrainConfig(lr=0.01, progress=False),
+                   options={"iterations": 15, "mu0": 1e-3, "mu_factor": 1.2})
+    res = get_method("lc").run(c)
+    acc_lc = pk.evaluate(model, b.test)["accuracy"]  # w = theta, no retraining
+    one = copy.deepcopy(base)
+    sparsify_(one, sparsity=0.95, allocation="global")
+    pk.fit(one, b.train, TrainConfig(epochs=15, lr=0.01, progress=False))
+    acc_one = pk.evaluate(one, b.test)["accuracy"]
+    dens = {k: 1 - v for k, v in res.info["layer_sparsity"].items()}
+    got = {"dense": acc_dense, "lc": acc_lc, "one_shot": acc_one, "densities": dens,
+           "gaps": [round(g, 3) for g in res.info["gaps"]], "engaged": res.engaged}
+    record_property("measured", got)
+    print("LC300", got)
+    weights = [p for k, p in model.named_parameters() if k.endswith("weight")]
+    assert sum(int((w != 0).sum()) for w in weights) == round(0.05 * sum(w.numel() for w in weights))
+    assert dens["fc1.weight"] < dens["fc3.weight"]
+    assert res.engaged is True and got["gaps"][-1] < 0.5 * got["gaps"][0]  # measured 0.32
+    assert got["lc"] >= got["dense"] - 0.08  # measured -6.00 pp (the entry asks within 1 pp)
+    assert got["lc"] < got["one_shot"]  # measured -3.35 pp (the entry asks >=)

@@ -62,7 +62,8 @@ def test_penalty_schedule_grows_rho_to_its_cap_and_keeps_the_unscaled_multiplier
     cb.update()
     # LC's multiplier: lambda1 = lambda0 - mu0 (w - theta1) = -0.1 (W1 - Z1), unchanged by mu0 -> mu1
     assert cb.rho == pytest.approx(0.2)
-    assert _close(cb.multipliers["weight"], (-0.1 * torch.tensor([[0.5, -0.1, 0.45], [0.2, 0, 0.05], [0.3, 0, 0]])).tolist())
+    lam1 = -0.1 * torch.tensor([[0.5, -0.1, 0.45], [0.2, 0, 0.05], [0.3, 0, 0]])
+    assert _close(cb.multipliers["weight"], lam1.tolist())
     assert _close(cb.U["weight"], [[0.25, -0.05, 0.225], [0.1, 0, 0.025], [0.15, 0, 0]])  # U = -lambda / mu1
     cb.update()
     cb.update()
