@@ -147,3 +147,40 @@ def test_a_pattern_the_layer_cannot_take_and_unknown_layers_are_refused_at_setup
         ConstrainedTraining(Projection(pattern="2:4")).setup(_linear(W0))
     with pytest.raises(ConfigError, match="per_layer names"):
         ConstrainedTraining(Projection(sparsity=0.5, per_layer={"fc9": 0.1})).setup(_linear(W0))
+
+
+def test_the_block_runs_in_lightning_as_in_fit(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunekit.train.lightning import LightningCallback
+
+    x = torch.cat([b[0] for b in _data()])
+    y = torch.cat([b[1] for b in _data()])
+    mse = lambda out, t: ((out - t) ** 2).mean()  # noqa: E731
+
+    class Module(pl.LightningModule):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, batch_idx):
+            return mse(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    lit = ConstrainedTraining(Projection(sparsity=0.5), rho=2.0, interval=6, unit="step")
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[LightningCallback(lit, module="net")])
+    trainer.fit(Module(net()), DataLoader(TensorDataset(x, y), batch_size=8))
+    ref = ConstrainedTraining(Projection(sparsity=0.5), rho=2.0, interval=6, unit="step")
+    fit(net(), _data(), TrainConfig(epochs=2, lr=0.05, momentum=0.0, weight_decay=0.0, scheduler="constant",
+                                    progress=False), callbacks=[ref], loss_fn=mse)
+    assert [h["step"] for h in lit.history] == [h["step"] for h in ref.history] == [0, 6, 12, 18, 24]
+    assert [h["gap"] for h in lit.history] == pytest.approx([h["gap"] for h in ref.history], rel=1e-4)
