@@ -29,7 +29,7 @@ Example:
     >>> cb.setup(model)
     >>> int(cb.masks["0.weight"].sum())
     4
-    >>> float(cb.penalty()) >= 0
+    >>> cb.penalty().item() >= 0
     True
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Projection:
     def __call__(self, values: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(Z, masks)``: the projection of ``values`` (kept entries unchanged, the rest zero) and its support."""
         masks = self.masks(values)
-        return {k: v.detach() * masks[k].to(v.dtype) for k, v in values.items()}, masks
+        return {k: torch.where(masks[k], v.detach(), torch.zeros_like(v)) for k, v in values.items()}, masks
 
 
 class ConstrainedTraining(Callback):
