@@ -199,3 +199,12 @@ def test_2_4_magnitude_beats_2_4_through_admm_at_equal_epochs_lenet300(record_pr
     assert all(nm.check(m.reshape(m.shape[0], -1)) for m in get_masks(model).values())
     assert got["one_shot"] >= got["admm"] + 0.02  # measured +4.90 pp
     assert got["admm"] >= got["dense"] - 0.08  # measured -5.30 pp
+
+
+@pytest.mark.parametrize("mid", ["admm", "lc"])
+def test_a_model_without_prunable_weights_is_refused_unchanged(mid):
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(10))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError, match="no prunable weights"):
+        get_method(mid).run(ctx(model=model))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not get_masks(model)
