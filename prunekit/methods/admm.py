@@ -45,6 +45,11 @@ class ADMMConfig(MethodConfig):
     weight_decay: float = option(5e-5, ge=0)  # L2 during the W-steps (reference MNIST code: 5e-5); unused with "protocol"
     exempt: tuple[str, ...] = ()  # ours: ("first",) / ("last",) keep those layers dense
 
+    def __post_init__(self):
+        if self.per_layer and self.allocation == "global":
+            raise ValueError(f"options['per_layer']={self.per_layer!r} sets single layers, which a global ranking "
+                             f"cannot honour; drop per_layer or use allocation='uniform'")
+
 
 def _engaged(t: dict) -> bool:
     return t["rho_final"] > 0 and t["updates"] >= 2 and t["gap_last"] < t["gap_first"]

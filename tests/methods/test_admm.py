@@ -102,6 +102,8 @@ def test_bad_input_is_refused_and_the_model_is_unchanged():
         get_method("admm").run(ctx(iterations=0))
     with pytest.raises(ConfigError, match="per_layer names"):
         get_method("admm").run(ctx(per_layer={"fc9": 0.5}))
+    with pytest.raises(ConfigError, match=r"options\['per_layer'\]=.*drop per_layer or use allocation='uniform'"):
+        get_method("admm").run(ctx(per_layer={"0": 0.5}, allocation="global"))
     no_data = ctx()
     no_data.train_data = None
     with pytest.raises(ConfigError, match="needs train data"):
