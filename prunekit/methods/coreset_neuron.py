@@ -54,7 +54,7 @@ def sensitivities(incoming: torch.Tensor, outgoing: torch.Tensor, combine: str =
 
     Example:
         >>> sensitivities(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([[1.0, 1.0, 2.0], [0.0, 1.0, 3.0]]))
-        tensor([0.1250, 0.3750, 0.5000])
+        tensor([0.1667, 0.3333, 0.5000])
     """
     share = outgoing.abs() * incoming[None, :]
     s = share / share.sum(1, keepdim=True).clamp_min(1e-30)
@@ -62,12 +62,16 @@ def sensitivities(incoming: torch.Tensor, outgoing: torch.Tensor, combine: str =
     return s / s.sum().clamp_min(1e-30)
 
 
-def sample_coreset(prob: torch.Tensor, keep: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+def sample_coreset(prob: torch.Tensor, keep: int | None, generator: torch.Generator, *,
+                   draws: int | None = None) -> tuple[torch.Tensor, int]:
     """Draw i.i.d. from ``prob`` until ``keep`` distinct neurons are drawn; ``(counts per neuron, draws m)``.
 
-    When fewer than ``keep`` neurons have a positive probability, the remaining places go to the others in index
-    order with count 0 (they keep their weights unchanged)."""
+    With ``draws`` instead, exactly that many i.i.d. draws (the paper's Alg. 1 with its sample size m). A neuron
+    of probability 0 is never drawn: ``keep`` is capped at the number of neurons with a positive probability."""
     width = prob.numel()
+    if draws is not None:
+        d = torch.multinomial(prob, draws, replacement=True, generator=generator)
+        return torch.bincount(d, minlength=width), draws
     counts = torch.zeros(width, dtype=torch.long)
     live = int((prob > 0).sum())
     target = min(keep, live)
@@ -137,7 +141,7 @@ def run(ctx: RunContext, cfg: CoresetConfig) -> MethodResult:
              for fg in groups}
     counts = removal_counts(model, ctx, {k: v.float() for k, v in first.items()}, "uniform")
     gen = torch.Generator().manual_seed(ctx.seed)
-    removal, sampled, kept, reweighted, factors = {}, 0, 0, 0, []
+    removal, kept_idx, sampled, kept, reweighted, factors = {}, {}, 0, 0, 0, []
     for fg in groups:  # in order: a layer's probabilities see the re-weighting of the layer before
         n_remove = counts.get(fg.key, 0)
         if not n_remove:
@@ -153,6 +157,7 @@ def run(ctx: RunContext, cfg: CoresetConfig) -> MethodResult:
             chosen = torch.cat([chosen, torch.tensor(rest, dtype=torch.long)])
         gone = np.setdiff1d(np.arange(fg.width), chosen.numpy())
         removal[fg.key] = [int(i) for i in gone]
+        kept_idx[fg.key] = sorted(int(i) for i in chosen)
         sampled, kept = sampled + m, kept + int(chosen.numel())
         factor = torch.where(c > 0, c.double() / (m * prob).clamp_min(1e-30), torch.ones_like(prob))
         factor[torch.as_tensor(gone, dtype=torch.long)] = 0.0  # removed: zero before the cut (the next layer's
@@ -173,5 +178,5 @@ def run(ctx: RunContext, cfg: CoresetConfig) -> MethodResult:
                  "mean_factor": float(np.mean(factors)) if factors else 1.0}
     return MethodResult(model=model, telemetry=telemetry,
                         info={"sampling": cfg.sampling, "combine": cfg.combine, "reweight": cfg.reweight,
-                              "removed": {k: len(v) for k, v in removal.items()},
+                              "removed": {k: len(v) for k, v in removal.items()}, "kept": kept_idx,
                               "engine_report": report.to_dict() if report else None})

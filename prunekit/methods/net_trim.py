@@ -167,7 +167,7 @@ def _engaged(t: dict) -> bool:
 
 
 @register_method("net-trim", config=NetTrimConfig, kind="unstructured", needs=("calib",),
-                 smoke={"iters": 50, "max_samples": 512, "steer": "epsilon", "search_steps": 3},
+                 smoke={"iters": 30, "max_samples": 256, "steer": "epsilon", "search_steps": 2, "form": "parallel"},
                  telemetry=Telemetry(
                      keys=("layer_error", "layer_epsilon", "layer_sparsity", "program_sparsity", "topped_up"),
                      engaged=_engaged,
