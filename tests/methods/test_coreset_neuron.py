@@ -110,6 +110,9 @@ def test_bad_input_is_a_config_error_and_leaves_the_model():
     with pytest.raises(ConfigError, match="target"):
         get_method("coreset-neuron").run(RunContext(model=m, example_inputs=torch.randn(2, 1, 4, 4),
                                                     target="sparsity=0.5"))
+    with pytest.raises(ConfigError, match="params=0.01"):  # more than every hidden neuron but one
+        get_method("coreset-neuron").run(RunContext(model=m, example_inputs=torch.randn(2, 1, 4, 4),
+                                                    target="params=0.01"))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
