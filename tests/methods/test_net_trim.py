@@ -117,12 +117,14 @@ def test_bad_input_is_a_config_error_and_leaves_the_model():
 
 @pytest.mark.slow
 @needs_fashion
-def test_small_scale_net_trim_keeps_accuracy_without_retraining():
+def test_small_scale_net_trim_keeps_each_layer_within_eps_and_the_accuracy_without_retraining():
     """Entry check, scaled: LeNet-300-100 trained 3 epochs on 6k Fashion-MNIST images; 5,120 training images as
-    layer inputs; cascade Net-Trim at eps = 2% relative, no retraining; parallel in the same run. Calibration
-    run (seed 0; see docs/methods-weight-4.md for the figures and the command): each layer within eps + 1%,
-    accuracy drop <= 1 pt. Where the entry's (b) fc1 sparsity >= 60% and (d) cascade sparser than parallel do
-    not reproduce, the test asserts what the run showed (see the doc's findings)."""
+    layer inputs; cascade Net-Trim at eps = 2% relative, no retraining; parallel in the same run. Calibration run
+    (python benchmarks/weight4_checks.py --only net-trim): dense 81.95%, cascade 81.65% (parallel 81.55%); layer
+    errors / eps: fc1 1.0009, fc2 1.0023, fc3 1.0000; largest off-constraint violation 0.35% of the largest
+    response; fc1 sparsity 31.8%; program sparsity cascade 33.05%, parallel 33.15%. The entry's (a) and (c)
+    hold; (b) fc1 >= 60% and (d) cascade sparser than parallel do not reproduce: the test asserts what the run
+    showed (docs/methods-weight-4.md, findings)."""
     torch.set_num_threads(1)
     b = pk.data.load("fashion-mnist", batch_size=128, subset=(6000, 2000), val_fraction=0.0, augment=False)
     torch.manual_seed(0)
@@ -143,4 +145,5 @@ def test_small_scale_net_trim_keeps_accuracy_without_retraining():
     assert acc >= dense_acc - 0.01, (acc, dense_acc)
     assert t["layer_sparsity"]["fc1.weight"] >= 0.25, t  # entry: >= 60%; calibration: 0.318 (finding)
     par = out["parallel"][0].telemetry["program_sparsity"]
-    assert abs(t["program_sparsity"] - par) <= 0.02, (t["program_sparsity"], par)  # entry: cascade sparser
+    # entry: cascade sparser than parallel; calibration: 0.3305 vs 0.3315, the same within 0.2 pt (finding)
+    assert abs(t["program_sparsity"] - par) <= 0.02, (t["program_sparsity"], par)
