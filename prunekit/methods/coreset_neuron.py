@@ -91,7 +91,8 @@ def _consumers(model: nn.Module, group) -> list[tuple[nn.Module, object]]:
     out = []
     for m in group.members:
         mod = mods.get(m.fqn.rpartition(".")[0])
-        if m.role == "consumer" and m.fqn.endswith(".weight") and m.dim == 1 and isinstance(mod, (nn.Linear, nn.Conv2d)):
+        if (m.role == "consumer" and m.fqn.endswith(".weight") and m.dim == 1
+                and isinstance(mod, (nn.Linear, nn.Conv2d))):
             out.append((mod, m))
     return out
 
@@ -160,8 +161,10 @@ def run(ctx: RunContext, cfg: CoresetConfig) -> MethodResult:
         kept_idx[fg.key] = sorted(int(i) for i in chosen)
         sampled, kept = sampled + m, kept + int(chosen.numel())
         factor = torch.where(c > 0, c.double() / (m * prob).clamp_min(1e-30), torch.ones_like(prob))
-        factor[torch.as_tensor(gone, dtype=torch.long)] = 0.0  # removed: zero before the cut (the next layer's
-        do_reweight = cfg.reweight and len(fg.convs) == 1  # probabilities then see only the kept inputs)
+        # removed neurons: their readers' slices are zeroed before the cut, so the next layer's probabilities see
+        # only the kept inputs; a residual group (several producers) is not re-weighted
+        factor[torch.as_tensor(gone, dtype=torch.long)] = 0.0
+        do_reweight = cfg.reweight and len(fg.convs) == 1
         with torch.no_grad():
             for mod, member in cons:
                 ch = torch.as_tensor(member.channel)
@@ -173,7 +176,9 @@ def run(ctx: RunContext, cfg: CoresetConfig) -> MethodResult:
         if do_reweight:
             reweighted += 1
             factors.append(float(factor[chosen].mean()))
-    report = prune_(model, plan_channels(model, ctx.example_inputs, removal, ignore=list(ctx.ignore))) if removal else None
+    report = None
+    if removal:
+        report = prune_(model, plan_channels(model, ctx.example_inputs, removal, ignore=list(ctx.ignore)))
     telemetry = {"sampled": sampled, "kept": kept, "groups_sampled": len(removal), "groups_reweighted": reweighted,
                  "mean_factor": float(np.mean(factors)) if factors else 1.0}
     return MethodResult(model=model, telemetry=telemetry,
