@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._registry import closest
-from .errors import CheckpointError, ConfigError, PrunekitError
+from .errors import ConfigError, PrunekitError
 from .io import load as _load_saved
 from .io import save as _save_saved
 from .train.checkpoint import (_rng_states, atomic_write_bytes, read_verified_tensors, set_rng_states, sha256_bytes,
@@ -724,7 +724,7 @@ def _load_cut(folder: Path, model: nn.Module) -> tuple[list, dict] | None:
                              copy.deepcopy(model))
         sync_masks(pruned, index["masks"], tensors)
         restore_extra_buffers(pruned, tensors, str(folder))
-    except (PrunekitError, KeyError) as e:
+    except (PrunekitError, KeyError, RuntimeError, ValueError) as e:
         log.warning("--resume: the cut checkpoint in %s cannot be used (%s); running the method again", folder, e)
         return None
     set_rng_states(tensors, index["rng"])

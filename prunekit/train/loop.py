@@ -218,6 +218,9 @@ def _resume(state: TrainState, cfg: TrainConfig, info: ddp.DistInfo, callbacks=(
     if pos.skip == 0:  # at an epoch boundary: the epoch-start RNG is the checkpoint's
         ckpt.set_rng_states(pos.tensors, index["rng"])
     log.info("resumed from step %d (epoch %d, batch %d) in %s", state.step, pos.epoch, pos.skip, cfg.checkpoint_dir)
+    state.stop = bool(index.get("stop", False))  # a callback had ended the training at that step
+    if state.stop and pos.skip == 0:
+        return _Position(cfg.epochs)  # it had ended after this epoch: nothing left to train
     return pos
 
 
@@ -255,6 +258,8 @@ def _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start
             if batch_idx == skip - 1:
                 ckpt.set_rng_states(start.tensors, start.index["rng"])
             continue
+        if skip and state.stop:  # resumed at the step where a callback ended the training
+            break
         state.batch_idx, state.inputs, state.targets = batch_idx, _to(inputs, dev), _to(targets, dev)
         call(callbacks, "on_batch_start", state)
         task_loss = _step(net, state, loss_fn, teacher, callbacks)
@@ -327,7 +332,7 @@ def _save(state: TrainState, info: ddp.DistInfo, pos: _Position, partial, epoch_
             state.extra["unrestorable"] = True
             log.warning("checkpoint without the callbacks' state (%s cannot be saved): a resume trains from step 0", e)
     meta = {"step": state.step, "epoch": pos.epoch, "skip": pos.skip, "history": state.history,
-            "partial": partial, "config": cfg.to_dict(), "callbacks": states}
+            "partial": partial, "config": cfg.to_dict(), "callbacks": states, "stop": state.stop}
     ckpt.save_checkpoint(cfg.checkpoint_dir, state.model, state.optimizer, state.scheduler, meta=meta,
                          epoch_start_rng=epoch_rng, extra_tensors=tensors)
 

@@ -6,9 +6,10 @@
   :func:`capture_callbacks` walks each callback's attributes and records tensors and plain values;
   :func:`restore_callbacks` writes them back *in place* (same tensor, list, dict and object identities, so
   references the method holds stay valid). A callback may instead define ``state_dict()`` and
-  ``load_state_dict(state)`` (tensors and JSON values). Model parameters, submodules, functions (and partials) and hook
-  handles are not state (the model is restored by the checkpoint, hooks are re-registered by
-  ``on_train_start``). Anything else (an optimizer, a data loader, a random generator) makes the callback
+  ``load_state_dict(state)`` (tensors and JSON values). Model parameters, submodules, functions, partials
+  and hook handles are not state (the model is restored by the checkpoint, hooks are re-registered by
+  ``on_train_start``); ``random.Random`` and ``torch.Generator`` states are recorded. Anything else (an
+  optimizer, a data loader, a numpy generator, an object of another library) makes the callback
   *unrestorable*: :class:`Unrestorable` names it.
 * **Per-call folders** (:func:`fit_checkpoints`): inside the context every :func:`~prunekit.train.fit` call
   without its own ``checkpoint_dir`` checkpoints into ``<folder>/fit-001``, ``fit-002``, ... numbered in call
@@ -24,6 +25,7 @@ import dataclasses
 import functools
 import logging
 import math
+import random
 import types
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +124,11 @@ class _Capture:
             return {"__tensor__": key, "device": str(v.device), "grad": bool(v.requires_grad)}
         if isinstance(v, nn.Module) and id(v) in self.modules:
             return _SKIP
+        if isinstance(v, random.Random):
+            version, internal, gauss = v.getstate()
+            return {"__random__": [version, list(internal), gauss]}
+        if isinstance(v, torch.Generator):
+            return {"__generator__": self.value(v.get_state(), where)}
         if id(v) in self.seen:
             return _SKIP  # the same object again: restored in place where it was first met
         self.seen.add(id(v))
@@ -212,6 +219,15 @@ class _Restore:
                 old.update(new)
                 return old
             return new
+        if "__random__" in s:
+            version, internal, gauss = s["__random__"]
+            rng = old if isinstance(old, random.Random) else random.Random()
+            rng.setstate((version, tuple(internal), gauss))
+            return rng
+        if "__generator__" in s:
+            gen = old if isinstance(old, torch.Generator) else torch.Generator()
+            gen.set_state(self.value(None, s["__generator__"]))
+            return gen
         if "__module__" in s:
             sd = old.state_dict(keep_vars=True)
             self.value(sd, s["__module__"])  # tensors copied in place

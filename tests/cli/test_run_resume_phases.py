@@ -5,6 +5,7 @@ a tiny synthetic setting; the resumed run must give the uninterrupted run's weig
 checkpoint folder behind. The subprocess SIGKILL/SIGINT versions are in test_run_kill.py.
 """
 import logging
+import random
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,17 @@ TINY = {"type": "prunekit.Recipe", "version": 1, "model": "resnet20", "data": "s
 OUTPUT = {".prunekit-run", "model.safetensors", "recipe.yaml", "report.json", "report.md"}
 
 
+def _target(method: str) -> str:
+    return "sparsity=0.5" if method == "dpf" else "macs=0.6"
+
+
 @pytest.fixture
 def run_main(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("prunekit.workflows.RUN_CHECKPOINT_EVERY", 2)
 
     def run(method, *args):
-        (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY, "method": method}))
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY, "method": method, "target": _target(method)}))
         code = main(["run", "--recipe", "r.yaml", *map(str, args)])
         out = capsys.readouterr()
         return code, out.err
@@ -40,6 +45,24 @@ def run_main(tmp_path, monkeypatch, capsys):
 
 def _weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """``uninterrupted(method)``: the weights of an uninterrupted run (one run per method and module)."""
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            folder = tmp_path_factory.mktemp(method)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(folder)
+                (folder / "r.yaml").write_text(yaml.safe_dump({**TINY, "method": method, "target": _target(method)}))
+                assert main(["run", "--recipe", "r.yaml", "--out", "full"]) == 0
+            cache[method] = _weights(folder / "full")
+        return cache[method]
+
+    return get
 
 
 def _interrupt_after_save(monkeypatch, where: str, nth: int) -> list:
@@ -70,12 +93,14 @@ def _record_steps(monkeypatch) -> list:
     return steps
 
 
-@pytest.mark.parametrize("method", ["sfp", "slimming"])
-@pytest.mark.parametrize("point", ["pre-cut training", "after the cut", "fine-tune"])
-def test_interrupted_in_any_phase_resumes_to_the_uninterrupted_weights(run_main, tmp_path, monkeypatch, caplog,
-                                                                      method, point):
-    code, err = run_main(method, "--out", "full")
-    assert code == 0, err
+PHASES = ["pre-cut training", "after the cut", "fine-tune"]
+
+
+# sfp: soft masks re-selected by its callback; slimming: an L1 push on BN scales; dpf: feedback-mode masks
+@pytest.mark.parametrize("method,point", [*[("sfp", p) for p in PHASES], *[("slimming", p) for p in PHASES],
+                                          ("dpf", "pre-cut training"), ("dpf", "after the cut")])
+def test_interrupted_in_any_phase_resumes_to_the_uninterrupted_weights(run_main, uninterrupted, tmp_path,
+                                                                      monkeypatch, caplog, method, point):
     if point == "pre-cut training":  # mid-way through the method's 2 epochs (4 steps each)
         seen = _interrupt_after_save(monkeypatch, "fit-001", 2)
     elif point == "after the cut":
@@ -108,14 +133,14 @@ def test_interrupted_in_any_phase_resumes_to_the_uninterrupted_weights(run_main,
         assert method_steps == [] and "the method had finished" in caplog.text
     if point == "fine-tune":
         assert [s for d, s in steps if d == "finetune"][0] == 4
-    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    full, resumed = uninterrupted(method), _weights(tmp_path / "cut")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
     assert {p.name for p in (tmp_path / "cut").iterdir()} >= OUTPUT
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut", "full", "r.yaml"]  # no resume/partial folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut", "r.yaml"]  # no resume or partial folder
 
 
-def test_a_finished_training_call_restores_its_final_state_and_callback_state(run_main, tmp_path, monkeypatch,
-                                                                             caplog):
+def test_a_finished_training_call_restores_its_final_state_and_callback_state(run_main, uninterrupted, tmp_path,
+                                                                             monkeypatch, caplog):
     """Interrupted in the fine-tune after the method: the resumed run neither reruns nor retrains the method."""
     _interrupt_after_save(monkeypatch, "finetune", 1)
     assert run_main("sfp", "--out", "cut")[0] == 130
@@ -129,6 +154,8 @@ def test_a_finished_training_call_restores_its_final_state_and_callback_state(ru
     assert "resumed from step 8 (epoch 2, batch 0)" in caplog.text  # the method's finished fit: no step trained
     assert [s for d, s in steps if d.startswith("fit-")] == []
     assert "the method had finished" not in caplog.text
+    full, resumed = uninterrupted("sfp"), _weights(tmp_path / "cut")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 class _Counter:
@@ -136,6 +163,7 @@ class _Counter:
         self.model, self.scale = model, model.weight  # the model's own tensor: restored by the weights
         self.masks = {"a": torch.ones(3, dtype=torch.bool)}
         self.history, self.steps, self.best = [], 0, float("inf")
+        self.rng, self.gen = random.Random(3), torch.Generator().manual_seed(3)
 
 
 def test_callback_state_is_restored_in_place():
@@ -145,14 +173,17 @@ def test_callback_state_is_restored_in_place():
     cb.masks["a"][1] = False
     cb.history.append((1, 0.5))
     cb.steps, cb.best = 7, 0.25
+    cb.rng.random(), torch.rand(2, generator=cb.gen)
     states, tensors = capture_callbacks([cb], model)
-    assert list(tensors) == ["callback/0"]  # the mask; model.weight is not copied
+    assert list(tensors) == ["callback/0", "callback/1"]  # the mask and the generator; model.weight is not copied
+    next_random, next_rand = cb.rng.random(), torch.rand(2, generator=cb.gen)
     fresh = _Counter(model)
     fresh_masks, fresh_history = fresh.masks, fresh.history
     restore_callbacks([fresh], states, tensors)
     assert fresh.masks is fresh_masks and fresh.history is fresh_history  # same objects, new contents
     assert fresh.masks["a"].tolist() == [True, False, True] and fresh.history == [(1, 0.5)]
     assert fresh.steps == 7 and fresh.best == 0.25 and fresh.scale is model.weight
+    assert fresh.rng.random() == next_random and torch.equal(torch.rand(2, generator=fresh.gen), next_rand)
     assert masks is cb.masks and history is cb.history
 
 
