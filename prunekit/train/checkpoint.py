@@ -349,10 +349,11 @@ def load_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer=No
     opt_state = None
     if optimizer is not None:
         opt_state = _optimizer_state(index, tensors, optimizer, str(directory))
-    if "masks" in index:  # the masks (and modes) of the checkpoint, then the weights, then the buffers
+    if "masks" in index:  # the checkpoint's masks (and modes) first: loading the weights applies them
         sync_masks(model, index["masks"], tensors)
+        restore_extra_buffers(model, tensors, str(directory))
     model.load_state_dict(weights)
-    restore_extra_buffers(model, tensors, str(directory))
+    restore_extra_buffers(model, tensors, str(directory))  # again: the load hook resets the dormant weights
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     if scheduler is not None and "scheduler" in index:

@@ -325,7 +325,7 @@ def _save(state: TrainState, info: ddp.DistInfo, pos: _Position, partial, epoch_
     if cfg.checkpoint_dir is None or not info.is_main:
         return
     try:
-        states, tensors = capture_callbacks(callbacks, state.model)
+        states, tensors = capture_callbacks(callbacks, state.model, (state.optimizer, state.scheduler))
     except Unrestorable as e:  # the checkpoint is written without it; a resume then starts the call again
         states, tensors = None, {}
         if not state.extra.get("unrestorable"):

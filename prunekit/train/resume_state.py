@@ -9,7 +9,7 @@
   ``load_state_dict(state)`` (tensors and JSON values). Model parameters, submodules, functions, partials
   and hook handles are not state (the model is restored by the checkpoint, hooks are re-registered by
   ``on_train_start``); ``random.Random`` and ``torch.Generator`` states are recorded. Anything else (an
-  optimizer, a data loader, a numpy generator, an object of another library) makes the callback
+  optimizer other than fit's, a data loader, a numpy generator, another library's object) makes the callback
   *unrestorable*: :class:`Unrestorable` names it.
 * **Per-call folders** (:func:`fit_checkpoints`): inside the context every :func:`~prunekit.train.fit` call
   without its own ``checkpoint_dir`` checkpoints into ``<folder>/fit-001``, ``fit-002``, ... numbered in call
@@ -103,8 +103,9 @@ def _model_storages(model: nn.Module) -> tuple[set[int], set[int]]:
 
 
 class _Capture:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, restored=()):
         self.storages, self.modules = _model_storages(model)
+        self.restored = {id(x) for x in restored if x is not None}  # fit's optimizer and scheduler
         self.tensors: dict[str, torch.Tensor] = {}
         self.seen: set[int] = set()
 
@@ -122,8 +123,10 @@ class _Capture:
             key = f"{CALLBACK}{len(self.tensors)}"
             self.tensors[key] = v.detach()
             return {"__tensor__": key, "device": str(v.device), "grad": bool(v.requires_grad)}
-        if isinstance(v, nn.Module) and id(v) in self.modules:
-            return _SKIP
+        if (isinstance(v, nn.Module) and id(v) in self.modules) or id(v) in self.restored:
+            return _SKIP  # restored by the checkpoint (the model, fit's optimizer and scheduler)
+        if isinstance(v, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
+            raise Unrestorable(f"{where} is an optimizer or scheduler that fit does not use")
         if isinstance(v, random.Random):
             version, internal, gauss = v.getstate()
             return {"__random__": [version, list(internal), gauss]}
@@ -150,9 +153,13 @@ class _Capture:
         return {k: self.value(x, f"{where}.{k}") for k, x in vars(obj).items()}
 
 
-def capture_callbacks(callbacks, model: nn.Module) -> tuple[list, dict[str, torch.Tensor]]:
-    """(JSON state, tensors) of ``callbacks``; raises :class:`Unrestorable` naming what cannot be saved."""
-    cap = _Capture(model)
+def capture_callbacks(callbacks, model: nn.Module, restored=()) -> tuple[list, dict[str, torch.Tensor]]:
+    """(JSON state, tensors) of ``callbacks``; raises :class:`Unrestorable` naming what cannot be saved.
+
+    ``restored``: objects the checkpoint restores itself (fit's optimizer and scheduler, which a callback may
+    have replaced in ``on_train_start``): a callback's reference to them is not state.
+    """
+    cap = _Capture(model, restored)
     states = []
     for i, cb in enumerate(callbacks):
         where = f"callback {type(cb).__name__}"

@@ -48,7 +48,9 @@ def uninterrupted(tmp_path_factory):
     d = tmp_path_factory.mktemp("full")
     (d / "r.yaml").write_text(yaml.safe_dump(RECIPE))
     _finish(_start(d, "--out", "full"))
-    return load_file(str(d / "full" / "model.safetensors"))
+    files = {p.name for p in (d / "full").iterdir()}
+    assert files >= OUTPUT
+    return load_file(str(d / "full" / "model.safetensors")), files
 
 
 @pytest.mark.slow  # about 30 s a run on a busy CPU, most of it start-up; 13 runs
@@ -72,8 +74,8 @@ def test_killed_in_a_phase_then_resumed_gives_the_uninterrupted_weights(tmp_path
         assert "resumed from step" in err and "fit-001" in err
     else:
         assert "the method had finished" in err
+    weights, files = uninterrupted
     resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
-    assert resumed.keys() == uninterrupted.keys()
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
-    assert {p.name for p in (tmp_path / "cut").iterdir()} == OUTPUT
+    assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in resumed)
+    assert {p.name for p in (tmp_path / "cut").iterdir()} == files  # report, plots, recipe, model, marker
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut", "r.yaml"]  # no partial or resume folder left
