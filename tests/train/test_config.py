@@ -99,4 +99,5 @@ def test_one_builder_gives_every_method_its_training_config():
     assert (cfg.epochs, cfg.seed, cfg.lr, cfg.scheduler) == (3, 5, 0.02, "step")
     cfg = method_train_config(ctx, 2, scheduler="constant")  # the weight methods' form: epochs given
     assert (cfg.epochs, cfg.scheduler, cfg.lr) == (2, "constant", 0.02)
-    assert method_train_config(SimpleNamespace(train_config=None, prune_epochs=1, seed=0, device="cpu")).progress is False
+    bare = SimpleNamespace(train_config=None, prune_epochs=1, seed=0, device="cpu")
+    assert method_train_config(bare).progress is False
