@@ -37,6 +37,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..errors import CheckpointError
 from ..masks import install_masks_, mask_modes, remove_masks_
+from ..masks._engine import MASK_PREFIX, _split
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ def extra_buffers(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 def sync_masks(model: nn.Module, modes: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
     """Install/remove masks so that the model holds exactly the masks (and modes) a checkpoint recorded."""
-    from ..masks._engine import MASK_PREFIX, _split
-
     now = mask_modes(model)
     gone = [f for f in now if now[f] != modes.get(f)]
     if gone:
