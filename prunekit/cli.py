@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="replace an --out folder that holds other files (they are deleted)")
     r.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run of the same command from its last fine-tune checkpoint")
+                   help="continue the interrupted run of the same command from its last checkpoint (the method's training, the cut or the fine-tune)")
 
     t = sub.add_parser("train", help="train a dense baseline (written to baselines/<model>-<data>.safetensors)")
     t.add_argument("--model", default="resnet20")

@@ -27,6 +27,11 @@ from torch import nn
 
 from ._registry import closest
 from .errors import ConfigError, PrunekitError
+from .io import load as _load_saved
+from .io import save as _save_saved
+from .train.checkpoint import (_rng_states, atomic_write_bytes, read_verified_tensors, set_rng_states, sha256_bytes,
+                               tensors_to_bytes)
+from .train.resume_state import extra_buffers, fit_checkpoints, restore_extra_buffers, sync_masks
 from .recipe import Recipe, parse_target
 
 log = logging.getLogger(__name__)
@@ -657,6 +662,75 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
                                     "engaged": result.engaged, "warnings": list(result.warnings)}
 
 
+CUT = "cut"  # the resume folder's checkpoint of the pruned model, written when the method has finished
+
+
+def _method_phase(model, x, recipe: Recipe, spec, bundle, progress: bool, resume_dir: Path,
+                  resume: bool) -> tuple[list, dict]:
+    """:func:`_apply_pruning` with checkpoints: its training calls (``fit_checkpoints``) and the cut.
+
+    A resumed run that finds the cut checkpoint skips the method; otherwise each training call of the method
+    continues from its checkpoint, or restores its final state when it had finished.
+    """
+    if resume:
+        done = _load_cut(resume_dir / CUT, model)
+        if done is not None:
+            log.info("--resume: the method had finished; continuing from its pruned model (%s)", resume_dir / CUT)
+            return done
+    with fit_checkpoints(resume_dir / "method", resume=resume, every=RUN_CHECKPOINT_EVERY) as session:
+        callbacks, info = _apply_pruning(model, x, recipe, spec, bundle, progress)
+    if session.redone:
+        log.info("%s: training call(s) %s keep state that cannot be checkpointed (%s); after an interruption "
+                 "--resume trains them again from their start (same result)", recipe.method,
+                 [n for n, _ in session.redone], session.redone[0][1])
+    if callbacks:
+        log.info("%s returns fine-tune callbacks: no checkpoint of the cut; --resume runs the method again, its "
+                 "training calls restored from their checkpoints", recipe.method)
+    else:
+        _save_cut(resume_dir / CUT, info.get("model", model), info)
+    return callbacks, info
+
+
+def _save_cut(folder: Path, model: nn.Module, info: dict) -> None:
+    """Pruned model (``pk.save``), masks and buffers, RNG states and the method's info; ``cut.json`` last."""
+    import json
+
+    try:
+        record = json.dumps({k: v for k, v in info.items() if k != "model"}, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        log.info("no checkpoint of the cut: the method's info is not JSON (%s); --resume runs the method again", e)
+        return
+    _save_saved(model, folder / "model.safetensors")
+    buffers, modes = extra_buffers(model)
+    rng_t, rng_j = _rng_states()
+    data = tensors_to_bytes({**buffers, **rng_t})
+    atomic_write_bytes(folder / "state.safetensors", data)
+    atomic_write_bytes(folder / "cut.json", json.dumps(
+        {"info": json.loads(record), "masks": modes, "rng": rng_j, "sha256": sha256_bytes(data),
+         "same_object": info.get("model", model) is model}).encode())
+
+
+def _load_cut(folder: Path, model: nn.Module) -> tuple[list, dict] | None:
+    """The (callbacks, info) of a finished method from its cut checkpoint, the model set to the pruned one."""
+    import json
+
+    try:
+        index = json.loads((folder / "cut.json").read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        tensors = read_verified_tensors(folder / "state.safetensors", index["sha256"])
+        pruned = _load_saved(folder / "model.safetensors", lambda: model if index["same_object"] else
+                             copy.deepcopy(model))
+        sync_masks(pruned, index["masks"], tensors)
+        restore_extra_buffers(pruned, tensors, str(folder))
+    except (PrunekitError, KeyError, RuntimeError, ValueError) as e:
+        log.warning("--resume: the cut checkpoint in %s cannot be used (%s); running the method again", folder, e)
+        return None
+    set_rng_states(tensors, index["rng"])
+    return [], {"model": pruned, **index["info"]}
+
+
 def _finalize_masks(model: nn.Module) -> bool:
     """Make any masks permanent (a plain model with the dense keys); True when there were masks."""
     from .masks import finalize_, get_masks
@@ -707,10 +781,11 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
 
     Writes ``report.json``, ``report.md``, plots, ``recipe.yaml`` and ``model.safetensors`` (``pk.save``) into
     ``recipe.out`` and returns the report dict (with ``out`` added). ``recipe.out`` must be new, empty or a
-    previous run, unless ``force`` (see :func:`_staged_output`). The fine-tune writes checkpoints into a hidden
-    folder beside ``recipe.out``; after an interruption ``resume=True`` (``prunekit run ... --resume``) redoes
-    the deterministic steps before it and continues the fine-tune from the last checkpoint, giving the
-    weights of an uninterrupted run. The folder is deleted when the run succeeds.
+    previous run, unless ``force`` (see :func:`_staged_output`). Every phase writes checkpoints into a hidden
+    folder beside ``recipe.out`` (see :func:`_resume_dir`): each training call of the method, the pruned model
+    after the cut, the fine-tune. After an interruption ``resume=True`` (``prunekit run ... --resume``) redoes
+    the deterministic steps (load, evaluate) and continues from the last checkpoint, giving the weights of an
+    uninterrupted run. The folder is deleted when the run succeeds.
     """
     import prunekit as pk
 
@@ -738,7 +813,7 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     timings["evaluate before"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    callbacks, info = _apply_pruning(model, x, recipe, spec, bundle, progress)
+    callbacks, info = _method_phase(model, x, recipe, spec, bundle, progress, resume_dir, resume)
     model = info.pop("model", model)
     timings["prune"] = time.perf_counter() - t
     stages = {"baseline": before["accuracy"]}

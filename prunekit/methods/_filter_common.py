@@ -205,16 +205,6 @@ class ChannelGates:
 
 # --------------------------------------------------------------------------------------------- validation
 
-def train_config(ctx, **overrides):
-    """The TrainConfig for a method's own training: ``ctx.train_config`` with epochs/device/seed from ``ctx``."""
-    from ..train import TrainConfig
-
-    base = ctx.train_config if ctx.train_config is not None else TrainConfig(progress=False)
-    fields = {"epochs": ctx.prune_epochs, "device": ctx.device, "seed": ctx.seed}
-    fields.update(overrides)
-    return dataclasses.replace(base, **fields)
-
-
 def steps_per_epoch(train_data) -> int:
     """Number of batches in one pass of ``train_data`` (needs ``len``)."""
     try:

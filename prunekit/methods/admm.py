@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..masks import get_pattern, install_masks_
 from ..train import fit
 from ..train.constrained import ConstrainedTraining, Projection
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -69,7 +69,7 @@ def run(ctx: RunContext, cfg: ADMMConfig) -> MethodResult:
     sparsity = None if fixed is not None else ctx.target_value
     projection = Projection(sparsity=sparsity, pattern=cfg.pattern, per_layer=dict(cfg.per_layer),
                             scope="global" if cfg.allocation == "global" else "layer")
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     if cfg.optimizer == "adam":  # a tiny rho acts through Adam's scale-free steps (reference code)
         train = train.replace(optimizer="adam", lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler="constant",
                               warmup_steps=0)

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..masks import sparsify_
 from ..schedules import GradualPruning, agp_cubic
 from ..train import fit
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -57,7 +57,7 @@ def agp_callback(*, final: float, total_steps: int, ramp=(0.0, 0.6), frequency: 
                                           "two pruning events"))
 def run(ctx: RunContext, cfg: AGPConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` epochs while the sparsity follows the cubic schedule to the target."""
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     kw = {"ignore": tuple(ctx.ignore), "exempt": cfg.exempt}
     if cfg.pattern != "element":
         kw["pattern"] = cfg.pattern

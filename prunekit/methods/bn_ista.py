@@ -37,8 +37,9 @@ from ..train import fit
 from ._config import MethodConfig, option
 from ._filter_common import (
     bn_criterion_scores, bn_layers, conv_bn_pairs, cut_to_target, filter_groups, require_bn,
-    require_prune_epochs, train_config, zero_scale_channels,
+    require_prune_epochs, zero_scale_channels,
 )
+from ..train.config import method_train_config
 from ._regularizers import BNScaleISTA
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -211,7 +212,7 @@ def run(ctx: RunContext, cfg: BNISTAConfig) -> MethodResult:
     require_prune_epochs(ctx, "bn-ista")
     cbs = ista_callbacks(ctx.model, ctx.example_inputs, cfg.rho, cfg.cost_weighted)
     rescale = GammaRescale(ctx.model, ctx.example_inputs, cfg.alpha).apply_()
-    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=cbs)
+    fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=cbs)
     rescale.undo_()
     zero = cbs[0].zero_fraction()
     fold = fold_constant_channels_(ctx.model, ctx, ctx.calib)

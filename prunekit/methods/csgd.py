@@ -31,8 +31,9 @@ import torch
 from ._config import MethodConfig, option
 from ._filter_common import (
     cluster_average_matrix, cut_to_target, filter_groups, kmeans_clusters, merge_clusters_, removal_counts,
-    require_prune_epochs, train_config, weight_scores,
+    require_prune_epochs, weight_scores,
 )
+from ..train.config import method_train_config
 from ._regularizers import Centripetal
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -121,7 +122,7 @@ def run(ctx: RunContext, cfg: CSGDConfig) -> MethodResult:
     groups, clusters = cluster_groups(model, ctx, cfg.kmeans_iters)
     spread_start = cluster_spread(model, groups, clusters)
     cb = centripetal_callback(model, groups, clusters, cfg.eps, cfg.bn_eps_factor)
-    fit(model, ctx.train_data, train_config(ctx), callbacks=[cb])
+    fit(model, ctx.train_data, method_train_config(ctx), callbacks=[cb])
     telemetry = {"spread_start": spread_start, **_spread_telemetry(model, groups, clusters, cfg.tolerance)}
     scores = merge_clusters_(model, ctx, groups, clusters)  # kept filter of each cluster scores 1, the rest 0
     report = cut_to_target(model, ctx, scores, allocation="uniform")

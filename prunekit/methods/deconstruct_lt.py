@@ -26,7 +26,7 @@ from torch import nn
 from .._registry import unknown_name_message
 from ..errors import ConfigError
 from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -276,7 +276,7 @@ def run(ctx: RunContext, cfg: DeconstructLTConfig) -> MethodResult:
     sparsity = ctx.target_value
     fqns = list(prunable_weights(ctx.model, ctx.ignore, cfg.exempt))
     init = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     if cfg.variant == "learned_supermask":
         sms = attach_supermasks(ctx.model, fqns, mode=cfg.supermask_mode, sparsity=sparsity, rescale=cfg.rescale,
                                 seed=ctx.seed)

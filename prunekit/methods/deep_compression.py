@@ -30,7 +30,8 @@ from ..masks import get_masks, prunable_weights
 from ..quantize import kmeans
 from ..train import fit
 from ..train.callbacks import Callback
-from ..train.rewind import iterative_prune, train_config
+from ..train.rewind import iterative_prune
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -303,7 +304,7 @@ def run(ctx: RunContext, cfg: DeepCompressionConfig) -> MethodResult:
 
     The returned callback keeps the weights shared while the caller fine-tunes (centroid training)."""
     dense_bytes = sum(t.numel() * 4 for t in ctx.model.state_dict().values())
-    base = train_config(ctx, max(1, cfg.retrain_epochs))
+    base = method_train_config(ctx, max(1, cfg.retrain_epochs))
     train = base.replace(lr=base.lr * cfg.retrain_lr_factor)
     history = iterative_prune(ctx.model, ctx.train_data if cfg.retrain_epochs else None, train,  # stage 1
                               sparsity=ctx.target_value, rounds=cfg.rounds, threshold="std", retrain_last=True,

@@ -21,7 +21,7 @@ from ..masks import dense_weight, get_masks, install_masks_, mask_report, prunab
 from ..masks.patterns import get_pattern
 from ..schedules import MaskUpdate, dns_update_probability
 from ..train import fit
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -83,7 +83,7 @@ def run(ctx: RunContext, cfg: DNSConfig) -> MethodResult:
         return {f: hysteresis_mask(dense_weight(model, f), masks[f], thresholds[f], low=cfg.low, high=cfg.high)
                 for f in params}
 
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     stop = max(1, int(cfg.stop_fraction * train.epochs * len(ctx.train_data)))
     update_masks_(ctx.model, update(ctx.model, 0))  # the first cut at step 0, then the probabilistic revisions
     cb = MaskUpdate(update, probability=lambda s: dns_update_probability(s, gamma=cfg.gamma, power=cfg.power, stop=stop),

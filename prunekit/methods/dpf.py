@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..masks import get_masks, install_masks_, prunable_weights, remove_masks_, select_masks, get_pattern
 from ..schedules import agp_cubic
 from ..train.callbacks import Callback, TrainState
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -118,7 +118,7 @@ def run(ctx: RunContext, cfg: DPFConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with DPF; the model ends with hard masks at the target sparsity."""
     from ..train import fit
 
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     total = train.epochs * len(ctx.train_data)
     n = max(1, int(cfg.ramp_fraction * total) // cfg.frequency)  # refreshes on the ramp
     if n * cfg.frequency > total:

@@ -33,8 +33,9 @@ import torch
 from ._config import MethodConfig, option
 from ._filter_common import (
     _graph, cut_to_target, filter_groups, first_batches, fresh_initialisation, group_scores, removal_counts,
-    require_prune_epochs, select_lowest_global, train_config,
+    require_prune_epochs, select_lowest_global,
 )
+from ..train.config import method_train_config
 from ._regularizers import HardFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -121,7 +122,7 @@ def run(ctx: RunContext, cfg: DropNetConfig) -> MethodResult:
     gen = torch.Generator().manual_seed(ctx.seed)
     dropped, cycles, rewinds = 0, 0, 0
     while True:
-        fit(model, ctx.train_data, train_config(ctx), callbacks=[mask])
+        fit(model, ctx.train_data, method_train_config(ctx), callbacks=[mask])
         cycles += 1
         if dropped >= total:
             break

@@ -18,13 +18,13 @@ MAC/parameter target, and the end cut removes exactly the last selection, so the
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
 
 from ..errors import ConfigError
+from ..train.config import method_train_config
 from ._config import MethodConfig
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 from ._telemetry import criterion_separation
@@ -75,9 +75,7 @@ def run(ctx: RunContext, cfg: FPGMConfig) -> MethodResult:
     mask = _soft_mask(ctx.model, plan)
     mask.apply()  # the authors' code selects once before the first epoch
     if ctx.prune_epochs >= 1:
-        base = ctx.train_config if ctx.train_config is not None else pk.TrainConfig(progress=False)
-        pk.fit(ctx.model, ctx.train_data, dataclasses.replace(base, epochs=ctx.prune_epochs, device=ctx.device,
-                                                              seed=ctx.seed), callbacks=[mask])
+        pk.fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=[mask])
     last = mask.history[-1]  # Alg. 1: the filters zero after the last epoch go
     chosen = {tied[0]: last[tied[0]].tolist() for tied in mask.tied if len(last.get(tied[0], ()))}
     report = pk.prune_(ctx.model, pk.plan_channels(ctx.model, ctx.example_inputs, chosen, ignore=list(ctx.ignore))

@@ -33,8 +33,9 @@ from ..train import fit
 from ._config import MethodConfig, option
 from ._filter_common import (
     ChannelGates, _graph, cut_to_target, filter_groups, first_batches, require_bn, require_prune_epochs,
-    select_lowest_global, select_to_target, train_config,
+    select_lowest_global, select_to_target,
 )
+from ..train.config import method_train_config
 from ._regularizers import FreezeExcept, GateSGD, GateTaylor
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -74,8 +75,8 @@ def run(ctx: RunContext, cfg: GateDecoratorConfig) -> MethodResult:
     n_ticks = ctx.prune_epochs * cfg.ticks_per_tock
     tick_data = first_batches(ctx.train_data, cfg.tick_batches)
     taylor = GateTaylor(gates)
-    tick_cfg = train_config(ctx, epochs=1, scheduler="constant")
-    tock_cfg = train_config(ctx, epochs=1)
+    tick_cfg = method_train_config(ctx, epochs=1, scheduler="constant")
+    tock_cfg = method_train_config(ctx, epochs=1)
     masked, removed_per_round = 0, []
     for tock in range(ctx.prune_epochs):
         masked_before = masked

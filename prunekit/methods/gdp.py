@@ -34,7 +34,8 @@ import torch
 from ..train import fit
 from ._config import MethodConfig, option
 from ._filter_common import (_graph, check_choice, cut_to_target, filter_groups, filter_norms, select_to_target,
-                             require_prune_epochs, steps_per_epoch, train_config)
+                             require_prune_epochs, steps_per_epoch)
+from ..train.config import method_train_config
 from ._regularizers import DynamicFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -98,7 +99,7 @@ def run(ctx: RunContext, cfg: GDPConfig) -> MethodResult:
     require_prune_epochs(ctx, "gdp")
     update_every = max(1, round(cfg.update_epochs * steps_per_epoch(ctx.train_data)))
     cb = dynamic_mask_callback(ctx.model, ctx, update_every, cfg.saliency, cfg.static, cfg.budget)
-    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])
+    fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=[cb])
     cb.apply()
     scores = {}
     for f, m in cb.layers.items():

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights, select_masks, get_pattern
 from ..train.callbacks import Callback, TrainState
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -136,7 +136,7 @@ def run(ctx: RunContext, cfg: GSMConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with GSM (SGD, momentum 0.99), then zero everything outside the top Q."""
     from ..train import fit
 
-    train = train_config(ctx, max(1, ctx.prune_epochs), optimizer="sgd", nesterov=False, momentum=cfg.momentum,
+    train = method_train_config(ctx, max(1, ctx.prune_epochs), optimizer="sgd", nesterov=False, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay, **({"lr": cfg.lr} if cfg.lr is not None else {}))
     cb = GSM(ctx.target_value, ignore=ctx.ignore, exempt=cfg.exempt)
     fit(ctx.model, ctx.train_data, train, callbacks=[cb])

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ConfigError
-from ..train.rewind import iterative_prune, std_threshold_mask, train_config
+from ..train.rewind import iterative_prune, std_threshold_mask
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -52,7 +53,7 @@ def run(ctx: RunContext, cfg: HanMagnitudeConfig) -> MethodResult:
     if cfg.threshold == "std" and cfg.overrides:
         raise ConfigError(f"overrides={cfg.overrides!r} need threshold='uniform' (the std rule sets every layer "
                           f"from one q)")
-    base = train_config(ctx, max(1, cfg.retrain_epochs))
+    base = method_train_config(ctx, max(1, cfg.retrain_epochs))
     train = base.replace(lr=base.lr * cfg.retrain_lr_factor)
     data = ctx.train_data if cfg.retrain_epochs else None
     kw = {"sparsity": ctx.target_value, "rounds": cfg.rounds, "ignore": tuple(ctx.ignore), "exempt": cfg.exempt}

@@ -23,8 +23,9 @@ from typing import Literal
 
 from ._config import MethodConfig, option
 from ._filter_common import (
-    _graph, cut_to_target, filter_groups, first_batches, group_scores, require_prune_epochs, train_config,
+    _graph, cut_to_target, filter_groups, first_batches, group_scores, require_prune_epochs,
 )
+from ..train.config import method_train_config
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def run(ctx: RunContext, cfg: ImplicitSparsityConfig) -> MethodResult:
     from ..train import fit
 
     require_prune_epochs(ctx, "implicit-sparsity")
-    fit(ctx.model, ctx.train_data, train_config(ctx, optimizer=cfg.optimizer, lr=cfg.lr,
+    fit(ctx.model, ctx.train_data, method_train_config(ctx, optimizer=cfg.optimizer, lr=cfg.lr,
                                                 weight_decay=cfg.weight_decay))
     mean_act, dead = dead_channels(ctx.model, ctx, cfg.gamma_threshold, cfg.stat_batches)
     scores = {}

@@ -29,7 +29,8 @@ from torch.overrides import TorchFunctionMode
 from ..errors import ConfigError
 from ..criteria.collect import collect
 from ..masks import get_masks, register_weight_criterion, sparsify_
-from ..train import TrainConfig, fit
+from ..train import fit
+from ..train.config import method_train_config
 from ..schedules.functions import geometric_rounds
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -314,8 +315,7 @@ def run_lap(ctx: RunContext, cfg: LAPConfig) -> MethodResult:
             raise ConfigError("lap traces which layer feeds which on one input: pass example_inputs= (or calib)")
         example = batch[0]
     flow = trace_data_flow(ctx.model, example)
-    train_cfg = (ctx.train_config if ctx.train_config is not None else TrainConfig(progress=False)).replace(
-        epochs=cfg.retrain_epochs, seed=ctx.seed, device=ctx.device)
+    train_cfg = method_train_config(ctx, cfg.retrain_epochs)
     history, differ, unmatched = [], 0, []
     for r, sparsity in enumerate(geometric_rounds(ctx.target_value, rounds=cfg.rounds)):
         scores = model_lap_scores(ctx.model, flow, [_fqn(n) for n in flow.layers], unmatched)

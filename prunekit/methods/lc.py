@@ -26,7 +26,7 @@ import torch
 from ..masks import install_masks_
 from ..train import fit
 from ..train.constrained import ConstrainedTraining, Projection
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -70,7 +70,7 @@ def _engaged(t: dict) -> bool:
 def run(ctx: RunContext, cfg: LCConfig) -> MethodResult:
     """Direct compression, then ``iterations`` x (L step, C step, multiplier step, mu *= a); ends with w = theta."""
     projection = Projection(sparsity=ctx.target_value, scope="global" if cfg.allocation == "global" else "layer")
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     if cfg.lr is not None:
         train = train.replace(lr=cfg.lr, scheduler="constant", warmup_steps=0)
     total = train.epochs * len(ctx.train_data)

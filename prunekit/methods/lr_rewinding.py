@@ -18,7 +18,8 @@ from ..errors import ConfigError
 from ..masks import sparsify_
 from ..schedules import geometric_rounds
 from ..train import lr_factor
-from ..train.rewind import retrain_lr_rewinding, train_config
+from ..train.rewind import retrain_lr_rewinding
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -51,7 +52,7 @@ def run(ctx: RunContext, cfg: LRRewindingConfig) -> MethodResult:
     if t > T:
         raise ConfigError(f"retrain_epochs={t} > original_epochs={T}: learning-rate rewinding replays part of the "
                           f"original schedule; set original_epochs >= retrain_epochs")
-    original = train_config(ctx, T)
+    original = method_train_config(ctx, T)
     schedule = [ctx.target_value] if cfg.one_shot else geometric_rounds(ctx.target_value, rate=cfg.rate)
     history = []
     for s in schedule:

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..train.rewind import find_ticket, layer_rates, reinit_, train_config
+from ..train.rewind import find_ticket, layer_rates, reinit_
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -49,7 +50,7 @@ class LTHConfig(MethodConfig):
                                           "initialisation) or raise round_epochs / prune_epochs"))
 def run(ctx: RunContext, cfg: LTHConfig) -> MethodResult:
     """Find a ticket on ``ctx.train_data``; the model returned holds the rewound ticket (train it next)."""
-    train = train_config(ctx, cfg.round_epochs if cfg.round_epochs is not None else max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, cfg.round_epochs if cfg.round_epochs is not None else max(1, ctx.prune_epochs))
     if cfg.allocation == "uniform":
         rate = layer_rates(ctx.model, rate=cfg.rate, conv_rate=cfg.conv_rate, output_rate=cfg.output_rate,
                            ignore=tuple(ctx.ignore), exempt=cfg.exempt)

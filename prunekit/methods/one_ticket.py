@@ -23,7 +23,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import prunable_weights
-from ..train.rewind import Ticket, find_ticket, load_ticket, save_ticket, train_config
+from ..train.rewind import Ticket, find_ticket, load_ticket, save_ticket
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -82,7 +83,7 @@ def run(ctx: RunContext, cfg: OneTicketConfig) -> MethodResult:
         raise ConfigError("one-ticket's search trains the model and needs train_data (an iterable of (inputs, "
                           "targets) batches); pass train_data=, or options.ticket=PATH to transfer a saved ticket")
     changes = {k: getattr(cfg, f"source_{k}") for k in ("optimizer", "lr") if getattr(cfg, f"source_{k}") is not None}
-    train = train_config(ctx, max(1, ctx.prune_epochs), **changes)
+    train = method_train_config(ctx, max(1, ctx.prune_epochs), **changes)
     rewind_step = int(round(cfg.rewind_epochs * len(ctx.train_data)))
     ticket = find_ticket(ctx.model, ctx.train_data, train, sparsity=ctx.target_value, rate=cfg.rate,
                          rewind_step=rewind_step, allocation=cfg.allocation, ignore=tuple(ctx.ignore))

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights, select_masks, get_pattern, view2d
 from ..train.callbacks import Callback, TrainState
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -236,7 +236,7 @@ def run(ctx: RunContext, cfg: ProxSGDConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with ProxSGD, snap its zeros, then (``top_up``) reach the target exactly."""
     from ..train import fit
 
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     cb = UseProxSGD(ignore=ctx.ignore, exempt=cfg.exempt, lr=cfg.lr, mu=cfg.mu, regularizer=cfg.regularizer,
                     box=cfg.box, rho=cfg.rho, eps_decay=cfg.eps_decay, rho_decay=cfg.rho_decay, beta=cfg.beta,
                     delta=cfg.delta)

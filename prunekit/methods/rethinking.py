@@ -25,7 +25,8 @@ from typing import Literal
 
 from ..errors import ConfigError
 from ._config import MethodConfig, option
-from ._filter_common import reinitialise_, require_prune_epochs, train_config
+from ._filter_common import reinitialise_, require_prune_epochs
+from ..train.config import method_train_config
 from ._registry import MethodResult, RunContext, Telemetry, get_method, register_method
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def run(ctx: RunContext, cfg: RethinkingConfig) -> MethodResult:
     pruned = _macs(model, ctx.example_inputs)
     epochs = scratch_epochs(ctx.prune_epochs, dense, pruned, cfg.schedule, cfg.max_factor)
     n_reset = reinitialise_(model)
-    fit(model, ctx.train_data, train_config(ctx, epochs=epochs))
+    fit(model, ctx.train_data, method_train_config(ctx, epochs=epochs))
     # the source's own training (a training-time source reports more than prune_epochs when it loops)
     source_epochs = int(result.info.get("epochs_trained", ctx.prune_epochs if "train" in source.needs else 0))
     telemetry = {"scratch_epochs": epochs, "source_epochs": source_epochs, "epochs_trained": epochs + source_epochs,

@@ -23,8 +23,9 @@ from typing import Literal
 
 from ._config import MethodConfig, option
 from ._filter_common import (
-    cut_to_target, filter_groups, removal_counts, require_prune_epochs, train_config, weight_scores,
+    cut_to_target, filter_groups, removal_counts, require_prune_epochs, weight_scores,
 )
+from ..train.config import method_train_config
 from ._regularizers import SoftFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -57,7 +58,7 @@ def run(ctx: RunContext, cfg: SFPConfig) -> MethodResult:
 
     require_prune_epochs(ctx, "sfp")
     cb = soft_pruning_callback(ctx.model, ctx, cfg.criterion, cfg.interval)
-    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[cb])
+    fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=[cb])
     # the last epoch end zeroed the final selection: those filters have the lowest score (0) and go first
     report = cut_to_target(ctx.model, ctx, {f: weight_scores(m.weight, "l2") for f, m in cb.layers.items()},
                            allocation="uniform")

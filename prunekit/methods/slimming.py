@@ -25,8 +25,8 @@ import torch
 
 from ..train import fit
 from ._config import MethodConfig, option
-from ._filter_common import (bn_criterion_scores, bn_layers, cut_to_target, require_bn, require_prune_epochs,
-                             train_config)
+from ._filter_common import (bn_criterion_scores, bn_layers, cut_to_target, require_bn, require_prune_epochs)
+from ..train.config import method_train_config
 from ._regularizers import BNScaleL1
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -59,7 +59,7 @@ def run(ctx: RunContext, cfg: SlimmingConfig) -> MethodResult:
     require_bn(ctx.model, "slimming")
     require_prune_epochs(ctx, "slimming")
     before = _gammas(ctx.model)
-    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=sparsity_callbacks(ctx.model, cfg.strength))
+    fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=sparsity_callbacks(ctx.model, cfg.strength))
     trained = _gammas(ctx.model)
     report = cut_to_target(ctx.model, ctx, bn_criterion_scores(ctx.model), allocation="global")
     kept = _gammas(ctx.model)  # the same BatchNorm modules, sliced to the kept channels

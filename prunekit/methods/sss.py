@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 from ..train import fit
 from ._config import MethodConfig, option
-from ._filter_common import (ChannelGates, bn_layers, cut_to_target, require_bn, require_prune_epochs, train_config,
+from ._filter_common import (ChannelGates, bn_layers, cut_to_target, require_bn, require_prune_epochs,
                              zero_scale_channels)
+from ..train.config import method_train_config
 from ._regularizers import APGGates
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -53,7 +54,7 @@ def run(ctx: RunContext, cfg: SSSConfig) -> MethodResult:
     require_prune_epochs(ctx, "sss")
     gates = ChannelGates(ctx.model, [f for f, _ in bn_layers(ctx.model)])
     apg = APGGates(gates, cfg.strength, cfg.momentum)
-    fit(ctx.model, ctx.train_data, train_config(ctx), callbacks=[apg])
+    fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=[apg])
     zero = apg.zero_fraction()
     scores = {f: g.detach().clone() for f, g in gates.gates.items()}
     gates.fold_()  # a zero gate makes its BatchNorm scale exactly zero

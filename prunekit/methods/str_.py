@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ..schedules import agp_cubic
 from ..train.callbacks import Callback, TrainState
 from ._config import MethodConfig, option
@@ -170,7 +170,7 @@ def run(ctx: RunContext, cfg: STRConfig) -> MethodResult:
     from ..train import fit
 
     sparsity = ctx.target_value
-    train = train_config(ctx, max(1, ctx.prune_epochs))
+    train = method_train_config(ctx, max(1, ctx.prune_epochs))
     total = train.epochs * len(ctx.train_data)
     cb = STRCallback(sparsity if cfg.steer else None, ramp_steps=max(1, int(cfg.ramp_fraction * total)),
                      lam=cfg.lam, gain=cfg.gain)

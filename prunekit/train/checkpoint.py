@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .resume_state import extra_buffers, restore_extra_buffers, sync_masks
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +262,13 @@ def set_rng_states(tensors: dict[str, torch.Tensor], states: dict[str, Any], pre
 
 
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, *,
-                    meta: dict[str, Any], epoch_start_rng: tuple[dict, dict] | None = None) -> Path:
+                    meta: dict[str, Any], epoch_start_rng: tuple[dict, dict] | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint of ``model`` (+ optimizer, scheduler, RNGs and ``meta``) into ``directory``.
 
-    ``meta`` must be JSON-serialisable and carry at least ``step``. Returns the index file's path.
+    ``meta`` must be JSON-serialisable and carry at least ``step``. The model's masks and other buffers that
+    ``state_dict()`` leaves out are saved too; ``extra_tensors`` (e.g. callback state) travel beside them.
+    Returns the index file's path.
 
     Example:
         >>> import tempfile
@@ -276,12 +280,16 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer=No
     directory = Path(directory)
     step = int(meta["step"])
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    buffers, modes = extra_buffers(model)
+    tensors.update(buffers)
+    tensors.update(extra_tensors or {})
     rng_t, rng_j = _rng_states()
     tensors.update(rng_t)
     if epoch_start_rng is not None:
         tensors.update({k.replace("rng/", "rng_epoch/", 1): v for k, v in epoch_start_rng[0].items()})
     index: dict[str, Any] = {"type": _TYPE, "version": _VERSION, **meta, "rng": rng_j,
-                             "rng_epoch": epoch_start_rng[1] if epoch_start_rng is not None else None}
+                             "rng_epoch": epoch_start_rng[1] if epoch_start_rng is not None else None,
+                             "masks": modes}
     if optimizer is not None:
         opt = optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
@@ -341,7 +349,11 @@ def load_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer=No
     opt_state = None
     if optimizer is not None:
         opt_state = _optimizer_state(index, tensors, optimizer, str(directory))
+    if "masks" in index:  # the checkpoint's masks (and modes) first: loading the weights applies them
+        sync_masks(model, index["masks"], tensors)
+        restore_extra_buffers(model, tensors, str(directory))
     model.load_state_dict(weights)
+    restore_extra_buffers(model, tensors, str(directory))  # again: the load hook resets the dormant weights
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     if scheduler is not None and "scheduler" in index:

@@ -137,3 +137,21 @@ def _check_relations(cfg: TrainConfig) -> list[str]:
     if cfg.min_lr >= cfg.lr and cfg.scheduler == "cosine":
         out.append(f"min_lr={cfg.min_lr!r} must be below lr={cfg.lr!r} for the cosine schedule")
     return out
+
+
+def method_train_config(ctx: Any, epochs: int | None = None, **changes: Any) -> TrainConfig:
+    """The TrainConfig of a method's own training (before its cut): ``ctx.train_config`` (or the default,
+    without a progress bar) with ``epochs`` (default: ``ctx.prune_epochs``), the context's seed and device,
+    then ``changes``. The one builder every method uses; ``prunekit run --resume`` checkpoints each
+    :func:`~prunekit.train.fit` call of a method through :func:`prunekit.train.fit_checkpoints`, not here.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> ctx = SimpleNamespace(train_config=None, prune_epochs=3, seed=1, device="cpu")
+        >>> cfg = method_train_config(ctx, scheduler="constant")
+        >>> cfg.epochs, cfg.seed, cfg.scheduler
+        (3, 1, 'constant')
+    """
+    base = ctx.train_config if ctx.train_config is not None else TrainConfig(progress=False)
+    epochs = ctx.prune_epochs if epochs is None else epochs
+    return base.replace(**{"epochs": int(epochs), "seed": ctx.seed, "device": ctx.device, **changes})

@@ -21,6 +21,7 @@ from .callbacks import Callback, TrainState, call
 from .config import TrainConfig
 from .optim import make_optimizer, make_scheduler
 from .progress import ProgressBar
+from .resume_state import Unrestorable, capture_callbacks, restore_callbacks, session_config
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig | None = Non
     """
     cfg = config or TrainConfig()
     _check_args(cfg, callbacks, teacher)
+    cfg = session_config(cfg, callbacks, model)  # inside fit_checkpoints(): this call's own checkpoint folder
     info = ddp.setup(cfg.device)
     try:
         device = _device(cfg, info)
@@ -69,10 +71,10 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig | None = Non
         loss_fn = loss_fn or _default_loss(cfg.label_smoothing)
         if teacher is not None:
             teacher.to(device).eval()
-        start = _resume(state, cfg, info)
-        bar = ProgressBar(total, enabled=cfg.progress and info.is_main, initial=state.step)
-        with bar, _deterministic(cfg.deterministic):
-            call(callbacks, "on_train_start", state)
+        with _deterministic(cfg.deterministic), contextlib.ExitStack() as stack:
+            call(callbacks, "on_train_start", state)  # before the resume: the checkpoint was written after it
+            start = _resume(state, cfg, info, callbacks)
+            bar = stack.enter_context(ProgressBar(total, enabled=cfg.progress and info.is_main, initial=state.step))
             for epoch in range(start.epoch, cfg.epochs):
                 state.epoch = epoch
                 record = _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start)
@@ -83,7 +85,7 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig | None = Non
                 if info.is_main:
                     log.info("epoch %d: %s", epoch, _fmt(record))
                 call(callbacks, "on_epoch_end", state)
-                _save(state, info, _Position(epoch + 1), None)
+                _save(state, info, _Position(epoch + 1), None, callbacks=callbacks)
                 if state.stop:
                     break
             call(callbacks, "on_train_end", state)
@@ -195,12 +197,19 @@ def _deterministic(on: bool):
         torch.backends.cudnn.benchmark = before[1]
 
 
-def _resume(state: TrainState, cfg: TrainConfig, info: ddp.DistInfo) -> _Position:
+def _resume(state: TrainState, cfg: TrainConfig, info: ddp.DistInfo, callbacks=()) -> _Position:
     if not (cfg.resume and ckpt.has_checkpoint(cfg.checkpoint_dir)):
         return _Position()
     index, _ = ckpt.read_checkpoint(cfg.checkpoint_dir)
     _check_same_run(TrainConfig.from_dict(index["config"]), cfg)
+    saved_callbacks = index.get("callbacks", None if callbacks else [])
+    if saved_callbacks is None:
+        log.warning("the checkpoint in %s does not hold the state of the callbacks %s; training starts again from "
+                    "step 0 (a resume without it would not continue the same run)", cfg.checkpoint_dir,
+                    [type(cb).__name__ for cb in callbacks])
+        return _Position()
     index = ckpt.load_checkpoint(cfg.checkpoint_dir, state.model, state.optimizer, state.scheduler)
+    restore_callbacks(callbacks, saved_callbacks, index["_tensors"])
     state.step, state.history = int(index["step"]), list(index.get("history", []))
     state.extra["resumed_from_step"] = state.step
     if index.get("partial"):
@@ -209,6 +218,9 @@ def _resume(state: TrainState, cfg: TrainConfig, info: ddp.DistInfo) -> _Positio
     if pos.skip == 0:  # at an epoch boundary: the epoch-start RNG is the checkpoint's
         ckpt.set_rng_states(pos.tensors, index["rng"])
     log.info("resumed from step %d (epoch %d, batch %d) in %s", state.step, pos.epoch, pos.skip, cfg.checkpoint_dir)
+    state.stop = bool(index.get("stop", False))  # a callback had ended the training at that step
+    if state.stop and pos.skip == 0:
+        return _Position(cfg.epochs)  # it had ended after this epoch: nothing left to train
     return pos
 
 
@@ -246,6 +258,8 @@ def _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start
             if batch_idx == skip - 1:
                 ckpt.set_rng_states(start.tensors, start.index["rng"])
             continue
+        if skip and state.stop:  # resumed at the step where a callback ended the training
+            break
         state.batch_idx, state.inputs, state.targets = batch_idx, _to(inputs, dev), _to(targets, dev)
         call(callbacks, "on_batch_start", state)
         task_loss = _step(net, state, loss_fn, teacher, callbacks)
@@ -256,7 +270,7 @@ def _train_epoch(net, data, state, loss_fn, teacher, callbacks, bar, info, start
         bar.advance(task_loss)
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             partial_now = {"sums": [*stats.tolist(), positions, samples], "seconds": seconds + time.perf_counter() - t0}
-            _save(state, info, _Position(state.epoch, batch_idx + 1), partial_now, epoch_rng)
+            _save(state, info, _Position(state.epoch, batch_idx + 1), partial_now, epoch_rng, callbacks)
         if state.stop:
             break
     state.inputs = state.targets = state.outputs = None
@@ -306,14 +320,21 @@ def _distill(loss, student_logits, teacher, inputs, cfg) -> torch.Tensor:
     return (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * T * T * kl
 
 
-def _save(state: TrainState, info: ddp.DistInfo, pos: _Position, partial, epoch_rng=None) -> None:
+def _save(state: TrainState, info: ddp.DistInfo, pos: _Position, partial, epoch_rng=None, callbacks=()) -> None:
     cfg = state.config
     if cfg.checkpoint_dir is None or not info.is_main:
         return
+    try:
+        states, tensors = capture_callbacks(callbacks, state.model, (state.optimizer, state.scheduler))
+    except Unrestorable as e:  # the checkpoint is written without it; a resume then starts the call again
+        states, tensors = None, {}
+        if not state.extra.get("unrestorable"):
+            state.extra["unrestorable"] = True
+            log.warning("checkpoint without the callbacks' state (%s cannot be saved): a resume trains from step 0", e)
     meta = {"step": state.step, "epoch": pos.epoch, "skip": pos.skip, "history": state.history,
-            "partial": partial, "config": cfg.to_dict()}
+            "partial": partial, "config": cfg.to_dict(), "callbacks": states, "stop": state.stop}
     ckpt.save_checkpoint(cfg.checkpoint_dir, state.model, state.optimizer, state.scheduler, meta=meta,
-                         epoch_start_rng=epoch_rng)
+                         epoch_start_rng=epoch_rng, extra_tensors=tensors)
 
 
 def _default_loss(label_smoothing: float) -> LossFn:

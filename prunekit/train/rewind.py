@@ -34,14 +34,7 @@ from .optim import lr_factor
 log = logging.getLogger(__name__)
 
 __all__ = ["Ticket", "find_ticket", "iterative_prune", "retrain_lr_rewinding", "reinit_", "save_ticket",
-           "load_ticket", "layer_rates", "std_threshold_mask", "std_quality", "lr_rewinding_factor", "train_config"]
-
-
-def train_config(ctx, epochs: int, **changes) -> TrainConfig:
-    """The TrainConfig of a method's own training: ``ctx.train_config`` (or the default) with ``epochs`` and
-    the context's seed and device."""
-    cfg = ctx.train_config if ctx.train_config is not None else TrainConfig(progress=False)
-    return cfg.replace(epochs=int(epochs), seed=ctx.seed, device=ctx.device, **changes)
+           "load_ticket", "layer_rates", "std_threshold_mask", "std_quality", "lr_rewinding_factor"]
 
 
 def _steps(data, cfg: TrainConfig) -> int | None:

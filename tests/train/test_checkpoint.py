@@ -223,3 +223,44 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_weights(tmp_path):
     res = fit(resumed, loader, cfg.replace(checkpoint_dir=str(ck), resume=True))
     assert res.resumed_from_step == 9 and res.steps == 18
     torch.testing.assert_close(resumed.state_dict(), ref.state_dict(), rtol=1e-6, atol=1e-7)
+
+
+class StopAt(Callback):
+    def __init__(self, at):
+        self.at, self.seen = at, []
+
+    def on_after_step(self, state):
+        self.seen.append(state.step)
+        if state.step == self.at:
+            state.stop = True
+
+
+@pytest.mark.parametrize("at", [4, 6])  # mid-epoch, at the epoch's last batch (6 batches an epoch)
+def test_resuming_a_run_a_callback_stopped_trains_no_more(tmp_path, make_mlp, make_loader, data, at):
+    x, y = data
+    cfg = CFG.replace(checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    model = make_mlp()
+    res = fit(model, make_loader(x, y), cfg, callbacks=[StopAt(at)])
+    assert res.steps == at and res.stopped_early
+    again, cb = make_mlp(seed=3), StopAt(at)
+    res = fit(again, make_loader(x, y), cfg.replace(resume=True), callbacks=[cb])
+    assert res.steps == at and res.stopped_early and len(res.history) == 1
+    assert cb.seen == list(range(1, at + 1))  # the callback's own record, restored from the checkpoint
+    torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+def test_masks_and_callback_state_travel_in_the_checkpoint(tmp_path, make_mlp, make_loader, data):
+    from prunekit.masks import get_masks, install_masks_
+
+    x, y = data
+    cfg = CFG.replace(epochs=1, checkpoint_dir=str(tmp_path))
+    model = make_mlp()
+    install_masks_(model, {"0.weight": torch.rand_like(model[0].weight) > 0.5})
+    cb = StopAt(0)
+    fit(model, make_loader(x, y), cfg, callbacks=[cb])
+    again, cb2 = make_mlp(seed=3), StopAt(0)  # no masks yet: they come from the checkpoint
+    fit(again, make_loader(x, y), cfg.replace(resume=True), callbacks=[cb2])
+    assert get_masks(again).keys() == {"0.weight"} and torch.equal(get_masks(again)["0.weight"],
+                                                                   get_masks(model)["0.weight"])
+    assert cb2.seen == cb.seen == list(range(1, 7))
+    torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)

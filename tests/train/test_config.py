@@ -82,3 +82,22 @@ def test_make_optimizer_skips_frozen_parameters(name, cls):
     opt = make_optimizer(m, TrainConfig(optimizer=name, lr=0.01, weight_decay=0.0))
     assert type(opt).__name__ == cls
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 2 + 4 + 2
+
+
+def test_one_builder_gives_every_method_its_training_config():
+    """Issue 14: two helpers named ``train_config`` had different signatures; one builder is left."""
+    from types import SimpleNamespace
+
+    from prunekit.methods import _filter_common
+    from prunekit.train import rewind
+    from prunekit.train.config import method_train_config
+
+    assert not hasattr(_filter_common, "train_config") and not hasattr(rewind, "train_config")
+    base = TrainConfig(lr=0.02, scheduler="step", progress=False)
+    ctx = SimpleNamespace(train_config=base, prune_epochs=3, seed=5, device="cpu")
+    cfg = method_train_config(ctx)  # the filter methods' form: epochs from ctx.prune_epochs
+    assert (cfg.epochs, cfg.seed, cfg.lr, cfg.scheduler) == (3, 5, 0.02, "step")
+    cfg = method_train_config(ctx, 2, scheduler="constant")  # the weight methods' form: epochs given
+    assert (cfg.epochs, cfg.scheduler, cfg.lr) == (2, "constant", 0.02)
+    bare = SimpleNamespace(train_config=None, prune_epochs=1, seed=0, device="cpu")
+    assert method_train_config(bare).progress is False
