@@ -33,7 +33,7 @@ from ..train.rewind import train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["AutoPruneConfig", "HardGate", "gate_step", "run"]
+__all__ = ["AutoPruneConfig", "HardGate", "gate_step", "train_gates", "run"]
 
 
 @dataclass(frozen=True)
@@ -73,49 +73,31 @@ def _logits(out):
     return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
 
 
-def _engaged(t: dict) -> bool:
-    return t["m_steps"] >= 1 and t["gate_closed"] > 0
+def train_gates(model, weights: dict, data, *, epochs: int, lr: float, momentum: float, aux_lr: float, mu: float,
+                split: str = "alternate", device="cpu", m0: dict | None = None):
+    """Train ``model`` (its weights and, for ``weights``, auxiliary parameters m) with w * h(m) in the forward.
 
-
-@register_method("autoprune", config=AutoPruneConfig, kind="unstructured", needs=("train",),
-                 smoke={"aux_lr": 50.0}, status="partial", left_out=(
-    "the paper's own gradient rule for the auxiliary parameters and its regulariser formula were not "
-    "recovered: the identity surrogate and mu*||w*h(m)||_1 are our reading; the structured (filter/neuron) "
-    "variant used for the MobileNet FLOPs results is not built; runs as its own loop, not as a callback"),
-                 telemetry=Telemetry(keys=("m_steps", "gate_closed", "reopened", "topped_up", "ever_closed"),
-                                     engaged=_engaged,
-                                     what="auxiliary gates closed by the regulariser during training",
-                                     knob="raise options.aux_lr or options.mu or prune_epochs (m moves by "
-                                          "aux_lr*mu*|w| per m step)"))
-def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
-    """Alternate weight steps and m steps for prune_epochs; the kept weights are those with open gates."""
-    if ctx.prune_epochs < 1:
-        raise ConfigError(f"prune_epochs={ctx.prune_epochs} must be >= 1: the gates are learned while training "
-                          "(pass prune_epochs=1 or more)")
-    model = ctx.model
-    weights = prunable_weights(model, ctx.ignore, cfg.exempt)
-    if not weights:
-        raise ConfigError("autoprune: no prunable weights (Linear/Conv) left after ignore/exempt")
-    train = train_config(ctx, ctx.prune_epochs)
-    lr = cfg.lr if cfg.lr is not None else train.lr
-    torch.manual_seed(train.seed)
-    m = {k: w.detach().abs().clone().requires_grad_(True) for k, w in weights.items()}  # ours: every gate open
-    opt_w = torch.optim.SGD(model.parameters(), lr=lr, momentum=train.momentum)
-    opt_m = torch.optim.SGD(list(m.values()), lr=cfg.aux_lr)
-    ever = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in m.items()}
+    Batches alternate (``split="alternate"``, the paper's 1:1 data split): even batches step every model
+    parameter on the task loss, odd batches step m on loss + mu * ||w * h(m)||_1. ``m0``: the starting m (ours
+    default: |w|). Returns ``(m, stats)`` with m steps, weight steps, gate re-openings and the fraction ever closed.
+    """
+    m = {k: (m0[k] if m0 is not None else w.detach().abs()).clone().requires_grad_(True) for k, w in weights.items()}
+    opt_w = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt_m = torch.optim.SGD(list(m.values()), lr=aux_lr)
     closed_now = {k: v.detach() <= 0 for k, v in m.items()}
+    ever = {k: c.clone() for k, c in closed_now.items()}
     reopened, m_steps, w_steps, batch = 0, 0, 0, 0
     model.train()
-    for _ in range(train.epochs):
-        for inputs, targets in ctx.train_data:
-            inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+    for _ in range(epochs):
+        for inputs, targets in data:
+            inputs, targets = inputs.to(device), targets.to(device)
             gated = {k: w * HardGate.apply(m[k]) for k, w in weights.items()}
             loss = F.cross_entropy(_logits(functional_call(model, gated, (inputs,))), targets)
-            m_turn = cfg.split == "joint" or batch % 2 == 1
-            w_turn = cfg.split == "joint" or batch % 2 == 0
+            m_turn = split == "joint" or batch % 2 == 1
+            w_turn = split == "joint" or batch % 2 == 0
             batch += 1
             if m_turn:
-                loss = loss + cfg.mu * sum((w.detach().abs() * HardGate.apply(m[k])).sum() for k, w in weights.items())
+                loss = loss + mu * sum((w.detach().abs() * HardGate.apply(m[k])).sum() for k, w in weights.items())
             opt_w.zero_grad(set_to_none=True)
             opt_m.zero_grad(set_to_none=True)
             loss.backward()
@@ -131,6 +113,40 @@ def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
                     ever[k] |= now
                     closed_now[k] = now
     opt_w.zero_grad(set_to_none=True)
+    numel = sum(v.numel() for v in m.values())
+    stats = {"m_steps": m_steps, "w_steps": w_steps, "reopened": reopened,
+             "ever_closed": sum(int(v.sum()) for v in ever.values()) / numel}
+    return {k: v.detach() for k, v in m.items()}, stats
+
+
+def _engaged(t: dict) -> bool:
+    return t["m_steps"] >= 1 and t["gate_closed"] >= 0.01
+
+
+@register_method("autoprune", config=AutoPruneConfig, kind="unstructured", needs=("train",),
+                 smoke={"aux_lr": 50.0}, status="partial", left_out=(
+    "the paper's own gradient rule for the auxiliary parameters and its regulariser formula were not "
+    "recovered: the identity surrogate and mu*||w*h(m)||_1 are our reading; the structured (filter/neuron) "
+    "variant used for the MobileNet FLOPs results is not built; runs as its own loop, not as a callback"),
+                 telemetry=Telemetry(keys=("m_steps", "gate_closed", "reopened", "topped_up", "ever_closed"),
+                                     engaged=_engaged,
+                                     what="auxiliary gates closed by the regulariser during training (at least 1% of the weights)",
+                                     knob="raise options.aux_lr or options.mu or prune_epochs (m moves by "
+                                          "aux_lr*mu*|w| per m step)"))
+def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
+    """Alternate weight steps and m steps for prune_epochs; the kept weights are those with open gates."""
+    if ctx.prune_epochs < 1:
+        raise ConfigError(f"prune_epochs={ctx.prune_epochs} must be >= 1: the gates are learned while training "
+                          "(pass prune_epochs=1 or more)")
+    model = ctx.model
+    weights = prunable_weights(model, ctx.ignore, cfg.exempt)
+    if not weights:
+        raise ConfigError("autoprune: no prunable weights (Linear/Conv) left after ignore/exempt")
+    train = train_config(ctx, ctx.prune_epochs)
+    torch.manual_seed(train.seed)
+    m, stats = train_gates(model, weights, ctx.train_data, epochs=train.epochs,
+                           lr=cfg.lr if cfg.lr is not None else train.lr, momentum=train.momentum,
+                           aux_lr=cfg.aux_lr, mu=cfg.mu, split=cfg.split, device=ctx.device)
     masks = {k: v.detach() > 0 for k, v in m.items()}
     numel = sum(v.numel() for v in masks.values())
     gate_closed = sum(int((~v).sum()) for v in masks.values()) / numel
@@ -139,7 +155,7 @@ def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
     if cfg.top_up and need > 0:  # ours: the open gates with the smallest m close
         scores = torch.cat([torch.where(masks[k], v.detach(), torch.full_like(v, float("inf"))).flatten()
                             for k, v in m.items()])
-        cut = torch.zeros(numel, dtype=torch.bool)
+        cut = torch.zeros(numel, dtype=torch.bool, device=scores.device)
         cut[torch.topk(scores, need, largest=False).indices] = True
         start = 0
         for k, v in masks.items():
@@ -151,8 +167,8 @@ def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
             w.mul_(masks[k].to(w.dtype))
     install_masks_(model, masks, mode="hard")
     kept = sum(int(v.sum()) for v in masks.values())
-    telemetry = {"m_steps": m_steps, "gate_closed": gate_closed, "reopened": reopened, "topped_up": topped / numel,
-                 "ever_closed": sum(int(v.sum()) for v in ever.values()) / numel}
+    telemetry = {"m_steps": stats["m_steps"], "gate_closed": gate_closed, "reopened": stats["reopened"],
+                 "topped_up": topped / numel, "ever_closed": stats["ever_closed"]}
     layers = {k: 1 - float(v.float().mean()) for k, v in masks.items()}
-    return MethodResult(model, info={"sparsity": 1 - kept / numel, "layer_sparsity": layers, "w_steps": w_steps,
+    return MethodResult(model, info={"sparsity": 1 - kept / numel, "layer_sparsity": layers, "w_steps": stats["w_steps"],
                                      "epochs_trained": train.epochs}, telemetry=telemetry)
