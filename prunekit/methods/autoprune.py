@@ -130,7 +130,8 @@ def _engaged(t: dict) -> bool:
     "variant used for the MobileNet FLOPs results is not built; runs as its own loop, not as a callback"),
                  telemetry=Telemetry(keys=("m_steps", "gate_closed", "reopened", "topped_up", "ever_closed"),
                                      engaged=_engaged,
-                                     what="auxiliary gates closed by the regulariser during training (at least 1% of the weights)",
+                                     what="auxiliary gates closed by the regulariser during training (at least 1% of "
+                                          "the weights)",
                                      knob="raise options.aux_lr or options.mu or prune_epochs (m moves by "
                                           "aux_lr*mu*|w| per m step)"))
 def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
@@ -170,5 +171,5 @@ def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
     telemetry = {"m_steps": stats["m_steps"], "gate_closed": gate_closed, "reopened": stats["reopened"],
                  "topped_up": topped / numel, "ever_closed": stats["ever_closed"]}
     layers = {k: 1 - float(v.float().mean()) for k, v in masks.items()}
-    return MethodResult(model, info={"sparsity": 1 - kept / numel, "layer_sparsity": layers, "w_steps": stats["w_steps"],
-                                     "epochs_trained": train.epochs}, telemetry=telemetry)
+    return MethodResult(model, info={"sparsity": 1 - kept / numel, "layer_sparsity": layers,
+                                     "w_steps": stats["w_steps"], "epochs_trained": train.epochs}, telemetry=telemetry)

@@ -33,10 +33,10 @@ __all__ = ["SensitivityConfig", "SensitivityRegularizer", "sensitivity", "run"]
 
 @dataclass(frozen=True)
 class SensitivityConfig(MethodConfig):
-    lam: float = option(1e-3, ge=0)  # lambda, the insensitivity decay per step (the paper's per-experiment value was not recovered; ours, calibrated on LeNet-300)
-    output: Literal["softmax", "logits"] = "softmax"  # y whose sensitivity is taken: the net's output probabilities (paper sec. 3, ⚠recalled); logits = ours
-    lr: float | None = option(0.1, gt=0)  # eta, SGD learning rate, constant (paper's MNIST experiments, ⚠recalled); None = ctx.train_config's
-    interval: int = option(1, ge=1)  # steps between sensitivity evaluations (paper: every step); larger = cheaper (ours)
+    lam: float = option(1e-3, ge=0)  # lambda, decay per step (paper eq. update rule; its value not recovered: ours)
+    output: Literal["softmax", "logits"] = "softmax"  # y: the output probabilities (paper sec. 3, recalled); logits = ours
+    lr: float | None = option(0.1, gt=0)  # eta, constant SGD lr (paper's MNIST runs, recalled); None = ctx.train_config's
+    interval: int = option(1, ge=1)  # steps between evaluations of S (paper: every step); larger = cheaper (ours)
     exempt: tuple[str, ...] = ()  # ours: ("first",) / ("last",) keep those layers dense
 
 
