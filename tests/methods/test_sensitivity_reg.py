@@ -120,6 +120,13 @@ def test_bad_input_is_refused_and_the_model_is_unchanged():
         get_method("sensitivity-reg").run(RunContext(model=model_(), example_inputs=None, target="sparsity=0.5"))
 
 
+def test_the_callback_refuses_a_loop_that_hands_no_outputs():
+    from prunekit.train.callbacks import TrainState
+    lin = nn.Linear(3, 2)
+    reg = SensitivityRegularizer({"weight": lin.weight}, lam=0.1)
+    with pytest.raises(ConfigError, match="needs state.outputs"):
+        reg.on_before_backward(TrainState(model=lin, outputs=None))
+
 class _PlainDecay(SensitivityRegularizer):
     """The same post-step decay with S = 0 for every weight: plain weight decay lam * w_prev."""
 
