@@ -29,7 +29,7 @@ from torch.func import functional_call
 
 from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -143,7 +143,7 @@ def run(ctx: RunContext, cfg: AutoPruneConfig) -> MethodResult:
     weights = prunable_weights(model, ctx.ignore, cfg.exempt)
     if not weights:
         raise ConfigError("autoprune: no prunable weights (Linear/Conv) left after ignore/exempt")
-    train = train_config(ctx, ctx.prune_epochs)
+    train = method_train_config(ctx, ctx.prune_epochs)
     torch.manual_seed(train.seed)
     m, stats = train_gates(model, weights, ctx.train_data, epochs=train.epochs,
                            lr=cfg.lr if cfg.lr is not None else train.lr, momentum=train.momentum,

@@ -24,7 +24,7 @@ from ..masks import install_masks_, prunable_weights
 from ..train import fit
 from ..train.callbacks import Callback, TrainState
 from ..train.constrained import Projection
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -135,7 +135,7 @@ def run(ctx: RunContext, cfg: SensitivityConfig) -> MethodResult:
     weights = prunable_weights(ctx.model, ctx.ignore, cfg.exempt)
     if not weights:
         raise ConfigError("sensitivity-reg: no prunable weights (Linear/Conv) left after ignore/exempt")
-    train = train_config(ctx, ctx.prune_epochs, weight_decay=0.0)  # the regulariser replaces L2 (paper sec. 3)
+    train = method_train_config(ctx, ctx.prune_epochs, weight_decay=0.0)  # the regulariser replaces L2 (paper sec. 3)
     if cfg.lr is not None:
         train = train.replace(lr=cfg.lr, scheduler="constant", warmup_steps=0)
     reg = SensitivityRegularizer(weights, lam=cfg.lam, output=cfg.output, interval=cfg.interval)
