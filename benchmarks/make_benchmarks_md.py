@@ -17,6 +17,7 @@ SECTIONS = [
     ("weight_fair.md", "Weight pruning on the fair protocol (equal training, matched sparsity)", None),
     ("weight_admm_lc.md", "Weight pruning as optimisation: ADMM and LC on the fair protocol", None),
     ("net_trim_fair.md", "Weight pruning as optimisation: Net-Trim on the fair protocol", None),
+    ("sensreg_autoprune_fair.md", "Weight pruning by regularisation: sensitivity-driven decay and AutoPrune's gates", None),
     ("coreset_fair.md", "Neuron pruning: data-independent coresets on the fair protocol", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
