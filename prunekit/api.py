@@ -11,8 +11,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import json
 import logging
@@ -364,9 +362,15 @@ def _channel_first(out: torch.Tensor, module) -> torch.Tensor:
     return out.movedim(d, 0).reshape(out.shape[d], -1)
 
 
-def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=None, reduce="group", seed=0):
-    """One score per channel of every group (list aligned with ``graph.groups``)."""
+def score_groups(model, graph: Graph, criterion: str, *, calib=None, loss_fn=None, reduce="group", seed=0,
+                 scorer=None):
+    """One score per channel of every group (list aligned with ``graph.groups``).
+
+    ``scorer``: a function ``view -> scores`` used instead of the criterion's registered one (with the
+    criterion's needs), e.g. :func:`prunekit.criteria.nisp.scorer` of whole-network scores."""
     spec = get_criterion(criterion)
+    if scorer is not None:
+        spec = dataclasses.replace(spec, fn=scorer, fast=None)
     per_batch = "batch_grads" in spec.needs
     need_grads = "grads" in spec.needs or per_batch
     need_acts = "activations" in spec.needs
@@ -504,6 +508,17 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
         >>> p.predicted["params_after"] < p.predicted["params_before"]
         True
     """
+    return _plan(model, example_inputs, sparsity=sparsity, target=target, criterion=criterion, calib=calib,
+                 ignore=ignore, allocation=allocation, round_to=round_to, min_channels=min_channels, loss_fn=loss_fn,
+                 reduce=reduce, per_layer=per_layer, seed=seed, trace=trace, global_=global_)
+
+
+def _plan(model: nn.Module, example_inputs, *, sparsity=None, target=None, criterion="l2", calib=None, ignore=(),
+          allocation="uniform", round_to=1, min_channels=1, loss_fn=None, reduce=None, per_layer=None, seed=0,
+          trace="auto", global_=None, confirmed_at_once: bool = False) -> Plan:
+    """The body of :func:`plan` (same arguments, checked by the caller's ``@checked``);
+    ``confirmed_at_once``: the caller (``prune_``) applies the plan at once, so the pruned model's forward
+    confirms a fast trace even with tensors of unknown origin (see :func:`_plan_graph`)."""
     per_layer = dict(per_layer or {})
     _validate(sparsity, target, criterion, global_, round_to, min_channels, reduce, per_layer)
     if trace not in TRACES:
@@ -513,10 +528,11 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     allocation, reduce = _resolve_allocation_reduce(allocation, global_, reduce, criterion)
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
-    graph = _plan_graph(model, example_inputs, ignore_modules, fast=trace == "auto" and calib is None
-                        and _PLAN_TRACE.get() != "real")
-    with _whole_network_context(criterion, model, example_inputs, calib, ignore):
-        scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed)
+    graph = _plan_graph(model, example_inputs, ignore_modules, fast=trace == "auto" and calib is None,
+                        confirmed_at_once=confirmed_at_once)
+    scorer = _whole_network_scorer(criterion, model, example_inputs, calib, ignore)
+    scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed,
+                          scorer=scorer)
     segs = _segments(graph)
     overrides = _match_segments(segs, per_layer) if per_layer else {}
     widths = [len(c) for _, c, _ in segs]
@@ -580,14 +596,19 @@ def _resolve_allocation_reduce(allocation, global_, reduce, criterion) -> tuple:
     return allocation, default_reduce(criterion) if reduce is None else reduce
 
 
-def _whole_network_context(criterion: str, model, example_inputs, calib, ignore):
-    """``nisp`` scores every channel from one backward propagation through the whole network: open its
-    context here unless the caller already did (to pass its own options)."""
+def _whole_network_scorer(criterion: str, model, example_inputs, calib, ignore):
+    """``nisp`` scores every channel from one backward propagation through the whole network: the scores of
+    the caller's :func:`~prunekit.criteria.nisp.nisp_context` (which carries its options), else computed here
+    from ``calib``; returned as the per-member score function :func:`score_groups` uses (None: the
+    criterion's own function)."""
     from .criteria import nisp
 
-    if criterion != "nisp" or nisp._ACTIVE or calib is None:
-        return contextlib.nullcontext()
-    return nisp.nisp_context(model, example_inputs, calib, ignore=tuple(ignore))
+    if criterion != "nisp":
+        return None
+    table = nisp.active_scores()
+    if table is None and calib is not None:
+        table = nisp.nisp_scores(model, example_inputs, calib, ignore=tuple(ignore))
+    return None if table is None else nisp.scorer(table)
 
 
 def _make_plan(model, graph: Graph, removal: dict, settings: dict, example_inputs) -> Plan:
@@ -726,23 +747,16 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
         if example_inputs is None:
             raise ConfigError("prune_(model) needs either a plan or example_inputs=... with plan keywords "
                               "(e.g. sparsity=0.5)")
-        def apply_own_plan(how):  # plan() reads how to trace from _PLAN_TRACE (see _plan_graph)
-            token = _PLAN_TRACE.set(how)
-            try:
-                return _apply(model, globals()["plan"](model, example_inputs, **plan_kwargs), example_inputs,
-                              optimizer, own_plan=True)
-            finally:
-                _PLAN_TRACE.reset(token)
-
         if plan_kwargs.get("calib") is None and plan_kwargs.get("trace", "auto") == "auto":
             # first on a fast trace; trusted only when the pruned model's forward issues the same ops, else (or on
             # any failure) the model is as before and is planned again on a trace with real values
             try:
-                return apply_own_plan("own")
+                own = _plan(model, example_inputs, **plan_kwargs, confirmed_at_once=True)
+                return _apply(model, own, example_inputs, optimizer, own_plan=True)
             except PrunekitError as e:
                 log.debug("fast trace not used (%s); tracing with real values", e)
-            return apply_own_plan("real")
-        return apply_own_plan(None)
+            plan_kwargs = {**plan_kwargs, "trace": "real"}
+        return _apply(model, _plan(model, example_inputs, **plan_kwargs), example_inputs, optimizer, own_plan=True)
     if plan_kwargs:
         raise ConfigError(f"prune_(model, plan, ...) got plan keywords {sorted(plan_kwargs)}; give either a "
                           f"plan or keywords to build one, not both")
@@ -750,9 +764,7 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
         raise ConfigError(f"plan={type(plan).__name__} is not a prunekit Plan; build one with pk.plan(...)")
     try:
         return _apply(model, plan, example_inputs, optimizer)
-    except PruneError as e:
-        if e.op != "trace check":
-            raise
+    except TraceNotConfirmed as e:
         # a plan made on a fast trace that the pruned model's forward did not confirm (the model is as before):
         # it still applies if a trace with real values gives the same groups (else a stale-plan error)
         log.debug("the plan's fast trace was not confirmed (%s); tracing with real values", e)
@@ -765,19 +777,47 @@ def prune_(model: nn.Module, plan: Plan | None = None, *, example_inputs=None, o
 
 
 TRACES = ("auto", "real")
-# how plan() traces when prune_ makes the plan: "own" (its first attempt, confirmed at once on the pruned
-# model, so a fast trace with tensors of unknown origin is fine) or "real" (after a failed attempt)
-_PLAN_TRACE: contextvars.ContextVar = contextvars.ContextVar("prunekit_plan_trace", default=None)
 
 
-def _plan_graph(model, example_inputs, ignore_modules: dict, fast: bool) -> Graph:
+class TraceNotConfirmed(PruneError):
+    """The pruned model's forward did not issue the ops of the fast trace a plan was made on (the model was
+    restored); a trace with real values decides."""
+
+
+class BrokenForward(PruneError):
+    """The pruned model's validation forward failed (the model was restored)."""
+
+
+# surgery names the step that failed in ``PruneError.op``; these two steps get their own types here, so that
+# the callers below decide by type. (The lead moves the classes to prunekit.errors and the raises into surgery.)
+_SURGERY_ERRORS = {"trace check": TraceNotConfirmed, "validation forward": BrokenForward}
+
+
+def _remove_channels(model, graph, removal, **kwargs):
+    """:func:`prunekit.surgery.remove_channels_`, its trace-check and validation failures typed."""
+    from .surgery import remove_channels_
+
+    try:
+        return remove_channels_(model, graph, removal, **kwargs)
+    except PruneError as e:
+        kind = _SURGERY_ERRORS.get(e.op)
+        if kind is None or type(e) is not PruneError:
+            raise
+        typed = kind.__new__(kind)
+        Exception.__init__(typed, *e.args)
+        typed.fqn, typed.op = e.fqn, e.op
+        raise typed.with_traceback(e.__traceback__) from e
+
+
+def _plan_graph(model, example_inputs, ignore_modules: dict, fast: bool, confirmed_at_once: bool) -> Graph:
     """The graph a plan is made on: a fast trace when allowed, and a real one when a made-up value could
     have steered the fast trace's forward. A plan that leaves prune_ is confirmed only when it is applied,
-    so for it a tensor of unknown origin (which the fast checks cannot follow) means a real trace too."""
+    so for it a tensor of unknown origin (which the fast checks cannot follow) means a real trace too;
+    ``confirmed_at_once``: prune_ applies the plan right away and confirms the trace on the pruned model."""
     if fast:
         try:
             graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, fast=True)
-            if not graph.rec.unaccounted or _PLAN_TRACE.get() == "own":
+            if not graph.rec.unaccounted or confirmed_at_once:
                 return graph
             log.debug("fast trace not used (%s); tracing with real values", graph.rec.unaccounted[0])
         except MadeUpValue as e:
@@ -811,7 +851,7 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
                               f"make a new plan")
         removal[g.id] = np.asarray(pg.channels, dtype=np.int64)
     params_before = count_params(model)
-    from .surgery import find_breaking_groups, remove_channels_
+    from .surgery import find_breaking_groups
 
     skipped = list(plan_.skipped)
     cuts = None
@@ -822,10 +862,10 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
                 if m["indices"]:
                     cuts.setdefault(m["fqn"], {})[m["dim"]] = m["indices"]
     try:
-        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None,
+        _remove_channels(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None,
                          cuts=cuts)
-    except PruneError as e:
-        if e.op != "validation forward" or ex is None:
+    except BrokenForward:
+        if ex is None:
             raise
         bad = find_breaking_groups(model, graph, removal, ex)
         if not bad:
@@ -835,7 +875,7 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
             skipped.append({"where": graph.groups[gid].name, "reason": f"changing this group's width breaks the "
                             f"model's forward, so it was left whole ({err[:200]})"})
             log.info("left group %s whole: %s", graph.groups[gid].name, err)
-        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=True)
+        _remove_channels(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=True)
     config_changes = _sync_hf_config(model, skipped)
     removed = graph.removed_flat(removal)
     groups = [{"id": pg.id, "name": pg.name, "members": [(m["fqn"], m["dim"]) for m in pg.members],
