@@ -80,7 +80,7 @@ def test_prune_does_not_look_up_plan_by_name(monkeypatch):
 
 
 def test_surgery_failures_are_typed_and_others_pass_through(monkeypatch):
-    import prunekit.surgery as surgery
+    from prunekit.api import applying
 
     def fail(op):
         def remove(*a, **k):
@@ -89,11 +89,11 @@ def test_surgery_failures_are_typed_and_others_pass_through(monkeypatch):
 
     m, x = models()["chain"]()
     for op, kind in (("trace check", api.TraceNotConfirmed), ("validation forward", api.BrokenForward)):
-        monkeypatch.setattr(surgery, "remove_channels_", fail(op))
+        monkeypatch.setattr(applying, "remove_channels_", fail(op))
         with pytest.raises(kind) as e:
             api._remove_channels(m, None, {})
         assert e.value.op == op and str(e.value) == f"boom [op={op!r}]"
-    monkeypatch.setattr(surgery, "remove_channels_", fail("copy weights"))
+    monkeypatch.setattr(applying, "remove_channels_", fail("copy weights"))
     with pytest.raises(PruneError) as e:
         api._remove_channels(m, None, {})
     assert type(e.value) is PruneError
