@@ -167,8 +167,9 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
                "width_before": pg.width, "width_after": pg.width - len(removal.get(index_id.get(pg.id, -1), ()))}
               for pg in plan_.groups]
     approx = [{"group": pg.name, "reason": r} for pg in plan_.groups if pg.channels for r in pg.approximate]
-    return Report(params_before, count_params(model), graph.macs(), graph.macs(removed), groups, skipped, approx,
-                  config_changes, trace="fast" if graph.rec.fast else "real",
+    return Report(op="prune_", params_before=params_before, params_after=count_params(model),
+                  macs_before=graph.macs(), macs_after=graph.macs(removed), groups=groups, skipped=skipped,
+                  approximate=approx, config_changes=config_changes, trace="fast" if graph.rec.fast else "real",
                   validation=graph.rec.validated or "none",
                   selection={k: plan_.settings[k] for k in ("criterion", "reduce", "allocation")
                              if k in plan_.settings})
