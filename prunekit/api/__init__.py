@@ -8,7 +8,8 @@ One module per job (lowest first; each imports only the ones above it in this li
 - :mod:`~prunekit.api.scoring`: the calibration run and :func:`score_groups`;
 - :mod:`~prunekit.api.planning`: :func:`plan` and :func:`plan_channels`;
 - :mod:`~prunekit.api.applying`: :func:`prune_` (surgery, validation, Hugging Face config sync);
-- :mod:`~prunekit.api.inspection`: :func:`inspect`.
+- :mod:`~prunekit.api.inspection`: :func:`inspect`;
+- :mod:`~prunekit.api.sensitivity`: per-layer sensitivity curves (prune one layer at a time, evaluate).
 
 Example:
     >>> import torch, prunekit as pk

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import default_loss as _default_loss
 from ..criteria import ChannelView, ConsumerView, channel_rows, get_criterion, reduce_scores, score_member
 from ..errors import ConfigError
 from ..graph import Graph
@@ -18,17 +19,6 @@ __all__ = ["score_groups"]
 
 def _module_of(fqn: str) -> str:
     return fqn.rpartition(".")[0]
-
-
-def _default_loss(outputs, targets):
-    logits = outputs
-    if not isinstance(logits, torch.Tensor):
-        logits = getattr(outputs, "logits", None)
-        if logits is None and isinstance(outputs, (tuple, list)):
-            logits = outputs[0]
-    if targets is None:
-        return logits.float().pow(2).mean()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def _collect(model, graph: Graph, calib, loss_fn, need_grads: bool, need_acts: bool, per_batch: bool = False):

@@ -24,6 +24,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ._base import ChannelView, register_criterion
+from .._fqns import module_fqns as _module_fqns
+from .._registry import closest
+from ..graph import build_graph
+from .reconstruction import _run
 
 # the scores of the innermost open nisp_context of this thread/task ({group key: scores [width]}, or None):
 # context-local, so concurrent plans in other threads never see them
@@ -79,10 +83,6 @@ def nisp_scores(model: nn.Module, example_inputs, calib, *, ignore=(), classifie
     ``classifier`` is the FQN of the layer whose input is the final response layer (default: the last
     ``nn.Linear``). ``calib`` gives the responses Inf-FS ranks.
     """
-    from ..api import _module_fqns
-    from ..graph import build_graph
-    from .reconstruction import _run
-
     mods = dict(model.named_modules())
     if classifier is None:
         linears = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
@@ -91,8 +91,6 @@ def nisp_scores(model: nn.Module, example_inputs, calib, *, ignore=(), classifie
                               "reading the final response layer>'")
         classifier = linears[-1]
     if classifier not in mods:
-        from .._registry import closest
-
         hint = closest(classifier, list(mods))
         raise ConfigError(f"nisp: classifier={classifier!r} is not a module of the model" +
                           (f"; did you mean {hint!r}?" if hint else "") + "; give the FQN of the last layer")

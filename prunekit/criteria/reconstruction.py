@@ -25,6 +25,8 @@ from torch import nn
 
 from ._base import ChannelView, random_generator, register_criterion
 from ._stats import _cached, per_channel, readers
+from ..errors import ConfigError
+from ..graph.trace import call_model, model_device, move_to
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,6 @@ def score_cp_lasso(view: ChannelView) -> torch.Tensor:
 # ---- the re-fit after surgery ---------------------------------------------------------------------------------
 def _run(model: nn.Module, calib, fqns: list, want: str) -> dict:
     """Inputs (``want="in"``) or outputs (``"out"``) of modules ``fqns`` over ``calib``, eval mode, no grad."""
-    from ..graph.trace import call_model, model_device, move_to
-
     mods = dict(model.named_modules())
     rec: dict = {f: [] for f in fqns}
     device = model_device(model)
@@ -218,8 +218,6 @@ def least_squares_refit_(model: nn.Module, calib, targets: dict, *, mode: str = 
     The fit uses the samples of three images in four; a layer is only changed when the error on the
     samples of the remaining images drops. Returns ``{fqn: {"mse_before", "mse_after"}}``.
     """
-    from ..errors import ConfigError
-
     if mode not in ("full", "scale"):
         raise ConfigError(f"mode={mode!r} is not a re-fit mode; choose 'full' (least squares on the whole "
                           f"weight) or 'scale' (one factor per input channel)")

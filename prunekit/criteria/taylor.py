@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import ChannelView, channel_rows, register_criterion
+from ..graph.trace import call_model, model_device, move_to
 
 
 def taylor_sum(view: ChannelView) -> torch.Tensor:
@@ -112,8 +113,6 @@ def taylor_fo_scores(model: nn.Module, graph, calib, loss_fn: Callable | None = 
     of w * dL_b/dw)^2`` -- the squared first-order term of a gate after BatchNorm (``gamma dL/dgamma + beta
     dL/dbeta`` is ``sum over batch and positions of z * dL/dz`` for the BN output ``z``). Raw values, no
     normalisation: the paper ranks them across the whole network as they are."""
-    from ..graph.trace import call_model, model_device, move_to
-
     params = dict(model.named_parameters())
     gates = [gate_members(model, g) for g in graph.groups]
     sums = [np.zeros(g.width) for g in graph.groups]
@@ -146,8 +145,6 @@ def taylor_fm_scores(model: nn.Module, graph, calib, loss_fn: Callable | None = 
     separately and averaged over the examples of every calibration batch, then the group's vector scaled
     to unit l2 norm. ``dL/da`` is the gradient of the example's own loss through that reader only (a
     residual stream read by several layers sums their terms)."""
-    from ..graph.trace import call_model, model_device, move_to
-
     mods = dict(model.named_modules())
     readers: dict = {}  # module fqn -> [(group index, member)]
     for gi, g in enumerate(graph.groups):

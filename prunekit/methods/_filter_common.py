@@ -14,10 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..allocate import global_keep_masks  # noqa: F401  (re-exported: the training-time methods' import)
-from ..criteria import ChannelView, get_criterion
+from ..allocate import allocate_to_target, global_keep_masks, kept_at
+from ..criteria import ChannelView, get_criterion, score_member
 from ..errors import ConfigError
 from ..quantize import kmeans
+from .._registry import closest
+from ..api import plan_channels, prune_, score_groups
+from ..graph import build_graph
+from ..recipe import parse_target
+from ..train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +230,6 @@ class ChannelGates:
 
 def train_config(ctx, **overrides):
     """The TrainConfig for a method's own training: ``ctx.train_config`` with epochs/device/seed from ``ctx``."""
-    from ..train import TrainConfig
-
     base = ctx.train_config if ctx.train_config is not None else TrainConfig(progress=False)
     fields = {"epochs": ctx.prune_epochs, "device": ctx.device, "seed": ctx.seed}
     fields.update(overrides)
@@ -248,8 +251,6 @@ def steps_per_epoch(train_data) -> int:
 
 def check_choice(name: str, value, choices: Sequence[str]) -> None:
     """``options[name]`` must be one of ``choices``; the error shows the closest valid value."""
-    from .._registry import closest
-
     if value not in choices:
         hint = closest(str(value), choices)
         raise ConfigError(f"options[{name!r}]={value!r} is not a valid value"
@@ -267,8 +268,6 @@ def group_scores(model: nn.Module, ctx, criterion: str, batches=None, graph=None
     read ``batches`` (``(inputs, targets)`` pairs). A channel's activation statistic is taken where the network
     uses it: the input of the layers that read it (after BatchNorm and ReLU).
     """
-    from ..api import score_groups
-
     graph = graph if graph is not None else _graph(model, ctx)
     groups = groups if groups is not None else filter_groups(model, ctx, graph)
     per_group = score_groups(model, graph, criterion, calib=batches, reduce="producer", seed=ctx.seed)
@@ -348,8 +347,6 @@ def _ignore_modules(model: nn.Module, ignore) -> dict:
     mods = dict(model.named_modules())
     bad = [f for f in ignore or () if f not in mods]
     if bad:
-        from .._registry import closest
-
         hint = closest(bad[0], list(mods))
         raise ConfigError(f"ignore={list(ignore)!r}: {bad[0]!r} is not a module of the model"
                           + (f"; did you mean {hint!r}?" if hint else "") + "; give module FQNs such as 'fc'")
@@ -357,8 +354,6 @@ def _ignore_modules(model: nn.Module, ignore) -> dict:
 
 
 def _graph(model: nn.Module, ctx):
-    from ..graph import build_graph
-
     return build_graph(model, ctx.example_inputs, ignore_modules=_ignore_modules(model, ctx.ignore) or None)
 
 
@@ -406,8 +401,6 @@ def bn_criterion_scores(model: nn.Module, criterion: str = "bn-scale") -> dict[s
     """
     import numpy as np
 
-    from ..criteria import ChannelView, get_criterion, score_member
-
     spec = get_criterion(criterion)
     out = {}
     for f, bn in bn_layers(model):
@@ -450,9 +443,6 @@ def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], all
     Returns ``(removal, info)`` with ``removal = {group key: sorted indices}``.
     """
     import numpy as np
-
-    from ..allocate import allocate_to_target, kept_at
-    from ..recipe import parse_target
 
     kind, value = parse_target(ctx.target)
     graph = graph if graph is not None else _graph(model, ctx)
@@ -523,8 +513,6 @@ def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], alloca
     restored if anything fails. Returns a JSON-ready summary (target, allocation, costs before/after, kept
     widths, the engine report).
     """
-    from ..api import plan_channels, prune_
-
     graph = _graph(model, ctx)
     groups = filter_groups(model, ctx, graph)
     sel, info = select_to_target(model, ctx, scores, allocation, groups, graph=graph)

@@ -35,6 +35,7 @@ from ._filter_common import (
 )
 from ._regularizers import Centripetal
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ def _spread_telemetry(model, groups, clusters, tolerance: float) -> dict:
                                      knob="raise options.eps (centripetal strength) or prune_epochs: with SGD "
                                           "momentum m a cluster shrinks at best by sqrt(m) per step"))
 def run(ctx: RunContext, cfg: CSGDConfig) -> MethodResult:
-    from ..train import fit
-
     require_prune_epochs(ctx, "csgd")
     model = ctx.model
     groups, clusters = cluster_groups(model, ctx, cfg.kmeans_iters)
