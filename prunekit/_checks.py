@@ -37,8 +37,10 @@ from torch import nn
 
 from ._registry import closest
 from .errors import ConfigError, PruneError, PrunekitError
+from .criteria import CRITERIA
+from .graph.trace import PYTHON_READS_SINK, _SCALAR_READS, call_model, model_device, move_to
 
-__all__ = ["checked", "check_model", "check_calib"]
+__all__ = ["checked", "check_model", "check_calib", "default_loss"]
 
 log = logging.getLogger(__name__)
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("prunekit_checks_active", default=False)
@@ -125,7 +127,6 @@ def _uses_loss(verb: str, a: dict) -> bool:
         return False
     if verb == "sparsify_":
         return criterion.startswith("snip")
-    from .criteria import CRITERIA
 
     spec = CRITERIA._items.get(criterion) if hasattr(CRITERIA, "_items") else None
     if spec is None:
@@ -136,14 +137,26 @@ def _uses_loss(verb: str, a: dict) -> bool:
     return any("grad" in n for n in spec.needs)
 
 
+def default_loss(outputs, targets):
+    """The loss of the calibration batches when no ``loss_fn`` is given: cross-entropy of the logits (the
+    output, its ``.logits`` or its first element) against ``targets``, or the mean squared output without
+    targets."""
+    logits = outputs
+    if not isinstance(logits, torch.Tensor):
+        logits = getattr(outputs, "logits", None)
+        if logits is None and isinstance(outputs, (tuple, list)):
+            logits = outputs[0]
+    if targets is None:
+        return logits.float().pow(2).mean()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
 def check_calib(model: nn.Module, calib, example_inputs=None, *, loss_fn=None,
                 allow_nonfinite: bool = False, targets: bool = True) -> list:
     """Run the first batch of ``calib`` through ``model`` (eval mode, no gradients, nothing changes):
     a batch that is not ``(inputs, targets)``, that the model cannot run, whose targets do not fit the loss,
     or whose activations are non-finite is a ConfigError naming ``calib``. Returns the data-dependent reads
     of that forward (see :func:`prunekit.graph.trace.note_python_read`)."""
-    from .graph.trace import call_model, model_device, move_to
-
     batch = _first_batch(calib)
     if batch is None:
         return []
@@ -178,10 +191,8 @@ def check_calib(model: nn.Module, calib, example_inputs=None, *, loss_fn=None,
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give calib batches "
                                   f"(inputs, targets) whose inputs have the model's input shape") from None
             if targets:
-                from .api import _default_loss
-
                 try:
-                    (loss_fn or _default_loss)(out, y)
+                    (loss_fn or default_loss)(out, y)
                 except Exception as e:  # noqa: BLE001
                     raise ConfigError(f"calib: the targets of batch 0 ({_shapes(y)}) do not fit the model's "
                                       f"output ({_shapes(out)}) in the loss ({type(e).__name__}: "
@@ -207,8 +218,6 @@ class _ScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
         self.sink = sink
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from .graph.trace import _SCALAR_READS
-
         if func.overloadpacket in _SCALAR_READS and len(self.sink) < 20:
             self.sink.append(str(func.overloadpacket))
         return func(*args, **(kwargs or {}))
@@ -275,7 +284,6 @@ def checked(func=None, *, verb: str = "prune", extra_from=None):
         calib = a.get("calib")
         reads = check_calib(model, calib, a.get("example_inputs"), loss_fn=a.get("loss_fn"),
                             allow_nonfinite=allow, targets=_uses_loss(func.__name__, a)) if calib is not None else []
-        from .graph.trace import PYTHON_READS_SINK
 
         sink: list = []
         token, tok2 = _ACTIVE.set(True), PYTHON_READS_SINK.set(sink)
@@ -309,8 +317,6 @@ def checked(func=None, *, verb: str = "prune", extra_from=None):
 
 def _check_pruned_on_calib(model: nn.Module, calib, snapshot: nn.Module) -> None:
     """Run the pruned ``model`` on every batch of ``calib``; on a failure put ``snapshot`` back in place."""
-    from .graph.trace import call_model, model_device, move_to
-
     training = {m: m.training for m in model.modules()}
     model.eval()
     failed = None

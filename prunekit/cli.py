@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from ._registry import closest
 from .errors import ConfigError, PrunekitError
 
 EXIT_ERROR = 2
@@ -318,8 +319,6 @@ def _bad_values(args) -> list[str]:
 
 
 def _unknown_flags(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> list[str]:
-    from ._registry import closest
-
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     sp = subs[0].choices.get(command) if subs else None
     valid = [o for a in (sp._actions if sp else []) for o in a.option_strings if o.startswith("--")]

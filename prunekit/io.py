@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .surgery.mha import PrunableMultiheadAttention
+from .surgery.mha import PrunableMultiheadAttention, mark_pruned_, supported
+from .surgery import Transaction, set_tensor_
+from .train.checkpoint import write_with_record
 
 __all__ = ["save", "load"]
 _FORMAT = "prunekit-pruned"
@@ -66,8 +68,6 @@ def save(model: nn.Module, path) -> Path:
         >>> m2.conv1.out_channels
         4
     """
-    from .train.checkpoint import write_with_record
-
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"path={str(path)!r} is a folder; pass a file path such as "
@@ -158,9 +158,6 @@ def _read_meta(path: Path) -> dict:
 def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     """Rebuild a model saved by :func:`save` on ``model_factory()`` (the original architecture)."""
     from safetensors.torch import load_file
-
-    from .surgery import Transaction, set_tensor_
-    from .surgery.mha import mark_pruned_, supported
 
     path = Path(path)
     meta = _read_meta(path)

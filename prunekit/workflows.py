@@ -25,14 +25,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._registry import closest
+from ._registry import closest, unknown_name_message
 from .errors import ConfigError, PrunekitError
 from .io import load as _load_saved
 from .io import save as _save_saved
-from .train.checkpoint import (_rng_states, atomic_write_bytes, read_verified_tensors, set_rng_states, sha256_bytes,
-                               tensors_to_bytes)
+from .train.checkpoint import (_TMP_SUFFIX, _alive, _rng_states, _signals_unwind, _sweep_stale, atomic_write_bytes,
+                               read_record, read_verified_tensors, set_rng_states, sha256_bytes, tensors_to_bytes)
 from .train.resume_state import extra_buffers, fit_checkpoints, restore_extra_buffers, sync_masks
 from .recipe import Recipe, parse_target
+from . import data as pk_data, data, models
+from .criteria import CRITERIA, get_criterion
+from .io import load, save
+from .masks import finalize_, get_masks
+from .measure import latency, latency as time_forward, measure
+from .methods import METHODS, RunContext, catalog, get_method, load_all
+from .report import write_json, write_run_report
+from .train import TrainConfig, baseline as baselines, evaluate, fit
+import prunekit as pk
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,6 @@ DEFAULT_FALLBACK = "criterion:l1"
 # --- methods -----------------------------------------------------------------------------------------------
 def methods_table(status: str | None = None) -> list[dict]:
     """One row per paper of the catalogue, in catalogue order, with the status of its implementation."""
-    from .methods import METHODS, catalog, load_all
-
     if status is not None and status not in METHOD_STATUSES:
         hint = closest(status, METHOD_STATUSES)
         raise ConfigError(f"status={status!r} is not a method status"
@@ -81,8 +88,6 @@ def default_recipe() -> Recipe:
     Uses the ``l1-filter`` method once it is registered and the engine's plain ``l1`` criterion until then
     (the report says which ran).
     """
-    from .methods import METHODS, load_all
-
     load_all()
     method = DEFAULT_METHOD if DEFAULT_METHOD in METHODS else DEFAULT_FALLBACK
     return Recipe(method=method)
@@ -166,8 +171,6 @@ def _inside_cwd_chain(folder: Path) -> bool:
 
 def _sweep_partials(prefix: str, where: Path) -> None:
     """Remove the staging folders ``where/.<prefix>.{partial,old}-<pid>-*`` of processes killed (SIGKILL) mid-run."""
-    from .train.checkpoint import _alive
-
     for p in where.glob(f".{glob.escape(prefix)}.*-*-*"):
         kind, _, rest = p.name[len(prefix) + 2:].partition("-")
         pid = rest.split("-")[0]
@@ -198,8 +201,6 @@ def _staged_output(out: str | os.PathLike, *, force: bool = False):
     working directory (``--out .``) the folder itself stays and only its entries are replaced. Exceptions,
     Ctrl-C and SIGTERM remove the staging folder; one left by SIGKILL is removed by the next run to ``out``.
     """
-    from .train.checkpoint import _signals_unwind
-
     out = Path(os.path.abspath(out))
     _check_out_free(out, force=force)
     in_place = out.is_dir() and _inside_cwd_chain(out)
@@ -294,8 +295,6 @@ def _prepare_resume(recipe: Recipe, resume: bool) -> Path:
     """The checkpoint folder of this run: checked against the recipe when resuming, emptied for a fresh run."""
     import json
 
-    from .train.checkpoint import atomic_write_bytes
-
     d = _resume_dir(recipe.out)
     record = d / "recipe.json"
     if resume:
@@ -324,24 +323,17 @@ def _progress_enabled(progress: bool) -> bool:
 
 
 def _check_data_name(name: str) -> None:
-    from . import data
-
     names = getattr(data, "DATASETS", None)
     if names is not None and name.split(":")[0] not in names:
-        from ._registry import unknown_name_message
-
         raise ConfigError(unknown_name_message("data set", name, list(names), "data"))
 
 
 def _check_model_name(name: str) -> None:
     if ":" in name or Path(name).exists():
         return
-    from . import models
 
     registry = getattr(models, "MODELS", None)
     if registry is not None and name not in registry:
-        from ._registry import unknown_name_message
-
         raise ConfigError(unknown_name_message("model", name, list(registry), "model"))
 
 
@@ -351,16 +343,12 @@ def _check_method(method: str, target_kind: str) -> Any:
         name = method[len(CRITERION_PREFIX):]
         if target_kind == "sparsity":
             return None
-        from .criteria import CRITERIA
 
         CRITERIA.get(name, argument="method criterion")
         return None
-    from .methods import catalog, get_method, load_all
 
     load_all()
     if method not in catalog():
-        from ._registry import unknown_name_message
-
         raise ConfigError(unknown_name_message("method", method, list(catalog()), "method")
                           + "; or criterion:<name> for a bare engine criterion (see `prunekit methods`)")
     spec = get_method(method)
@@ -374,8 +362,6 @@ def _check_method(method: str, target_kind: str) -> Any:
 
 
 def _load_data(recipe: Recipe):
-    from . import data
-
     return data.load(recipe.data, batch_size=recipe.batch_size, subset=recipe.subset, data_dir=recipe.data_dir,
                      seed=recipe.seed, **recipe.data_options)
 
@@ -392,9 +378,6 @@ def resolve_model(spec: str, *, num_classes: int = 10, in_channels: int = 1, inp
 def _resolve(spec: str, *, num_classes: int = 10, in_channels: int = 1,
              input_size: int = 28) -> tuple[nn.Module, dict]:
     """(model, build) where ``build`` = ``{"model", "num_classes", "in_channels", "input_size"}`` rebuilds it."""
-    from . import models
-    from .train import baseline as baselines
-
     if _is_path(spec):
         path = Path(spec)
         if not path.exists():
@@ -405,7 +388,6 @@ def _resolve(spec: str, *, num_classes: int = 10, in_channels: int = 1,
             meta = baselines.baseline_info(str(path))
             return baselines.load_baseline(str(path)), {"model": meta["model"], **meta["build"]}
         build = _build_record(path)
-        from .io import load
 
         return load(str(path), lambda: models.create(build["model"], **_build_args(build))), build
     if spec in baselines.list_baselines():
@@ -434,8 +416,6 @@ def _build_record(path: Path) -> dict:
 
 def _is_baseline_file(path: Path) -> bool:
     """True for a baseline: a one-file baseline (record in the header) or weights with a ``.json`` record."""
-    from .train.checkpoint import read_record
-
     if path.suffix == ".safetensors" and read_record(path, "prunekit.baseline") is not None:
         return True
     return _is_baseline_record(path.with_suffix(".json"))
@@ -452,8 +432,6 @@ def _is_baseline_record(path: Path) -> bool:
 
 def _load_baseline(name: str) -> tuple[nn.Module, dict]:
     """(model, build) of the trained baseline ``name`` (store name or file); a missing one says how to make it."""
-    from .train import baseline as baselines
-
     if _is_path(name) and Path(name).exists():
         return _resolve(name)
     try:
@@ -464,8 +442,6 @@ def _load_baseline(name: str) -> tuple[nn.Module, dict]:
 
 
 def _missing_baseline(name: str) -> str:
-    from .train import baseline as baselines
-
     if _is_path(name):
         return (f"baseline={name!r}: no such file; pass a baseline name (see `prunekit train`), a model file, "
                 f"or none")
@@ -480,9 +456,6 @@ def _missing_baseline(name: str) -> str:
 
 def _baseline_model(name: str) -> str | None:
     """The architecture of baseline ``name`` (from its record), or None when it cannot be told."""
-    from .errors import PrunekitError
-    from .train import baseline as baselines
-
     try:
         if _is_path(name):
             path = Path(name)
@@ -496,8 +469,6 @@ def _baseline_model(name: str) -> str | None:
 
 def _baseline_problems(recipe: Recipe) -> list[str]:
     """Why ``recipe.baseline`` cannot be used: missing (with the command that makes it), or another model's."""
-    from .train import baseline as baselines
-
     b = recipe.baseline
     if _is_path(b) and not Path(b).exists():
         return [_missing_baseline(b)]
@@ -528,9 +499,6 @@ def _example_inputs(bundle, n: int = 1) -> torch.Tensor:
 
 
 def _measure(model: nn.Module, x: torch.Tensor, latency: bool) -> dict:
-    from .measure import latency as time_forward
-    from .measure import measure
-
     m = measure(model, x)
     out = {"params": int(m.params), "nonzero_params": int(m.nonzero_params),
            "macs": None if m.macs is None else int(m.macs), "size_bytes": int(m.size_dense)}
@@ -546,8 +514,6 @@ def paired_latency(baseline: nn.Module, pruned: nn.Module, x: torch.Tensor, roun
     shared machine where absolute times drift.
     """
     import statistics
-
-    from .measure import latency
 
     base, ours = [], []
     for _ in range(rounds):
@@ -605,21 +571,15 @@ def recalibrate_bn(model: nn.Module, batches, device: str = "cpu") -> int:
 
 def _save_model(model: nn.Module, path: Path) -> str:
     """``pk.save`` the model (one safetensors file carrying its shapes); returns the file name."""
-    from .io import save
-
     save(model, str(path))
     return path.name
 
 
 def _evaluate(model, data, device) -> dict:
-    from .train import evaluate
-
     return evaluate(model, data, device=device)
 
 
 def _train_config(recipe: Recipe, epochs: int, progress: bool, lr: float | None = None):
-    from .train import TrainConfig
-
     return TrainConfig(epochs=epochs, lr=recipe.lr if lr is None else lr, seed=recipe.seed, device=recipe.device,
                        progress=_progress_enabled(progress))
 
@@ -636,21 +596,16 @@ def _history(result) -> list[dict]:
 
 def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tuple[list, dict]:
     """Prune ``model`` in place as the recipe says; returns (fine-tune callbacks, method info)."""
-    import prunekit as pk
-
     kind, value = parse_target(recipe.target)
     if spec is None:
         name = recipe.method[len(CRITERION_PREFIX):]
         if kind == "sparsity":
             rep = pk.sparsify_(model, sparsity=value, criterion=name, ignore=tuple(recipe.ignore))
         else:
-            from .criteria import get_criterion
-
             calib = calib_batches(bundle, recipe.calib_batches) if get_criterion(name).needs else None
             rep = pk.prune_(model, example_inputs=x, target=recipe.target, criterion=name,
                             ignore=list(recipe.ignore), calib=calib, seed=recipe.seed)
         return [], {"engine_report": _plain(rep)}
-    from .methods import RunContext
 
     ctx = RunContext(model=model, example_inputs=x, target=recipe.target, train_data=bundle.train,
                      val_data=bundle.val, calib=calib_batches(bundle, recipe.calib_batches),
@@ -733,8 +688,6 @@ def _load_cut(folder: Path, model: nn.Module) -> tuple[list, dict] | None:
 
 def _finalize_masks(model: nn.Module) -> bool:
     """Make any masks permanent (a plain model with the dense keys); True when there were masks."""
-    from .masks import finalize_, get_masks
-
     if not get_masks(model):
         return False
     finalize_(model)
@@ -787,8 +740,6 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     the deterministic steps (load, evaluate) and continues from the last checkpoint, giving the weights of an
     uninterrupted run. The folder is deleted when the run succeeds.
     """
-    import prunekit as pk
-
     t_start = time.perf_counter()
     kind, _ = parse_target(recipe.target)
     spec = _validate_run(recipe, kind, force)
@@ -825,8 +776,6 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     t = time.perf_counter()
     history = []
     if recipe.finetune_epochs > 0:
-        from .train import fit
-
         cfg = _train_config(recipe, recipe.finetune_epochs, progress).replace(
             checkpoint_dir=str(resume_dir / "finetune"), checkpoint_every=RUN_CHECKPOINT_EVERY, resume=resume)
         result = fit(model, bundle.train, cfg, callbacks=callbacks, val_data=bundle.val)
@@ -854,7 +803,6 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
               "ratios": {"params_kept": after["params"] / before["params"],
                          "macs_kept": after["macs"] / before["macs"] if before["macs"] else None},
               "per_layer": _per_layer(layers_before, layer_stats(model)), "history": history, "timings": timings}
-    from .report import write_run_report
 
     with _staged_output(recipe.out, force=force) as stage:
         files = {"model": _save_model(model, stage / "model.safetensors"), "recipe": "recipe.yaml"}
@@ -867,8 +815,6 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
 # --- train / eval ------------------------------------------------------------------------------------------
 def train_job(model: str = "resnet20", data: str = "fashion-mnist", *, progress: bool = True, **options) -> dict:
     """Train a dense baseline with :func:`prunekit.train.baseline.train_baseline`; returns its record."""
-    from .train import baseline as baselines
-
     _check_data_name(data)
     _check_model_name(model)
     options = {k: v for k, v in options.items() if v is not None}
@@ -878,8 +824,6 @@ def train_job(model: str = "resnet20", data: str = "fashion-mnist", *, progress:
 def eval_job(model: str, data: str = "fashion-mnist", *, batch_size: int = 256, data_dir: str | None = None,
              device: str = "cpu", subset: int | None = None, latency: bool = True) -> dict:
     """Test accuracy, params, MACs and latency of a saved model, a baseline or a model spec."""
-    from . import data as pk_data
-
     _check_data_name(data)
     bundle = pk_data.load(data, batch_size=batch_size, subset=subset, data_dir=data_dir)
     net = resolve_model(model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
@@ -930,15 +874,10 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
 
     Writes ``model.safetensors`` and ``report.json`` into ``out``.
     """
-    import prunekit as pk
-    from .report import write_json
-
     kind, value = parse_target(target)
     _check_out_free(out, force)
     x = _example_for(model, input_shape)
     if kind != "sparsity":
-        from .criteria import CRITERIA
-
         CRITERIA.get(criterion, argument="criterion")
     _check_model_name(model)
     net, build = _resolve(model, num_classes=num_classes, in_channels=x.shape[1], input_size=x.shape[-1])
@@ -963,8 +902,6 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
 
 def inspect_job(model: str, *, input_shape: tuple[int, ...] | None = None, num_classes: int = 10) -> dict:
     """Prunable groups and layer widths of a model (nothing is changed)."""
-    import prunekit as pk
-
     x = _example_for(model, input_shape)
     _check_model_name(model)
     net = resolve_model(model, num_classes=num_classes, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
@@ -1008,8 +945,6 @@ def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = N
     _check_model_name(model)
     net = resolve_model(model, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
     import onnxruntime as ort
-
-    from .train.checkpoint import _TMP_SUFFIX, _signals_unwind, _sweep_stale
 
     # a temporary file beside the target (removed on any exit; one left by SIGKILL by the next export), fsynced,
     # then renamed over the target: the file is the old one or the complete, checked new one

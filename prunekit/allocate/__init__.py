@@ -19,6 +19,8 @@ import torch
 
 from ..criteria import normalise, select_lowest
 from ..errors import ConfigError
+from .._registry import closest
+from ..recipe import parse_target as parse
 
 __all__ = ["kept_width", "allocate_uniform", "allocate_global", "search_target", "select_removal",
            "parse_target", "fill_to_budget", "kept_at", "allocate_to_target", "ALLOCATIONS", "erk_densities",
@@ -87,7 +89,6 @@ def check_allocation(allocation) -> str | None:
     """The problem with ``allocation`` (None when it is one of :data:`ALLOCATIONS`)."""
     if allocation in ALLOCATIONS:
         return None
-    from .._registry import closest
 
     hint = closest(str(allocation), list(ALLOCATIONS))
     return (f"allocation={allocation!r} is not valid" + (f"; did you mean {hint!r}?" if hint else "") +
@@ -289,8 +290,6 @@ def parse_target(target: str) -> tuple[str, float]:
         >>> parse_target("macs=0.5"), parse_target("sparsity=0.75")
         (('macs', 0.5), ('params', 0.25))
     """
-    from ..recipe import parse_target as parse
-
     kind, value = parse(target)
     if kind == "sparsity":
         return "params", 1.0 - value

@@ -15,6 +15,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..recipe import parse_target
+from .._registry import unknown_name_message
+from ..measure import count_macs, count_params
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ def _tp_importance(name: str):
         "lamp": lambda: imp.LAMPImportance(),
     }
     if name not in table:
-        from .._registry import unknown_name_message
-
         raise ConfigError(unknown_name_message("Torch-Pruning importance", name, table, "method tp:"))
     return table[name]()
 
@@ -63,16 +63,12 @@ def check_peer(method: str, target: str) -> None:
     if method.startswith(TP_PREFIX):
         name = method[len(TP_PREFIX):]
         if name not in TP_IMPORTANCES:
-            from .._registry import unknown_name_message
-
             raise ConfigError(unknown_name_message("Torch-Pruning importance", name, TP_IMPORTANCES, "method"))
         if kind == "sparsity":
             raise ConfigError(f"method={method!r} removes channels; give a macs= or params= target, not {target!r}")
     else:
         name = method[len(TORCH_PRUNE_PREFIX):]
         if name not in TORCH_PRUNE_METHODS:
-            from .._registry import unknown_name_message
-
             raise ConfigError(unknown_name_message("torch.nn.utils.prune method", name, TORCH_PRUNE_METHODS,
                                                    "method"))
         if kind != "sparsity":
@@ -130,8 +126,6 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
     ``layers_moved`` is ``None`` when a uniform ratio sufficed. ``seed`` seeds the random importance
     (the same draw in every trial and in the final cut).
     """
-    from ..measure import count_macs, count_params
-
     kind, value = parse_target(target)
     check_peer(method, target)
     name = method[len(TP_PREFIX):]

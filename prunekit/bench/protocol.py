@@ -37,6 +37,10 @@ from ..errors import ConfigError
 from ..recipe import parse_target
 from . import peers
 from .grid import BenchGrid, cell_id, split_variant
+from .. import data, models, workflows as W
+from ..report import write_bench_report, write_json
+from ..train import fit
+from ..train.baseline import baseline_info
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,6 @@ def _nonzero(model: nn.Module) -> int:
 
 def check_grid(grid: BenchGrid) -> None:
     """Validate every method × target pair before anything runs (all problems reported at once)."""
-    from .. import workflows as W
-
     problems = []
     W._check_data_name(grid.data)
     W._check_model_name(grid.model)
@@ -80,8 +82,6 @@ class _Context:
 
     def bundle(self, seed: int):
         if seed not in self._bundles:
-            from .. import data
-
             g = self.grid
             self._bundles[seed] = data.load(g.data, batch_size=g.batch_size, subset=g.subset, data_dir=g.data_dir,
                                             seed=seed, **g.data_options)
@@ -89,9 +89,6 @@ class _Context:
 
     def baseline(self) -> nn.Module:
         if self._baseline is None:
-            from .. import models
-            from .. import workflows as W
-
             g = self.grid
             b = self.bundle(g.seeds[0])
             if g.baseline is None:
@@ -106,8 +103,6 @@ class _Context:
 
 def baseline_numbers(ctx: _Context, cache: Path) -> dict:
     """Accuracy, params, MACs and latency of the unpruned baseline (cached next to the cells)."""
-    from .. import workflows as W
-
     fp = ctx.grid.fingerprint()
     if cache.is_file():
         data = json.loads(cache.read_text())
@@ -121,7 +116,6 @@ def baseline_numbers(ctx: _Context, cache: Path) -> dict:
             **{f"{k}_base": v for k, v in W._measure(model, x, False).items()}}
     if ctx.grid.latency:
         nums["latency_base_ms"] = W._measure(model, x, True)["latency_ms"]
-    from ..report import write_json
 
     write_json(nums, cache)
     return nums
@@ -181,9 +175,6 @@ def precut_epochs(steps: int, steps_per_epoch: int, info: dict) -> tuple[float, 
 
 def _finetune(model, bundle, recipe, epochs: float, callbacks, progress: bool) -> int:
     """Fine-tune ``epochs`` epochs (fractional: as optimizer steps); returns the steps taken."""
-    from .. import workflows as W
-    from ..train import fit
-
     spe = len(bundle.train)
     steps = round(epochs * spe)
     if steps <= 0:
@@ -202,8 +193,6 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     ``deps`` (for the rows that wait on the method rows, see :func:`dependencies`): ``extra_epochs`` of
     fine-tuning on top of ``finetune_epochs`` and ``goal``, the MACs/params fraction Torch-Pruning matches.
     """
-    from .. import workflows as W
-
     deps = dict(deps or {})
     g = ctx.grid
     t0 = time.perf_counter()
@@ -322,8 +311,6 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
     is tried again by the next run. Returns ``{"done", "ran", "remaining", "failed", "json", "markdown",
     "pareto"}``.
     """
-    from ..report import write_bench_report, write_json
-
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers={workers!r} must be a positive int, e.g. workers=4")
     if workers > 1 and (limit is not None or reverse or not resume):
@@ -400,8 +387,6 @@ def _run_one(ctx: _Context, cells_dir: Path, cell: tuple[str, str, int], base: d
              keep_going: bool, run_id: str = "", deps: dict | None = None) -> int:
     """Run one cell and write its file (or, with ``keep_going``, its failure); 1 when it finished."""
     import traceback
-
-    from ..report import write_json
 
     cid = cell_id(*cell)
     try:
@@ -615,7 +600,6 @@ def _run_workers(grid: BenchGrid, out: str | None, workers: int, keep_going: boo
 def _describe_baseline(name: str | None) -> str:
     if name is None:
         return "none (untrained model)"
-    from ..train.baseline import baseline_info
 
     try:
         meta = baseline_info(name)

@@ -8,12 +8,15 @@ closed form, ``s_k = |W_{k+1}|^T s_{k+1}``, with a conv weight's magnitudes summ
 ReLU/pooling passed through. That bounds the change of the final responses when a neuron is removed.
 
 Propagation needs the whole network, which a per-member view does not hold: :func:`nisp_scores` walks the
-engine's graph, and the registered criterion reads those scores inside :func:`nisp_context`. Groups whose
+engine's graph; :func:`prunekit.plan` computes them from its ``calib`` (or takes those of the caller's
+:func:`nisp_context`, which carries the options) and hands them to the scoring explicitly (:func:`scorer`);
+the registered criterion, called on its own, reads those of the enclosing :func:`nisp_context`. Groups whose
 readers feed back into them (residual stages) are resolved by two sweeps from the output backwards.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import numpy as np
 import torch
@@ -21,8 +24,19 @@ from torch import nn
 
 from ..errors import ConfigError
 from ._base import ChannelView, register_criterion
+from .._fqns import module_fqns as _module_fqns
+from .._registry import closest
+from ..graph import build_graph
+from .reconstruction import _run
 
-_ACTIVE: list = []  # stack of {group key: scores [width]}
+# the scores of the innermost open nisp_context of this thread/task ({group key: scores [width]}, or None):
+# context-local, so concurrent plans in other threads never see them
+_CONTEXT_SCORES: contextvars.ContextVar = contextvars.ContextVar("prunekit_nisp_scores", default=None)
+
+
+def active_scores() -> dict | None:
+    """The scores of the enclosing :func:`nisp_context` (this thread/task only), or None."""
+    return _CONTEXT_SCORES.get()
 
 
 def inf_fs(responses: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
@@ -69,10 +83,6 @@ def nisp_scores(model: nn.Module, example_inputs, calib, *, ignore=(), classifie
     ``classifier`` is the FQN of the layer whose input is the final response layer (default: the last
     ``nn.Linear``). ``calib`` gives the responses Inf-FS ranks.
     """
-    from ..api import _module_fqns
-    from ..graph import build_graph
-    from .reconstruction import _run
-
     mods = dict(model.named_modules())
     if classifier is None:
         linears = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
@@ -81,8 +91,6 @@ def nisp_scores(model: nn.Module, example_inputs, calib, *, ignore=(), classifie
                               "reading the final response layer>'")
         classifier = linears[-1]
     if classifier not in mods:
-        from .._registry import closest
-
         hint = closest(classifier, list(mods))
         raise ConfigError(f"nisp: classifier={classifier!r} is not a module of the model" +
                           (f"; did you mean {hint!r}?" if hint else "") + "; give the FQN of the last layer")
@@ -144,22 +152,35 @@ def nisp_context(model: nn.Module, example_inputs, calib, **kwargs):
         >>> r.params_after < r.params_before
         True
     """
-    _ACTIVE.append(nisp_scores(model, example_inputs, calib, **kwargs))
+    token = _CONTEXT_SCORES.set(nisp_scores(model, example_inputs, calib, **kwargs))
     try:
-        yield _ACTIVE[-1]
+        yield _CONTEXT_SCORES.get()
     finally:
-        _ACTIVE.pop()
+        _CONTEXT_SCORES.reset(token)
 
 
-@register_criterion("nisp")
-def score_nisp(view: ChannelView) -> torch.Tensor:
-    if not _ACTIVE:
-        raise ConfigError("criterion='nisp' propagates importance through the whole network: pass calib= to "
-                          "pk.plan/pk.prune_ (or run inside `with prunekit.criteria.nisp.nisp_context(model, "
-                          "example_inputs, calib):` to set its options), or use the 'nisp' method")
+def scorer(table: dict):
+    """The per-member score function ``view -> scores`` that reads ``table`` (from :func:`nisp_scores`)."""
+    def score(view: ChannelView) -> torch.Tensor:
+        return _from_table(table, view)
+
+    return score
+
+
+def _from_table(table: dict, view: ChannelView) -> torch.Tensor:
     key = _key(view.group) if view.group is not None else None
-    s = _ACTIVE[-1].get(key)
+    s = table.get(key)
     if s is None:
         raise ConfigError(f"criterion='nisp': group of {view.fqn!r} was not in the graph nisp_context traced; "
                           f"open the context with the same model and ignore= as the prune call")
     return torch.as_tensor(s, dtype=torch.float64)[torch.as_tensor(view.channels, dtype=torch.long)]
+
+
+@register_criterion("nisp")
+def score_nisp(view: ChannelView) -> torch.Tensor:
+    table = _CONTEXT_SCORES.get()
+    if table is None:
+        raise ConfigError("criterion='nisp' propagates importance through the whole network: pass calib= to "
+                          "pk.plan/pk.prune_ (or run inside `with prunekit.criteria.nisp.nisp_context(model, "
+                          "example_inputs, calib):` to set its options), or use the 'nisp' method")
+    return _from_table(table, view)

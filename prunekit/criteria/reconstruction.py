@@ -25,6 +25,7 @@ from torch import nn
 
 from ._base import ChannelView, random_generator, register_criterion
 from ._stats import _cached, per_channel, readers
+from ..errors import ConfigError
 from .collect import collect
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,6 @@ def least_squares_refit_(model: nn.Module, calib, targets: dict, *, mode: str = 
     The fit uses the samples of three images in four; a layer is only changed when the error on the
     samples of the remaining images drops. Returns ``{fqn: {"mse_before", "mse_after"}}``.
     """
-    from ..errors import ConfigError
-
     if mode not in ("full", "scale"):
         raise ConfigError(f"mode={mode!r} is not a re-fit mode; choose 'full' (least squares on the whole "
                           f"weight) or 'scale' (one factor per input channel)")

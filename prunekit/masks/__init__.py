@@ -1,10 +1,11 @@
 """Masks: unstructured, N:M, block, row and column sparsity kept through training, saving and DDP.
 
-The API (all in place, all returning a report or a dict, never ``None``)::
+The API (all in place, all returning a report or a dict, never ``None``; the report is
+:class:`prunekit.api.Report`, the type ``prune_`` returns too)::
 
     report = pk.sparsify_(model, sparsity=0.9, criterion="magnitude", pattern="element",
                           allocation="uniform", calib=None, ignore=(), per_layer=None,
-                          exempt=(), mode="hard", nested=True, seed=0, scores=None)   # -> MaskReport
+                          exempt=(), mode="hard", nested=True, seed=0, scores=None)   # -> Report
     pk.finalize_(model)          # masks made permanent; a plain model with the dense state_dict keys
 
     masks.get_masks(model)                   # {param_fqn: bool mask} (copies)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, PruneError
+from .._registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,6 @@ def _resolve(model: nn.Module, fqn: str) -> tuple[nn.Module, str, nn.Parameter]:
     param = module._parameters.get(name) if module is not None else None
     if param is None:
         known = [n for n, _ in model.named_parameters()]
-        from .._registry import unknown_name_message
 
         raise ConfigError(unknown_name_message("parameter", fqn, known, "masks") +
                           ". Masks are keyed by parameter FQN, e.g. 'fc1.weight'.")
@@ -385,8 +385,6 @@ def install_masks_(model: nn.Module, masks: dict[str, torch.Tensor], *, mode: st
         True
     """
     if mode not in MODES:
-        from .._registry import unknown_name_message
-
         raise ConfigError(unknown_name_message("mask mode", mode, MODES, "mode"))
     if not isinstance(masks, dict):
         raise ConfigError(f"masks must be a dict {{param_fqn: tensor}}, got {type(masks).__name__}")

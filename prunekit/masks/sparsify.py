@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
 from .._checks import checked
 from .._registry import unknown_name_message
 from ..allocate import erk_densities, layer_sparsities
+from ..api.reports import Report
 from ..errors import ConfigError
 from . import _engine
 from .criteria import get_weight_criterion
@@ -22,42 +21,7 @@ ALLOCATIONS = ("uniform", "global", "erk")
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-@dataclass
-class MaskReport:
-    """What a mask operation did: per-parameter counts and the overall sparsity of the masked weights."""
-
-    op: str
-    layers: dict = field(default_factory=dict)  # param fqn -> {"numel", "pruned", "sparsity"}
-    criterion: str = ""
-    pattern: str = ""
-    allocation: str = ""
-    mode: str = ""
-
-    @property
-    def numel(self) -> int:
-        return sum(v["numel"] for v in self.layers.values())
-
-    @property
-    def pruned(self) -> int:
-        return sum(v["pruned"] for v in self.layers.values())
-
-    @property
-    def sparsity(self) -> float:
-        return self.pruned / self.numel if self.numel else 0.0
-
-    def to_dict(self) -> dict:
-        return {"op": self.op, "criterion": self.criterion, "pattern": self.pattern, "allocation": self.allocation,
-                "mode": self.mode, "numel": self.numel, "pruned": self.pruned, "sparsity": self.sparsity,
-                "layers": self.layers}
-
-    def __str__(self) -> str:
-        lines = [f"{self.op}: {self.pruned}/{self.numel} weights pruned (sparsity {self.sparsity:.4f})"
-                 + (f", criterion={self.criterion}, pattern={self.pattern}, allocation={self.allocation}"
-                    if self.criterion else "")]
-        width = max([len(k) for k in self.layers] + [3])
-        for fqn, v in self.layers.items():
-            lines.append(f"  {fqn:<{width}}  {v['pruned']:>9}/{v['numel']:<9}  {v['sparsity']:.4f}")
-        return "\n".join(lines)
+MaskReport = Report  # the former name: prune_, sparsify_ and finalize_ return one Report type
 
 
 def _layer_entry(mask: torch.Tensor) -> dict:
@@ -66,9 +30,20 @@ def _layer_entry(mask: torch.Tensor) -> dict:
     return {"numel": numel, "pruned": pruned, "sparsity": pruned / numel if numel else 0.0}
 
 
-def mask_report(model: nn.Module, op: str = "masks") -> MaskReport:
-    """Counts of the masks now installed on ``model``."""
-    return MaskReport(op=op, layers={fqn: _layer_entry(m) for fqn, m in _engine.get_masks(model).items()})
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _masked_sparsity(layers: dict) -> float:
+    numel = sum(v["numel"] for v in layers.values())
+    return sum(v["pruned"] for v in layers.values()) / numel if numel else 0.0
+
+
+def mask_report(model: nn.Module, op: str = "masks") -> Report:
+    """Counts of the masks now installed on ``model`` (a :class:`~prunekit.api.Report`)."""
+    layers = {fqn: _layer_entry(m) for fqn, m in _engine.get_masks(model).items()}
+    n = _params(model)
+    return Report(op=op, params_before=n, params_after=n, layers=layers, sparsity_before=_masked_sparsity(layers))
 
 
 def _matches(key: str, module_fqn: str, param_fqn: str) -> bool:
@@ -187,7 +162,7 @@ def sparsify_(
     seed: int | None = 0,
     scores: dict | None = None,
     overrides: dict | None = None,
-) -> MaskReport:
+) -> Report:
     """Mask the weights of Linear/Conv layers to ``sparsity`` and keep them masked; returns a report.
 
     ``criterion`` names a weight criterion (``magnitude``, ``random``, ``snip``, ...; ``snip`` needs
@@ -277,6 +252,7 @@ def sparsify_(
         raise ConfigError("sparsify_: " + "; ".join(p.rstrip(". ") for p in problems) + ". The model was not changed.")
 
     sparsity = float(sparsity)
+    before = _masked_sparsity({f: _layer_entry(m) for f, m in _engine.get_masks(model).items() if f in params})
     with _engine.transaction(model, params, "sparsify_"):
         if scores is None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -297,12 +273,13 @@ def sparsify_(
                 {f: tuple(p.shape) for f, p in params.items()}, sparsity, overrides, allocation,
                 lambda key, fqn: _matches(key, fqn.rpartition(".")[0], fqn)))
         _engine.install_masks_(model, masks, mode=mode)
-    return MaskReport(op="sparsify_", layers={f: _layer_entry(m) for f, m in masks.items()},
-                      criterion=criterion if crit is not None else "precomputed", pattern=pat.spec,
-                      allocation=allocation, mode=mode)
+    n = _params(model)
+    return Report(op="sparsify_", params_before=n, params_after=n, layers={f: _layer_entry(m) for f, m in masks.items()},
+                  sparsity_before=before, selection={"criterion": criterion if crit is not None else "precomputed",
+                                                     "pattern": pat.spec, "allocation": allocation, "mode": mode})
 
 
-def finalize_(model: nn.Module) -> MaskReport:
+def finalize_(model: nn.Module) -> Report:
     """Make the masks permanent: zero the pruned weights, remove every mask buffer and hook.
 
     Afterwards the model is a plain PyTorch model; its ``state_dict()`` has exactly the dense keys and

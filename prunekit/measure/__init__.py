@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from .timing import LatencyStats, call_model, latency
+from .timing import LatencyStats, call_model, latency, latency as _latency
 from .params import Sparsity, count_params, owned_tensors, sparsity, width_of, widths
 from .size import encode_sparse, size_on_disk
+from .macs import count_macs as _count
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ __all__ = ["measure", "Measurement", "LayerStats", "count_params", "latency", "L
 
 def count_macs(model: nn.Module, example_inputs):
     """Multiply-accumulates of one forward (see :mod:`prunekit.measure.macs`)."""
-    from .macs import count_macs as _count
-
     return _count(model, example_inputs)
 
 
@@ -126,8 +125,6 @@ def measure(model: nn.Module, example_inputs, *, latency: bool = False, sizes: b
                                     width=width_of(mod), sparsity=sp.per_layer.get(fqn, 0.0), kind=type(mod).__name__)
     lat = None
     if latency:
-        from .timing import latency as _latency
-
         lat = _latency(model, example_inputs, **latency_kw)
     return Measurement(
         params=sp.total, nonzero_params=sp.total - sp.zeros, macs=total_macs, sparsity=sp.overall,

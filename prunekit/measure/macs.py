@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from torch import nn
+from ..graph import build_graph
 
 __all__ = ["MacCount", "count_macs"]
 
@@ -28,7 +29,5 @@ def count_macs(model: nn.Module, example_inputs) -> MacCount:
         >>> count_macs(torch.nn.Linear(4, 3), torch.randn(2, 4)).total
         24
     """
-    from ..graph import build_graph
-
     g = build_graph(model, example_inputs)
     return MacCount(g.macs(), g.macs_per_module())

@@ -14,11 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..allocate import global_keep_masks  # noqa: F401  (re-exported: the training-time methods' import)
-from ..criteria import ChannelView, get_criterion
+from ..allocate import allocate_to_target, global_keep_masks, kept_at  # noqa: F401  (global_keep_masks re-exported)
+from ..criteria import ChannelView, get_criterion, score_member
 from ..criteria.collect import collect
 from ..errors import ConfigError
 from ..quantize import kmeans
+from .._registry import closest
+from ..api import plan_channels, prune_, score_groups
+from ..graph import build_graph
+from ..recipe import parse_target
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +224,6 @@ def steps_per_epoch(train_data) -> int:
 
 def check_choice(name: str, value, choices: Sequence[str]) -> None:
     """``options[name]`` must be one of ``choices``; the error shows the closest valid value."""
-    from .._registry import closest
-
     if value not in choices:
         hint = closest(str(value), choices)
         raise ConfigError(f"options[{name!r}]={value!r} is not a valid value"
@@ -239,8 +241,6 @@ def group_scores(model: nn.Module, ctx, criterion: str, batches=None, graph=None
     read ``batches`` (``(inputs, targets)`` pairs). A channel's activation statistic is taken where the network
     uses it: the input of the layers that read it (after BatchNorm and ReLU).
     """
-    from ..api import score_groups
-
     graph = graph if graph is not None else _graph(model, ctx)
     groups = groups if groups is not None else filter_groups(model, ctx, graph)
     per_group = score_groups(model, graph, criterion, calib=batches, reduce="producer", seed=ctx.seed)
@@ -320,8 +320,6 @@ def _ignore_modules(model: nn.Module, ignore) -> dict:
     mods = dict(model.named_modules())
     bad = [f for f in ignore or () if f not in mods]
     if bad:
-        from .._registry import closest
-
         hint = closest(bad[0], list(mods))
         raise ConfigError(f"ignore={list(ignore)!r}: {bad[0]!r} is not a module of the model"
                           + (f"; did you mean {hint!r}?" if hint else "") + "; give module FQNs such as 'fc'")
@@ -329,8 +327,6 @@ def _ignore_modules(model: nn.Module, ignore) -> dict:
 
 
 def _graph(model: nn.Module, ctx):
-    from ..graph import build_graph
-
     return build_graph(model, ctx.example_inputs, ignore_modules=_ignore_modules(model, ctx.ignore) or None)
 
 
@@ -378,8 +374,6 @@ def bn_criterion_scores(model: nn.Module, criterion: str = "bn-scale") -> dict[s
     """
     import numpy as np
 
-    from ..criteria import ChannelView, get_criterion, score_member
-
     spec = get_criterion(criterion)
     out = {}
     for f, bn in bn_layers(model):
@@ -422,9 +416,6 @@ def select_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], all
     Returns ``(removal, info)`` with ``removal = {group key: sorted indices}``.
     """
     import numpy as np
-
-    from ..allocate import allocate_to_target, kept_at
-    from ..recipe import parse_target
 
     kind, value = parse_target(ctx.target)
     graph = graph if graph is not None else _graph(model, ctx)
@@ -495,8 +486,6 @@ def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], alloca
     restored if anything fails. Returns a JSON-ready summary (target, allocation, costs before/after, kept
     widths, the engine report).
     """
-    from ..api import plan_channels, prune_
-
     graph = _graph(model, ctx)
     groups = filter_groups(model, ctx, graph)
     sel, info = select_to_target(model, ctx, scores, allocation, groups, graph=graph)

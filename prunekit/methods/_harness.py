@@ -17,6 +17,7 @@ from ..errors import ConfigError, MechanismWarning
 from ..recipe import parse_target
 from ._config import config_to_dict
 from ._registry import MethodResult, MethodSpec, RunContext
+from ..api import plan
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,6 @@ def check_reachable(spec: MethodSpec, ctx: RunContext) -> None:
     """A structured target must be reachable by the engine (a data-free plan; nothing is changed)."""
     if spec.kind != "structured" or ctx.target_kind not in ("macs", "params"):
         return
-    from ..api import plan
 
     try:
         plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="l1", ignore=list(ctx.ignore))

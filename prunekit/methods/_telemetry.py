@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
+from ..api import score_groups
+from ..graph import build_graph
 
 def criterion_separation(model, example_inputs, plan, criterion: str, *, calib=None, reduce: str = "group",
                          seed: int = 0) -> dict:
@@ -14,9 +16,6 @@ def criterion_separation(model, example_inputs, plan, criterion: str, *, calib=N
     index order chose them); ``removed_over_kept``, the mean over cut groups of (mean removed score / mean
     kept score).
     """
-    from ..api import score_groups
-    from ..graph import build_graph
-
     named = dict(model.named_modules())
     ignore = {id(named[f]): f for f in plan.settings.get("ignore", []) if f in named}
     graph = build_graph(model, example_inputs, ignore_modules=ignore)

@@ -36,6 +36,7 @@ from ._filter_common import (
 from ..train.config import method_train_config
 from ._regularizers import Centripetal
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,6 @@ def _spread_telemetry(model, groups, clusters, tolerance: float) -> dict:
                                      knob="raise options.eps (centripetal strength) or prune_epochs: with SGD "
                                           "momentum m a cluster shrinks at best by sqrt(m) per step"))
 def run(ctx: RunContext, cfg: CSGDConfig) -> MethodResult:
-    from ..train import fit
-
     require_prune_epochs(ctx, "csgd")
     model = ctx.model
     groups, clusters = cluster_groups(model, ctx, cfg.kmeans_iters)

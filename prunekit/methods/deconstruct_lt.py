@@ -29,6 +29,7 @@ from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,6 @@ def run(ctx: RunContext, cfg: DeconstructLTConfig) -> MethodResult:
     fine-tune retrains. ``supermask``: the same training, then the large-final-same-sign mask over the
     *initial* signed-constant weights. ``learned_supermask``: weights frozen at init, scores trained
     ``prune_epochs`` epochs. Masks are per layer at the target sparsity."""
-    from ..train import fit
-
     sparsity = ctx.target_value
     fqns = list(prunable_weights(ctx.model, ctx.ignore, cfg.exempt))
     init = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}

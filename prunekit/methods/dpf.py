@@ -27,6 +27,7 @@ from ..train.callbacks import Callback, TrainState
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,6 @@ class DPFConfig(MethodConfig):
                              "after they regrow)"))
 def run(ctx: RunContext, cfg: DPFConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with DPF; the model ends with hard masks at the target sparsity."""
-    from ..train import fit
-
     train = method_train_config(ctx, max(1, ctx.prune_epochs))
     total = train.epochs * len(ctx.train_data)
     n = max(1, int(cfg.ramp_fraction * total) // cfg.frequency)  # refreshes on the ramp

@@ -38,6 +38,7 @@ from ._filter_common import (
 from ..train.config import method_train_config
 from ._regularizers import HardFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def _hard_mask(model, groups, keep) -> HardFilterMask:
                                      knob="set options.rewind=true: the paper resets the surviving weights to "
                                           "their initial values after every drop"))
 def run(ctx: RunContext, cfg: DropNetConfig) -> MethodResult:
-    from ..train import fit
-
     require_prune_epochs(ctx, "dropnet")
     model = ctx.model
     # the initial values are fixed before any training

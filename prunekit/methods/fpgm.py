@@ -28,6 +28,8 @@ from ..train.config import method_train_config
 from ._config import MethodConfig
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 from ._telemetry import criterion_separation
+from ._regularizers import SoftFilterMask
+import prunekit as pk
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,6 @@ def _engaged(t: dict) -> bool:
                                           "after each epoch); one-shot: prune a trained model whose filters "
                                           "differ"))
 def run(ctx: RunContext, cfg: FPGMConfig) -> MethodResult:
-    import prunekit as pk
-
     info = {"criterion": "fpgm", "reduce": cfg.reduce, "schedule": cfg.schedule, "allocation": cfg.allocation}
     plan = pk.plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="fpgm", reduce=cfg.reduce,
                    allocation=cfg.allocation, ignore=list(ctx.ignore))
@@ -91,8 +91,6 @@ def run(ctx: RunContext, cfg: FPGMConfig) -> MethodResult:
 
 def _soft_mask(model: nn.Module, plan):
     """SoftFilterMask over the producing conv/linear filters of every group the plan cuts, with its counts."""
-    from ._regularizers import SoftFilterMask
-
     mods = dict(model.named_modules())
     layers, n_prune, tied = {}, {}, []
     for g in plan.groups:

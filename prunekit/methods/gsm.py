@@ -26,6 +26,7 @@ from ..train.callbacks import Callback, TrainState
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,6 @@ class GSMConfig(MethodConfig):
                                           "give it steps (prune_epochs)"))
 def run(ctx: RunContext, cfg: GSMConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with GSM (SGD, momentum 0.99), then zero everything outside the top Q."""
-    from ..train import fit
-
     train = method_train_config(ctx, max(1, ctx.prune_epochs), optimizer="sgd", nesterov=False, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay, **({"lr": cfg.lr} if cfg.lr is not None else {}))
     cb = GSM(ctx.target_value, ignore=ctx.ignore, exempt=cfg.exempt)

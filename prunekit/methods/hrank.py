@@ -18,6 +18,7 @@ from typing import Literal
 from ._config import MethodConfig
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 from ._telemetry import ONE_SHOT_TELEMETRY, criterion_separation
+import prunekit as pk
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,6 @@ class HRankConfig(MethodConfig):
                                           "equal ranks (all full rank or all constant); give calibration "
                                           "images that vary or prune layers with larger maps"))
 def run(ctx: RunContext, cfg: HRankConfig) -> MethodResult:
-    import prunekit as pk
-
     how = {"per_layer": cfg.per_layer} if cfg.per_layer else {"target": ctx.target,
                                                               "allocation": cfg.allocation}
     plan = pk.plan(ctx.model, ctx.example_inputs, criterion="hrank", calib=ctx.calib, reduce="group",

@@ -27,6 +27,7 @@ from ._filter_common import (
 )
 from ..train.config import method_train_config
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ def dead_channels(model, ctx: RunContext, gamma_threshold: float = 1e-3, stat_ba
                                      knob="raise prune_epochs or options.weight_decay: dead filters emerge only "
                                           "after longer adaptive training (see docs/methods-filter-2.md)"))
 def run(ctx: RunContext, cfg: ImplicitSparsityConfig) -> MethodResult:
-    from ..train import fit
-
     require_prune_epochs(ctx, "implicit-sparsity")
     fit(ctx.model, ctx.train_data, method_train_config(ctx, optimizer=cfg.optimizer, lr=cfg.lr,
                                                 weight_decay=cfg.weight_decay))

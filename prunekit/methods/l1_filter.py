@@ -27,6 +27,8 @@ from ..errors import ConfigError
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 from ._telemetry import ONE_SHOT_TELEMETRY, criterion_separation
+from ..api.sensitivity import ratios_for_target, sensitivity_curves
+import prunekit as pk
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,9 @@ class L1FilterConfig(MethodConfig):
                                           "norms tie (a constant model?) or no group was cut; prune a trained "
                                           "model or lower the target"))
 def run(ctx: RunContext, cfg: L1FilterConfig) -> MethodResult:
-    import prunekit as pk
-
     info: dict = {"criterion": "l1", "reduce": cfg.reduce, "allocation": cfg.allocation}
     per_layer = None
     if cfg.allocation == "sensitivity":  # sec. 3.2: prune each layer alone, evaluate, spare the sensitive ones
-        from ..allocate.sensitivity import ratios_for_target, sensitivity_curves
 
         data = ctx.val_data if ctx.val_data is not None else ctx.calib
         if data is None:

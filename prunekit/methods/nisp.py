@@ -20,6 +20,8 @@ from typing import Literal
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 from ._telemetry import ONE_SHOT_TELEMETRY, criterion_separation
+from ..criteria.nisp import nisp_context
+import prunekit as pk
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,6 @@ class NISPConfig(MethodConfig):
                                           "differ (constant weights or responses?); give calibration images that "
                                           "vary and a trained model"))
 def run(ctx: RunContext, cfg: NISPConfig) -> MethodResult:
-    import prunekit as pk
-    from ..criteria.nisp import nisp_context
-
     with nisp_context(ctx.model, ctx.example_inputs, ctx.calib, ignore=ctx.ignore, alpha=cfg.alpha,
                       classifier=cfg.classifier):
         plan = pk.plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="nisp", reduce="group",

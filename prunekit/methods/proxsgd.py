@@ -29,6 +29,8 @@ from ..train.callbacks import Callback, TrainState
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from .._registry import closest
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +150,6 @@ class ProxSGD(torch.optim.Optimizer):
 def _check_group_args(regularizer, box) -> list[str]:
     out = []
     if regularizer not in REGULARIZERS:
-        from .._registry import closest
-
         hint = closest(str(regularizer), REGULARIZERS)
         out.append(f"regularizer={regularizer!r} is unknown" + (f"; did you mean {hint!r}?" if hint else "")
                    + f" Choose one of {REGULARIZERS}")
@@ -234,8 +234,6 @@ class ProxSGDConfig(MethodConfig):
                                      knob="raise options.mu (the L1 weight of the proximal step) or prune_epochs"))
 def run(ctx: RunContext, cfg: ProxSGDConfig) -> MethodResult:
     """Train ``ctx.prune_epochs`` with ProxSGD, snap its zeros, then (``top_up``) reach the target exactly."""
-    from ..train import fit
-
     train = method_train_config(ctx, max(1, ctx.prune_epochs))
     cb = UseProxSGD(ignore=ctx.ignore, exempt=cfg.exempt, lr=cfg.lr, mu=cfg.mu, regularizer=cfg.regularizer,
                     box=cfg.box, rho=cfg.rho, eps_decay=cfg.eps_decay, rho_decay=cfg.rho_decay, beta=cfg.beta,

@@ -28,6 +28,8 @@ from ._config import MethodConfig, option
 from ._filter_common import reinitialise_, require_prune_epochs
 from ..train.config import method_train_config
 from ._registry import MethodResult, RunContext, Telemetry, get_method, register_method
+from ..graph import build_graph
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,6 @@ def scratch_epochs(epochs: int, dense_macs: int, pruned_macs: int, schedule: str
 
 
 def _macs(model, example_inputs) -> int:
-    from ..graph import build_graph
-
     return int(build_graph(model, example_inputs).macs())
 
 
@@ -74,8 +74,6 @@ def _macs(model, example_inputs) -> int:
                                      knob="give prune_epochs >= 1 and a source whose result has modules to "
                                           "re-initialise"))
 def run(ctx: RunContext, cfg: RethinkingConfig) -> MethodResult:
-    from ..train import fit
-
     require_prune_epochs(ctx, "rethinking")
     source = get_method(cfg.source)
     if source.kind != "structured":

@@ -28,6 +28,7 @@ from ._filter_common import (
 from ..train.config import method_train_config
 from ._regularizers import SoftFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ def soft_pruning_callback(model, ctx: RunContext, criterion: str = "l2", interva
                                      knob="raise prune_epochs to at least 2 x options.interval: SFP re-selects "
                                           "once per interval epochs, so one selection is a one-shot norm cut"))
 def run(ctx: RunContext, cfg: SFPConfig) -> MethodResult:
-    from ..train import fit
-
     require_prune_epochs(ctx, "sfp")
     cb = soft_pruning_callback(ctx.model, ctx, cfg.criterion, cfg.interval)
     fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=[cb])

@@ -30,6 +30,7 @@ from ..schedules import agp_cubic
 from ..train.callbacks import Callback, TrainState
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
+from ..train import fit
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,6 @@ def run(ctx: RunContext, cfg: STRConfig) -> MethodResult:
     With ``top_up`` a learned sparsity below the target is completed by pruning the smallest surviving
     weights globally (never the other way: a learned zero is not revived, so the result may exceed it).
     """
-    from ..train import fit
-
     sparsity = ctx.target_value
     train = method_train_config(ctx, max(1, ctx.prune_epochs))
     total = train.epochs * len(ctx.train_data)

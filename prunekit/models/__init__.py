@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from .._registry import Registry, unknown_name_message
 from ..errors import ConfigError
+from .external import HF_CONFIGS
 
 __all__ = ["create", "list_models", "register_model", "MODELS", "example_inputs"]
 
@@ -38,8 +39,6 @@ def register_model(name: str):
 
 def list_models() -> list[str]:
     """Built-in model names, then the outside prefixes (``torchvision:``, ``timm:``, ``hf:<config>``)."""
-    from .external import HF_CONFIGS
-
     return MODELS.names() + ["torchvision:NAME", "timm:NAME"] + [f"hf:{k}" for k in sorted(HF_CONFIGS)]
 
 
@@ -69,7 +68,6 @@ def create(spec: str, *, num_classes: int = 10, in_channels: int = 1, input_size
         if prefix not in _PREFIXES:
             raise ConfigError(unknown_name_message("model prefix", prefix + ":", [p + ":" for p in _PREFIXES], "spec")
                               + f"; e.g. spec='timm:{name}'")
-        from . import external
 
         return external.create_external(prefix, name, num_classes=num_classes, in_channels=in_channels,
                                         input_size=input_size, **kw)
@@ -94,4 +92,4 @@ def example_inputs(model: nn.Module, batch: int = 1):
     return torch.zeros(batch, *shape, dtype=dtype)
 
 
-from . import cnn, resnet, mobilenet, sequence  # noqa: E402,F401  (registers the built-in models)
+from . import cnn, external, mobilenet, resnet, sequence

@@ -6,12 +6,11 @@ import argparse
 import sys
 
 import torch
+from prunekit import models
+from prunekit.measure import measure
 
 
 def main(argv=None) -> int:
-    from prunekit import models
-    from prunekit.measure import measure
-
     p = argparse.ArgumentParser(prog="python -m prunekit.models", description=__doc__)
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--input-size", type=int, default=28)

@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 from .run import write_json
+from .plots import plot_pareto
 
 _ACC = ("acc_pruned", "acc_recal", "acc_finetuned")
 _NUM = ("params", "macs", "latency_ms", "params_base", "macs_base", "latency_base_ms", "acc_base", "time_s",
@@ -139,8 +140,6 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
 def write_bench_report(cells: list[dict], out_prefix, protocol: dict | None = None, command: str | None = None,
                        title: str = "Benchmark", notes: list[str] | None = None) -> dict:
     """Write ``<prefix>.json`` (cells + rows + protocol), ``<prefix>.md`` and ``<prefix>.png`` (Pareto)."""
-    from .plots import plot_pareto
-
     prefix = Path(out_prefix)
     rows = aggregate_cells(cells)
     write_json({"type": "prunekit.BenchReport", "version": 1, "protocol": protocol or {}, "command": command,

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import plots as P
+from ..train.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +18,6 @@ _REQUIRED = ("recipe", "method", "before", "after")
 
 def write_json(data, path) -> Path:
     """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
-    from ..train.checkpoint import atomic_write_bytes
-
     path = Path(path)
     # temporary name per process (several workers may write one file), fsynced, renamed, removed on any exit
     atomic_write_bytes(path, (json.dumps(data, indent=2, default=_jsonable) + "\n").encode())
@@ -124,8 +124,6 @@ def render_run_markdown(report: dict, plots: dict | None = None) -> str:
 
 def write_run_report(report: dict, out_dir) -> dict:
     """Write ``report.json``, the PNG plots and ``report.md`` into ``out_dir``; returns ``{name: path}``."""
-    from . import plots as P
-
     validate_run_report(report)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +145,6 @@ def write_run_report(report: dict, out_dir) -> dict:
     files = {name: str(path.name) for name, path in made.items()}
     report = {**report, "files": {**report.get("files", {}), **files, "markdown": "report.md"}}
     write_json(report, out / "report.json")
-    from ..train.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(out / "report.md", render_run_markdown(report, made).encode())
     log.info("report written to %s", out)

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ..train.callbacks import Callback, TrainState
+from ..masks import get_masks, sparsify_, update_masks_
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ class GradualPruning(Callback):
         self.history: list[tuple[int, float]] = []  # (step, sparsity) at each pruning event
 
     def _maybe_prune(self, state: TrainState) -> None:
-        from ..masks import sparsify_
-
         target = float(self.schedule(state.step))
         if target > self.current + 1e-12:
             report = sparsify_(state.model, sparsity=target, **self.kwargs)
@@ -71,8 +70,6 @@ class MaskUpdate(Callback):
         self.updates = 0
 
     def on_after_step(self, state: TrainState) -> None:
-        from ..masks import get_masks, update_masks_
-
         if state.step % self.frequency:
             return
         if self.probability is not None and self.rng.random() >= self.probability(state.step):

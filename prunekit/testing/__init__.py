@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..graph.trace import _walk_outputs, call_model
 
 __all__ = ["models", "assert_equivalent", "zero_removed_", "output_tensors"]
 
@@ -327,8 +328,6 @@ def models() -> dict:
 
 
 def output_tensors(out) -> list:
-    from ..graph.trace import _walk_outputs
-
     res = []
     _walk_outputs(out, res.append)
     return res
@@ -336,8 +335,6 @@ def output_tensors(out) -> list:
 
 def assert_equivalent(model, pruned, inputs, *, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """Assert both models give the same outputs on ``inputs`` (eval mode, no grad)."""
-    from ..graph.trace import call_model
-
     states = [(m, m.training) for m in (model, pruned)]
     try:
         model.eval()

@@ -32,6 +32,7 @@ from .checkpoint import (check_state_dict, read_record, read_tensors_with_record
                          write_with_record)
 from .config import TrainConfig
 from .loop import evaluate, fit
+from .. import data as pk_data, models as pk_models
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,6 @@ def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epoc
     ``checkpoint_dir`` makes the run resumable (rerun the same call after a kill). ``data_options`` go to
     :func:`prunekit.data.load` (e.g. the ``synthetic`` data set's sizes).
     """
-    from .. import data as pk_data
-    from .. import models as pk_models
-
     given_out = out
     out = Path(out) if out is not None else baselines_dir() / f"{model}-{data}.safetensors"
     if out.suffix != ".safetensors":
@@ -190,7 +188,6 @@ def load_baseline(name: str, *, directory: str | os.PathLike | None = None, devi
         tensors = read_tensors_with_record(weights, meta["sha256"])
     else:
         tensors = read_verified_tensors(weights.with_name(meta["weights"]), meta["sha256"])
-    from .. import models as pk_models
 
     model = pk_models.create(meta["model"], **meta["build"])
     check_state_dict(model, tensors, str(weights))

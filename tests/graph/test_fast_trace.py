@@ -101,17 +101,18 @@ def test_transformers_same_graph(arch):
 
 def _prune_calls(monkeypatch):
     """Records the ``fast`` flag of every graph prune_ builds."""
-    import prunekit.api as api
+    from prunekit.api import applying, planning
 
     calls = []
-    real = api.build_graph
+    real = planning.build_graph
 
     def spy(*a, **k):
         g = real(*a, **k)
         calls.append(g.rec.fast)
         return g
 
-    monkeypatch.setattr(api, "build_graph", spy)
+    monkeypatch.setattr(planning, "build_graph", spy)
+    monkeypatch.setattr(applying, "build_graph", spy)
     return calls
 
 

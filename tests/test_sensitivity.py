@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.allocate.sensitivity import ratios_for_drop, ratios_for_target, sensitivity_curves
+from prunekit.api.sensitivity import ratios_for_drop, ratios_for_target, sensitivity_curves
 from prunekit.errors import ConfigError
 
 

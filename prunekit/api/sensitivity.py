@@ -15,7 +15,12 @@ from typing import Callable
 
 from torch import nn
 
+from .._registry import closest
+from ..allocate import parse_target
 from ..errors import ConfigError
+from .applying import prune_
+from .inspection import inspect
+from .planning import plan
 
 __all__ = ["sensitivity_curves", "ratios_for_drop", "ratios_for_target", "DEFAULT_SPARSITIES"]
 
@@ -26,8 +31,6 @@ DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def _layers(model: nn.Module, example_inputs, ignore) -> list:
     """One key per prunable group: the module FQN of its first producer (a ``per_layer`` key)."""
-    from ..api import inspect
-
     keys = []
     for g in inspect(model, example_inputs, ignore=ignore).groups:
         prods = g.producers or g.members
@@ -54,8 +57,6 @@ def sensitivity_curves(model: nn.Module, example_inputs, evaluate: Callable[[nn.
         >>> sorted(c)
         ['baseline', 'criterion', 'layers', 'macs', 'sparsities']
     """
-    from ..api import prune_
-
     sparsities = [float(s) for s in sparsities]
     bad = [s for s in sparsities if not 0 < s < 1]
     if not sparsities or bad:
@@ -68,8 +69,6 @@ def sensitivity_curves(model: nn.Module, example_inputs, evaluate: Callable[[nn.
         layers = all_layers
     unknown = [f for f in layers if f not in all_layers]
     if unknown:
-        from .._registry import closest
-
         hint = closest(unknown[0], all_layers)
         raise ConfigError(f"layers={unknown!r}: not prunable layers of the model" +
                           (f"; did you mean {hint!r}?" if hint else "") + f" Prunable: {all_layers}")
@@ -114,9 +113,6 @@ def ratios_for_target(model: nn.Module, example_inputs, curves: dict, target: st
     accepted accuracy drop. Returns ``(ratios, max_drop)``; raises ConfigError when even the largest
     measured sparsities miss the target.
     """
-    from ..api import plan
-    from . import parse_target
-
     kind, frac = parse_target(target)
     criterion = criterion or curves["criterion"]
     cache: dict = {}
