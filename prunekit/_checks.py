@@ -38,6 +38,7 @@ from torch import nn
 from ._registry import closest
 from .errors import ConfigError, PruneError, PrunekitError
 from .criteria import CRITERIA
+from .criteria.collect import default_loss  # the default calibration loss (one definition, in the collector)
 from .graph.trace import PYTHON_READS_SINK, _SCALAR_READS, call_model, model_device, move_to
 
 __all__ = ["checked", "check_model", "check_calib", "default_loss"]
@@ -135,20 +136,6 @@ def _uses_loss(verb: str, a: dict) -> bool:
         except PrunekitError:
             return False
     return any("grad" in n for n in spec.needs)
-
-
-def default_loss(outputs, targets):
-    """The loss of the calibration batches when no ``loss_fn`` is given: cross-entropy of the logits (the
-    output, its ``.logits`` or its first element) against ``targets``, or the mean squared output without
-    targets."""
-    logits = outputs
-    if not isinstance(logits, torch.Tensor):
-        logits = getattr(outputs, "logits", None)
-        if logits is None and isinstance(outputs, (tuple, list)):
-            logits = outputs[0]
-    if targets is None:
-        return logits.float().pow(2).mean()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def check_calib(model: nn.Module, calib, example_inputs=None, *, loss_fn=None,

@@ -30,6 +30,6 @@ from .options import (PRODUCER_CRITERIA, TRACES, _check_device, _check_sparsity,
 from .planning import _make_plan, _plan, _segments, plan, plan_channels  # noqa: F401
 from .plans import Plan, PlanGroup
 from .reports import Report
-from .scoring import _collect, _default_loss, score_groups  # noqa: F401
+from .scoring import _default_loss, score_groups  # noqa: F401
 
 __all__ = ["plan", "prune_", "inspect", "Plan", "PlanGroup", "Report", "Inspection", "count_params"]
