@@ -256,7 +256,7 @@ def _cmd_inspect(args) -> int:
 def _cmd_bench(args) -> int:
     import torch
 
-    from .workflows import bench_job
+    from .bench import bench_job
 
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be at least 1")

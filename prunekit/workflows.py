@@ -46,7 +46,7 @@ import prunekit as pk
 log = logging.getLogger(__name__)
 
 __all__ = ["methods_table", "default_recipe", "resolve_recipe", "run_job", "train_job", "eval_job", "prune_job", "inspect_job",
-           "bench_job", "export_onnx", "layer_stats", "recalibrate_bn", "resolve_model", "METHOD_STATUSES"]
+           "export_onnx", "layer_stats", "recalibrate_bn", "resolve_model", "METHOD_STATUSES"]
 
 METHOD_STATUSES = ("implemented", "partial", "not-meaningful", "not-yet")
 CRITERION_PREFIX = "criterion:"
@@ -913,18 +913,6 @@ def inspect_job(model: str, *, input_shape: tuple[int, ...] | None = None, num_c
 
 
 # --- bench / export ----------------------------------------------------------------------------------------
-def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progress: bool = True,
-              limit: int | None = None, reverse: bool = False, workers: int = 1, keep_going: bool | None = None,
-              threads: int = 1) -> dict:
-    """Run (or continue) a benchmark grid described by a YAML file; see :mod:`prunekit.bench`."""
-    from .bench import load_grid, run_grid
-
-    spec = load_grid(grid)
-    command = f"prunekit bench {grid}" + (f" --out {out}" if out else "") + (f" --workers {workers}" if workers > 1 else "")
-    return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command, reverse=reverse,
-                    workers=workers, keep_going=keep_going, threads=threads)
-
-
 def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = None, opset: int = 17,
                 atol: float = 1e-4) -> dict:
     """Export a model to ONNX and check onnxruntime gives the same outputs (max abs diff <= ``atol``)."""

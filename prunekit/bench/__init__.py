@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .grid import BenchGrid, cell_id
 from .peers import TORCH_PRUNE_METHODS, TP_IMPORTANCES
-from .protocol import check_grid, load_grid, run_cell, run_grid
+from .protocol import bench_job, check_grid, load_grid, run_cell, run_grid
 
-__all__ = ["BenchGrid", "cell_id", "check_grid", "load_grid", "run_cell", "run_grid", "TP_IMPORTANCES",
+__all__ = ["bench_job", "BenchGrid", "cell_id", "check_grid", "load_grid", "run_cell", "run_grid", "TP_IMPORTANCES",
            "TORCH_PRUNE_METHODS"]

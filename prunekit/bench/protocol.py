@@ -621,3 +621,13 @@ def _machine(device: str = "cpu") -> str:
 
 def load_grid(path) -> BenchGrid:
     return BenchGrid.load(path)
+
+
+def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progress: bool = True,
+              limit: int | None = None, reverse: bool = False, workers: int = 1, keep_going: bool | None = None,
+              threads: int = 1) -> dict:
+    """Run (or continue) a benchmark grid described by a YAML file; see :mod:`prunekit.bench`."""
+    spec = load_grid(grid)
+    command = f"prunekit bench {grid}" + (f" --out {out}" if out else "") + (f" --workers {workers}" if workers > 1 else "")
+    return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command, reverse=reverse,
+                    workers=workers, keep_going=keep_going, threads=threads)
