@@ -28,12 +28,13 @@ from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.rnn_jacobian import dead_units
 
 load_all()
-SCORES = ("rnn-jacobian", "magnitude", "random", "snip")
+SCORES = ("rnn-jacobian", "magnitude", "random", "snip")  # also rnn-jacobian-tensor / rnn-jacobian-none: normalize=
 
 
 def _prune(model, score, sparsity, calib, seed):
-    if score == "rnn-jacobian":
-        res = get_method("rnn-jacobian").run(RunContext(model=model, example_inputs=calib[0][0][:1],
+    if score.startswith("rnn-jacobian"):
+        opts = {"normalize": score.rpartition("-")[2]} if score != "rnn-jacobian" else {}
+        res = get_method("rnn-jacobian").run(RunContext(model=model, example_inputs=calib[0][0][:1], options=opts,
                                                         target=f"sparsity={sparsity}", calib=calib, seed=seed))
         return {k: res.telemetry[k] for k in ("chi_dense", "chi_pruned", "chi_magnitude", "kept_not_by_magnitude")}
     params = {f"lstm.{n}": p for n, p in model.lstm.named_parameters() if n.startswith("weight")}
