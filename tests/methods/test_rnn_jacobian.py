@@ -174,3 +174,19 @@ def test_fashion_lstm_at_90_percent_beats_random_by_5_points_but_leaves_more_dea
     dead = {s: sum(r["dead_units"] for r in v) / 3 for s, v in rows.items()}
     assert acc["rnn-jacobian"] >= acc["random"] + 0.05, acc
     assert dead["rnn-jacobian"] > dead["snip"] + 0.2, dead
+
+
+def test_prunekit_run_on_the_lstm_saves_a_model_whose_recurrent_weights_meet_the_target(tmp_path):
+    from safetensors.torch import load_file
+
+    from prunekit import workflows as W
+    from prunekit.recipe import Recipe
+
+    recipe = Recipe(data="synthetic", data_options={"shape": [1, 8, 8], "n_train": 128, "n_test": 64}, model="lstm",
+                    baseline=None, batch_size=64, calib_batches=1, prune_epochs=1, finetune_epochs=1, latency=False,
+                    lr=0.01, method="rnn-jacobian", target="sparsity=0.8", out=str(tmp_path / "run"), seed=0)
+    W.run_job(recipe, progress=False)
+    sd = load_file(str(tmp_path / "run" / "model.safetensors"))
+    rec = [sd["lstm.weight_ih_l0"], sd["lstm.weight_hh_l0"]]
+    assert sum(int((w == 0).sum()) for w in rec) / sum(w.numel() for w in rec) == pytest.approx(0.8, abs=0.002)
+    assert int((sd["fc.weight"] == 0).sum()) == 0
