@@ -33,7 +33,7 @@ def recurrent_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def layer_params(module: nn.Module, layer: int) -> dict[str, torch.Tensor]:
-    """The weights and biases of stacked layer ``layer``: ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (biases may be None)."""
+    """Weights and biases of stacked layer ``layer``: ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (biases may be None)."""
     return {k: getattr(module, f"{n}_l{layer}", None)
             for k, n in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"))}
 

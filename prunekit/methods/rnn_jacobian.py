@@ -54,7 +54,8 @@ def jacobian_scores(module: nn.Module, x: torch.Tensor, cfg: RNNJacobianConfig) 
                for k, v in layer_params(module, k).items()} for k in range(module.num_layers)]
     chi = jacobian_objective(module, x, cfg.steps, params)
     names = [(k, f"weight_{n}_l{k}", p[f"w_{n}"]) for k, p in enumerate(params) for n in ("ih", "hh")]
-    grads = torch.autograd.grad(chi, [w for _, _, w in names], allow_unused=True) if chi.requires_grad else [None] * len(names)
+    weights = [w for _, _, w in names]
+    grads = torch.autograd.grad(chi, weights, allow_unused=True) if chi.requires_grad else [None] * len(names)
     out = {}
     for (_, name, w), g in zip(names, grads):
         g = torch.zeros_like(w) if g is None else g
