@@ -27,7 +27,7 @@ from ..masks import prunable_weights
 from ..masks.dct import band_index, dct2, idct2
 from ..train import fit
 from ..train.callbacks import Callback
-from ..train.rewind import train_config
+from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -165,7 +165,7 @@ def run(ctx: RunContext, cfg: FDDPConfig) -> MethodResult:
                           "outside ignore; use a conv net or another method for Linear / 1x1 layers")
     thresholds = {f: band_thresholds(dct2(p.detach()), sparsity, cfg) for f, p in params.items()}
     cb = FrequencyMasks(params, thresholds, cfg)
-    fit(ctx.model, ctx.train_data, train_config(ctx, max(1, ctx.prune_epochs)), callbacks=[cb])
+    fit(ctx.model, ctx.train_data, method_train_config(ctx, max(1, ctx.prune_epochs)), callbacks=[cb])
     masks = cb.masks
     dynamic = 1 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     if cfg.exact:
