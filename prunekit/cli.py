@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                         "per GPU for small models)")
     b.add_argument("--keep-going", action="store_true",
                    help="record a cell that raises (<cell>.failed.json) and go on (the default with --workers)")
+    b.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="run only these of the grid's seeds (e.g. --seeds 0: one complete table, controls "
+                        "included, first); a later run without it reuses the cells")
 
     m = sub.add_parser("methods", help="the catalogue of papers and the status of each implementation")
     m.add_argument("--json", action="store_true")
@@ -264,7 +267,8 @@ def _cmd_bench(args) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be at least 1")
     rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit, reverse=args.reverse,
-                    workers=args.workers, keep_going=args.keep_going or None, threads=args.threads)
+                    workers=args.workers, keep_going=args.keep_going or None, threads=args.threads,
+                    seeds=args.seeds)
     failed = f", {rep['failed']} failed (see the report's notes)" if rep.get("failed") else ""
     print(f"{rep['done']} cells done, {rep['ran']} run now, {rep['remaining']} remaining{failed}; "
           f"table: {rep.get('markdown')}")

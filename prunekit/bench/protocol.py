@@ -23,6 +23,8 @@ the same fingerprint (and budget), so a grid cut off half-way continues where it
 """
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import json
 import logging
@@ -625,9 +627,21 @@ def load_grid(path) -> BenchGrid:
 
 def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progress: bool = True,
               limit: int | None = None, reverse: bool = False, workers: int = 1, keep_going: bool | None = None,
-              threads: int = 1) -> dict:
-    """Run (or continue) a benchmark grid described by a YAML file; see :mod:`prunekit.bench`."""
+              threads: int = 1, seeds: list[int] | None = None) -> dict:
+    """Run (or continue) a benchmark grid described by a YAML file; see :mod:`prunekit.bench`.
+
+    ``seeds``: run only these of the grid's seeds (e.g. ``[0]``: one complete table, control rows included,
+    before the other seeds); the cells are the grid's own, so a later run without ``seeds`` reuses them.
+    """
     spec = load_grid(grid)
-    command = f"prunekit bench {grid}" + (f" --out {out}" if out else "") + (f" --workers {workers}" if workers > 1 else "")
+    if seeds is not None:
+        unknown = [s for s in seeds if s not in spec.seeds]
+        if not seeds or unknown:
+            raise ConfigError(f"seeds={list(seeds)!r}: run a non-empty subset of the grid's seeds "
+                              f"{list(spec.seeds)} (e.g. --seeds {spec.seeds[0]})")
+        spec = dataclasses.replace(spec, seeds=tuple(s for s in spec.seeds if s in seeds))
+    command = (f"prunekit bench {grid}" + (f" --out {out}" if out else "")
+               + (f" --seeds {' '.join(map(str, seeds))}" if seeds is not None else "")
+               + (f" --workers {workers}" if workers > 1 else ""))
     return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command, reverse=reverse,
                     workers=workers, keep_going=keep_going, threads=threads)

@@ -248,3 +248,21 @@ def test_notes_state_the_matched_budget_goal_and_non_engaged_rows():
     assert any("within 1% of 0.2462" in n and "0.2458-0.2466" in n for n in notes)
     flagged = [n for n in notes if n.startswith("NOT ENGAGED: sss at macs=0.25")]
     assert len(flagged) == 1 and "1 of 2 seed(s)" in flagged[0] and "raise prune_epochs" in flagged[0]
+
+
+def test_seeds_runs_one_seed_first_and_the_full_grid_reuses_its_cells(tmp_path):
+    from prunekit.bench import bench_job
+    from prunekit.errors import ConfigError
+
+    path = tmp_path / "tiny.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(_grid(tmp_path, methods=("criterion:l1",)).to_dict()))
+    first = bench_job(str(path), progress=False, seeds=[0])
+    assert (first["done"], first["ran"], first["remaining"]) == (1, 1, 0)
+    cells = tmp_path / "res" / "tiny.cells"
+    assert sorted(p.name for p in cells.glob("macs*.json")) == ["macs_0.5__criterion_l1__s0.json"]
+    full = bench_job(str(path), progress=False)
+    assert (full["done"], full["ran"]) == (2, 1)  # seed 0's cell is reused, only seed 1 runs
+    with pytest.raises(ConfigError, match=r"seeds=\[7\].*grid's seeds \[0, 1\]"):
+        bench_job(str(path), progress=False, seeds=[7])
