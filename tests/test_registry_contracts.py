@@ -105,9 +105,6 @@ def test_every_data_set_loads_consistent_batches_or_says_how_to_get_it(name, tmp
 
 
 # ---- graph rules and handlers -------------------------------------------------------------------------------
-# Rule names that name no op this torch can dispatch, so their rule never runs; reported to the graph's owner
-# (remove a name here when rules.py drops or renames it; a new dead name fails the test below).
-_DEAD_RULES = {"glu_placeholder", "permute_", "lp_pool2d"}
 
 
 def _op_exists(name: str) -> bool:
@@ -121,9 +118,6 @@ def _op_exists(name: str) -> bool:
 @pytest.mark.parametrize("name", sorted(n for n in RULES if n != "__pointwise__"))
 def test_every_graph_rule_names_an_op_the_tracer_can_see(name):
     # the tracer looks a rule up by the op's name (``aten.`` dropped): a rule under a name no op has never runs
-    if name in _DEAD_RULES:
-        assert not _op_exists(name), f"{name!r} is an op now: drop it from _DEAD_RULES"
-        return
     assert _op_exists(name), f"graph rule {name!r} names no op of torch {torch.__version__}: it never runs"
 
 
@@ -133,3 +127,10 @@ def test_a_graph_rule_registered_twice_is_an_error_and_keeps_the_first():
     with pytest.raises(ConfigError, match="rule for op 'cat' is already registered"):
         rule("cat")(lambda rec, args, kwargs, out: None)
     assert RULES["cat"] is first
+
+
+def test_a_refused_rule_registers_none_of_its_names():
+    # names are checked before any is registered: a clash on the second name leaves the first unregistered
+    with pytest.raises(ConfigError, match="rule for op 'cat' is already registered"):
+        rule("prunekit_test_new_op", "cat")(lambda rec, args, kwargs, out: None)
+    assert "prunekit_test_new_op" not in RULES

@@ -20,9 +20,11 @@ RULES: dict = {}
 
 def rule(*names):
     def deco(fn):
+        taken = [n for n in names if n in RULES]  # check every name first: a refusal registers nothing
+        if taken:
+            raise ConfigError(f"rule for op {taken[0]!r} is already registered (by {RULES[taken[0]].__name__}); "
+                              f"one rule per op")
         for n in names:
-            if n in RULES:
-                raise ConfigError(f"rule for op {n!r} is already registered (by {RULES[n].__name__}); one rule per op")
             RULES[n] = fn
         return fn
 
@@ -62,7 +64,7 @@ def broadcast_couple(rec, tensors, shape):
 
 @rule("__pointwise__", "clone", "_to_copy", "detach", "alias", "lift_fresh", "contiguous", "hardswish",
       "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu",
-      "elu_", "mish", "mish_", "softplus", "relu6", "silu_", "gelu_", "celu", "selu", "glu_placeholder",
+      "elu_", "mish", "mish_", "softplus", "relu6", "silu_", "gelu_", "celu", "selu",
       "masked_fill", "masked_fill_", "where", "clamp", "clamp_", "nan_to_num", "_conj", "positive",
       "lift_fresh_copy", "copy", "threshold", "logit", "dropout", "bernoulli", "fill", "zero", "type_as")
 def _pointwise(rec, args, kwargs, out):
@@ -221,7 +223,7 @@ def _expand(rec, args, kwargs, out):
     rec.set(out, res, rec.is_param_view(x))
 
 
-@rule("permute", "permute_copy", "permute_")
+@rule("permute", "permute_copy")
 def _permute(rec, args, kwargs, out):
     x = args[0]
     labs = rec.get(x)
@@ -875,7 +877,7 @@ def _sdpa(rec, args, kwargs, out):
       "upsample_trilinear3d", "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
       "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa", "reflection_pad1d", "reflection_pad2d",
       "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d", "grid_sampler_2d",
-      "grid_sampler", "mkldnn_max_pool2d", "fractional_max_pool2d", "lp_pool2d", "_pad_circular", "pad")
+      "grid_sampler", "mkldnn_max_pool2d", "fractional_max_pool2d", "_pad_circular", "pad")
 def _spatial(rec, args, kwargs, out):
     x = args[0]
     lx = list(rec.get(x))
