@@ -33,6 +33,15 @@ class PruneError(PrunekitError, RuntimeError):
         super().__init__(f"{message}" + (f" [{', '.join(where)}]" if where else ""))
 
 
+class TraceNotConfirmed(PruneError):
+    """The pruned model's forward did not issue the ops of the fast trace a plan was made on (the model was
+    restored); a trace with real values decides."""
+
+
+class BrokenForward(PruneError):
+    """The pruned model's validation forward failed or changed its output shapes (the model was restored)."""
+
+
 class TraceError(PruneError):
     """The model could not be traced with the given example inputs."""
 

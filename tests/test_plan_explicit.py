@@ -79,21 +79,32 @@ def test_prune_does_not_look_up_plan_by_name(monkeypatch):
     assert r.params_after < before == r.params_before
 
 
-def test_surgery_failures_are_typed_and_others_pass_through(monkeypatch):
-    from prunekit.api import applying
+def test_surgery_failures_are_typed_at_the_source_and_others_stay_plain(monkeypatch):
+    # prune_ decides its retries by these types (no error-string comparison anywhere)
+    import numpy as np
 
-    def fail(op):
-        def remove(*a, **k):
-            raise PruneError("boom", op=op)
-        return remove
+    from prunekit import surgery
+    from prunekit.errors import BrokenForward, TraceNotConfirmed
+    from prunekit.graph import build_graph
 
     m, x = models()["chain"]()
-    for op, kind in (("trace check", api.TraceNotConfirmed), ("validation forward", api.BrokenForward)):
-        monkeypatch.setattr(applying, "remove_channels_", fail(op))
-        with pytest.raises(kind) as e:
-            api._remove_channels(m, None, {})
-        assert e.value.op == op and str(e.value) == f"boom [op={op!r}]"
-    monkeypatch.setattr(applying, "remove_channels_", fail("copy weights"))
-    with pytest.raises(PruneError) as e:
-        api._remove_channels(m, None, {})
-    assert type(e.value) is PruneError
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    graph = build_graph(m, x)
+    removal = {0: np.array([0])}
+
+    def raising(exc):
+        def f(*a, **k):
+            raise exc
+        return f
+
+    cases = ((surgery, "_validate", RuntimeError("forward broke"), BrokenForward),
+             (surgery, "_validate", TraceNotConfirmed("ops differ", op="trace check"), TraceNotConfirmed),
+             (surgery, "_update_size_attrs", RuntimeError("attr"), PruneError))
+    for mod, name, exc, kind in cases:
+        with monkeypatch.context() as mp:
+            mp.setattr(mod, name, raising(exc))
+            with pytest.raises(PruneError) as e:
+                surgery.remove_channels_(m, graph, removal, example_inputs=x, validate=True)
+        assert type(e.value) is kind, (name, type(e.value))
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # restored each time
+

@@ -23,7 +23,8 @@ Example:
 from __future__ import annotations
 
 from ..graph import build_graph  # noqa: F401 - `from prunekit.api import build_graph` (tests, user code)
-from .applying import BrokenForward, TraceNotConfirmed, _apply, _remove_channels, count_params, prune_  # noqa: F401
+from ..errors import BrokenForward, TraceNotConfirmed  # noqa: F401  (raised by surgery, caught by prune_)
+from .applying import _apply, count_params, prune_  # noqa: F401
 from .inspection import Inspection, inspect
 from .options import (PRODUCER_CRITERIA, TRACES, _check_device, _check_sparsity, _module_fqns,  # noqa: F401
                       _resolve_allocation_reduce, _validate, default_reduce)

@@ -7,7 +7,7 @@ import numpy as np
 from torch import nn
 
 from .._checks import checked
-from ..errors import ConfigError, PruneError, PrunekitError
+from ..errors import BrokenForward, ConfigError, PrunekitError, TraceNotConfirmed
 from ..graph import build_graph
 from ..surgery import find_breaking_groups, remove_channels_
 from ..surgery.hf_config import is_hf_model, sync_config_
@@ -22,34 +22,6 @@ log = logging.getLogger(__name__)
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-class TraceNotConfirmed(PruneError):
-    """The pruned model's forward did not issue the ops of the fast trace a plan was made on (the model was
-    restored); a trace with real values decides."""
-
-
-class BrokenForward(PruneError):
-    """The pruned model's validation forward failed (the model was restored)."""
-
-
-# surgery names the step that failed in ``PruneError.op``; these two steps get their own types here, so that
-# the callers below decide by type. (The lead moves the classes to prunekit.errors and the raises into surgery.)
-_SURGERY_ERRORS = {"trace check": TraceNotConfirmed, "validation forward": BrokenForward}
-
-
-def _remove_channels(model, graph, removal, **kwargs):
-    """:func:`prunekit.surgery.remove_channels_`, its trace-check and validation failures typed."""
-    try:
-        return remove_channels_(model, graph, removal, **kwargs)
-    except PruneError as e:
-        kind = _SURGERY_ERRORS.get(e.op)
-        if kind is None or type(e) is not PruneError:
-            raise
-        typed = kind.__new__(kind)
-        Exception.__init__(typed, *e.args)
-        typed.fqn, typed.op = e.fqn, e.op
-        raise typed.with_traceback(e.__traceback__) from e
 
 
 def _graph_for(model, p: Plan, example_inputs, real_trace: bool = False):
@@ -147,7 +119,7 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
                 if m["indices"]:
                     cuts.setdefault(m["fqn"], {})[m["dim"]] = m["indices"]
     try:
-        _remove_channels(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None,
+        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=ex is not None,
                          cuts=cuts)
     except BrokenForward:
         if ex is None:
@@ -160,7 +132,7 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
             skipped.append({"where": graph.groups[gid].name, "reason": f"changing this group's width breaks the "
                             f"model's forward, so it was left whole ({err[:200]})"})
             log.info("left group %s whole: %s", graph.groups[gid].name, err)
-        _remove_channels(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=True)
+        remove_channels_(model, graph, removal, optimizer=optimizer, example_inputs=ex, validate=True)
     config_changes = _sync_hf_config(model, skipped)
     removed = graph.removed_flat(removal)
     groups = [{"id": pg.id, "name": pg.name, "members": [(m["fqn"], m["dim"]) for m in pg.members],

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import PruneError
+from ..errors import BrokenForward, PruneError, TraceNotConfirmed
 from ..graph.oplog import eval_mode, op_log
 from ..graph.tensors import _walk_outputs, call_model
 from ..graph.values import MadeUpValue
@@ -202,7 +202,7 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
     if cuts is None:  # a plan already lists them: ``{fqn: {dim: sorted positions}}``, as plan_tensor_cuts
         cuts = plan_tensor_cuts(graph, removal)
     removed = graph.removed_flat(removal)
-    fqn, op = None, None
+    fqn, op, validating = None, None, False
     try:
         opt_state = {}
         if optimizer is not None:
@@ -267,6 +267,7 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
         _update_size_attrs(graph, removed, name_to_mod, tx)
         if validate and example_inputs is not None:
             fqn, op = None, "validation forward"
+            validating = True
             _validate(model, graph, example_inputs, check_ops)
         if dry_run:
             tx.rollback()
@@ -276,8 +277,8 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
         raise e
     except Exception as e:
         tx.rollback()
-        raise PruneError(f"pruning failed and the model was restored: {type(e).__name__}: {e}", fqn=fqn, op=op) \
-            from e
+        kind = BrokenForward if validating else PruneError  # the forward of the pruned model raised
+        raise kind(f"pruning failed and the model was restored: {type(e).__name__}: {e}", fqn=fqn, op=op) from e
 
 
 @contextlib.contextmanager
@@ -496,8 +497,8 @@ def _validate(model, graph, example_inputs, check_ops: bool = True):
             try:
                 out, ops, unaccounted = op_log(model, example_inputs, fast=True)
             except MadeUpValue as e:
-                raise PruneError(f"the pruned model's forward reads values the fast trace did not compute ({e}); "
-                                 f"trace with real values", op="trace check") from e
+                raise TraceNotConfirmed(f"the pruned model's forward reads values the fast trace did not compute "
+                                        f"({e}); trace with real values", op="trace check") from e
             graph.rec.validated = "fast"
             if unaccounted:
                 log.debug("confirming the fast trace with real values: %s", unaccounted[0])
@@ -510,8 +511,8 @@ def _validate(model, graph, example_inputs, check_ops: bool = True):
         if ops != graph.rec.ops:
             at = next((i for i, (a, b) in enumerate(zip(ops, graph.rec.ops)) if a != b), min(len(ops),
                                                                                               len(graph.rec.ops)))
-            raise PruneError(f"the pruned model's forward issued other ops than the fast trace (first difference "
-                             f"at op {at} of {len(ops)}); trace with real values", op="trace check")
+            raise TraceNotConfirmed(f"the pruned model's forward issued other ops than the fast trace (first "
+                                    f"difference at op {at} of {len(ops)}); trace with real values", op="trace check")
     else:
         with eval_mode(model), torch.no_grad():
             out = call_model(model, example_inputs)
@@ -520,4 +521,4 @@ def _validate(model, graph, example_inputs, check_ops: bool = True):
     before = [s[1:] + (len(s),) for s in output_shapes(graph.output)]
     after = [s[1:] + (len(s),) for s in output_shapes(out)]
     if before != after:
-        raise PruneError(f"output shapes changed from {before} to {after}", op="validation forward")
+        raise BrokenForward(f"output shapes changed from {before} to {after}", op="validation forward")
