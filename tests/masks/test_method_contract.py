@@ -26,10 +26,16 @@ FAST = {
     "deep-compression": {"rounds": 2, "bits_fc": 3},
     "lap": {"rounds": 2},
     "dpf": {"frequency": 2},
+    "autoprune": {"aux_lr": 0.015},  # the paper's rate (the smoke rate closes every gate of this MLP)
+    "net-trim": {"steer": "epsilon", "iters": 60, "search_steps": 4},  # the paper's epsilon sets the sparsity;
+    # the contract asks an exact target, which its epsilon search + top-up option gives
 }
+# methods whose paper only applies to layers this MLP does not have; each is refused with a clear error (tested
+# below) and runs the contract of tests/methods/test_contract.py on a conv net instead
+NEEDS_CONV = {"fddp": "DCT coefficients of k x k conv kernels"}
 # the methods that meet the sparsity over all layers together (the others meet it in every layer)
 GLOBAL = {"snip", "snip-ldi", "lr-rewinding", "one-ticket", "han-magnitude", "deep-compression",
-          "dpf", "gsm", "proxsgd", "str"}
+          "dpf", "gsm", "proxsgd", "str", "lc", "net-trim", "rnn-jacobian", "sensitivity-reg", "autoprune"}
 
 
 def test_the_methods_are_computed_from_the_registry_and_hold_the_ones_this_contract_was_written_for():
@@ -64,7 +70,13 @@ def run(method, sparsity=0.75, seed=0):
     return result
 
 
-@pytest.mark.parametrize("method", UNSTRUCTURED)
+@pytest.mark.parametrize("method", sorted(NEEDS_CONV))
+def test_a_method_for_conv_kernels_refuses_the_mlp_clearly(method):
+    with pytest.raises(ConfigError, match=NEEDS_CONV[method].split()[0]):
+        run(method)
+
+
+@pytest.mark.parametrize("method", [m for m in UNSTRUCTURED if m not in NEEDS_CONV])
 def test_method_contract(method, tmp_path):
     result = run(method)
     model = result.model
