@@ -13,11 +13,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 # (file, heading, cut the section at this heading (exclusive) or None)
 SECTIONS = [
     ("fit.md", "Foundation: training loop and baselines", None),
-    ("filter_fair.md", "Filter pruning on the fair protocol (equal training, Torch-Pruning at matched MACs)", None),
+    ("filter_fair.md", "Filter pruning on the fair protocol (equal training, Torch-Pruning at matched MACs; interim: "
+     "seed 0 of the method rows so far, controls not yet run)", None),
     ("weight_fair.md", "Weight pruning on the fair protocol (equal training, matched sparsity)", None),
     ("weight_admm_lc.md", "Weight pruning as optimisation: ADMM and LC on the fair protocol", None),
     ("net_trim_fair.md", "Weight pruning as optimisation: Net-Trim on the fair protocol", None),
     ("sensreg_autoprune_fair.md", "Weight pruning by regularisation: sensitivity-driven decay and AutoPrune's gates", None),
+    ("fddp_fair.md", "Frequency-domain dynamic pruning (FDDP) on the fair protocol", None),
     ("coreset_fair.md", "Neuron pruning: data-independent coresets on the fair protocol", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
