@@ -58,7 +58,8 @@ times carry noise of tens of percent; ratios measured side by side in one run (a
 figures. Accuracy budgets are small (short fine-tunes, data subsets), as each section states: compare rows
 with each other, not with published numbers.
 
-**Which tables are current.** The two "fair protocol" sections come first: every row there counts the
+**Which tables are current.** The "fair protocol" sections come first (the filter one is still running: seed 0
+of its method rows so far, its control rows not yet; the others are complete): every row there counts the
 training it consumed, the control rows get the same total, Torch-Pruning is matched to prunekit's MACs and
 rows whose mechanism did not engage are flagged. Every other filter and weight section below was measured
 before the method harness and its faithfulness fixes (typed configs at the papers' defaults, mechanism
