@@ -14,7 +14,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = [
     ("fit.md", "Foundation: training loop and baselines", None),
     ("filter_fair.md", "Filter pruning on the fair protocol (equal training, Torch-Pruning at matched MACs; interim: "
-     "seed 0 of the method rows so far, controls not yet run)", None),
+     "seed 0 of every method row and of one control row so far)", None),
     ("weight_fair.md", "Weight pruning on the fair protocol (equal training, matched sparsity)", None),
     ("weight_admm_lc.md", "Weight pruning as optimisation: ADMM and LC on the fair protocol", None),
     ("net_trim_fair.md", "Weight pruning as optimisation: Net-Trim on the fair protocol", None),
@@ -59,7 +59,7 @@ figures. Accuracy budgets are small (short fine-tunes, data subsets), as each se
 with each other, not with published numbers.
 
 **Which tables are current.** The "fair protocol" sections come first (the filter one is still running: seed 0
-of its method rows so far, its control rows not yet; the others are complete): every row there counts the
+of every method row and of one control row so far; the others are complete): every row there counts the
 training it consumed, the control rows get the same total, Torch-Pruning is matched to prunekit's MACs and
 rows whose mechanism did not engage are flagged. Every other filter and weight section below was measured
 before the method harness and its faithfulness fixes (typed configs at the papers' defaults, mechanism
