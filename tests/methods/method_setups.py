@@ -10,6 +10,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.methods import RunContext, get_method, load_all
+from prunekit.train import TrainConfig
 
 
 # ---- the LeNet-5 setting of the one-shot filter family (test_l1_filter.py and the methods scored like it) ----
@@ -134,3 +135,22 @@ def separable_batches(n: int, batch: int, d: int, classes: int = 2, *, seed: int
     x = torch.randn(n * batch, d, generator=g)
     y = (x[:, 0] > 0).long() if labels == "sign" else x[:, :classes].argmax(1)
     return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+
+
+def sign_task(n_batches: int):
+    """``n_batches`` batches of 8 ten-feature inputs labelled by the sign of the first feature (seed 0)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batches * 8, 10, generator=g)
+    return [(x[i:i + 8], (x[i:i + 8, 0] > 0).long()) for i in range(0, len(x), 8)]
+
+
+def sign_mlp() -> nn.Sequential:
+    """The 10-30-2 ReLU MLP of the weight-method tests (seed 0)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 30), nn.ReLU(), nn.Linear(30, 2))
+
+
+def sign_ctx(model, data, target: str, epochs: int, options: dict) -> RunContext:
+    """A RunContext training ``model`` on ``data`` for ``epochs`` pre-cut epochs at lr 0.05."""
+    return RunContext(model=model, example_inputs=None, target=target, train_data=data, prune_epochs=epochs,
+                      train_config=TrainConfig(lr=0.05, progress=False), options=options)

@@ -12,24 +12,22 @@ from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.autoprune import HardGate, gate_step, train_gates
 from prunekit.train import TrainConfig
 
+from method_setups import sign_ctx, sign_mlp, sign_task  # noqa: E402
+
 load_all()
 SIZED = {"aux_lr": 30.0, "mu": 2e-3}  # sized to a few dozen m steps (the recipe's autoprune variant)
 
 
 def data(n=12):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n * 8, 10, generator=g)
-    return [(x[i:i + 8], (x[i:i + 8, 0] > 0).long()) for i in range(0, len(x), 8)]
+    return sign_task(n)
 
 
 def model_():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 30), nn.ReLU(), nn.Linear(30, 2))
+    return sign_mlp()
 
 
 def ctx(model=None, target="sparsity=0.8", epochs=4, **options):
-    return RunContext(model=model or model_(), example_inputs=None, target=target, train_data=data(),
-                      prune_epochs=epochs, train_config=TrainConfig(lr=0.05, progress=False), options=options)
+    return sign_ctx(model or model_(), data(), target, epochs, options)
 
 
 def test_hard_gate_is_a_step_forward_and_straight_through_backward():

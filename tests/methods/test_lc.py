@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
@@ -15,24 +14,22 @@ from prunekit.methods.lc import mu_schedule
 from prunekit.train import TrainConfig
 from prunekit.train.constrained import ConstrainedTraining, Projection
 
+from method_setups import sign_ctx, sign_mlp, sign_task  # noqa: E402
+
 load_all()
 ENGAGING = {"iterations": 8, "mu0": 0.1, "mu_factor": 1.2, "lr": None}  # 10 steps per L step at lr 0.05
 
 
 def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(20 * 8, 10, generator=g)
-    return [(x[i:i + 8], (x[i:i + 8, 0] > 0).long()) for i in range(0, len(x), 8)]
+    return sign_task(20)
 
 
 def model_():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 30), nn.ReLU(), nn.Linear(30, 2))
+    return sign_mlp()
 
 
 def ctx(model=None, target="sparsity=0.8", epochs=4, **options):
-    return RunContext(model=model or model_(), example_inputs=None, target=target, train_data=data(),
-                      prune_epochs=epochs, train_config=TrainConfig(lr=0.05, progress=False), options=options)
+    return sign_ctx(model or model_(), data(), target, epochs, options)
 
 
 def test_c_step_is_exact_magnitude_projection_over_all_weights():

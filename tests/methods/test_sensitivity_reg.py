@@ -13,23 +13,21 @@ from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.sensitivity_reg import SensitivityRegularizer, sensitivity
 from prunekit.train import TrainConfig
 
+from method_setups import sign_ctx, sign_mlp, sign_task  # noqa: E402
+
 load_all()
 
 
 def data(n=12):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n * 8, 10, generator=g)
-    return [(x[i:i + 8], (x[i:i + 8, 0] > 0).long()) for i in range(0, len(x), 8)]
+    return sign_task(n)
 
 
 def model_():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 30), nn.ReLU(), nn.Linear(30, 2))
+    return sign_mlp()
 
 
 def ctx(model=None, target="sparsity=0.8", epochs=2, **options):
-    return RunContext(model=model or model_(), example_inputs=None, target=target, train_data=data(),
-                      prune_epochs=epochs, train_config=TrainConfig(lr=0.05, progress=False), options=options)
+    return sign_ctx(model or model_(), data(), target, epochs, options)
 
 
 def test_sensitivity_of_a_linear_model_is_the_analytic_abs_input_over_the_outputs():
