@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..recipe import parse_target
 from .._registry import unknown_name_message
+from ..masks import prunable_weights
 from ..measure import count_macs, count_params
 
 log = logging.getLogger(__name__)
@@ -218,8 +219,11 @@ def tp_prune_(model: nn.Module, x: torch.Tensor, method: str, target: str, *, ca
             "trials": len(trials)}
 
 
-def torch_prune_(model: nn.Module, method: str, target: str) -> list[tuple[nn.Module, str]]:
-    """Global magnitude masks with ``torch.nn.utils.prune``; returns the masked (module, name) pairs.
+def torch_prune_(model: nn.Module, method: str, target: str, ignore: tuple[str, ...] = ()
+                 ) -> list[tuple[nn.Module, str]]:
+    """Global magnitude masks with ``torch.nn.utils.prune`` over the weights prunekit's unstructured methods
+    prune (:func:`prunekit.masks.prunable_weights`: Linear, Conv and recurrent matrices, minus the grid's
+    ``ignore``); returns the masked (module, name) pairs.
 
     The masks stay attached (``weight_orig`` + ``weight_mask``) so fine-tuning keeps pruned weights at
     zero; call :func:`torch_prune_finalize` after training.
@@ -228,7 +232,10 @@ def torch_prune_(model: nn.Module, method: str, target: str) -> list[tuple[nn.Mo
 
     kind, value = parse_target(target)
     check_peer(method, target)
-    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d))]
+    params = []
+    for fqn in prunable_weights(model, ignore):
+        module_fqn, _, name = fqn.rpartition(".")
+        params.append((model.get_submodule(module_fqn), name))
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=value)
     return params
 

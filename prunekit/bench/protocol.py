@@ -211,7 +211,7 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
                                    num_classes=bundle.num_classes, ignore=tuple(g.ignore), seed=seed,
                                    goal=deps.get("goal"))
         elif method.startswith(peers.TORCH_PRUNE_PREFIX):
-            masked = peers.torch_prune_(model, method, target)
+            masked = peers.torch_prune_(model, method, target, tuple(g.ignore))
         else:
             spec = W._check_method(recipe.method, kind)  # the id of a variant id[option=value]
             callbacks, info = W._apply_pruning(model, x, recipe, spec, bundle, progress)

@@ -19,6 +19,7 @@ __all__ = ["MaskReport", "sparsify_", "finalize_", "prunable_weights", "select_m
 
 ALLOCATIONS = ("uniform", "global", "erk")
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
 
 
 MaskReport = Report  # the former name: prune_, sparsify_ and finalize_ return one Report type
@@ -63,23 +64,33 @@ def _as_fqn(model: nn.Module, item) -> str:
                       f"model, got {item!r}")
 
 
-def prunable_weights(model: nn.Module, ignore=(), exempt=()) -> dict[str, nn.Parameter]:
-    """``{param_fqn: weight}`` of Linear and Conv layers in module order, minus ``ignore`` and ``exempt``.
+def prunable_weights(model: nn.Module, ignore=(), exempt=(), *, recurrent: bool = True) -> dict[str, nn.Parameter]:
+    """``{param_fqn: weight}`` of Linear and Conv layers, and the input and recurrent matrices
+    (``weight_ih_l*``, ``weight_hh_l*``) of RNN/LSTM/GRU layers, in module order, minus ``ignore`` and ``exempt``.
 
-    ``exempt`` may hold ``"first"`` and/or ``"last"``: keep the first / last prunable layer dense.
+    ``exempt`` may hold ``"first"`` and/or ``"last"``: keep the first / last prunable layer dense (a recurrent
+    layer counts as one layer, all its matrices together). ``recurrent=False`` lists Linear and Conv layers
+    only (for methods built on a layer's input rows, such as layer-wise Hessians).
     """
     bad = [e for e in exempt if e not in ("first", "last")]
     if bad:
         raise ConfigError(f"exempt={tuple(exempt)!r}: valid entries are 'first' and 'last' (keep that layer dense)")
     ignore = [_as_fqn(model, i) for i in ignore]
-    found = []
+    layers = []  # one entry per layer: [(module fqn, param fqn, param), ...]
     for module_fqn, module in model.named_modules():
+        prefix = f"{module_fqn}." if module_fqn else ""
         if isinstance(module, _PRUNABLE) and isinstance(module.weight, nn.Parameter):
-            found.append((module_fqn, f"{module_fqn}.weight" if module_fqn else "weight", module.weight))
+            layers.append([(module_fqn, f"{prefix}weight", module.weight)])
+        elif recurrent and isinstance(module, _RECURRENT):
+            mats = [(module_fqn, f"{prefix}{n}", p) for n, p in module.named_parameters(recurse=False)
+                    if n.startswith(("weight_ih_l", "weight_hh_l"))]
+            if mats:
+                layers.append(mats)
     if "first" in exempt:
-        found = found[1:]
+        layers = layers[1:]
     if "last" in exempt:
-        found = found[:-1]
+        layers = layers[:-1]
+    found = [entry for layer in layers for entry in layer]
     out = {}
     used = set()
     for module_fqn, fqn, p in found:

@@ -157,7 +157,7 @@ class LOBSConfig(MethodConfig):
                           "batches of real training inputs (calib, options.max_samples)"))
 def run_l_obs(ctx: RunContext, cfg: LOBSConfig) -> MethodResult:
     """One-shot L-OBS: every layer pruned to the target sparsity with OBS corrections; fine-tune afterwards."""
-    params = prunable_weights(ctx.model, ctx.ignore, cfg.exempt)
+    params = prunable_weights(ctx.model, ctx.ignore, cfg.exempt, recurrent=False)
     hs = layer_hessians(ctx.model, list(params), ctx.calib, max_samples=cfg.max_samples)
     masks, err_zero, err_obs = {}, 0.0, 0.0
     for fqn in params:

@@ -177,7 +177,7 @@ def _engaged(t: dict) -> bool:
 def run(ctx: RunContext, cfg: NetTrimConfig) -> MethodResult:
     """Net-Trim after training: each layer refitted by its convex program; masks keep the zeros."""
     model = ctx.model
-    params = prunable_weights(model, ctx.ignore, ())
+    params = prunable_weights(model, ctx.ignore, (), recurrent=False)
     originals = {f: record_layer(model, f, ctx.calib, cfg.max_samples, ctx.seed) for f in params}
     dense = {f: model.get_submodule(f.rpartition(".")[0]).state_dict() for f in params}
     dense = {f: {k: v.clone() for k, v in d.items()} for f, d in dense.items()}

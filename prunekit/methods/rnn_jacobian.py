@@ -127,7 +127,7 @@ def run(ctx: RunContext, cfg: RNNJacobianConfig) -> MethodResult:
         for f, p in rec.items():
             p.copy_(dense[f])
     if cfg.others == "magnitude":
-        rest = prunable_weights(model, tuple(i for i in ignore if i not in recurrent_modules(model)))
+        rest = {f: p for f, p in prunable_weights(model, ignore).items() if f not in scores}
         masks.update(select_masks({f: p.detach().abs() for f, p in rest.items()}, get_pattern("element"),
                                   global_sparsity=sparsity) if rest else {})
     if masks:

@@ -39,7 +39,7 @@ def orthogonal_init_(model: nn.Module, *, gain: float = 1.0, ignore=(), seed: in
                 nn.init.orthogonal_(flat, gain=gain)
                 p.copy_(flat.reshape(p.shape))
                 module = model.get_submodule(fqn.rpartition(".")[0])
-                if getattr(module, "bias", None) is not None:
+                if isinstance(getattr(module, "bias", None), torch.Tensor):  # (an LSTM's `bias` is a flag)
                     module.bias.zero_()
                 changed.append(fqn)
     finally:

@@ -133,3 +133,18 @@ def test_torch_pruning_matches_a_goal_a_uniform_ratio_cannot_reach(goal):
     assert info["goal"] == goal and info["kept"] == pytest.approx(kept)
     if min(abs(u / goal - 1) for u in uniform) > 0.01:  # no uniform ratio lands: the mix did
         assert info["layers_moved"] is not None
+
+
+def test_torch_prune_peer_honours_the_grid_ignore_and_prunes_recurrent_matrices():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"conv": nn.Conv2d(1, 4, 3), "rnn": nn.LSTM(4, 4), "fc": nn.Linear(4, 2)})
+    masked = torch_prune_(model, "torch-prune:global-magnitude", "sparsity=0.5", ("conv",))
+    names = sorted(f"{type(m).__name__}.{n}" for m, n in masked)
+    assert names == ["LSTM.weight_hh_l0", "LSTM.weight_ih_l0", "Linear.weight"]
+    assert bool((model["conv"].weight != 0).all())  # ignored: dense
+    total = sum(getattr(m, n).numel() for m, n in masked)
+    assert sum(int((getattr(m, n) == 0).sum()) for m, n in masked) == round(0.5 * total)
+    out, _ = model["rnn"](torch.randn(3, 2, 4))  # the LSTM runs on its masked matrices
+    assert out.shape == (3, 2, 4) and bool(torch.isfinite(out).all())
+    torch_prune_finalize(masked)
+    assert not any("_orig" in k for k in model.state_dict())

@@ -187,3 +187,47 @@ def test_deprecated_global_and_overrides_still_work_with_a_warning():
     assert old.layers["2.weight"]["pruned"] == 256 and old.layers["0.weight"]["pruned"] == round(0.9 * 512)
     with pytest.raises(ConfigError, match="both given"), pytest.warns(DeprecationWarning):
         pk.sparsify_(mlp(), sparsity=0.9, overrides={"2": 0.5}, per_layer={"2": 0.4})
+
+
+class _LSTMNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 6)
+        self.rnn = nn.LSTM(6, 5, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.embed(x))
+        return self.fc(out[:, -1])
+
+
+def test_recurrent_matrices_are_prunable_weights_and_one_layer_for_exempt():
+    from prunekit.masks import prunable_weights
+
+    model = _LSTMNet()
+    rnn = ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_ih_l1", "rnn.weight_hh_l1"]
+    assert list(prunable_weights(model)) == ["embed.weight", *rnn, "fc.weight"]  # biases stay dense
+    assert list(prunable_weights(model, exempt=("first", "last"))) == rnn
+    assert list(prunable_weights(model, ignore=["rnn"])) == ["embed.weight", "fc.weight"]
+    assert list(prunable_weights(model, recurrent=False)) == ["embed.weight", "fc.weight"]
+    assert list(prunable_weights(model, ignore=["re:rnn\\.weight_hh_l\\d"])) == [
+        "embed.weight", "rnn.weight_ih_l0", "rnn.weight_ih_l1", "fc.weight"]
+
+
+def test_sparsify_prunes_lstm_matrices_and_the_pruned_lstm_runs_and_trains():
+    torch.manual_seed(0)
+    model = _LSTMNet()
+    pk.sparsify_(model, sparsity=0.7, allocation="global")
+    w = model.rnn.weight_hh_l1
+    assert float((w == 0).float().mean()) > 0.3
+    x = torch.randn(2, 7, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x).sum().backward()
+    opt.step()
+    masks = get_masks(model)
+    assert set(masks) >= {"rnn.weight_ih_l0", "rnn.weight_hh_l1"}
+    assert bool((model.rnn.weight_hh_l1[~masks["rnn.weight_hh_l1"]] == 0).all())  # the mask holds after a step
+    pk.finalize_(model)
+    zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if "weight" in n and "bias" not in n)
+    total = sum(p.numel() for n, p in model.named_parameters() if "weight" in n and "bias" not in n)
+    assert zeros == round(0.7 * total)
