@@ -141,9 +141,10 @@ def write_bench_report(cells: list[dict], out_prefix, protocol: dict | None = No
                        title: str = "Benchmark", notes: list[str] | None = None) -> dict:
     """Write ``<prefix>.json`` (cells + rows + protocol), ``<prefix>.md`` and ``<prefix>.png`` (Pareto)."""
     prefix = Path(out_prefix)
+    path = {ext: prefix.parent / f"{prefix.name}{ext}" for ext in (".json", ".md", ".png")}  # "v1.2" keeps its ".2"
     rows = aggregate_cells(cells)
     write_json({"type": "prunekit.BenchReport", "version": 1, "protocol": protocol or {}, "command": command,
-                "notes": notes or [], "rows": rows, "cells": cells}, prefix.with_suffix(".json"))
+                "notes": notes or [], "rows": rows, "cells": cells}, path[".json"])
     md = f"# {title}\n\n" + render_bench_markdown(rows, protocol, command)
     if notes:
         md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -153,9 +154,9 @@ def write_bench_report(cells: list[dict], out_prefix, protocol: dict | None = No
     base = next((r for r in rows if r.get("acc_base_mean") is not None and r.get("macs_base_mean")), None)
     if points and base is not None:
         points.append({"label": "baseline (unpruned)", "macs": base["macs_base_mean"], "accuracy": base["acc_base_mean"]})
-    made = {"json": prefix.with_suffix(".json"), "markdown": prefix.with_suffix(".md")}
+    made = {"json": path[".json"], "markdown": path[".md"]}
     if points:
-        made["pareto"] = plot_pareto(points, prefix.with_suffix(".png"), title=title)
-        md += f"\n![Accuracy vs MACs]({prefix.with_suffix('.png').name})\n"
-    prefix.with_suffix(".md").write_text(md)
+        made["pareto"] = plot_pareto(points, path[".png"], title=title)
+        md += f"\n![Accuracy vs MACs]({path['.png'].name})\n"
+    path[".md"].write_text(md)
     return made

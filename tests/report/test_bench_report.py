@@ -67,3 +67,11 @@ def test_columns_in_order_and_non_engaged_rows_flagged(tmp_path):
     assert "| criterion:random (control) | 3 | 50.00 ± 0.00 | 75.00 ± 0.00 | 0.500 | 0.500 | 0 + 2 = 2 | — |" in md
     row = next(r for r in json.loads((tmp_path / "g.json").read_text())["rows"] if r["method"] == "sss")
     assert row["engaged"] is False and row["not_engaged_seeds"] == 1
+
+
+def test_a_prefix_with_a_dot_keeps_it_and_leaves_the_neighbouring_files_alone(tmp_path):
+    (tmp_path / "run-1.json").write_text("user data")  # what "run-1.2" with its ".2" cut off would overwrite
+    made = write_bench_report(_cells(), tmp_path / "run-1.2", protocol={}, command="prunekit bench")
+    assert made["json"] == tmp_path / "run-1.2.json" and made["markdown"] == tmp_path / "run-1.2.md"
+    assert (tmp_path / "run-1.2.png").is_file() and "run-1.2.png" in (tmp_path / "run-1.2.md").read_text()
+    assert (tmp_path / "run-1.json").read_text() == "user data"
