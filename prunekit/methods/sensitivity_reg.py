@@ -69,8 +69,9 @@ def sensitivity(outputs: torch.Tensor, weights: dict[str, torch.Tensor]) -> dict
 class SensitivityRegularizer(Callback):
     """The paper's update as a training callback: after each optimizer step every weight also moves by
     ``-lam * w_prev * max(0, 1 - S(w_prev))``, S taken on the step's batch (every ``interval`` steps; the last
-    insensitivity is reused in between). Works in :func:`prunekit.train.fit` or a loop that sets ``state.outputs``
-    (attached to the graph) before ``on_before_backward``; not in the Lightning / HF adapters (no outputs there).
+    insensitivity is reused in between). Works in :func:`prunekit.train.fit`, the Lightning adapter, or a loop that
+    sets ``state.outputs`` (attached to the graph) before ``on_before_backward``; not in the Hugging Face adapter
+    (the Trainer's hooks run after the backward, when the graph is gone).
 
     ``shrink`` accumulates ``||applied decay||`` per step relative to the weights' norm at the start;
     ``mean_sensitivity`` is the running mean of S over the weights (for telemetry).
@@ -92,8 +93,9 @@ class SensitivityRegularizer(Callback):
         if self.steps % self.interval == 0 or not self.insens:
             if not (isinstance(state.outputs, torch.Tensor) and state.outputs.requires_grad):
                 raise ConfigError("SensitivityRegularizer needs state.outputs, the step's outputs still attached to "
-                                  "the graph, in on_before_backward (prunekit.fit sets them; the Lightning / HF "
-                                  "adapters do not): train with prunekit.fit or set state.outputs in your loop")
+                                  "the graph, in on_before_backward (prunekit.fit and the Lightning adapter set "
+                                  "them; the Hugging Face Trainer's hooks run after the backward): train with "
+                                  "prunekit.fit or Lightning, or set state.outputs in your loop")
             self.sens = sensitivity(_outputs(state.outputs, self.output), self.weights)
             self.insens = {k: (1 - s).clamp_min(0) for k, s in self.sens.items()}
             self.evaluations += 1
@@ -121,7 +123,8 @@ def _engaged(t: dict) -> bool:
     "the paper's threshold search (raise T while validation performance holds) is replaced by the T that "
     "meets the requested sparsity; lambda and the training length per experiment were not recovered from the "
     "paper (lam's default is ours); the ReLU-specific cheaper sensitivity the paper also discusses is not built; "
-    "the callback needs the step's outputs, which the Lightning / HF adapters do not hand over"),
+    "the callback needs the step's outputs on the graph, which the Hugging Face Trainer's hooks (run after the "
+    "backward) cannot hand over: it runs in fit and in Lightning"),
                  telemetry=Telemetry(keys=("reg_steps", "shrink", "insensitive_frac", "sens_kept", "sens_cut"),
                                      engaged=_engaged,
                                      what="insensitivity decay driving low-sensitivity weights towards zero "

@@ -7,6 +7,10 @@ Hook mapping (Lightning -> prunekit): ``on_train_start`` -> ``on_train_start``; 
 ``on_train_batch_end`` after an optimizer step -> ``on_after_step``; ``on_train_epoch_end`` ->
 ``on_epoch_end``; ``on_train_end`` -> ``on_train_end``. ``state.stop`` sets ``trainer.should_stop``.
 
+``state.outputs`` is what ``fit`` gives: the network's output (``.logits`` of a model output, the first item of
+a tuple) from the step's first forward in training mode, still attached to the graph in ``on_before_backward``
+(a forward hook on the network the callback acts on records it).
+
 Example:
     >>> from prunekit.train import Callback
     >>> LightningCallback(Callback()).cb.__class__.__name__
@@ -15,8 +19,10 @@ Example:
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import torch
 
 from ._adapter import check_callback, run_loss_hook
+from .loop import output_logits
 from .callbacks import Callback, TrainState
 
 
@@ -30,6 +36,7 @@ class LightningCallback(pl.Callback):
         self.module = module
         self.state: TrainState | None = None
         self._last_step = 0
+        self._hook = None
 
     def _sync(self, trainer, pl_module) -> TrainState:
         if self.state is None:
@@ -57,7 +64,15 @@ class LightningCallback(pl.Callback):
         s = self._sync(trainer, pl_module)
         s.batch_idx = batch_idx
         s.inputs, s.targets = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
+        s.outputs = None
+        if self._hook is None:
+            self._hook = s.model.register_forward_hook(self._record_outputs)
         self.cb.on_batch_start(s)
+
+    def _record_outputs(self, module, args, output) -> None:
+        s = self.state
+        if s is not None and s.outputs is None and module.training and torch.is_grad_enabled():
+            s.outputs = output_logits(output)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         run_loss_hook(self.cb, self._sync(trainer, pl_module), loss)
@@ -70,7 +85,6 @@ class LightningCallback(pl.Callback):
             return
         self._last_step = trainer.global_step
         s = self._sync(trainer, pl_module)
-        s.outputs = outputs
         self.cb.on_after_step(s)
         self._stop(trainer)
 
@@ -82,4 +96,7 @@ class LightningCallback(pl.Callback):
         self._stop(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         self.cb.on_train_end(self._sync(trainer, pl_module))

@@ -113,7 +113,7 @@ def evaluate(model: nn.Module, data: Iterable, *, device: str | torch.device = "
     try:
         for inputs, targets in data:
             inputs, targets = _to(inputs, device), _to(targets, device)
-            out = _logits(model(inputs))
+            out = output_logits(model(inputs))
             k = _count(targets)
             loss_sum += float(loss_fn(out, targets)) * k
             correct += _correct(out, targets).cpu()
@@ -285,7 +285,7 @@ def _step(net, state: TrainState, loss_fn, teacher, callbacks) -> torch.Tensor:
     cfg, opt, scaler = state.config, state.optimizer, state.extra["scaler"]
     amp = scaler.is_enabled()
     with torch.autocast(state.extra["device"].type) if amp else contextlib.nullcontext():
-        state.outputs = _logits(net(state.inputs))
+        state.outputs = output_logits(net(state.inputs))
         loss = loss_fn(state.outputs, state.targets)
         if teacher is not None:
             loss = _distill(loss, state.outputs, teacher, state.inputs, cfg)
@@ -313,7 +313,7 @@ def _step(net, state: TrainState, loss_fn, teacher, callbacks) -> torch.Tensor:
 
 def _distill(loss, student_logits, teacher, inputs, cfg) -> torch.Tensor:
     with torch.no_grad():
-        t_logits = _logits(teacher(inputs))
+        t_logits = output_logits(teacher(inputs))
     T = cfg.kd_temperature
     kl = F.kl_div(F.log_softmax(student_logits.float() / T, -1).flatten(0, -2),
                   F.log_softmax(t_logits.float() / T, -1).flatten(0, -2), reduction="batchmean", log_target=True)
@@ -346,7 +346,9 @@ def _default_loss(label_smoothing: float) -> LossFn:
     return cross_entropy
 
 
-def _logits(out):
+def output_logits(out):
+    """The tensor a training step's loss and accuracy read: ``.logits`` of a model output, the first item of a
+    tuple, or the output itself."""
     if hasattr(out, "logits"):
         return out.logits
     if isinstance(out, (tuple, list)):

@@ -114,6 +114,36 @@ def test_lightning_hooks_counts_and_same_weights_as_fit(tmp_path, make_mlp, make
     assert not torch.allclose(module.net[3].weight, ref[3].weight, atol=1e-4)  # the callbacks did change things
 
 
+class OutputsSeen(Callback):
+    """Records, in on_before_backward, whether state.outputs is the network's output on the graph."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_before_backward(self, state):
+        out = state.outputs
+        self.seen.append(None if out is None else (tuple(out.shape), out.requires_grad))
+
+
+def test_lightning_hands_the_networks_outputs_to_callbacks_and_sensitivity_reg_matches_fit(tmp_path, make_mlp,
+                                                                                          make_loader):
+    from prunekit.methods.sensitivity_reg import SensitivityRegularizer
+
+    seen = OutputsSeen()
+    net = make_mlp()
+    lit = _lightning(net, [LightningCallback(seen, module="net"),
+                           LightningCallback(SensitivityRegularizer(dict(net.named_parameters()), lam=0.05),
+                                             module="net")], tmp_path)
+    assert seen.seen == [((16, 3), True)] * 8  # every step: the [batch, classes] logits, still on the graph
+    ref = make_mlp()
+    x, y = _blobs()
+    fit(ref, make_loader(x, y), TrainConfig(epochs=2, lr=LR, weight_decay=0.0, scheduler="constant", progress=False),
+        callbacks=[SensitivityRegularizer(dict(ref.named_parameters()), lam=0.05)])
+    torch.testing.assert_close(lit.net.state_dict(), ref.state_dict(), rtol=1e-5, atol=1e-6)
+    plain = _lightning(make_mlp(), [], tmp_path)
+    assert not torch.allclose(plain.net[3].weight, ref[3].weight, atol=1e-4)  # the regulariser did act
+
+
 def test_lightning_loss_term_equals_builtin_weight_decay(tmp_path, make_mlp):
     a = _lightning(make_mlp(), [], tmp_path, wd=WD)
     b = _lightning(make_mlp(), [LightningCallback(L2())], tmp_path)
