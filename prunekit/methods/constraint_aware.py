@@ -165,7 +165,7 @@ def run(ctx: RunContext, cfg: ConstraintAwareConfig) -> MethodResult:
               for r in range(cfg.rounds - 1)] + [0]
     constraints = [cooled_constraint(t, final=target_kept / n_all, initial=1.0, rounds=cfg.rounds, alpha=cfg.alpha,
                                      shape=cfg.cooling) for t in range(cfg.rounds)]
-    history, fallbacks, final_slack = [], 0, 0.0
+    history, fallbacks, final_slack, regrown = [], 0, 0.0, 0
     for t, c_t in enumerate(constraints):
         old = get_masks(model)
         pruned_before = {f: int((~old[f]).sum()) if f in old else 0 for f in params}
@@ -199,8 +199,10 @@ def run(ctx: RunContext, cfg: ConstraintAwareConfig) -> MethodResult:
         slack = (budget - sum(kept.values())) / n_all
         if t == cfg.rounds - 1:
             final_slack = slack
-            if cfg.exact:  # ours: the slack given back (or the excess removed) so the kept count is the target
-                kept = land(kept, target_kept, {f: numel[f] - pruned_before[f] for f in params})
+            if cfg.exact:  # ours: the slack given back (or the excess removed) so the kept count is the target;
+                # when an earlier round already went below the target, weights it pruned come back (at zero)
+                kept = land(kept, target_kept, numel)
+                regrown = sum(max(kept[f] - (numel[f] - pruned_before[f]), 0) for f in params)
         sparsify_(model, sparsity=0.0, per_layer={f: 1 - kept[f] / numel[f] for f in params}, criterion="magnitude",
                   ignore=ctx.ignore, nested=True)
         acc_pruned = _accuracy(model, {}, batches)
@@ -222,4 +224,5 @@ def run(ctx: RunContext, cfg: ConstraintAwareConfig) -> MethodResult:
                  "best_objective": [h["best_objective"] for h in history], "constraints": constraints,
                  "guided": guided, "fallbacks": fallbacks, "final_slack": final_slack}
     return MethodResult(model, info={"sparsity": 1 - kept_all / n_all, "layer_sparsity": history[-1]["layer_sparsity"],
-                                     "rounds": history, "epochs_trained": sum(epochs)}, telemetry=telemetry)
+                                     "rounds": history, "epochs_trained": sum(epochs),
+                                     "regrown": regrown}, telemetry=telemetry)
