@@ -155,9 +155,6 @@ def run(ctx: RunContext, cfg: ConstraintAwareConfig) -> MethodResult:
         raise ConfigError(f"target={ctx.target!r} cannot be reached: with every layer at options.max_layer_sparsity="
                           f"{cfg.max_layer_sparsity} the model keeps {floor} of {n_all} weights > {target_kept}; "
                           f"raise max_layer_sparsity or lower the target")
-    if cfg.startup > cfg.evaluations:
-        log.warning("constraint-aware: startup=%d >= evaluations=%d: every evaluation is random", cfg.startup,
-                    cfg.evaluations)
     batches = _objective_batches(ctx.val_data, cfg.objective_images, model_device(model))
     magnitude = get_weight_criterion("magnitude")
     element = get_pattern("element")
