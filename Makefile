@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS := cli,export,vision,zoo,integrations,dev
+EXTRAS := cli,export,vision,zoo,integrations,dev,search
 
 .PHONY: setup run test test-fast zoo bench data clean
 

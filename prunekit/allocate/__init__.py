@@ -7,7 +7,8 @@ gives single channels (or ``round_to`` units) back, group by group, so the cost 
 than one ratio step below it. ``allocate_to_target`` is the whole path used by ``pk.plan`` and the
 training-time methods' cut; ``layer_sparsities``/``erk_densities`` are the per-layer weight budgets of
 ``sparsify_``. All respect ``round_to`` (kept widths are multiples of it, unless the whole width is kept)
-and ``min_channels``.
+and ``min_channels``. :mod:`prunekit.allocate.bayesopt` searches a few hyper-parameters (per-layer ratios)
+by constrained Bayesian optimisation (optuna, the ``search`` extra).
 """
 from __future__ import annotations
 

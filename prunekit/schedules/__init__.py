@@ -2,7 +2,8 @@
 
 Functions (no state, no model): :func:`one_shot`, :func:`at_init`, :func:`agp_cubic` (Zhu & Gupta),
 :func:`geometric_rounds` (the one round schedule: Han et al., lottery tickets, LR rewinding),
-:func:`dns_update_probability` (Dynamic Network Surgery), :func:`lr_rewind_factor` (Renda et al.).
+:func:`dns_update_probability` (Dynamic Network Surgery), :func:`lr_rewind_factor` (Renda et al.),
+:func:`cooled_constraint` (constraint cooling over fine-pruning rounds, Chen et al. 2018).
 
 Callbacks for :func:`prunekit.train.fit` (imported lazily, they need :mod:`prunekit.train`):
 ``GradualPruning(schedule, **sparsify_kwargs)``, ``MaskUpdate(compute, frequency=, probability=)``
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 
+from .cooling import COOLING_SHAPES, cooled_constraint
 from .functions import agp_cubic, at_init, dns_update_probability, geometric_rounds, lr_rewind_factor, one_shot
 
 __all__ = ["agp_cubic", "at_init", "dns_update_probability", "geometric_rounds", "lr_rewind_factor",
-           "one_shot", "GradualPruning", "MaskUpdate", "RewindPoints", "LRReplay"]
+           "one_shot", "GradualPruning", "MaskUpdate", "RewindPoints", "LRReplay", "COOLING_SHAPES",
+           "cooled_constraint"]
 
 _CALLBACKS = ("GradualPruning", "MaskUpdate", "RewindPoints", "LRReplay")
 
