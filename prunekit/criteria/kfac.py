@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._registry import closest
 from ..errors import ConfigError
 from .collect import collect, default_loss, sampled_label_loss
 
@@ -86,7 +87,12 @@ def _check_layers(model: nn.Module, layers) -> dict:
             out[n] = mod
         elif isinstance(mod, nn.Conv2d) and mod.groups == 1 and not isinstance(mod.padding, str):
             out[n] = mod
-        elif mod is not None:
+        elif mod is None:
+            hint = closest(str(n), [k for k in named if k])
+            raise ConfigError(f"layers: {n!r} is not a module of the model"
+                              + (f"; did you mean {hint!r}?" if hint else "")
+                              + "; name layers by their path in model.named_modules()")
+        else:
             raise ConfigError(f"layers: {n!r} is a {type(mod).__name__}; K-FAC factors cover nn.Linear and nn.Conv2d "
                               f"with groups=1 and numeric padding; leave it out (ignore=[{n!r}])")
     return out
@@ -102,7 +108,7 @@ def kfac_factors(model: nn.Module, calib: Iterable, layers, *, fisher: Literal["
         raise ConfigError(f"fisher={fisher!r}; choose 'true' (labels sampled from the model, the paper) or "
                           f"'empirical' (the data's labels)")
     layers = list(layers)
-    mods = _check_layers(model, layers)  # unknown names are refused by the collector with the closest one
+    mods = _check_layers(model, layers)
     if loss_fn is None:
         loss_fn = sampled_label_loss(torch.Generator().manual_seed(seed)) if fisher == "true" else default_loss
     acc: dict = {}
