@@ -68,13 +68,14 @@ def eigen_importance(w_star: torch.Tensor, lam_A: torch.Tensor, lam_S: torch.Ten
 
 def keep_directions(scores: np.ndarray, threshold: float, cap: float) -> np.ndarray:
     """Indices kept on one side of one layer: scores above ``threshold``; when that would remove more than
-    ``cap`` of the side, the layer's own threshold at the ``cap`` quantile instead (the reference's
-    ``prune_ratio_limit``), and never fewer than one (the highest).
+    ``cap`` of the side, the scores above the side's ``sorted(scores)[int(n * cap)]`` instead (the reference's
+    ``prune_ratio_limit`` rule, which keeps one direction fewer than ``n - int(n * cap)``), and never fewer than
+    one (the highest; the reference keeps index 0).
 
     Example:
         >>> keep_directions(np.array([0.1, 5.0, 0.2, 3.0]), 0.15, 0.95).tolist()
         [1, 2, 3]
-        >>> keep_directions(np.array([0.1, 5.0, 0.2, 3.0]), 10.0, 0.5).tolist()   # cap: the side's own quantile
+        >>> keep_directions(np.array([0.1, 5.0, 0.2, 3.0]), 10.0, 0.25).tolist()   # cap: above sorted[int(4 * 0.25)]
         [1, 3]
     """
     n = len(scores)
