@@ -103,7 +103,10 @@ def _example_macs(model, example_inputs):
     return int(mc.total), dict(mc.per_module)
 
 
-@register_method("eigendamage", config=EigenDamageConfig, kind="structured", needs=("calib",),
+@register_method("eigendamage", config=EigenDamageConfig, kind="structured", needs=("calib",), status="partial",
+                 left_out="one-pass only: the paper's iterative mode (prune, fine-tune, re-estimate the factors in "
+                          "the rotated basis and merge the rotations) is not built, nor the reference code's "
+                          "C-OBS / kron-OBD / kron-OBS baselines (C-OBD is the criterion fisher-obd)",
                  telemetry=Telemetry(
                      keys=("layers_scored", "layers_factorized", "fraction_factorized", "directions_kept",
                            "reconstruction_error", "importance_kept"),
