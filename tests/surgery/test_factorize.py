@@ -53,7 +53,8 @@ def test_measure_counts_a_factorised_conv_as_hand_computed():
     m = pk.measure(nn.Sequential(f), torch.zeros(1, 4, 8, 8), sizes=False)
     assert (m.params, m.macs) == (80, 1664)
     assert factorized_cost(conv, 2, 3, in_positions=64, out_positions=16) == (80, 1664)
-    lin = nn.Linear(5, 3)  # bias folded into the input basis: rot_in 5->2 with a bias (12), core 2x2 (4), rot_out 2->3 (6)
+    # bias folded into the input basis: rot_in 5->2 with a bias (12), core 2x2 (4), rot_out 2->3 (6)
+    lin = nn.Linear(5, 3)
     g = Factorized.from_layer(lin, torch.eye(6, dtype=torch.float64), torch.eye(3, dtype=torch.float64),
                               keep_in=[0, 5], keep_out=[0, 2], bias_in_A=True)
     m = pk.measure(nn.Sequential(g), torch.zeros(1, 5), sizes=False)
