@@ -22,6 +22,7 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 from .surgery.mha import PrunableMultiheadAttention, mark_pruned_, supported
 from .surgery import Transaction, set_tensor_
+from .surgery.factorize import Factorized
 from .train.checkpoint import write_with_record
 
 __all__ = ["save", "load"]
@@ -85,7 +86,10 @@ def save(model: nn.Module, path) -> Path:
     meta = {"format": _FORMAT, "version": _VERSION, "shapes": {k: list(v.shape) for k, v in state.items()},
             "aliases": aliases, "modules": {n: _size_attrs(m) for n, m in model.named_modules()},
             # nn.MultiheadAttention modules the engine turned into their op-by-op twin (surgery.mha)
-            "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)]}
+            "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)],
+            # layers replaced by their factorised form (surgery.factorize), rebuilt on load before the resize
+            "factorized": {n: {"bias_in_A": m.rot_in.bias is not None} for n, m in model.named_modules()
+                           if isinstance(m, Factorized)}}
     write_with_record(path, tensors, _META_KEY, meta, hash_field="payload_sha256")
     try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
         sidecar(path).unlink(missing_ok=True)
@@ -155,6 +159,19 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
+def _refactorize(model: nn.Module, factorized: dict) -> None:
+    """Put a (rank-1, resized below) :class:`Factorized` shell in place of every layer saved factorised."""
+    named = dict(model.named_modules())
+    for fqn, rec in factorized.items():
+        layer = named.get(fqn)
+        parent = named.get(fqn.rpartition(".")[0]) if fqn else None
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)) or parent is None:
+            raise CheckpointError(f"module {fqn!r} is a factorised layer in the checkpoint but "
+                                  f"{type(layer).__name__} in model_factory()'s model; pass the factory of the "
+                                  f"model that was pruned")
+        setattr(parent, fqn.rpartition(".")[2], Factorized.shell(layer, bias_in_A=bool(rec.get("bias_in_A"))))
+
+
 def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     """Rebuild a model saved by :func:`save` on ``model_factory()`` (the original architecture)."""
     from safetensors.torch import load_file
@@ -165,6 +182,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
         raise ConfigError(f"model_factory={model_factory!r} must be a callable returning a fresh model of the "
                           f"original architecture, e.g. lambda: torchvision.models.resnet18()")
     model = model_factory()
+    _refactorize(model, meta.get("factorized", {}))
     state = model.state_dict()
     extra = sorted(set(meta["shapes"]) - set(state))
     missing = sorted(set(state) - set(meta["shapes"]))

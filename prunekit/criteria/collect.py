@@ -43,20 +43,48 @@ from ..errors import ConfigError
 from ..graph.trace import call_model, model_device, move_to
 
 __all__ = ["Calibration", "ChannelStats", "collect", "collect_for_scoring", "layer_rows", "channel_first",
-           "default_loss"]
+           "default_loss", "sampled_label_loss"]
 
 
-def default_loss(outputs, targets):
-    """Cross-entropy of the logits (a tensor, ``.logits`` or the first element of a tuple); with no targets,
-    the mean square of the outputs (a label-free loss that still gives gradients)."""
+def _logits(outputs) -> torch.Tensor:
+    """The logits of a model's outputs: a tensor, its ``.logits`` or the first element of a tuple."""
     logits = outputs
     if not isinstance(logits, torch.Tensor):
         logits = getattr(outputs, "logits", None)
         if logits is None and isinstance(outputs, (tuple, list)):
             logits = outputs[0]
+    return logits
+
+
+def default_loss(outputs, targets):
+    """Cross-entropy of the logits (a tensor, ``.logits`` or the first element of a tuple); with no targets,
+    the mean square of the outputs (a label-free loss that still gives gradients)."""
+    logits = _logits(outputs)
     if targets is None:
         return logits.float().pow(2).mean()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def sampled_label_loss(generator: torch.Generator | None = None) -> Callable:
+    """A ``loss_fn`` for :func:`collect` whose gradients estimate the *true* Fisher: the cross-entropy of the
+    logits against labels drawn from the model's own predictive ``softmax(logits)`` (``generator`` makes the
+    draws reproducible); the data's targets are not read.
+
+    Example:
+        >>> loss = sampled_label_loss(torch.Generator().manual_seed(0))
+        >>> float(loss(torch.tensor([[0.0, 50.0]]), None)) < 1e-6   # the model is sure: label 1 is drawn
+        True
+    """
+
+    def loss(outputs, targets):
+        logits = _logits(outputs)
+        flat = logits.reshape(-1, logits.shape[-1])
+        with torch.no_grad():
+            probs = torch.softmax(flat.detach().double().cpu(), dim=-1)
+            y = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(flat.device)
+        return F.cross_entropy(flat, y)
+
+    return loss
 
 
 def channel_first(t: torch.Tensor, module: nn.Module | None) -> torch.Tensor:

@@ -522,3 +522,5 @@ def _validate(model, graph, example_inputs, check_ops: bool = True):
     after = [s[1:] + (len(s),) for s in output_shapes(out)]
     if before != after:
         raise BrokenForward(f"output shapes changed from {before} to {after}", op="validation forward")
+
+from .factorize import Factorized, replace as replace_factorized  # noqa: E402  (the factorised-layer block)

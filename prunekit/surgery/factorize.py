@@ -1,0 +1,208 @@
+"""A Linear / Conv2d layer replaced by three smaller layers acting in a rotated basis (EigenDamage's form).
+
+Given orthogonal bases ``Q_A`` of the layer's inputs and ``Q_S`` of its outputs, the layer's weight in the
+rotated basis is ``W* = Q_S^T W Q_A`` (for a conv, at every kernel offset), and ``W = Q_S W* Q_A^T``. Keeping
+only some input directions (columns of ``Q_A``) and some output directions (columns of ``Q_S``) gives a real,
+smaller module: ``rot_in`` (``Q_A`` restricted, a Linear / 1x1 conv), ``core`` (``W*`` restricted, a Linear /
+the layer's k x k conv) and ``rot_out`` (``Q_S`` restricted, a Linear / 1x1 conv). Its input and output shapes
+are the layer's, so it drops into any graph (residual sums included) without touching its neighbours.
+
+A Linear layer's bias can be folded into the input basis as a constant last coordinate (``bias_in_A``): then
+``rot_in`` carries it as its bias. Otherwise the bias stays whole on ``rot_out``.
+
+:func:`replace` swaps layers for their factorised forms in one transaction (any error, or a forward that
+fails on ``example_inputs``, leaves the model as it was) and skips a layer whose factorised form would have
+more parameters than the layer itself.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> lin = nn.Linear(3, 2)
+    >>> f = Factorized.from_layer(lin, torch.eye(4, dtype=torch.float64), torch.eye(2, dtype=torch.float64),
+    ...                           bias_in_A=True)
+    >>> x = torch.randn(5, 3)
+    >>> torch.allclose(f(x), lin(x), atol=1e-6)
+    True
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Factorized", "rotate", "replace", "factorized_cost", "layer_cost"]
+
+
+def _weight_matrix(layer: nn.Module, bias_in_A: bool) -> torch.Tensor:
+    """The layer's weight, float64: ``[out, in (+1 bias column)]`` (Linear) or ``[out, in, kh, kw]`` (Conv2d)."""
+    w = layer.weight.detach().double()
+    if isinstance(layer, nn.Linear) and bias_in_A:
+        b = layer.bias.detach().double() if layer.bias is not None else w.new_zeros(w.shape[0])
+        w = torch.cat([w, b[:, None]], 1)
+    return w
+
+
+def rotate(layer: nn.Module, Q_A: torch.Tensor, Q_S: torch.Tensor, bias_in_A: bool = False) -> torch.Tensor:
+    """``W* = Q_S^T W Q_A`` (float64); for a conv, at every kernel offset: ``[out', in', kh, kw]``."""
+    w = _weight_matrix(layer, bias_in_A)
+    Q_A, Q_S = Q_A.double().cpu(), Q_S.double().cpu()
+    w = w.cpu()
+    if w.dim() == 2:
+        return Q_S.T @ w @ Q_A
+    return torch.einsum("oikl,os,ia->sakl", w, Q_S, Q_A)
+
+
+def unrotate(w_star: torch.Tensor, Q_A: torch.Tensor, Q_S: torch.Tensor) -> torch.Tensor:
+    """``Q_S W* Q_A^T``: the weight back in the original basis (inverse of :func:`rotate` for full bases)."""
+    if w_star.dim() == 2:
+        return Q_S @ w_star @ Q_A.T
+    return torch.einsum("sakl,os,ia->oikl", w_star, Q_S, Q_A)
+
+
+class Factorized(nn.Module):
+    """``rot_out(core(rot_in(x)))``: a Linear / Conv2d layer in a rotated, restricted basis (module docstring).
+
+    ``kind`` is ``"linear"`` or ``"conv"``; ``in_features`` / ``out_features`` the replaced layer's widths and
+    ``rank_in`` / ``rank_out`` the kept input / output directions."""
+
+    def __init__(self, rot_in: nn.Module, core: nn.Module, rot_out: nn.Module):
+        super().__init__()
+        self.rot_in, self.core, self.rot_out = rot_in, core, rot_out
+        self.kind = "conv" if isinstance(core, nn.Conv2d) else "linear"
+
+    @property
+    def rank_in(self) -> int:
+        return self.core.in_channels if self.kind == "conv" else self.core.in_features
+
+    @property
+    def rank_out(self) -> int:
+        return self.core.out_channels if self.kind == "conv" else self.core.out_features
+
+    def forward(self, x):
+        return self.rot_out(self.core(self.rot_in(x)))
+
+    @classmethod
+    def shell(cls, layer: nn.Module, rank_in: int = 1, rank_out: int = 1, bias_in_A: bool = False) -> "Factorized":
+        """An uninitialised factorised form of ``layer`` with the given ranks (for loading saved weights)."""
+        dd = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+        has_bias = layer.bias is not None
+        if isinstance(layer, nn.Linear):
+            rot_in = nn.Linear(layer.in_features, rank_in, bias=bias_in_A, **dd)
+            core = nn.Linear(rank_in, rank_out, bias=False, **dd)
+            rot_out = nn.Linear(rank_out, layer.out_features, bias=has_bias and not bias_in_A, **dd)
+        elif isinstance(layer, nn.Conv2d) and layer.groups == 1 and not isinstance(layer.padding, str):
+            rot_in = nn.Conv2d(layer.in_channels, rank_in, 1, bias=False, **dd)
+            core = nn.Conv2d(rank_in, rank_out, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                             dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode, **dd)
+            rot_out = nn.Conv2d(rank_out, layer.out_channels, 1, bias=has_bias, **dd)
+        else:
+            raise ConfigError(f"a factorised layer replaces nn.Linear or nn.Conv2d (groups=1, numeric padding), "
+                              f"not {type(layer).__name__}; leave it out (ignore=[...])")
+        return cls(rot_in, core, rot_out)
+
+    @classmethod
+    def from_layer(cls, layer: nn.Module, Q_A: torch.Tensor, Q_S: torch.Tensor, keep_in=None, keep_out=None, *,
+                   bias_in_A: bool = False, w_star: torch.Tensor | None = None) -> "Factorized":
+        """The factorised form of ``layer`` keeping columns ``keep_in`` of ``Q_A`` and ``keep_out`` of ``Q_S``
+        (all when None). ``Q_A`` is ``[in (+1), in (+1)]`` (the +1 when a Linear's bias is in the input basis,
+        ``bias_in_A``), ``Q_S`` ``[out, out]``; ``w_star`` is :func:`rotate`'s result if already computed."""
+        if bias_in_A and not isinstance(layer, nn.Linear):
+            raise ConfigError("bias_in_A=True covers nn.Linear only; a conv bias stays on the output rotation")
+        d_in = _weight_matrix(layer, bias_in_A).shape[1]
+        if Q_A.shape != (d_in, d_in) or Q_S.shape != (layer.weight.shape[0],) * 2:
+            raise ConfigError(f"Q_A {tuple(Q_A.shape)} / Q_S {tuple(Q_S.shape)} do not fit the layer's weight "
+                              f"{tuple(layer.weight.shape)} (bias_in_A={bias_in_A}): pass square bases of its "
+                              f"input and output dims")
+        keep_in = torch.arange(d_in) if keep_in is None else torch.as_tensor(keep_in, dtype=torch.long)
+        keep_out = torch.arange(Q_S.shape[0]) if keep_out is None else torch.as_tensor(keep_out, dtype=torch.long)
+        if not keep_in.numel() or not keep_out.numel():
+            raise ConfigError("keep_in / keep_out: keep at least one direction on each side of a factorised layer")
+        if w_star is None:
+            w_star = rotate(layer, Q_A, Q_S, bias_in_A)
+        f = cls.shell(layer, keep_in.numel(), keep_out.numel(), bias_in_A)
+        qa, qs = Q_A.double().cpu()[:, keep_in], Q_S.double().cpu()[:, keep_out]
+        core = w_star[keep_out][:, keep_in]
+        with torch.no_grad():
+            if f.kind == "linear":
+                n_in = layer.in_features
+                f.rot_in.weight.copy_(qa[:n_in].T)
+                if bias_in_A:
+                    f.rot_in.bias.copy_(qa[n_in])
+                f.core.weight.copy_(core)
+                f.rot_out.weight.copy_(qs)
+            else:
+                f.rot_in.weight.copy_(qa.T[:, :, None, None])
+                f.core.weight.copy_(core)
+                f.rot_out.weight.copy_(qs[:, :, None, None])
+            if f.rot_out.bias is not None:
+                f.rot_out.bias.copy_(layer.bias.detach())
+        return f
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def layer_cost(layer: nn.Module, out_positions: int = 1) -> tuple[int, int]:
+    """``(params, MACs)`` of a Linear / Conv2d layer, MACs per example with ``out_positions`` output positions
+    (prunekit.measure's convention: bias adds no MAC)."""
+    return _count(layer), int(layer.weight.numel() * out_positions)
+
+
+def factorized_cost(layer: nn.Module, rank_in: int, rank_out: int, in_positions: int = 1, out_positions: int = 1,
+                    bias_in_A: bool = False) -> tuple[int, int]:
+    """``(params, MACs)`` the factorised form of ``layer`` with these ranks would have (the input rotation runs
+    at the input's ``in_positions``, the core and the output rotation at ``out_positions``)."""
+    n_out = layer.weight.shape[0]
+    n_in = layer.weight.shape[1]
+    k = layer.weight[0, 0].numel()  # kernel positions (1 for a Linear)
+    params = n_in * rank_in + rank_in * rank_out * k + rank_out * n_out
+    params += rank_in if bias_in_A else 0
+    params += n_out if (layer.bias is not None and not bias_in_A) else 0
+    macs = n_in * rank_in * in_positions + (rank_in * rank_out * k + rank_out * n_out) * out_positions
+    return int(params), int(macs)
+
+
+def replace(model: nn.Module, new: dict, *, skip_larger: bool = True, example_inputs=None) -> list:
+    """Put ``new[fqn]`` (a :class:`Factorized`) in place of the layer at ``fqn``; returns the fqns replaced.
+
+    With ``skip_larger`` a layer whose factorised form has more parameters than the layer keeps the layer
+    (EigenDamage's rule). With ``example_inputs`` the model runs one forward afterwards. Any error leaves the
+    model exactly as it was."""
+    named = dict(model.named_modules())
+    done, replaced = [], []
+    try:
+        for fqn, f in new.items():
+            old = named.get(fqn)
+            if not fqn or old is None:
+                raise ConfigError(f"replace: {fqn!r} is not a submodule of the model; name layers by their path in "
+                                  f"model.named_modules()")
+            if not isinstance(f, Factorized):
+                raise ConfigError(f"replace: new[{fqn!r}] is a {type(f).__name__}, not a Factorized")
+            if skip_larger and _count(f) > _count(old):
+                log.info("factorised %s has %d > %d parameters: kept as it is", fqn, _count(f), _count(old))
+                continue
+            parent_name, _, attr = fqn.rpartition(".")
+            parent = named[parent_name] if parent_name else model
+            done.append((parent, attr, old))
+            setattr(parent, attr, f)
+            replaced.append(fqn)
+        if example_inputs is not None and replaced:
+            modes = {m: m.training for m in model.modules()}
+            model.eval()
+            try:
+                with torch.no_grad():
+                    model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
+            finally:
+                for m, t in modes.items():
+                    m.training = t
+    except BaseException:
+        for parent, attr, old in reversed(done):
+            setattr(parent, attr, old)
+        raise
+    return replaced
