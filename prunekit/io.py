@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .models.resolution import ResolutionConv
 from .surgery.mha import PrunableMultiheadAttention, mark_pruned_, supported
 from .surgery import Transaction, set_tensor_
 from .train.checkpoint import write_with_record
@@ -85,7 +86,9 @@ def save(model: nn.Module, path) -> Path:
     meta = {"format": _FORMAT, "version": _VERSION, "shapes": {k: list(v.shape) for k, v in state.items()},
             "aliases": aliases, "modules": {n: _size_attrs(m) for n, m in model.named_modules()},
             # nn.MultiheadAttention modules the engine turned into their op-by-op twin (surgery.mha)
-            "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)]}
+            "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)],
+            # convs computed at a reduced input resolution (models.resolution, method mdp): fqn -> scale
+            "resolution": {n: m.scale for n, m in model.named_modules() if isinstance(m, ResolutionConv)}}
     write_with_record(path, tensors, _META_KEY, meta, hash_field="payload_sha256")
     try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
         sidecar(path).unlink(missing_ok=True)
@@ -155,6 +158,19 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
+def _rebuild_resolution_convs(model: nn.Module, scales: dict) -> None:
+    """Turn the saved reduced-resolution convs of ``model`` (``{fqn: scale}``) into :class:`ResolutionConv`."""
+    named = dict(model.named_modules())
+    for fqn, scale in scales.items():
+        mod = named.get(fqn)
+        if not isinstance(mod, nn.Conv2d):
+            raise CheckpointError(f"module {fqn!r} is a reduced-resolution conv in the checkpoint but "
+                                  f"{type(mod).__name__} in model_factory()'s model; pass the factory of the "
+                                  f"model that was pruned")
+        parent, _, name = fqn.rpartition(".")
+        setattr(named[parent] if parent else model, name, ResolutionConv.from_conv(mod, float(scale)))
+
+
 def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     """Rebuild a model saved by :func:`save` on ``model_factory()`` (the original architecture)."""
     from safetensors.torch import load_file
@@ -165,6 +181,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
         raise ConfigError(f"model_factory={model_factory!r} must be a callable returning a fresh model of the "
                           f"original architecture, e.g. lambda: torchvision.models.resnet18()")
     model = model_factory()
+    _rebuild_resolution_convs(model, meta.get("resolution", {}))
     state = model.state_dict()
     extra = sorted(set(meta["shapes"]) - set(state))
     missing = sorted(set(state) - set(meta["shapes"]))
