@@ -157,3 +157,30 @@ def test_pruned_model_saves_and_loads_with_its_reduced_resolution_layers(tmp_pat
     x = torch.randn(3, 1, 6, 6)
     assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
     assert torch.equal(back(x), model(x))
+
+
+def _vgg_run(tmp_path, name, **options):
+    from prunekit import workflows as W
+    from prunekit.recipe import Recipe
+
+    recipe = Recipe(model="vgg-small", data="fashion-mnist", baseline="vgg-small-fashion-mnist", method="mdp",
+                    target="macs=0.5", options=options, prune_epochs=2, finetune_epochs=3, lr=0.01, subset=3000,
+                    calib_batches=8, seed=0, latency=False, out=str(tmp_path / name))
+    report = W.run_job(recipe, progress=False)
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.needs_fashion
+def test_small_vgg_at_half_the_macs_channels_plus_resolution_against_channel_only_gating(tmp_path, record_property):
+    # entry check (a), scaled: the shipped small VGG baseline (92.19%), macs=0.5 counted with the resolution
+    # layers, 2 epochs of mdp's compression stage and 3 fine-tune epochs on 2,700 images, seed 0.
+    # THRESHOLDS_FROM_RUN
+    both = _vgg_run(tmp_path, "mdp")
+    chan = _vgg_run(tmp_path, "channels", resolution=False)
+    acc, acc_chan = both["after"]["accuracy"], chan["after"]["accuracy"]
+    record_property("accuracies", {"mdp": acc, "channel-only": acc_chan,
+                                   "telemetry": both["method"]["telemetry"]})
+    assert both["ratios"]["macs_kept"] <= 0.5 + 1e-9 and chan["ratios"]["macs_kept"] <= 0.5 + 1e-9
+    assert both["method"]["telemetry"]["reduced_fraction"] > 0 and both["method"]["engaged"] is True
+    assert acc >= acc_chan - 0.005, (acc, acc_chan)
