@@ -51,8 +51,8 @@ from ..train import fit
 from ..train.callbacks import Callback
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
-from ._filter_common import (ChannelGates, _graph, bn_layers, cut_to_target, filter_groups, require_bn, select_to_target,
-                             require_prune_epochs)
+from ._filter_common import (ChannelGates, _graph, bn_layers, cut_to_target, filter_groups, require_bn,
+                             require_prune_epochs, select_to_target)
 from ._regularizers import APGGates
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -252,6 +252,7 @@ def run(ctx: RunContext, cfg: MDPConfig) -> MethodResult:
     report.update({"target": ctx.target, "dense_macs": int(dense), "pruned_macs": int(after),
                    "kept_macs_fraction": after / dense})
     return MethodResult(model=model, telemetry=telemetry,
-                        info={"epochs_trained": ctx.prune_epochs, "reduced_layers": reduced, "scale_per_layer": chosen,
-                              "branched_layers": len(branches), "reverted_layers": reverted, "expected_macs_last": comp.last,
+                        info={"epochs_trained": ctx.prune_epochs, "reduced_layers": reduced,
+                              "scale_per_layer": chosen, "branched_layers": len(branches),
+                              "reverted_layers": reverted, "expected_macs_last": comp.last,
                               "macs_after_selection": int(fixed), **report})

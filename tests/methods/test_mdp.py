@@ -60,7 +60,8 @@ def test_expected_cost_equals_the_counted_macs_at_one_hot_selection_and_binary_g
     assert dense == 2 * 36 * 9 * 4 + 2 * 36 * 9 * 4 * 6 + 2 * 6 * 3 == 18_180
     # uniform selection, gates 1: half of conv3 at full size (15,552), half at 3x3 (conv 2*9*9*4*6 = 3,888, down
     # 2*4*9*4 = 288, up 2*6*36*4 = 1,728), conv0 2,592, linear 36
-    assert float(cost().detach()) == pytest.approx((2592 + 0.5 * 15552 + 0.5 * (3888 + 288 + 1728) + 36) / dense, rel=1e-6)
+    mixed = (2592 + 0.5 * 15552 + 0.5 * (3888 + 288 + 1728) + 36) / dense
+    assert float(cost().detach()) == pytest.approx(mixed, rel=1e-6)
     with torch.no_grad():
         branches["3"].logits.copy_(torch.tensor([30.0, -30.0]))
     assert float(cost().detach()) == pytest.approx(1.0)  # one-hot on scale 1 with every gate 1: the dense model
