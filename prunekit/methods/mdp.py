@@ -21,9 +21,11 @@ BatchNorm outputs, trained by accelerated proximal gradient under an L1 term (ss
 exact zeros; a cost term ``cost_weight * max(0, E[MACs] / dense MACs - target)`` (E over the branch
 probabilities, channels counted by the clamped mean gate of each layer's input and output) steers the compression
 toward the requested MACs. After training each layer's branch of highest probability is fixed (a plain conv at
-scale 1), the gates are folded into the BatchNorms, and the engine removes the channels of lowest gate, globally,
-until the model keeps exactly ``target`` of the original MACs, counting the convs at reduced resolution and the
-resampling (4 MACs per resampled element and channel). The fine-tune is the protocol's.
+scale 1; with ``fix="budget"``, the default, the least probable reductions go back to full resolution while the
+model is below the target, so that channels remain to be cut), the gates are folded into the BatchNorms, and the
+engine removes the channels of lowest gate, globally, until the model keeps ``target`` of the original MACs,
+counting the convs at reduced resolution and the resampling (4 MACs per resampled element and channel). The
+fine-tune is the protocol's.
 
 A conv gets resolution branches when it is an ``nn.Conv2d`` with a kernel larger than 1x1 whose input, shrunk by
 the smallest scale, is still at least 2x2 and not in ``ignore``: 1x1 convs (pointwise and strided shortcut
