@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .models.resolution import ResolutionConv
 from .surgery.mha import PrunableMultiheadAttention, mark_pruned_, supported
 from .surgery import Transaction, set_tensor_
 from .surgery.factorize import Factorized
@@ -89,7 +90,9 @@ def save(model: nn.Module, path) -> Path:
             "prunable_mha": [n for n, m in model.named_modules() if isinstance(m, PrunableMultiheadAttention)],
             # layers replaced by their factorised form (surgery.factorize), rebuilt on load before the resize
             "factorized": {n: {"bias_in_A": m.rot_in.bias is not None} for n, m in model.named_modules()
-                           if isinstance(m, Factorized)}}
+                           if isinstance(m, Factorized)},
+            # convs computed at a reduced input resolution (models.resolution, method mdp): fqn -> scale
+            "resolution": {n: m.scale for n, m in model.named_modules() if isinstance(m, ResolutionConv)}}
     write_with_record(path, tensors, _META_KEY, meta, hash_field="payload_sha256")
     try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
         sidecar(path).unlink(missing_ok=True)
@@ -172,6 +175,19 @@ def _refactorize(model: nn.Module, factorized: dict) -> None:
         setattr(parent, fqn.rpartition(".")[2], Factorized.shell(layer, bias_in_A=bool(rec.get("bias_in_A"))))
 
 
+def _rebuild_resolution_convs(model: nn.Module, scales: dict) -> None:
+    """Turn the saved reduced-resolution convs of ``model`` (``{fqn: scale}``) into :class:`ResolutionConv`."""
+    named = dict(model.named_modules())
+    for fqn, scale in scales.items():
+        mod = named.get(fqn)
+        if not isinstance(mod, nn.Conv2d):
+            raise CheckpointError(f"module {fqn!r} is a reduced-resolution conv in the checkpoint but "
+                                  f"{type(mod).__name__} in model_factory()'s model; pass the factory of the "
+                                  f"model that was pruned")
+        parent, _, name = fqn.rpartition(".")
+        setattr(named[parent] if parent else model, name, ResolutionConv.from_conv(mod, float(scale)))
+
+
 def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     """Rebuild a model saved by :func:`save` on ``model_factory()`` (the original architecture)."""
     from safetensors.torch import load_file
@@ -183,6 +199,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
                           f"original architecture, e.g. lambda: torchvision.models.resnet18()")
     model = model_factory()
     _refactorize(model, meta.get("factorized", {}))
+    _rebuild_resolution_convs(model, meta.get("resolution", {}))
     state = model.state_dict()
     extra = sorted(set(meta["shapes"]) - set(state))
     missing = sorted(set(state) - set(meta["shapes"]))

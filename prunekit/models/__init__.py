@@ -92,4 +92,4 @@ def example_inputs(model: nn.Module, batch: int = 1):
     return torch.zeros(batch, *shape, dtype=dtype)
 
 
-from . import cnn, external, mobilenet, resnet, sequence
+from . import cnn, external, mobilenet, resnet, resolution, sequence
