@@ -48,12 +48,14 @@ def relative_error(s: torch.Tensor, t: torch.Tensor) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
-def solve_correction(s: torch.Tensor, t: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+def solve_correction(s: torch.Tensor, t: torch.Tensor, ridge: float = 0.0, *,
+                     intercept: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``Q`` ``[C_t, C_s]`` minimising ``||s Q^T - t||^2 + ridge * mean(diag(s^T s)) * ||Q||^2``.
 
     ``s`` ``[n, C_s]`` are the student's rows, ``t`` ``[n, C_t]`` the targets. ``ridge=0`` is plain least
     squares (``torch.linalg.lstsq``; the minimum-norm solution when ``s`` is rank-deficient); ``ridge > 0``
-    solves the regularised normal equations, the ridge relative to the mean squared feature.
+    solves the regularised normal equations, the ridge relative to the mean squared feature. With
+    ``intercept`` the map is affine, ``t ~ Q s + c``, and ``(Q, c)`` is returned (``c`` is not penalised).
     """
     if s.dim() != 2 or t.dim() != 2 or s.shape[0] != t.shape[0]:
         raise ConfigError(f"solve_correction: s {tuple(s.shape)} and t {tuple(t.shape)} must be [rows, channels] "
@@ -61,6 +63,10 @@ def solve_correction(s: torch.Tensor, t: torch.Tensor, ridge: float = 0.0) -> to
     if ridge < 0:
         raise ConfigError(f"solve_correction: ridge={ridge!r} must be >= 0 (0 = plain least squares)")
     s, t = s.double(), t.double()
+    if intercept:
+        ms, mt = s.mean(0), t.mean(0)
+        q = solve_correction(s - ms, t - mt, ridge)
+        return q, mt - q @ ms
     if ridge == 0:
         driver = "gelsd" if s.device.type == "cpu" else None
         return torch.linalg.lstsq(s, t, driver=driver).solution.t().contiguous()
@@ -75,10 +81,11 @@ def correctable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
-def fold_correction_(module: nn.Module, q: torch.Tensor) -> None:
-    """Fold ``Q`` ``[out, out]`` into ``module`` in place: ``W' = Q W``, ``b' = Q b`` (no bias stays none).
+def fold_correction_(module: nn.Module, q: torch.Tensor, shift: torch.Tensor | None = None) -> None:
+    """Fold ``Q`` ``[out, out]`` into ``module`` in place: ``W' = Q W``, ``b' = Q b`` (+ ``shift``, which needs
+    the layer's own bias to go into; no bias stays none).
 
-    Afterwards ``module(x) == Q @ module_before(x)`` over the output channels, exactly up to rounding.
+    Afterwards ``module(x) == Q @ module_before(x) (+ shift)`` over the output channels, exactly up to rounding.
     """
     if not correctable(module):
         raise ConfigError(f"fold_correction_: {type(module).__name__} is not a Linear or a Conv2d with groups=1; "
@@ -87,12 +94,15 @@ def fold_correction_(module: nn.Module, q: torch.Tensor) -> None:
     if tuple(q.shape) != (out, out):
         raise ConfigError(f"fold_correction_: Q has shape {tuple(q.shape)}, the layer has {out} output channels; "
                           f"pass a [{out}, {out}] matrix")
+    if shift is not None and module.bias is None:
+        raise ConfigError("fold_correction_: a shift needs the layer's bias to fold into; the layer has none")
     w = module.weight
     q64 = q.detach().to(device=w.device, dtype=torch.float64)
     with torch.no_grad():
         w.copy_((q64 @ w.detach().double().reshape(out, -1)).reshape(w.shape).to(w.dtype))
         if module.bias is not None:
-            module.bias.copy_((q64 @ module.bias.detach().double()).to(module.bias.dtype))
+            b = q64 @ module.bias.detach().double() + (0 if shift is None else shift.detach().to(q64))
+            module.bias.copy_(b.to(module.bias.dtype))
 
 
 def _outputs(model: nn.Module, calib, fqns: list) -> dict:
@@ -106,7 +116,9 @@ def correct_layers_(student: nn.Module, targets: dict, calib, *, ridge: float = 
     ``targets`` maps a student layer FQN to the output it should produce on ``calib`` (``[N, C, ...]``, e.g.
     the teacher's output at the channels the student kept). Layers are visited in the student's module
     order; each is fitted on the features the student produces with the earlier corrections folded in, and
-    a layer whose error would not drop is left as it was. Returns ``{fqn: {"error_before", "error_after",
+    a layer whose error would not drop is left as it was. A layer with a bias gets an affine correction
+    (``t ~ Q s + c``, ``c`` folded into the bias; ours: a biased layer's outputs are not centred, and the
+    bias takes the shift exactly). Returns ``{fqn: {"error_before", "error_after",
     "rows"}}`` (relative squared errors ``||s - t||^2 / ||t||^2`` on ``calib``).
     """
     mods = dict(student.named_modules())
@@ -125,10 +137,13 @@ def correct_layers_(student: nn.Module, targets: dict, calib, *, ridge: float = 
                               f"{tuple(t_raw.shape)}; record the targets on the same batches at the kept channels")
         s, t = feature_rows(s_raw, mod), feature_rows(t_raw, mod)
         before = relative_error(s, t)
-        q = solve_correction(s, t, ridge)
-        after = relative_error(s @ q.t(), t)
+        if mod.bias is not None:
+            q, c = solve_correction(s, t, ridge, intercept=True)
+        else:
+            q, c = solve_correction(s, t, ridge), None
+        after = relative_error(s @ q.t() + (0 if c is None else c), t)
         if after < before:
-            fold_correction_(mod, q)
+            fold_correction_(mod, q, c)
         else:
             after = before
         out[f] = {"error_before": before, "error_after": after, "rows": int(s.shape[0])}
