@@ -10,6 +10,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods import RunContext, get_method, load_all
+from prunekit.train.baseline import load_baseline
 
 from method_setups import conv_batches, tiny_convnet
 
@@ -98,14 +99,16 @@ def test_small_scale_fskd_recovers_the_l1_cut_of_the_small_vgg():
     """Entry check on the shipped small VGG (Fashion-MNIST): L1 cut to macs=0.25 (about half the filters of every
     layer), no fine-tuning. FSKD on 100 unlabeled training images against the bare cut (images=0) and against SGD
     fine-tuning of the bare cut on the same 100 images, labelled, for at least the wall-clock FSKD took.
-    Thresholds from the calibration run written beside the asserts (command: pytest -m slow
-    tests/methods/test_fskd.py)."""
+    Calibration run (command: pytest -m slow tests/methods/test_fskd.py, shared 2-core machine): dense 92.19%
+    on the full test set (baseline record); here on 2,000 test images FSKD 82.80%, the bare cut 23.90%, SGD
+    fine-tuning 77.60% (34 steps in the 19.6 s FSKD took). The asserts are the entry's: FSKD >= bare + 5 pt
+    (measured +58.9) and FSKD above SGD with the same images and time (measured +5.2)."""
     torch.set_num_threads(1)
     b = pk.data.load("fashion-mnist", batch_size=100, subset=(6000, 2000), val_fraction=0.0, augment=False)
     calib = b.calib(1)  # 100 training images
     acc = {}
     for images in (100, 0):
-        m = pk.train.load_baseline("vgg-small-fashion-mnist")
+        m = load_baseline("vgg-small-fashion-mnist")
         t0 = time.perf_counter()
         get_method("fskd").run(RunContext(model=m, example_inputs=b.example_inputs(2), target="macs=0.25",
                                           calib=calib, options={"images": images}))
@@ -124,6 +127,5 @@ def test_small_scale_fskd_recovers_the_l1_cut_of_the_small_vgg():
             opt.step()
             steps += 1
     acc["sgd"] = pk.evaluate(bare, b.test)["accuracy"]
-    print(acc, fskd_secs, steps)
     assert acc[100] >= acc[0] + 0.05, acc  # entry (b)
     assert acc[100] > acc["sgd"], acc  # entry (c)

@@ -89,3 +89,27 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
     with pytest.raises(ConfigError, match="macs=0.001"):
         _run(m, target="macs=0.001")
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_small_scale_pfp_against_uniform_l1_at_equal_params_after_two_fine_tune_epochs():
+    """Entry check (c) on the shipped small VGG (Fashion-MNIST): 60% of the parameters removed (params=0.4), then
+    2 fine-tune epochs on 6,000 training images (lr 0.01); PFP (256 sensitivity images, random variant) against
+    uniform L1 filter pruning (l1-filter) at the same target. The entry: PFP >= L1 - 0.3 pt. Calibration run
+    written beside the assert (command: pytest -m slow tests/methods/test_pfp.py)."""
+    from prunekit.train.baseline import load_baseline
+
+    torch.set_num_threads(1)
+    b = pk.data.load("fashion-mnist", batch_size=128, subset=(6000, 2000), val_fraction=0.0, augment=False)
+    acc = {}
+    for mid in ("pfp", "l1-filter"):
+        m = load_baseline("vgg-small-fashion-mnist")
+        res = get_method(mid).run(RunContext(model=m, example_inputs=b.example_inputs(2), target="params=0.4",
+                                             calib=b.calib(2)))
+        assert res.engaged is True
+        cut = pk.evaluate(m, b.test)["accuracy"]
+        pk.fit(m, b.train, pk.TrainConfig(epochs=2, lr=0.01, seed=0, progress=False))
+        acc[mid] = (cut, pk.evaluate(m, b.test)["accuracy"])
+    print(acc)
+    assert acc["pfp"][1] >= acc["l1-filter"][1] - 0.003, acc
