@@ -211,7 +211,9 @@ def run(ctx: RunContext, cfg: PFPConfig) -> MethodResult:
                     scale[ch >= 0] = torch.where(weight[ch[ch >= 0]] > 0, weight[ch[ch >= 0]], 1.0)
                     w = mods[f].weight
                     w.mul_(scale.to(w).reshape([1, -1] + [1] * (w.dim() - 2)))
-    report = prune_(model, plan_channels(model, ctx.example_inputs, removal, ignore=list(ctx.ignore))) if removal else None
+    report = None
+    if removal:
+        report = prune_(model, plan_channels(model, ctx.example_inputs, removal, ignore=list(ctx.ignore)))
     telemetry = {"epsilon": float(eps), "groups_cut": len(removal), "draws": draws, "paper_draws": paper_draws,
                  "unique": unique, "groups_reweighted": reweighted}
     info = {"variant": cfg.variant, "widths": {k: kept_w[k] for k in kept_w}, "dense_widths": widths, "kept": kept_idx,

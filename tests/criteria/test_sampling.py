@@ -37,6 +37,28 @@ def test_negative_weights_take_their_share_of_the_negative_part():
     torch.testing.assert_close(s, torch.tensor([1 / 7, 6 / 7, 1.0], dtype=torch.float64))
 
 
+def test_vectorised_sensitivity_equals_the_loop_over_every_unit_position_and_tap():
+    """Slow reference: the authors' order of reductions, written as plain loops over inputs, units, positions."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 4, 2, stride=1, bias=False)
+    x = torch.randn(3, 3, 4, 4)  # signed inputs: the negative part counts as a second input
+    a = torch.nn.functional.unfold(x, 2).double()  # [n, C*k, L]
+    w = conv.weight.detach().double().reshape(4, -1)
+    ref = torch.zeros(3, dtype=torch.float64)
+    for piece in (a.clamp_min(0), -a.clamp_max(0)):
+        for n in range(piece.shape[0]):
+            for i in range(4):
+                for wp in (w[i].clamp_min(0), -w[i].clamp_max(0)):
+                    for pos in range(piece.shape[2]):
+                        z = float(wp @ piece[n, :, pos])
+                        if abs(z) <= torch.finfo(torch.float32).eps:
+                            continue
+                        share = (wp * piece[n, :, pos] / z).view(3, 4).amax(1)
+                        ref = torch.maximum(ref, share)
+    s, _ = empirical_sensitivity(conv, x)
+    torch.testing.assert_close(s, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_a_channel_with_always_zero_activations_has_sensitivity_zero_and_is_never_sampled():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 5, 3, padding=1)
