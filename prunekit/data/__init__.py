@@ -34,7 +34,7 @@ from .sources import FASHION_DIR, RawData, make_synthetic, read_cifar, read_imag
 log = logging.getLogger(__name__)
 
 __all__ = ["load", "DataBundle", "TensorLoader", "list_datasets", "register_dataset", "DATASETS", "Augment",
-           "per_class_batches"]
+           "per_class_batches", "first_examples"]
 
 #: name -> reader(data_dir, seed, **options) -> RawData
 DATASETS: Registry[Callable[..., RawData]] = Registry("dataset")
@@ -167,6 +167,24 @@ class DataBundle:
         """The first ``batch`` training inputs, normalised: for tracing and measuring a model."""
         x = self._train_x[:batch]
         return self._normalize(x) if self._normalize else x.clone()
+
+
+def first_examples(batches, n: int) -> list:
+    """The first ``n`` examples of an iterable of ``(inputs, targets)`` batches, as a list of batches (the last
+    one cut short); fewer when the batches hold fewer.
+
+    Example:
+        >>> [len(x) for x, _ in first_examples([(torch.zeros(4, 1), None)] * 3, 6)]
+        [4, 2]
+    """
+    out, have = [], 0
+    for x, y in batches:
+        if have >= n:
+            break
+        take = min(n - have, len(x))
+        out.append((x[:take], y[:take] if isinstance(y, torch.Tensor) else y))
+        have += take
+    return out
 
 
 def per_class_batches(batches, n: int, *, batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:

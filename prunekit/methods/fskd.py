@@ -24,12 +24,10 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from ..api import plan, prune_
 from ..criteria.correction import correctable, correct_layers_
 from ..criteria.teacher import Teacher, kept_output_channels
-from ..data import per_class_batches
+from ..data import first_examples, per_class_batches
 from ..errors import ConfigError
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -47,17 +45,6 @@ class FSKDConfig(MethodConfig):
     criterion: Literal["l1", "l2", "random"] = "l1"  # the cut FSKD repairs: L1 filter norm (entry, sec. 4.2)
     allocation: Literal["uniform", "global"] = "uniform"  # the same fraction of every layer (entry's check)
     ridge: float = option(0.0, ge=0)  # 0 = plain least squares (sec. 3.3); > 0: ridge relative to mean s^2
-
-
-def _first_images(batches, n: int) -> list:
-    out, have = [], 0
-    for x, y in batches:
-        if have >= n:
-            break
-        take = min(n - have, len(x))
-        out.append((x[:take], y[:take] if isinstance(y, torch.Tensor) else y))
-        have += take
-    return out
 
 
 def _readers(p, mods: dict) -> list:
@@ -82,7 +69,7 @@ def run(ctx: RunContext, cfg: FSKDConfig) -> MethodResult:
                               f"train_data, but train_data=None; pass RunContext(train_data=...) or drop per_class")
         data = per_class_batches(ctx.train_data, cfg.per_class)
     else:
-        data = _first_images(ctx.calib, cfg.images) if cfg.images else []
+        data = first_examples(ctx.calib, cfg.images) if cfg.images else []
     n_images = sum(len(x) for x, _ in data)
     teacher = Teacher(model)
     p = plan(model, ctx.example_inputs, target=ctx.target, criterion=cfg.criterion, reduce="producer",

@@ -37,6 +37,7 @@ from ..api import plan_channels, prune_
 from ..criteria.collect import collect
 from ..criteria.sampling import (draws_for_unique, empirical_sensitivity, expected_unique, importance_weights,
                                  log_term, sample_complexity, sample_until_unique, sampling_probabilities)
+from ..data import first_examples
 from ..errors import ConfigError
 from ._config import MethodConfig, option
 from ._filter_common import _graph, filter_groups
@@ -56,17 +57,6 @@ class PFPConfig(MethodConfig):
     delta: float = option(1e-16, gt=0, lt=1)  # failure probability (authors' code: delta_failure = 1e-16)
     c: float = option(3.0, gt=0)  # constant of the log factor (authors' code: c_constant = 3)
     reweight: bool = True  # kept channels' slices x count / (m p) (sec. 3); False: the ablation
-
-
-def _first_images(batches, n: int) -> list:
-    out, have = [], 0
-    for x, y in batches:
-        if have >= n:
-            break
-        take = min(n - have, len(x))
-        out.append((x[:take], y[:take] if isinstance(y, torch.Tensor) else y))
-        have += take
-    return out
 
 
 def _consumers(mods: dict, group) -> list:
@@ -104,12 +94,9 @@ def group_sensitivities(model: nn.Module, groups: list, calib, c: float, delta: 
             s_in, positions = cache[f]
             ch = torch.as_tensor(member.channel, dtype=torch.long)
             live = ch >= 0
-            if isinstance(mods[f], nn.Conv2d):
-                per = s_in
-                kernel = int(np.prod(mods[f].kernel_size))
-            else:  # a Linear reads each channel through one or more features (a flatten)
-                per, kernel = s_in, 1
-            sens.scatter_reduce_(0, ch[live], per[live], reduce="amax")
+            # a Linear may read one channel through several features (a flatten): the max over them
+            kernel = int(np.prod(mods[f].kernel_size)) if isinstance(mods[f], nn.Conv2d) else 1
+            sens.scatter_reduce_(0, ch[live], s_in[live], reduce="amax")
             factor = max(factor, log_term(positions, kernel, delta, c))
         out[fg.key] = (sens, factor)
     return out
@@ -166,7 +153,7 @@ def run(ctx: RunContext, cfg: PFPConfig) -> MethodResult:
     model = ctx.model
     graph = _graph(model, ctx)
     groups = filter_groups(model, ctx, graph)
-    images = _first_images(ctx.calib, cfg.images)
+    images = first_examples(ctx.calib, cfg.images)
     table = group_sensitivities(model, groups, images, cfg.c, cfg.delta)
     if not table:
         raise ConfigError(f"method 'pfp': model={type(model).__name__} has no channel group read only by Linear / "

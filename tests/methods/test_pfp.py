@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 import prunekit as pk
 from prunekit.criteria.sampling import empirical_sensitivity, sampling_probabilities
