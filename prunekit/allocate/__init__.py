@@ -25,7 +25,7 @@ from ..recipe import parse_target as parse
 
 __all__ = ["kept_width", "allocate_uniform", "allocate_global", "search_target", "select_removal",
            "parse_target", "fill_to_budget", "kept_at", "allocate_to_target", "ALLOCATIONS", "erk_densities",
-           "layer_sparsities", "check_allocation", "global_keep_masks"]
+           "layer_sparsities", "check_allocation", "global_keep_masks", "bisect_decreasing"]
 
 ALLOCATIONS = ("uniform", "global")  # channel allocations; ``sparsify_`` adds "erk" for weights
 
@@ -317,3 +317,32 @@ def search_target(cost_at: Callable[[float], int], budget: int, *, hi: float = 0
         else:
             lo = mid
     return hi
+
+
+def bisect_decreasing(cost_at: Callable[[float], float], budget: float, lo: float, hi: float, *,
+                      steps: int = 60, log: bool = False) -> float:
+    """Smallest ``x`` in ``[lo, hi]`` (to ``steps`` halvings) with ``cost_at(x) <= budget``, for a cost that
+    falls as ``x`` grows (e.g. PFP's error ``eps`` against the kept params/MACs). ``log=True`` halves on a
+    log scale (``lo > 0``), for a knob spanning many decades.
+
+    Raises ConfigError when even ``hi`` does not meet the budget.
+
+    Example:
+        >>> round(bisect_decreasing(lambda x: 10 - x, 4.0, 0.0, 10.0), 6)
+        6.0
+    """
+    if log and lo <= 0:
+        raise ConfigError(f"bisect_decreasing: lo={lo!r} must be > 0 with log=True")
+    if cost_at(hi) > budget:
+        raise ConfigError(f"target cannot be reached: at the far end of the search ({hi:g}) the cost is still "
+                          f"{cost_at(hi):,} > budget {budget:,}; ask for a larger fraction kept")
+    if cost_at(lo) <= budget:
+        return lo
+    a, b = (math.log(lo), math.log(hi)) if log else (lo, hi)
+    for _ in range(steps):
+        mid = (a + b) / 2
+        if cost_at(math.exp(mid) if log else mid) <= budget:
+            b = mid
+        else:
+            a = mid
+    return math.exp(b) if log else b

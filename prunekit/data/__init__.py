@@ -33,7 +33,8 @@ from .sources import FASHION_DIR, RawData, make_synthetic, read_cifar, read_imag
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load", "DataBundle", "TensorLoader", "list_datasets", "register_dataset", "DATASETS", "Augment"]
+__all__ = ["load", "DataBundle", "TensorLoader", "list_datasets", "register_dataset", "DATASETS", "Augment",
+           "per_class_batches", "first_examples"]
 
 #: name -> reader(data_dir, seed, **options) -> RawData
 DATASETS: Registry[Callable[..., RawData]] = Registry("dataset")
@@ -152,10 +153,69 @@ class DataBundle:
             out.append((self._normalize(x) if self._normalize else x, self._train_y[j]))
         return out
 
+    def per_class(self, n: int, batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Limited-data mode: ``n`` normalised, un-augmented training images of every class (a seeded draw,
+        the same for the same seed) as a list of batches."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"per_class(n={n!r}): n must be a positive int, e.g. per_class(10)")
+        perm = torch.randperm(len(self._train_x), generator=torch.Generator().manual_seed(self.seed + 7919))
+        x = self._train_x[perm]
+        return per_class_batches([(self._normalize(x) if self._normalize else x, self._train_y[perm])], n,
+                                 batch_size=batch_size or self.train.batch_size)
+
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         """The first ``batch`` training inputs, normalised: for tracing and measuring a model."""
         x = self._train_x[:batch]
         return self._normalize(x) if self._normalize else x.clone()
+
+
+def first_examples(batches, n: int) -> list:
+    """The first ``n`` examples of an iterable of ``(inputs, targets)`` batches, as a list of batches (the last
+    one cut short); fewer when the batches hold fewer.
+
+    Example:
+        >>> [len(x) for x, _ in first_examples([(torch.zeros(4, 1), None)] * 3, 6)]
+        [4, 2]
+    """
+    out, have = [], 0
+    for x, y in batches:
+        if have >= n:
+            break
+        take = min(n - have, len(x))
+        out.append((x[:take], y[:take] if isinstance(y, torch.Tensor) else y))
+        have += take
+    return out
+
+
+def per_class_batches(batches, n: int, *, batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` examples of every class met in ``batches`` (an iterable of ``(inputs, labels)``), in the
+    order they come, regrouped into batches of ``batch_size`` (default: the first batch's size); a class with
+    fewer examples keeps what it has. Every batch is read (a class may first appear late).
+
+    Example:
+        >>> x, y = torch.arange(6.).view(6, 1), torch.tensor([0, 1, 0, 0, 1, 1])
+        >>> [b[1].tolist() for b in per_class_batches([(x, y)], 2, batch_size=3)]
+        [[0, 1, 0], [1]]
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"per_class_batches(n={n!r}): n must be a positive int (examples kept per class)")
+    taken: dict = {}
+    xs, ys = [], []
+    for item in batches:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.Tensor)):
+            raise ConfigError("per_class_batches: batches must be (inputs, labels) pairs with a label tensor; "
+                              "a per-class subset needs the labels")
+        x, y = item
+        batch_size = batch_size or len(y)
+        for i, label in enumerate(y.tolist()):
+            if taken.get(label, 0) < n:
+                taken[label] = taken.get(label, 0) + 1
+                xs.append(x[i])
+                ys.append(y[i])
+    if not xs:
+        raise ConfigError("per_class_batches: batches gave no example")
+    x, y = torch.stack(xs), torch.stack(ys)
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
 def _parse_subset(subset) -> tuple[int | None, int | None]:
