@@ -35,7 +35,8 @@ FAST = {
 NEEDS_CONV = {"fddp": "DCT coefficients of k x k conv kernels"}
 # the methods that meet the sparsity over all layers together (the others meet it in every layer)
 GLOBAL = {"snip", "snip-ldi", "lr-rewinding", "one-ticket", "han-magnitude", "deep-compression",
-          "dpf", "gsm", "proxsgd", "str", "lc", "net-trim", "rnn-jacobian", "sensitivity-reg", "autoprune"}
+          "dpf", "gsm", "proxsgd", "str", "lc", "net-trim", "rnn-jacobian", "sensitivity-reg", "autoprune",
+          "constraint-aware"}
 
 
 def test_the_methods_are_computed_from_the_registry_and_hold_the_ones_this_contract_was_written_for():
@@ -63,7 +64,7 @@ def run(method, sparsity=0.75, seed=0):
     model = mlp()
     data = batches()
     ctx = RunContext(model=model, example_inputs=data[0][0][:1], target=f"sparsity={sparsity}", train_data=data,
-                     calib=data[:1], prune_epochs=1, seed=seed,
+                     calib=data[:1], val_data=data[-1:], prune_epochs=1, seed=seed,
                      options=FAST.get(method, get_method(method).smoke),
                      train_config=TrainConfig(epochs=1, lr=0.05, progress=False))
     result = get_method(method).run(ctx)
