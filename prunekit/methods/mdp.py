@@ -185,21 +185,16 @@ def _fix_scales(model: nn.Module, ctx, branches: dict[str, MultiResolutionConv],
         for f, b in branches.items():
             i = b.selected()
             chosen[f], confidence[f] = b.scales[i], float(b.probabilities()[i])
-            _set_module(model, f, b.collapse())
+            model.set_submodule(f, b.collapse())
     reverted = 0
     if fix == "budget":
         for f in sorted((f for f, s in chosen.items() if s < 1), key=lambda f: confidence[f]):
             if build_graph(model, ctx.example_inputs).macs() >= budget:
                 break
             full = branches[f].branches[branches[f].scales.index(max(branches[f].scales))]
-            _set_module(model, f, full.to_conv() if full.scale == 1.0 else copy.deepcopy(full))
+            model.set_submodule(f, full.to_conv() if full.scale == 1.0 else copy.deepcopy(full))
             chosen[f], reverted = full.scale, reverted + 1
     return chosen, reverted
-
-
-def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent, _, name = fqn.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, new)
 
 
 @register_method(
@@ -230,7 +225,7 @@ def run(ctx: RunContext, cfg: MDPConfig) -> MethodResult:
     cost = ExpectedCost(model, ctx, gated, branches, shapes)  # the original graph, before hooks and branches
     gates = cost.gates = ChannelGates(model, gated)
     for f, b in branches.items():
-        _set_module(model, f, b)
+        model.set_submodule(f, b)
     comp = MDPCompression(cost, ctx.target_value, cfg.cost_weight, [b.logits for b in branches.values()],
                           cfg.selector_lr)
     apg = APGGates(gates, cfg.strength, cfg.momentum, lr=cfg.gate_lr)
