@@ -98,3 +98,37 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
     with pytest.raises(ConfigError, match="thresh"):
         get_method("aofp").run(_ctx(m, thresh=-0.1))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
+def test_small_scale_aofp_finds_the_planted_filters_of_the_trained_small_vgg():
+    """Entry check (a)/(b) on the shipped small VGG (Fashion-MNIST): the next layer's input weights of 8 of
+    conv2's 32 filters are zeroed; iters_per_half 20, thresh 0.01 (fixed: thresh_growth 1), macs=0.5, every
+    layer searched at once on 10 batches of 100 training images. (a) a trial masking only planted filters
+    does no damage; (b) the first filters pruned in conv2 are planted ones and all 8 are pruned. Figures:
+    docs/methods-filter-6.md (command: pytest -m slow tests/methods/test_aofp.py)."""
+    import prunekit as pk
+    from prunekit.train.baseline import load_baseline
+
+    torch.set_num_threads(1)
+    b = pk.data.load("fashion-mnist", batch_size=100, subset=(1000, 2000), val_fraction=0.0, augment=False)
+    calib = list(b.train)
+    m = load_baseline("vgg-small-fashion-mnist").eval()
+    planted = list(range(0, 32, 4))
+    with torch.no_grad():
+        m.features[7].weight[:, planted] = 0
+        x = m.features[:6](calib[0][0])
+    keep = torch.ones(32)
+    keep[planted[:4]] = 0
+    assert damage(m.features[7], x, keep) < 1e-6  # (a)
+    res = get_method("aofp").run(RunContext(model=m, example_inputs=b.example_inputs(2), target="macs=0.5",
+                                            calib=calib, options={"iters_per_half": 20, "thresh_growth": 1.0}))
+    found = res.info["found"]["features.3"]
+    print("aofp small VGG:", res.telemetry, {k: len(v) for k, v in res.info["found"].items()}, found,
+          pk.evaluate(m, b.test)["accuracy"])
+    assert set(planted) <= set(found)  # (b) all 8 pruned before the run stops
+    assert set(found[:len(planted)]) <= set(planted)  # (b) the first ones pruned are planted

@@ -126,3 +126,37 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
     with pytest.raises(ConfigError, match="target"):
         _run(m, target="macs=0.001")
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
+def test_small_scale_ccp_objective_and_accuracy_against_first_order_selection_on_small_vgg():
+    """Entry check (b) on the shipped small VGG (Fashion-MNIST): half the channels of every layer
+    (macs=0.25 with the uniform allocation), terms from 1,000 training images, no fine-tuning. The CCP
+    selection's quadratic objective is <= the first-order-only selection's (pairwise=False), and its
+    accuracy >= the first-order selection's - 0.3 pt. Figures: docs/methods-filter-6.md (command:
+    pytest -m slow tests/methods/test_ccp.py)."""
+    import prunekit as pk
+    from prunekit.train.baseline import load_baseline
+
+    torch.set_num_threads(1)
+    b = pk.data.load("fashion-mnist", batch_size=100, subset=(1000, 2000), val_fraction=0.0, augment=False)
+    calib = list(b.train)
+    acc, tel = {}, {}
+    for pairwise in (True, False):
+        m = load_baseline("vgg-small-fashion-mnist")
+        ctx = RunContext(model=m, example_inputs=b.example_inputs(2), target="macs=0.25", calib=calib,
+                         options={"pairwise": pairwise})
+        if pairwise:
+            res = get_method("ccp").run(ctx)
+        else:
+            with pytest.warns(MechanismWarning):
+                res = get_method("ccp").run(ctx)
+        acc[pairwise], tel[pairwise] = pk.evaluate(m, b.test)["accuracy"], res.telemetry
+    print("ccp small VGG:", acc, tel)
+    assert tel[True]["objective_ccp"] <= tel[True]["objective_first_order"] + 1e-12
+    assert tel[True]["objective_first_order"] == pytest.approx(tel[False]["objective_ccp"])
+    assert acc[True] >= acc[False] - 0.003, acc
