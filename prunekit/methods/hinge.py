@@ -221,7 +221,9 @@ def fold_smaller_(model: nn.Module, fqns) -> int:
 def run(ctx: RunContext, cfg: HingeConfig) -> MethodResult:
     require_prune_epochs(ctx, "hinge")
     model = ctx.model
-    dense_macs, dense_params = _graph(model, ctx).macs(), sum(p.numel() for p in model.parameters())
+    g0 = _graph(model, ctx)
+    dense_macs, dense_params = g0.macs(), sum(p.numel() for p in model.parameters())
+    dense = g0.macs() if ctx.target_kind == "macs" else g0.params()
     split = decompose_(model, filter_groups(model, ctx)) if cfg.decompose_residual else []
     rank0 = {f: model.get_submodule(f).basis.out_channels for f in split}
     groups = filter_groups(model, ctx)
@@ -235,8 +237,8 @@ def run(ctx: RunContext, cfg: HingeConfig) -> MethodResult:
     norms = columns.norms()
     zero = int(sum(int((n == 0).sum()) for n in norms.values()))
     # the target is a fraction of the model before the decomposition
-    now = _graph(model, ctx).macs() if ctx.target_kind == "macs" else sum(p.numel() for p in model.parameters())
-    dense = dense_macs if ctx.target_kind == "macs" else dense_params
+    g1 = _graph(model, ctx)
+    now = g1.macs() if ctx.target_kind == "macs" else g1.params()
     value = ctx.target_value * dense / now
     if value >= 1.0:
         value = 0.999999
@@ -251,7 +253,8 @@ def run(ctx: RunContext, cfg: HingeConfig) -> MethodResult:
     telemetry = {"prox_steps": prox.steps, "zero_columns": zero, "removed_channels": report["removed_channels"],
                  "topped_up": report["removed_channels"] - emergent, "basis_removed": int(basis_removed),
                  "layers_split": layers_split}
-    info = {"reg": cfg.reg, "threshold": cfg.threshold, "decomposed": split, "ranks": ranks, "macs_fraction": macs_after / dense_macs,
-            "params_before": int(dense_params), "params_after": int(params_after), "engine_report":
-            report["engine_report"], "epochs_trained": ctx.prune_epochs}
+    info = {"reg": cfg.reg, "threshold": cfg.threshold, "decomposed": split, "ranks": ranks,
+            "macs_fraction": macs_after / dense_macs, "params_before": int(dense_params),
+            "params_after": int(params_after), "engine_report": report["engine_report"],
+            "epochs_trained": ctx.prune_epochs}
     return MethodResult(model=model, telemetry=telemetry, info=info)
