@@ -1,5 +1,7 @@
 """CURL (Luo & Wu, CVPR 2020): KL-divergence channel scores, residual-stream channels masked together."""
 import copy
+import os
+import time
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.curl import kl_scores
 from prunekit.methods._filter_common import filter_groups
+from prunekit.train.baseline import load_baseline
 
 from method_setups import conv_batches, tiny_convnet
 
@@ -124,3 +127,39 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
         get_method("curl").run(RunContext(model=m, example_inputs=ex, target="macs=0.001", calib=conv_batches(2),
                                           train_data=conv_batches(2)))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
+def test_small_scale_kd_on_1000_images_matches_plain_ce_within_1pt_and_both_recover_the_cut():
+    """Entry check (c) on the shipped ResNet-20 (Fashion-MNIST): the CURL cut to macs=0.4 (the entry's -60%) on
+    256 proxy images, then 5 epochs on the same 1000 training images (100 per class), either the method's KD
+    fine-tune from the dense net (kd_alpha 0.9, T 4) or plain cross-entropy (lr 0.01, cosine). The two
+    fine-tunes start from one cut (the scores are computed once). The entry's claim (c), KD >= CE + 1 pt, did not
+    reproduce: calibration run (command: pytest -m slow tests/methods/test_curl.py, shared 2-core machine, 2,000
+    test images): right after the cut 20.45%, KD 89.35%, CE 89.25% (+0.10 pt); 448 channels scored (112 of the
+    residual streams) in 334 s. The asserts are what is true: both fine-tunes recover the cut by > 50 pt and KD
+    is within 1 pt of CE (the entry's +1 pt would fail the upper bound)."""
+    torch.set_num_threads(1)
+    b = pk.data.load("fashion-mnist", batch_size=100, subset=(6000, 2000), val_fraction=0.0, augment=False)
+    few = b.per_class(100, batch_size=100)
+    tc = pk.TrainConfig(lr=0.01, progress=False)
+    m = load_baseline("resnet20-fashion-mnist")
+    dense = copy.deepcopy(m).eval()
+    t0 = time.perf_counter()
+    res = get_method("curl").run(RunContext(model=m, example_inputs=b.example_inputs(2), target="macs=0.4",
+                                            calib=b.calib(3, batch_size=100), train_data=few, train_config=tc,
+                                            options={"finetune_epochs": 0}))
+    secs = time.perf_counter() - t0
+    acc = {"cut": pk.evaluate(m, b.test)["accuracy"]}
+    kd, ce = copy.deepcopy(m), copy.deepcopy(m)
+    pk.train.fit(kd, few, tc.replace(epochs=5, kd_alpha=0.9), teacher=dense)
+    pk.train.fit(ce, few, tc.replace(epochs=5))
+    acc["kd"], acc["ce"] = pk.evaluate(kd, b.test)["accuracy"], pk.evaluate(ce, b.test)["accuracy"]
+    print("curl slow check", acc, res.telemetry, f"scoring {secs:.0f} s")
+    assert res.engaged is True and res.info["kept_macs_fraction"] <= 0.4
+    assert min(acc["kd"], acc["ce"]) >= acc["cut"] + 0.5, acc
+    assert abs(acc["kd"] - acc["ce"]) < 0.01, acc  # entry (c) claims kd >= ce + 0.01: not reproduced
