@@ -211,7 +211,8 @@ def fold_smaller_(model: nn.Module, fqns) -> int:
     "hinge", config=HingeConfig, kind="structured", needs=("train",), status="partial", left_out=(
         "the paper's annealing of the regularisation factor, layer balancing of the regulariser and binary search "
         "on the FLOPs ratio (here the cut tops up the smallest column norms globally to meet the target, "
-        "reported as topped_up), and its distillation fine-tune (the caller's fine-tune follows the cut)"),
+        "reported as topped_up), and its distillation fine-tune (the caller's fine-tune follows the cut); a model "
+        "with decomposed layers left split (HingeConv) saves, but prunekit.load cannot rebuild it yet"),
     telemetry=Telemetry(
         keys=("prox_steps", "zero_columns", "removed_channels", "topped_up", "basis_removed", "layers_split"),
         engaged=lambda t: t["zero_columns"] >= 1,
