@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS := cli,export,vision,zoo,integrations,dev,search
 
-.PHONY: setup run test test-fast zoo bench data clean
+.PHONY: setup run test test-heavy test-fast zoo bench data clean
 
 setup: $(VENV)/.installed data
 
@@ -22,7 +22,10 @@ run: setup
 	$(BIN)/prunekit run
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not zoo"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not zoo and not heavy"
+
+test-heavy: setup  # the entry checks that take minutes each (methods' scaled small-scale checks)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m heavy
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not zoo and not slow"

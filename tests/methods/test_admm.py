@@ -133,6 +133,7 @@ LENET5_RATIOS = {"conv1": 0.6, "conv2": 0.85, "fc1": 0.95, "fc2": 0.85}  # the e
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # several minutes: `make test-heavy`, not the default run
 @pytest.mark.needs_fashion
 def test_small_scale_admm_lenet5_cuts_far_better_than_one_shot_but_only_matches_it_after_retraining(record_property):
     """Entry check: shipped LeNet-5, ratios 60/85/95/85%, 8 ADMM iterations x 1 epoch (rho = 1e-3), 3 epochs of

@@ -104,6 +104,7 @@ FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # several minutes: `make test-heavy`, not the default run
 @pytest.mark.skipif(not __import__("os").path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
 def test_small_scale_aofp_finds_the_planted_filters_of_the_trained_small_vgg():
     """Entry check (a)/(b) on the shipped small VGG (Fashion-MNIST): the next layer's input weights of 8 of

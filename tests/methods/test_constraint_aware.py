@@ -219,6 +219,7 @@ def test_prunekit_run_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # several minutes: `make test-heavy`, not the default run
 @needs_fashion
 def test_small_scale_constraint_aware_against_uniform_magnitude_with_the_same_fine_tuning(record_property):
     """Entry check (c), scaled: shipped LeNet-300-100, constraint <= 10% of the weights kept, 3 cooling rounds x 30

@@ -142,6 +142,7 @@ FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # several minutes: `make test-heavy`, not the default run
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
 def test_fashion_lenet5_85_percent_coefficients_within_1pp_of_dense_above_spatial_dns_and_splicing():
     """The entry's check (b)-(d), one seed (the 3-seed run is benchmarks/fddp_check.py): LeNet-5 trained 3

@@ -172,6 +172,7 @@ def _vgg_run(tmp_path, name, **options):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # several minutes: `make test-heavy`, not the default run
 @pytest.mark.needs_fashion
 def test_small_vgg_half_macs_mdp_is_at_most_1_5_pt_below_channel_only_gating_after_finetune(tmp_path, record_property):
     # entry check (a), scaled: the shipped small VGG baseline (92.19%), macs=0.5 counted with the resolution
