@@ -23,7 +23,7 @@ from .errors import CheckpointError, ConfigError
 from .models.resolution import ResolutionConv
 from .surgery.mha import PrunableMultiheadAttention, mark_pruned_, supported
 from .surgery import Transaction, set_tensor_
-from .surgery.factorize import Factorized
+from .surgery.factorize import Factorized, HingeConv
 from .train.checkpoint import write_with_record
 
 __all__ = ["save", "load"]
@@ -92,7 +92,9 @@ def save(model: nn.Module, path) -> Path:
             "factorized": {n: {"bias_in_A": m.rot_in.bias is not None} for n, m in model.named_modules()
                            if isinstance(m, Factorized)},
             # convs computed at a reduced input resolution (models.resolution, method mdp): fqn -> scale
-            "resolution": {n: m.scale for n, m in model.named_modules() if isinstance(m, ResolutionConv)}}
+            "resolution": {n: m.scale for n, m in model.named_modules() if isinstance(m, ResolutionConv)},
+            # convs split into basis filters + a 1x1 A (surgery.factorize.HingeConv, method hinge)
+            "split": [n for n, m in model.named_modules() if isinstance(m, HingeConv)]}
     write_with_record(path, tensors, _META_KEY, meta, hash_field="payload_sha256")
     try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
         sidecar(path).unlink(missing_ok=True)
@@ -175,6 +177,18 @@ def _refactorize(model: nn.Module, factorized: dict) -> None:
         setattr(parent, fqn.rpartition(".")[2], Factorized.shell(layer, bias_in_A=bool(rec.get("bias_in_A"))))
 
 
+def _resplit(model: nn.Module, fqns: list) -> None:
+    """Put a :class:`HingeConv` (full rank, resized below) in place of every conv saved split."""
+    named = dict(model.named_modules())
+    for fqn in fqns:
+        mod = named.get(fqn)
+        if not isinstance(mod, nn.Conv2d):
+            raise CheckpointError(f"module {fqn!r} is a split conv (basis + A) in the checkpoint but "
+                                  f"{type(mod).__name__} in model_factory()'s model; pass the factory of the "
+                                  f"model that was pruned")
+        model.set_submodule(fqn, HingeConv.from_conv(mod))
+
+
 def _rebuild_resolution_convs(model: nn.Module, scales: dict) -> None:
     """Turn the saved reduced-resolution convs of ``model`` (``{fqn: scale}``) into :class:`ResolutionConv`."""
     named = dict(model.named_modules())
@@ -200,6 +214,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     model = model_factory()
     _refactorize(model, meta.get("factorized", {}))
     _rebuild_resolution_convs(model, meta.get("resolution", {}))
+    _resplit(model, meta.get("split", []))
     state = model.state_dict()
     extra = sorted(set(meta["shapes"]) - set(state))
     missing = sorted(set(state) - set(meta["shapes"]))

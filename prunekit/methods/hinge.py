@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..surgery.factorize import HingeConv
 from ..train import fit
 from ..train.callbacks import Callback
 from ..train.config import method_train_config
@@ -58,61 +59,6 @@ class HingeConfig(MethodConfig):
 
 
 # ------------------------------------------------------------------------------------- the decomposition path
-class HingeConv(nn.Module):
-    """``A (W * x)``: a conv with ``r`` basis filters followed by a 1x1 conv ``A`` (``out x r``) with the bias.
-
-    :meth:`from_conv` initialises it from a Conv2d by SVD of the filters flattened to rows (``W = U S V^T``:
-    orthonormal basis ``V^T``, ``A = U S``, so column ``j`` of ``A`` has norm ``s_j`` and removing the smallest
-columns is a truncated SVD), so it computes what the conv did. :meth:`fold` returns the single conv
-    ``W' = A W``, ``b' = b`` (exact up to rounding).
-    """
-
-    def __init__(self, basis: nn.Conv2d, A: nn.Conv2d):
-        super().__init__()
-        self.basis, self.A = basis, A
-
-    def forward(self, x):
-        return self.A(self.basis(x))
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "HingeConv":
-        if conv.groups != 1:
-            raise ConfigError(f"HingeConv: a grouped conv (groups={conv.groups}) cannot be decomposed; ignore it")
-        w = conv.weight.detach().double()
-        n = w.shape[0]
-        u, s, vt = torch.linalg.svd(w.reshape(n, -1), full_matrices=False)
-        r = s.numel()
-        kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
-        basis = nn.Conv2d(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                          bias=False, padding_mode=conv.padding_mode, **kw)
-        A = nn.Conv2d(r, n, 1, bias=conv.bias is not None, **kw)
-        with torch.no_grad():
-            basis.weight.copy_(vt.reshape(r, *w.shape[1:]))
-            A.weight.copy_((u * s).reshape(n, r, 1, 1))
-            if conv.bias is not None:
-                A.bias.copy_(conv.bias.detach())
-        return cls(basis, A)
-
-    def fold(self) -> nn.Conv2d:
-        b, a = self.basis, self.A
-        conv = nn.Conv2d(b.in_channels, a.out_channels, b.kernel_size, b.stride, b.padding, b.dilation,
-                         bias=a.bias is not None, padding_mode=b.padding_mode, device=b.weight.device,
-                         dtype=b.weight.dtype)
-        with torch.no_grad():
-            w = torch.einsum("or,rikl->oikl", a.weight.detach().double()[:, :, 0, 0], b.weight.detach().double())
-            conv.weight.copy_(w)
-            if a.bias is not None:
-                conv.bias.copy_(a.bias.detach())
-        return conv
-
-    def split_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def folded_params(self) -> int:
-        return self.A.out_channels * self.basis.weight[0].numel() + (self.A.out_channels if self.A.bias is not None
-                                                                     else 0)
-
-
 # ----------------------------------------------------------------------------------- column groups and the prox
 class ColumnGroups:
     """The columns of ``A`` for every scored channel group: the input-channel slices of its consumers.
@@ -211,8 +157,7 @@ def fold_smaller_(model: nn.Module, fqns) -> int:
     "hinge", config=HingeConfig, kind="structured", needs=("train",), status="partial", left_out=(
         "the paper's annealing of the regularisation factor, layer balancing of the regulariser and binary search "
         "on the FLOPs ratio (here the cut tops up the smallest column norms globally to meet the target, "
-        "reported as topped_up), and its distillation fine-tune (the caller's fine-tune follows the cut); a model "
-        "with decomposed layers left split (HingeConv) saves, but prunekit.load cannot rebuild it yet"),
+        "reported as topped_up), and its distillation fine-tune (the caller's fine-tune follows the cut)"),
     telemetry=Telemetry(
         keys=("prox_steps", "zero_columns", "removed_channels", "topped_up", "basis_removed", "layers_split"),
         engaged=lambda t: t["zero_columns"] >= 1,

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Factorized", "rotate", "replace", "factorized_cost", "layer_cost"]
+__all__ = ["Factorized", "HingeConv", "rotate", "replace", "factorized_cost", "layer_cost"]
 
 
 def _weight_matrix(layer: nn.Module, bias_in_A: bool) -> torch.Tensor:
@@ -206,3 +206,58 @@ def replace(model: nn.Module, new: dict, *, skip_larger: bool = True, example_in
             setattr(parent, attr, old)
         raise
     return replaced
+
+
+class HingeConv(nn.Module):
+    """``A (W * x)``: a conv with ``r`` basis filters followed by a 1x1 conv ``A`` (``out x r``) with the bias.
+
+    :meth:`from_conv` initialises it from a Conv2d by SVD of the filters flattened to rows (``W = U S V^T``:
+    orthonormal basis ``V^T``, ``A = U S``, so column ``j`` of ``A`` has norm ``s_j`` and removing the smallest
+columns is a truncated SVD), so it computes what the conv did. :meth:`fold` returns the single conv
+    ``W' = A W``, ``b' = b`` (exact up to rounding).
+    """
+
+    def __init__(self, basis: nn.Conv2d, A: nn.Conv2d):
+        super().__init__()
+        self.basis, self.A = basis, A
+
+    def forward(self, x):
+        return self.A(self.basis(x))
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "HingeConv":
+        if conv.groups != 1:
+            raise ConfigError(f"HingeConv: a grouped conv (groups={conv.groups}) cannot be decomposed; ignore it")
+        w = conv.weight.detach().double()
+        n = w.shape[0]
+        u, s, vt = torch.linalg.svd(w.reshape(n, -1), full_matrices=False)
+        r = s.numel()
+        kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
+        basis = nn.Conv2d(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                          bias=False, padding_mode=conv.padding_mode, **kw)
+        A = nn.Conv2d(r, n, 1, bias=conv.bias is not None, **kw)
+        with torch.no_grad():
+            basis.weight.copy_(vt.reshape(r, *w.shape[1:]))
+            A.weight.copy_((u * s).reshape(n, r, 1, 1))
+            if conv.bias is not None:
+                A.bias.copy_(conv.bias.detach())
+        return cls(basis, A)
+
+    def fold(self) -> nn.Conv2d:
+        b, a = self.basis, self.A
+        conv = nn.Conv2d(b.in_channels, a.out_channels, b.kernel_size, b.stride, b.padding, b.dilation,
+                         bias=a.bias is not None, padding_mode=b.padding_mode, device=b.weight.device,
+                         dtype=b.weight.dtype)
+        with torch.no_grad():
+            w = torch.einsum("or,rikl->oikl", a.weight.detach().double()[:, :, 0, 0], b.weight.detach().double())
+            conv.weight.copy_(w)
+            if a.bias is not None:
+                conv.bias.copy_(a.bias.detach())
+        return conv
+
+    def split_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def folded_params(self) -> int:
+        return self.A.out_channels * self.basis.weight[0].numel() + (self.A.out_channels if self.A.bias is not None
+                                                                     else 0)

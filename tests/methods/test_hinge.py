@@ -111,6 +111,24 @@ def test_residual_last_convs_are_rank_reduced_not_output_pruned():
     assert any(r < min(w, 9 * w) for r, w in zip(ranks.values(), [16] * 3 + [32] * 3 + [64] * 3))
 
 
+
+def test_a_model_with_split_convs_saves_and_loads_back_to_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    m = pk.models.create("resnet20", input_size=8)
+    data = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))) for _ in range(2)]
+    with pytest.warns(MechanismWarning):
+        res = get_method("hinge").run(RunContext(model=m, example_inputs=data[0][0][:2], target="macs=0.5",
+                                                 train_data=data))
+    split = [n for n, mod in m.named_modules() if isinstance(mod, HingeConv)]
+    assert split and res.telemetry["layers_split"] == len(split)
+    pk.save(m, tmp_path / "hinge.safetensors")
+    back = pk.load(tmp_path / "hinge.safetensors", lambda: pk.models.create("resnet20", input_size=8))
+    assert [n for n, mod in back.named_modules() if isinstance(mod, HingeConv)] == split
+    m.eval(), back.eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(back(x), m(x))
+
+
 def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
     m = tiny_convnet()
     before = {k: v.clone() for k, v in m.state_dict().items()}
