@@ -14,10 +14,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = [
     ("fit.md", "Foundation: training loop and baselines", None),
     ("filter_fair.md", "Filter pruning on the fair protocol (equal training, Torch-Pruning at matched MACs; interim: "
-     "seed 0 of every method row and of one control row so far)", None),
+     "seed 0 of every row)", None),
     ("weight_fair.md", "Weight pruning on the fair protocol (equal training, matched sparsity)", None),
     ("weight_admm_lc.md", "Weight pruning as optimisation: ADMM and LC on the fair protocol", None),
-    ("weight_admm_lc_lenet5.md", "Weight pruning as optimisation: ADMM and LC on LeNet-5", None),
+    ("weight_admm_lc_lenet5.md", "Weight pruning as optimisation: ADMM and LC on LeNet-5 (interim: the first three cells)", None),
     ("net_trim_fair.md", "Weight pruning as optimisation: Net-Trim on the fair protocol", None),
     ("sensreg_autoprune_fair.md", "Weight pruning by regularisation: sensitivity-driven decay and AutoPrune's gates", None),
     ("fddp_fair.md", "Frequency-domain dynamic pruning (FDDP) on the fair protocol", None),
@@ -27,6 +27,9 @@ SECTIONS = [
     ("mdp_fair.md", "Multi-dimensional pruning (channels and resolution, MDP) on the fair protocol", None),
     ("constraint_aware_fair.md", "Constraint-aware compression (constrained Bayesian optimisation) on the fair protocol", None),
     ("filter_2a_fair.md", "Filter pruning by reconstruction and sampling (FSKD, PFP) on the fair protocol", None),
+    ("filter_2a_ccp_aofp.md", "Filter pruning: CCP and AOFP on the fair protocol (interim: seed 0 of the ccp rows; "
+     "the controls' seed-0 cells of this protocol are in the FSKD/PFP table above)", None),
+    ("filter_2a_hinge_curl.md", "Filter pruning: hinge and CURL on the fair protocol (interim: three seed-0 cells)", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
     ("filter_full.md", "Filter pruning: the full table (3 seeds, 2x and 4x, every Torch-Pruning importance)", None),
@@ -65,7 +68,8 @@ figures. Accuracy budgets are small (short fine-tunes, data subsets), as each se
 with each other, not with published numbers.
 
 **Which tables are current.** The "fair protocol" sections come first (the filter one is still running: seed 0
-of every method row and of one control row so far; the others are complete): every row there counts the
+of every row, controls included, so far, and seeds 1-2 of l1-filter, fpgm and thinet at 2x in its cells; the
+sections marked interim hold their first cells; the others are complete): every row there counts the
 training it consumed, the control rows get the same total, Torch-Pruning is matched to prunekit's MACs and
 rows whose mechanism did not engage are flagged. Every other filter and weight section below was measured
 before the method harness and its faithfulness fixes (typed configs at the papers' defaults, mechanism
