@@ -95,14 +95,20 @@ def test_no_zero_column_warns_with_the_knob():
     assert res.engaged is False and res.telemetry["zero_columns"] == 0 and res.telemetry["topped_up"] >= 1
 
 
-def test_residual_last_convs_are_rank_reduced_not_output_pruned():
-    """Entry (d): the convs feeding a residual sum keep their output width and lose basis filters instead."""
+def _hinge_resnet20():
+    """hinge at its defaults on an 8x8 ResNet-20, two random batches (too short to zero a column: it warns)."""
     torch.manual_seed(0)
     m = pk.models.create("resnet20", input_size=8)
     data = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))) for _ in range(2)]
     with pytest.warns(MechanismWarning):
         res = get_method("hinge").run(RunContext(model=m, example_inputs=data[0][0][:2], target="macs=0.5",
                                                  train_data=data))
+    return m, res
+
+
+def test_residual_last_convs_are_rank_reduced_not_output_pruned():
+    """Entry (d): the convs feeding a residual sum keep their output width and lose basis filters instead."""
+    m, res = _hinge_resnet20()
     assert res.info["macs_fraction"] <= 0.5
     blocks = [b for s in (m.layer1, m.layer2, m.layer3) for b in s]
     assert [b.bn2.num_features for b in blocks] == [16] * 3 + [32] * 3 + [64] * 3
@@ -113,12 +119,7 @@ def test_residual_last_convs_are_rank_reduced_not_output_pruned():
 
 
 def test_a_model_with_split_convs_saves_and_loads_back_to_the_same_outputs(tmp_path):
-    torch.manual_seed(0)
-    m = pk.models.create("resnet20", input_size=8)
-    data = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))) for _ in range(2)]
-    with pytest.warns(MechanismWarning):
-        res = get_method("hinge").run(RunContext(model=m, example_inputs=data[0][0][:2], target="macs=0.5",
-                                                 train_data=data))
+    m, res = _hinge_resnet20()
     split = [n for n, mod in m.named_modules() if isinstance(mod, HingeConv)]
     assert split and res.telemetry["layers_split"] == len(split)
     pk.save(m, tmp_path / "hinge.safetensors")
