@@ -41,6 +41,7 @@ from .measure import latency, latency as time_forward, measure
 from .methods import METHODS, RunContext, catalog, get_method, load_all
 from .report import write_json, write_run_report
 from .train import TrainConfig, baseline as baselines, evaluate, fit
+from .train.subnet_eval import recalibrate_bn
 import prunekit as pk
 
 log = logging.getLogger(__name__)
@@ -541,32 +542,6 @@ def _per_layer(before: dict, after: dict) -> dict:
         rows[fqn] = {"width_before": b["width"], "width_after": a["width"], "params_before": b["params"],
                      "params_after": a["params"], "sparsity": a["sparsity"]}
     return rows
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches, device: str = "cpu") -> int:
-    """Re-estimate every BatchNorm's running mean/var on ``batches`` (cumulative average); returns #batches.
-
-    Pruning changes the statistics a BN layer sees; recomputing them on a few training batches recovers much
-    of the accuracy lost right after the cut, with no gradient step.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0
-    saved = [(m.momentum, m.training) for m in bns]
-    was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the calibration batches
-    model.train()
-    n = 0
-    for x, _ in batches:
-        model(x.to(device))
-        n += 1
-    for m, (momentum, _) in zip(bns, saved):
-        m.momentum = momentum
-    model.train(was_training)
-    return n
 
 
 def _save_model(model: nn.Module, path: Path) -> str:

@@ -32,5 +32,6 @@ from .planning import _make_plan, _plan, _segments, plan, plan_channels  # noqa:
 from .plans import Plan, PlanGroup
 from .reports import Report
 from .scoring import _default_loss, score_groups  # noqa: F401
+from .subnets import Subnets
 
-__all__ = ["plan", "prune_", "inspect", "Plan", "PlanGroup", "Report", "Inspection", "count_params"]
+__all__ = ["plan", "prune_", "inspect", "Plan", "PlanGroup", "Report", "Inspection", "count_params", "Subnets"]

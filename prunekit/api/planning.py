@@ -50,6 +50,16 @@ def _segments(graph: Graph) -> list:
     return segs
 
 
+def _removal(segs: list, seg_scores: list, kept: list) -> dict:
+    """``{group id: channels to remove}`` when segment ``i`` keeps ``kept[i]`` channels: the lowest-scoring
+    channels beyond each kept width go (the one selection of ``plan``, ``Subnets`` and the search methods)."""
+    removal: dict = {}
+    for i, idx in select_removal(seg_scores, kept).items():
+        gid, chans, _ = segs[i]
+        removal.setdefault(gid, []).append(chans[idx])
+    return {g: np.sort(np.concatenate(v)) for g, v in removal.items()}
+
+
 def _match_segments(segs: list, per_layer: dict) -> dict:
     """{segment index: sparsity} from per-layer overrides keyed by module FQN or 're:' regex."""
     res = {}
@@ -133,11 +143,7 @@ def _plan(model: nn.Module, example_inputs, *, sparsity=None, target=None, crite
     how = dict(allocation=allocation, round_to=round_to, min_channels=min_channels, fixed=overrides)
 
     def removal_of(kept: list) -> dict:
-        removal: dict = {}
-        for i, idx in select_removal(seg_scores, kept).items():
-            gid, chans, _ = segs[i]
-            removal.setdefault(gid, []).append(chans[idx])
-        return {g: np.sort(np.concatenate(v)) for g, v in removal.items()}
+        return _removal(segs, seg_scores, kept)
 
     base = 0.0 if sparsity is None else float(sparsity)
     if target is not None:
