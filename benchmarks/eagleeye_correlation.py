@@ -28,7 +28,7 @@ from prunekit.allocate import parse_target
 from prunekit.allocate.search import random_ratios, sample_feasible
 from prunekit.api import Subnets
 from prunekit.data import first_examples
-from prunekit.methods.eagleeye import max_ratio_for
+from prunekit.train.search import max_ratio_for
 from prunekit.train.baseline import load_baseline
 from prunekit.train.subnet_eval import SubnetEvaluator, recalibrate_bn
 

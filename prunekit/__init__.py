@@ -26,6 +26,7 @@ _EXPORTS = {
     "sparsify_": ("prunekit.masks", "sparsify_"),
     "finalize_": ("prunekit.masks", "finalize_"),
     "fit": ("prunekit.train", "fit"),
+    "search": ("prunekit.train.search", "search"),
     "evaluate": ("prunekit.train", "evaluate"),
     "TrainConfig": ("prunekit.train", "TrainConfig"),
     "Callback": ("prunekit.train", "Callback"),

@@ -34,7 +34,7 @@ from .sources import FASHION_DIR, RawData, make_synthetic, read_cifar, read_imag
 log = logging.getLogger(__name__)
 
 __all__ = ["load", "DataBundle", "TensorLoader", "list_datasets", "register_dataset", "DATASETS", "Augment",
-           "per_class_batches", "first_examples"]
+           "per_class_batches", "first_examples", "first_batches"]
 
 #: name -> reader(data_dir, seed, **options) -> RawData
 DATASETS: Registry[Callable[..., RawData]] = Registry("dataset")
@@ -167,6 +167,16 @@ class DataBundle:
         """The first ``batch`` training inputs, normalised: for tracing and measuring a model."""
         x = self._train_x[:batch]
         return self._normalize(x) if self._normalize else x.clone()
+
+
+def first_batches(data, n: int) -> list:
+    """The first ``n`` batches of an iterable of batches, as a list (fewer when it holds fewer)."""
+    out = []
+    for batch in data:
+        if len(out) >= n:
+            break
+        out.append(batch)
+    return out
 
 
 def first_examples(batches, n: int) -> list:

@@ -17,6 +17,7 @@ from torch import nn
 from ..allocate import allocate_to_target, global_keep_masks, kept_at  # noqa: F401  (global_keep_masks re-exported)
 from ..criteria import ChannelView, get_criterion, score_member
 from ..criteria.collect import collect
+from ..data import first_batches  # noqa: F401  (re-exported for the filter methods)
 from ..errors import ConfigError
 from ..quantize import kmeans
 from .._registry import closest
@@ -281,16 +282,6 @@ def fresh_initialisation(model: nn.Module, seed: int) -> dict[str, torch.Tensor]
         torch.manual_seed(seed)
         reinitialise_(twin)
     return {k: v.detach().clone() for k, v in twin.state_dict().items()}
-
-
-def first_batches(data, n: int) -> list:
-    """The first ``n`` batches of an iterable of batches, as a list."""
-    out = []
-    for batch in data:
-        if len(out) >= n:
-            break
-        out.append(batch)
-    return out
 
 
 # ------------------------------------------------------------------------------- structural engine adapter

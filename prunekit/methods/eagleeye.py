@@ -12,9 +12,8 @@ sum share one) from U(0, R), remove each layer's filters of smallest L1 norm, ke
 FLOPs are within 0.5% of the target, score each by adaptive-BN accuracy on a held-out part of the training
 data, and fine-tune the best one (its BatchNorm statistics re-estimated as when it was scored).
 
-Here a strategy is a candidate of the shared search block (:mod:`prunekit.allocate.search`) over the model's
-prunable segments (:class:`prunekit.api.Subnets`, the segments ``pk.plan`` allocates over); candidates are
-scored on a masked view of the model (no copy), the winner is cut physically, and the shared fine-tune
+Here the search is the shared verb :func:`prunekit.search` (the candidates of :class:`prunekit.api.Subnets`
+scored on a masked view of the model, no copy); the winner is cut physically and the shared fine-tune
 follows. ``record`` keeps every candidate on disk and resumes an interrupted search.
 """
 from __future__ import annotations
@@ -23,15 +22,11 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
-from ..allocate.search import SearchBudget, random_ratios, run_search, sample_feasible
-from ..api import Subnets, prune_
-from ..data import first_examples
-from ..errors import ConfigError
-from ..train.subnet_eval import SubnetEvaluator, recalibrate_bn
+from ..api import prune_
+from ..data import first_batches
+from ..train.search import max_ratio_for, search
+from ..train.subnet_eval import recalibrate_bn
 from ._config import MethodConfig, option
-from ._filter_common import first_batches
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -57,15 +52,6 @@ class EagleEyeConfig(MethodConfig):
     record: str | None = None  # ours: JSON file keeping every candidate; an existing one is resumed
 
 
-def max_ratio_for(kept: float) -> float:
-    """The paper's R for a target keeping ``kept`` of the FLOPs (0.4 / 0.7 / 0.8 at -25% / -50% / -75%)."""
-    if kept >= 0.75 - 1e-9:
-        return 0.4
-    if kept >= 0.5 - 1e-9:
-        return 0.7
-    return 0.8
-
-
 def _engaged(t: dict) -> bool:
     return t["evaluated"] >= 2 and t["score_spread"] > 0.0
 
@@ -81,48 +67,24 @@ def _engaged(t: dict) -> bool:
                           "options.window when few strategies land near the target"))
 def run(ctx: RunContext, cfg: EagleEyeConfig) -> MethodResult:
     model = ctx.model
-    subnets = Subnets(model, ctx.example_inputs, criterion=cfg.criterion, ignore=ctx.ignore)
-    space, kind, limit = subnets.space, ctx.target_kind, ctx.target_value
-    r_max = cfg.max_ratio if cfg.max_ratio is not None else max_ratio_for(limit)
-    recal = first_batches(ctx.train_data, cfg.recal_batches)
-    evaluator = SubnetEvaluator(recal, first_examples(ctx.val_data, cfg.val_images), device=ctx.device,
-                                adaptive_bn=cfg.recal_batches > 0)
-
-    def cost(widths) -> float:
-        return subnets.cost(widths, kind)
-
-    def score(widths) -> float:
-        with subnets.masked(widths) as sub:
-            return evaluator(sub)
-
-    def propose(rng: np.random.Generator, record):
-        widths, n = sample_feasible(space, cost, limit, rng, lambda g: random_ratios(g, len(space), r_max),
-                                    window=cfg.window, tries=cfg.max_draws)
-        return widths, {"draws": n}
-
-    record = run_search(space, propose, score, cost, limit, SearchBudget(evaluations=cfg.candidates),
-                        seed=ctx.seed, path=cfg.record)
-    if not record.trials:
-        raise ConfigError(f"method 'eagleeye': no strategy with R={r_max} landed within window={cfg.window} of "
-                          f"target={ctx.target!r} in {cfg.max_draws:,} draws; raise options.max_ratio (more "
-                          f"pruning per layer) or options.window")
-    best = record.best(cfg.top_k)
-    uniform = subnets.uniform_at(ctx.target)
-    uniform_score = score(uniform)
-    scores = [t.score for t in record.trials]
-    chosen = best[0].widths
-    report = prune_(model, subnets.plan(chosen))
+    found = search(model, ctx.example_inputs, ctx.target, train=ctx.train_data, val=ctx.val_data,
+                   candidates=cfg.candidates, max_ratio=cfg.max_ratio, window=cfg.window,
+                   recal_batches=cfg.recal_batches, val_images=cfg.val_images, criterion=cfg.criterion,
+                   ignore=ctx.ignore, seed=ctx.seed, device=ctx.device, record=cfg.record, max_draws=cfg.max_draws)
+    rec = found.record
+    report = prune_(model, found.plan)
     if cfg.recal_batches:  # hand on the sub-net the search scored: its BatchNorm statistics re-estimated
-        recalibrate_bn(model, recal, ctx.device)
-    telemetry = {"evaluated": len(record.trials), "draws": sum(t.info.get("draws", 0) for t in record.trials),
-                 "best_score": best[0].score, "uniform_score": uniform_score,
-                 "score_spread": float(max(scores) - min(scores)), "best_cost": best[0].cost, "max_ratio": r_max,
-                 "search_seconds": record.seconds}
-    info = {"widths": dict(zip(space.names, chosen)), "uniform_widths": dict(zip(space.names, uniform)),
-            "dense_widths": dict(zip(space.names, space.widths)),
-            "top": [{"index": t.index, "score": t.score, "cost": t.cost} for t in best],
-            "scores": scores, "costs": [t.cost for t in record.trials], "exact_masking": subnets.exact,
+        recalibrate_bn(model, first_batches(ctx.train_data, cfg.recal_batches), ctx.device)
+    scores = [t.score for t in rec.trials]
+    telemetry = {"evaluated": len(rec.trials), "draws": sum(t.info.get("draws", 0) for t in rec.trials),
+                 "best_score": found.best.score, "uniform_score": found.uniform_score,
+                 "score_spread": float(max(scores) - min(scores)), "best_cost": found.best.cost,
+                 "max_ratio": found.max_ratio, "search_seconds": rec.seconds}
+    info = {"widths": found.widths, "uniform_widths": found.uniform_widths,
+            "dense_widths": dict(zip(found.subnets.space.names, found.subnets.space.widths)),
+            "top": [{"index": t.index, "score": t.score, "cost": t.cost} for t in rec.best(cfg.top_k)],
+            "scores": scores, "costs": [t.cost for t in rec.trials], "exact_masking": found.subnets.exact,
             "engine_report": report.to_dict()}
-    log.info("eagleeye: %d strategies, best %.4f (uniform %.4f) at %.4f of the %s", len(record.trials),
-             best[0].score, uniform_score, best[0].cost, kind)
+    log.info("eagleeye: %d strategies, best %.4f (uniform %.4f) at %.4f of the %s", len(rec.trials),
+             found.best.score, found.uniform_score, found.best.cost, found.kind)
     return MethodResult(model=model, info=info, telemetry=telemetry)

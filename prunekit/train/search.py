@@ -1,0 +1,124 @@
+"""``pk.search``: find per-layer widths for a target by scoring sub-networks, without changing the model.
+
+The verb behind ``prunekit search`` and the search methods: it builds the candidates of
+:class:`prunekit.api.Subnets` (the model's prunable segments, filters ranked by ``criterion``), proposes
+strategies (``sampler="random"``: EagleEye's pruning ratio per segment from U(0, R), kept only within
+``window`` below the target), scores each on a masked view with :class:`SubnetEvaluator` (adaptive BN on
+``train`` batches, accuracy on ``val`` held-out training batches), and returns the record of every candidate,
+the best widths, the widths of the uniform allocation of the same criterion at the same target, and the plan
+that cuts the model to the best widths (``pk.prune_(model, result.plan)``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from ..allocate import parse_target
+from ..allocate.search import SearchBudget, SearchRecord, Trial, random_ratios, run_search, sample_feasible
+from ..api import Plan, Subnets
+from ..data import first_batches, first_examples
+from ..errors import ConfigError
+from .subnet_eval import SubnetEvaluator
+
+__all__ = ["search", "SearchResult", "max_ratio_for", "SAMPLERS"]
+
+SAMPLERS = ("random",)
+
+
+def max_ratio_for(kept: float) -> float:
+    """EagleEye's R for a target keeping ``kept`` of the FLOPs (0.4 / 0.7 / 0.8 at -25% / -50% / -75%)."""
+    if kept >= 0.75 - 1e-9:
+        return 0.4
+    if kept >= 0.5 - 1e-9:
+        return 0.7
+    return 0.8
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` found: ``record`` (every candidate), ``widths`` (the best, per segment name),
+    ``uniform_widths`` (the same criterion allocated uniformly at the target), ``uniform_score``, ``plan``
+    (cuts the model to ``widths``), ``subnets`` (for further views), ``kind``/``limit`` of the target."""
+
+    record: SearchRecord
+    best: Trial
+    widths: dict
+    uniform_widths: dict
+    uniform_score: float
+    plan: Plan
+    subnets: Subnets
+    kind: str
+    limit: float
+    max_ratio: float
+
+    def as_dict(self) -> dict:
+        return {"target": f"{self.kind}={self.limit}", "max_ratio": self.max_ratio, "best": {
+                    "index": self.best.index, "score": self.best.score, "cost": self.best.cost},
+                "widths": self.widths, "uniform_widths": self.uniform_widths, "uniform_score": self.uniform_score,
+                "dense_widths": dict(zip(self.subnets.space.names, self.subnets.space.widths)),
+                "exact_masking": self.subnets.exact, "record": self.record.as_dict()}
+
+
+def search(model: nn.Module, example_inputs, target: str, *, train, val, candidates: int = 30,
+           seconds: float | None = None, sampler: str = "random", max_ratio: float | None = None,
+           window: float = 0.005, recal_batches: int = 50, val_images: int | None = None, criterion: str = "l1",
+           ignore=(), round_to: int = 1, min_channels: int = 1, seed: int = 0, device: str = "cpu",
+           record: str | None = None, max_draws: int = 100_000,
+           on_trial: Callable[[Trial], None] | None = None) -> SearchResult:
+    """Search per-layer widths meeting ``target`` (``macs=``/``params=`` kept fraction); the model is unchanged.
+
+    ``train``/``val``: iterables of ``(inputs, targets)`` batches (``val`` held out of the training data,
+    never the test split); ``candidates``/``seconds``: the budget; ``recal_batches``: training batches
+    re-estimating BatchNorm per candidate (0: the stale statistics); ``record``: a JSON file keeping every
+    candidate, resumed when it exists; ``on_trial``: called after each evaluation (a progress bar).
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> from prunekit.testing import models
+        >>> m, x = models()["residual"]()
+        >>> batches = [(torch.randn(4, *x.shape[1:]), torch.randint(0, 2, (4,))) for _ in range(2)]
+        >>> r = pk.search(m, x, "macs=0.6", train=batches, val=batches, candidates=3, recal_batches=1, window=0.2)
+        >>> len(r.record.trials), r.best.cost <= 0.6
+        (3, True)
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler={sampler!r} is not valid; choose one of {', '.join(map(repr, SAMPLERS))}")
+    kind, limit = parse_target(target)  # sparsity=s is params=1-s
+    if max_ratio is not None and not 0 < max_ratio < 1:
+        raise ConfigError(f"max_ratio={max_ratio!r} must be in (0, 1): the largest ratio a layer is drawn at")
+    if not 0 <= window < 1:
+        raise ConfigError(f"window={window!r} must be in [0, 1): how far below the target a candidate may land")
+    budget = SearchBudget(evaluations=candidates if seconds is None else None, seconds=seconds)
+    subnets = Subnets(model, example_inputs, criterion=criterion, ignore=ignore, round_to=round_to,
+                      min_channels=min_channels)
+    space = subnets.space
+    r_max = max_ratio if max_ratio is not None else max_ratio_for(limit)
+    recal = first_batches(train, recal_batches)
+    val_batches = list(val) if val_images is None else first_examples(val, val_images)
+    evaluator = SubnetEvaluator(recal, val_batches, device=device, adaptive_bn=recal_batches > 0)
+
+    def cost(widths) -> float:
+        return subnets.cost(widths, kind)
+
+    def score(widths) -> float:
+        with subnets.masked(widths) as sub:
+            return evaluator(sub)
+
+    def propose(rng: np.random.Generator, _record):
+        widths, n = sample_feasible(space, cost, limit, rng, lambda g: random_ratios(g, len(space), r_max),
+                                    window=window, tries=max_draws)
+        return widths, {"draws": n}
+
+    rec = run_search(space, propose, score, cost, limit, budget, seed=seed, path=record, on_trial=on_trial)
+    if not rec.trials:
+        raise ConfigError(f"no strategy with max_ratio={r_max} landed within window={window} below "
+                          f"target={target!r} in {max_draws:,} draws; raise max_ratio (more pruning per layer) or "
+                          f"window")
+    best = rec.best()[0]
+    uniform = subnets.uniform_at(target)
+    return SearchResult(rec, best, dict(zip(space.names, best.widths)), dict(zip(space.names, uniform)),
+                        score(uniform), subnets.plan(best.widths), subnets, kind, limit, r_max)
+
