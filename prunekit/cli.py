@@ -94,6 +94,33 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true",
                     help="replace an --out folder that holds other files (they are deleted)")
 
+    se = sub.add_parser("search", help="search per-layer widths for a target by scoring sub-networks "
+                                       "(EagleEye's random strategies, adaptive-BN accuracy)")
+    se.add_argument("--baseline", default="resnet20-fashion-mnist", help="trained baseline name or model file")
+    se.add_argument("--data", default="fashion-mnist", help="data set (candidates are scored on its validation "
+                                                            "split, held out of the training images)")
+    se.add_argument("--target", default="macs=0.5", help="macs=0.5 / params=0.5 (fraction kept)")
+    se.add_argument("--candidates", type=int, default=30, help="sub-networks scored (default 30)")
+    se.add_argument("--seconds", type=float, help="wall-time budget instead of --candidates")
+    se.add_argument("--max-ratio", type=float, help="largest per-layer pruning ratio drawn (default: EagleEye's R "
+                                                     "for the target: 0.4 / 0.7 / 0.8 at 25/50/75%% fewer MACs)")
+    se.add_argument("--window", type=float, default=0.005, help="candidates land at most this far below the target")
+    se.add_argument("--recal-batches", type=int, default=20, help="training batches re-estimating BatchNorm per "
+                                                                   "candidate (0: the stale statistics)")
+    se.add_argument("--val-images", type=int, default=1000, help="held-out training images each candidate is "
+                                                                  "scored on")
+    se.add_argument("--criterion", default="l1", choices=["l1", "l2"], help="filter criterion inside a layer")
+    se.add_argument("--batch-size", type=int, default=128)
+    se.add_argument("--subset", type=_optional_int, help="training images used ('all' for every image)")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--device", default="cpu")
+    se.add_argument("--ignore", nargs="*", default=[], help="module paths never pruned")
+    se.add_argument("--data-dir", help="folder holding the data set files")
+    se.add_argument("--out", default="runs/search", help="output folder (default runs/search)")
+    se.add_argument("--force", action="store_true",
+                    help="replace an --out folder that holds other files (they are deleted)")
+    se.add_argument("--resume", action="store_true", help="continue an interrupted search of the same --out")
+
     i = sub.add_parser("inspect", help="prunable groups and widths of a model")
     i.add_argument("--model", required=True)
     i.add_argument("--input-shape", type=_shape)
@@ -243,6 +270,27 @@ def _cmd_prune(args) -> int:
     return 0
 
 
+def _cmd_search(args) -> int:
+    from .workflows import search_job
+
+    rep = search_job(baseline=args.baseline, data_name=args.data, target=args.target, candidates=args.candidates,
+                     seconds=args.seconds, max_ratio=args.max_ratio, window=args.window,
+                     recal_batches=args.recal_batches, val_images=args.val_images, criterion=args.criterion,
+                     batch_size=args.batch_size, subset=args.subset, seed=args.seed, device=args.device,
+                     ignore=tuple(args.ignore), out=args.out, force=args.force, resume=args.resume,
+                     data_dir=args.data_dir)
+    b = rep["best"]
+    _console().print(_table(f"prunekit search — {rep['model']} → {rep['target']}: "
+                            f"{rep['record']['evaluations']} candidates", ("", f"kept {rep['kind']}", "score"),
+                            [(f"chosen (candidate {b['index']})", f"{b['cost']:.4f}", f"{b['score']:.4f}"),
+                             ("uniform", f"{rep['uniform_cost']:.4f}", f"{rep['uniform_score']:.4f}"),
+                             ("dense", "1.0000", f"{rep['dense_score']:.4f}")]))
+    print(f"model: {rep['out']}/model.safetensors (test accuracy {rep['pruned_test_accuracy']:.4f} before "
+          f"fine-tuning)")
+    print(f"report: {rep['out']}/report.md")
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from .workflows import inspect_job
 
@@ -281,7 +329,7 @@ def _cmd_export(args) -> int:
     return _print_json(export_onnx(args.model, args.onnx, input_shape=args.input_shape, opset=args.opset))
 
 
-_COMMANDS = {"run": _cmd_run, "train": _cmd_train, "eval": _cmd_eval, "prune": _cmd_prune, "inspect": _cmd_inspect,
+_COMMANDS = {"run": _cmd_run, "train": _cmd_train, "eval": _cmd_eval, "prune": _cmd_prune, "search": _cmd_search, "inspect": _cmd_inspect,
              "bench": _cmd_bench, "methods": _cmd_methods, "export": _cmd_export}
 
 
@@ -442,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunekit {command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        hint = "; rerun the same command with --resume to continue" if command == "run" else ""
+        hint = "; rerun the same command with --resume to continue" if command in ("run", "search") else ""
         print(f"prunekit {command}: interrupted; no outputs were written{hint}", file=sys.stderr)
         return 130
 

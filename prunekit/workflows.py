@@ -41,7 +41,12 @@ from .measure import latency, latency as time_forward, measure
 from .methods import METHODS, RunContext, catalog, get_method, load_all
 from .report import write_json, write_run_report
 from .train import TrainConfig, baseline as baselines, evaluate, fit
+from .train.progress import ProgressBar
+from .train.search import search
 from .train.subnet_eval import recalibrate_bn
+from .api import prune_
+from .data import first_batches, first_examples
+from .report.search import write_search_report
 import prunekit as pk
 
 log = logging.getLogger(__name__)
@@ -940,3 +945,58 @@ def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = N
                 tmp.unlink()
     return {"model": model, "onnx": str(out_path), "max_abs_diff": diff, "opset": opset,
             "bytes": out_path.stat().st_size}
+
+
+# --- search ---------------------------------------------------------------------------------------------------
+def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fashion-mnist",
+               target: str = "macs=0.5", candidates: int = 30, seconds: float | None = None,
+               max_ratio: float | None = None, window: float = 0.005, recal_batches: int = 20,
+               val_images: int = 1000, criterion: str = "l1", batch_size: int = 128, subset: int | None = None,
+               seed: int = 0, device: str = "cpu", ignore=(), out: str = "runs/search", force: bool = False,
+               resume: bool = False, progress: bool = True, data_dir: str | None = None) -> dict:
+    """``prunekit search``: widths for ``target`` from ``candidates`` scored sub-networks of a trained baseline.
+
+    Writes ``report.json``, ``report.md``, ``search.png`` (every candidate's cost and score; the chosen widths
+    beside the uniform ones), ``record.json`` (every candidate) and ``model.safetensors`` (the baseline cut to
+    the chosen widths, BatchNorm recalibrated, not fine-tuned) into ``out``. The record is written after every
+    candidate into a hidden folder beside ``out``; ``resume=True`` continues an interrupted search from it.
+    """
+    _check_out_free(out, force=force)
+    resume_dir = _resume_dir(out)
+    record = resume_dir / "search-record.json"
+    if not resume and record.exists():
+        record.unlink()
+    model, build = _load_baseline(baseline)
+    model = model.to(device).eval()
+    bundle = data.load(data_name, batch_size=batch_size, subset=subset, data_dir=data_dir, seed=seed)
+    if bundle.val is None:
+        raise ConfigError(f"data={data_name!r} has no validation split to score candidates on; a search never "
+                          f"scores on the test split")
+    x = _example_inputs(bundle).to(device)
+    val = first_examples(bundle.val, val_images)
+    dense_score = evaluate(model, val, device=device)["accuracy"]
+    dense_test = evaluate(model, bundle.test, device=device)["accuracy"]
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    with ProgressBar(candidates if seconds is None else 0, enabled=progress, every=1, label="search",
+                     field="score") as bar:
+        found = search(model, x, target, train=bundle.train, val=val, candidates=candidates, seconds=seconds,
+                       max_ratio=max_ratio, window=window, recal_batches=recal_batches, criterion=criterion,
+                       ignore=tuple(ignore), seed=seed, device=device, record=str(record),
+                       on_trial=lambda t: bar.advance(t.score))
+    subnets = found.subnets
+    uniform = tuple(found.uniform_widths.values())
+    prune_(model, found.plan)
+    if recal_batches:
+        recalibrate_bn(model, first_batches(bundle.train, recal_batches), device)
+    report = {"type": "prunekit.SearchReport", "version": 1, "model": build.get("model") if build else baseline,
+              "data": data_name, "baseline": baseline, "sampler": "random", "window": window,
+              "recal_batches": recal_batches, "val_images": len(val) and sum(len(b[0]) for b in val),
+              "dense_score": dense_score, "dense_test_accuracy": dense_test,
+              "pruned_test_accuracy": evaluate(model, bundle.test, device=device)["accuracy"],
+              "uniform_cost": subnets.cost(uniform, found.kind), **found.as_dict(), "kind": found.kind}
+    with _staged_output(out, force=force) as stage:
+        files = {"model": _save_model(model, stage / "model.safetensors"), "record": "record.json"}
+        found.record.save(stage / "record.json")
+        write_search_report({**report, "files": files}, stage)
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return {**report, "out": str(out)}

@@ -177,6 +177,7 @@ class SearchRecord:
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(self.as_dict(), f, indent=1)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

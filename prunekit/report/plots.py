@@ -154,3 +154,35 @@ def plot_sensitivity(sensitivity: dict, path) -> Path:
     if len(sensitivity) <= 24:
         ax.legend(fontsize=6, ncol=2, frameon=False)
     return _save(fig, path)
+
+
+def plot_search(report: dict, path) -> Path:
+    """A width search at a glance: left, every candidate's cost against its score (the chosen one and the
+    uniform allocation marked); right, the chosen widths per layer beside the uniform ones and the dense ones."""
+    plt = _plt()
+    trials = report["record"]["trials"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 1.4]})
+    a.scatter([t["cost"] for t in trials], [t["score"] for t in trials], s=14, color="#9ecae1", label="candidates")
+    best = report["best"]
+    a.scatter([best["cost"]], [best["score"]], s=70, marker="*", color="#08519c", label="chosen", zorder=3)
+    if report.get("uniform_cost") is not None:
+        a.scatter([report["uniform_cost"]], [report["uniform_score"]], s=40, marker="s", color="#e6550d",
+                  label="uniform", zorder=3)
+    a.set_xlabel(f"kept fraction of {report['kind']}")
+    a.set_ylabel("score (adaptive-BN accuracy, held-out training images)")
+    a.set_title(f"{len(trials)} candidates")
+    a.legend(frameon=False, fontsize=8)
+    names = list(report["widths"])
+    xs = range(len(names))
+    dense = [report["dense_widths"][n] for n in names]
+    b.bar(xs, dense, color="#deebf7", width=0.85, label="dense")
+    b.bar([x - 0.2 for x in xs], [report["uniform_widths"][n] for n in names], color="#fdae6b", width=0.4,
+          label="uniform")
+    b.bar([x + 0.2 for x in xs], [report["widths"][n] for n in names], color="#2171b5", width=0.4, label="chosen")
+    b.set_xticks(list(xs))
+    b.set_xticklabels([_short(n) for n in names], rotation=70, ha="right", fontsize=7)
+    b.set_ylabel("kept channels")
+    b.set_title("Widths: chosen vs uniform")
+    b.legend(frameon=False, fontsize=8)
+    b.grid(axis="x", visible=False)
+    return _save(fig, path)

@@ -19,8 +19,10 @@ def progress_enabled(requested: bool) -> bool:
 class ProgressBar:
     """Context manager around ``rich.progress.Progress``; a no-op when disabled."""
 
-    def __init__(self, total: int, *, enabled: bool, initial: int = 0, every: int = 10):
+    def __init__(self, total: int, *, enabled: bool, initial: int = 0, every: int = 10, label: str = "train",
+                 field: str = "loss"):
         self.enabled = progress_enabled(enabled)
+        self.label, self.field = label, field
         self.total, self.initial, self.every = total or None, initial, every
         self._n = 0
         self._progress = None
@@ -29,10 +31,10 @@ class ProgressBar:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            self._progress = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                       TextColumn("{task.fields[loss]}"), transient=True)
             self._progress.__enter__()
-            self._task = self._progress.add_task("train", total=self.total, completed=self.initial, loss="")
+            self._task = self._progress.add_task(self.label, total=self.total, completed=self.initial, loss="")
         return self
 
     def advance(self, loss) -> None:
@@ -40,7 +42,7 @@ class ProgressBar:
             return
         self._n += 1
         if self._n % self.every == 0:  # reading the loss synchronises a GPU: do it rarely
-            self._progress.update(self._task, advance=self.every, loss=f"loss {float(loss):.4f}")
+            self._progress.update(self._task, advance=self.every, loss=f"{self.field} {float(loss):.4f}")
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
