@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["SearchSpace", "SearchBudget", "Trial", "SearchRecord", "run_search", "random_ratios",
-           "sample_feasible"]
+           "sample_feasible", "global_ranking_widths"]
 
 Widths = tuple
 
@@ -211,6 +211,49 @@ def sample_feasible(space: SearchSpace, cost: Callable[[Widths], float], limit: 
         if c <= limit + 1e-12 and (window is None or c >= limit - window):
             return widths, n
     return None, tries
+
+
+def global_ranking_widths(space: SearchSpace, scores: Sequence[np.ndarray], cost: Callable[[Widths], float],
+                          limit: float) -> Widths:
+    """Widths from one global ranking: the lowest ``scores`` over every group go first (a group never below
+    its ``min_kept``) until the cost is within ``limit`` (the fewest removals that reach it, by bisection).
+
+    ``scores[i]`` holds group ``i``'s channel scores, already comparable across groups (LeGR's affine-transformed
+    norms); inside a group the lowest go first, as the group's own criterion ranks them when the transform is
+    increasing. Raises ConfigError when removing every channel the bounds allow still misses the limit.
+
+    Example:
+        >>> s = SearchSpace.of(["a", "b"], [4, 4])
+        >>> global_ranking_widths(s, [np.array([1., 2, 3, 4]), np.array([10., 20, 30, 40])],
+        ...                       lambda w: sum(w) / 8, 0.5)
+        (1, 3)
+    """
+    if len(scores) != len(space):
+        raise ConfigError(f"scores has {len(scores)} groups; the space has {len(space)}")
+    vals, gid = [], []
+    for i, sc in enumerate(scores):
+        sc = np.sort(np.asarray(sc, float))[: space.widths[i] - space.min_kept[i]]
+        vals.append(sc)
+        gid.append(np.full(len(sc), i))
+    vals, gid = np.concatenate(vals), np.concatenate(gid)
+    order = gid[np.argsort(vals, kind="stable")]
+
+    def widths_after(n: int) -> Widths:
+        removed = np.bincount(order[:n], minlength=len(space))
+        return space.clip([w - int(r) for w, r in zip(space.widths, removed)])
+
+    lo, hi = 0, len(order)
+    if cost(widths_after(hi)) > limit + 1e-12:
+        raise ConfigError(f"the limit {limit} cannot be reached: with every group at its minimum width the cost is "
+                          f"{cost(widths_after(hi)):.4f}; lower the per-group floor (safeguard / min_kept) or raise "
+                          f"the target")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cost(widths_after(mid)) <= limit + 1e-12:
+            hi = mid
+        else:
+            lo = mid + 1
+    return widths_after(lo)
 
 
 Proposer = Callable[[np.random.Generator, SearchRecord], "tuple[Widths | None, dict]"]

@@ -53,7 +53,11 @@ class SubnetEvaluator:
     ``recal`` (a list of training batches; ``adaptive_bn=False``: the stale statistics, EagleEye's "vanilla
     evaluation"), then accuracy on ``val`` (held-out training batches). Counts its calls."""
 
-    def __init__(self, recal: Iterable, val: Iterable, *, device: str = "cpu", adaptive_bn: bool = True):
+    def __init__(self, recal: Iterable, val: Iterable, *, device: str = "cpu", adaptive_bn: bool = True,
+                 metric: str = "accuracy"):
+        if metric not in ("accuracy", "loss"):
+            raise ConfigError(f"metric={metric!r} is not valid; choose 'accuracy' or 'loss'")
+        self.metric = metric
         self.recal, self.val = list(recal), list(val)
         if adaptive_bn and not self.recal:
             raise ConfigError("SubnetEvaluator: recal has no batch; adaptive BN needs training batches "
@@ -66,4 +70,5 @@ class SubnetEvaluator:
         self.calls += 1
         if self.adaptive_bn:
             recalibrate_bn(model, self.recal, self.device)
-        return float(evaluate(model, self.val, device=self.device)["accuracy"])
+        res = evaluate(model, self.val, device=self.device)
+        return float(res["accuracy"]) if self.metric == "accuracy" else -float(res["loss"])
