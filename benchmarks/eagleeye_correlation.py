@@ -109,6 +109,28 @@ def summarise(out: Path, a) -> dict:
            "mean_finetuned": float(np.mean(fin)),
            "uniform_finetuned": next((r["finetuned"] for r in rows if r["index"] == "uniform"), None)}
     print(json.dumps(res))
+    u = res["uniform_finetuned"]
+    md = [f"# EagleEye's claim: adaptive-BN accuracy against accuracy after fine-tuning ({len(cands)} random "
+          f"strategies, ResNet-20 / Fashion-MNIST, {a.target})", "",
+          f"Command: `python benchmarks/eagleeye_correlation.py --candidates {a.candidates} --target {a.target}` "
+          f"(resumable; one JSON line per candidate in `{out.name}`). Each candidate: a pruning ratio per prunable "
+          f"group from U(0, R) (R = EagleEye's value for the target), L1 filters, only strategies within "
+          f"{a.window} below the target; (i) vanilla accuracy (dense BN statistics) and (ii) adaptive-BN accuracy "
+          f"({a.recal} training batches re-estimate BN) on {a.val} held-out training images; (iii) the pruned copy "
+          f"fine-tuned {a.epochs} epoch(s) (SGD lr {a.lr}, cosine) on {a.train} training images, accuracy on "
+          f"{a.test} test images.", "",
+          "| figure | value |", "|---|---|",
+          f"| Spearman rho, adaptive-BN vs fine-tuned | {res['rho_adaptive']:.3f} |",
+          f"| Spearman rho, vanilla vs fine-tuned | {res['rho_vanilla']:.3f} |",
+          f"| candidates with adaptive-BN >= vanilla accuracy | {100 * res['adaptive_ge_vanilla']:.0f}% |",
+          f"| fine-tuned accuracy of the best by adaptive BN | {100 * res['best_by_adaptive_finetuned']:.2f}% |",
+          f"| fine-tuned accuracy of the best by vanilla accuracy | {100 * res['best_by_vanilla_finetuned']:.2f}% |",
+          f"| mean fine-tuned accuracy of the candidates | {100 * res['mean_finetuned']:.2f}% |",
+          f"| uniform L1 allocation at the same target, same fine-tune | "
+          f"{'n/a' if u is None else f'{100 * u:.2f}%'} |", "",
+          "Entry's check: rho(adaptive) > rho(vanilla), rho(adaptive) > 0.3, adaptive >= vanilla for >= 80% of the "
+          "candidates, and the best strategy by adaptive BN no worse than uniform after fine-tuning."]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
     return res
 
 

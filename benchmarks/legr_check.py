@@ -107,17 +107,37 @@ def _write(out: Path, row: dict) -> None:
 def summarise(out: Path) -> None:
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     searches = [r for r in rows if r["row"] == "search"]
-    print(json.dumps({"searches": len(searches),
-                      "relative_gain": [round(r["relative_gain"], 4) for r in searches]}))
+    md = ["# LeGR's entry check (ResNet-20 / Fashion-MNIST)", "",
+          "Command: `python benchmarks/legr_check.py --seeds 0 1 2` (resumable; rows in `legr_check.jsonl`). "
+          "Per seed: LeGR's evolution (population 16, sample 4, 40 candidates, tau_hat 20 SGD steps, safeguard "
+          "10%) learns the layer maps at the search target on 4,500 training images with 500 held out; the "
+          "learned maps and the identity map (plain global squared-L2 ranking) then each cut the baseline at "
+          "every target, BN recalibrated on 8 batches, fine-tuned 2 epochs (SGD lr 0.01, cosine), accuracy on "
+          "2,000 test images.", "",
+          "| seed | search target | best loss | identity loss | relative gain | candidates | search s |",
+          "|---|---|---|---|---|---|---|"]
+    for r in searches:
+        md.append(f"| {r['seed']} | {r['target']} | {r['best_loss']:.4f} | {r['identity_loss']:.4f} | "
+                  f"{100 * r['relative_gain']:.1f}% | {r['evaluated']} | {r['search_seconds']:.0f} |")
+    md += ["", "| target | ranking | seeds | after the cut (BN recal.) | after fine-tune | std | safeguard held |",
+           "|---|---|---|---|---|---|---|"]
     for target in sorted({r["target"] for r in rows if r["row"] != "search"}):
         for row in ("legr", "identity"):
             sel = [r for r in rows if r["row"] == row and r["target"] == target]
             if sel:
-                print(json.dumps({"target": target, "row": row, "n": len(sel),
-                                  "acc_cut": float(np.mean([r["acc_cut"] for r in sel])),
-                                  "acc_finetuned": float(np.mean([r["acc_finetuned"] for r in sel])),
-                                  "std": float(np.std([r["acc_finetuned"] for r in sel])),
-                                  "safeguard_held": all(r["safeguard_held"] for r in sel)}))
+                summary = {"target": target, "row": row, "n": len(sel),
+                           "acc_cut": float(np.mean([r["acc_cut"] for r in sel])),
+                           "acc_finetuned": float(np.mean([r["acc_finetuned"] for r in sel])),
+                           "std": float(np.std([r["acc_finetuned"] for r in sel])),
+                           "safeguard_held": all(r["safeguard_held"] for r in sel)}
+                print(json.dumps(summary))
+                md.append(f"| {target} | {'learned maps' if row == 'legr' else 'identity (global L2)'} | {len(sel)} "
+                          f"| {100 * summary['acc_cut']:.2f}% | {100 * summary['acc_finetuned']:.2f}% | "
+                          f"{100 * summary['std']:.2f} | {summary['safeguard_held']} |")
+    md += ["", "Entry's check: (a) relative gain >= 2% over the identity map; (b) the learned maps beat the plain "
+               "global ranking at both targets after the fine-tune, on average over the seeds; (c) every layer "
+               "keeps >= 10% of its channels."]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

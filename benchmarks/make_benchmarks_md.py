@@ -30,6 +30,8 @@ SECTIONS = [
     ("filter_2a_ccp_aofp.md", "Filter pruning: CCP and AOFP on the fair protocol (interim: seed 0 of the ccp rows; "
      "the controls' seed-0 cells of this protocol are in the FSKD/PFP table above)", None),
     ("filter_2a_hinge_curl.md", "Filter pruning: hinge and CURL on the fair protocol (interim: three seed-0 cells)", None),
+    ("eagleeye_correlation.md", "Width search: EagleEye's claim (adaptive BN predicts the fine-tuned accuracy)", None),
+    ("legr_check.md", "Width search: LeGR's entry check (learned layer maps vs plain global ranking)", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
     ("filter_full.md", "Filter pruning: the full table (3 seeds, 2x and 4x, every Torch-Pruning importance)", None),
