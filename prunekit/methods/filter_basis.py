@@ -56,7 +56,7 @@ def split_size(in_channels: int, fraction: float) -> int:
 
     Example:
         >>> split_size(16, 0.5), split_size(12, 0.3), split_size(3, 0.5), split_size(1, 0.5)
-        (8, 4, 3, 1)
+        (8, 4, 1, 1)
     """
     want = fraction * in_channels
     divisors = [d for d in range(1, in_channels + 1) if in_channels % d == 0]

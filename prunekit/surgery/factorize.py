@@ -225,12 +225,18 @@ columns is a truncated SVD), so it computes what the conv did. :meth:`fold` retu
         return self.A(self.basis(x))
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "HingeConv":
+    def from_conv(cls, conv: nn.Conv2d, rank: int | None = None) -> "HingeConv":
+        """The SVD form of ``conv``; with ``rank``, only the ``rank`` largest singular directions (truncated SVD:
+        the re-synthesised filters are the best rank-``rank`` approximation of the conv's filters)."""
         if conv.groups != 1:
             raise ConfigError(f"HingeConv: a grouped conv (groups={conv.groups}) cannot be decomposed; ignore it")
         w = conv.weight.detach().double()
         n = w.shape[0]
         u, s, vt = torch.linalg.svd(w.reshape(n, -1), full_matrices=False)
+        if rank is not None:
+            if not 1 <= rank <= s.numel():
+                raise ConfigError(f"HingeConv: rank={rank} must be in 1..{s.numel()} (the rank of the conv's filters)")
+            u, s, vt = u[:, :rank], s[:rank], vt[:rank]
         r = s.numel()
         kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
         basis = nn.Conv2d(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, conv.dilation,

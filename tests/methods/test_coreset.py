@@ -1,0 +1,124 @@
+"""Coreset (Dubey et al., ECCV 2018): response-norm filter pruning, then Coreset-K (truncated SVD) per conv."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, MechanismWarning
+from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods.coreset import coreset_rank
+from prunekit.surgery.factorize import HingeConv
+
+from method_setups import conv_batches, tiny_convnet
+
+load_all()
+
+
+def _run(model, x, target, **options):
+    ctx = RunContext(model=model, example_inputs=x[:1], target=target, calib=[(x, torch.zeros(len(x)).long())],
+                     options=options)
+    return get_method("coreset").run(ctx)
+
+
+def _rank3_net() -> nn.Sequential:
+    """conv 3 -> 6 whose filters 3, 4, 5 are exact combinations of filters 0, 1, 2 (rank 3), then a linear."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(216, 3)).double()
+    with torch.no_grad():
+        w = m[0].weight
+        w[3] = 2.0 * w[0] - w[1]
+        w[4] = 0.5 * w[1] + 3.0 * w[2]
+        w[5] = w[0] + w[1] + w[2]
+    return m
+
+
+def test_filters_that_are_exact_combinations_of_others_are_removed_with_the_output_unchanged_in_float64():
+    """By hand: the 6 filters span 3 dimensions, so Coreset-K at rank int(0.5 * 6) = 3 keeps 3 basis filters
+    and a 6 x 3 1x1 layer of reconstruction coefficients that re-synthesises all 6 exactly. MACs on 6x6 inputs:
+    conv 6*27*36 = 5,832 -> basis 3*27*36 + 1x1 6*3*36 = 3,564; linear 648; 4,212 / 6,480 = 0.65 <= 0.7, so
+    step 1 removes nothing. Plain removal of 3 filters would lose them: its error is far from 0."""
+    m = _rank3_net()
+    ref = copy.deepcopy(m)
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    res = _run(m, x, "macs=0.7")
+    assert isinstance(m[0], HingeConv) and m[0].basis.out_channels == 3 and m[0].A.weight.shape == (6, 3, 1, 1)
+    t = res.telemetry
+    assert t["filters_removed"] == 0 and t["layers_decomposed"] == 1 and t["rank_kept"] == 0.5
+    assert t["recon_error"] < 1e-7 and t["removal_error"] > 0.3
+    with torch.no_grad():
+        assert (m(x) - ref(x)).abs().max() < 1e-10
+        assert (m[0].fold().weight - ref[0].weight).abs().max() < 1e-12  # basis and coefficients folded back
+    assert res.info["predicted_cost"] == 4212 and res.info["dense_cost"] == 6480
+
+
+def test_at_full_rank_the_resynthesised_layer_reproduces_the_conv():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 5, 3, padding=1).double()
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        assert (HingeConv.from_conv(conv, rank=5)(x) - conv(x)).abs().max() < 1e-12
+        low = HingeConv.from_conv(conv, rank=2)
+        s = torch.linalg.svdvals(conv.weight.reshape(5, -1))
+        err = (low.fold().weight - conv.weight).pow(2).sum()
+    assert float(err) == pytest.approx(float(s[2:].pow(2).sum()), rel=1e-9)  # truncated SVD: Eckart-Young
+
+
+def test_the_median_rule_and_the_fraction_rule_by_hand():
+    s = torch.tensor([10.0, 5.0, 1.0, 0.5])  # median 3.0, threshold 4/sqrt(3) * 3 = 6.93: one value above
+    assert coreset_rank(s, 4, "median", 0.5) == 1
+    assert coreset_rank(torch.tensor([9.0, 8.0, 1.0]), 3, "median", 0.5) == 1  # median 8 -> 18.5: none, kept 1
+    assert coreset_rank(s, 16, "fraction", 0.5) == 4 and coreset_rank(s, 6, "fraction", 0.5) == 3
+
+
+def _dead_filter_net() -> nn.Sequential:
+    """conv1 filter 0 has the largest weights (L1 would keep it) but a bias of -1000: its responses are 0."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        m[0].weight[0] *= 10
+        m[0].bias[0] = -1000.0
+    return m
+
+
+def test_step_one_removes_the_filter_with_no_response_where_weight_magnitude_keeps_it():
+    m = _dead_filter_net()
+    l1 = m[0].weight.detach().abs().sum((1, 2, 3))
+    assert int(l1.argmax()) == 0  # the weight-magnitude ranking keeps filter 0 first
+    x = torch.randn(16, 1, 6, 6)
+    res = _run(m, x, "macs=0.9", keep_fraction=0.75)
+    assert res.info["removed"]["0"] == [0]
+    assert res.telemetry["filters_removed"] == 2 and res.engaged is True
+    rnd = _run(_dead_filter_net(), x, "macs=0.9", keep_fraction=0.75, selection="random")
+    assert rnd.info["removed"]["0"] != [0]  # the control draws another filter at this seed
+
+
+def test_engaged_at_defaults_and_a_rank_that_saves_nothing_warns_with_the_knob():
+    data = conv_batches(2)
+    x = torch.cat([b[0] for b in data])
+    res = _run(tiny_convnet(), x, "macs=0.5")
+    assert res.engaged is True and res.telemetry["layers_decomposed"] >= 1
+    assert res.telemetry["recon_error"] < res.telemetry["removal_error"]
+    m = tiny_convnet()
+    with pytest.warns(MechanismWarning, match="lower options.rank_fraction"):
+        res = _run(m, x, "macs=0.5", rank_fraction=1.0)
+    assert res.engaged is False and res.telemetry["filters_removed"] > 0
+    assert not any(isinstance(mod, HingeConv) for mod in m.modules())
+
+
+def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
+    m = tiny_convnet()
+    before = copy.deepcopy(m.state_dict())
+    x = torch.randn(8, 1, 6, 6)
+    with pytest.raises(ConfigError, match=r"options\['keep_fraction'\]=1.0 keeps .* more than target"):
+        _run(m, x, "macs=0.3", keep_fraction=1.0, rank_fraction=1.0)
+    with pytest.raises(ConfigError, match="coreset.*cannot be reached"):
+        _run(m, x, "macs=0.01")
+    with pytest.raises(ConfigError, match=r"options\['rank_fraction'\]=0 must be > 0"):
+        _run(m, x, "macs=0.5", rank_fraction=0)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert isinstance(m[0], nn.Conv2d) and isinstance(m[3], nn.Conv2d)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ConfigError, match="found no nn.Conv2d"):
+        _run(mlp, x, "macs=0.5")
