@@ -49,6 +49,8 @@ __all__ = ["FilterBasisConfig", "split_size", "basis_plan", "run"]
 class FilterBasisConfig(MethodConfig):
     split: float = option(0.5, gt=0, le=1)  # split size s as a fraction of C_in (entry's check: s = C/2, sec. 3)
     min_rank: int = option(1, ge=1)  # ours: fewest basis filters a decomposed layer keeps
+    basis_fraction: float | None = option(None, gt=0, le=1)  # m = fraction x C_out set by hand (entry's check:
+    # m = C/4; the paper sets it per stage); None: one fraction of the full rank searched to meet the target (ours)
 
 
 def split_size(in_channels: int, fraction: float) -> int:
@@ -74,13 +76,13 @@ def _convs(model: nn.Module, ignore) -> list[str]:
     return out
 
 
-def basis_plan(convs: dict, splits: dict, fraction: float, min_rank: int = 1) -> dict:
-    """``{fqn: n_basis}`` at one rank ``fraction`` of every conv's full rank, for the convs whose basis form
-    has fewer parameters than the conv (the others are left out)."""
+def basis_plan(convs: dict, splits: dict, fraction: float, min_rank: int = 1, of_filters: bool = False) -> dict:
+    """``{fqn: n_basis}`` at one rank ``fraction`` of every conv's full rank (``of_filters``: of its number of
+    filters), for the convs whose basis form has fewer parameters than the conv (the others are left out)."""
     out = {}
     for n, conv in convs.items():
         full = BasisConv.max_rank(conv, splits[n])
-        m = min(full, max(min_rank, math.ceil(fraction * full)))
+        m = min(full, max(min_rank, math.ceil(fraction * (conv.out_channels if of_filters else full))))
         if basis_cost(conv, splits[n], m)[0] < layer_cost(conv)[0]:
             out[n] = m
     return out
@@ -92,7 +94,7 @@ def basis_plan(convs: dict, splits: dict, fraction: float, min_rank: int = 1) ->
         "trainer's norm regulariser, the super-resolution networks; the per-stage (s, m) of the paper are replaced "
         "by one split fraction and one rank fraction searched to meet the target"),
     telemetry=Telemetry(
-        keys=("layers_decomposed", "layers_considered", "rank_fraction", "energy_kept", "train_steps",
+        keys=("layers_decomposed", "layers_considered", "rank_kept", "energy_kept", "train_steps",
               "basis_change"),
         engaged=lambda t: t["layers_decomposed"] >= 1,
         what="convs replaced by a shared filter basis and a 1x1 mix",
@@ -112,21 +114,32 @@ def run(ctx: RunContext, cfg: FilterBasisConfig) -> MethodResult:
     dense_macs, dense_params = int(mc.total), count_params(model)
     positions = {n: mc.per_module.get(n, 0) // c.weight.numel() for n, c in convs.items()}
 
-    def cost_at(x: float) -> int:  # x = 1 - rank fraction: the cost falls as x grows
+    def _cost(plan: dict) -> int:
         params, macs = dense_params, dense_macs
-        for n, m in basis_plan(convs, splits, 1.0 - x, cfg.min_rank).items():
+        for n, m in plan.items():
             p0, m0 = layer_cost(convs[n], positions[n])
             p1, m1 = basis_cost(convs[n], splits[n], m, positions[n])
             params, macs = params - p0 + p1, macs - m0 + m1
         return params if ctx.target_kind == "params" else macs
 
-    budget = ctx.target_value * (dense_params if ctx.target_kind == "params" else dense_macs)
-    try:
-        x = bisect_decreasing(cost_at, budget, 0.0, 1.0, steps=30)
-    except ConfigError as e:
-        raise ConfigError(f"method 'filter-basis': target={ctx.target!r}: {e} (every conv at {cfg.min_rank} basis "
-                          f"filter(s)); ask for a larger fraction or lower options.min_rank") from None
-    plan = basis_plan(convs, splits, 1.0 - x, cfg.min_rank) if x > 0 else {}
+    def cost_at(x: float) -> int:  # x = 1 - rank fraction: the cost falls as x grows
+        return _cost(basis_plan(convs, splits, 1.0 - x, cfg.min_rank))
+
+    dense = dense_params if ctx.target_kind == "params" else dense_macs
+    budget = ctx.target_value * dense
+    if cfg.basis_fraction is not None:
+        plan = basis_plan(convs, splits, cfg.basis_fraction, cfg.min_rank, of_filters=True)
+        if _cost(plan) > budget:
+            raise ConfigError(f"method 'filter-basis': options['basis_fraction']={cfg.basis_fraction} keeps "
+                              f"{_cost(plan) / dense:.3f} of the {ctx.target_kind}, more than "
+                              f"target={ctx.target!r}; lower basis_fraction or leave it unset to search it")
+    else:
+        try:
+            x = bisect_decreasing(cost_at, budget, 0.0, 1.0, steps=30)
+        except ConfigError as e:
+            raise ConfigError(f"method 'filter-basis': target={ctx.target!r}: {e} (every conv at {cfg.min_rank} "
+                              f"basis filter(s)); ask for a larger fraction or lower options.min_rank") from None
+        plan = basis_plan(convs, splits, 1.0 - x, cfg.min_rank) if x > 0 else {}
     energy_kept, energy_all, init = 0.0, 0.0, {}
     for n, m in plan.items():
         s2 = torch.linalg.svdvals(BasisConv.slices(convs[n], splits[n])).pow(2)
@@ -141,10 +154,12 @@ def run(ctx: RunContext, cfg: FilterBasisConfig) -> MethodResult:
               for n, b in init.items()]
     params_after, macs_after = count_params(model), int(count_macs(model, ctx.example_inputs).total)
     telemetry = {"layers_decomposed": len(plan), "layers_considered": len(names),
-                 "rank_fraction": 1.0 - x if plan else 1.0,
+                 "rank_kept": (sum(plan.values()) / sum(BasisConv.max_rank(convs[n], splits[n]) for n in plan)
+                               if plan else 1.0),
                  "energy_kept": energy_kept / energy_all if energy_all else 1.0, "train_steps": int(steps),
                  "basis_change": sum(change) / len(change) if change else 0.0}
-    log.info("filter-basis: %d of %d convs decomposed at rank fraction %.3f", len(plan), len(names), 1.0 - x)
+    log.info("filter-basis: %d of %d convs decomposed, %.3f of their rank kept", len(plan), len(names),
+             telemetry["rank_kept"])
     info = {"splits": {n: splits[n] for n in plan}, "n_basis": plan, "params": [dense_params, params_after],
-            "macs": [dense_macs, macs_after], "predicted_cost": cost_at(x), "epochs_trained": ctx.prune_epochs}
+            "macs": [dense_macs, macs_after], "predicted_cost": _cost(plan), "epochs_trained": ctx.prune_epochs}
     return MethodResult(model=model, telemetry=telemetry, info=info)

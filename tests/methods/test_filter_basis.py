@@ -99,3 +99,19 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
     mlp = nn.Sequential(nn.Conv2d(1, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
     with pytest.raises(ConfigError, match="found no nn.Conv2d with a k x k kernel"):
         get_method("filter-basis").run(conv_ctx(mlp, conv_batches(2)))
+
+
+def test_a_hand_set_basis_counts_m_s_k2_plus_g_m_cout_parameters_per_layer():
+    """Entry's check (a) on the tiny net with s = C_in / 2 and m = C_out / 4 (rounded up): conv1 (1 -> 4, s = 1,
+    g = 1, m = 1): 1*1*9 + 1*1*4 + 4 bias = 17 (was 40); conv2 (4 -> 6, s = 2, g = 2, m = 2): 2*2*9 + 2*2*6 + 6
+    bias = 66 (was 222)."""
+    model = tiny_convnet()
+    res = get_method("filter-basis").run(conv_ctx(model, conv_batches(2), target="params=0.9",
+                                                  options={"basis_fraction": 0.25}))
+    assert res.info["n_basis"] == {"0": 1, "3": 2} and res.info["splits"] == {"0": 1, "3": 2}
+    assert sum(p.numel() for p in model[0].parameters()) == 17
+    assert sum(p.numel() for p in model[3].parameters()) == 66
+    assert res.info["params"][0] - res.info["params"][1] == (40 - 17) + (222 - 66)
+    with pytest.raises(ConfigError, match=r"basis_fraction'\]=0.25 keeps .* more than target='params=0.3'"):
+        get_method("filter-basis").run(conv_ctx(tiny_convnet(), conv_batches(2), target="params=0.3",
+                                                options={"basis_fraction": 0.25}))
