@@ -135,6 +135,7 @@ def run(ctx: RunContext, cfg: CoresetKConfig) -> MethodResult:
         raise ConfigError(f"model={type(model).__name__}: method 'coreset' found no nn.Conv2d (groups=1) outside "
                           f"ignore=[...]; it compresses conv filters")
     if cfg.selection == "activation":
+        # the engine's activation scoring path (mean-act's needs: the activations), scored by response_norm
         per_group = score_groups(model, graph, "mean-act", calib=ctx.calib, reduce="producer", scorer=response_norm)
         index = {id(g): i for i, g in enumerate(graph.groups)}
         scores = {fg.key: torch.as_tensor(per_group[index[id(fg.group)]], dtype=torch.float64) for fg in groups}
@@ -142,7 +143,8 @@ def run(ctx: RunContext, cfg: CoresetKConfig) -> MethodResult:
         gen = torch.Generator().manual_seed(ctx.seed)
         scores = {fg.key: torch.rand(fg.width, generator=gen, dtype=torch.float64) for fg in groups}
     sides = _conv_sides(graph, names)
-    positions = {n: graph.macs_per_module().get(n, 0) // mods[n].weight.numel() for n in names}
+    per_module = graph.macs_per_module()
+    positions = {n: per_module.get(n, 0) // mods[n].weight.numel() for n in names}
     cost = graph.macs if ctx.target_kind == "macs" else graph.params
     dense = cost()
     svd_cache: dict = {}
