@@ -19,9 +19,10 @@ BatchNorm and ReLU) over the calibration batches, and the layer is a real smalle
 (:class:`~prunekit.surgery.factorize.HingeConv`: ``k`` basis filters, then the 1x1 coefficients with the
 bias), kept only where it has fewer parameters than the conv. The step-1 fraction is the same for every layer
 (the paper sets per-layer thresholds by hand) and is searched so the model meets the ``macs=``/``params=``
-target after step 2 (ours); ``keep_fraction`` sets it by hand. Left out: the per-class union of the reference
-selection, Coreset-S (sparse PCA), the fully connected layers' coresets, and step 3 (quantisation and Huffman
-coding, see ``deep-compression``). The reference puts the bias into the SVD as one more coordinate; here it
+target after step 2 (ours); ``keep_fraction`` sets it by hand. ``per_class`` ranks the filters on each class's
+images separately and keeps the union of the classes' top filters (the reference code). Left out: Coreset-S
+(sparse PCA), the fully connected layers' coresets, and step 3 (quantisation and Huffman coding, see
+``deep-compression``). The reference puts the bias into the SVD as one more coordinate; here it
 stays exact on the 1x1 layer.
 """
 from __future__ import annotations
@@ -58,6 +59,8 @@ class CoresetKConfig(MethodConfig):
     rank_fraction: float = option(0.5, gt=0, le=1)  # k = int(fraction x filters) (compress_l2; entry's check 0.5)
     keep_fraction: float | None = option(None, gt=0, le=1)  # step 1 fraction kept per layer, by hand in the paper
     # (entry's check 0.5); None: searched to meet the target (ours)
+    per_class: bool = False  # reference code (omp_appx per class folder): top fraction per class, union kept;
+    # False: one ranking over all sample images (the paper's text)
 
 
 def response_norm(view) -> torch.Tensor:
@@ -87,6 +90,19 @@ def coreset_rank(singular_values: torch.Tensor, n_filters: int, rule: str, fract
     return max(1, min(k, singular_values.numel()))
 
 
+def _class_batches(calib) -> list:
+    """The calibration batches split by label: one list of ``(inputs, targets)`` batches per class present."""
+    by_class: dict = {}
+    for x, y in calib:
+        if not isinstance(y, torch.Tensor) or not isinstance(x, torch.Tensor):
+            raise ConfigError("options['per_class']=True ranks filters per class and needs calibration batches of "
+                              "(input tensor, label tensor); pass labelled calib or set per_class=False")
+        for c in torch.unique(y).tolist():
+            sel = y == c
+            by_class.setdefault(c, []).append((x[sel], y[sel]))
+    return [by_class[c] for c in sorted(by_class)]
+
+
 def _conv_sides(graph, names) -> dict:
     """``{conv fqn: (out (group id, channel of each filter) | None, [in (group id, channel of each input)])}``."""
     out = {n: [None, []] for n in names}
@@ -114,7 +130,6 @@ def _kept(side, removal: dict, width: int) -> np.ndarray:
 
 @register_method(
     "coreset", config=CoresetKConfig, kind="structured", needs=("calib",), status="partial", left_out=(
-        "the reference's per-class union of the selected filters (one ranking over the calibration images here), "
         "Coreset-S (sparse PCA), coresets of the fully connected layers, and step 3 (quantisation + Huffman "
         "coding: method deep-compression); the bias stays exact on the 1x1 layer instead of joining the SVD"),
     telemetry=Telemetry(
@@ -134,14 +149,20 @@ def run(ctx: RunContext, cfg: CoresetKConfig) -> MethodResult:
     if not names:
         raise ConfigError(f"model={type(model).__name__}: method 'coreset' found no nn.Conv2d (groups=1) outside "
                           f"ignore=[...]; it compresses conv filters")
-    if cfg.selection == "activation":
-        # the engine's activation scoring path (mean-act's needs: the activations), scored by response_norm
-        per_group = score_groups(model, graph, "mean-act", calib=ctx.calib, reduce="producer", scorer=response_norm)
-        index = {id(g): i for i, g in enumerate(graph.groups)}
-        scores = {fg.key: torch.as_tensor(per_group[index[id(fg.group)]], dtype=torch.float64) for fg in groups}
-    else:
+    index = {id(g): i for i, g in enumerate(graph.groups)}
+
+    def response_scores(batches) -> dict:  # the engine's activation path (mean-act's needs), response_norm scores
+        per_group = score_groups(model, graph, "mean-act", calib=batches, reduce="producer", scorer=response_norm)
+        return {fg.key: np.asarray(per_group[index[id(fg.group)]], dtype=np.float64) for fg in groups}
+
+    if cfg.selection == "random":
         gen = torch.Generator().manual_seed(ctx.seed)
-        scores = {fg.key: torch.rand(fg.width, generator=gen, dtype=torch.float64) for fg in groups}
+        scores = {fg.key: torch.rand(fg.width, generator=gen, dtype=torch.float64).numpy()[None] for fg in groups}
+    elif cfg.per_class:  # [classes, width]: one ranking per class, the union of their top filters kept
+        per = [response_scores(b) for b in _class_batches(ctx.calib)]
+        scores = {fg.key: np.stack([p[fg.key] for p in per]) for fg in groups}
+    else:
+        scores = {k: v[None] for k, v in response_scores(ctx.calib).items()}
     sides = _conv_sides(graph, names)
     per_module = graph.macs_per_module()
     positions = {n: per_module.get(n, 0) // mods[n].weight.numel() for n in names}
@@ -154,7 +175,9 @@ def run(ctx: RunContext, cfg: CoresetKConfig) -> MethodResult:
         for fg in groups:
             k = kept_width(fg.width, sparsity)
             if k < fg.width:
-                out[fg.group.id] = np.sort(np.argsort(scores[fg.key].numpy(), kind="stable")[:fg.width - k])
+                kept = np.unique(np.argsort(-scores[fg.key], axis=1, kind="stable")[:, :k])
+                if len(kept) < fg.width:
+                    out[fg.group.id] = np.setdiff1d(np.arange(fg.width), kept)
         return out
 
     def ranks_at(removal: dict) -> dict:

@@ -94,6 +94,29 @@ def test_step_one_removes_the_filter_with_no_response_where_weight_magnitude_kee
     assert rnd.info["removed"]["0"] != [0]  # the control draws another filter at this seed
 
 
+def test_per_class_keeps_the_union_of_each_class_top_filters_where_one_ranking_keeps_the_strongest_only():
+    """By hand: 1x1 conv1 weights (1, -1, 0.5), no bias, images constant at +4 (class 0) or -1 (class 1). After the
+    ReLU class 0 gives responses (4, 0, 2), class 1 (0, 1, 0). Keeping 1 of 3 filters: one ranking over all images
+    keeps filter 0 (norms 4, 1, 2 times the same root); per class, class 0 keeps 0 and class 1 keeps 1: the union
+    {0, 1}, only filter 2 goes."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.ReLU(), nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(8, 2))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([1.0, -1.0, 0.5]).reshape(3, 1, 1, 1))
+    x = torch.cat([torch.full((4, 1, 2, 2), 4.0), torch.full((4, 1, 2, 2), -1.0)])
+    y = torch.tensor([0] * 4 + [1] * 4)
+    removed = {}
+    for per_class in (False, True):
+        ctx = RunContext(model=copy.deepcopy(m), example_inputs=x[:1], target="macs=1.0", calib=[(x, y)],
+                         options={"keep_fraction": 1 / 3, "per_class": per_class})
+        with pytest.warns(MechanismWarning):  # 1x1 convs of 1-3 channels: no basis form is smaller
+            removed[per_class] = get_method("coreset").run(ctx).info["removed"]["0"]
+    assert removed == {False: [1, 2], True: [2]}
+    with pytest.raises(ConfigError, match="per_class.*needs calibration batches"):
+        get_method("coreset").run(RunContext(model=m, example_inputs=x[:1], target="macs=1.0", calib=[(x, None)],
+                                             options={"per_class": True}))
+
+
 def test_engaged_at_defaults_and_a_rank_that_saves_nothing_warns_with_the_knob():
     data = conv_batches(2)
     x = torch.cat([b[0] for b in data])
@@ -166,6 +189,7 @@ def test_small_scale_response_norm_beats_random_but_untrained_coreset_k_neither_
               f"MACs {macs:.3f}")
         return pk.evaluate(m, test)["accuracy"]
 
+    point("macs=0.5", keep_fraction=0.5, per_class=True)  # the reference's per-class union; run: see the doc
     point("macs=1.0", keep_fraction=1.0)  # run: 84.70%, MACs 0.673
     point("macs=1.0", keep_fraction=1.0, rank_fraction=0.75)  # run: 90.75%, MACs 0.870
     point("macs=1.0", keep_fraction=1.0, rank_rule="median")  # run: 27.25%, MACs 0.245
