@@ -23,7 +23,7 @@ from .errors import CheckpointError, ConfigError
 from .models.resolution import ResolutionConv
 from .surgery.mha import PrunableMultiheadAttention, mark_pruned_, supported
 from .surgery import Transaction, set_tensor_
-from .surgery.factorize import Factorized, HingeConv
+from .surgery.factorize import BasisConv, Factorized, HingeConv
 from .train.checkpoint import write_with_record
 
 __all__ = ["save", "load"]
@@ -94,7 +94,9 @@ def save(model: nn.Module, path) -> Path:
             # convs computed at a reduced input resolution (models.resolution, method mdp): fqn -> scale
             "resolution": {n: m.scale for n, m in model.named_modules() if isinstance(m, ResolutionConv)},
             # convs split into basis filters + a 1x1 A (surgery.factorize.HingeConv, method hinge)
-            "split": [n for n, m in model.named_modules() if isinstance(m, HingeConv)]}
+            "split": [n for n, m in model.named_modules() if isinstance(m, HingeConv)],
+            # convs replaced by a shared-basis form (surgery.factorize.BasisConv, method filter-basis)
+            "basis": {n: [m.split, m.n_basis] for n, m in model.named_modules() if isinstance(m, BasisConv)}}
     write_with_record(path, tensors, _META_KEY, meta, hash_field="payload_sha256")
     try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
         sidecar(path).unlink(missing_ok=True)
@@ -189,6 +191,17 @@ def _resplit(model: nn.Module, fqns: list) -> None:
         model.set_submodule(fqn, HingeConv.from_conv(mod))
 
 
+def _rebasis(model: nn.Module, shapes: dict) -> None:
+    """Put a :class:`BasisConv` shell (``{fqn: [split, n_basis]}``) in place of every conv saved in basis form."""
+    named = dict(model.named_modules())
+    for fqn, (split, n_basis) in shapes.items():
+        mod = named.get(fqn)
+        if not isinstance(mod, nn.Conv2d):
+            raise CheckpointError(f"module {fqn!r} is a basis conv in the checkpoint but {type(mod).__name__} in "
+                                  f"model_factory()'s model; pass the factory of the model that was pruned")
+        model.set_submodule(fqn, BasisConv.shell(mod, int(split), int(n_basis)))
+
+
 def _rebuild_resolution_convs(model: nn.Module, scales: dict) -> None:
     """Turn the saved reduced-resolution convs of ``model`` (``{fqn: scale}``) into :class:`ResolutionConv`."""
     named = dict(model.named_modules())
@@ -215,6 +228,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     _refactorize(model, meta.get("factorized", {}))
     _rebuild_resolution_convs(model, meta.get("resolution", {}))
     _resplit(model, meta.get("split", []))
+    _rebasis(model, meta.get("basis", {}))
     state = model.state_dict()
     extra = sorted(set(meta["shapes"]) - set(state))
     missing = sorted(set(state) - set(meta["shapes"]))

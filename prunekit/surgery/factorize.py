@@ -35,7 +35,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Factorized", "HingeConv", "rotate", "replace", "factorized_cost", "layer_cost"]
+__all__ = ["Factorized", "HingeConv", "BasisConv", "rotate", "replace", "factorized_cost", "layer_cost", "basis_cost"]
 
 
 def _weight_matrix(layer: nn.Module, bias_in_A: bool) -> torch.Tensor:
@@ -225,12 +225,18 @@ columns is a truncated SVD), so it computes what the conv did. :meth:`fold` retu
         return self.A(self.basis(x))
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "HingeConv":
+    def from_conv(cls, conv: nn.Conv2d, rank: int | None = None) -> "HingeConv":
+        """The SVD form of ``conv``; with ``rank``, only the ``rank`` largest singular directions (truncated SVD:
+        the re-synthesised filters are the best rank-``rank`` approximation of the conv's filters)."""
         if conv.groups != 1:
             raise ConfigError(f"HingeConv: a grouped conv (groups={conv.groups}) cannot be decomposed; ignore it")
         w = conv.weight.detach().double()
         n = w.shape[0]
         u, s, vt = torch.linalg.svd(w.reshape(n, -1), full_matrices=False)
+        if rank is not None:
+            if not 1 <= rank <= s.numel():
+                raise ConfigError(f"HingeConv: rank={rank} must be in 1..{s.numel()} (the rank of the conv's filters)")
+            u, s, vt = u[:, :rank], s[:rank], vt[:rank]
         r = s.numel()
         kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
         basis = nn.Conv2d(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
@@ -261,3 +267,127 @@ columns is a truncated SVD), so it computes what the conv did. :meth:`fold` retu
     def folded_params(self) -> int:
         return self.A.out_channels * self.basis.weight[0].numel() + (self.A.out_channels if self.A.bias is not None
                                                                      else 0)
+
+
+class BasisConv(nn.Module):
+    """A k x k conv as a small basis shared by input-channel groups, then a 1x1 mix (Li et al., ICCV 2019).
+
+    The conv's ``C_in`` input channels are split into ``g = C_in / split`` groups of ``split`` channels; every
+    group is convolved with the *same* ``n_basis`` basis filters (``basis``: ``[n_basis, split, kh, kw]``), giving
+    ``g * n_basis`` maps (group ``i``'s maps at channels ``i * n_basis ..``), and a 1x1 conv ``mix``
+    (``g * n_basis -> C_out``, the conv's bias) combines them. The basis runs once on each group's slice of the
+    input (the reference code's form; on CPU at batch 1 faster than one grouped conv over the repeated basis),
+    so the engine counts ``g * n_basis * split * kh * kw`` MACs per output position.
+    Parameters: ``n_basis * split * kh * kw + g * n_basis * C_out`` (+ bias) instead of ``C_out * C_in * kh * kw``.
+
+    :meth:`from_conv` initialises it by SVD: the ``C_out * g`` filter slices (each ``split * kh * kw``) are the rows
+    of ``M = U S V^T``; the basis is the first ``n_basis`` rows of ``V^T`` and ``mix[o, i * n_basis + j] =
+    (U S)[(o, i), j]``, so at full rank it computes what the conv did and at a lower rank the folded weight
+    misses exactly the discarded singular values' energy. :meth:`fold` returns that single conv.
+    """
+
+    def __init__(self, basis: torch.Tensor, mix: nn.Conv2d, in_channels: int, stride, padding, dilation,
+                 padding_mode: str = "zeros"):
+        super().__init__()
+        if basis.dim() != 4 or in_channels % basis.shape[1]:
+            raise ConfigError(f"BasisConv: basis of shape {tuple(basis.shape)} does not split {in_channels} input "
+                              f"channels into equal groups; the split must divide the input channels")
+        if padding_mode != "zeros":
+            raise ConfigError(f"BasisConv: padding_mode={padding_mode!r}; only zero padding is supported")
+        self.basis = nn.Parameter(basis)
+        self.mix = mix
+        self.in_channels = int(in_channels)
+        self.split = int(basis.shape[1])
+        self.n_basis = int(basis.shape[0])
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+
+    @property
+    def n_groups(self) -> int:
+        return self.in_channels // self.split
+
+    @property
+    def out_channels(self) -> int:
+        return self.mix.out_channels
+
+    def forward(self, x):
+        conv = torch.nn.functional.conv2d
+        if self.n_groups == 1:
+            return self.mix(conv(x, self.basis, None, self.stride, self.padding, self.dilation))
+        maps = [conv(xi, self.basis, None, self.stride, self.padding, self.dilation)
+                for xi in torch.split(x, self.split, dim=1)]
+        return self.mix(torch.cat(maps, 1))
+
+    @staticmethod
+    def check(conv: nn.Module, split: int) -> None:
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or isinstance(conv.padding, str) \
+                or conv.padding_mode != "zeros":
+            raise ConfigError(f"BasisConv replaces an nn.Conv2d with groups=1, numeric zero padding, not "
+                              f"{conv!r}; leave it out (ignore=[...])")
+        if split < 1 or conv.in_channels % split:
+            raise ConfigError(f"BasisConv: split={split} does not divide the {conv.in_channels} input channels of "
+                              f"the conv; pick a divisor")
+
+    @classmethod
+    def shell(cls, conv: nn.Conv2d, split: int, n_basis: int) -> "BasisConv":
+        """An uninitialised basis form of ``conv`` (for loading saved weights)."""
+        cls.check(conv, split)
+        dd = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+        g = conv.in_channels // split
+        basis = torch.zeros(n_basis, split, *conv.kernel_size, **dd)
+        mix = nn.Conv2d(g * n_basis, conv.out_channels, 1, bias=conv.bias is not None, **dd)
+        return cls(basis, mix, conv.in_channels, conv.stride, conv.padding, conv.dilation, conv.padding_mode)
+
+    @staticmethod
+    def slices(conv: nn.Conv2d, split: int) -> torch.Tensor:
+        """``[C_out * g, split * kh * kw]`` float64: the filters cut into input-channel groups, row ``o * g + i``."""
+        w = conv.weight.detach().double().cpu()
+        return w.reshape(w.shape[0] * (w.shape[1] // split), -1)
+
+    @staticmethod
+    def max_rank(conv: nn.Conv2d, split: int) -> int:
+        return min(conv.out_channels * (conv.in_channels // split), split * conv.weight[0, 0].numel())
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, split: int, n_basis: int) -> "BasisConv":
+        """The SVD-initialised basis form with ``n_basis`` basis filters (at most :meth:`max_rank`)."""
+        cls.check(conv, split)
+        if not 1 <= n_basis <= cls.max_rank(conv, split):
+            raise ConfigError(f"BasisConv: n_basis={n_basis} must be in 1..{cls.max_rank(conv, split)} (the rank of "
+                              f"the conv's filter slices at split={split})")
+        u, s, vt = torch.linalg.svd(cls.slices(conv, split), full_matrices=False)
+        g, n_out = conv.in_channels // split, conv.out_channels
+        f = cls.shell(conv, split, n_basis)
+        coef = (u[:, :n_basis] * s[:n_basis]).reshape(n_out, g * n_basis)  # row o: groups i, then basis j
+        with torch.no_grad():
+            f.basis.copy_(vt[:n_basis].reshape(n_basis, split, *conv.kernel_size))
+            f.mix.weight.copy_(coef[:, :, None, None])
+            if conv.bias is not None:
+                f.mix.bias.copy_(conv.bias.detach())
+        return f
+
+    def folded_weight(self) -> torch.Tensor:
+        """``[C_out, C_in, kh, kw]`` float64: ``W[o, i*split + c] = sum_j mix[o, i*n_basis + j] basis[j, c]``."""
+        a = self.mix.weight.detach().double()[:, :, 0, 0].reshape(self.out_channels, self.n_groups, self.n_basis)
+        w = torch.einsum("oij,jckl->oickl", a, self.basis.detach().double())
+        return w.reshape(self.out_channels, self.in_channels, *self.basis.shape[2:])
+
+    def fold(self) -> nn.Conv2d:
+        """The single conv this module computes (exact up to rounding)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, tuple(self.basis.shape[2:]), self.stride, self.padding,
+                         self.dilation, bias=self.mix.bias is not None, device=self.basis.device,
+                         dtype=self.basis.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.folded_weight())
+            if self.mix.bias is not None:
+                conv.bias.copy_(self.mix.bias.detach())
+        return conv
+
+
+def basis_cost(conv: nn.Conv2d, split: int, n_basis: int, out_positions: int = 1) -> tuple[int, int]:
+    """``(params, MACs)`` of the :class:`BasisConv` form of ``conv`` (MACs per example at ``out_positions``)."""
+    g = conv.in_channels // split
+    k = conv.weight[0, 0].numel()
+    params = n_basis * split * k + g * n_basis * conv.out_channels + (conv.out_channels if conv.bias is not None
+                                                                      else 0)
+    macs = (g * n_basis * split * k + g * n_basis * conv.out_channels) * out_positions
+    return int(params), int(macs)
