@@ -1,4 +1,5 @@
-"""Activation statistics: ``apoz`` (Hu et al. 2016) and ``mean-act`` (Molchanov et al. 2017's baseline).
+"""Activation statistics: ``apoz`` (Hu et al. 2016), ``mean-act`` (Molchanov et al. 2017's baseline) and
+``act-norm`` (the response norm of Dubey et al.'s coreset filter pruning, ECCV 2018).
 
 Hengyuan Hu, Rui Peng, Yu-Wing Tai, Chi-Keung Tang, "Network Trimming: A Data-Driven Neuron Pruning
 Approach towards Efficient Deep Architectures", arXiv 2016, https://arxiv.org/abs/1607.03250 measure the
@@ -35,3 +36,14 @@ def score_apoz(view: ChannelView) -> torch.Tensor:
 def score_mean_act(view: ChannelView) -> torch.Tensor:
     """Mean response of each channel over calibration images and positions."""
     return per_channel(view, _reduce_maps(view, "mean-act", lambda a: a.double().mean(1)))
+
+
+@register_criterion("act-norm", needs=("activations",))
+def score_act_norm(view: ChannelView) -> torch.Tensor:
+    """The L2 norm of a channel's responses over every calibration image and position (summed over the layers
+    reading it): step 1 of coreset filter pruning (Dubey et al., ECCV 2018)."""
+    maps = channel_maps(view)
+    if not maps:
+        return per_channel(view, None)
+    sq = torch.stack([m.double().movedim(1, 0).reshape(m.shape[1], -1).pow(2).sum(1) for m in maps]).sum(0)
+    return per_channel(view, sq.sqrt())

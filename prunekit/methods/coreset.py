@@ -38,7 +38,7 @@ from torch import nn
 
 from ..allocate import kept_width, search_target
 from ..api import plan_channels, prune_, score_groups
-from ..criteria._stats import channel_maps, per_channel
+from ..criteria.activation import score_act_norm
 from ..errors import ConfigError
 from ..surgery.factorize import HingeConv
 from ._config import MethodConfig, option
@@ -63,14 +63,7 @@ class CoresetKConfig(MethodConfig):
     # False: one ranking over all sample images (the paper's text)
 
 
-def response_norm(view) -> torch.Tensor:
-    """Step 1's filter score: the L2 norm of a channel's responses over every sample image and position, read
-    where the network uses the channel (a ``score_groups`` scorer)."""
-    maps = channel_maps(view)
-    if not maps:
-        return per_channel(view, None)
-    sq = torch.stack([m.double().movedim(1, 0).reshape(m.shape[1], -1).pow(2).sum(1) for m in maps]).sum(0)
-    return per_channel(view, sq.sqrt())
+response_norm = score_act_norm  # step 1's filter score: the registered criterion ``act-norm``
 
 
 def coreset_rank(singular_values: torch.Tensor, n_filters: int, rule: str, fraction: float) -> int:
@@ -151,8 +144,8 @@ def run(ctx: RunContext, cfg: CoresetKConfig) -> MethodResult:
                           f"ignore=[...]; it compresses conv filters")
     index = {id(g): i for i, g in enumerate(graph.groups)}
 
-    def response_scores(batches) -> dict:  # the engine's activation path (mean-act's needs), response_norm scores
-        per_group = score_groups(model, graph, "mean-act", calib=batches, reduce="producer", scorer=response_norm)
+    def response_scores(batches) -> dict:  # the registered act-norm criterion through the engine
+        per_group = score_groups(model, graph, "act-norm", calib=batches, reduce="producer")
         return {fg.key: np.asarray(per_group[index[id(fg.group)]], dtype=np.float64) for fg in groups}
 
     if cfg.selection == "random":
