@@ -14,6 +14,7 @@ loop that calls the hooks. They hold references to the tensors they act on, neve
 | :class:`HardFilterMask` | dropnet, gate-decorator | keep chosen channels at exactly zero |
 | :class:`DynamicFilterMask` | gdp | compute with masked filters, update the dense ones, re-select globally |
 | :class:`GateTaylor` / :class:`GateSGD` | gate-decorator | Taylor importance on gates; gate updates with L1 |
+| :class:`ChannelGroupLasso` | oicsr | group-lasso sub-gradient over each channel's out- (and in-) weights |
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from ._filter_common import (
 log = logging.getLogger(__name__)
 
 __all__ = ["BNScaleL1", "BNScaleISTA", "APGGates", "SoftFilterMask", "Centripetal", "HardFilterMask",
-           "DynamicFilterMask", "GateTaylor", "GateSGD", "FreezeExcept", "current_lr"]
+           "DynamicFilterMask", "GateTaylor", "GateSGD", "FreezeExcept", "ChannelGroupLasso", "channel_slices",
+           "channel_group_norms", "current_lr"]
 
 
 def current_lr(optimizer, param: torch.Tensor | None = None, default: float = 0.1) -> float:
@@ -362,3 +364,65 @@ class FreezeExcept(Callback):
     def on_after_backward(self, state) -> None:
         for p in self.frozen:
             p.grad = None
+
+
+def channel_slices(model: nn.Module, group, roles: Sequence[str] = ("producer", "consumer")) -> list:
+    """The weight slices of a channel group (an engine ``Group``): ``[(param, dim, channel index per position)]``
+    for every Conv/Linear ``weight`` member whose role is in ``roles`` (``"producer"``: the filters that output
+    the channels; ``"consumer"``: the next layers' input columns reading them). Positions outside the group
+    carry channel -1."""
+    params = dict(model.named_parameters())
+    out = []
+    for m in group.members:
+        if m.role not in roles or not m.fqn.endswith(".weight") or m.fqn not in params:
+            continue
+        p = params[m.fqn]
+        if p.dim() < 2:
+            continue
+        out.append((p, m.dim, torch.as_tensor(m.channel, dtype=torch.long)))
+    return out
+
+
+def channel_group_norms(slices: list, width: int) -> torch.Tensor:
+    """Squared L2 norm of every channel's weights over all ``slices`` (``[width]``, float64): for OICSR's
+    out-in groups, ``||W_l[c]||^2 + ||W_{l+1}[:, c]||^2`` summed over every coupled layer."""
+    total = torch.zeros(width, dtype=torch.float64)
+    for p, dim, chan in slices:
+        per_pos = p.detach().double().pow(2).transpose(0, dim).reshape(p.shape[dim], -1).sum(1).cpu()
+        keep = chan >= 0
+        total.index_add_(0, chan[keep], per_pos[keep])
+    return total
+
+
+class ChannelGroupLasso(Callback):
+    """Group lasso over channels: adds the sub-gradient of ``strength * sum_c ||g_c||_2`` after backward, where
+    ``g_c`` gathers every weight slice of channel ``c`` (``groups``: ``[(width, slices)]`` from
+    :func:`channel_slices`; OICSR's out-in group when the slices hold the producers and the consumers, a plain
+    filter group lasso with the producers only). ``d||g_c|| / dW = W / ||g_c||`` on the slice's entries.
+
+    Example:
+        >>> w = nn.Parameter(torch.tensor([[3.0, 0.0], [0.0, 4.0]])); w.grad = torch.zeros(2, 2)
+        >>> ChannelGroupLasso([(2, [(w, 0, torch.tensor([0, 1]))])], strength=1.0).on_after_backward(None)
+        >>> w.grad.tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+
+    def __init__(self, groups: Sequence, strength: float, eps: float = 1e-12):
+        self.groups = list(groups)
+        self.strength, self.eps = float(strength), float(eps)
+
+    def on_after_backward(self, state) -> None:
+        if self.strength == 0:
+            return
+        with torch.no_grad():
+            for width, slices in self.groups:
+                inv = channel_group_norms(slices, width).sqrt().clamp_min(self.eps).reciprocal()
+                for p, dim, chan in slices:
+                    scale = torch.zeros(p.shape[dim], dtype=p.dtype, device=p.device)
+                    keep = chan >= 0
+                    scale[keep] = inv[chan[keep]].to(p.dtype).to(p.device) * self.strength
+                    shape = [1] * p.dim()
+                    shape[dim] = -1
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    p.grad.add_(p.detach() * scale.reshape(shape))
