@@ -30,7 +30,9 @@ SECTIONS = [
     ("filter_2a_ccp_aofp.md", "Filter pruning: CCP and AOFP on the fair protocol (interim: seed 0 of the ccp rows; "
      "the controls' seed-0 cells of this protocol are in the FSKD/PFP table above)", None),
     ("filter_2a_hinge_curl.md", "Filter pruning: hinge and CURL on the fair protocol (interim: three seed-0 cells)", None),
-    ("eagleeye_correlation.md", "Width search: EagleEye's claim (adaptive BN predicts the fine-tuned accuracy)", None),
+    ("eagleeye_correlation.md", "Width search: EagleEye's claim at 4x fewer MACs (adaptive BN predicts the fine-tuned "
+     "accuracy)", None),
+    ("eagleeye_correlation_2x.md", "Width search: EagleEye's claim at 2x fewer MACs (the entry's target)", None),
     ("legr_check.md", "Width search: LeGR's entry check (learned layer maps vs plain global ranking)", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
