@@ -4,8 +4,8 @@ Protocol (the entry's small-scale check): from the baseline, 3 epochs of trainin
 (OICSR) or with the filter-only group lasso (``separate=True``, the paper's baseline) at the same lambda
 (``--strength``), then one global cut to ``--target`` without fine-tuning; test accuracy right after the cut and
 after BN recalibration, over ``--seeds``. Each run is ``prunekit run`` (4,500 training images, lr 0.01) into
-``benchmarks/results/oicsr_check/<row>_s<seed>`` (existing runs are kept); the table goes to
-``benchmarks/results/oicsr_check.md``.
+``benchmarks/results/oicsr_check/<row>_l<strength>_s<seed>`` (existing runs are kept); the table goes to
+``benchmarks/results/oicsr_check_l<strength>.md``.
 
 Usage: nice python benchmarks/oicsr_check.py [--seeds 0 1 2] [--strength 1e-3]
 """
@@ -33,7 +33,7 @@ def main():
     rows = {"oicsr": "false", "filter-lasso": "true"}
     for seed in a.seeds:
         for row, sep in rows.items():
-            out = OUT / f"{row}_s{seed}"
+            out = OUT / f"{row}_l{a.strength:g}_s{seed}"
             if (out / "report.json").exists():
                 continue
             cmd = [sys.executable, "-m", "prunekit", "run", "--model", "vgg-small", "--data", "fashion-mnist",
@@ -49,8 +49,8 @@ def main():
           "| row | seeds | after the cut | after BN recalibration | lower-half energy share before → after | engaged |",
           "|---|---|---|---|---|---|"]
     for row in rows:
-        reps = [json.loads((OUT / f"{row}_s{s}" / "report.json").read_text()) for s in a.seeds
-                if (OUT / f"{row}_s{s}" / "report.json").exists()]
+        reps = [json.loads((OUT / f"{row}_l{a.strength:g}_s{s}" / "report.json").read_text()) for s in a.seeds
+                if (OUT / f"{row}_l{a.strength:g}_s{s}" / "report.json").exists()]
         if not reps:
             continue
         cut = [r["stages"]["after prune"] for r in reps]
@@ -62,7 +62,7 @@ def main():
                   f"{np.mean([t['bottom_half_share'] for t in tel]):.3f} | "
                   f"{sum(bool(r['method']['engaged']) for r in reps)}/{len(reps)} |")
     md += ["", "Entry's check: OICSR's accuracy after the cut at least the filter-only lasso's."]
-    (OUT.parent / "oicsr_check.md").write_text("\n".join(md) + "\n")
+    (OUT.parent / f"oicsr_check_l{a.strength:g}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
