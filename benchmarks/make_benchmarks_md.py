@@ -34,6 +34,7 @@ SECTIONS = [
      "accuracy)", None),
     ("eagleeye_correlation_2x.md", "Width search: EagleEye's claim at 2x fewer MACs (the entry's target)", None),
     ("legr_check.md", "Width search: LeGR's entry check (learned layer maps vs plain global ranking)", None),
+    ("oicsr_check_l0.03.md", "Filter pruning, part 2b: OICSR's entry check (out-in vs filter-only group lasso)", None),
     ("filter_grid.md", "Filter pruning: the first side-by-side table", None),
     ("filter_methods.md", "Filter pruning: every filter method, first look", None),
     ("filter_full.md", "Filter pruning: the full table (3 seeds, 2x and 4x, every Torch-Pruning importance)", None),
