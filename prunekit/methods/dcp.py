@@ -43,12 +43,14 @@ from ..api import plan_channels, prune_
 from ..criteria.teacher import Teacher
 from ..data import first_examples
 from ..errors import ConfigError
+from ..graph.tensors import model_device, move_to
 from ..models.heads import AuxClassifiers, WithAux, evenly_spaced
 from ..train import fit
 from ..train.config import method_train_config
 from ..train.loop import output_logits
 from ._config import MethodConfig, option
-from ._filter_common import FilterGroup, _graph, filter_groups, require_prune_epochs, select_to_target
+from ._filter_common import (FilterGroup, _graph, filter_groups, require_prune_epochs, select_to_target,
+                             steps_per_epoch)
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,7 @@ def greedy_select(model: nn.Module, reader: str, keep: int, batches, teacher: nn
         opt = torch.optim.SGD([w], lr=lr, momentum=momentum)
 
         def losses(x, y):
+            x, y = move_to(x, w.device), move_to(y, w.device)
             with torch.no_grad():
                 teacher(x)
             out = model(x)
@@ -217,7 +220,9 @@ def _accuracy(model: nn.Module, batches, class_logits: Callable) -> float:
     was = model.training
     model.eval()
     try:
-        right = sum(int((class_logits(model(x)).argmax(-1) == y).sum()) for x, y in batches)
+        dev = model_device(model)
+        right = sum(int((class_logits(model(move_to(x, dev))).argmax(-1) == move_to(y, dev)).sum())
+                    for x, y in batches)
     finally:
         model.train(was)
     return right / max(1, sum(len(y) for _, y in batches))
@@ -247,14 +252,16 @@ def run(ctx: RunContext, cfg: DCPConfig) -> MethodResult:
                                   groups=groups, graph=graph)  # the paper's same rate in every layer
     quota = {d.producer: d.group.width - len(sel.get(d.group.key, ())) for d in layers}
     with torch.no_grad():
-        n_classes = output_logits(model.eval()(ctx.example_inputs)).shape[-1]
+        was = model.training
+        n_classes = output_logits(model.eval()(move_to(ctx.example_inputs, model_device(model)))).shape[-1]
+        model.train(was)
     teacher = Teacher(model)
     subset = first_examples(ctx.train_data, cfg.select_images)
     readers = [d.reader for d in layers]
     heads = evenly_spaced(readers, cfg.heads)
     bounds = [readers.index(h) + 1 for h in heads] + [len(readers)]
     stages = [layers[a:b] for a, b in zip([0] + bounds[:-1], bounds)]
-    per_stage = max(1, ctx.prune_epochs * len(ctx.train_data) // len(stages))
+    per_stage = max(1, ctx.prune_epochs * steps_per_epoch(ctx.train_data) // len(stages))
     selections, differs, aux_acc, first, last, removed_total = 0, 0, [], [], [], 0
     for p, stage in enumerate(stages):
         aux = AuxClassifiers(model, [heads[p]], n_classes, ctx.example_inputs) if p < len(heads) else None

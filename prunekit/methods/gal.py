@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..criteria.teacher import Teacher
+from ..graph.tensors import model_device, move_to
 from ..models.heads import Discriminator
 from ..train import fit
 from ..train.callbacks import Callback
@@ -168,8 +169,8 @@ def run(ctx: RunContext, cfg: GALConfig) -> MethodResult:
     model = ctx.model
     teacher = Teacher(model)
     with torch.no_grad():
-        n_out = output_logits(teacher.model(ctx.example_inputs)).shape[-1]
-    disc = Discriminator(n_out).to(next(model.parameters()).device)
+        n_out = output_logits(teacher.model(move_to(ctx.example_inputs, model_device(model)))).shape[-1]
+    disc = Discriminator(n_out).to(model_device(model))
     gates = ChannelGates(model, [f for f, _ in bn_layers(model)])
     gal = GALAdversarial(teacher.model, gates, disc, lam=cfg.lam, mu=cfg.mu, mask_step=cfg.mask_step,
                          momentum=cfg.d_momentum, weight_decay=cfg.d_weight_decay)
