@@ -60,6 +60,23 @@ def apg_nag_step(
     return torch.clamp(z + momentum * velocity, min=0.0), velocity
 
 
+def fista_step(m: torch.Tensor, grad: torch.Tensor, z_prev: torch.Tensor, t: float, *, lr: float,
+               lam: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One FISTA step on masks ``m``: ``z = soft_threshold(m - lr*grad, lr*lam)``, then the momentum point
+    ``m' = z + (t - 1)/t' * (z - z_prev)`` with ``t' = (1 + sqrt(1 + 4 t^2)) / 2``. Returns ``(m', z, t')``;
+    start with ``z_prev = m`` and ``t = 1`` (no momentum on the first step).
+
+    Example:
+        >>> m = torch.tensor([0.005, 0.5])
+        >>> new, z, t = fista_step(m, torch.zeros(2), m.clone(), 1.0, lr=0.01, lam=0.6)
+        >>> [round(v, 6) for v in new.tolist()]   # 0.005 is under the threshold lr * lam = 0.006: exactly 0
+        [0.0, 0.494]
+    """
+    z = soft_threshold(m - lr * grad, lr * lam)
+    t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+    return z + (t - 1) / t_next * (z - z_prev), z, t_next
+
+
 def cluster_average_matrix(clusters: Sequence[Sequence[int]], n: int) -> torch.Tensor:
     """``[n, n]`` matrix ``M`` with ``M[i, j] = 1/|C|`` when filters i and j share cluster C, else 0."""
     m = torch.zeros(n, n)

@@ -29,7 +29,6 @@ epoch and the final MSE to the teacher. The mechanism engaged when FISTA left at
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -44,8 +43,8 @@ from ..train.callbacks import Callback
 from ..train.config import method_train_config
 from ..train.loop import output_logits
 from ._config import MethodConfig, option
-from ._filter_common import (ChannelGates, bn_layers, cut_to_target, require_bn, require_prune_epochs,
-                             soft_threshold, zero_scale_channels)
+from ._filter_common import (ChannelGates, fista_step, bn_layers, cut_to_target, require_bn, require_prune_epochs,
+                             zero_scale_channels)
 from ._regularizers import current_lr
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -61,23 +60,6 @@ class GALConfig(MethodConfig):
     mask_step: int = option(200, ge=1)  # iterations between FISTA steps on the masks (reference mask_step=200)
     d_momentum: float = option(0.9, ge=0, lt=1)  # SGD momentum of the discriminator (reference main.py: 0.9)
     d_weight_decay: float = option(2e-4, ge=0)  # its weight decay (reference options weight_decay=2e-4)
-
-
-def fista_step(m: torch.Tensor, grad: torch.Tensor, z_prev: torch.Tensor, t: float, *, lr: float,
-               lam: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """One FISTA step on masks ``m``: ``z = soft_threshold(m - lr*grad, lr*lam)``, then the momentum point
-    ``m' = z + (t - 1)/t' * (z - z_prev)`` with ``t' = (1 + sqrt(1 + 4 t^2)) / 2``. Returns ``(m', z, t')``;
-    start with ``z_prev = m`` and ``t = 1`` (no momentum on the first step).
-
-    Example:
-        >>> m = torch.tensor([0.005, 0.5])
-        >>> new, z, t = fista_step(m, torch.zeros(2), m.clone(), 1.0, lr=0.01, lam=0.6)
-        >>> [round(v, 6) for v in new.tolist()]   # 0.005 is under the threshold lr * lam = 0.006: exactly 0
-        [0.0, 0.494]
-    """
-    z = soft_threshold(m - lr * grad, lr * lam)
-    t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-    return z + (t - 1) / t_next * (z - z_prev), z, t_next
 
 
 def discriminator_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
