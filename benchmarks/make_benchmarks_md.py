@@ -13,8 +13,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 # (file, heading, cut the section at this heading (exclusive) or None)
 SECTIONS = [
     ("fit.md", "Foundation: training loop and baselines", None),
-    ("filter_fair.md", "Filter pruning on the fair protocol (equal training, Torch-Pruning at matched MACs; interim: "
-     "seed 0 of every row)", None),
+    ("filter_fair.md", "Filter pruning on the fair protocol (equal training, Torch-Pruning at matched MACs; 3 seeds)",
+     None),
     ("weight_fair.md", "Weight pruning on the fair protocol (equal training, matched sparsity)", None),
     ("weight_admm_lc.md", "Weight pruning as optimisation: ADMM and LC on the fair protocol", None),
     ("weight_admm_lc_lenet5.md", "Weight pruning as optimisation: ADMM and LC on LeNet-5 (interim: the two ADMM rows, 3 seeds; LC and the controls not run yet)", None),
@@ -72,9 +72,8 @@ times carry noise of tens of percent; ratios measured side by side in one run (a
 figures. Accuracy budgets are small (short fine-tunes, data subsets), as each section states: compare rows
 with each other, not with published numbers.
 
-**Which tables are current.** The "fair protocol" sections come first (the filter one is still running: seed 0
-of every row, controls included, so far, and seeds 1-2 of l1-filter, fpgm and thinet at 2x in its cells; the
-sections marked interim hold their first cells; the others are complete): every row there counts the
+**Which tables are current.** The "fair protocol" sections come first (the sections marked interim hold their
+first cells; the others are complete): every row there counts the
 training it consumed, the control rows get the same total, Torch-Pruning is matched to prunekit's MACs and
 rows whose mechanism did not engage are flagged. Every other filter and weight section below was measured
 before the method harness and its faithfulness fixes (typed configs at the papers' defaults, mechanism
