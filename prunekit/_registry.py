@@ -64,7 +64,10 @@ class Registry(Generic[T]):
             raise ConfigError(unknown_name_message(self.kind, name, self._items, argument)) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        try:
+            return name in self._items
+        except TypeError:  # an unhashable value (a list given as a name) is no name of the registry
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))

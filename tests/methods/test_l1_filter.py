@@ -17,7 +17,7 @@ from method_setups import accuracy, constant_, random_baseline, run_method, tiny
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.methods import METHODS, RunContext, get_method, load_all
-from prunekit.surgery.factorize import Factorized
+from prunekit.surgery.factorize import Factorized, HingeConv
 
 load_all()
 # The one-shot filter family, computed from the registry: every structured method but the training-time ones
@@ -61,7 +61,7 @@ def test_contract_smaller_model_meets_target(mid):
     x = calib[0][0][:1]
     assert r.model is m and sum(p.numel() for p in m.parameters()) < before
     dense_model = tiny_lenet()[0]
-    if isinstance(m.conv2, Factorized):  # eigendamage: conv2 became its smaller three-layer form, same outputs
+    if isinstance(m.conv2, (Factorized, HingeConv)):  # eigendamage / coreset: conv2 became a smaller decomposed form
         assert sum(p.numel() for p in m.conv2.parameters()) < sum(p.numel() for p in dense_model.conv2.parameters())
     else:  # the channel pruners narrow it
         assert m.conv2.out_channels < 50
