@@ -154,3 +154,26 @@ def sign_ctx(model, data, target: str, epochs: int, options: dict) -> RunContext
     """A RunContext training ``model`` on ``data`` for ``epochs`` pre-cut epochs at lr 0.05."""
     return RunContext(model=model, example_inputs=None, target=target, train_data=data, prune_epochs=epochs,
                       train_config=TrainConfig(lr=0.05, progress=False), options=options)
+
+
+# ---- the width-search methods: a trained tiny conv net and held-out batches -----------------------------------
+_TRAINED_TINY: dict = {}
+
+
+def trained_tiny_convnet() -> nn.Sequential:
+    """A copy of tiny_convnet trained 30 epochs on the first 6 tercile batches (trained once per process)."""
+    import copy
+
+    if not _TRAINED_TINY:
+        m = tiny_convnet()
+        pk.fit(m, conv_batches(8, labels="tercile")[:6], pk.TrainConfig(epochs=30, lr=0.05, scheduler="constant",
+                                                                        progress=False))
+        _TRAINED_TINY["m"] = m
+    return copy.deepcopy(_TRAINED_TINY["m"])
+
+
+def search_ctx(model, target: str = "macs=0.5", **options) -> RunContext:
+    """A search method's run on the tercile batches: 6 to train / recalibrate on, 2 held out to score on."""
+    data = conv_batches(8, labels="tercile")
+    return RunContext(model=model, example_inputs=data[0][0][:2], target=target, train_data=data[:6],
+                      val_data=data[6:], options=options)

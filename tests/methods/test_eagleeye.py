@@ -10,28 +10,17 @@ from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.eagleeye import max_ratio_for
 
-from method_setups import conv_batches, tiny_convnet
+from method_setups import search_ctx, tiny_convnet, trained_tiny_convnet
 
 load_all()
 
 
-_TRAINED = {}
-
-
 def trained():
-    """tiny_convnet trained on the tercile labels (once per module; each test gets a copy)."""
-    if not _TRAINED:
-        m = tiny_convnet()
-        pk.fit(m, conv_batches(8, labels="tercile")[:6], pk.TrainConfig(epochs=30, lr=0.05, scheduler="constant",
-                                                                        progress=False))
-        _TRAINED["m"] = m
-    return copy.deepcopy(_TRAINED["m"])
+    return trained_tiny_convnet()
 
 
 def _ctx(model, target="macs=0.5", **options):
-    data = conv_batches(8, labels="tercile")
-    return RunContext(model=model, example_inputs=data[0][0][:2], target=target, train_data=data[:6],
-                      val_data=data[6:], options={"recal_batches": 3, "window": 0.1, **options})
+    return search_ctx(model, target, **{"recal_batches": 3, "window": 0.1, **options})
 
 
 def test_the_paper_max_ratio_follows_the_target():

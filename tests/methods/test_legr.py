@@ -11,25 +11,15 @@ from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.legr import mutate, transformed_scores
 
-from method_setups import conv_batches, tiny_convnet
+from method_setups import search_ctx, tiny_convnet, trained_tiny_convnet
 
 load_all()
-_TRAINED = {}
-
-
 def trained():
-    if not _TRAINED:
-        m = tiny_convnet()
-        pk.fit(m, conv_batches(8, labels="tercile")[:6], pk.TrainConfig(epochs=30, lr=0.05, scheduler="constant",
-                                                                        progress=False))
-        _TRAINED["m"] = m
-    return copy.deepcopy(_TRAINED["m"])
+    return trained_tiny_convnet()
 
 
 def _ctx(model, target="macs=0.5", **options):
-    data = conv_batches(8, labels="tercile")
-    return RunContext(model=model, example_inputs=data[0][0][:2], target=target, train_data=data[:6],
-                      val_data=data[6:], options=options)
+    return search_ctx(model, target, **options)
 
 
 def test_an_affine_map_changes_the_global_ranking_as_computed_by_hand():
