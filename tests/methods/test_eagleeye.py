@@ -1,13 +1,11 @@
 """EagleEye (Li et al., ECCV 2020): random layer-wise strategies ranked by adaptive-BN accuracy."""
-import copy
 import json
 
 import pytest
 import torch
 
-import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
-from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods import get_method, load_all
 from prunekit.methods.eagleeye import max_ratio_for
 
 from method_setups import search_ctx, tiny_convnet, trained_tiny_convnet

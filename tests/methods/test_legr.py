@@ -1,14 +1,12 @@
 """LeGR (Chin et al., CVPR 2020): learned per-layer affine maps of filter norms, one global ranking."""
-import copy
 
 import numpy as np
 import pytest
 import torch
 
-import prunekit as pk
 from prunekit.allocate.search import SearchSpace, global_ranking_widths
 from prunekit.errors import ConfigError, MechanismWarning
-from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods import get_method, load_all
 from prunekit.methods.legr import mutate, transformed_scores
 
 from method_setups import search_ctx, tiny_convnet, trained_tiny_convnet
