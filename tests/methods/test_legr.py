@@ -9,7 +9,7 @@ from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods import get_method, load_all
 from prunekit.methods.legr import mutate, transformed_scores
 
-from method_setups import search_ctx, tiny_convnet, trained_tiny_convnet
+from method_setups import search_ctx, trained_tiny_convnet
 
 load_all()
 def trained():
