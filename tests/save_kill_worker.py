@@ -3,6 +3,7 @@
 Usage: python save_kill_worker.py PATH named|unnamed
 Prints ``ready`` once imported, then ``saved K`` after each complete save of a model whose weights all equal K.
 """
+import signal
 import sys
 
 import torch
@@ -16,6 +17,9 @@ def factory() -> nn.Module:
 
 
 if __name__ == "__main__":
+    # A shell starts a background job with SIGINT ignored and a child inherits that; the tests model Ctrl-C in a
+    # terminal, where Python's handler (KeyboardInterrupt) is installed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     import prunekit as pk
     from prunekit.train import checkpoint

@@ -6,6 +6,7 @@ MODE ``save:NAME``: the atomic write of the file NAME (e.g. the baseline) writes
 hangs for 10 minutes, so the test can kill the process in the middle of the save.
 """
 import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,9 @@ from pathlib import Path
 import torch
 
 if __name__ == "__main__":
+    # A shell starts a background job with SIGINT ignored and a child inherits that; the tests model Ctrl-C in a
+    # terminal, where Python's handler (KeyboardInterrupt) is installed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     mode, marker = sys.argv[1], Path(sys.argv[2])
     args = sys.argv[sys.argv.index("--") + 1:]
