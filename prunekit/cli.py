@@ -19,6 +19,11 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1,3,32,32") from None
 
 
+def _output_key(text: str):
+    """A model output's name, or its index in a tuple return."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all", "null") else int(text)
 
@@ -46,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu | cuda | mps")
     r.add_argument("--calib-batches", type=int, help="batches for BN recalibration (0 = none)")
     r.add_argument("--ignore", nargs="*", help="module paths never pruned, e.g. fc conv1")
+    r.add_argument("--keep-outputs", nargs="+", type=_output_key, metavar="OUTPUT",
+                   help="outputs whose shape must not change (method criterion:<name> only; default all)")
     r.add_argument("--data-dir", help="folder holding the data set files")
     r.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     r.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -88,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="channel criterion for macs=/params= (default l2, as pk.plan; l1/l2/fpgm score the "
                          "producing filters) or weight criterion for sparsity= (default magnitude, as pk.sparsify_)")
     pr.add_argument("--ignore", nargs="*", default=[])
+    pr.add_argument("--keep-outputs", nargs="+", type=_output_key, default=None, metavar="OUTPUT",
+                    help="outputs whose shape must not change (names of a dict/ModelOutput return, indices of a "
+                         "tuple); the others may narrow. Default: all")
     pr.add_argument("--input-shape", type=_shape, help="example input shape, default 1,1,28,28")
     pr.add_argument("--num-classes", type=int, default=10)
     pr.add_argument("--out", required=True, help="output folder")
@@ -125,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--model", required=True)
     i.add_argument("--input-shape", type=_shape)
     i.add_argument("--num-classes", type=int, default=10)
+    i.add_argument("--keep-outputs", nargs="+", type=_output_key, default=None, metavar="OUTPUT",
+                   help="outputs whose shape must not change (default: all)")
     i.add_argument("--json", action="store_true")
 
     b = sub.add_parser("bench", help="run or continue a benchmark grid (methods × targets × seeds)")
@@ -258,7 +270,8 @@ def _cmd_prune(args) -> int:
 
     criterion = args.criterion or ("magnitude" if args.target.strip().lower().startswith("sparsity") else "l2")
     rep = prune_job(args.model, args.target, args.out, criterion=criterion, ignore=tuple(args.ignore),
-                    input_shape=args.input_shape, num_classes=args.num_classes, force=args.force)
+                    input_shape=args.input_shape, num_classes=args.num_classes, force=args.force,
+                    keep_outputs=args.keep_outputs or "all")
     b, a = rep["before"], rep["after"]
     _console().print(_table(f"prunekit prune — {args.model} → {args.target}", ("", "before", "after"),
                             [("params", b["params"], a["params"]),
@@ -294,7 +307,8 @@ def _cmd_search(args) -> int:
 def _cmd_inspect(args) -> int:
     from .workflows import inspect_job
 
-    rep = inspect_job(args.model, input_shape=args.input_shape, num_classes=args.num_classes)
+    rep = inspect_job(args.model, input_shape=args.input_shape, num_classes=args.num_classes,
+                      keep_outputs=args.keep_outputs or "all")
     if args.json:
         return _print_json(rep)
     console = _console()

@@ -79,6 +79,20 @@ def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
     return kind, value
 
 
+def check_keep_outputs(keep) -> None:
+    """``keep_outputs`` is ``"all"``, an output name or index, or a non-empty list of them (checked against the
+    model's outputs when it is traced)."""
+    def ok(k):
+        return isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool))
+    if isinstance(keep, (list, tuple)) and not keep:
+        raise ConfigError(f"keep_outputs={keep!r} keeps no output; name the outputs whose shape must not change "
+                          f"(e.g. keep_outputs=['pooler_output']), or 'all' (the default)")
+    if ok(keep) or (isinstance(keep, (list, tuple)) and all(ok(k) for k in keep)):
+        return
+    raise ConfigError(f"keep_outputs={keep!r} must be 'all' (the default), an output's name or index, or a "
+                      f"non-empty list of them, e.g. keep_outputs=['pooler_output']")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One pruning job: baseline, method, target, training budget and outputs."""
@@ -90,6 +104,7 @@ class Recipe:
     target: str = "macs=0.5"  # macs=/params= fraction kept, sparsity= fraction removed
     options: dict = field(default_factory=dict)  # method-specific overrides of its defaults
     ignore: tuple[str, ...] = ()  # FQNs (or re:<regex>) never pruned
+    keep_outputs: Any = "all"  # outputs whose shape must not change: "all" or a list of output names/indices
     prune_epochs: int = 1  # epochs a training-time method may spend before the cut
     finetune_epochs: int = 3  # epochs of fine-tuning after the cut
     lr: float = 0.01  # fine-tuning learning rate (cosine schedule, SGD momentum 0.9)
@@ -128,6 +143,13 @@ class Recipe:
             problems.append(f"data_options={self.data_options!r} must be a mapping of data option -> value")
         if not isinstance(self.ignore, tuple) or not all(isinstance(s, str) for s in self.ignore):
             problems.append(f"ignore={self.ignore!r} must be a list of module paths")
+        try:
+            check_keep_outputs(self.keep_outputs)
+            if self.keep_outputs != "all" and isinstance(self.method, str) and not self.method.startswith("criterion:"):
+                problems.append(f"keep_outputs={self.keep_outputs!r} with method={self.method!r}: the methods keep "
+                                f"every output's shape; use keep_outputs with method: criterion:<name>, or drop it")
+        except ConfigError as e:
+            problems.append(str(e))
         if self.baseline is not None and not isinstance(self.baseline, str):
             problems.append(f"baseline={self.baseline!r} must be a baseline name, a checkpoint path or null")
         if not isinstance(self.latency, bool):
@@ -174,6 +196,8 @@ class Recipe:
         for key in ("options", "data_options"):
             if key in data and data[key] is None:
                 data[key] = {}
+        if isinstance(data.get("keep_outputs"), list):
+            data["keep_outputs"] = tuple(data["keep_outputs"])
         return cls(**data)
 
     @classmethod
@@ -222,12 +246,16 @@ class Recipe:
         _check_keys(changes, "override")
         if "ignore" in changes:
             changes["ignore"] = tuple(changes["ignore"])
+        if isinstance(changes.get("keep_outputs"), list):
+            changes["keep_outputs"] = tuple(changes["keep_outputs"])
         return dataclasses.replace(self, **changes)
 
     # --- output ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["ignore"] = list(self.ignore)
+        if isinstance(self.keep_outputs, tuple):
+            data["keep_outputs"] = list(self.keep_outputs)
         return {"type": RECIPE_TYPE, "version": RECIPE_VERSION, **data}
 
     def to_yaml(self) -> str:

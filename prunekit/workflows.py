@@ -574,6 +574,10 @@ def _history(result) -> list[dict]:
     return [{rename.get(k, k): v for k, v in dict(h).items()} for h in hist] if isinstance(hist, list) else []
 
 
+def _keep(keep):
+    return list(keep) if isinstance(keep, tuple) else keep
+
+
 def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tuple[list, dict]:
     """Prune ``model`` in place as the recipe says; returns (fine-tune callbacks, method info)."""
     kind, value = parse_target(recipe.target)
@@ -584,7 +588,8 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
         else:
             calib = calib_batches(bundle, recipe.calib_batches) if get_criterion(name).needs else None
             rep = pk.prune_(model, example_inputs=x, target=recipe.target, criterion=name,
-                            ignore=list(recipe.ignore), calib=calib, seed=recipe.seed)
+                            ignore=list(recipe.ignore), calib=calib, seed=recipe.seed,
+                            keep_outputs=_keep(recipe.keep_outputs))
         return [], {"engine_report": _plain(rep)}
 
     ctx = RunContext(model=model, example_inputs=x, target=recipe.target, train_data=bundle.train,
@@ -849,7 +854,8 @@ def _example_for(model_spec: str, input_shape: tuple[int, ...] | None) -> torch.
 
 
 def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignore: tuple[str, ...] = (),
-              input_shape: tuple[int, ...] | None = None, num_classes: int = 10, force: bool = False) -> dict:
+              input_shape: tuple[int, ...] | None = None, num_classes: int = 10, force: bool = False,
+              keep_outputs="all") -> dict:
     """One-shot pruning of a saved model or a spec (no data needed): structural (macs=/params=) or masks (sparsity=).
 
     Writes ``model.safetensors`` and ``report.json`` into ``out``.
@@ -867,7 +873,8 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
         rep = pk.sparsify_(net, sparsity=value, criterion=criterion, ignore=tuple(ignore))
         pk.finalize_(net)
     else:
-        rep = pk.prune_(net, example_inputs=x, target=target, criterion=criterion, ignore=list(ignore))
+        rep = pk.prune_(net, example_inputs=x, target=target, criterion=criterion, ignore=list(ignore),
+                        keep_outputs=keep_outputs)
     after = {**_measure(net, x, False), "layers": layer_stats(net)}
     report = {"type": "prunekit.PruneReport", "version": 1, "model": model, "model_build": build, "target": target,
               "criterion": criterion, "ignore": list(ignore), "input_shape": list(x.shape),
@@ -880,12 +887,13 @@ def prune_job(model: str, target: str, out: str, *, criterion: str = "l1", ignor
     return {**report, "out": str(out)}
 
 
-def inspect_job(model: str, *, input_shape: tuple[int, ...] | None = None, num_classes: int = 10) -> dict:
+def inspect_job(model: str, *, input_shape: tuple[int, ...] | None = None, num_classes: int = 10,
+                keep_outputs="all") -> dict:
     """Prunable groups and layer widths of a model (nothing is changed)."""
     x = _example_for(model, input_shape)
     _check_model_name(model)
     net = resolve_model(model, num_classes=num_classes, in_channels=x.shape[1], input_size=x.shape[-1]).eval()
-    found = pk.inspect(net, x)
+    found = pk.inspect(net, x, keep_outputs=keep_outputs)
     groups = [{"id": g.id, "name": g.name, "width": g.width, "approximate": bool(g.approximate),
                "members": [f"{m.fqn}[{m.dim}]" for m in g.members]} for g in getattr(found, "groups", [])]
     return {"model": model, "input_shape": list(x.shape), **_measure(net, x, False), "layers": layer_stats(net),

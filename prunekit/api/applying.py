@@ -35,7 +35,8 @@ def _graph_for(model, p: Plan, example_inputs, real_trace: bool = False):
                           "example_inputs=... so the model can be traced again")
     named = dict(model.named_modules())
     ignore = {id(named[n]): n for n in p.settings.get("ignore", []) if n in named}
-    return build_graph(model, example_inputs, ignore_modules=ignore), example_inputs
+    return build_graph(model, example_inputs, ignore_modules=ignore,
+                       keep_outputs=p.settings.get("keep_outputs", "all")), example_inputs
 
 
 @checked(verb="prune", extra_from=plan)
@@ -142,7 +143,7 @@ def _apply(model: nn.Module, plan_: Plan, example_inputs, optimizer, own_plan: b
     return Report(op="prune_", params_before=params_before, params_after=count_params(model),
                   macs_before=graph.macs(), macs_after=graph.macs(removed), groups=groups, skipped=skipped,
                   approximate=approx, config_changes=config_changes, trace="fast" if graph.rec.fast else "real",
-                  validation=graph.rec.validated or "none",
+                  validation=graph.rec.validated or "none", outputs_changed=list(graph.outputs_changed),
                   selection={k: plan_.settings[k] for k in ("criterion", "reduce", "allocation")
                              if k in plan_.settings})
 

@@ -6,7 +6,7 @@ import dataclasses
 from torch import nn
 
 from ..graph import build_graph
-from .options import _check_device, _module_fqns
+from .options import _check_device, _check_keep_outputs, _module_fqns
 from .plans import _table
 
 __all__ = ["inspect", "Inspection"]
@@ -32,7 +32,7 @@ class Inspection:
         return s
 
 
-def inspect(model: nn.Module, example_inputs, *, ignore=()) -> Inspection:
+def inspect(model: nn.Module, example_inputs, *, ignore=(), keep_outputs="all") -> Inspection:
     """The model's prunable groups (width, coupled layers) and its non-prunable dims with reasons.
 
     Example:
@@ -44,5 +44,6 @@ def inspect(model: nn.Module, example_inputs, *, ignore=()) -> Inspection:
     """
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
-    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
+    _check_keep_outputs(keep_outputs)
+    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, keep_outputs=keep_outputs)
     return Inspection(graph.groups, graph.nonprunable, graph.params(), graph.macs())

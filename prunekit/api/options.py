@@ -11,6 +11,7 @@ from .._registry import closest
 from ..allocate import check_allocation, parse_target
 from ..criteria import get_criterion
 from ..errors import ConfigError
+from ..recipe import check_keep_outputs as _check_keep_outputs  # noqa: F401 - the verbs' name
 from ..graph.trace import _walk_outputs
 
 __all__ = ["PRODUCER_CRITERIA", "TRACES", "default_reduce"]

@@ -16,7 +16,8 @@ from ..criteria import nisp
 from ..errors import ConfigError
 from ..graph import Graph, build_graph
 from ..graph.trace import MadeUpValue
-from .options import TRACES, _check_device, _module_fqns, _resolve_allocation_reduce, _validate
+from .options import (TRACES, _check_device, _check_keep_outputs, _module_fqns, _resolve_allocation_reduce,
+                      _validate)
 from .plans import Plan, PlanGroup
 from .scoring import _module_of, score_groups
 
@@ -86,7 +87,7 @@ def _match_segments(segs: list, per_layer: dict) -> dict:
 def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, target: str | None = None,
          criterion: str = "l2", calib=None, ignore=(), allocation: str = "uniform", round_to: int = 1,
          min_channels: int = 1, loss_fn=None, reduce: str | None = None, per_layer: dict | None = None,
-         seed: int = 0, trace: str = "auto", global_: bool | None = None) -> Plan:
+         seed: int = 0, trace: str = "auto", global_: bool | None = None, keep_outputs="all") -> Plan:
     """Decide which channels to remove; changes nothing.
 
     ``criterion`` scores channels (default ``"l2"``); ``reduce`` says whose weights score a coupled channel:
@@ -97,6 +98,11 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     layers. With ``target="macs=<fraction kept>"`` (or ``params=``) the plan lands within the budget and as
     close to it as single channels (``round_to`` units) allow. ``global_=True`` is the deprecated spelling
     of ``allocation="global"``.
+
+    ``keep_outputs``: the outputs whose shapes must not change — ``"all"`` (default), or the names (dict or
+    ``ModelOutput`` returns) or indices (tuples) of the top-level outputs to keep; every other output may
+    narrow (a ``BertModel`` whose user reads only ``pooler_output`` lets its hidden stream shrink), and the
+    report's ``outputs_changed`` lists each output whose shape changed.
 
     ``trace``: ``"auto"`` (default) traces without the arithmetic of weight-reading convs and matmuls when no
     calibration data is given (docs/engine.md, the fast trace; a made-up value that could steer the forward
@@ -113,12 +119,13 @@ def plan(model: nn.Module, example_inputs, *, sparsity: float | None = None, tar
     """
     return _plan(model, example_inputs, sparsity=sparsity, target=target, criterion=criterion, calib=calib,
                  ignore=ignore, allocation=allocation, round_to=round_to, min_channels=min_channels, loss_fn=loss_fn,
-                 reduce=reduce, per_layer=per_layer, seed=seed, trace=trace, global_=global_)
+                 reduce=reduce, per_layer=per_layer, seed=seed, trace=trace, global_=global_,
+                 keep_outputs=keep_outputs)
 
 
 def _plan(model: nn.Module, example_inputs, *, sparsity=None, target=None, criterion="l2", calib=None, ignore=(),
           allocation="uniform", round_to=1, min_channels=1, loss_fn=None, reduce=None, per_layer=None, seed=0,
-          trace="auto", global_=None, confirmed_at_once: bool = False) -> Plan:
+          trace="auto", global_=None, keep_outputs="all", confirmed_at_once: bool = False) -> Plan:
     """The body of :func:`plan` (same arguments, checked by the caller's ``@checked``);
     ``confirmed_at_once``: the caller (``prune_``) applies the plan at once, so the pruned model's forward
     confirms a fast trace even with tensors of unknown origin (see :func:`_plan_graph`)."""
@@ -131,8 +138,9 @@ def _plan(model: nn.Module, example_inputs, *, sparsity=None, target=None, crite
     allocation, reduce = _resolve_allocation_reduce(allocation, global_, reduce, criterion)
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
+    _check_keep_outputs(keep_outputs)
     graph = _plan_graph(model, example_inputs, ignore_modules, fast=trace == "auto" and calib is None,
-                        confirmed_at_once=confirmed_at_once)
+                        confirmed_at_once=confirmed_at_once, keep_outputs=keep_outputs)
     scorer = _whole_network_scorer(criterion, model, example_inputs, calib, ignore)
     scores = score_groups(model, graph, criterion, calib=calib, loss_fn=loss_fn, reduce=reduce, seed=seed,
                           scorer=scorer)
@@ -164,24 +172,27 @@ def _plan(model: nn.Module, example_inputs, *, sparsity=None, target=None, crite
                           f"min_channels to >= 1 or lower the sparsity")
     settings = {"sparsity": base if (sparsity is not None or target is not None) else None, "target": target,
                 "criterion": criterion, "allocation": allocation, "round_to": round_to, "min_channels": min_channels,
-                "reduce": reduce, "per_layer": per_layer, "ignore": sorted(ignore_modules.values()), "seed": seed}
+                "reduce": reduce, "per_layer": per_layer, "ignore": sorted(ignore_modules.values()), "seed": seed,
+                "keep_outputs": keep_outputs if keep_outputs == "all" else list(graph.rec.keep_keys)}
     return _make_plan(model, graph, removal, settings, example_inputs)
 
 
-def _plan_graph(model, example_inputs, ignore_modules: dict, fast: bool, confirmed_at_once: bool) -> Graph:
+def _plan_graph(model, example_inputs, ignore_modules: dict, fast: bool, confirmed_at_once: bool,
+                keep_outputs="all") -> Graph:
     """The graph a plan is made on: a fast trace when allowed, and a real one when a made-up value could
     have steered the fast trace's forward. A plan that leaves prune_ is confirmed only when it is applied,
     so for it a tensor of unknown origin (which the fast checks cannot follow) means a real trace too;
     ``confirmed_at_once``: prune_ applies the plan right away and confirms the trace on the pruned model."""
     if fast:
         try:
-            graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, fast=True)
+            graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, fast=True,
+                                keep_outputs=keep_outputs)
             if not graph.rec.unaccounted or confirmed_at_once:
                 return graph
             log.debug("fast trace not used (%s); tracing with real values", graph.rec.unaccounted[0])
         except MadeUpValue as e:
             log.debug("fast trace not used (%s); tracing with real values", e)
-    return build_graph(model, example_inputs, ignore_modules=ignore_modules)
+    return build_graph(model, example_inputs, ignore_modules=ignore_modules, keep_outputs=keep_outputs)
 
 
 def _whole_network_scorer(criterion: str, model, example_inputs, calib, ignore):
@@ -219,7 +230,7 @@ def _make_plan(model, graph: Graph, removal: dict, settings: dict, example_input
                 _example_inputs=example_inputs)
 
 
-def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()) -> Plan:
+def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=(), keep_outputs="all") -> Plan:
     """A plan that removes exactly the given channels (and everything coupled to them); changes nothing.
 
     ``channels`` maps a layer (module FQN such as ``"layer1.0.conv1"``, or a parameter FQN such as
@@ -247,7 +258,8 @@ def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()
                           f"indices]}}, e.g. {{'conv1': [0, 3]}}")
     ignore_modules = _module_fqns(model, ignore, "ignore") if ignore else {}
     _check_device(model, example_inputs)
-    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules)
+    _check_keep_outputs(keep_outputs)
+    graph = build_graph(model, example_inputs, ignore_modules=ignore_modules, keep_outputs=keep_outputs)
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     by_member = {(m.fqn, m.dim): (g, m) for g in graph.groups for m in g.members}
@@ -298,5 +310,6 @@ def plan_channels(model: nn.Module, example_inputs, channels: dict, *, ignore=()
             raise ConfigError(f"channels[{asked_by[gid]!r}] removes every channel of group "
                               f"{graph.groups[gid].name}; keep at least one")
     settings = {"channels": {k: sorted(int(i) for i in v) for k, v in channels.items()},
-                "ignore": sorted(ignore_modules.values())}
+                "ignore": sorted(ignore_modules.values()),
+                "keep_outputs": keep_outputs if keep_outputs == "all" else list(graph.rec.keep_keys)}
     return _make_plan(model, graph, removal, settings, example_inputs)

@@ -54,6 +54,7 @@ class Report:
     config_changes: dict = dataclasses.field(default_factory=dict)
     trace: str | None = None
     validation: str | None = None
+    outputs_changed: list = dataclasses.field(default_factory=list)
 
     # ---- the mask verbs' counts (over ``layers``) ----
     @property
@@ -114,6 +115,8 @@ class Report:
             s += "\nselected by " + ", ".join(f"{k}={v}" for k, v in self.selection.items())
         if self.skipped:
             s += f"\n{len(self.skipped)} dims not prunable (see .skipped)"
+        for o in self.outputs_changed:
+            s += f"\noutput {o['output']!r} changed shape: {o['before']} -> {o['after']} (not in keep_outputs)"
         if self.config_changes:
             s += "\nmodel.config updated: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.config_changes.items())
         if self.trace == "fast":

@@ -63,6 +63,7 @@ class Graph:
     def __init__(self, rec: Recording, output: Any):
         self.rec = rec
         self.output = output
+        self.outputs_changed: list = []  # set by the validation forward when only some outputs are kept
         n = rec.n_atoms
         ea, eb = rec.edges()
         root = components(n, ea, eb) if n else np.zeros(0, np.int64)
@@ -232,7 +233,7 @@ class Graph:
 
 
 def build_graph(model: torch.nn.Module, example_inputs, *, ignore_modules: dict | None = None,
-                fast: bool = False) -> Graph:
+                fast: bool = False, keep_outputs="all") -> Graph:
     """Trace ``model`` on ``example_inputs`` and derive its channel groups (changes nothing).
 
     A reshape that splits one channel dim over several dims is read with the outer dim as the unit (whole
@@ -242,13 +243,15 @@ def build_graph(model: torch.nn.Module, example_inputs, *, ignore_modules: dict 
     prunable is kept. Either reading is exact: it only decides which positions form one channel.
 
     ``fast``: trace without the arithmetic of weight-reading ops (see ``trace.record``); the caller must
-    check ``graph.rec.ops`` against a real forward before trusting the graph.
+    check ``graph.rec.ops`` against a real forward before trusting the graph. ``keep_outputs``: the outputs
+    whose shapes are kept (``"all"``, or top-level output names/indices); the others may narrow.
     """
-    rec, out = record(model, example_inputs, ignore_modules=ignore_modules, fast=fast)
+    rec, out = record(model, example_inputs, ignore_modules=ignore_modules, fast=fast, keep_outputs=keep_outputs)
     graph = Graph(rec, out)
     stuck = frozenset(op for op, lab in rec.split_units if not graph.is_live(lab))
     if not stuck:
         return graph
-    rec2, out2 = record(model, example_inputs, ignore_modules=ignore_modules, inner_unit=stuck, fast=fast)
+    rec2, out2 = record(model, example_inputs, ignore_modules=ignore_modules, inner_unit=stuck, fast=fast,
+                        keep_outputs=keep_outputs)
     other = Graph(rec2, out2)
     return other if other.prunable_positions() > graph.prunable_positions() else graph

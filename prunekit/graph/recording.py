@@ -68,6 +68,7 @@ class Recording:
         self._ea: list[np.ndarray] = []
         self._eb: list[np.ndarray] = []
         self.dead: list[tuple[np.ndarray, str]] = []
+        self.keep_keys: list | None = None  # the outputs whose shapes are kept (None: all of them)
         self.approx: list[tuple[np.ndarray, str]] = []
         self.used: list[np.ndarray] = []
         self.roles: list[tuple[np.ndarray, str]] = []  # ("producer" | "consumer")

@@ -35,7 +35,8 @@ from .mha import PrunableMultiheadAttention, supported, unsupported_constraint
 from .oplog import _AS_VIEW, _LAYOUT_ONLY, _RESTRIDE, _LogMode, _OpLog, eval_mode, op_log  # noqa: F401
 from .recording import MacOp, ModuleCall, Recording, SizeUse  # noqa: F401
 from .rules import RULES
-from .tensors import _tensors, _walk_outputs, call_model, model_device, move_to  # noqa: F401
+from .tensors import (_tensors, _walk_outputs, call_model, model_device, move_to,  # noqa: F401
+                      resolve_keep_outputs, select_outputs)
 from .values import (_ACTIVE_VALUES, _ADDMM, _FRESH_VALUES, _INDEXING, _LIFT_FRESH, _PYTHON_READS,  # noqa: F401
                      _VALUE_READER_OVERLOADS, _VALUE_READERS, _WEIGHT_OPS, MadeUpValue, _aten, _check_conv_shapes,
                      _guard, _python_reads_checked, _read_guards, _reads_weight, _storage_key, _to_meta,
@@ -155,8 +156,11 @@ def _apply_rule(rec: Recording, rules: dict, func, args, kwargs, out):
 
 def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = None,
            rules: dict | None = None, inner_unit: frozenset = frozenset(),
-           fast: bool = False) -> tuple[Recording, Any]:
+           fast: bool = False, keep_outputs="all") -> tuple[Recording, Any]:
     """Trace one forward of ``model`` in eval mode without gradients; returns the recording and output.
+
+    ``keep_outputs``: the outputs whose shapes pruning must keep (``"all"``, or names/indices of the top-level
+    outputs, see :func:`.tensors.resolve_keep_outputs`); the keys are kept on ``rec.keep_keys``.
 
     ``inner_unit``: indices of channel-splitting reshapes whose innermost dim is the unit (see Recording).
     ``fast``: skip the arithmetic of weight-reading convolutions and matrix products (module docstring);
@@ -234,7 +238,12 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m in twins:
             m.__class__ = nn.MultiheadAttention
-    _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), "reaches the model output"))
+    rec.keep_keys = resolve_keep_outputs(output, keep_outputs)
+    if rec.keep_keys is None:
+        _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), "reaches the model output"))
+    else:
+        for key, part in zip(rec.keep_keys, select_outputs(output, rec.keep_keys)):
+            _walk_outputs(part, lambda t, key=key: rec.kill_all(rec.get(t), f"reaches the kept model output {key!r}"))
     return rec, output
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import BrokenForward, PruneError, TraceNotConfirmed
 from ..graph.oplog import eval_mode, op_log
-from ..graph.tensors import _walk_outputs, call_model
+from ..graph.tensors import _walk_outputs, call_model, output_entries, select_outputs
 from ..graph.values import MadeUpValue
 from .modules import FIXERS, SIZE_ATTRS, fixers_for, register_fixer
 from . import mha
@@ -518,9 +518,22 @@ def _validate(model, graph, example_inputs, check_ops: bool = True):
             out = call_model(model, example_inputs)
         graph.rec.validated = "real"
     # dim 0 is the batch (or, for detectors, the data-dependent number of boxes): compare the rest
-    before = [s[1:] + (len(s),) for s in output_shapes(graph.output)]
-    after = [s[1:] + (len(s),) for s in output_shapes(out)]
+    keys = graph.rec.keep_keys
+    before = [s[1:] + (len(s),) for s in output_shapes(select_outputs(graph.output, keys))]
+    after = [s[1:] + (len(s),) for s in output_shapes(select_outputs(out, keys))]
     if before != after:
         raise BrokenForward(f"output shapes changed from {before} to {after}", op="validation forward")
+    graph.outputs_changed = changed_outputs(graph.output, out) if keys is not None else []
+
+
+def changed_outputs(before, after) -> list:
+    """``[{"output", "before", "after"}]``: the top-level outputs whose shapes (past the batch dim) differ."""
+    old, new = dict(output_entries(before)), dict(output_entries(after))
+    res = []
+    for k, v in old.items():
+        a, b = output_shapes(v), output_shapes(new.get(k))
+        if [s[1:] for s in a] != [s[1:] for s in b]:
+            res.append({"output": k, "before": a[0] if len(a) == 1 else a, "after": b[0] if len(b) == 1 else b})
+    return res
 
 from .factorize import Factorized, replace as replace_factorized  # noqa: E402  (the factorised-layer block)

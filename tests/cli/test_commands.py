@@ -57,6 +57,16 @@ def test_inspect_json_groups(tmp_path, monkeypatch, capsys):
     assert rep["layers"]["fc2"]["width"] == 10
 
 
+def test_keep_outputs_flag_reaches_inspect_and_prune(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "--model", "lenet5", "--keep-outputs", "0", "--json"]) == 0
+    assert [g["width"] for g in json.loads(capsys.readouterr().out)["groups"]] == [20, 50, 500]
+    assert main(["prune", "--model", "lenet5", "--target", "macs=0.5", "--keep-outputs", "logits", "--out", "p"]) == 2
+    err = capsys.readouterr().err
+    assert "keep_outputs=['logits']: the model has no output 'logits'" in err and "outputs: 0" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_export_onnx_matches_torch(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--model", "lenet5", "--onnx", "m.onnx"]) == 0
