@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import statistics
 import sys
@@ -137,6 +138,15 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], info: dict, command:
                and (b := recs.get((f"timm:{n}", "prunekit"))) and b["status"] != "pass"]
     lines += ["", f"Models Torch-Pruning passes and prunekit fails ({len(only_tp)}): "
               + (", ".join(f"`{n}`" for n in only_tp) or "none") + ".", ""]
+    checked = [(n, r) for n in names if (r := recs.get((f"timm:{n}", "prunekit"))) and "equivalent" in r]
+    exact = [(n, r) for n, r in checked if r["equivalent"] is not None]
+    unequal = [n for n, r in exact if not r["equivalent"]]
+    lines += [f"Masked-twin check (float64, the pruned model against the unpruned one with the removed slices"
+              f" zeroed): {len(exact)} of {len(checked)} checked models have only exact groups (channels local);"
+              f" {len(exact) - len(unequal)} of them equal their twin"
+              + (f", these do not: {', '.join(f'`{n}`' for n in unequal)}" if unequal else "")
+              + f". The other {len(checked) - len(exact)} have an approximate group (a norm or softmax across"
+              " channels), where the twin differs by design.", ""]
     lines += ["## prunekit failures by cause", "", "| cause | models |", "|---|---|"]
     causes: dict[str, list[str]] = collections.defaultdict(list)
     for n in names:
@@ -186,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         tools = [t.strip() for t in args.tools.split(",") if t.strip()]
         zc._FAMILIES.update({f"timm:{n}": f"timm:{info[n]['family']}" for n in runnable})
+        os.environ["ZOO_EQUIVALENCE"] = "1"  # the workers check each pruned model against its masked twin
         zc.run_all(tools, [f"timm:{n}" for n in runnable], jsonl, args.limit_s, threads=1)
     command = "nice -n 10 python benchmarks/timm_sweep.py --all" if args.all else \
         f"python benchmarks/timm_sweep.py --sample {args.sample} --seed {args.seed}"

@@ -429,16 +429,64 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prune_with(tool: str, built: Built) -> dict:
-    """Prune ``built.model`` in place at sparsity 0.5 with ``tool`` ("prunekit" or "torch-pruning")."""
+def _double(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.double() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _double(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_double(v) for v in x)
+    return x
+
+
+def masked_twin_check(built: Built) -> dict:
+    """Prune ``built.model`` through an explicit plan and compare it, in float64, with its masked twin (the
+    unpruned model with every removed slice zeroed). ``equivalent``: True/False where every removed group is
+    exact (channels local: no mixing across channels other than through prunable layers), None where some
+    group is approximate (a norm over channels, ...), with ``max_abs_diff`` of the outputs."""
+    import copy
+
+    import prunekit as pk
+    from prunekit.testing import output_tensors, zero_removed_
+
+    twin = copy.deepcopy(built.model)
+    t0 = time.perf_counter()
+    plan = pk.plan(built.model, built.inputs, sparsity=SPARSITY, ignore=list(built.ignore))
+    report = pk.prune_(built.model, plan)
+    seconds = time.perf_counter() - t0
+    approximate = any(g.approximate for g in plan.groups if g.channels)
+    zero_removed_(twin, plan)
+    pruned = copy.deepcopy(built.model).double().eval()
+    twin = twin.double().eval()
+    x = _double(built.inputs)
+    with torch.no_grad():
+        a, b = output_tensors(call(twin, x)), output_tensors(call(pruned, x))
+    diff = max((float((u - v).abs().max()) for u, v in zip(a, b) if u.shape == v.shape and u.is_floating_point()
+                and u.numel()), default=0.0)
+    same = len(a) == len(b) and all(u.shape == v.shape for u, v in zip(a, b)) and diff <= 1e-9 * max(
+        1.0, max((float(u.abs().max()) for u in a if u.is_floating_point() and u.numel()), default=1.0))
+    return {"report": report, "equivalent": None if approximate else bool(same), "max_abs_diff": diff,
+            "prune_s": round(seconds, 3)}
+
+
+def prune_with(tool: str, built: Built, equivalence: bool = False) -> dict:
+    """Prune ``built.model`` in place at sparsity 0.5 with ``tool`` ("prunekit" or "torch-pruning");
+    ``equivalence`` (prunekit): through :func:`masked_twin_check`, recording its verdict."""
     if tool == "prunekit":
         import prunekit as pk
 
-        report = pk.prune_(built.model, example_inputs=built.inputs, sparsity=SPARSITY, ignore=list(built.ignore))
+        extra = {}
+        if equivalence:
+            check = masked_twin_check(built)
+            report = check.pop("report")
+            extra = check
+        else:
+            report = pk.prune_(built.model, example_inputs=built.inputs, sparsity=SPARSITY,
+                               ignore=list(built.ignore))
         return {"report_params": [getattr(report, "params_before", None), getattr(report, "params_after", None)],
                 "report_macs": [getattr(report, "macs_before", None), getattr(report, "macs_after", None)],
                 "skipped": str(getattr(report, "skipped", ""))[:500], "trace": getattr(report, "trace", None),
-                "validation": getattr(report, "validation", None)}
+                "validation": getattr(report, "validation", None), **extra}
     if tool == "torch-pruning":
         import torch_pruning as tp
 
@@ -452,7 +500,7 @@ def prune_with(tool: str, built: Built) -> dict:
     raise ValueError(f"tool={tool!r}: expected 'prunekit' or 'torch-pruning'")
 
 
-def run_case(case: Case, tool: str, seed: int = 0) -> dict:
+def run_case(case: Case, tool: str, seed: int = 0, equivalence: bool = False) -> dict:
     """Build ``case``, prune it with ``tool`` and check the pass criterion: pruning succeeds, the pruned
     model runs, output shapes are unchanged and the parameter count drops by at least 20%."""
     torch.manual_seed(seed)
@@ -467,8 +515,9 @@ def run_case(case: Case, tool: str, seed: int = 0) -> dict:
         p0 = n_params(built.model)
         stage = "prune"
         t1 = time.perf_counter()
-        rec.update(prune_with(tool, built))
-        rec["prune_s"] = round(time.perf_counter() - t1, 3)
+        res = prune_with(tool, built, equivalence)
+        rec["prune_s"] = res.pop("prune_s", round(time.perf_counter() - t1, 3))  # the pruning call alone
+        rec.update(res)
         p1 = n_params(built.model)
         rec.update(params_before=p0, params_after=p1, param_drop=round(1 - p1 / p0, 4) if p0 else 0.0)
         stage = "forward-after"

@@ -50,7 +50,7 @@ def worker(tool: str) -> None:
         if not name:
             continue
         case = cases.get(name) or zoo.get(name)
-        rec = zoo.run_case(case, tool)
+        rec = zoo.run_case(case, tool, equivalence=os.environ.get("ZOO_EQUIVALENCE") == "1")
         if tool == "prunekit":
             rec["engine"] = engine
         sys.stdout.write("RESULT " + json.dumps(rec) + "\n")

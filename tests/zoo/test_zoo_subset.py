@@ -76,3 +76,22 @@ def test_prunekit_passes_whole_zoo(name):
 def _without_ignore(built):
     built.ignore = []
     return built
+
+
+def test_masked_twin_check_passes_an_exact_model_and_catches_a_wrong_cut(monkeypatch):
+    # resnet18's groups are exact: the pruned model equals its masked twin in float64
+    rec = zoo.run_case(zoo.get("tv:resnet18"), "prunekit", equivalence=True)
+    assert rec["status"] == "pass" and rec["equivalent"] is True and rec["max_abs_diff"] < 1e-9
+    # a twin that differs from what was cut (one input channel of a kept layer changed) is caught
+    import prunekit.testing
+
+    original = prunekit.testing.zero_removed_
+
+    def zero_and_disturb(model, plan):
+        original(model, plan)
+        with torch.no_grad():
+            model.layer1[0].conv1.weight[:, 0].add_(1.0)
+
+    monkeypatch.setattr(prunekit.testing, "zero_removed_", zero_and_disturb)
+    check = zoo.masked_twin_check(zoo.get("tv:resnet18").build())
+    assert check["equivalent"] is False and check["max_abs_diff"] > 1e-3
