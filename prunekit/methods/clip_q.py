@@ -20,6 +20,9 @@ the uniform point (p = target, b = ``bits``) is evaluated first, so a feasible p
 exact BO objective and whether it searches layer by layer are recalled, not verified (see the entry), and the
 size term uses prunekit's packed format (bitmap + codebook + b-bit codes, :mod:`prunekit.quantize.store`).
 ``search="fixed"`` skips the search: every layer gets (target, ``bits``), as in the entry's small-scale check.
+After the method's ``prune_epochs`` of in-parallel training the clipped sets are frozen as hard masks and the
+returned callback keeps re-partitioning the kept weights, so the caller's fine-tune leaves the model pruned and
+quantised (ours: the paper's fine-tuning is the in-parallel phase itself).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import torch
 
 from ..allocate.bayesopt import Variable, bayesopt
 from ..errors import ConfigError
-from ..masks import prunable_weights
+from ..masks import install_masks_, prunable_weights
 from ..quantize import bits_used, clip_partition, packed_size
 from ..train import fit
 from ..train.callbacks import Callback
@@ -62,7 +65,8 @@ class ClipQuantize(Callback):
     values, so the optimizer step applies the gradient taken at the quantised weights to the full-precision ones
     (the straight-through update), which are then kept. At the end of training the parameters hold the
     quantised weights. Counts the weights that leave the clipped set (``reentered``) and enter it (``clipped``)
-    between two consecutive iterations.
+    between two consecutive iterations. After :meth:`freeze` the clipped sets stay as they are (the model's hard
+    masks hold them) and only the kept weights are re-partitioned, so a later fine-tune keeps the model quantised.
     """
 
     def __init__(self, model, layers: dict[str, tuple[float, int]]):
@@ -72,12 +76,27 @@ class ClipQuantize(Callback):
         self.reentered = 0
         self.clipped = 0
         self.steps = 0
+        self.frozen = False
+
+    def freeze(self) -> dict[str, torch.Tensor]:
+        """Stop re-clipping; returns the final kept sets ``{fqn: bool mask}``."""
+        self.frozen = True
+        return {f: k.clone() for f, k in self.kept.items()}
+
+    def _quantized(self, f: str) -> tuple[torch.Tensor, torch.Tensor]:
+        p, b = self.layers[f]
+        if not self.frozen:
+            return clip_partition(self.full[f], p, b)
+        kept = self.kept[f]
+        q = torch.zeros_like(self.full[f])
+        q[kept] = clip_partition(self.full[f][kept], 0.0, b)[0]
+        return q, kept
 
     def quantize_(self, model) -> None:
         """Write the clipped, quantised copy of the full-precision weights into the model."""
         with torch.no_grad():
-            for f, (p, b) in self.layers.items():
-                q, kept = clip_partition(self.full[f], p, b)
+            for f in self.layers:
+                q, kept = self._quantized(f)
                 self.reentered += int((kept & ~self.kept[f]).sum())
                 self.clipped += int((~kept & self.kept[f]).sum())
                 self.kept[f] = kept
@@ -174,6 +193,7 @@ def run(ctx: RunContext, cfg: CLIPQConfig) -> MethodResult:
         layers = {f: (target, cfg.bits) for f in params}
     cb = ClipQuantize(ctx.model, layers)
     fit(ctx.model, ctx.train_data, method_train_config(ctx), callbacks=[cb])
+    install_masks_(ctx.model, cb.freeze(), mode="hard")  # the clipped sets hold through the caller's fine-tune
     used = bits_used(ctx.model)
     zeros = sum(round(p * params[f].numel()) for f, (p, _) in layers.items()) / sum(v.numel() for v in params.values())
     telemetry = {"reentered": cb.reentered, "clipped": cb.clipped, "steps": cb.steps,

@@ -16,7 +16,9 @@ Here: magnitude pruning per layer to the target sparsity (a model that is alread
 its zeros), greedy multi-bit binary codes per output row, and the codec of :mod:`prunekit.quantize.xor` with
 the paper's look-up-table encoder (all 2^n_in codes tried, fewest patches kept). The model's weights become the
 decoded ones, which equal the pruned, quantised weights exactly. The mask is taken as known to the decoder, as
-in the paper's decoding figure; its cost is reported separately (``mask_bits_per_weight``, a plain bitmap).
+in the paper's decoding figure; its cost is reported separately (``mask_bits_per_weight``, a plain bitmap). The
+masks are installed (hard), and the returned callback re-encrypts at the end of a fine-tune, so the model stays
+exactly the decoding of its codes.
 The paper's retraining of the pruned, quantised model before encryption is not run by this method (status
 partial): fine-tune with any pruning method first, then encrypt.
 """
@@ -28,12 +30,13 @@ from typing import Literal
 
 import torch
 
-from ..masks import get_pattern, prunable_weights, select_masks
+from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
 from ..quantize import XorCode, xor_decode_tensor, xor_encode_tensor, xor_matrix
+from ..train.callbacks import Callback
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["XorConfig", "encrypt_", "run"]
+__all__ = ["XorConfig", "Reencrypt", "encrypt_", "run"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class XorConfig(MethodConfig):
     bits: int = option(1, ge=1, le=4)  # binary-code bit-planes per weight (paper: 1-bit for the AlexNet FC result)
     search: Literal["exhaustive", "solve"] = "exhaustive"  # paper: look-up table of all input/output pairs; solve = GF(2) elimination
     seed: int = option(0, ge=0)  # seed of the fixed random XOR matrix (paper: a random binary matrix)
+
+
+class Reencrypt(Callback):
+    """Re-encrypt at the end of a fine-tune (same masks and matrix), so the model stays exactly decodable."""
+
+    def __init__(self, masks: dict, cfg: XorConfig, n_in: int):
+        self.masks, self.cfg, self.n_in, self.codes = masks, cfg, n_in, {}
+
+    def on_train_end(self, state) -> None:
+        self.codes, _ = encrypt_(state.model, self.masks, self.cfg, self.n_in)
 
 
 def encrypt_(model, masks: dict[str, torch.Tensor], cfg: XorConfig, n_in: int) -> tuple[dict[str, XorCode], object]:
@@ -75,6 +88,7 @@ def run(ctx: RunContext, cfg: XorConfig) -> MethodResult:
     masks = select_masks(scores, get_pattern("element"), {f: sparsity for f in params})
     n_in = cfg.n_in or max(1, min(cfg.n_out - 1, math.ceil(cfg.n_out * (1 - sparsity))))
     codes, _ = encrypt_(ctx.model, masks, cfg, n_in)
+    install_masks_(ctx.model, masks, mode="hard")
     total = sum(p.numel() for p in params.values())
     code_bits = sum(c.code_bits() for c in codes.values())
     scale_bits = sum(32 * c.alphas.numel() for c in codes.values())
@@ -86,4 +100,4 @@ def run(ctx: RunContext, cfg: XorConfig) -> MethodResult:
             "ratio_vs_float32": 32 * total / (code_bits + scale_bits),
             "layers": {f: {"bits_per_weight": c.code_bits() / c.mask.numel(), "patches": c.patches()}
                        for f, c in codes.items()}}
-    return MethodResult(ctx.model, info=info, telemetry=telemetry)
+    return MethodResult(ctx.model, callbacks=[Reencrypt(masks, cfg, n_in)], info=info, telemetry=telemetry)
