@@ -85,3 +85,11 @@ def test_a_model_without_batchnorm_is_refused_unchanged():
     with pytest.raises(ConfigError, match="BatchNorm"):
         get_method("djpq").run(conv_ctx(model, conv_batches(2)))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_at_its_defaults_joint_training_engages_on_the_tiny_net_within_240_steps():
+    """The defaults' aux_lr (1e-2) needs a few hundred Adam steps to move log(step) and log(sigma) by ~2-3."""
+    model = tiny_convnet()
+    res = get_method("djpq").run(conv_ctx(model, conv_batches(40, "tercile"), prune_epochs=6))
+    assert res.engaged is True and res.telemetry["snr_pruned"] >= 1 and res.telemetry["mean_bits_w"] < 8
