@@ -41,7 +41,7 @@ from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["CLIPQConfig", "ClipQuantize", "search_layers", "run"]
+__all__ = ["CLIPQConfig", "WeightSTE", "ClipQuantize", "search_layers", "run"]
 
 
 @dataclass(frozen=True)
@@ -57,25 +57,63 @@ class CLIPQConfig(MethodConfig):
     search_batches: int = option(4, ge=1)  # held-out batches per evaluation (ours: val data, else train batches)
 
 
-class ClipQuantize(Callback):
-    """In-parallel clip-and-quantise (CLIP-Q, sec. 3.1) as a training callback.
+class WeightSTE(Callback):
+    """Training through quantised weights with a straight-through update (reusable by any quantising method).
 
-    Holds the full-precision weights of the layers in ``layers`` (``{fqn: (p, b)}``). Before each forward the
-    parameter is set to ``clip_partition(full, p, b)``; after the backward it is set back to the full-precision
-    values, so the optimizer step applies the gradient taken at the quantised weights to the full-precision ones
-    (the straight-through update), which are then kept. At the end of training the parameters hold the
-    quantised weights. Counts the weights that leave the clipped set (``reentered``) and enter it (``clipped``)
-    between two consecutive iterations. After :meth:`freeze` the clipped sets stay as they are (the model's hard
-    masks hold them) and only the kept weights are re-partitioned, so a later fine-tune keeps the model quantised.
+    Holds full-precision copies of the parameters ``fqns``. Before each forward a parameter is set to
+    ``quantized(fqn, full)``; after the backward it is set back to the full-precision values, so the optimizer
+    step applies the gradient taken at the quantised weights to the full-precision ones, which are then kept.
+    At the end of training the parameters hold the quantised weights. ``quantized`` is the constructor argument
+    or an override in a subclass.
+    """
+
+    def __init__(self, model, fqns, quantized=None):
+        self.fqns = list(fqns)
+        self.full = {f: model.get_parameter(f).detach().clone() for f in self.fqns}
+        self._fn = quantized
+        self.steps = 0
+
+    def quantized(self, fqn: str, full: torch.Tensor) -> torch.Tensor:
+        return self._fn(fqn, full)
+
+    def quantize_(self, model) -> None:
+        """Write the quantised copy of the full-precision weights into the model."""
+        with torch.no_grad():
+            for f in self.fqns:
+                model.get_parameter(f).copy_(self.quantized(f, self.full[f]))
+
+    def on_batch_start(self, state) -> None:
+        self.quantize_(state.model)
+
+    def on_after_backward(self, state) -> None:
+        with torch.no_grad():
+            for f in self.fqns:
+                state.model.get_parameter(f).copy_(self.full[f])
+
+    def on_after_step(self, state) -> None:
+        self.steps += 1
+        for f in self.fqns:
+            self.full[f] = state.model.get_parameter(f).detach().clone()
+
+    def on_train_end(self, state) -> None:
+        self.quantize_(state.model)
+
+
+class ClipQuantize(WeightSTE):
+    """In-parallel clip-and-quantise (CLIP-Q, sec. 3.1): :class:`WeightSTE` with ``clip_partition(full, p, b)``
+    per layer (``layers = {fqn: (p, b)}``), recomputed from the full-precision weights at every iteration.
+
+    Counts the weights that leave the clipped set (``reentered``) and enter it (``clipped``) between two
+    consecutive iterations. After :meth:`freeze` the clipped sets stay as they are (the model's hard masks hold
+    them) and only the kept weights are re-partitioned, so a later fine-tune keeps the model quantised.
     """
 
     def __init__(self, model, layers: dict[str, tuple[float, int]]):
+        super().__init__(model, layers)
         self.layers = dict(layers)
-        self.full = {f: model.get_parameter(f).detach().clone() for f in self.layers}
         self.kept = {f: clip_partition(w, *self.layers[f])[1] for f, w in self.full.items()}
         self.reentered = 0
         self.clipped = 0
-        self.steps = 0
         self.frozen = False
 
     def freeze(self) -> dict[str, torch.Tensor]:
@@ -83,40 +121,18 @@ class ClipQuantize(Callback):
         self.frozen = True
         return {f: k.clone() for f, k in self.kept.items()}
 
-    def _quantized(self, f: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantized(self, f: str, full: torch.Tensor) -> torch.Tensor:
         p, b = self.layers[f]
-        if not self.frozen:
-            return clip_partition(self.full[f], p, b)
-        kept = self.kept[f]
-        q = torch.zeros_like(self.full[f])
-        q[kept] = clip_partition(self.full[f][kept], 0.0, b)[0]
-        return q, kept
-
-    def quantize_(self, model) -> None:
-        """Write the clipped, quantised copy of the full-precision weights into the model."""
-        with torch.no_grad():
-            for f in self.layers:
-                q, kept = self._quantized(f)
-                self.reentered += int((kept & ~self.kept[f]).sum())
-                self.clipped += int((~kept & self.kept[f]).sum())
-                self.kept[f] = kept
-                model.get_parameter(f).copy_(q)
-
-    def on_batch_start(self, state) -> None:
-        self.quantize_(state.model)
-
-    def on_after_backward(self, state) -> None:
-        with torch.no_grad():
-            for f in self.layers:
-                state.model.get_parameter(f).copy_(self.full[f])
-
-    def on_after_step(self, state) -> None:
-        self.steps += 1
-        for f in self.layers:
-            self.full[f] = state.model.get_parameter(f).detach().clone()
-
-    def on_train_end(self, state) -> None:
-        self.quantize_(state.model)
+        if self.frozen:
+            kept = self.kept[f]
+            q = torch.zeros_like(full)
+            q[kept] = clip_partition(full[kept], 0.0, b)[0]
+        else:
+            q, kept = clip_partition(full, p, b)
+        self.reentered += int((kept & ~self.kept[f]).sum())
+        self.clipped += int((~kept & self.kept[f]).sum())
+        self.kept[f] = kept
+        return q
 
 
 def _layer_bits(n: int, p: float, b: int) -> float:

@@ -17,10 +17,11 @@ its zeros), greedy multi-bit binary codes per output row, and the codec of :mod:
 the paper's look-up-table encoder (all 2^n_in codes tried, fewest patches kept). The model's weights become the
 decoded ones, which equal the pruned, quantised weights exactly. The mask is taken as known to the decoder, as
 in the paper's decoding figure; its cost is reported separately (``mask_bits_per_weight``, a plain bitmap). The
-masks are installed (hard), and the returned callback re-encrypts at the end of a fine-tune, so the model stays
-exactly the decoding of its codes.
-The paper's retraining of the pruned, quantised model before encryption is not run by this method (status
-partial): fine-tune with any pruning method first, then encrypt.
+masks are installed (hard). ``retrain_epochs`` retrains the pruned model through its binary-code-quantised
+weights (straight-through, :class:`~prunekit.methods.clip_q.WeightSTE`) before encryption, as the paper does;
+its budget is not given there, and the default 0 encrypts the weights as given (no data needed). The returned
+callback trains the same way during a fine-tune and re-encrypts at its end, so the model stays exactly the
+decoding of its codes.
 """
 from __future__ import annotations
 
@@ -31,12 +32,15 @@ from typing import Literal
 import torch
 
 from ..masks import get_pattern, install_masks_, prunable_weights, select_masks
-from ..quantize import XorCode, xor_decode_tensor, xor_encode_tensor, xor_matrix
-from ..train.callbacks import Callback
+from ..errors import ConfigError
+from ..quantize import XorCode, binary_quantize, xor_decode_tensor, xor_encode_tensor, xor_matrix
+from ..train import fit
+from ..train.config import method_train_config
+from .clip_q import WeightSTE
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["XorConfig", "Reencrypt", "encrypt_", "run"]
+__all__ = ["XorConfig", "BinaryCodeTraining", "encrypt_", "run"]
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,24 @@ class XorConfig(MethodConfig):
     bits: int = option(1, ge=1, le=4)  # binary-code bit-planes per weight (paper: 1-bit for the AlexNet FC result)
     search: Literal["exhaustive", "solve"] = "exhaustive"  # paper: look-up table of all input/output pairs; solve = GF(2) elimination
     seed: int = option(0, ge=0)  # seed of the fixed random XOR matrix (paper: a random binary matrix)
+    retrain_epochs: int = option(0, ge=0)  # paper retrains the pruned, quantised model (budget not given); 0: encrypt as given
 
 
-class Reencrypt(Callback):
-    """Re-encrypt at the end of a fine-tune (same masks and matrix), so the model stays exactly decodable."""
+class BinaryCodeTraining(WeightSTE):
+    """Training through the binary-code-quantised weights (masks fixed, straight-through update); with
+    ``encrypt`` the weights are re-encrypted at the end, so the model stays exactly the decoding of its codes."""
 
-    def __init__(self, masks: dict, cfg: XorConfig, n_in: int):
-        self.masks, self.cfg, self.n_in, self.codes = masks, cfg, n_in, {}
+    def __init__(self, model, masks: dict, cfg: XorConfig, n_in: int, encrypt: bool = True):
+        super().__init__(model, masks)
+        self.masks, self.cfg, self.n_in, self.encrypt, self.codes = masks, cfg, n_in, encrypt, {}
+
+    def quantized(self, fqn: str, full: torch.Tensor) -> torch.Tensor:
+        return binary_quantize(full, self.masks[fqn], self.cfg.bits)
 
     def on_train_end(self, state) -> None:
-        self.codes, _ = encrypt_(state.model, self.masks, self.cfg, self.n_in)
+        super().on_train_end(state)
+        if self.encrypt:
+            self.codes, _ = encrypt_(state.model, self.masks, self.cfg, self.n_in)
 
 
 def encrypt_(model, masks: dict[str, torch.Tensor], cfg: XorConfig, n_in: int) -> tuple[dict[str, XorCode], object]:
@@ -72,8 +84,8 @@ def encrypt_(model, masks: dict[str, torch.Tensor], cfg: XorConfig, n_in: int) -
 
 
 @register_method("xor-encryption", config=XorConfig, kind="unstructured", status="partial",
-                 left_out="the paper's retraining of the pruned, binary-quantised model before encryption (fine-tune "
-                          "with a pruning method first); the hardware XOR decoder (decoding here is in software)",
+                 left_out="the hardware XOR decoder (decoding here is in software); the paper's retraining budget is "
+                          "not known, so retraining is off by default (options.retrain_epochs)",
                  telemetry=Telemetry(keys=("slices", "patches", "bits_per_weight", "quant_bits"),
                                      engaged=lambda t: t["slices"] >= 1 and t["bits_per_weight"] < t["quant_bits"],
                                      what="compression by XOR-gate encryption (fewer stored bits per weight than the "
@@ -87,8 +99,14 @@ def run(ctx: RunContext, cfg: XorConfig) -> MethodResult:
     scores = {f: p.detach().abs() for f, p in params.items()}
     masks = select_masks(scores, get_pattern("element"), {f: sparsity for f in params})
     n_in = cfg.n_in or max(1, min(cfg.n_out - 1, math.ceil(cfg.n_out * (1 - sparsity))))
-    codes, _ = encrypt_(ctx.model, masks, cfg, n_in)
     install_masks_(ctx.model, masks, mode="hard")
+    if cfg.retrain_epochs:
+        if ctx.train_data is None:
+            raise ConfigError(f"retrain_epochs={cfg.retrain_epochs}: retraining needs training batches "
+                              f"(RunContext(train_data=...)); pass them or set retrain_epochs=0")
+        fit(ctx.model, ctx.train_data, method_train_config(ctx, cfg.retrain_epochs),
+            callbacks=[BinaryCodeTraining(ctx.model, masks, cfg, n_in, encrypt=False)])
+    codes, _ = encrypt_(ctx.model, masks, cfg, n_in)
     total = sum(p.numel() for p in params.values())
     code_bits = sum(c.code_bits() for c in codes.values())
     scale_bits = sum(32 * c.alphas.numel() for c in codes.values())
@@ -100,4 +118,4 @@ def run(ctx: RunContext, cfg: XorConfig) -> MethodResult:
             "ratio_vs_float32": 32 * total / (code_bits + scale_bits),
             "layers": {f: {"bits_per_weight": c.code_bits() / c.mask.numel(), "patches": c.patches()}
                        for f, c in codes.items()}}
-    return MethodResult(ctx.model, callbacks=[Reencrypt(masks, cfg, n_in)], info=info, telemetry=telemetry)
+    return MethodResult(ctx.model, callbacks=[BinaryCodeTraining(ctx.model, masks, cfg, n_in)], info=info, telemetry=telemetry)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from .kmeans import Codebook, kmeans, share_weights_
 from .store import bits_used, load_packed, packed_size, save_packed
 from .uniform import FakeQuant, bits_for, clip_partition, quantize_to_bits, ste_round, uniform_quantize
-from .xor import XorCode, binary_codes, gf2_solve, xor_decode_tensor, xor_encode_tensor, xor_matrix
+from .xor import XorCode, binary_codes, binary_quantize, gf2_solve, xor_decode_tensor, xor_encode_tensor, xor_matrix
 
 __all__ = ["kmeans", "Codebook", "share_weights_", "bits_used", "save_packed", "load_packed", "packed_size",
            "FakeQuant", "bits_for", "clip_partition", "quantize_to_bits", "ste_round", "uniform_quantize",
-           "XorCode", "binary_codes", "gf2_solve", "xor_decode_tensor", "xor_encode_tensor", "xor_matrix"]
+           "XorCode", "binary_codes", "binary_quantize", "gf2_solve", "xor_decode_tensor", "xor_encode_tensor", "xor_matrix"]

@@ -28,7 +28,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["xor_matrix", "xor_decode", "gf2_solve", "encode_plane", "decode_plane", "EncodedPlane",
-           "binary_codes", "XorCode", "xor_encode_tensor", "xor_decode_tensor"]
+           "binary_codes", "binary_quantize", "XorCode", "xor_encode_tensor", "xor_decode_tensor"]
 
 
 def xor_matrix(n_out: int, n_in: int, seed: int = 0) -> np.ndarray:
@@ -167,6 +167,17 @@ def binary_codes(w: torch.Tensor, mask: torch.Tensor, bits: int) -> tuple[torch.
         alphas.append(a)
         signs.append((s > 0).to(torch.uint8).reshape(w.shape))
     return torch.stack(alphas, 1), torch.stack(signs)
+
+
+def binary_quantize(w: torch.Tensor, mask: torch.Tensor, bits: int) -> torch.Tensor:
+    """``w`` quantised with :func:`binary_codes` (``sum_b alpha_b s_b`` at kept positions, 0 elsewhere).
+
+    Example:
+        >>> binary_quantize(torch.tensor([[0.5, -1.5, 0.2]]), torch.tensor([[True, True, False]]), 1).tolist()
+        [[1.0, -1.0, 0.0]]
+    """
+    alphas, signs = binary_codes(w, mask, bits)
+    return _reconstruct(alphas, signs, mask.to(w.device)).to(w.dtype)
 
 
 def _reconstruct(alphas: torch.Tensor, signs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -96,3 +96,51 @@ def test_small_scale_lenet300_xor_encryption(record_property):
         patches.append(res.telemetry["patches"])
         record_property(f"n_in{n_in}", {k: res.info[k] for k in ("bits_per_weight", "patches", "ratio_vs_float32")})
     assert patches[0] > patches[1] > patches[2]  # (c)
+
+
+def _learnable(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(10 * 32, 20, generator=g)
+    y = x[:, :4].argmax(1)
+    data = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        for x_, y_ in data:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x_), y_).backward()
+            opt.step()
+    return model, data
+
+
+def _loss(model, data):
+    with torch.no_grad():
+        return sum(float(torch.nn.functional.cross_entropy(model(x), y)) for x, y in data) / len(data)
+
+
+def test_retraining_through_the_binary_codes_lowers_the_loss_and_stays_exactly_decodable():
+    from prunekit.quantize import xor_decode_tensor, xor_matrix
+    from prunekit.train import TrainConfig
+
+    model, data = _learnable()
+    plain = copy.deepcopy(model)
+    _run(plain, target="sparsity=0.8")
+    ctx = RunContext(model=model, example_inputs=None, target="sparsity=0.8", train_data=data, prune_epochs=1,
+                     options={"retrain_epochs": 2}, train_config=TrainConfig(lr=0.05, progress=False))
+    res = get_method("xor-encryption").run(ctx)
+    assert _loss(model, data) < 0.9 * _loss(plain, data)
+    m = xor_matrix(20, res.info["n_in"], seed=0)
+    # the returned callback's codes are set after a fine-tune; here re-encode the final weights and decode them
+    from prunekit.methods.xor_encryption import encrypt_
+    from prunekit.masks import get_masks
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    codes, _ = encrypt_(model, get_masks(model), get_method("xor-encryption").resolve({}), res.info["n_in"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # already the decoding of a code
+    assert torch.equal(xor_decode_tensor(codes["0.weight"], m), model[0].weight.detach())
+
+
+def test_retraining_without_training_data_is_refused():
+    model, _ = tiny_mlp_task(30, 40, 5, 1)
+    with pytest.raises(ConfigError, match="retrain_epochs=1: retraining needs training batches"):
+        _run(model, retrain_epochs=1)
