@@ -12,9 +12,10 @@ benchmarks/results/quant_checks_<name>.json when it finishes, so a rerun skips f
   at the same 90% sparsity: accuracy and the packed file's bytes (prunekit.quantize.packed_size).
 * xor-encryption: the entry's check on the lenet300-fashion-mnist baseline (no training): bits per weight,
   patches, ratio, and the accuracy of the decoded (pruned, 1-bit) model on the 2,000 test images.
-* djpq: DJPQ at its defaults for 3 epochs at lr 0.01, target macs=0.5: accuracy, BOPs reduction, bits.
+* djpq: DJPQ at its defaults for 3 epochs at lr 0.01, target macs=0.5: accuracy, BOPs reduction, bits;
+  djpq-gamma20: the same with a 200x stronger BOPs term (gamma = 20).
 
-Usage: nice -n 15 python benchmarks/quant_checks.py [--only clip-q djpq xor-encryption]
+Usage: nice -n 15 python benchmarks/quant_checks.py [--only clip-q djpq xor-encryption djpq-gamma20]
 """
 from __future__ import annotations
 
@@ -74,16 +75,16 @@ def check_clip_q() -> dict:
     return out
 
 
-def check_djpq() -> dict:
+def check_djpq(options: dict | None = None) -> dict:
     b = pk.data.load("fashion-mnist", batch_size=128, subset=(6000, 2000), val_fraction=0.0, augment=False)
     base = load_baseline("vgg-small-fashion-mnist")
     out = {"dense": {"accuracy": _acc(base, b.test)}}
     m = copy.deepcopy(base)
     t = time.time()
     res = get_method("djpq").run(RunContext(model=m, example_inputs=torch.zeros(2, 1, 28, 28), target="macs=0.5",
-                                            train_data=b.train, prune_epochs=3,
+                                            train_data=b.train, prune_epochs=3, options=options or {},
                                             train_config=pk.TrainConfig(epochs=3, **FT)))
-    out["djpq"] = {"accuracy": _acc(m, b.test), "telemetry": res.telemetry,
+    out["djpq"] = {"accuracy": _acc(m, b.test), "options": options or {}, "telemetry": res.telemetry,
                    **{k: res.info[k] for k in ("bits_w", "bits_a", "bops", "dense_bops", "bops_reduction",
                                                "bops_pruned_fp32", "channels_below_threshold", "kept_macs_fraction")},
                    "seconds": round(time.time() - t, 1)}
@@ -106,7 +107,8 @@ def check_xor() -> dict:
     return out
 
 
-CHECKS = {"clip-q": check_clip_q, "djpq": check_djpq, "xor-encryption": check_xor}
+CHECKS = {"clip-q": check_clip_q, "djpq": check_djpq, "xor-encryption": check_xor,
+          "djpq-gamma20": lambda: check_djpq({"gamma": 20.0})}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
