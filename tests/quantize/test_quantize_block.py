@@ -123,3 +123,14 @@ def test_binary_codes_reduce_the_error_with_more_bits():
         rec = sum(a[:, i:i + 1] * (s[i].float() * 2 - 1) for i in range(b))
         errs.append(float((rec - w).norm()))
     assert errs[0] > errs[1] > errs[2]
+
+
+def test_lsq_mode_learns_the_step_only_and_the_unsigned_grid_starts_at_zero():
+    x = torch.tensor([0.0, 0.3, 0.7, 2.0])
+    fq = FakeQuant(2, learn="step", signed=False).init_from(x)  # unsigned 2 bits: {0, 1, 2, 3} * 2/3
+    assert fq.log_step.requires_grad and not fq.log_qmax.requires_grad
+    y = fq(x)
+    assert y.tolist() == pytest.approx([0.0, 0.0, 2 / 3, 2.0])  # 0.3 / (2/3) = 0.45 rounds to 0
+    y.sum().backward()
+    assert fq.log_step.grad is not None and fq.log_qmax.grad is None
+    assert fq(torch.tensor([-1.0])).tolist() == [0.0]
