@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..masks import get_masks, prunable_weights
-from ..quantize import kmeans
+from ..masks import get_masks
+from ..quantize import Codebook, share_weights_
 from ..train import fit
 from ..train.callbacks import Callback
 from ..train.rewind import iterative_prune
@@ -36,30 +36,6 @@ from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 __all__ = ["DeepCompressionConfig", "SharedWeights", "share_weights_", "huffman_lengths", "encode", "decode", "run"]
-
-
-@dataclass
-class Codebook:
-    centroids: torch.Tensor  # [k] shared values
-    index: torch.Tensor  # weight-shaped long tensor: cluster of each weight, -1 where pruned
-    bits: int
-
-
-def share_weights_(model: nn.Module, *, bits_conv: int = 8, bits_fc: int = 5, fqns=None) -> dict[str, Codebook]:
-    """Replace each masked layer's surviving weights by their k-means centroid (k = 2^bits)."""
-    masks = get_masks(model)
-    books = {}
-    with torch.no_grad():
-        for fqn in (fqns or list(prunable_weights(model))):
-            p = model.get_parameter(fqn)
-            mask = masks.get(fqn, p != 0)
-            bits = bits_fc if p.dim() == 2 else bits_conv
-            centroids, assign = kmeans(p[mask], 2 ** bits, init="linear")  # linear init (paper sec. 3.2)
-            index = torch.full(p.shape, -1, dtype=torch.long)
-            index[mask] = assign
-            p.copy_(torch.where(mask, centroids[index.clamp_min(0)], torch.zeros_like(p)))
-            books[fqn] = Codebook(centroids, index, bits)
-    return books
 
 
 class SharedWeights(Callback):

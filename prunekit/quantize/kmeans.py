@@ -7,13 +7,16 @@ the flattened weight) with k-means++ seeding and asks for exactly ``k`` non-empt
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
+from ..masks import get_masks, prunable_weights
 
-__all__ = ["kmeans"]
+__all__ = ["kmeans", "Codebook", "share_weights_"]
 
 
 def _distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -82,3 +85,30 @@ def kmeans(x: torch.Tensor, k: int, *, init: Literal["linear", "kmeans++"] = "km
                 members = (assign == big).nonzero().flatten()
                 assign[members[_distances(v[members], c[big:big + 1]).flatten().argmax()]] = j
     return (c.flatten() if flat else c), assign
+
+
+@dataclass
+class Codebook:
+    """A layer quantised by weight sharing: ``centroids[index]`` where ``index >= 0``, zero where it is -1."""
+
+    centroids: torch.Tensor  # [k] shared values
+    index: torch.Tensor  # weight-shaped long tensor: cluster of each weight, -1 where pruned
+    bits: int
+
+
+def share_weights_(model: nn.Module, *, bits_conv: int = 8, bits_fc: int = 5, fqns=None) -> dict[str, Codebook]:
+    """Replace each masked layer's surviving weights by their k-means centroid (k = 2^bits, linear init: Deep
+    Compression sec. 3.2); a layer without a mask keeps its non-zero weights. Returns ``{fqn: Codebook}``."""
+    masks = get_masks(model)
+    books = {}
+    with torch.no_grad():
+        for fqn in (fqns or list(prunable_weights(model))):
+            p = model.get_parameter(fqn)
+            mask = masks.get(fqn, p != 0)
+            bits = bits_fc if p.dim() == 2 else bits_conv
+            centroids, assign = kmeans(p[mask], 2 ** bits, init="linear")
+            index = torch.full(p.shape, -1, dtype=torch.long)
+            index[mask] = assign
+            p.copy_(torch.where(mask, centroids[index.clamp_min(0)], torch.zeros_like(p)))
+            books[fqn] = Codebook(centroids, index, bits)
+    return books
