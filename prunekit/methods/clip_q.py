@@ -36,12 +36,12 @@ from ..errors import ConfigError
 from ..masks import install_masks_, prunable_weights
 from ..quantize import bits_used, clip_partition, packed_size
 from ..train import fit
-from ..train.callbacks import Callback
+from ..train.callbacks import WeightSTE
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
-__all__ = ["CLIPQConfig", "WeightSTE", "ClipQuantize", "search_layers", "run"]
+__all__ = ["CLIPQConfig", "ClipQuantize", "search_layers", "run"]
 
 
 @dataclass(frozen=True)
@@ -55,48 +55,6 @@ class CLIPQConfig(MethodConfig):
     budget: int = option(30, ge=1)  # BO evaluations (ours: search budget)
     startup: int = option(10, ge=1)  # random evaluations before the GP (ours)
     search_batches: int = option(4, ge=1)  # held-out batches per evaluation (ours: val data, else train batches)
-
-
-class WeightSTE(Callback):
-    """Training through quantised weights with a straight-through update (reusable by any quantising method).
-
-    Holds full-precision copies of the parameters ``fqns``. Before each forward a parameter is set to
-    ``quantized(fqn, full)``; after the backward it is set back to the full-precision values, so the optimizer
-    step applies the gradient taken at the quantised weights to the full-precision ones, which are then kept.
-    At the end of training the parameters hold the quantised weights. ``quantized`` is the constructor argument
-    or an override in a subclass.
-    """
-
-    def __init__(self, model, fqns, quantized=None):
-        self.fqns = list(fqns)
-        self.full = {f: model.get_parameter(f).detach().clone() for f in self.fqns}
-        self._fn = quantized
-        self.steps = 0
-
-    def quantized(self, fqn: str, full: torch.Tensor) -> torch.Tensor:
-        return self._fn(fqn, full)
-
-    def quantize_(self, model) -> None:
-        """Write the quantised copy of the full-precision weights into the model."""
-        with torch.no_grad():
-            for f in self.fqns:
-                model.get_parameter(f).copy_(self.quantized(f, self.full[f]))
-
-    def on_batch_start(self, state) -> None:
-        self.quantize_(state.model)
-
-    def on_after_backward(self, state) -> None:
-        with torch.no_grad():
-            for f in self.fqns:
-                state.model.get_parameter(f).copy_(self.full[f])
-
-    def on_after_step(self, state) -> None:
-        self.steps += 1
-        for f in self.fqns:
-            self.full[f] = state.model.get_parameter(f).detach().clone()
-
-    def on_train_end(self, state) -> None:
-        self.quantize_(state.model)
 
 
 class ClipQuantize(WeightSTE):

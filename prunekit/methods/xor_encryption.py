@@ -18,7 +18,7 @@ the paper's look-up-table encoder (all 2^n_in codes tried, fewest patches kept).
 decoded ones, which equal the pruned, quantised weights exactly. The mask is taken as known to the decoder, as
 in the paper's decoding figure; its cost is reported separately (``mask_bits_per_weight``, a plain bitmap). The
 masks are installed (hard). ``retrain_epochs`` retrains the pruned model through its binary-code-quantised
-weights (straight-through, :class:`~prunekit.methods.clip_q.WeightSTE`) before encryption, as the paper does;
+weights (straight-through, :class:`~prunekit.train.callbacks.WeightSTE`) before encryption, as the paper does;
 its budget is not given there, and the default 0 encrypts the weights as given (no data needed). The returned
 callback trains the same way during a fine-tune and re-encrypts at its end, so the model stays exactly the
 decoding of its codes.
@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..quantize import XorCode, binary_quantize, xor_decode_tensor, xor_encode_tensor, xor_matrix
 from ..train import fit
 from ..train.config import method_train_config
-from .clip_q import WeightSTE
+from ..train.callbacks import WeightSTE
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 

@@ -1,8 +1,11 @@
-"""`Callback` (no-op hooks) and `TrainState` (what every hook sees and may change)."""
+"""`Callback` (no-op hooks), `TrainState` (what every hook sees and may change) and `WeightSTE` (training through
+quantised weights with a straight-through update)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 HOOKS = ("on_train_start", "on_epoch_start", "on_batch_start", "on_before_backward", "on_after_backward",
          "on_after_step", "on_epoch_end", "on_train_end")
@@ -86,3 +89,45 @@ def overridden_hooks(cb: Callback) -> list[str]:
 def call(callbacks, hook: str, state: TrainState) -> None:
     for cb in callbacks:
         getattr(cb, hook)(state)
+
+
+class WeightSTE(Callback):
+    """Training through quantised weights with a straight-through update (reusable by any quantising method).
+
+    Holds full-precision copies of the parameters ``fqns``. Before each forward a parameter is set to
+    ``quantized(fqn, full)``; after the backward it is set back to the full-precision values, so the optimizer
+    step applies the gradient taken at the quantised weights to the full-precision ones, which are then kept.
+    At the end of training the parameters hold the quantised weights. ``quantized`` is the constructor argument
+    or an override in a subclass.
+    """
+
+    def __init__(self, model, fqns, quantized=None):
+        self.fqns = list(fqns)
+        self.full = {f: model.get_parameter(f).detach().clone() for f in self.fqns}
+        self._fn = quantized
+        self.steps = 0
+
+    def quantized(self, fqn: str, full: torch.Tensor) -> torch.Tensor:
+        return self._fn(fqn, full)
+
+    def quantize_(self, model) -> None:
+        """Write the quantised copy of the full-precision weights into the model."""
+        with torch.no_grad():
+            for f in self.fqns:
+                model.get_parameter(f).copy_(self.quantized(f, self.full[f]))
+
+    def on_batch_start(self, state) -> None:
+        self.quantize_(state.model)
+
+    def on_after_backward(self, state) -> None:
+        with torch.no_grad():
+            for f in self.fqns:
+                state.model.get_parameter(f).copy_(self.full[f])
+
+    def on_after_step(self, state) -> None:
+        self.steps += 1
+        for f in self.fqns:
+            self.full[f] = state.model.get_parameter(f).detach().clone()
+
+    def on_train_end(self, state) -> None:
+        self.quantize_(state.model)
