@@ -25,6 +25,7 @@ log-uniform one (Molchanov et al. 2017), the closest substitute (see ``left_out`
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -72,6 +73,19 @@ def _gated_modules(model, group) -> dict:
     return {f: mods[f] for f in (group.bns or group.convs)}
 
 
+def _cut_rest(model, ctx: RunContext, scores: dict, dense: float) -> dict:
+    """The lowest-SNR channels go until ``ctx.target`` (a fraction of the model *before* the recursion) is met."""
+    graph = _graph(model, ctx)
+    now = graph.macs() if ctx.target_kind == "macs" else graph.params()
+    if now <= ctx.target_value * dense:
+        return {"removed_channels": 0, f"kept_{ctx.target_kind}_fraction": now / dense}
+    rest = dataclasses.replace(ctx, target=f"{ctx.target_kind}={ctx.target_value * dense / now}")
+    report = cut_to_target(model, rest, scores, allocation="global")
+    graph = _graph(model, ctx)
+    report[f"kept_{ctx.target_kind}_fraction"] = (graph.macs() if ctx.target_kind == "macs" else graph.params()) / dense
+    return report
+
+
 @register_method(
     "rbp", config=RBPConfig, kind="structured", needs=("train",), status="partial",
     left_out=("the paper's Dirac-like prior (its formula could not be reconstructed): the KL is variational "
@@ -87,7 +101,9 @@ def run(ctx: RunContext, cfg: RBPConfig) -> MethodResult:
     require_prune_epochs(ctx, "rbp")
     model = ctx.model
     n = n_examples(ctx.train_data)
-    keys = [g.key for g in filter_groups(model, ctx, _graph(model, ctx))]
+    graph = _graph(model, ctx)
+    dense = graph.macs() if ctx.target_kind == "macs" else graph.params()
+    keys = [g.key for g in filter_groups(model, ctx, graph)]
     total = under = 0
     per_layer, snr2, kls = {}, {}, []
     for key in keys:  # the recursion: layer l's noise is learned on the network already pruned before it
@@ -114,7 +130,7 @@ def run(ctx: RunContext, cfg: RBPConfig) -> MethodResult:
             prune_(model, plan_channels(model, ctx.example_inputs, {key: gone.tolist()}, ignore=list(ctx.ignore)))
         log.info("rbp: %s: %d of %d channels with log alpha > %g", key, len(gone), group.width,
                  cfg.log_alpha_threshold)
-    report = cut_to_target(model, ctx, {k: v for k, v in snr2.items() if len(v)}, allocation="global")
+    report = _cut_rest(model, ctx, {k: v for k, v in snr2.items() if len(v)}, dense)
     telemetry = {"layers_processed": len(per_layer), "channels_under_rule": under, "channels": total,
                  "kl": sum(kls)}
     return MethodResult(model=model, telemetry=telemetry,

@@ -79,6 +79,9 @@ def snr(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
 
 def n_examples(train_data) -> int:
     """Number of training examples in ``train_data`` (a DataLoader over a sized dataset, or a list of batches)."""
+    n = getattr(train_data, "num_samples", None)  # prunekit.data.TensorLoader
+    if isinstance(n, int):
+        return n
     ds = getattr(train_data, "dataset", None)
     if ds is not None:
         try:
