@@ -53,19 +53,18 @@ class PackNetConfig(MethodConfig):
 
 
 class FreezeOwned(Callback):
-    """Trains only the backbone weights owned by ``task`` (and, by ``free``, the free ones) plus the current head.
+    """Trains only the backbone weights owned by ``task`` plus its head (claim free weights for it first).
 
     Everything else (other tasks' weights, earlier heads and, unless ``train_shared``, biases and norm layers
     with their running statistics) is put back to its value at construction after every optimizer step, and
     its gradient zeroed after backward; norm layers are kept in eval mode.
     """
 
-    def __init__(self, packed: PackedNetwork, task: int, *, free: bool = False, train_shared: bool = False):
+    def __init__(self, packed: PackedNetwork, task: int, *, train_shared: bool = False):
         self.packed, self.task = packed, task
         owners = packed.owners
         bb = packed.backbone
-        self.trainable = {f: (o == task) | ((o == 0) if free else torch.zeros_like(o, dtype=torch.bool))
-                          for f, o in owners.items()}
+        self.trainable = {f: o == task for f, o in owners.items()}
         shared = train_shared or task == 1
         self.norms = [] if shared else [m for m in bb.modules() if isinstance(m, _NORM)]
         heads = {id(p) for h in packed.heads.values() for p in h.parameters()}
@@ -124,7 +123,8 @@ def pack_task_(packed: PackedNetwork, ctx: RunContext, cfg: PackNetConfig, task:
     """Train task ``task`` on the free weights, release ``ctx.target_value`` of them, retrain; returns counts."""
     claimed = packed.claim_free_(task)
     packed.task = task
-    fit(packed, ctx.train_data, method_train_config(ctx), callbacks=[FreezeOwned(packed, task, train_shared=cfg.train_shared)])
+    train = FreezeOwned(packed, task, train_shared=cfg.train_shared)  # the free weights were just claimed
+    fit(packed, ctx.train_data, method_train_config(ctx), callbacks=[train])
     released = release_smallest_(packed, task, ctx.target_value)
     retrain = FreezeOwned(packed, task, train_shared=cfg.train_shared)
     if cfg.retrain_epochs:

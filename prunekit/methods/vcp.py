@@ -83,8 +83,9 @@ def run(ctx: RunContext, cfg: VCPConfig) -> MethodResult:
     groups = filter_groups(model, ctx, _graph(model, ctx))
     mods = dict(model.named_modules())
     bns = {b: mods[b] for g in groups for b in g.bns}
-    post = BNSaliencyPosterior(bns, prior_sigma=cfg.prior_sigma, init_sigma=cfg.init_sigma,
-                               kl_weight=cfg.kl_scale / n_examples(ctx.train_data), lr=cfg.sigma_lr, seed=ctx.seed)
+    kl_weight = cfg.kl_scale / n_examples(ctx.train_data)  # KL / N: the ELBO per example
+    post = BNSaliencyPosterior(bns, prior_sigma=cfg.prior_sigma, init_sigma=cfg.init_sigma, kl_weight=kl_weight,
+                               lr=cfg.sigma_lr, seed=ctx.seed)
     kl_before = float(post.kl().detach())
     try:
         fit(model, ctx.train_data, method_train_config(ctx), callbacks=[post])
@@ -100,5 +101,4 @@ def run(ctx: RunContext, cfg: VCPConfig) -> MethodResult:
              cfg.snr_threshold)
     telemetry = {"kl_before": kl_before, "kl": kl_after, "channels_under_rule": under, "channels": total}
     return MethodResult(model=model, telemetry=telemetry,
-                        info={"epochs_trained": ctx.prune_epochs, "kl_weight": cfg.kl_scale / n_examples(ctx.train_data),
-                              **report})
+                        info={"epochs_trained": ctx.prune_epochs, "kl_weight": kl_weight, **report})
