@@ -21,7 +21,8 @@ Example:
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> packed = PackedNetwork(net, head="2")
-    >>> packed.claim_free_(1); _ = packed.new_task(3)
+    >>> packed.claim_free_(1), packed.new_task(3)
+    (32, 2)
     >>> packed.task = 2; packed(torch.randn(5, 4)).shape
     torch.Size([5, 3])
 """

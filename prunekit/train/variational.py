@@ -158,7 +158,7 @@ class BNSaliencyPosterior(_PosteriorCallback):
 
     Example:
         >>> bn = nn.BatchNorm1d(3); post = BNSaliencyPosterior({"bn": bn}, prior_sigma=1.0, init_sigma=1.0)
-        >>> round(float(post.kl()), 4)  # mu = 1, sigma = prior: KL = mu^2 / 2 per channel
+        >>> round(float(post.kl().detach()), 4)  # mu = 1, sigma = prior: KL = mu^2 / 2 per channel
         1.5
         >>> post.remove()
     """
@@ -209,8 +209,8 @@ class ChannelNoiseGates(_PosteriorCallback):
 
     Example:
         >>> lin = nn.Linear(2, 3); g = ChannelNoiseGates({"lin": lin})
-        >>> with torch.no_grad(): g.mu["lin"].copy_(torch.tensor([1.0, 0.0, 2.0]))
-        >>> lin.eval(); x = torch.randn(4, 2); y = lin(x); g.fold_()
+        >>> with torch.no_grad(): _ = g.mu["lin"].copy_(torch.tensor([1.0, 0.0, 2.0]))
+        >>> _ = lin.eval(); x = torch.randn(4, 2); y = lin(x); g.fold_()
         >>> torch.allclose(lin(x), y)
         True
     """
