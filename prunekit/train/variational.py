@@ -142,6 +142,22 @@ class _PosteriorCallback(Callback):
         self.optimizer.step()
         self.steps += 1
 
+    def state_dict(self) -> dict:
+        """Everything that changes while training (for checkpoints and resume): the posterior parameters this
+        callback owns, its optimizer, its noise generator and counters."""
+        own = {f"{name}.{fqn}": t for name in ("mu", "log_sigma2") for fqn, t in getattr(self, name, {}).items()}
+        return {"tensors": {k: t.detach().clone() for k, t in own.items()}, "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "steps": self.steps, "last_kl": self.last_kl}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for key, value in state["tensors"].items():
+                name, fqn = key.split(".", 1)
+                getattr(self, name)[fqn].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.steps, self.last_kl = int(state["steps"]), float(state["last_kl"])
+
     def remove(self) -> None:
         """Detach the forward hooks (idempotent); the model then computes with the posterior mean."""
         for h in self._handles:

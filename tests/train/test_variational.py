@@ -69,3 +69,18 @@ def test_the_posterior_trains_inside_fit_and_the_kl_joins_the_loss():
     assert n_examples(data) == 32 and post.steps == 4
     assert not torch.equal(post.log_sigma2["1"].detach(), start)  # the log-variances moved (their own Adam)
     assert post.last_kl > 0
+
+
+def test_the_callback_state_round_trips_so_training_resumes_exactly():
+    torch.manual_seed(0)
+    lin = nn.Linear(2, 3)
+    g = ChannelNoiseGates({"lin": lin}, seed=1)
+    x = torch.randn(4, 2)
+    (lin(x) ** 2).sum().backward()
+    g.on_after_step(None)
+    state = g.state_dict()
+    twin = ChannelNoiseGates({"lin": nn.Linear(2, 3)}, seed=7)
+    twin.load_state_dict(state)
+    assert torch.equal(twin.mu["lin"], g.mu["lin"]) and twin.steps == 1
+    assert torch.equal(torch.randn(3, generator=twin.generator), torch.randn(3, generator=g.generator))
+    assert twin.optimizer.state_dict()["state"][0]["exp_avg"].equal(g.optimizer.state_dict()["state"][0]["exp_avg"])
