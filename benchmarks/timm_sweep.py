@@ -58,12 +58,11 @@ def meta_params(names: list[str], cache: Path) -> dict[str, dict]:
     return {n: known[n] for n in names}
 
 
-def choose(names: list[str], info: dict, sample: int | None, seed: int) -> list[str]:
-    """The models to run: all of them, or a fixed random sample of those small enough to build."""
+def choose(names: list[str], sample: int | None, seed: int) -> list[str]:
+    """The models to run: all of them, or a fixed random sample of the names."""
     if sample is None:
         return names
-    ok = sorted(n for n in names if "params" in info[n] and info[n]["params"] <= MAX_PARAMS)
-    return sorted(random.Random(seed).sample(ok, min(sample, len(ok))))
+    return sorted(random.Random(seed).sample(names, min(sample, len(names))))
 
 
 def _median(xs):
@@ -188,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     names = sorted(timm.list_models())
-    info = meta_params(names, RESULTS / "timm_params.json")
-    chosen = choose(names, info, None if args.all else args.sample, args.seed)
+    chosen = choose(names, None if args.all else args.sample, args.seed)
+    info = meta_params(chosen, RESULTS / "timm_params.json")
     stem = "timm_all" if args.all else "timm_sample"
     jsonl, md = RESULTS / f"{stem}.jsonl", RESULTS / f"{stem}.md"
     runnable = [n for n in chosen if "params" in info[n] and info[n]["params"] <= MAX_PARAMS]

@@ -50,10 +50,11 @@ from .criteria import WEIGHT_CRITERIA, connection_sensitivity, get_weight_criter
 from .patterns import PATTERNS, Pattern, get_pattern, register_pattern, view2d
 from .sparsify import (ALLOCATIONS, MaskReport, erk_densities, finalize_, mask_report, prunable_weights,
                        select_masks, sparsify_)
+from .tasks import PackedNetwork, load_packed_network, save_packed_network
 
-__all__ = ["ALLOCATIONS", "MODES", "MaskReport", "PATTERNS", "Pattern", "WEIGHT_CRITERIA", "apply_masks_",
+__all__ = ["ALLOCATIONS", "MODES", "MaskReport", "PATTERNS", "PackedNetwork", "Pattern", "WEIGHT_CRITERIA", "apply_masks_",
            "connection_sensitivity", "dense_weight", "erk_densities", "finalize_", "get_masks", "get_pattern",
-           "get_weight_criterion", "install_masks_", "is_masked", "load_masks_", "mask_modes", "mask_report",
+           "get_weight_criterion", "install_masks_", "is_masked", "load_masks_", "load_packed_network", "mask_modes", "mask_report",
            "mask_state_dict", "masks_from_zeros_", "prunable_weights", "register_pattern",
-           "register_weight_criterion", "remove_masks_", "save_masks", "select_masks", "sparsify_",
+           "register_weight_criterion", "remove_masks_", "save_masks", "save_packed_network", "select_masks", "sparsify_",
            "update_masks_", "view2d"]

@@ -13,7 +13,7 @@ so an earlier task's outputs stay bit-identical however many tasks are added (Pa
 - ``packed.owners`` (``{weight fqn: int8 tensor}``, buffers of the wrapper), :meth:`PackedNetwork.task_mask`,
   :meth:`PackedNetwork.claim_free_` (free weights become task ``k``'s), :meth:`PackedNetwork.release_`
   (chosen weights of task ``k`` become free again and are zeroed).
-- :func:`save_packed` / :func:`load_packed`: one safetensors file with the backbone, every head and the
+- :func:`save_packed_network` / :func:`load_packed_network`: one safetensors file with the backbone, every head and the
   owners (the owner tensors make the per-task binary masks), and a JSON record of the head FQN and tasks.
 
 Example:
@@ -41,7 +41,7 @@ from torch.func import functional_call
 
 from ..errors import CheckpointError, ConfigError
 
-__all__ = ["PackedNetwork", "save_packed", "load_packed"]
+__all__ = ["PackedNetwork", "save_packed_network", "load_packed_network"]
 
 _META = "prunekit_packed"
 _VERSION = 1
@@ -146,7 +146,7 @@ class PackedNetwork(nn.Module):
         return functional_call(self.backbone, weights, args, kwargs, strict=False)
 
 
-def save_packed(packed: PackedNetwork, path) -> Path:
+def save_packed_network(packed: PackedNetwork, path) -> Path:
     """Write the backbone, every head and the owners to one safetensors file (owners -> per-task masks)."""
     path = Path(path)
     packed._set_head(1)
@@ -162,13 +162,13 @@ def _out(head: nn.Module):
     return head.out_features if isinstance(head, nn.Linear) else None
 
 
-def load_packed(path, backbone_factory: Callable[[], nn.Module]) -> PackedNetwork:
-    """Rebuild a :class:`PackedNetwork` saved by :func:`save_packed` around ``backbone_factory()``."""
+def load_packed_network(path, backbone_factory: Callable[[], nn.Module]) -> PackedNetwork:
+    """Rebuild a :class:`PackedNetwork` saved by :func:`save_packed_network` around ``backbone_factory()``."""
     with safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get(_META)
     if raw is None:
         raise CheckpointError(f"{path}: not a packed multi-task network (no {_META!r} record); save it with "
-                              f"prunekit.masks.tasks.save_packed")
+                              f"prunekit.masks.tasks.save_packed_network")
     meta = json.loads(raw)
     packed = PackedNetwork(backbone_factory(), meta["head"])
     for classes in meta["classes"][1:]:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import CheckpointError, ConfigError
-from prunekit.masks.tasks import PackedNetwork, load_packed, save_packed
+from prunekit.masks.tasks import PackedNetwork, load_packed_network, save_packed_network
 
 
 def net():
@@ -54,8 +54,8 @@ def test_save_and_load_keep_every_task_bit_exact(tmp_path):
     for k in (1, 2):
         packed.task = k
         outs[k] = packed(x).detach()
-    path = save_packed(packed, tmp_path / "packed.safetensors")
-    back = load_packed(path, net)
+    path = save_packed_network(packed, tmp_path / "packed.safetensors")
+    back = load_packed_network(path, net)
     assert back.num_tasks == 2 and back.task == 2
     for k in (1, 2):
         back.task = k
@@ -64,4 +64,4 @@ def test_save_and_load_keep_every_task_bit_exact(tmp_path):
     from safetensors.torch import save_file
     save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="not a packed multi-task network"):
-        load_packed(tmp_path / "plain.safetensors", net)
+        load_packed_network(tmp_path / "plain.safetensors", net)

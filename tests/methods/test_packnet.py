@@ -9,7 +9,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
-from prunekit.masks.tasks import PackedNetwork, load_packed, save_packed
+from prunekit.masks.tasks import PackedNetwork, load_packed_network, save_packed_network
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.packnet import FreezeOwned, release_smallest_
 from prunekit.train import fit
@@ -115,7 +115,7 @@ def test_nothing_released_warns_with_the_knob_and_save_load_keeps_each_task(tmp_
     for k in (1, 2):
         packed.task = k
         outs[k] = packed(x).detach()
-    back = load_packed(save_packed(packed, tmp_path / "p.safetensors"), mlp)
+    back = load_packed_network(save_packed_network(packed, tmp_path / "p.safetensors"), mlp)
     back.eval()
     for k in (1, 2):
         back.task = k
