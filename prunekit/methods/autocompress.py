@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,7 +53,8 @@ __all__ = ["AutoCompressConfig", "ChannelProjection", "channel_projection", "run
 @dataclass(frozen=True)
 class AutoCompressConfig(MethodConfig):
     annealing_steps: int = option(50, ge=0)  # annealing moves per round (ours: the paper gives none; entry check 8)
-    t0: float = option(0.05, gt=0)  # initial temperature, in accuracy (ours: not given)
+    t0: float = option(0.02, gt=0)  # initial temperature, in accuracy: a move 2 points worse is accepted with
+    # probability 1/e at the start (ours: not given)
     cooling: float = option(0.9, gt=0, le=1)  # T <- cooling * T per move (ours: not given)
     step: float = option(0.1, gt=0, lt=1)  # fraction of a segment's channels a move removes at T0 (at least one),
     # shrinking with T/T0 (ours: the paper's perturbation size is not given)
@@ -64,6 +66,9 @@ class AutoCompressConfig(MethodConfig):
     val_images: int = option(2000, ge=1)  # held-out training images a candidate is scored on (ours)
     rho: float = option(1e-3, gt=0)  # ADMM penalty (entry's check: 1e-3)
     rho_factor: float = option(1.0, ge=1)  # ours: rho multiplied after every update (1 = fixed, as the entry)
+    optimizer: Literal["adam", "protocol"] = "adam"  # ADMM W-step optimiser (the group's ADMM pruning code, Zhang
+    # et al. 2018: Adam lr 1e-3, through which a small rho acts); protocol = ctx.train_config's
+    lr: float = option(1e-3, gt=0)  # W-step lr with adam (Zhang et al. 2018 code: 1e-3); unused with "protocol"
     admm_updates: int = option(10, ge=1)  # Z/U updates spread over the ADMM training (ours: not given)
     rounds: int = option(1, ge=1)  # progressive rounds towards the target (paper: several, count not given)
     record: str | None = None  # ours: JSON file keeping the first round's candidates; an existing one is resumed
@@ -246,10 +251,11 @@ def _anneal(ctx, cfg, subnets: Subnets, kind: str, limit: float, evaluator, reco
     rec = run_search(space, annealer, score, cost, limit, SearchBudget(evaluations=cfg.annealing_steps + 1),
                      seed=ctx.seed, path=record)
     st = annealer.state(rec.trials)
-    widths = to_widths(st["ratios"])
+    best = rec.best()[0]  # the best state the annealing visited
+    widths = tuple(best.widths)
     return {"widths": widths, "widths_named": dict(zip(space.names, widths)), "evaluated": len(rec.trials),
             "accepted": st["accepted"], "rejected": st["rejected"], "start_score": rec.trials[0].score,
-            "best_score": st["score"], "final_temperature": annealer.temperature(len(rec.trials) - 1),
+            "best_score": best.score, "final_score": st["score"], "final_temperature": annealer.temperature(len(rec.trials) - 1),
             "scores": [t.score for t in rec.trials], "costs": [t.cost for t in rec.trials],
             "cost": cost(widths), "uniform_widths": list(uniform)}
 
@@ -265,6 +271,8 @@ def _admm(ctx, cfg, subnets: Subnets, widths, r: int) -> dict:
     projection = _joint(parts)
     params = [f for f, _, _ in projection.producers]
     train = method_train_config(ctx, max(1, ctx.prune_epochs))
+    if cfg.optimizer == "adam":
+        train = train.replace(optimizer="adam", lr=cfg.lr, weight_decay=0.0, scheduler="constant", warmup_steps=0)
     total = train.epochs * len(ctx.train_data)
     block = ConstrainedTraining(projection, rho=cfg.rho, rho_factor=cfg.rho_factor, interval=max(1, total // cfg.admm_updates),
                                 unit="step", max_updates=cfg.admm_updates, params=params)

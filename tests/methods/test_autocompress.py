@@ -36,7 +36,7 @@ def test_the_projection_keeps_exactly_the_k_channels_of_largest_norm_over_all_th
 
 def test_annealing_moves_admm_pulls_the_filters_onto_the_rates_and_the_cut_keeps_them():
     m = trained_tiny_convnet()
-    res = get_method("autocompress").run(_ctx(m, annealing_steps=6, t0=1.0, rho=1.0))
+    res = get_method("autocompress").run(_ctx(m, annealing_steps=6, t0=1.0, rho=1.0, optimizer="protocol"))
     t = res.telemetry
     assert res.engaged is True and t["evaluated"] == 7 and t["accepted"] + t["rejected"] == 6 and t["accepted"] >= 1
     assert t["admm_gap_last"] < t["admm_gap_first"] and t["admm_updates"] == 10
@@ -54,7 +54,7 @@ def test_without_annealing_moves_it_warns():
 
 def test_two_rounds_reach_the_target_through_an_intermediate_one():
     m = trained_tiny_convnet()
-    res = get_method("autocompress").run(_ctx(m, annealing_steps=2, rounds=2, epochs=1, rho=1.0))
+    res = get_method("autocompress").run(_ctx(m, annealing_steps=2, rounds=2, epochs=1, rho=1.0, optimizer="protocol"))
     goals = [r["goal"] for r in res.info["rounds"]]
     assert goals == pytest.approx([0.5 ** 0.5, 0.5]) and res.telemetry["rounds"] == 2
     assert res.info["rounds"][1]["kept"] == [m[0].out_channels, m[3].out_channels]
