@@ -69,7 +69,7 @@ class AutoCompressConfig(MethodConfig):
     optimizer: Literal["adam", "protocol"] = "adam"  # ADMM W-step optimiser (the group's ADMM pruning code, Zhang
     # et al. 2018: Adam lr 1e-3, through which a small rho acts); protocol = ctx.train_config's
     lr: float = option(1e-3, gt=0)  # W-step lr with adam (Zhang et al. 2018 code: 1e-3); unused with "protocol"
-    admm_updates: int = option(10, ge=1)  # Z/U updates spread over the ADMM training (ours: not given)
+    admm_interval: int = option(1, ge=1)  # epochs between Z/U updates (the group's ADMM code: every epoch)
     rounds: int = option(1, ge=1)  # progressive rounds towards the target (paper: several, count not given)
     record: str | None = None  # ours: JSON file keeping the first round's candidates; an existing one is resumed
 
@@ -160,7 +160,7 @@ def _engaged(t: dict) -> bool:
                  left_out="column (im2col) pruning and the paper's exact experience-based rules, temperature "
                           "schedule, round count and rho are not given in the sources we read: the annealing "
                           "parameters are ours (options), only filter/channel pruning is built",
-                 smoke={"annealing_steps": 2, "recal_batches": 1, "val_images": 64, "admm_updates": 2},
+                 smoke={"annealing_steps": 2, "recal_batches": 1, "val_images": 64},
                  telemetry=Telemetry(
                      keys=("evaluated", "accepted", "rejected", "final_temperature", "start_score", "best_score",
                            "admm_gap_first", "admm_gap_last", "admm_updates", "acc_before_cut", "acc_after_cut",
@@ -273,9 +273,8 @@ def _admm(ctx, cfg, subnets: Subnets, widths, r: int) -> dict:
     train = method_train_config(ctx, max(1, ctx.prune_epochs))
     if cfg.optimizer == "adam":
         train = train.replace(optimizer="adam", lr=cfg.lr, weight_decay=0.0, scheduler="constant", warmup_steps=0)
-    total = train.epochs * len(ctx.train_data)
-    block = ConstrainedTraining(projection, rho=cfg.rho, rho_factor=cfg.rho_factor, interval=max(1, total // cfg.admm_updates),
-                                unit="step", max_updates=cfg.admm_updates, params=params)
+    block = ConstrainedTraining(projection, rho=cfg.rho, rho_factor=cfg.rho_factor, interval=cfg.admm_interval,
+                                unit="epoch", params=params)
     block.setup(model)
     fit(model, ctx.train_data, train, callbacks=[block])
     gaps = [h["rel_gap"] for h in block.history]

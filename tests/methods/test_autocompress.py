@@ -39,7 +39,7 @@ def test_annealing_moves_admm_pulls_the_filters_onto_the_rates_and_the_cut_keeps
     res = get_method("autocompress").run(_ctx(m, annealing_steps=6, t0=1.0, rho=1.0, optimizer="protocol"))
     t = res.telemetry
     assert res.engaged is True and t["evaluated"] == 7 and t["accepted"] + t["rejected"] == 6 and t["accepted"] >= 1
-    assert t["admm_gap_last"] < t["admm_gap_first"] and t["admm_updates"] == 10
+    assert t["admm_gap_last"] < t["admm_gap_first"] and t["admm_updates"] == 3
     assert t["final_temperature"] == pytest.approx(1.0 * 0.9 ** 6)
     r0 = res.info["rounds"][0]
     assert all(c <= 0.5 for c in r0["costs"]) and r0["cost"] <= 0.5
