@@ -309,10 +309,12 @@ def run_search(space: SearchSpace, propose: Proposer, evaluate: Callable[[Widths
 
 # ---------------------------------------------------------------------------------- artificial bee colony (ABC)
 def abc_neighbour(rng: np.random.Generator, code: Sequence[int], partner: Sequence[int], change: int, lo: int,
-                  hi: int) -> list:
+                  hi: int, rounding: str = "truncate") -> list:
     """The bee colony's move (Karaboga's ABC as ABCPruner uses it): ``change`` coordinates ``j`` (drawn with
-    replacement) get ``v_j = x_j + r * (x_j - x_kj)``, ``r ~ U(-1, 1)``, ``x_k`` the ``partner`` source, truncated
-    to an int and clipped to ``[lo, hi]``; the other coordinates are kept.
+    replacement) get ``v_j = x_j + r * (x_j - x_kj)``, ``r ~ U(-1, 1)``, ``x_k`` the ``partner`` source, made an
+    int (``"truncate"``: towards zero, as the reference code's ``int()``; ``"nearest"``: rounded) and clipped to
+    ``[lo, hi]``; the other coordinates are kept. Truncation never moves a code up by less than a whole step,
+    so its moves lean towards smaller codes.
 
     Example:
         >>> abc_neighbour(np.random.default_rng(0), [5, 5, 5], [1, 1, 1], 1, 1, 9)
@@ -322,7 +324,8 @@ def abc_neighbour(rng: np.random.Generator, code: Sequence[int], partner: Sequen
     js = rng.integers(0, len(v), change)
     rs = rng.uniform(-1.0, 1.0, change)
     for j, r in zip(js.tolist(), rs.tolist()):
-        v[j] = int(min(hi, max(lo, int(code[j] + r * (code[j] - partner[j])))))
+        x = code[j] + r * (code[j] - partner[j])
+        v[j] = int(min(hi, max(lo, int(x) if rounding == "truncate" else int(np.floor(x + 0.5)))))
     return v
 
 
@@ -345,13 +348,17 @@ class BeeColony:
 
     def __init__(self, dims: int, to_widths: Callable[[list], Widths], *, food_number: int = 10,
                  food_limit: int = 5, change: int = 2, lo: int = 1, hi: int = 9, cycles: int = 50,
-                 feasible: Callable[[list], bool] = lambda code: True, tries: int = 1000):
+                 feasible: Callable[[list], bool] = lambda code: True, tries: int = 1000,
+                 rounding: str = "truncate"):
+        if rounding not in ("truncate", "nearest"):
+            raise ConfigError(f"rounding={rounding!r} is not valid; choose 'truncate' or 'nearest'")
         if food_number < 2:
             raise ConfigError(f"food_number={food_number!r} must be >= 2: a bee moves relative to another source")
         if not 1 <= lo <= hi:
             raise ConfigError(f"code bounds lo={lo!r}, hi={hi!r} need 1 <= lo <= hi")
         self.dims, self.to_widths, self.food_number, self.food_limit = dims, to_widths, food_number, food_limit
         self.change, self.lo, self.hi, self.cycles, self.feasible, self.tries = change, lo, hi, cycles, feasible, tries
+        self.rounding = rounding
 
     def max_evaluations(self) -> int:
         """Evaluations of a full run: the initial sources, then per cycle an employed and an onlooker bee per
@@ -415,7 +422,7 @@ class BeeColony:
         for _ in range(self.tries):
             k = int(rng.integers(0, self.food_number - 1))
             k += k >= j  # a partner other than j
-            v = abc_neighbour(rng, code, st["sources"][k][0], self.change, self.lo, self.hi)
+            v = abc_neighbour(rng, code, st["sources"][k][0], self.change, self.lo, self.hi, self.rounding)
             if self.feasible(v):
                 return v, False
         return list(code), True

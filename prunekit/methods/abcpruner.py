@@ -54,6 +54,8 @@ class ABCPrunerConfig(MethodConfig):
     lr: float = option(0.01, gt=0)  # SGD lr of the fitness training (code: 1e-2, momentum 0.9, wd 5e-4)
     momentum: float = option(0.9, ge=0, lt=1)  # code: 0.9
     weight_decay: float = option(5e-4, ge=0)  # code: 5e-4
+    rounding: Literal["truncate", "nearest"] = "truncate"  # a moved code made an int: truncate (code: int()),
+    # nearest (ours: truncation leans every move towards fewer channels)
     criterion: Literal["random", "l1"] = "random"  # which channels fill a width (code: random_pretrain; l1_pretrain)
     val_images: int = option(2000, ge=1)  # held-out training images scoring a fitness (ours: the code uses the
     # test split, which we never touch)
@@ -106,7 +108,7 @@ def run(ctx: RunContext, cfg: ABCPrunerConfig) -> MethodResult:
 
     colony = BeeColony(len(space), to_widths, food_number=cfg.food_number, food_limit=cfg.food_limit,
                        change=cfg.honeychange_num, lo=1, hi=cfg.max_preserve, cycles=cfg.max_cycle,
-                       feasible=lambda code: cost(to_widths(code)) <= limit + 1e-12)
+                       feasible=lambda code: cost(to_widths(code)) <= limit + 1e-12, rounding=cfg.rounding)
     budget = SearchBudget(evaluations=min(colony.max_evaluations(), cfg.evaluations or colony.max_evaluations()))
     record = run_search(space, colony, fitness, cost, limit, budget, seed=ctx.seed, path=cfg.record)
     trials = record.trials

@@ -239,3 +239,15 @@ def test_a_short_fine_tune_evaluator_trains_the_copy_it_is_given():
     assert len(ev.batches) == 40 and not torch.equal(w0, m.weight) and after > before and ev.calls == 1
     with pytest.raises(ConfigError, match="steps=-1"):
         FinetuneEvaluator(batches, batches, steps=-1)
+
+
+def test_truncation_leans_moves_down_and_rounding_does_not():
+    """x = 5, partner 3: v = 5 + 2r. Truncated, r in (-0.5, 0) gives int(4.x) = 4 and r in (0, 0.5) int(5.x) = 5:
+    a move never goes up by less than a whole step; rounded, the two halves are symmetric."""
+    def mean_move(rounding):
+        vs = [abc_neighbour(np.random.default_rng(s), [5], [3], 1, 1, 9, rounding)[0] for s in range(2000)]
+        return float(np.mean(vs)) - 5
+
+    assert mean_move("truncate") < -0.3 and abs(mean_move("nearest")) < 0.1
+    with pytest.raises(ConfigError, match="rounding='up'"):
+        BeeColony(2, tuple, rounding="up")
