@@ -21,7 +21,8 @@ adaptive-BN accuracy on a masked view (no copy) on held-out training images; a m
 more redundancy) and gives back channels to another until the budget is met again. ADMM is the
 constrained-training block :class:`~prunekit.train.constrained.ConstrainedTraining` with
 :class:`ChannelProjection` (whole channels of a segment, scored over all its producer filters). ``rounds > 1``
-runs search + ADMM + cut again towards geometrically spaced budgets. The cut removes every weight that reads
+runs search + ADMM + cut again towards geometrically spaced budgets. The best state the annealing visited is
+enforced. The cut removes every weight that reads
 or writes a removed channel (the structured "purification" of filter pruning); column pruning is not built.
 """
 from __future__ import annotations
@@ -140,16 +141,16 @@ def channel_projection(subnets: Subnets, widths, weights: dict) -> list:
     return out
 
 
-def _joint(parts: list) -> ChannelProjection:
-    """One projection over every group: a group channel id is made unique by offsetting it per group."""
-    segs, prods, offset = [], [], 0
-    for _, p in parts:
-        size = 1 + max((max(ch) for _, _, ch in p.producers if len(ch)), default=0)
-        size = max(size, 1 + max((max(c) for c, _ in p.segments if len(c)), default=0))
+def _joint(parts: list) -> tuple[ChannelProjection, dict]:
+    """One projection over every group (a group's channel ids offset to be unique) and ``{group id: offset}``."""
+    segs, prods, offsets, offset = [], [], {}, 0
+    for gid, p in parts:
+        size = 1 + max([max(ch) for _, _, ch in p.producers if len(ch)] + [max(c) for c, _ in p.segments if len(c)])
         segs += [(tuple(c + offset for c in chans), keep) for chans, keep in p.segments]
         prods += [(f, d, tuple(c + offset if c >= 0 else -1 for c in ch)) for f, d, ch in p.producers]
+        offsets[gid] = offset
         offset += size
-    return ChannelProjection(sparsity=0.0, segments=tuple(segs), producers=tuple(prods))
+    return ChannelProjection(sparsity=0.0, segments=tuple(segs), producers=tuple(prods)), offsets
 
 
 def _engaged(t: dict) -> bool:
@@ -186,7 +187,7 @@ def run(ctx: RunContext, cfg: AutoCompressConfig) -> MethodResult:
         goal = final ** ((r + 1) / cfg.rounds)
         limit = min(1.0, goal / now)
         found = _anneal(ctx, cfg, subnets, kind, limit, evaluator, record=cfg.record if r == 0 else None)
-        admm = _admm(ctx, cfg, subnets, found["widths"], r)
+        admm = _admm(ctx, cfg, subnets, found["widths"])
         rounds.append({**found, **admm, "round": r, "goal": goal})
     first, last = rounds[0], rounds[-1]
     tel = {"evaluated": sum(x["evaluated"] for x in rounds), "accepted": sum(x["accepted"] for x in rounds),
@@ -261,7 +262,7 @@ def _anneal(ctx, cfg, subnets: Subnets, kind: str, limit: float, evaluator, reco
             "cost": cost(widths), "uniform_widths": list(uniform)}
 
 
-def _admm(ctx, cfg, subnets: Subnets, widths, r: int) -> dict:
+def _admm(ctx, cfg, subnets: Subnets, widths) -> dict:
     """ADMM towards the chosen widths (whole channels), then the hard cut of the channels outside Z's support."""
     model = ctx.model
     weights = prunable_weights(model, ctx.ignore)
@@ -269,7 +270,7 @@ def _admm(ctx, cfg, subnets: Subnets, widths, r: int) -> dict:
     if not parts:
         raise ConfigError("method 'autocompress': no Conv/Linear layer writes the searched channels; nothing for "
                           "ADMM to constrain")
-    projection = _joint(parts)
+    projection, offsets = _joint(parts)
     params = [f for f, _, _ in projection.producers]
     train = method_train_config(ctx, max(1, ctx.prune_epochs))
     if cfg.optimizer == "adam":
@@ -283,17 +284,10 @@ def _admm(ctx, cfg, subnets: Subnets, widths, r: int) -> dict:
     before = evaluate(model, val, device=ctx.device)["accuracy"]
     # the hard cut: the channels the projection of the trained W drops (Z's support once W has converged)
     gone = set(projection.removed({k: w.detach() for k, w in block.weights.items()}).tolist())
-    keep_order = []
-    offset = 0
-    for gid, part in parts:
-        size = 1 + max((max(ch) for _, _, ch in part.producers if len(ch)), default=0)
-        size = max(size, 1 + max((max(c) for c, _ in part.segments if len(c)), default=0))
-        keep_order.append((gid, offset))
-        offset += size
-    offsets = dict(keep_order)
     scores = []
-    for gid, chans, _ in subnets.segments:  # rank so that the plan removes exactly those channels
-        scores.append(np.array([0.0 if gid in offsets and int(c) + offsets[gid] in gone else 1.0 for c in chans]))
+    for (gid, chans, _), old in zip(subnets.segments, subnets.scores):  # the plan removes exactly those channels
+        scores.append(np.array([0.0 if int(c) + offsets[gid] in gone else 1.0 for c in chans]) if gid in offsets
+                      else old)
     subnets.scores = scores
     prune_(model, subnets.plan(widths))
     after_raw = evaluate(model, val, device=ctx.device)["accuracy"]

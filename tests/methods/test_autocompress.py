@@ -70,3 +70,19 @@ def test_bad_input_leaves_the_model_as_it_was():
     with pytest.raises(ConfigError, match="structured method"):
         get_method("autocompress").run(_ctx(m, target="sparsity=0.5"))
     assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+
+
+def test_channels_coupled_by_a_residual_sum_are_projected_and_cut_together():
+    from prunekit.methods import RunContext
+    from prunekit.testing import models
+
+    m, x = models()["residual"]()
+    out = m(x).shape[1]
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, *x.shape[1:], generator=g), torch.randint(0, out, (4,), generator=g)) for _ in range(4)]
+    ctx = RunContext(model=m, example_inputs=x, target="macs=0.6", train_data=data[:3], val_data=data[3:],
+                     prune_epochs=2, options={"annealing_steps": 2, "recal_batches": 1, "rho": 1.0,
+                                              "optimizer": "protocol"})
+    res = get_method("autocompress").run(ctx)
+    assert res.telemetry["admm_updates"] == 2 and res.info["rounds"][0]["cost"] <= 0.6
+    assert m(x).shape == (2, out)  # the cut model runs: the coupled producers lost the same channels
