@@ -47,6 +47,7 @@ def main():
     ap.add_argument("--cycles", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--rounding", default="truncate", choices=["truncate", "nearest"])
     ap.add_argument("--out", default="benchmarks/results/abcpruner_check.jsonl")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -61,7 +62,7 @@ def main():
         train, val = first_examples(data.train, a.train), first_examples(data.val, a.val)
         test, x = first_examples(data.test, a.test), data.example_inputs(2)
         opts = {"food_number": a.food, "max_cycle": a.cycles, "fitness_steps": a.steps, "max_preserve": 7,
-                "val_images": a.val}
+                "val_images": a.val, "rounding": a.rounding}
         for row, extra in (("abc", {}), ("random", {"food_number": evaluations, "max_cycle": 0})):
             if (seed, row) in done:
                 continue
