@@ -90,7 +90,7 @@ def main():
                    pk.TrainConfig(epochs=1, lr=0.01, momentum=0.9, weight_decay=5e-4, scheduler="constant",
                                   seed=seed, progress=False))  # the fitness steps the searches' winners had
             _finish(out, m, train, test, a, seed, "uniform", t0, {"widths": list(widths), "cost": cost})
-    summarise(out)
+    summarise(out, a)
 
 
 def _finish(out, m, train, test, a, seed, row, t0, extra):
@@ -103,14 +103,15 @@ def _finish(out, m, train, test, a, seed, row, t0, extra):
     print(json.dumps({k: v for k, v in rec.items() if k != "best_so_far"}), flush=True)
 
 
-def summarise(out: Path) -> None:
+def summarise(out: Path, a) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     md = ["# ABCPruner's entry check, scaled (VGG-small / Fashion-MNIST, half the MACs)", "",
-          "Command: `python benchmarks/abcpruner_check.py --seeds 0 1 2` (resumable; rows in "
-          "`abcpruner_check.jsonl`). 4 food sources, 2 cycles (22 scored candidates), 20 fitness steps (SGD lr "
-          "0.01, batch 64), max_preserve 7, fitness on 500 held-out training images; the random search scores "
-          "22 random codes the same way; the uniform widths (random channels) are cut at the ABC structure's MACs and "
-          "get the 20 fitness steps too; every row then fine-tunes 2 epochs on 3,000 training images (SGD lr "
+          f"Command: `python benchmarks/abcpruner_check.py --food {a.food} --cycles {a.cycles} --steps {a.steps} "
+          f"--rounding {a.rounding} --out {out}` (resumable). {a.food} food sources, {a.cycles} cycles "
+          f"({a.food + a.cycles * (2 * a.food + 1)} candidates at most), {a.steps} fitness steps (SGD lr "
+          f"0.01, batch 64), max_preserve 7, moves made ints by {a.rounding}, fitness on 500 held-out training "
+          "images; the random search scores as many random codes the same way; the uniform widths (random channels) are cut at the ABC structure's MACs and "
+          "get the same fitness steps too; every row then fine-tunes 2 epochs on 3,000 training images (SGD lr "
           "0.01, cosine); accuracy on 2,000 test images.", "",
           "| seed | row | MACs kept | initial best | best fitness | scouts | before fine-tune | after fine-tune | "
           "on grid | widths |", "|---|---|---|---|---|---|---|---|---|---|"]
