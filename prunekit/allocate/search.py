@@ -30,7 +30,8 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["SearchSpace", "SearchBudget", "Trial", "SearchRecord", "run_search", "random_ratios",
-           "sample_feasible", "global_ranking_widths"]
+           "sample_feasible", "global_ranking_widths", "abc_neighbour", "BeeColony", "anneal_accept",
+           "Annealer"]
 
 Widths = tuple
 
@@ -304,3 +305,219 @@ def run_search(space: SearchSpace, propose: Proposer, evaluate: Callable[[Widths
             on_trial(trial)
     record.seconds = time.perf_counter() - start
     return record
+
+
+# ---------------------------------------------------------------------------------- artificial bee colony (ABC)
+def abc_neighbour(rng: np.random.Generator, code: Sequence[int], partner: Sequence[int], change: int, lo: int,
+                  hi: int, rounding: str = "truncate") -> list:
+    """The bee colony's move (Karaboga's ABC as ABCPruner uses it): ``change`` coordinates ``j`` (drawn with
+    replacement) get ``v_j = x_j + r * (x_j - x_kj)``, ``r ~ U(-1, 1)``, ``x_k`` the ``partner`` source, made an
+    int (``"truncate"``: towards zero, as the reference code's ``int()``; ``"nearest"``: rounded) and clipped to
+    ``[lo, hi]``; the other coordinates are kept. Truncation never moves a code up by less than a whole step,
+    so its moves lean towards smaller codes.
+
+    Example:
+        >>> abc_neighbour(np.random.default_rng(0), [5, 5, 5], [1, 1, 1], 1, 1, 9)
+        [5, 5, 3]
+    """
+    v = [int(c) for c in code]
+    js = rng.integers(0, len(v), change)
+    rs = rng.uniform(-1.0, 1.0, change)
+    for j, r in zip(js.tolist(), rs.tolist()):
+        x = code[j] + r * (code[j] - partner[j])
+        v[j] = int(min(hi, max(lo, int(x) if rounding == "truncate" else int(np.floor(x + 0.5)))))
+    return v
+
+
+class BeeColony:
+    """The artificial bee colony as a proposer for :func:`run_search` (ABCPruner, Lin et al., IJCAI 2020).
+
+    A food source is an integer code (one entry per group in ``[lo, hi]``); ``to_widths(code)`` maps it to a
+    candidate. ``food_number`` random sources are scored first; then every cycle (1) an employed bee per source
+    tries :func:`abc_neighbour` against another random source and the source keeps the better of the two
+    (greedy; a source not improved counts a trail), (2) onlooker bees walk round the sources, each source taken
+    with probability ``0.9 * fitness / max fitness + 0.1``, until ``food_number`` moves were tried the same way,
+    (3) the source with the most trails, if at least ``food_limit``, is abandoned for a random one (a scout).
+    After ``cycles`` cycles the proposer gives up (``None``).
+
+    ``feasible(code)``: a move (or random source) failing it is drawn again, at most ``tries`` times (ours: the
+    target; the paper has no constraint but the cap ``hi``); when every try fails the bee re-proposes its source.
+    The colony's state is replayed from the record's trials (their ``info`` holds phase, source and code), so a
+    resumed search continues exactly where it stopped.
+    """
+
+    def __init__(self, dims: int, to_widths: Callable[[list], Widths], *, food_number: int = 10,
+                 food_limit: int = 5, change: int = 2, lo: int = 1, hi: int = 9, cycles: int = 50,
+                 feasible: Callable[[list], bool] = lambda code: True, tries: int = 1000,
+                 rounding: str = "truncate"):
+        if rounding not in ("truncate", "nearest"):
+            raise ConfigError(f"rounding={rounding!r} is not valid; choose 'truncate' or 'nearest'")
+        if food_number < 2:
+            raise ConfigError(f"food_number={food_number!r} must be >= 2: a bee moves relative to another source")
+        if not 1 <= lo <= hi:
+            raise ConfigError(f"code bounds lo={lo!r}, hi={hi!r} need 1 <= lo <= hi")
+        self.dims, self.to_widths, self.food_number, self.food_limit = dims, to_widths, food_number, food_limit
+        self.change, self.lo, self.hi, self.cycles, self.feasible, self.tries = change, lo, hi, cycles, feasible, tries
+        self.rounding = rounding
+
+    def max_evaluations(self) -> int:
+        """Evaluations of a full run: the initial sources, then per cycle an employed and an onlooker bee per
+        source and at most one scout."""
+        return self.food_number + self.cycles * (2 * self.food_number + 1)
+
+    # -- state, replayed from the trials ---------------------------------------------------------------------
+    def state(self, trials: Sequence[Trial]) -> dict:
+        """``{"sources": [[code, fitness, trail]], "phase", "i", "t", "cycle", "scouts"}`` after ``trials``."""
+        st = {"sources": [None] * self.food_number, "phase": "init", "i": 0, "t": 0, "cycle": 0, "scouts": 0}
+        for tr in trials:
+            self._apply(st, tr.info, tr.score)
+        if st["phase"] == "scout" and not self._abandoned(st):
+            st["phase"], st["i"], st["cycle"] = "employed", 0, st["cycle"] + 1  # no source to abandon
+        return st
+
+    def _abandoned(self, st: dict) -> int | None:
+        trails = [s[2] for s in st["sources"]]
+        j = int(np.argmax(trails))
+        return j if trails[j] >= self.food_limit else None
+
+    def _apply(self, st: dict, info: dict, score: float) -> None:
+        phase, j, code = info["phase"], info["source"], list(info["code"])
+        srcs = st["sources"]
+        if phase in ("init", "scout"):
+            srcs[j] = [code, score, 0]
+        elif score > srcs[j][1]:  # greedy selection between the source and the bee's move
+            srcs[j] = [code, score, 0]
+        else:
+            srcs[j][2] += 1
+        if phase == "init":
+            st["i"] = j + 1
+            if st["i"] == self.food_number:
+                st["phase"], st["i"] = "employed", 0
+        elif phase == "employed":
+            st["i"] = j + 1
+            if st["i"] == self.food_number:
+                st["phase"], st["i"], st["t"] = "onlooker", 0, 0
+        elif phase == "onlooker":
+            st["t"] += 1
+            st["i"] = (j + 1) % self.food_number
+            if st["t"] == self.food_number:
+                st["phase"] = "scout"
+                if not self._abandoned(st):
+                    st["phase"], st["i"], st["cycle"] = "employed", 0, st["cycle"] + 1
+        else:  # a scout ends the cycle
+            st["scouts"] += 1
+            st["phase"], st["i"], st["cycle"] = "employed", 0, st["cycle"] + 1
+
+    # -- proposals -------------------------------------------------------------------------------------------
+    def _random(self, rng: np.random.Generator) -> list:
+        for _ in range(self.tries):
+            code = rng.integers(self.lo, self.hi + 1, self.dims).tolist()
+            if self.feasible(code):
+                return code
+        raise ConfigError(f"no random food source met the target in {self.tries} draws; raise the target or the "
+                          f"code cap (max_preserve), or lower the floor")
+
+    def _move(self, rng: np.random.Generator, st: dict, j: int) -> tuple[list, bool]:
+        code = st["sources"][j][0]
+        for _ in range(self.tries):
+            k = int(rng.integers(0, self.food_number - 1))
+            k += k >= j  # a partner other than j
+            v = abc_neighbour(rng, code, st["sources"][k][0], self.change, self.lo, self.hi, self.rounding)
+            if self.feasible(v):
+                return v, False
+        return list(code), True
+
+    def __call__(self, rng: np.random.Generator, record: SearchRecord):
+        st = self.state(record.trials)
+        if st["phase"] != "init" and st["cycle"] >= self.cycles:
+            return None, {}
+        phase = st["phase"]
+        stuck = False
+        if phase == "init":
+            j, code = st["i"], self._random(rng)
+        elif phase == "employed":
+            j = st["i"]
+            code, stuck = self._move(rng, st, j)
+        elif phase == "onlooker":
+            fits = np.array([s[1] for s in st["sources"]], float)
+            top = fits.max()
+            prob = 0.9 * fits / top + 0.1 if top > 0 else np.ones_like(fits)
+            j = st["i"]
+            while rng.uniform() >= prob[j]:
+                j = (j + 1) % self.food_number
+            code, stuck = self._move(rng, st, j)
+        else:
+            j, code = self._abandoned(st), self._random(rng)
+        info = {"phase": phase, "source": int(j), "code": [int(c) for c in code], "cycle": st["cycle"]}
+        if stuck:
+            info["stuck"] = True
+        return self.to_widths(code), info
+
+
+# ---------------------------------------------------------------------------------------- simulated annealing
+def anneal_accept(new: float, current: float, temperature: float, u: float) -> bool:
+    """Metropolis rule (scores higher is better): accept a better or equal candidate, a worse one when
+    ``u < exp((new - current) / T)``.
+
+    Example:
+        >>> anneal_accept(0.8, 0.9, 0.1, 0.3), anneal_accept(0.8, 0.9, 0.1, 0.4)  # exp(-1) = 0.368
+        (True, False)
+    """
+    if new >= current:
+        return True
+    return temperature > 0 and u < math.exp((new - current) / temperature)
+
+
+class Annealer:
+    """Simulated annealing over per-group pruning ratios as a proposer for :func:`run_search` (AutoCompress).
+
+    The first candidate is ``start`` (ratios); then each step moves from the current state by ``move(rng,
+    ratios, temperature) -> ratios`` (drawn again, at most ``tries`` times, until ``feasible(widths)``), and the
+    candidate becomes the current state by :func:`anneal_accept` at the temperature ``t0 * cooling**step``. The
+    acceptance draw of trial ``i`` comes from ``(seed, i)``, so the state is replayed from the record's trials
+    (their ``info`` holds the ratios) and a resumed search continues exactly.
+    """
+
+    def __init__(self, start: Sequence[float], to_widths: Callable[[Sequence[float]], Widths],
+                 move: Callable[[np.random.Generator, np.ndarray, float], np.ndarray], *, t0: float = 0.05,
+                 cooling: float = 0.9, steps: int = 50, feasible: Callable[[Widths], bool] = lambda w: True,
+                 tries: int = 1000, seed: int = 0):
+        if not t0 > 0 or not 0 < cooling <= 1:
+            raise ConfigError(f"t0={t0!r} must be > 0 and cooling={cooling!r} in (0, 1]")
+        self.start, self.to_widths, self.move = np.asarray(start, float), to_widths, move
+        self.t0, self.cooling, self.steps, self.feasible, self.tries, self.seed = t0, cooling, steps, feasible, tries, seed
+
+    def temperature(self, step: int) -> float:
+        return self.t0 * self.cooling ** step
+
+    def state(self, trials: Sequence[Trial]) -> dict:
+        """``{"ratios", "score", "accepted", "rejected", "decisions"}`` after ``trials`` (the first is the start)."""
+        st = {"ratios": None, "score": -math.inf, "accepted": 0, "rejected": 0, "decisions": []}
+        for tr in trials:
+            if st["ratios"] is None:
+                st["ratios"], st["score"] = np.asarray(tr.info["ratios"], float), tr.score
+                continue
+            u = float(np.random.default_rng([self.seed, tr.index, 1]).uniform())
+            ok = anneal_accept(tr.score, st["score"], self.temperature(tr.info["step"]), u)
+            st["decisions"].append(bool(ok))
+            if ok:
+                st["ratios"], st["score"] = np.asarray(tr.info["ratios"], float), tr.score
+                st["accepted"] += 1
+            else:
+                st["rejected"] += 1
+        return st
+
+    def __call__(self, rng: np.random.Generator, record: SearchRecord):
+        step = len(record.trials)
+        if step > self.steps:
+            return None, {}
+        if step == 0:
+            return self.to_widths(self.start), {"ratios": self.start.tolist(), "step": 0}
+        st = self.state(record.trials)
+        temp = self.temperature(step)
+        for _ in range(self.tries):
+            ratios = np.asarray(self.move(rng, st["ratios"].copy(), temp), float)
+            widths = self.to_widths(ratios)
+            if self.feasible(widths):
+                return widths, {"ratios": ratios.tolist(), "step": step, "temperature": temp}
+        return None, {}

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .loop import evaluate
+from .config import TrainConfig
+from .loop import evaluate, fit
 
-__all__ = ["recalibrate_bn", "SubnetEvaluator"]
+__all__ = ["recalibrate_bn", "SubnetEvaluator", "FinetuneEvaluator"]
 
 
 @torch.no_grad()
@@ -70,5 +71,38 @@ class SubnetEvaluator:
         self.calls += 1
         if self.adaptive_bn:
             recalibrate_bn(model, self.recal, self.device)
+        res = evaluate(model, self.val, device=self.device)
+        return float(res["accuracy"]) if self.metric == "accuracy" else -float(res["loss"])
+
+
+class FinetuneEvaluator:
+    """``evaluator(model) -> accuracy`` of a sub-net after a short fine-tune (ABCPruner's fitness): ``steps``
+    optimiser steps of ``config`` (epochs and scheduler overridden: one pass, constant lr) on ``train``
+    batches, cycled when there are fewer, then accuracy (or minus the loss) on ``val`` (held-out training
+    batches), BatchNorm statistics as the training left them. The model is trained in place: pass a pruned
+    copy. ``steps=0`` scores the sub-net as it is. Counts its calls.
+    """
+
+    def __init__(self, train: Iterable, val: Iterable, *, steps: int, config: TrainConfig | None = None,
+                 device: str = "cpu", metric: str = "accuracy"):
+        if metric not in ("accuracy", "loss"):
+            raise ConfigError(f"metric={metric!r} is not valid; choose 'accuracy' or 'loss'")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ConfigError(f"steps={steps!r} must be an int >= 0 (fine-tune steps per candidate)")
+        self.train, self.val = list(train), list(val)
+        if steps and not self.train:
+            raise ConfigError("FinetuneEvaluator: train has no batch; a fine-tune needs training batches")
+        if not self.val:
+            raise ConfigError("FinetuneEvaluator: val has no batch; pass held-out training batches to score on")
+        self.batches = [self.train[i % len(self.train)] for i in range(steps)]
+        base = config if config is not None else TrainConfig(progress=False)
+        self.config = base.replace(epochs=1, scheduler="constant", warmup_steps=0, progress=False, device=device,
+                                   checkpoint_dir=None, resume=False)
+        self.steps, self.device, self.metric, self.calls = steps, device, metric, 0
+
+    def __call__(self, model: nn.Module) -> float:
+        self.calls += 1
+        if self.batches:
+            fit(model, self.batches, self.config)
         res = evaluate(model, self.val, device=self.device)
         return float(res["accuracy"]) if self.metric == "accuracy" else -float(res["loss"])
