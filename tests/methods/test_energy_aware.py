@@ -11,10 +11,13 @@ load_all()
 
 
 def _task():
-    """A 3-layer MLP whose middle layer costs the most energy (the widest weight), and 2 batches that it
-    classifies by its own prediction (so the dense calibration accuracy is 1)."""
+    """A 3-layer MLP (zero biases) whose middle layer costs the most energy (the widest weight), and 2 batches
+    labelled by its own prediction (so the dense calibration accuracy is 1)."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 3))
+    with torch.no_grad():  # no bias: the prediction depends on the weights only
+        for layer in m[::2]:
+            layer.bias.zero_()
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(32, 8, generator=g) for _ in range(2)]
     with torch.no_grad():
