@@ -1,8 +1,8 @@
 """DMC: discrete channel gates trained with a straight-through estimator under a resource constraint.
 
 Paper: Shangqian Gao, Feihu Huang, Jian Pei, Heng Huang, "Discrete Model Compression With Resource Constraint
-for Deep Neural Networks", CVPR 2020.
-http://openaccess.thecvf.com/content_CVPR_2020/html/Gao_Discrete_Model_Compression_With_Resource_Constraint_for_Deep_Neural_Networks_CVPR_2020_paper.html
+for Deep Neural Networks", CVPR 2020. http://openaccess.thecvf.com/content_CVPR_2020/html/
+Gao_Discrete_Model_Compression_With_Resource_Constraint_for_Deep_Neural_Networks_CVPR_2020_paper.html
 
 Every channel of a pre-trained network gets a gate that is exactly 0 or 1: a continuous parameter binarised in
 the forward pass, its gradient passed through unchanged (straight-through estimator). So the network that is
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..measure import count_macs
 from ..train import fit
 from ..train.callbacks import Callback
 from ..train.config import method_train_config
@@ -82,7 +81,8 @@ class BinaryGates:
         self.noise, self.training = float(noise), True
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._current: dict[str, torch.Tensor] = {}
-        self._handles = [mods[f].register_forward_hook(self._hook(g.key)) for g in groups for f in (g.bns or g.convs)]
+        self._handles = [mods[f].register_forward_hook(self._hook(g.key))
+                         for g in groups for f in (g.bns or g.convs)]
 
     def gate(self, key: str) -> torch.Tensor:
         th = self.theta[key]
@@ -119,9 +119,10 @@ class ChannelCostModel:
     ``a``: every Conv/Linear layer's dense count times the kept fraction of its output group and of its input
     group. At integer counts this is the engine's exact cost for plain (ungrouped) Conv and Linear layers."""
 
-    def __init__(self, model: nn.Module, example_inputs, graph, groups, kind: str = "macs"):
-        per = count_macs(model, example_inputs).per_module if kind == "macs" else {
-            f: m.weight.numel() for f, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+    def __init__(self, model: nn.Module, graph, groups, kind: str = "macs"):
+        layers = (nn.Linear, nn.modules.conv._ConvNd)
+        per = graph.macs_per_module() if kind == "macs" else {
+            f: m.weight.numel() for f, m in model.named_modules() if isinstance(m, layers)}
         keys = {g.group.id: g for g in groups}
         self.terms = []  # (count, output group key or None, input group key or None)
         out_of, in_of = {}, {}
@@ -201,7 +202,7 @@ def run(ctx: RunContext, cfg: DMCConfig) -> MethodResult:
     model = ctx.model
     graph = _graph(model, ctx)
     groups = filter_groups(model, ctx, graph)
-    cost = ChannelCostModel(model, ctx.example_inputs, graph, groups, ctx.target_kind)
+    cost = ChannelCostModel(model, graph, groups, ctx.target_kind)
     budget = ctx.target_value * cost.dense
     gates = BinaryGates(model, groups, cfg.init, cfg.noise, ctx.seed)
     step = _DMCStep(gates, cost, budget, cfg.strength, cfg.gate_lr)

@@ -78,7 +78,8 @@ class ConsumerScaling:
         scale = torch.zeros(self.width + 1, dtype=torch.float64)  # the last slot serves positions of channel -1
         scale[-1] = 1.0
         if len(selected):
-            scale[torch.as_tensor(list(selected), dtype=torch.long)] = self.width / len(selected) if self.convex else 1.0
+            w = self.width / len(selected) if self.convex else 1.0
+            scale[torch.as_tensor(list(selected), dtype=torch.long)] = w
         for (p, dim, chan), w0 in zip(self.slices, self.orig):
             s = scale[chan].to(w0)
             p.copy_(w0 * s.view([-1 if i == dim else 1 for i in range(w0.dim())]))

@@ -44,7 +44,7 @@ def test_the_cost_model_at_binary_gates_is_the_engines_exact_cost_of_the_cut():
     x = ctx.example_inputs
     graph = _graph(model, ctx)
     groups = filter_groups(model, ctx, graph)
-    cost = ChannelCostModel(model, x, graph, groups, "macs")
+    cost = ChannelCostModel(model, graph, groups, "macs")
     assert cost.dense == pytest.approx(graph.macs())
     g = torch.Generator().manual_seed(0)
     removed = {gr.key: torch.randperm(gr.width, generator=g)[: gr.width // 3].sort().values.tolist() for gr in groups}

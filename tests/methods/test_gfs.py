@@ -99,7 +99,7 @@ def test_the_search_family_contract_physically_smaller_deterministic_and_safe():
                          train_data=data.train, val_data=list(data.train)[:1],
                          options=get_method("gfs").smoke, prune_epochs=1)
         dense = build_graph(model, ctx.example_inputs).macs()
-        res = get_method("gfs").run(ctx)
+        get_method("gfs").run(ctx)
         assert build_graph(model, ctx.example_inputs).macs() <= 0.5 * dense
         assert model(ctx.example_inputs).shape == (2, 10)
         return model.state_dict()
