@@ -8,7 +8,8 @@ lr ``--lr``, cosine) after its cut; accuracy right after the cut and after the f
   energy (prunekit.measure.energy, Eyeriss costs) before/after, masks kept during the fine-tune;
 - dmc (gates trained 1 epoch, weights frozen) at ``--target`` against uniform L1 and random channel selection at
   the same target (the gate epoch is extra work the controls do not get: it is reported in ``epochs_before``);
-- gfs (defaults: tol 0.02, 50 candidates, 0.1-epoch fine-tune per layer) against the same controls.
+- gfs (defaults: tol 0.02, 50 candidates, 0.1-epoch fine-tune per layer; mini-batches of ``--gfs-batch``
+  images for the greedy additions) against the same controls.
 
 Usage: nice python benchmarks/search_c_checks.py [--seeds 0] [--rows energy-aware magnitude dmc gfs l1 random]
 """
@@ -48,6 +49,7 @@ def main():
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--gfs-batch", type=int, default=32)  # the greedy additions' mini-batch (one per addition)
     ap.add_argument("--out", default="benchmarks/results/search_c_checks.jsonl")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -77,13 +79,17 @@ def main():
             elif row == "magnitude":
                 pk.sparsify_(m, sparsity=a.sparsity, criterion="magnitude", global_=True, ignore=["fc2"])
             elif row in ("dmc", "gfs"):
+                if row == "gfs":  # smaller mini-batches for the 50 candidate forwards of every addition
+                    ctx["train_data"] = [(xb[i:i + a.gfs_batch], yb[i:i + a.gfs_batch]) for xb, yb in train
+                                         for i in range(0, len(yb), a.gfs_batch)]
                 res = get_method(row).run(RunContext(target=a.target, **ctx))
                 rec["telemetry"] = {k: v for k, v in res.telemetry.items() if k != "cost_curve"}
                 rec["engaged"] = res.engaged
                 if row == "dmc":
                     rec["epochs_before"] = 1.0
                 else:
-                    rec["epochs_before"] = round(res.info["layer_finetune_batches"] * 2 / len(train), 3)
+                    rec["epochs_before"] = round(res.info["layer_finetune_batches"] * len(res.info["caps"])
+                                                 / len(ctx["train_data"]), 3)  # the per-layer fine-tunes
             else:
                 pk.prune_(m, example_inputs=x, criterion=row, target=a.target, ignore=["fc2"], seed=seed)
             rec["cut_seconds"] = round(time.time() - t0, 1)

@@ -121,6 +121,7 @@ def test_bad_input_is_refused_and_the_model_left_as_it_was():
 
 
 @pytest.mark.slow
+@pytest.mark.needs_fashion
 def test_lenet300_first_layer_keeps_under_half_and_greedy_beats_l1_at_equal_widths():
     """Entry checks (a) and (b) on the shipped LeNet-300-100 (4,000 training images). Calibrated on one run:
     fc1 kept 87 of 300 at tol 0.02; at the uniform widths of macs=0.5 (158, 54) the greedy selection's mean
