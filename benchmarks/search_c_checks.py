@@ -51,7 +51,10 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--gfs-batch", type=int, default=32)  # the greedy additions' mini-batch (one per addition)
     ap.add_argument("--out", default="benchmarks/results/search_c_checks.jsonl")
+    ap.add_argument("--summary", action="store_true", help="print mean +- std per row of --out and exit")
     a = ap.parse_args()
+    if a.summary:
+        return summary(Path(a.out))
     torch.set_num_threads(1)
     out = Path(a.out)
     done = {(r["seed"], r["row"]) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
@@ -104,6 +107,27 @@ def main():
             print(json.dumps(rec), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
+
+
+def summary(path: Path) -> None:
+    """One markdown line per row: seeds, MACs and proxy energy kept, accuracy after the cut and after the
+    fine-tune (percent, mean +- std over the seeds)."""
+    import statistics
+
+    rows: dict = {}
+    for r in map(json.loads, path.read_text().splitlines()):
+        rows.setdefault(r["row"], []).append(r)
+
+    def ms(vals, scale=1.0, nd=2):
+        vals = [v * scale for v in vals]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.{nd}f} +- {sd:.{nd}f}"
+
+    print("| row | seeds | MACs kept | energy kept | acc. after cut | acc. after fine-tune |")
+    print("|---|---|---|---|---|---|")
+    for row, rs in rows.items():
+        print(f"| {row} | {len(rs)} | {ms([r['macs'] for r in rs], nd=3)} | {ms([r['energy'] for r in rs], nd=3)} | "
+              f"{ms([r['acc_cut'] for r in rs], 100)} | {ms([r['acc_ft'] for r in rs], 100)} |")
 
 
 if __name__ == "__main__":
