@@ -340,15 +340,18 @@ class ProjectionSelector(nn.Module):
         super().__init__()
         self.k, self.dim = int(k), int(dim)
         self.register_buffer("proj", sparse_projection(self.dim, conv.in_channels, seed))
+        # the projected weights W P^T: refreshed by every training forward, read in eval
+        self.register_buffer("wproj", torch.einsum("ockl,jc->ojkl", conv.weight.detach(), self.proj))
         self._conv = [conv]  # not a submodule: the unit owns the conv
         self._unit: list = []  # set by the unit's owner: the GatedConv (for its BN affine)
 
     def estimate(self, x: torch.Tensor) -> torch.Tensor:
         conv = self._conv[0]
         with torch.no_grad():
+            if self.training:
+                self.wproj.copy_(torch.einsum("ockl,jc->ojkl", conv.weight, self.proj))
             xp = torch.einsum("kc,bchw->bkhw", self.proj, x)
-            wp = torch.einsum("ockl,jc->ojkl", conv.weight, self.proj)
-            y = conv._conv_forward(xp, wp, conv.bias)
+            y = conv._conv_forward(xp, self.wproj, conv.bias)
             if self._unit:
                 a, b = self._unit[0]._bn_affine()
                 if a is not None:
@@ -364,7 +367,7 @@ class ProjectionSelector(nn.Module):
         h, w = x.shape[2], x.shape[3]
         ho, wo = self._unit[0]._out_hw(x) if self._unit else (h, w)
         kh, kw = conv.kernel_size
-        return int((self.proj != 0).sum()) * h * w + self.dim * conv.out_channels * kh * kw * ho * wo
+        return self.dim * conv.in_channels * h * w + self.dim * conv.out_channels * kh * kw * ho * wo
 
 
 @register_selector(DRS)
@@ -382,6 +385,7 @@ class RNPAgent(nn.Module):
         super().__init__()
         self.cell = nn.GRUCell(hidden, hidden)
         self.head = nn.Linear(hidden, actions)
+        self.register_buffer("cap", torch.tensor(actions))  # actions >= cap are never taken (a MACs ceiling)
         self.epsilon = 0.0
         self.h: torch.Tensor | None = None
         self.trace: list = []
@@ -395,10 +399,11 @@ class RNPAgent(nn.Module):
         if self.forced is not None:
             a = self.forced[:, layer].to(enc.device)
         else:
-            a = q.detach().argmax(1)
+            cap = int(self.cap)
+            a = q.detach()[:, :cap].argmax(1)
             if self.training and self.epsilon > 0:
                 explore = torch.rand(a.shape[0], device=a.device) < self.epsilon
-                a = torch.where(explore, torch.randint(0, q.shape[1], a.shape, device=a.device), a)
+                a = torch.where(explore, torch.randint(0, cap, a.shape, device=a.device), a)
         self.trace.append((q, a))
         return a
 
@@ -421,7 +426,7 @@ class GroupSelector(nn.Module):
         return self.agent if self.layer == 0 else self._agent[0]
 
     def forward(self, x):
-        a = self.get_agent().step(self.layer, F.relu(self.encode(x.mean((2, 3)))))
+        a = self.get_agent().step(self.layer, F.relu(self.encode(x.detach().mean((2, 3)))))
         size = math.ceil(self.n_out / self.groups)
         return prefix_mask(torch.clamp((a + 1) * size, max=self.n_out), self.n_out), None
 
