@@ -5,9 +5,11 @@ A :class:`GatedConv` replaces a ``Conv2d`` and the ``BatchNorm2d`` right after i
 estimate, RNP's decision network) returns a ``keep`` mask over the conv's output channels and, optionally, a
 non-negative ``scale`` per channel. The unit computes
 
-    y = scale * keep * BN(keep * conv(x))            (scale = 1 where the selector gives none)
+    y = scale * keep * BN(conv(x))                   (scale = 1 where the selector gives none)
 
-the mask applied before and after BN (DSG's double mask: BN's shift cannot bring a skipped channel back).
+or, for a selector with ``double_mask`` (DSG), ``scale * keep * BN(keep * conv(x))``: the mask before BN
+(its batch statistics see the skipped outputs as zeros) and after it (BN's shift cannot bring a skipped
+channel back). In eval mode both forms give the same numbers.
 
 Two execution paths give the same numbers:
 
@@ -91,6 +93,7 @@ class GatedConv(nn.Module):
             selector._unit[:] = [self]
         self.register_buffer("gate_config", torch.tensor([code, bn_index, *config], dtype=torch.long))
         self.execution = "auto"
+        self.double_mask = bool(getattr(selector, "double_mask", False))
         self.last_macs: torch.Tensor | None = None
         self.last_keep: torch.Tensor | None = None
 
@@ -103,7 +106,9 @@ class GatedConv(nn.Module):
         if path == "gather" and not torch.is_grad_enabled() and not (self.bn is not None and self.bn.training):
             y, read = self._gather(x, keep, gain)
         else:
-            y = self.conv(x) * keep[:, :, None, None].to(x.dtype)
+            y = self.conv(x)
+            if self.double_mask:  # DSG: BN (batch statistics included) sees the skipped outputs as zeros
+                y = y * keep[:, :, None, None].to(x.dtype)
             if self.bn is not None:
                 y = self.bn(y)
             y = y * gain[:, :, None, None]
@@ -139,7 +144,6 @@ class GatedConv(nn.Module):
         pieces = []
         for (outs, ins), rows in groups.items():
             if not outs:
-                pieces.append((rows, outs, None))
                 continue
             o = torch.tensor(outs, dtype=torch.long, device=x.device)
             r = torch.tensor(rows, dtype=torch.long, device=x.device)
@@ -158,15 +162,13 @@ class GatedConv(nn.Module):
                 y = y * a[o][None, :, None, None] + b[o][None, :, None, None]
             y = y * gain[r][:, o][:, :, None, None]
             out_shape = y.shape[2:]
-            pieces.append((rows, outs, y))
+            pieces.append((r, o, y))
         if out_shape is None:
             out_shape = self._out_hw(x)
         out = x.new_zeros(bsz, conv.out_channels, *out_shape)
-        for rows, outs, y in pieces:
-            if y is None:
-                continue
-            for j, i in enumerate(rows):
-                out[i, list(outs)] = y[j]
+        for r, o, y in pieces:
+            if y is not None:
+                out.index_put_((r[:, None], o[None, :]), y)
         return out, read
 
     # --- accounting ----------------------------------------------------------------------------------
@@ -334,7 +336,10 @@ def sparse_projection(rows: int, cols: int, seed: int) -> torch.Tensor:
 class ProjectionSelector(nn.Module):
     """DSG's dimension-reduction search (Liu et al. 2019, sec. 3.2): the conv evaluated on a random projection
     of its input channels, conv(P x, W P^T) ~ conv(x, W), gives cheap estimates of the outputs; the ``k``
-    channels with the largest estimated mean activation (after the unit's BN and a ReLU) are kept."""
+    channels with the largest estimated mean activation (after the unit's BN and a ReLU) are kept. The unit
+    masks before and after its BN (double-mask selection, sec. 3.3)."""
+
+    double_mask = True
 
     def __init__(self, conv: nn.Conv2d, k: int, dim: int, seed: int):
         super().__init__()
