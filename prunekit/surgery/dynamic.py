@@ -94,13 +94,14 @@ class GatedConv(nn.Module):
         self.register_buffer("gate_config", torch.tensor([code, bn_index, *config], dtype=torch.long))
         self.execution = "auto"
         self.double_mask = bool(getattr(selector, "double_mask", False))
-        self.last_macs: torch.Tensor | None = None
+        self._last = None
+        self._affine = None
         self.last_keep: torch.Tensor | None = None
 
     # --- the two execution paths ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep, scale = self.selector(x)
-        self.last_keep = keep.detach()
+        self.last_keep = keep
         gain = keep.to(x.dtype) if scale is None else scale * keep.to(x.dtype)
         path = self.execution if self.execution != "auto" else ("masked" if self.training else "gather")
         if path == "gather" and not torch.is_grad_enabled() and not (self.bn is not None and self.bn.training):
@@ -113,14 +114,36 @@ class GatedConv(nn.Module):
                 y = self.bn(y)
             y = y * gain[:, :, None, None]
             read = x.detach().abs().flatten(2).amax(2) > 0
-        self.last_macs = self._macs(x, keep & (gain != 0), read)
+        self._last = (x.shape, keep, gain.detach(), read)  # executed MACs are counted when asked (last_macs)
         return y
 
+    @property
+    def last_macs(self) -> torch.Tensor | None:
+        """Executed MACs per sample of the latest forward (``(batch,)``), the selector's own included."""
+        if self._last is None:
+            return None
+        shape, keep, gain, read = self._last
+        return self._macs(torch.empty(shape, device="meta"), keep & (gain != 0), read)
+
+    def train(self, mode: bool = True):
+        self._affine = None  # BN statistics may change while training
+        return super().train(mode)
+
     def _bn_affine(self):
-        """BN in eval as ``y * a + b`` per channel (identity without BN)."""
-        c = self.conv.out_channels
+        """BN in eval as ``y * a + b`` per channel (identity without BN); cached while in eval mode."""
         if self.bn is None:
             return None, None
+        bn = self.bn
+        key = tuple(None if t is None else (id(t), t._version)
+                    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+        if self._affine is not None and not self.training and self._affine[0] == key:
+            return self._affine[1]
+        affine = self._bn_affine_now()
+        self._affine = (key, affine)
+        return affine
+
+    def _bn_affine_now(self):
+        c = self.conv.out_channels
         bn = self.bn
         mean = bn.running_mean if bn.running_mean is not None else torch.zeros(c, device=bn.weight.device)
         var = bn.running_var if bn.running_var is not None else torch.ones(c, device=bn.weight.device)
@@ -135,40 +158,41 @@ class GatedConv(nn.Module):
         read = x.abs().flatten(2).amax(2) > 0  # input channels that are not exactly zero, per sample
         keep = keep & (gain != 0)  # a kept channel scaled by exactly 0 is zero too
         a, b = self._bn_affine()
-        bsz = x.shape[0]
-        groups: dict[tuple, list[int]] = {}
-        for i in range(bsz):  # samples with the same kept / read sets are computed together
-            groups.setdefault((tuple(keep[i].nonzero().flatten().tolist()),
-                               tuple(read[i].nonzero().flatten().tolist())), []).append(i)
-        out_shape = None
-        pieces = []
-        for (outs, ins), rows in groups.items():
-            if not outs:
+        if x.shape[0] == 1:
+            patterns, rows = [(keep[0], read[0])], [None]
+        else:  # samples with the same kept and read sets are computed together, in one call
+            uniq, inverse = torch.unique(torch.cat([keep, read], 1), dim=0, return_inverse=True)
+            c = keep.shape[1]
+            patterns = [(u[:c], u[c:]) for u in uniq]
+            rows = [(inverse == g).nonzero().flatten() for g in range(len(uniq))]
+        out = None
+        for (k, rd), r in zip(patterns, rows):
+            o, ii = k.nonzero().flatten(), rd.nonzero().flatten()
+            if o.numel() == 0:
                 continue
-            o = torch.tensor(outs, dtype=torch.long, device=x.device)
-            r = torch.tensor(rows, dtype=torch.long, device=x.device)
+            xi = x if r is None else x[r]
             bias = conv.bias[o] if conv.bias is not None else None
-            if not ins:  # every input channel is zero for these samples: the output is the bias alone
-                y = x.new_zeros(len(rows), len(outs), *self._out_hw(x))
+            if ii.numel() == 0:  # every input channel is zero for these samples: the output is the bias alone
+                y = x.new_zeros(xi.shape[0], o.numel(), *self._out_hw(x))
                 if bias is not None:
                     y = y + bias[None, :, None, None]
+            elif ii.numel() < conv.in_channels:
+                y = conv._conv_forward(xi[:, ii], conv.weight[o][:, ii], bias)
             else:
-                xi, w = x[r], conv.weight[o]
-                if len(ins) < conv.in_channels:
-                    ii = torch.tensor(ins, dtype=torch.long, device=x.device)
-                    xi, w = xi[:, ii], w[:, ii]
-                y = conv._conv_forward(xi, w, bias)
-            if a is not None:
-                y = y * a[o][None, :, None, None] + b[o][None, :, None, None]
-            y = y * gain[r][:, o][:, :, None, None]
-            out_shape = y.shape[2:]
-            pieces.append((r, o, y))
-        if out_shape is None:
-            out_shape = self._out_hw(x)
-        out = x.new_zeros(bsz, conv.out_channels, *out_shape)
-        for r, o, y in pieces:
-            if y is not None:
+                y = conv._conv_forward(xi, conv.weight[o], bias)
+            g = gain[:, o] if r is None else gain[r][:, o]
+            if a is not None:  # BN (eval) and the gain in one multiply-add
+                y = y * (a[o] * g)[:, :, None, None] + (b[o] * g)[:, :, None, None]
+            else:
+                y = y * g[:, :, None, None]
+            if out is None:
+                out = x.new_zeros(x.shape[0], conv.out_channels, *y.shape[2:])
+            if r is None:
+                out[:, o] = y
+            else:
                 out.index_put_((r[:, None], o[None, :]), y)
+        if out is None:
+            out = x.new_zeros(x.shape[0], conv.out_channels, *self._out_hw(x))
         return out, read
 
     # --- accounting ----------------------------------------------------------------------------------
