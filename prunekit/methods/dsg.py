@@ -25,7 +25,8 @@ from ..surgery.dynamic import DRS, gate_convs_, gated_units, set_keep_
 from ..train import fit
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
-from ._dynamic import DenseCost, check_macs_target, fit_density, gate_candidates, keep_count, macs_stats, varying_fraction
+from ._dynamic import (DenseCost, check_macs_target, fit_density, gate_candidates, keep_count, macs_stats,
+                       varying_fraction)
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ __all__ = ["DSGConfig", "run", "selection_overlap"]
 
 @dataclass(frozen=True)
 class DSGConfig(MethodConfig):
-    keep: float | None = option(None, gt=0, le=1)  # kept fraction of outputs per layer (paper: 1 - sparsity, 50-90% sparsity); None: from the target (ours)
-    projection: float = option(0.3, gt=0, le=1)  # projected dimension / input dimension (paper: not found; entry's check: 30%)
+    # kept fraction of outputs per layer (paper: 1 - sparsity, 50-90% sparsity); None: from the target (ours)
+    keep: float | None = option(None, gt=0, le=1)
+    # projected dimension / input dimension (paper: not found; the entry's check uses 30%)
+    projection: float = option(0.3, gt=0, le=1)
     skip_first: bool = True  # ours: the first conv reads the image (1-3 channels) and stays dense
 
 

@@ -25,7 +25,8 @@ from ..surgery.dynamic import FBS, SaliencySelector, gate_convs_, gated_units, s
 from ..train import Callback, fit
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
-from ._dynamic import DenseCost, check_macs_target, fit_density, gate_candidates, keep_count, macs_stats, varying_fraction
+from ._dynamic import (DenseCost, check_macs_target, fit_density, gate_candidates, keep_count, macs_stats,
+                       varying_fraction)
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ __all__ = ["FBSConfig", "SaliencyL1", "run"]
 
 @dataclass(frozen=True)
 class FBSConfig(MethodConfig):
-    density: float | None = option(None, gt=0, le=1)  # d (sec. 3.3, one d for every layer); None: the largest d meeting the target (ours)
+    # d, the kept fraction of every gated layer (sec. 3.3); None: the largest d meeting the target (ours)
+    density: float | None = option(None, gt=0, le=1)
     l1: float = option(1e-8, ge=0)  # lambda of the L1 term on the saliencies (sec. 3.4; entry: recalled 1e-8)
     skip_first: bool = True  # ours: the first conv reads the image (1-3 channels) and stays dense
     init_bias: float = 1.0  # ours: predictors start at saliency ~1, so training starts from the trained model's outputs
@@ -106,6 +108,6 @@ def run(ctx: RunContext, cfg: FBSConfig) -> MethodResult:
                  "steps": int(steps), "l1_term": reg.last}
     log.info("fbs: d=%.3f, executed MACs %.3f +- %.3f of dense", density, stats["macs_mean"], stats["macs_std"])
     return MethodResult(model=model, callbacks=[SaliencyL1(cfg.l1)],
-                        info={"gated": [c for c, _ in pairs], "keep": {c: u.selector.k for (c, _), u in zip(pairs, units)},
-                              "dense_macs": cost.total},
+                        info={"gated": [c for c, _ in pairs], "dense_macs": cost.total,
+                              "keep": {c: u.selector.k for (c, _), u in zip(pairs, units)}},
                         telemetry=telemetry)

@@ -38,12 +38,13 @@ __all__ = ["RNPConfig", "QLearner", "q_targets", "run"]
 @dataclass(frozen=True)
 class RNPConfig(MethodConfig):
     groups: int = option(4, ge=2)  # k ordered channel groups per layer (entry: k = 4)
-    penalty: float | None = option(None, ge=0)  # p, reward -p per computed group (sec. 3.3); None: steered to the target (ours)
-    epsilon: float = option(0.1, ge=0, le=1)  # epsilon-greedy exploration while training (sec. 3.4; value not found: ours)
+    # p, the reward -p per computed group (sec. 3.3); None: steered to the target (ours)
+    penalty: float | None = option(None, ge=0)
+    epsilon: float = option(0.1, ge=0, le=1)  # epsilon-greedy exploration (sec. 3.4; value not found: ours)
     gamma: float = option(1.0, ge=0, le=1)  # discount of the episode (ours: undiscounted, one short episode per input)
     hidden: int = option(32, ge=1)  # size of the encoding and of the GRU state (paper: not found; ours)
     q_lr: float = option(1e-3, gt=0)  # Adam step of the decision network (paper: not found; ours)
-    steer_rate: float = option(1.0, gt=0)  # ours: p <- p * exp(rate * (macs / target - 1)) after each step when p is steered
+    steer_rate: float = option(1.0, gt=0)  # ours: p <- p * exp(rate * (macs / target - 1)) per step, p steered
     skip_first: bool = True  # ours: the first conv reads the image (1-3 channels) and stays dense
 
 

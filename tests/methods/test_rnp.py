@@ -1,6 +1,6 @@
 import pytest
 import torch
-from dynamic_setups import batches, chain_net, run
+from dynamic_setups import chain_net, run
 
 from prunekit.errors import MechanismWarning
 from prunekit.methods.rnp import q_targets

@@ -1,6 +1,5 @@
 """The per-input gating block: the gather path computes the masked path's numbers, executed MACs are counted
 by hand and agree with the project's MAC counter, and a gated model saves and loads with its selectors."""
-import copy
 
 import pytest
 import torch
