@@ -94,9 +94,12 @@ class QLearner(Callback):
             p.grad = None
         self.updates += 1
         self.last_q_loss = float(loss.detach())
-        if self.cfg.penalty is None:
+        greedy = self.agent.greedy
+        if self.cfg.penalty is None and greedy is not None and bool(greedy.any()):
+            # the cost of the policy as it will run at test time: the inputs decided greedily at every layer
             used = (sum(u.last_macs for u in self.units) + self.cost.rest) / self.cost.total
-            self.penalty *= math.exp(self.cfg.steer_rate * (float(used.mean()) / self.target - 1))
+            used = float(used[greedy.cpu()].mean())
+            self.penalty *= math.exp(self.cfg.steer_rate * (used / self.target - 1))
         self.agent.trace = []
 
 

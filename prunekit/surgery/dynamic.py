@@ -170,14 +170,16 @@ class GatedConv(nn.Module):
             o, ii = k.nonzero().flatten(), rd.nonzero().flatten()
             if o.numel() == 0:
                 continue
-            xi = x if r is None else x[r]
+            xi = x if r is None else x.index_select(0, r)
             bias = conv.bias[o] if conv.bias is not None else None
             if ii.numel() == 0:  # every input channel is zero for these samples: the output is the bias alone
                 y = x.new_zeros(xi.shape[0], o.numel(), *self._out_hw(x))
                 if bias is not None:
                     y = y + bias[None, :, None, None]
             elif ii.numel() < conv.in_channels:
-                y = conv._conv_forward(xi[:, ii], conv.weight[o][:, ii], bias)
+                # index_select is the fast gather here; the weight is indexed (aten.index) so that the project's
+                # MAC counter, which follows indexed parameters, counts this smaller conv
+                y = conv._conv_forward(xi.index_select(1, ii), conv.weight[o[:, None], ii], bias)
             else:
                 y = conv._conv_forward(xi, conv.weight[o], bias)
             g = gain[:, o] if r is None else gain[r][:, o]
@@ -188,9 +190,9 @@ class GatedConv(nn.Module):
             if out is None:
                 out = x.new_zeros(x.shape[0], conv.out_channels, *y.shape[2:])
             if r is None:
-                out[:, o] = y
+                out.index_copy_(1, o, y)
             else:
-                out.index_put_((r[:, None], o[None, :]), y)
+                out.index_copy_(0, r, y.new_zeros(y.shape[0], conv.out_channels, *y.shape[2:]).index_copy_(1, o, y))
         if out is None:
             out = x.new_zeros(x.shape[0], conv.out_channels, *self._out_hw(x))
         return out, read
@@ -418,6 +420,7 @@ class RNPAgent(nn.Module):
         self.epsilon = 0.0
         self.h: torch.Tensor | None = None
         self.trace: list = []
+        self.greedy: torch.Tensor | None = None  # (B,) inputs whose every decision of this forward was greedy
         self.forced: torch.Tensor | None = None  # (B, layers) actions to take instead (tests, exactness checks)
 
     def step(self, layer: int, enc: torch.Tensor) -> torch.Tensor:
@@ -434,6 +437,8 @@ class RNPAgent(nn.Module):
                 explore = torch.rand(a.shape[0], device=a.device) < self.epsilon
                 a = torch.where(explore, torch.randint(0, cap, a.shape, device=a.device), a)
         self.trace.append((q, a))
+        greedy = a == q.detach()[:, :int(self.cap)].argmax(1)
+        self.greedy = greedy if layer == 0 or self.greedy is None else self.greedy & greedy
         return a
 
 

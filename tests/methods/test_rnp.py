@@ -70,12 +70,13 @@ def test_a_high_penalty_teaches_the_agent_to_compute_fewer_groups():
 
 
 def test_defaults_engage_meet_the_target_on_average_and_vary_per_input():
-    """Entry check (c) at a tiny scale: after 8 Q-steps the greedy policy's executed MACs vary across inputs
-    (std 0.02 measured, this test's code). At macs=0.6 the tiny chain cannot vary: one group everywhere
-    already costs 0.559, so the cap leaves one action (see test_target_near_the_floor_caps_the_policy)."""
-    res, ctx = run("rnp", target="macs=0.8", epochs=2)
+    """Entry check (c) at a tiny scale: after 16 Q-steps the greedy policy's executed MACs vary across inputs
+    (std 0.08 measured, this test's code; after 8 steps the policy was still one action for every input). At
+    macs=0.6 the tiny chain cannot vary: one group everywhere already costs 0.559, so the cap leaves one
+    action (see test_target_near_the_floor_caps_the_policy_and_warns)."""
+    res, ctx = run("rnp", target="macs=0.8", epochs=4)
     t = res.telemetry
-    assert res.engaged is True and t["q_updates"] == 8 and t["macs_mean"] <= 0.8 and t["macs_std"] > 0
+    assert res.engaged is True and t["q_updates"] == 16 and t["macs_mean"] <= 0.8 and t["macs_std"] > 0
 
 
 def test_target_near_the_floor_caps_the_policy_and_warns():
