@@ -23,11 +23,12 @@ from .timing import LatencyStats, call_model, latency, latency as _latency
 from .params import Sparsity, count_params, owned_tensors, sparsity, width_of, widths
 from .size import encode_sparse, size_on_disk
 from .macs import count_macs as _count
+from .energy import EnergyModel, energy, layer_energy
 
 log = logging.getLogger(__name__)
 
 __all__ = ["measure", "Measurement", "LayerStats", "count_params", "latency", "LatencyStats", "size_on_disk",
-           "sparsity", "Sparsity", "widths", "count_macs", "encode_sparse"]
+           "sparsity", "Sparsity", "widths", "count_macs", "encode_sparse", "energy", "layer_energy", "EnergyModel"]
 
 
 def count_macs(model: nn.Module, example_inputs):
