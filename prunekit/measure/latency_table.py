@@ -17,10 +17,10 @@ another key is refused. It is saved after every layer shape, so an interrupted b
 :class:`LatencyModel` turns a search candidate (kept widths per segment of :class:`prunekit.api.Subnets`) into
 predicted milliseconds: each timed layer's kept input/output widths (from the graph's channel groups, exact)
 are looked up in its table, interpolated linearly between the measured widths on a monotone envelope
-(a wider layer is never predicted faster), summed, and the residual added, scaled by the fraction of
-BatchNorm activations kept (the elementwise work follows the kept channels; constant for a model without
-BatchNorm, or when the layers timed alone take longer than the whole model). By construction the dense model is predicted exactly; :meth:`LatencyModel.validate` reports the
-error against whole pruned models measured.
+(a wider layer is never predicted faster), summed, and the residual added: a part that stays (per-call
+overhead) and a part that follows the fraction of BatchNorm activations kept (elementwise work), split by
+timing one pruned copy at half width once (kept in the table's file). The dense model is predicted exactly;
+:meth:`LatencyModel.validate` reports the error against whole pruned models measured.
 
 Targets: ``latency=0.5`` keeps at most half the dense model's latency (a fraction of the table's measured
 dense latency), ``latency=3.5ms`` an absolute budget. Backend: eager PyTorch (``backend="torch"``), the one
@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -48,11 +49,13 @@ from .timing import call_model, latency
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LatencyTable", "LatencyModel", "parse_latency_target", "model_fingerprint", "GRID", "BACKENDS"]
+__all__ = ["LatencyTable", "LatencyModel", "parse_latency_target", "model_fingerprint", "time_forward", "GRID",
+           "BACKENDS"]
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)  # kept fractions of each dimension timed (ours)
 BACKENDS = ("torch",)
 STATISTICS = ("median", "p10")
+CLOCKS = ("wall", "cpu")
 _TIMED = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 _TARGET = re.compile(r"^\s*latency\s*=\s*([0-9.eE+-]+)\s*(ms)?\s*$", re.IGNORECASE)
 
@@ -166,38 +169,51 @@ class LatencyTable:
         (['0', '1'], True)
     """
 
-    def __init__(self, key: dict, layers: dict, entries: dict, dense_ms: float | None, grid: Sequence[float]):
+    def __init__(self, key: dict, layers: dict, entries: dict, dense_ms: float | None, grid: Sequence[float],
+                 calibration: dict | None = None):
         self.key, self.layers, self.entries, self.dense_ms, self.grid = key, layers, entries, dense_ms, tuple(grid)
+        self.calibration = calibration  # one pruned model measured whole: its residual and kept activations
+        self.path: str | None = None  # where build/load found it (the calibration is saved there)
+        self.timer: dict = {}
         self._env: dict = {}
 
     # ------------------------------------------------------------------------------------------ building
     @staticmethod
     def key_for(model: nn.Module, example_inputs, *, backend: str = "torch", threads: int = 1,
-                statistic: str = "median") -> dict:
+                statistic: str = "median", clock: str = "wall") -> dict:
         """What a cached table must match to be used for ``model``."""
         x = _single_input(example_inputs)
         return {"model": model_fingerprint(model), "backend": backend, "input_shape": list(x.shape),
-                "threads": threads, "statistic": statistic, "torch": torch.__version__.split("+")[0],
+                "threads": threads, "statistic": statistic, "clock": clock, "torch": torch.__version__.split("+")[0],
                 "machine": f"{platform.machine()}|{platform.processor() or platform.system()}"}
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs, path: str | os.PathLike | None = None, *,
               backend: str = "torch", grid: Sequence[float] = GRID, warmup: int = 3, runs: int = 15,
-              threads: int = 1, statistic: str = "median") -> "LatencyTable":
+              threads: int = 1, statistic: str = "median", clock: str = "wall") -> "LatencyTable":
         """Time ``model``'s layers at ``grid`` kept fractions of their widths (and the dense model), continuing
         the table at ``path`` when it exists (refused when it belongs to another model or setting); the model
         is not changed. ``statistic``: ``"median"`` of the timed runs, or ``"p10"`` (their 10th percentile: on
-        a machine shared with other processes, the figure least disturbed by them)."""
+        a machine shared with other processes, the figure least disturbed by them). ``clock``: ``"wall"``
+        (elapsed time, the latency a user sees) or ``"cpu"`` (the thread's CPU time: on a machine whose cores
+        are oversubscribed, wall time counts the slices other processes ran; one thread only)."""
         if statistic not in STATISTICS:
             raise ConfigError(f"statistic={statistic!r} is not valid; choose one of "
                               f"{', '.join(map(repr, STATISTICS))}")
+        if clock not in CLOCKS:
+            raise ConfigError(f"clock={clock!r} is not valid; choose one of {', '.join(map(repr, CLOCKS))}")
+        if clock == "cpu" and threads != 1:
+            raise ConfigError(f"clock='cpu' with threads={threads}: CPU time equals latency only on one thread; "
+                              f"pass threads=1 or clock='wall'")
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r} is not a latency-table backend; choose one of "
                               f"{', '.join(map(repr, BACKENDS))}")
         grid = tuple(float(g) for g in grid)
         if not grid or not all(0 < g <= 1 for g in grid):
             raise ConfigError(f"grid={grid!r}: give kept fractions in (0, 1], e.g. (0.25, 0.5, 1.0)")
-        key = cls.key_for(model, example_inputs, backend=backend, threads=threads, statistic=statistic)
+        key = cls.key_for(model, example_inputs, backend=backend, threads=threads, statistic=statistic,
+                          clock=clock)
+        timer = dict(warmup=warmup, runs=runs, threads=threads, statistic=statistic, clock=clock)
         if path is not None and Path(path).exists():
             table = cls._read(path, key)
         else:
@@ -220,31 +236,32 @@ class LatencyTable:
                 for j, cout in enumerate(e["out"]):
                     if e["ms"][i][j] is None:
                         mod, xi = _build(spec, cin, cout)
-                        e["ms"][i][j] = _stat(latency(mod, xi, warmup=warmup, runs=runs, threads=threads),
-                                              statistic)
+                        e["ms"][i][j] = time_forward(mod, xi, **timer)
             log.info("latency table: layer shape %d/%d timed", n + 1, len(todo))
             if path is not None:
                 table.save(path)
         if table.dense_ms is None:
-            table.dense_ms = _stat(latency(model, x, warmup=warmup, runs=runs, threads=threads), statistic)
+            table.dense_ms = time_forward(model, x, **timer)
             if path is not None:
                 table.save(path)
         table._env = {}
+        table.path, table.timer = (str(path) if path is not None else None), timer
         return table
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module, example_inputs, *, backend: str = "torch",
-             threads: int = 1, statistic: str = "median") -> "LatencyTable":
+             threads: int = 1, statistic: str = "median", clock: str = "wall") -> "LatencyTable":
         """A complete table from ``path`` for ``model``; refused (ConfigError) when missing, incomplete or
         measured for another model, backend, input shape, thread count, torch version or machine."""
         if not Path(path).exists():
             raise ConfigError(f"latency_table={str(path)!r} does not exist: a latency target needs a table measured "
                               f"on this machine; build it with LatencyTable.build(model, example_inputs, path)")
         table = cls._read(path, cls.key_for(model, example_inputs, backend=backend, threads=threads,
-                                            statistic=statistic))
+                                            statistic=statistic, clock=clock))
         if table.dense_ms is None or any(v is None for e in table.entries.values() for r in e["ms"] for v in r):
             raise ConfigError(f"latency_table={str(path)!r} is incomplete (an interrupted build); run "
                               f"LatencyTable.build with the same path to finish it")
+        table.path = str(path)
         return table
 
     @classmethod
@@ -263,7 +280,7 @@ class LatencyTable:
             raise ConfigError(f"latency_table={str(path)!r} was measured for another {', '.join(diff)} ({was}; "
                               f"this run: {now}); pass another path to measure a new table for this model and "
                               f"setting")
-        return cls(d["key"], d["layers"], d["entries"], d.get("dense_ms"), d["grid"])
+        return cls(d["key"], d["layers"], d["entries"], d.get("dense_ms"), d["grid"], d.get("calibration"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file renamed over ``path``)."""
@@ -273,7 +290,8 @@ class LatencyTable:
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump({"type": "prunekit.LatencyTable", "version": 1, "key": self.key, "grid": list(self.grid),
-                           "dense_ms": self.dense_ms, "layers": self.layers, "entries": self.entries}, f)
+                           "dense_ms": self.dense_ms, "calibration": self.calibration, "layers": self.layers,
+                           "entries": self.entries}, f)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
@@ -334,15 +352,21 @@ def _layer_specs(model: nn.Module, x: torch.Tensor) -> dict:
 class LatencyModel:
     """Predicted latency of the candidates of a :class:`prunekit.api.Subnets` from a :class:`LatencyTable`.
 
-    ``predict_ms(widths)``: milliseconds; ``cost(widths)``: that as a fraction of the dense model's (the search
-    block's cost of a ``latency=`` target); ``limit_for(target)``: a target's kept fraction."""
+    ``predict_ms(widths)``: milliseconds = the table's layers at their kept widths + a residual
+    ``c0 + c1 * a`` (``a``: the fraction of BatchNorm activations kept). With ``calibrate=True`` (default) the
+    residual is fitted on two whole models, the dense one and one pruned copy at half of every segment
+    (timed once, kept in the table's file): ``c0`` is the per-call overhead that stays, ``c1`` the elementwise
+    work that follows the channels (``c1 >= 0``, so the prediction is monotone in every width). Without
+    calibration the residual follows the activations when it is positive and stays constant otherwise.
+    ``cost(widths)``: the prediction as a fraction of the dense model's (the search block's cost of a
+    ``latency=`` target); ``limit_for(target)``: a target's kept fraction."""
 
-    def __init__(self, subnets, table: LatencyTable):
+    def __init__(self, subnets, table: LatencyTable, *, calibrate: bool = True):
         self.subnets, self.table = subnets, table
         g = subnets.graph
         terms = dict(g.param_terms)
         model = dict(subnets.model.named_modules())
-        self._layers = []  # (fqn, spec, dim-0 term, dim-1 term, groups multiplier)
+        self._layers = []  # (fqn, spec, the weight's per-dim terms)
         for fqn, spec in table.layers.items():
             w = f"{fqn}.weight" if fqn else "weight"
             fs = terms.get(w)
@@ -351,8 +375,41 @@ class LatencyModel:
             self._layers.append((fqn, spec, fs))
         self._bn_dense = sum(s["in"] * _numel(s["shape"][1:]) for _, s, _ in self._layers
                              if s["kind"].startswith("batchnorm"))
-        self.residual_ms = table.dense_ms - table.layers_ms()
+        residual = table.dense_ms - table.layers_ms()
+        self.c0, self.c1 = (0.0, residual) if residual > 0 and self._bn_dense else (residual, 0.0)
+        if calibrate and self._bn_dense:
+            self._calibrate()
         self._dense_ms = self.predict_ms(subnets.space.full())
+
+    def _calibrate(self) -> None:
+        t, space = self.table, self.subnets.space
+        if t.calibration is None:
+            half = space.uniform(0.5)
+            timer = t.timer or {"threads": t.key["threads"], "statistic": t.key["statistic"],
+                                "clock": t.key.get("clock", "wall")}
+            ms = time_forward(self.subnets.pruned_copy(half), _single_input(self.subnets.example_inputs), **timer)
+            layers, act = self._layers_and_act(half)
+            t.calibration = {"widths": list(half), "measured_ms": ms, "residual": ms - layers, "act": act}
+            if t.path is not None:
+                t.save(t.path)
+        c = t.calibration
+        r_dense = t.dense_ms - t.layers_ms()
+        if c["act"] < 1.0 - 1e-9:
+            self.c1 = max(0.0, (r_dense - c["residual"]) / (1.0 - c["act"]))
+            self.c0 = r_dense - self.c1
+
+    def _layers_and_act(self, widths) -> tuple[float, float]:
+        total, act = 0.0, 0
+        for fqn, (cin, cout) in self.layer_widths(widths).items():
+            total += self.table.layer_ms(fqn, cin, cout)
+            spec = self.table.layers[fqn]
+            if spec["kind"].startswith("batchnorm"):
+                act += cin * _numel(spec["shape"][1:])
+        return total, (act / self._bn_dense if self._bn_dense else 1.0)
+
+    @property
+    def residual_ms(self) -> float:
+        return self.c0 + self.c1
 
     @staticmethod
     def _kept(f, removed) -> int:
@@ -377,16 +434,8 @@ class LatencyModel:
 
     def predict_ms(self, widths) -> float:
         """Predicted milliseconds of the model cut to ``widths``."""
-        total, act = 0.0, 0
-        for fqn, (cin, cout) in self.layer_widths(widths).items():
-            total += self.table.layer_ms(fqn, cin, cout)
-            spec = self.table.layers[fqn]
-            if spec["kind"].startswith("batchnorm"):
-                act += cin * _numel(spec["shape"][1:])
-        # a positive residual (elementwise work) follows the kept activations; a negative one (the layers timed
-        # alone cost more than inside the model) stays constant, so the prediction stays monotone in the widths
-        scale = act / self._bn_dense if self._bn_dense and self.residual_ms > 0 else 1.0
-        return total + self.residual_ms * scale
+        layers, act = self._layers_and_act(widths)
+        return layers + self.c0 + self.c1 * act
 
     def cost(self, widths) -> float:
         """Predicted latency kept: ``predict_ms(widths) / predict_ms(dense)``."""
@@ -419,16 +468,39 @@ class LatencyModel:
             widths = self.subnets.space.clip(widths)
             pruned = self.subnets.pruned_copy(widths) if widths != self.subnets.space.full() else \
                 copy.deepcopy(self.subnets.model)
-            measured = _stat(latency(pruned, x, warmup=warmup, runs=runs, threads=threads),
-                             self.table.key["statistic"])
+            measured = time_forward(pruned, x, warmup=warmup, runs=runs, threads=threads,
+                                    statistic=self.table.key["statistic"], clock=self.table.key.get("clock", "wall"))
             pred = self.predict_ms(widths)
             out.append({"widths": list(widths), "predicted_ms": pred, "measured_ms": measured,
                         "error": pred / measured - 1.0})
         return out
 
 
-def _stat(stats, statistic: str) -> float:
-    return stats.median_ms if statistic == "median" else stats.p10
+def time_forward(model: nn.Module, x, *, warmup: int = 3, runs: int = 15, threads: int = 1,
+                 statistic: str = "median", clock: str = "wall") -> float:
+    """Milliseconds of one forward: :func:`prunekit.measure.latency` for the wall clock; for ``clock="cpu"``
+    the same protocol (eval mode, ``no_grad``, warm-up, ``runs`` timed) read on the thread's CPU clock."""
+    if clock == "wall":
+        s = latency(model, x, warmup=warmup, runs=runs, threads=threads)
+        return s.median_ms if statistic == "median" else s.p10
+    flags = [(m, m.training) for m in model.modules()]
+    old = torch.get_num_threads()
+    times = []
+    try:
+        torch.set_num_threads(1)
+        model.eval()
+        with torch.no_grad():
+            for _ in range(warmup):
+                call_model(model, x)
+            for _ in range(runs):
+                t0 = time.thread_time()
+                call_model(model, x)
+                times.append((time.thread_time() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old)
+        for m, f in flags:
+            m.training = f
+    return float(np.median(times) if statistic == "median" else np.percentile(times, 10))
 
 
 def _numel(shape) -> int:
