@@ -241,7 +241,7 @@ class LatencyTable:
             if path is not None:
                 table.save(path)
         if table.dense_ms is None:
-            table.dense_ms = time_forward(model, x, **timer)
+            table.dense_ms = _whole(model, x, timer)
             if path is not None:
                 table.save(path)
         table._env = {}
@@ -387,7 +387,7 @@ class LatencyModel:
             half = space.uniform(0.5)
             timer = t.timer or {"threads": t.key["threads"], "statistic": t.key["statistic"],
                                 "clock": t.key.get("clock", "wall")}
-            ms = time_forward(self.subnets.pruned_copy(half), _single_input(self.subnets.example_inputs), **timer)
+            ms = _whole(self.subnets.pruned_copy(half), _single_input(self.subnets.example_inputs), timer)
             layers, act = self._layers_and_act(half)
             t.calibration = {"widths": list(half), "measured_ms": ms, "residual": ms - layers, "act": act}
             if t.path is not None:
@@ -474,6 +474,12 @@ class LatencyModel:
             out.append({"widths": list(widths), "predicted_ms": pred, "measured_ms": measured,
                         "error": pred / measured - 1.0})
         return out
+
+
+def _whole(model: nn.Module, x, timer: dict, rounds: int = 3) -> float:
+    """A whole model's time: the median over ``rounds`` rounds of :func:`time_forward` (a whole forward is long
+    enough for the machine's other work to land in one round)."""
+    return float(np.median([time_forward(model, x, **timer) for _ in range(rounds)]))
 
 
 def time_forward(model: nn.Module, x, *, warmup: int = 3, runs: int = 15, threads: int = 1,
