@@ -30,8 +30,8 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["SearchSpace", "SearchBudget", "Trial", "SearchRecord", "run_search", "random_ratios",
-           "sample_feasible", "global_ranking_widths", "abc_neighbour", "BeeColony", "anneal_accept",
-           "Annealer"]
+           "sample_feasible", "global_ranking_widths", "allowed_widths", "widest_within", "uniform_within",
+           "abc_neighbour", "BeeColony", "anneal_accept", "Annealer"]
 
 Widths = tuple
 
@@ -255,6 +255,62 @@ def global_ranking_widths(space: SearchSpace, scores: Sequence[np.ndarray], cost
         else:
             lo = mid + 1
     return widths_after(lo)
+
+
+def allowed_widths(space: SearchSpace, i: int) -> list:
+    """Every kept width group ``i`` can take (its bounds and ``round_to``), ascending."""
+    return sorted({space.snap(i, k) for k in range(space.min_kept[i], space.max_kept[i] + 1)})
+
+
+def widest_within(space: SearchSpace, cost: Callable[[Widths], float], limit: float, widths: Sequence[int],
+                  i: int) -> int | None:
+    """The widest width of group ``i`` keeping ``cost`` within ``limit`` with every other group at ``widths``
+    (bisection over :func:`allowed_widths`; the cost must not fall as a width grows); None when even the
+    narrowest misses the limit. AMC's "action wall" asks this with the later groups at their floor.
+
+    Example:
+        >>> s = SearchSpace.of(["a", "b"], [8, 8], round_to=2)
+        >>> widest_within(s, lambda w: sum(w) / 16, 0.5, (2, 2), 0)
+        6
+    """
+    opts = allowed_widths(space, i)
+    w = list(widths)
+
+    def ok(k: int) -> bool:
+        w[i] = k
+        return cost(tuple(w)) <= limit + 1e-12
+
+    if not ok(opts[0]):
+        return None
+    lo, hi = 0, len(opts) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(opts[mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return opts[lo]
+
+
+def uniform_within(space: SearchSpace, cost: Callable[[Widths], float], limit: float, *, steps: int = 40) -> Widths:
+    """The uniform allocation (one pruning ratio for every group) with the smallest ratio whose cost is within
+    ``limit`` (bisection on the ratio): the baseline of a search under any cost, e.g. measured latency.
+    Raises ConfigError when even every group at its floor misses the limit."""
+    floor = tuple(space.min_kept)
+    if cost(floor) > limit + 1e-12:
+        raise ConfigError(f"the limit {limit} cannot be reached: with every group at its minimum width the cost is "
+                          f"{cost(floor):.4f}; raise the target or lower the per-group floor")
+    if cost(space.full()) <= limit + 1e-12:
+        return space.full()
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if cost(space.uniform(mid)) <= limit + 1e-12:
+            hi = mid
+        else:
+            lo = mid
+    widths = space.uniform(hi)
+    return widths if cost(widths) <= limit + 1e-12 else floor
 
 
 Proposer = Callable[[np.random.Generator, SearchRecord], "tuple[Widths | None, dict]"]

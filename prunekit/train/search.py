@@ -7,6 +7,10 @@ strategies (``sampler="random"``: EagleEye's pruning ratio per segment from U(0,
 ``train`` batches, accuracy on ``val`` held-out training batches), and returns the record of every candidate,
 the best widths, the widths of the uniform allocation of the same criterion at the same target, and the plan
 that cuts the model to the best widths (``pk.prune_(model, result.plan)``).
+
+``target="latency=0.5"`` (or ``"latency=3ms"``) constrains the latency predicted from a per-layer table
+measured on this machine (:mod:`prunekit.measure.latency_table`, ``latency_table=`` a cache path or a table)
+instead of MACs or parameters.
 """
 from __future__ import annotations
 
@@ -17,13 +21,15 @@ import numpy as np
 from torch import nn
 
 from ..allocate import parse_target
-from ..allocate.search import SearchBudget, SearchRecord, Trial, random_ratios, run_search, sample_feasible
+from ..allocate.search import (SearchBudget, SearchRecord, Trial, random_ratios, run_search, sample_feasible,
+                               uniform_within)
 from ..api import Plan, Subnets
 from ..data import first_batches, first_examples
 from ..errors import ConfigError
+from ..measure.latency_table import LatencyModel, LatencyTable, parse_latency_target
 from .subnet_eval import SubnetEvaluator
 
-__all__ = ["search", "SearchResult", "max_ratio_for", "SAMPLERS"]
+__all__ = ["search", "SearchResult", "max_ratio_for", "SAMPLERS", "target_cost"]
 
 SAMPLERS = ("random",)
 
@@ -53,13 +59,36 @@ class SearchResult:
     kind: str
     limit: float
     max_ratio: float
+    latency: LatencyModel | None = None  # the cost model of a latency= target
+
+    def cost(self, widths) -> float:
+        """A candidate's cost in the target's kind (the kept fraction of MACs, params or predicted latency)."""
+        return self.latency.cost(widths) if self.latency is not None else self.subnets.cost(widths, self.kind)
 
     def as_dict(self) -> dict:
         return {"target": f"{self.kind}={self.limit}", "max_ratio": self.max_ratio, "best": {
                     "index": self.best.index, "score": self.best.score, "cost": self.best.cost},
                 "widths": self.widths, "uniform_widths": self.uniform_widths, "uniform_score": self.uniform_score,
                 "dense_widths": dict(zip(self.subnets.space.names, self.subnets.space.widths)),
-                "exact_masking": self.subnets.exact, "record": self.record.as_dict()}
+                "exact_masking": self.subnets.exact, "record": self.record.as_dict(),
+                **({"latency_dense_ms": self.latency.dense_ms} if self.latency is not None else {})}
+
+
+def target_cost(subnets: Subnets, target: str, latency_table=None) -> tuple:
+    """``(kind, limit, cost, latency model or None)`` of a ``macs=``/``params=``/``sparsity=``/``latency=``
+    target over ``subnets``' candidates; a latency target measures (or loads and continues) the table at
+    ``latency_table`` (a path or a :class:`LatencyTable`) and is refused without one."""
+    if parse_latency_target(target) is None:
+        kind, limit = parse_target(target)  # sparsity=s is params=1-s
+        return kind, limit, (lambda widths: subnets.cost(widths, kind)), None
+    if latency_table is None:
+        raise ConfigError(f"target={target!r} needs a latency table measured on this machine: pass "
+                          f"latency_table=PATH (measured there on first use, resumable, reused after) or a "
+                          f"LatencyTable; or give a macs=/params= target")
+    table = latency_table if isinstance(latency_table, LatencyTable) else \
+        LatencyTable.build(subnets.model, subnets.example_inputs, latency_table)
+    lat = LatencyModel(subnets, table)
+    return "latency", lat.limit_for(target), lat.cost, lat
 
 
 def search(model: nn.Module, example_inputs, target: str, *, train, val, candidates: int = 30,
@@ -67,13 +96,16 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
            window: float = 0.005, recal_batches: int = 50, val_images: int | None = None, criterion: str = "l1",
            ignore=(), round_to: int = 1, min_channels: int = 1, seed: int = 0, device: str = "cpu",
            record: str | None = None, max_draws: int = 100_000,
-           on_trial: Callable[[Trial], None] | None = None) -> SearchResult:
-    """Search per-layer widths meeting ``target`` (``macs=``/``params=`` kept fraction); the model is unchanged.
+           on_trial: Callable[[Trial], None] | None = None, latency_table=None) -> SearchResult:
+    """Search per-layer widths meeting ``target`` (``macs=``/``params=``/``latency=`` kept fraction, or
+    ``latency=Xms``); the model is unchanged.
 
     ``train``/``val``: iterables of ``(inputs, targets)`` batches (``val`` held out of the training data,
     never the test split); ``candidates``/``seconds``: the budget; ``recal_batches``: training batches
     re-estimating BatchNorm per candidate (0: the stale statistics); ``record``: a JSON file keeping every
-    candidate, resumed when it exists; ``on_trial``: called after each evaluation (a progress bar).
+    candidate, resumed when it exists; ``on_trial``: called after each evaluation (a progress bar);
+    ``latency_table``: for a ``latency=`` target, the table's cache path (measured there when missing) or a
+    :class:`~prunekit.measure.latency_table.LatencyTable`.
 
     Example:
         >>> import torch, prunekit as pk
@@ -86,7 +118,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler={sampler!r} is not valid; choose one of {', '.join(map(repr, SAMPLERS))}")
-    kind, limit = parse_target(target)  # sparsity=s is params=1-s
+    if parse_latency_target(target) is None:
+        parse_target(target)  # a bad target is refused before the model is traced
     if max_ratio is not None and not 0 < max_ratio < 1:
         raise ConfigError(f"max_ratio={max_ratio!r} must be in (0, 1): the largest ratio a layer is drawn at")
     if not 0 <= window < 1:
@@ -95,13 +128,11 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     subnets = Subnets(model, example_inputs, criterion=criterion, ignore=ignore, round_to=round_to,
                       min_channels=min_channels)
     space = subnets.space
+    kind, limit, cost, lat = target_cost(subnets, target, latency_table)
     r_max = max_ratio if max_ratio is not None else max_ratio_for(limit)
     recal = first_batches(train, recal_batches)
     val_batches = list(val) if val_images is None else first_examples(val, val_images)
     evaluator = SubnetEvaluator(recal, val_batches, device=device, adaptive_bn=recal_batches > 0)
-
-    def cost(widths) -> float:
-        return subnets.cost(widths, kind)
 
     def score(widths) -> float:
         with subnets.masked(widths) as sub:
@@ -118,7 +149,7 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
                           f"target={target!r} in {max_draws:,} draws; raise max_ratio (more pruning per layer) or "
                           f"window")
     best = rec.best()[0]
-    uniform = subnets.uniform_at(target)
+    uniform = subnets.uniform_at(target) if lat is None else uniform_within(space, cost, limit)
     return SearchResult(rec, best, dict(zip(space.names, best.widths)), dict(zip(space.names, uniform)),
-                        score(uniform), subnets.plan(best.widths), subnets, kind, limit, r_max)
+                        score(uniform), subnets.plan(best.widths), subnets, kind, limit, r_max, lat)
 

@@ -29,7 +29,7 @@ def test_search_leaves_the_model_alone_and_its_plan_cuts_to_the_best_widths():
 @pytest.mark.parametrize("kw, match", [
     (dict(target="macs=0.001"), "no strategy"),  # U(0, 0.8) per layer never removes 99.9% of the MACs
     (dict(candidates=0), "budget of zero"),
-    (dict(target="latency=0.5"), "unknown target kind .latency."),  # latency targets: not yet (issue 17, item 2)
+    (dict(target="latency=0.5"), "needs a latency table"),  # a latency target without latency_table=
     (dict(sampler="grid"), "sampler='grid'"),
     (dict(max_ratio=1.2), "max_ratio=1.2"),
     (dict(window=-0.1), "window=-0.1"),
