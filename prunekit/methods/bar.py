@@ -102,8 +102,8 @@ def run(ctx: RunContext, cfg: BARConfig) -> MethodResult:
         v = expected_cost(graph, group_keep(groups, {k: g.prob_nonzero() for k, g in gates.items()}))
         b = progressive_budget(track["step"], total, dense, budget, cfg.budget_ramp)
         f = log_barrier(v, b)
-        track.update(barrier=float(f), margin=1 - float(v) / b)
-        if track["step"] >= cfg.budget_ramp * total and float(v) > budget:
+        track.update(barrier=f.item(), margin=1 - v.item() / b)
+        if track["step"] >= cfg.budget_ramp * total and v.item() > budget:
             track["over"] += 1
         return (cfg.strength * f * v / dense).float()
 
@@ -139,5 +139,5 @@ def run(ctx: RunContext, cfg: BARConfig) -> MethodResult:
                  "over_budget_steps": track["over"], "closed_gates": closed}
     log.info("bar: %d gates closed, open gates keep %.3f of the MACs", closed, gated_macs / dense)
     return MethodResult(model=model, telemetry=telemetry, info={
-        "gated_macs_fraction": gated_macs / dense, "topped_up": report["removed_channels"] > closed,
+        "gated_macs_fraction": gated_macs / dense, "open_gates": {k: int((v > 0).sum()) for k, v in z.items()}, "topped_up": report["removed_channels"] > closed,
         "epochs_trained": ctx.prune_epochs, **report})

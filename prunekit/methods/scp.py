@@ -10,12 +10,15 @@ during training each feature map is multiplied by a relaxed Bernoulli sample who
 ``1 - Phi(-beta_c / |gamma_c|)``, so the weights and the BN parameters get gradients through the mask, and a
 sparsity loss on the expected number of active channels pushes the masks toward zero. Weights and masks are
 learned together; channels whose off-probability has become negligible-to-keep (above a threshold) are removed,
-with no separate fine-tune in the paper.
+with no separate fine-tune in the paper. Outside training (evaluation, and the model handed back) a kept
+channel is scaled by its mean mask ``1 - Phi(-beta_c / |gamma_c|)``, folded into the BN at the end (scaling
+``gamma`` and ``beta`` alike leaves the off-probability unchanged) — ours: the paper's test-time rule was not found.
 
 Here the masks are :class:`~prunekit.methods._soft_masks.ChannelMaskHooks` on every affine BatchNorm of a
 prunable channel group (a mask ``m >= 0`` on the BN output is the same mask after the ReLU that follows), the
-sparsity loss is ``strength`` times the mean on-probability (``sparsity="macs"``: the expected MACs of the
-masked network over the dense MACs, from the engine's cost model), training is ``ctx.prune_epochs`` epochs of
+sparsity loss is ``strength`` times the expected number of active channels, the sum of the on-probabilities
+(``sparsity="macs"``: the channel count times the expected MACs of the masked network over the dense MACs,
+from the engine's cost model), training is ``ctx.prune_epochs`` epochs of
 :func:`prunekit.train.fit`, and the cut removes the channels whose off-probability is at least ``threshold``
 first, then the lowest on-probabilities, globally, until the MAC/parameter target is met (the structural
 engine). The entry recalls the closed form but not the regulariser's exact form, the temperature, lambda or the
@@ -48,8 +51,8 @@ __all__ = ["SCPConfig", "off_probabilities", "run"]
 
 @dataclass(frozen=True)
 class SCPConfig(MethodConfig):
-    strength: float = option(2.0, ge=0)  # lambda of the sparsity loss (ours: the paper's value was not found;
-    # set so that a few epochs switch channels off at the bench setting, docs/methods-filter-11.md)
+    strength: float = option(0.05, ge=0)  # lambda on the expected number of active channels (ours: the paper's
+    # value was not found; set so that a few epochs switch channels off at the bench setting, methods-filter-11)
     temperature: float = option(0.5, gt=0)  # tau of the relaxed Bernoulli masks (ours: value not found)
     threshold: float = option(0.99, gt=0.5, lt=1)  # off-probability at which a channel counts as removed (ours;
     # the entry's unit check: beta = -3|gamma| gives 0.9987)
@@ -106,16 +109,17 @@ def run(ctx: RunContext, cfg: SCPConfig) -> MethodResult:
         p_off = bn_relu_off_probability(bn.weight, bn.bias)
         if training and fqn in noise:
             return relaxed_bernoulli(1 - p_off, cfg.temperature, noise[fqn])
-        return (p_off.detach() < cfg.threshold).float()
+        p_off = p_off.detach()
+        return torch.where(p_off < cfg.threshold, 1 - p_off, torch.zeros_like(p_off))  # the masks' mean
 
     dense = float(graph.macs())
 
     def penalty(_state) -> torch.Tensor:
         keep = _group_keep_prob(model, groups, differentiable=True)
         if cfg.sparsity == "macs":
-            term = expected_cost(graph, group_keep(groups, keep)) / dense
+            term = n_channels * expected_cost(graph, group_keep(groups, keep)) / dense
         else:
-            term = sum(k.sum() for k in keep.values()) / n_channels
+            term = sum(k.sum() for k in keep.values())
         return cfg.strength * term.float()
 
     hooks = ChannelMaskHooks({b: mods[b] for g in groups for b in g.bns}, mask)
@@ -124,6 +128,11 @@ def run(ctx: RunContext, cfg: SCPConfig) -> MethodResult:
     finally:
         hooks.remove()
     off = off_probabilities(model, groups)
+    with torch.no_grad():  # fold the mean mask of the kept channels into the BN (|gamma| and beta scale alike, so
+        for b, p in off.items():  # the off-probabilities do not change); switched-off channels are cut below
+            scale = (1 - p).to(mods[b].weight)
+            mods[b].weight.mul_(scale)
+            mods[b].bias.mul_(scale)
     off_after = sum(int((p >= cfg.threshold).sum()) for p in off.values())
     scores = {}
     for b, p in off.items():
