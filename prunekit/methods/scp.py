@@ -51,7 +51,7 @@ __all__ = ["SCPConfig", "off_probabilities", "run"]
 
 @dataclass(frozen=True)
 class SCPConfig(MethodConfig):
-    strength: float = option(0.05, ge=0)  # lambda on the expected number of active channels (ours: the paper's
+    strength: float = option(0.5, ge=0)  # lambda on the expected number of active channels (ours: the paper's
     # value was not found; set so that a few epochs switch channels off at the bench setting, methods-filter-11)
     temperature: float = option(0.5, gt=0)  # tau of the relaxed Bernoulli masks (ours: value not found)
     threshold: float = option(0.99, gt=0.5, lt=1)  # off-probability at which a channel counts as removed (ours;
