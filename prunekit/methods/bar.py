@@ -40,7 +40,7 @@ from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._filter_common import _graph, cut_to_target, filter_groups, require_prune_epochs, steps_per_epoch
 from ._registry import MethodResult, RunContext, Telemetry, register_method
-from ._soft_masks import ChannelMaskHooks, HardConcrete, MaskTraining, group_keep, logistic_noise
+from ._soft_masks import ChannelMaskHooks, HardConcrete, MaskTraining, group_keep, logistic_noise, step_generator
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,10 @@ def run(ctx: RunContext, cfg: BARConfig) -> MethodResult:
     gates = {g.key: HardConcrete(torch.full((g.width,), cfg.init_log_alpha, device=next(model.parameters()).device))
              for g in groups}
     owner = {f: g.key for g in groups for f in (g.bns or g.convs)}
-    gen = torch.Generator().manual_seed(ctx.seed)
     noise: dict[str, torch.Tensor] = {}
 
-    def resample() -> None:
+    def resample(step: int) -> None:
+        gen = step_generator(ctx.seed, step)
         for g in groups:
             noise[g.key] = logistic_noise((g.width,), gen)
 
@@ -141,5 +141,6 @@ def run(ctx: RunContext, cfg: BARConfig) -> MethodResult:
                  "over_budget_steps": track["over"], "closed_gates": closed}
     log.info("bar: %d gates closed, open gates keep %.3f of the MACs", closed, gated_macs / dense)
     return MethodResult(model=model, telemetry=telemetry, info={
-        "gated_macs_fraction": gated_macs / dense, "open_gates": {k: int((v > 0).sum()) for k, v in z.items()}, "topped_up": report["removed_channels"] > closed,
+        "gated_macs_fraction": gated_macs / dense, "open_gates": {k: int((v > 0).sum()) for k, v in z.items()},
+        "topped_up": report["removed_channels"] > closed,
         "epochs_trained": ctx.prune_epochs, **report})

@@ -41,8 +41,8 @@ from ..train.config import method_train_config
 from ._config import MethodConfig, option
 from ._filter_common import _graph, cut_to_target, filter_groups, require_bn, require_prune_epochs
 from ._registry import MethodResult, RunContext, Telemetry, register_method
-from ._soft_masks import ChannelMaskHooks, MaskTraining, bn_relu_off_probability, group_keep, logistic_noise, \
-    relaxed_bernoulli
+from ._soft_masks import (ChannelMaskHooks, MaskTraining, bn_relu_off_probability, group_keep, logistic_noise,
+                          relaxed_bernoulli, step_generator)
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ def run(ctx: RunContext, cfg: SCPConfig) -> MethodResult:
     mods = dict(model.named_modules())
     n_channels = sum(g.width for g in groups)
     off_before = sum(int((p >= cfg.threshold).sum()) for p in off_probabilities(model, groups).values())
-    gen = torch.Generator().manual_seed(ctx.seed)
     noise: dict[str, torch.Tensor] = {}
 
-    def resample() -> None:
+    def resample(step: int) -> None:
+        gen = step_generator(ctx.seed, step)
         for g in groups:
             for b in g.bns:
                 noise[b] = logistic_noise((g.width,), gen)

@@ -42,8 +42,8 @@ def progressive_budget(step: int, total_steps: int, start: float, end: float, ra
     along a smooth S-curve (3t^2 - 2t^3), then ``end``.
 
     Example:
-        >>> progressive_budget(0, 100, 1.0, 0.25), progressive_budget(25, 100, 1.0, 0.25), progressive_budget(60, 100, 1.0, 0.25)
-        (1.0, 0.625, 0.25)
+        >>> [progressive_budget(step, 100, 1.0, 0.25) for step in (0, 25, 60)]
+        [1.0, 0.625, 0.25]
     """
     if total_steps <= 0 or ramp <= 0:
         return float(end)
