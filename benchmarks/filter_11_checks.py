@@ -14,7 +14,7 @@ telemetry. Rows (the entries' checks, scaled: fewer images and epochs than the e
 Runs go to ``benchmarks/results/filter_11/<row>_s<seed>`` (finished runs are kept, so the script resumes); the
 table to ``benchmarks/results/filter_11_checks.md``.
 
-Usage: nice python benchmarks/filter_11_checks.py [--seeds 0] [--rows scp slimming ...] [--epochs 2]
+Usage: nice python benchmarks/filter_11_checks.py [--seeds 0] [--rows scp slimming ...] [--epochs 2] [--bn-probe]
 """
 from __future__ import annotations
 
@@ -73,13 +73,34 @@ def _telemetry(t: dict) -> str:
     return "; ".join(f"{k}={v}" for k, v in short.items())
 
 
+def bn_probe() -> list[str]:
+    """SCP's on-probability 1 - Phi(-beta/|gamma|) of the shipped small VGG's BN channels (5/50/95% quantiles)."""
+    import torch
+
+    from prunekit.methods._soft_masks import bn_relu_off_probability
+    from prunekit.train.baseline import load_baseline
+
+    model = load_baseline(VGG[1])
+    lines = ["| BN | channels | on-probability 5% / 50% / 95% |", "|---|---|---|"]
+    for name, bn in model.named_modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            p = 1 - bn_relu_off_probability(bn.weight.detach(), bn.bias.detach())
+            q = p.quantile(torch.tensor([0.05, 0.5, 0.95])).tolist()
+            lines.append(f"| {name} | {bn.num_features} | {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--rows", nargs="+", default=list(ROWS))
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--bn-probe", action="store_true", help="print SCP's on-probabilities of the baseline and exit")
     a = ap.parse_args()
+    if a.bn_probe:
+        print("\n".join(bn_probe()))
+        return
     if not a.table_only:
         for seed in a.seeds:
             for row in a.rows:

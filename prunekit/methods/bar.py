@@ -57,7 +57,7 @@ class BARConfig(MethodConfig):
     kd_temperature: float = option(4.0, gt=0)  # softmax temperature of the distillation (Hinton et al. 2015; ours)
     init_log_alpha: float = option(3.0)  # gates start open (P(z != 0) = 0.99) on a trained net (ours)
     gate_lr: float = option(0.2, gt=0)  # Adam step of the gate parameters (ours: closes gates within the bench's
-    # 2-epoch budget, docs/methods-filter-11.md; 0.05 closed none there)
+    # 2-epoch budget, docs/methods-filter-11.md)
     barrier: bool = True  # False: ablation, plain L0 (the sparsity loss without the barrier, the paper's baseline)
 
 

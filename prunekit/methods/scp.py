@@ -81,7 +81,9 @@ def _group_keep_prob(model, groups, differentiable: bool) -> dict[str, torch.Ten
 
 
 @register_method(
-    "scp", config=SCPConfig, kind="structured", needs=("train",),
+    "scp", config=SCPConfig, kind="structured", needs=("train",), status="partial",
+    left_out=("the paper's exact sparsity regulariser, mask temperature, lambda, removal threshold and test-time "
+              "rule were not found: ours (see the config); the mask and the deactivation probability are the paper's"),
     telemetry=Telemetry(
         keys=("off_channels_before", "off_channels", "removed_off_share"),
         engaged=lambda t: t["off_channels"] > t["off_channels_before"],
