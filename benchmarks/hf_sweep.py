@@ -710,7 +710,10 @@ def main(argv: list[str] | None = None) -> int:
     jsonl, md = RESULTS / f"{stem}.jsonl", RESULTS / f"{stem}.md"
     if not args.report_only:
         tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-        run_all(tools, [n for n in chosen if "error" not in info[n]], jsonl, args.limit_s)
+        todo = [n for n in chosen if "error" not in info[n]]
+        if args.all:  # a fixed shuffle: a run stopped part way still covers every modality and family
+            random.Random(args.seed).shuffle(todo)
+        run_all(tools, todo, jsonl, args.limit_s)
     command = "nice -n 10 python benchmarks/hf_sweep.py --all" if args.all else \
         f"python benchmarks/hf_sweep.py --per-modality {args.per_modality} --seed {args.seed}"
     write_markdown(jsonl, md, chosen, info, command, args.limit_s)
