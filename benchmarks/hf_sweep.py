@@ -263,15 +263,21 @@ def input_candidates(model) -> list[dict]:
 
 def make_inputs(model) -> tuple[dict, Any]:
     """The first candidate input whose forward runs, and that forward's output."""
+    sig = inspect.signature(model.forward).parameters
+    cands = input_candidates(model)
+    required = [n for n, p in sig.items() if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and all(n not in c for c in cands)]
+    if required:
+        raise ValueError(f"the forward requires {', '.join(required)}, which the generator does not make")
     errors = []
-    for inp in input_candidates(model):
+    for inp in cands:
         try:
             return inp, zoo.call(model, inp)
         except Exception as e:  # noqa: BLE001 - try the next candidate
             errors.append(f"{type(e).__name__}: {str(e).strip()[:200]}")
     if not errors:
         raise ValueError("no input could be generated from the forward signature")
-    raise RuntimeError(errors[-1])
+    raise RuntimeError(errors[0])  # the most plausible candidate's error
 
 
 # ------------------------------------------------------------------ outputs and heads
