@@ -312,25 +312,25 @@ def find_heads(model, inputs: dict, task_keys: list[str]) -> list[str]:
     import torch
     from torch import nn
 
-    produced: list[tuple[str, tuple, int]] = []
+    # the layers' outputs are held until the end, so no freed storage is reused by an output (a false match)
+    produced: list[tuple[str, Any]] = []
     hooks = []
     for name, mod in model.named_modules():
         if name and zoo._is_leaf_layer(mod) and not isinstance(mod, nn.Embedding):
             hooks.append(mod.register_forward_hook(
-                lambda m, a, o, name=name: produced.append((name, tuple(o.shape), o.untyped_storage().data_ptr()))
-                if isinstance(o, torch.Tensor) else None))
+                lambda m, a, o, name=name: produced.append((name, o)) if isinstance(o, torch.Tensor) else None))
     try:
         out = zoo.call(model, inputs)
     finally:
         for h in hooks:
             h.remove()
-    by_ptr = {ptr: name for name, _, ptr in produced}
+    by_ptr = {o.untyped_storage().data_ptr(): name for name, o in produced}
     heads = set()
     for key in task_keys:
         for t in _tensors(out[key] if hasattr(out, "keys") else out[int(key)]):
             name = by_ptr.get(t.untyped_storage().data_ptr())
             if name is None:
-                name = next((n for n, shape, _ in reversed(produced) if shape == tuple(t.shape)), None)
+                name = next((n for n, o in reversed(produced) if o.shape == t.shape), None)
             if name is not None:
                 heads.add(name)
     vocab = _cfg_get(model.config, "vocab_size", default=VOCAB)
