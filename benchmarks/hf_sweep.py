@@ -26,7 +26,7 @@ then goes through ``save_pretrained`` -> ``from_pretrained`` when its config fol
 equal the pruned model's.
 
 Usage (from the repository root):
-    python benchmarks/hf_sweep.py                       # the default: a fixed sample (2 per modality, minutes)
+    python benchmarks/hf_sweep.py                       # the default: 10 named + 2 per modality at random (minutes)
     nice -n 10 python benchmarks/hf_sweep.py --all      # every architecture (hours; resumable)
     python benchmarks/hf_sweep.py --report-only [--all]
 """
@@ -56,6 +56,11 @@ from benchmarks import zoo_coverage as zc  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 TOOLS = ("prunekit", "prunekit-task", "torch-pruning")
 PER_MODALITY, SEED = 2, 0
+# always in the default sample beside the random draw: the architectures issue 16 names, one per modality at least
+CURATED = ("bert/BertModel", "bert/BertForSequenceClassification", "clip/CLIPModel", "bart/BartModel",
+           "t5/T5ForConditionalGeneration", "llama/LlamaForCausalLM", "vit/ViTForImageClassification",
+           "convnext/ConvNextForImageClassification", "whisper/WhisperForConditionalGeneration",
+           "wav2vec2/Wav2Vec2ForCTC")
 MODALITIES = ("text", "encoder-decoder", "vision", "audio", "multimodal", "other")
 VOCAB, SEQ, DEC_SEQ, BATCH, IMAGE, LABELS = 256, 16, 8, 2, 64, zoo.NUM_CLASSES
 HIDDEN, FFN, HEADS, KV_HEADS, HEAD_DIM, MAX_POS = 64, 128, 4, 2, 16, 512
@@ -533,15 +538,15 @@ def run_all(tools: list[str], names: list[str], jsonl: Path, limit_s: float, thr
 
 
 def choose(names: list[str], info: dict, per_modality: int | None, seed: int) -> list[str]:
-    """All architectures, or a fixed random sample of ``per_modality`` per modality."""
+    """All architectures, or :data:`CURATED` and a fixed random sample of ``per_modality`` per modality."""
     if per_modality is None:
         return names
     rng = random.Random(seed)
-    out = []
+    out = [n for n in (f"hfa:{c}" for c in CURATED) if n in info]
     for mod in MODALITIES:
         members = sorted(n for n in names if info[n].get("modality") == mod)
         out += rng.sample(members, min(per_modality, len(members)))
-    return sorted(out)
+    return sorted(set(out))
 
 
 # ------------------------------------------------------------------ Markdown
