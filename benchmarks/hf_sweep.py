@@ -604,7 +604,7 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], info: dict, command:
                     c[f"{tool}_pass"] += 1
                     t[tool].append(r.get("prune_s", 0.0))
                     d[tool].append(r.get("param_drop", 0.0))
-                if tool == "prunekit" and "roundtrip" in r:
+                if tool.startswith("prunekit") and "roundtrip" in r:  # both prunekit ways
                     tried = not r["roundtrip"].startswith("not tried")
                     c["rt_tried"] += tried
                     c["rt_equal"] += r["roundtrip"] == "equal"
@@ -662,11 +662,12 @@ def write_markdown(jsonl: Path, md: Path, names: list[str], info: dict, command:
             lines.append("")
     rts: dict[str, list[str]] = collections.defaultdict(list)
     for n in run:
-        r = recs.get((n, "prunekit"))
-        if r is not None and r.get("roundtrip") and r["roundtrip"] != "equal":
-            rts[re.sub(r"\d+(\.\d+)?(e-?\d+)?", "N", r["roundtrip"])[:160]].append(n[4:])
+        for tool in ("prunekit", "prunekit-task"):
+            r = recs.get((n, tool))
+            if r is not None and r.get("roundtrip") and r["roundtrip"] != "equal":
+                rts[f"{tool}: " + re.sub(r"\d+(\.\d+)?(e-?\d+)?", "N", r["roundtrip"])[:160]].append(n[4:])
     if rts:
-        lines += ["## Round trips not equal or not tried (prunekit)", "", "| outcome | architectures |", "|---|---|"]
+        lines += ["## Round trips not equal or not tried (both prunekit ways)", "", "| outcome | architectures |", "|---|---|"]
         for cause, models in sorted(rts.items(), key=lambda kv: -len(kv[1])):
             lines.append(f"| {cause.replace('|', '/')} | {len(models)}: " + ", ".join(f"`{m}`" for m in models) + " |")
         lines.append("")
