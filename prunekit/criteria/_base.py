@@ -147,6 +147,8 @@ def position_sums(t: torch.Tensor, dim: int, channel: np.ndarray, kind: str) -> 
     tensor); returns (channels in sorted order, float64 sums).
     """
     x = t.detach()
+    if not x.is_floating_point():  # an integer buffer coupled to a group (position ids) says nothing of a channel
+        x = torch.zeros((), dtype=torch.float32, device=x.device).expand(x.shape)
     other = [d for d in range(x.dim()) if d != dim]
     if not other:
         per_pos = x.abs() if kind == "l1" else x.square()

@@ -96,3 +96,18 @@ def test_fast_path_equals_the_view_function(name):
                                score_member(spec, ChannelView("y", 1, "consumer", chans, rows)), rtol=1e-6) \
         if name != "random" else None
     assert len(spec.fast(t2, 1, ch, {"fqn": "y", "seed": 0})[1]) == 3
+
+
+def test_an_integer_buffer_in_a_group_scores_zero_instead_of_failing():
+    # Hugging Face position ids (int64) can be coupled to a width-1 group; the norm kernels refuse integers
+    import numpy as np
+    import torch
+
+    from prunekit.criteria._base import position_sums
+
+    ids = torch.arange(512).view(1, 512)
+    chans, sums = position_sums(ids, 0, np.zeros(1, dtype=np.int64), "l1")
+    assert chans.tolist() == [0] and sums.tolist() == [0.0]
+    w = torch.tensor([[1.0, -2.0], [3.0, 0.0]])
+    chans, sums = position_sums(w, 0, np.arange(2), "l1")
+    assert sums.tolist() == [3.0, 3.0]  # floating tensors are unchanged
