@@ -463,10 +463,12 @@ def masked_twin_check(built: Built) -> dict:
         a, b = output_tensors(call(twin, x)), output_tensors(call(pruned, x))
     diff = max((float((u - v).abs().max()) for u, v in zip(a, b) if u.shape == v.shape and u.is_floating_point()
                 and u.numel()), default=0.0)
-    same = len(a) == len(b) and all(u.shape == v.shape for u, v in zip(a, b)) and diff <= 1e-9 * max(
-        1.0, max((float(u.abs().max()) for u in a if u.is_floating_point() and u.numel()), default=1.0))
+    scale = max(1.0, max((float(u.abs().max()) for u in a if u.is_floating_point() and u.numel()), default=1.0))
+    # float64 rounding of a deep random network's large activations reaches ~1e-8 of the output; a wrong cut
+    # changes outputs by the order of the outputs themselves
+    same = len(a) == len(b) and all(u.shape == v.shape for u, v in zip(a, b)) and diff <= 1e-6 * scale
     return {"report": report, "equivalent": None if approximate else bool(same), "max_abs_diff": diff,
-            "prune_s": round(seconds, 3)}
+            "output_scale": scale, "prune_s": round(seconds, 3)}
 
 
 def prune_with(tool: str, built: Built, equivalence: bool = False) -> dict:
