@@ -11,7 +11,7 @@ split as pre-training / method / retraining, default 2 + 2 + 2):
 * ``natural_magnitude``: natural training, filter-norm (magnitude) prune, adversarial fine-tuning (entry check c).
 
 Prints and writes JSON (``--out``): natural and PGD accuracy on the test subset, nonzero filters per conv and
-the method's telemetry. Usage: ``nice python benchmarks/adv_checks.py [--seeds 0] [--out FILE]``.
+the method's telemetry. Usage: ``nice python benchmarks/adv_checks.py [--seeds 0] [--rho 0.1] [--rows ...] [--out FILE]``.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from prunekit.train.constrained import Projection
 EPS, STEPS, ALPHA = 0.1, 5, 0.025
 CONVS = ("conv1", "conv2")
 IGNORE = ("fc1", "fc2")
+ROWS = ("dense_adv", "adv_admm", "admm_clean", "natural_magnitude")
 
 
 def _setup(seed):
@@ -53,13 +54,16 @@ def _score(m, b, space, seed):
     return {"natural": r["clean"], "pgd": r["robust"], "nonzero_filters": filters}
 
 
-def run_seed(seed, pre, mid, post):
+def run_seed(seed, pre, mid, post, rho=0.1, rows=ROWS):
     out = {}
     total = pre + mid + post
-    b, m, space = _setup(seed)  # dense adversarial training, all epochs
-    pk.fit(m, b.train, _cfg(total, seed), callbacks=[_adv(space, seed)])
-    out["dense_adv"] = _score(m, b, space, seed)
+    if "dense_adv" in rows:
+        b, m, space = _setup(seed)  # dense adversarial training, all epochs
+        pk.fit(m, b.train, _cfg(total, seed), callbacks=[_adv(space, seed)])
+        out["dense_adv"] = _score(m, b, space, seed)
     for row, eps in (("adv_admm", EPS), ("admm_clean", 0.0)):
+        if row not in rows:
+            continue
         b, m, space = _setup(seed)
         pk.fit(m, b.train, _cfg(pre, seed), callbacks=[_adv(space, seed)] if eps else [])
         with warnings.catch_warnings():
@@ -68,15 +72,16 @@ def run_seed(seed, pre, mid, post):
                 model=m, example_inputs=None, target="sparsity=0.5", train_data=b.train, val_data=b.test,
                 ignore=IGNORE, prune_epochs=mid, train_config=_cfg(mid, seed), seed=seed,
                 options={"eps": eps, "steps": STEPS, "alpha": ALPHA, "pattern": "row", "iterations": 4,
-                         "rho": 1e-2, "lr": 0.05}))
+                         "rho": rho, "lr": 0.05}))
         pk.fit(m, b.train, _cfg(post, seed), callbacks=[_adv(space, seed)])
         out[row] = {**_score(m, b, space, seed), "telemetry": res.telemetry, "engaged": res.engaged}
-    b, m, space = _setup(seed)  # natural training, filter-norm prune, adversarial fine-tune
-    pk.fit(m, b.train, _cfg(pre + mid, seed))
-    w = prunable_weights(m, IGNORE)
-    install_masks_(m, Projection(sparsity=0.5, pattern="row").masks({k: v.detach() for k, v in w.items()}), mode="hard")
-    pk.fit(m, b.train, _cfg(post, seed), callbacks=[_adv(space, seed)])
-    out["natural_magnitude"] = _score(m, b, space, seed)
+    if "natural_magnitude" in rows:
+        b, m, space = _setup(seed)  # natural training, filter-norm prune, adversarial fine-tune
+        pk.fit(m, b.train, _cfg(pre + mid, seed))
+        w = {k: v.detach() for k, v in prunable_weights(m, IGNORE).items()}
+        install_masks_(m, Projection(sparsity=0.5, pattern="row").masks(w), mode="hard")
+        pk.fit(m, b.train, _cfg(post, seed), callbacks=[_adv(space, seed)])
+        out["natural_magnitude"] = _score(m, b, space, seed)
     return out
 
 
@@ -84,14 +89,16 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, nargs=3, default=[2, 2, 2], metavar=("PRE", "ADMM", "RETRAIN"))
+    ap.add_argument("--rho", type=float, default=0.1, help="adv-admm's initial penalty (grows x1.3 per update)")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
     load_all()
-    results = {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "epochs": a.epochs, "seeds": {}}
+    results = {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "epochs": a.epochs, "rho": a.rho, "seeds": {}}
     for s in a.seeds:
         t0 = time.perf_counter()
-        results["seeds"][s] = run_seed(s, *a.epochs)
+        results["seeds"][s] = run_seed(s, *a.epochs, rho=a.rho, rows=a.rows)
         results["seeds"][s]["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({s: results["seeds"][s]}, indent=1), flush=True)
         if a.out:

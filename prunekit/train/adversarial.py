@@ -19,7 +19,7 @@ Example:
     >>> from torch import nn
     >>> m = nn.Linear(2, 2, bias=False)
     >>> with torch.no_grad():
-    ...     m.weight.copy_(torch.tensor([[1.0, -2.0], [-1.0, 2.0]]))
+    ...     _ = m.weight.copy_(torch.tensor([[1.0, -2.0], [-1.0, 2.0]]))
     >>> fgsm(m, torch.zeros(1, 2), torch.tensor([0]), 0.1).tolist()  # steps along sign(w_1 - w_0)
     [[-0.10000000149011612, 0.10000000149011612]]
 """
