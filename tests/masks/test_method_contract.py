@@ -37,7 +37,7 @@ OWN_CONTRACT = {"packnet"}  # frees weights for later tasks (no masks) and never
 # the methods that meet the sparsity over all layers together (the others meet it in every layer)
 GLOBAL = {"snip", "snip-ldi", "lr-rewinding", "one-ticket", "han-magnitude", "deep-compression",
           "dpf", "gsm", "proxsgd", "str", "lc", "net-trim", "rnn-jacobian", "sensitivity-reg", "autoprune",
-          "constraint-aware"}
+          "constraint-aware", "energy-aware"}
 
 
 def test_the_methods_are_computed_from_the_registry_and_hold_the_ones_this_contract_was_written_for():

@@ -132,7 +132,7 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes of CPU: make test-heavy
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
 def test_small_scale_kd_on_1000_images_matches_plain_ce_within_1pt_and_both_recover_the_cut():
     """Entry check (c) on the shipped ResNet-20 (Fashion-MNIST): the CURL cut to macs=0.4 (the entry's -60%) on

@@ -124,7 +124,7 @@ def test_pruned_model_saves_and_loads(tmp_path):
     torch.testing.assert_close(back(x), model(x))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes of CPU: make test-heavy
 @needs_fashion
 def test_small_scale_eigendamage_beats_c_obd_without_fine_tune_and_stays_near_dense_after_it():
     """Entry check on the shipped small VGG (Fashion-MNIST): half the parameters (the rotations counted), one

@@ -117,7 +117,7 @@ def test_a_hand_set_basis_counts_m_s_k2_plus_g_m_cout_parameters_per_layer():
                                                 options={"basis_fraction": 0.25}))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes of CPU: make test-heavy
 @pytest.mark.needs_fashion
 def test_small_scale_basis_at_a_fifth_of_the_params_beats_equal_params_width_reduction_but_trails_dense_by_5pp():
     """Entry check on the shipped ResNet-20 (Fashion-MNIST; 3,000 training images, 2,000 test images, 3 epochs

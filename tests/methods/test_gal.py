@@ -132,7 +132,7 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes of CPU: make test-heavy
 @pytest.mark.skipif(not __import__("os").path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
                     reason="Fashion-MNIST not installed (make data)")
 def test_small_scale_at_the_entry_budget_channel_masks_shrink_together_and_none_reaches_zero():

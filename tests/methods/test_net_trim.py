@@ -115,7 +115,7 @@ def test_bad_input_is_a_config_error_and_leaves_the_model():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()) and not get_masks(m)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes of CPU: make test-heavy
 @needs_fashion
 def test_small_scale_net_trim_keeps_each_layer_within_eps_and_the_accuracy_without_retraining():
     """Entry check, scaled: LeNet-300-100 trained 3 epochs on 6k Fashion-MNIST images; 5,120 training images as

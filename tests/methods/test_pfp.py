@@ -90,7 +90,7 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes of CPU: make test-heavy
 @needs_fashion
 def test_small_scale_pfp_trails_uniform_l1_by_under_two_points_after_two_fine_tune_epochs():
     """Entry check (c) on the shipped small VGG (Fashion-MNIST): 60% of the parameters removed (params=0.4), then

@@ -154,7 +154,7 @@ def test_others_magnitude_prunes_the_classifier_too():
     assert (1 - get_masks(m)["fc.weight"].float().mean()).item() == pytest.approx(0.8, abs=0.01)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # minutes of CPU: make test-heavy
 @needs_fashion
 def test_fashion_lstm_at_90_percent_beats_random_by_1_point_but_leaves_more_dead_units_than_snip():
     """The entry's check on the LSTM (128 units, Fashion-MNIST rows), pruned at init to 90% of the recurrent
