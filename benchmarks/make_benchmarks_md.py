@@ -17,7 +17,7 @@ SECTIONS = [
      None),
     ("weight_fair.md", "Weight pruning on the fair protocol (equal training, matched sparsity)", None),
     ("weight_admm_lc.md", "Weight pruning as optimisation: ADMM and LC on the fair protocol", None),
-    ("weight_admm_lc_lenet5.md", "Weight pruning as optimisation: ADMM and LC on LeNet-5 (interim: the two ADMM rows, 3 seeds; LC and the controls not run yet)", None),
+    ("weight_admm_lc_lenet5.md", "Weight pruning as optimisation: ADMM and LC on LeNet-5 (63 cells, 3 seeds)", None),
     ("net_trim_fair.md", "Weight pruning as optimisation: Net-Trim on the fair protocol", None),
     ("sensreg_autoprune_fair.md", "Weight pruning by regularisation: sensitivity-driven decay and AutoPrune's gates", None),
     ("fddp_fair.md", "Frequency-domain dynamic pruning (FDDP) on the fair protocol", None),
