@@ -163,11 +163,15 @@ class SoftFilterMask(Callback):
     def scores(self, weight: torch.Tensor) -> torch.Tensor:
         return weight_scores(weight, self.criterion)
 
+    def group_scores(self, members: list[str]) -> torch.Tensor:
+        """The summed filter scores of one tied set (a subclass may score each set its own way)."""
+        return sum(self.scores(self.layers[f].weight) for f in members)
+
     def apply(self) -> dict[str, torch.Tensor]:
         chosen = {}
         with torch.no_grad():
             for members in self.tied:
-                score = sum(self.scores(self.layers[f].weight) for f in members)
+                score = self.group_scores(members)
                 idx = lowest(score, self.n_prune.get(members[0], 0))
                 for f in members:
                     mod = self.layers[f]

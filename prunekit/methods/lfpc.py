@@ -39,7 +39,7 @@ from ..train import fit
 from ..train.config import method_train_config
 from ..train.loop import output_logits
 from ._config import MethodConfig, option
-from ._filter_common import cut_to_target, filter_groups, lowest, removal_counts, require_prune_epochs, weight_scores
+from ._filter_common import cut_to_target, filter_groups, removal_counts, require_prune_epochs, weight_scores
 from ._regularizers import SoftFilterMask
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 from ._soft_masks import ChannelMaskHooks
@@ -65,21 +65,9 @@ class PerLayerSoftFilterMask(SoftFilterMask):
         super().__init__(layers, n_prune, "l2", tied=tied, every=every)
         self.criteria = dict(criteria)
 
-    def apply(self) -> dict[str, torch.Tensor]:
-        chosen = {}
-        with torch.no_grad():
-            for members in self.tied:
-                crit = self.criteria.get(members[0], self.criterion)
-                score = sum(weight_scores(self.layers[f].weight, crit) for f in members)
-                idx = lowest(score, self.n_prune.get(members[0], 0))
-                for f in members:
-                    mod = self.layers[f]
-                    mod.weight[idx.to(mod.weight.device)] = 0.0
-                    if getattr(mod, "bias", None) is not None:
-                        mod.bias[idx.to(mod.bias.device)] = 0.0
-                    chosen[f] = idx
-        self.history.append(chosen)
-        return chosen
+    def group_scores(self, members: list[str]) -> torch.Tensor:
+        crit = self.criteria.get(members[0], self.criterion)
+        return sum(weight_scores(self.layers[f].weight, crit) for f in members)
 
 
 class LayerCriterionSampler:
