@@ -177,3 +177,18 @@ def search_ctx(model, target: str = "macs=0.5", **options) -> RunContext:
     data = conv_batches(8, labels="tercile")
     return RunContext(model=model, example_inputs=data[0][0][:2], target=target, train_data=data[:6],
                       val_data=data[6:], options=options)
+
+
+def planted_bn_channel(n: int, batch: int, seed: int = 0):
+    """Linear(2, 2) fixed at the identity -> BN -> ReLU -> Linear(2, 2); the label is x0 > 0, so BN channel 0
+    carries the label and channel 1 only noise (x1): the planted useless channel of the variational methods."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.ReLU(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+    model[0].requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g)
+    y = (x[:, 0] > 0).long()
+    return model, [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]

@@ -9,22 +9,13 @@ from prunekit.methods import RunContext, get_method, load_all
 from prunekit.methods.vcp import rule_scores
 from prunekit.train.variational import kl_gaussian
 
+from method_setups import planted_bn_channel
+
 load_all()
 
 
 def planted(n=512, batch=16, seed=0):
-    """Linear(2, 2) fixed at the identity -> BN -> ReLU -> Linear(2, 2); the label is x0 > 0, so BN channel 0
-    carries the label and channel 1 only noise (x1) - the planted useless channel."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.ReLU(), nn.Linear(2, 2))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.eye(2))
-        model[0].bias.zero_()
-    model[0].requires_grad_(False)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 2, generator=g)
-    y = (x[:, 0] > 0).long()
-    return model, [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    return planted_bn_channel(n, batch, seed)
 
 
 def ctx_for(model, data, epochs, **options):
