@@ -109,7 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--baseline", default="resnet20-fashion-mnist", help="trained baseline name or model file")
     se.add_argument("--data", default="fashion-mnist", help="data set (candidates are scored on its validation "
                                                             "split, held out of the training images)")
-    se.add_argument("--target", default="macs=0.5", help="macs=0.5 / params=0.5 (fraction kept)")
+    se.add_argument("--target", default="macs=0.5", help="macs=0.5 / params=0.5 (fraction kept); latency=0.5 "
+                                                          "or latency=3ms with --latency-table")
+    se.add_argument("--latency-table", help="for a latency= target: the per-layer latency table's file (measured "
+                                            "on this machine on first use, reused after)")
     se.add_argument("--candidates", type=int, default=30, help="sub-networks scored (default 30)")
     se.add_argument("--seconds", type=float, help="wall-time budget instead of --candidates")
     se.add_argument("--max-ratio", type=float, help="largest per-layer pruning ratio drawn (default: EagleEye's R "
@@ -291,13 +294,17 @@ def _cmd_search(args) -> int:
                      recal_batches=args.recal_batches, val_images=args.val_images, criterion=args.criterion,
                      batch_size=args.batch_size, subset=args.subset, seed=args.seed, device=args.device,
                      ignore=tuple(args.ignore), out=args.out, force=args.force, resume=args.resume,
-                     data_dir=args.data_dir)
+                     data_dir=args.data_dir, latency_table=args.latency_table)
     b = rep["best"]
     _console().print(_table(f"prunekit search — {rep['model']} → {rep['target']}: "
                             f"{rep['record']['evaluations']} candidates", ("", f"kept {rep['kind']}", "score"),
                             [(f"chosen (candidate {b['index']})", f"{b['cost']:.4f}", f"{b['score']:.4f}"),
                              ("uniform", f"{rep['uniform_cost']:.4f}", f"{rep['uniform_score']:.4f}"),
                              ("dense", "1.0000", f"{rep['dense_score']:.4f}")]))
+    if "latency" in rep:
+        lat = rep["latency"]
+        print(f"latency: {lat['chosen_measured_ms']:.3f} ms measured ({lat['chosen_predicted_ms']:.3f} predicted) "
+              f"against {lat['dense_measured_ms']:.3f} ms dense: {lat['measured_fraction']:.3f} of it")
     print(f"model: {rep['out']}/model.safetensors (test accuracy {rep['pruned_test_accuracy']:.4f} before "
           f"fine-tuning)")
     print(f"report: {rep['out']}/report.md")

@@ -23,11 +23,17 @@ from typing import Any
 from ._registry import closest
 from .errors import ConfigError
 
-__all__ = ["Recipe", "parse_target", "TARGET_KINDS", "RECIPE_TYPE", "RECIPE_VERSION"]
+__all__ = ["Recipe", "parse_target", "TARGET_KINDS", "LATENCY_KINDS", "LATENCY_METHODS", "RECIPE_TYPE", "RECIPE_VERSION"]
 
 RECIPE_TYPE = "prunekit.Recipe"
 RECIPE_VERSION = 1
-TARGET_KINDS = ("macs", "params", "sparsity")
+TARGET_KINDS = ("macs", "params", "sparsity", "latency")
+# a latency target is measured, not counted: only a width search priced by a latency table of this machine
+# takes one (``parse_target(..., latency=True)``); it parses to one of these kinds
+LATENCY_KINDS = ("latency", "latency_ms")
+# the registered methods that take a latency target (their config has ``latency_table``); a test keeps this
+# list equal to the registry's
+LATENCY_METHODS = ("abcpruner", "amc", "eagleeye")
 DEVICES = ("cpu", "cuda", "mps")
 
 
@@ -39,19 +45,24 @@ _TARGET_SYNONYMS = {"flops": "macs", "mac": "macs", "flop": "macs", "compute": "
                     "prune": "sparsity", "pruned": "sparsity", "sparse": "sparsity", "ratio": "sparsity"}
 
 
-def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
+def parse_target(target: str, argument: str = "target", *, latency: bool = False) -> tuple[str, float]:
     """Split ``"macs=0.5"`` into ``("macs", 0.5)`` after checking both halves: the one target grammar of the
     API (``plan``/``prune_``), recipes and the command line.
 
     ``macs``/``params`` give the fraction the pruned model *keeps* (0 < v <= 1); ``sparsity`` the fraction of
-    weights removed (0 <= v < 1). The kind is case-insensitive; anything else is a ``ConfigError`` whose hint
-    never names a kind of the opposite meaning.
+    weights removed (0 <= v < 1). ``latency=F`` keeps at most the fraction F of the dense model's measured
+    latency and ``latency=Xms`` is an absolute budget; they parse to ``("latency", F)`` / ``("latency_ms", X)``
+    only where ``latency=True`` (a width search priced by a latency table), and are refused elsewhere with
+    where to take them. The kind is case-insensitive; anything else is a ``ConfigError`` whose hint never
+    names a kind of the opposite meaning.
 
     Example:
         >>> parse_target("params=0.25")
         ('params', 0.25)
         >>> parse_target(" Sparsity = 0.9 ")
         ('sparsity', 0.9)
+        >>> parse_target("latency=0.5", latency=True), parse_target("latency=3.5ms", latency=True)
+        (('latency', 0.5), ('latency_ms', 3.5))
     """
     fix = ("write it as KIND=VALUE, e.g. macs=0.5 (keep half the MACs), params=0.5 (keep half the "
            "parameters) or sparsity=0.9 (remove 90% of weights)")
@@ -66,6 +77,8 @@ def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
             + (f"; did you mean {hint!r}?" if hint else "")
             + f" Valid kinds: {', '.join(TARGET_KINDS)}; {fix}"
         )
+    if kind == "latency":
+        return _parse_latency(target, raw, argument, latency)
     try:
         value = float(raw)
     except ValueError:
@@ -77,6 +90,31 @@ def parse_target(target: str, argument: str = "target") -> tuple[str, float]:
         raise ConfigError(f"{argument}={target!r}: {kind} gives the fraction kept; the fraction kept must be in (0, 1], "
                           f"e.g. {kind}=0.5 keeps half")
     return kind, value
+
+
+def _parse_latency(target: str, raw: str, argument: str, allowed: bool) -> tuple[str, float]:
+    if not allowed:
+        raise ConfigError(
+            f"{argument}={target!r}: a latency target is measured on this machine, not counted, so only a width "
+            f"search priced by a latency table takes it: pk.search(..., latency_table=PATH), `prunekit search "
+            f"--latency-table PATH`, or the methods {', '.join(LATENCY_METHODS)} with the option "
+            f"latency_table=PATH; here give macs=F or params=F instead")
+    fix = "write latency=F (keep at most the fraction F of the dense latency, 0 < F <= 1) or latency=Xms"
+    ms = raw.lower().endswith("ms")
+    number = raw[:-2].strip() if ms else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError(f"{argument}={target!r} is not a latency target: {number!r} is not a number; "
+                          f"{fix}") from None
+    if ms:
+        if not value > 0:
+            raise ConfigError(f"{argument}={target!r}: an absolute latency must be > 0 ms; {fix}")
+        return "latency_ms", value
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{argument}={target!r}: latency=F is the fraction of the dense latency kept and must be "
+                          f"in (0, 1]; for milliseconds add the unit, e.g. latency={value}ms")
+    return "latency", value
 
 
 def check_keep_outputs(keep) -> None:
@@ -160,7 +198,7 @@ class Recipe:
             problems.append(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
         if isinstance(self.target, str) and self.target:
             try:
-                parse_target(self.target)
+                parse_target(self.target, latency=True)
             except ConfigError as exc:
                 problems.append(str(exc))
         if len(problems) == 1 and problems[0].startswith("target="):
@@ -275,11 +313,11 @@ class Recipe:
 
     @property
     def target_kind(self) -> str:
-        return parse_target(self.target)[0]
+        return parse_target(self.target, latency=True)[0]
 
     @property
     def target_value(self) -> float:
-        return parse_target(self.target)[1]
+        return parse_target(self.target, latency=True)[1]
 
 
 def _check_keys(data: dict, source: str) -> None:

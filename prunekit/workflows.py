@@ -32,12 +32,13 @@ from .io import save as _save_saved
 from .train.checkpoint import (_TMP_SUFFIX, _alive, _rng_states, _signals_unwind, _sweep_stale, atomic_write_bytes,
                                read_record, read_verified_tensors, set_rng_states, sha256_bytes, tensors_to_bytes)
 from .train.resume_state import extra_buffers, fit_checkpoints, restore_extra_buffers, sync_masks
-from .recipe import Recipe, parse_target
+from .recipe import LATENCY_KINDS, LATENCY_METHODS, Recipe, parse_target
 from . import data as pk_data, data, models
 from .criteria import CRITERIA, get_criterion
 from .io import load, save
 from .masks import finalize_, get_masks
 from .measure import latency, latency as time_forward, measure
+from .measure.latency_table import time_forward as table_time_ms
 from .methods import METHODS, RunContext, catalog, get_method, load_all
 from .report import write_json, write_run_report
 from .train import TrainConfig, baseline as baselines, evaluate, fit
@@ -347,6 +348,10 @@ def _check_method(method: str, target_kind: str) -> Any:
     """Return the MethodSpec (or None for a bare criterion) after checking it can run on ``target_kind``."""
     if method.startswith(CRITERION_PREFIX):
         name = method[len(CRITERION_PREFIX):]
+        if target_kind in LATENCY_KINDS:
+            raise ConfigError(f"method={method!r} with a latency target: a bare criterion allocates by MACs or "
+                              f"params; give target=macs=<kept>, or a method that searches widths under a latency "
+                              f"table ({', '.join(LATENCY_METHODS)}) with options latency_table: PATH")
         if target_kind == "sparsity":
             return None
 
@@ -361,6 +366,10 @@ def _check_method(method: str, target_kind: str) -> Any:
     if spec.kind == "unstructured" and target_kind != "sparsity":
         raise ConfigError(f"method={method!r} removes single weights: give target=sparsity=<fraction removed>, "
                           f"not {target_kind}=...")
+    if target_kind in LATENCY_KINDS and not hasattr(spec.config, "latency_table"):
+        raise ConfigError(f"method={method!r} prices its widths by MACs or params, not by a latency table: give "
+                          f"target=macs=<kept>, or one of {', '.join(LATENCY_METHODS)} with options "
+                          f"latency_table: PATH")
     if spec.kind == "structured" and target_kind == "sparsity":
         raise ConfigError(f"method={method!r} removes channels: give target=macs=<kept> or params=<kept>, "
                           f"not sparsity=...")
@@ -580,7 +589,7 @@ def _keep(keep):
 
 def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tuple[list, dict]:
     """Prune ``model`` in place as the recipe says; returns (fine-tune callbacks, method info)."""
-    kind, value = parse_target(recipe.target)
+    kind, value = parse_target(recipe.target, latency=True)
     if spec is None:
         name = recipe.method[len(CRITERION_PREFIX):]
         if kind == "sparsity":
@@ -726,7 +735,7 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     uninterrupted run. The folder is deleted when the run succeeds.
     """
     t_start = time.perf_counter()
-    kind, _ = parse_target(recipe.target)
+    kind, _ = parse_target(recipe.target, latency=True)
     spec = _validate_run(recipe, kind, force)
     resume_dir = _prepare_resume(recipe, resume)
     torch.manual_seed(recipe.seed)
@@ -956,13 +965,31 @@ def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = N
 
 
 # --- search ---------------------------------------------------------------------------------------------------
+def _search_latency(found, model, x) -> dict:
+    """Predicted and measured latency (ms, the table's timing setup) of the dense model and the chosen one."""
+    lat, widths = found.latency, tuple(found.widths.values())
+    key = lat.table.key
+    threads = key.get("threads", 1)
+    how = {"threads": threads, "statistic": key.get("statistic", "median"), "clock": key.get("clock", "wall")}
+    dense_ms = table_time_ms(model, x, **how)
+    chosen_ms = table_time_ms(found.subnets.pruned_copy(widths), x, **how)
+    return {"latency": {"dense_predicted_ms": lat.dense_ms, "chosen_predicted_ms": lat.predict_ms(widths),
+                        "dense_measured_ms": dense_ms, "chosen_measured_ms": chosen_ms,
+                        "measured_fraction": chosen_ms / dense_ms, "threads": threads}}
+
+
 def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fashion-mnist",
                target: str = "macs=0.5", candidates: int = 30, seconds: float | None = None,
                max_ratio: float | None = None, window: float = 0.005, recal_batches: int = 20,
                val_images: int = 1000, criterion: str = "l1", batch_size: int = 128, subset: int | None = None,
                seed: int = 0, device: str = "cpu", ignore=(), out: str = "runs/search", force: bool = False,
-               resume: bool = False, progress: bool = True, data_dir: str | None = None) -> dict:
+               resume: bool = False, progress: bool = True, data_dir: str | None = None,
+               latency_table: str | None = None) -> dict:
     """``prunekit search``: widths for ``target`` from ``candidates`` scored sub-networks of a trained baseline.
+
+    A ``latency=F`` (or ``latency=Xms``) target prices candidates by a per-layer latency table measured on this
+    machine at ``latency_table`` (measured there on first use, reused after); the report then holds the
+    predicted and the measured latency of the dense and the chosen model.
 
     Writes ``report.json``, ``report.md``, ``search.png`` (every candidate's cost and score; the chosen widths
     beside the uniform ones), ``record.json`` (every candidate) and ``model.safetensors`` (the baseline cut to
@@ -970,6 +997,10 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
     candidate into a hidden folder beside ``out``; ``resume=True`` continues an interrupted search from it.
     """
     _check_out_free(out, force=force)
+    if parse_target(target, latency=True)[0] in LATENCY_KINDS and latency_table is None:
+        raise ConfigError(f"target={target!r} prices candidates by a per-layer latency table measured on this "
+                          f"machine: give its file with --latency-table PATH (latency_table=; measured there on "
+                          f"first use, reused after), or a macs=/params= target")
     resume_dir = _resume_dir(out)
     record = resume_dir / "search-record.json"
     if not resume and record.exists():
@@ -990,9 +1021,10 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
         found = search(model, x, target, train=bundle.train, val=val, candidates=candidates, seconds=seconds,
                        max_ratio=max_ratio, window=window, recal_batches=recal_batches, criterion=criterion,
                        ignore=tuple(ignore), seed=seed, device=device, record=str(record),
-                       on_trial=lambda t: bar.advance(t.score))
+                       on_trial=lambda t: bar.advance(t.score), latency_table=latency_table)
     subnets = found.subnets
     uniform = tuple(found.uniform_widths.values())
+    latency = _search_latency(found, model, x) if found.latency is not None else {}
     prune_(model, found.plan)
     if recal_batches:
         recalibrate_bn(model, first_batches(bundle.train, recal_batches), device)
@@ -1001,7 +1033,7 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
               "recal_batches": recal_batches, "val_images": len(val) and sum(len(b[0]) for b in val),
               "dense_score": dense_score, "dense_test_accuracy": dense_test,
               "pruned_test_accuracy": evaluate(model, bundle.test, device=device)["accuracy"],
-              "uniform_cost": subnets.cost(uniform, found.kind), **found.as_dict(), "kind": found.kind}
+              "uniform_cost": found.cost(uniform), **found.as_dict(), "kind": found.kind, **latency}
     with _staged_output(out, force=force) as stage:
         files = {"model": _save_model(model, stage / "model.safetensors"), "record": "record.json"}
         found.record.save(stage / "record.json")

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..recipe import parse_target
 from .timing import call_model, latency
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,12 @@ BACKENDS = ("torch",)
 STATISTICS = ("median", "p10")
 CLOCKS = ("wall", "cpu")
 _TIMED = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
-_TARGET = re.compile(r"^\s*latency\s*=\s*([0-9.eE+-]+)\s*(ms)?\s*$", re.IGNORECASE)
 
 
 def parse_latency_target(target) -> tuple[str, float] | None:
     """``"latency=0.5"`` -> ``("fraction", 0.5)``; ``"latency=3.5ms"`` -> ``("ms", 3.5)``; any other target
-    (``macs=``, ``params=``, ...) -> None. A bad latency target is a ConfigError naming it.
+    (``macs=``, ``params=``, ...) -> None. A bad latency target is a ConfigError naming it (the grammar is the
+    one of :func:`prunekit.recipe.parse_target`).
 
     Example:
         >>> parse_latency_target("latency=0.5"), parse_latency_target("latency=3ms"), parse_latency_target("macs=0.5")
@@ -70,22 +70,8 @@ def parse_latency_target(target) -> tuple[str, float] | None:
     """
     if not isinstance(target, str) or not target.strip().lower().startswith("latency"):
         return None
-    m = _TARGET.match(target)
-    fix = "write latency=F (keep at most the fraction F of the dense latency, 0 < F <= 1) or latency=Xms"
-    if not m:
-        raise ConfigError(f"target={target!r} is not a latency target; {fix}")
-    try:
-        value = float(m.group(1))
-    except ValueError:
-        raise ConfigError(f"target={target!r}: {m.group(1)!r} is not a number; {fix}") from None
-    if m.group(2):
-        if not value > 0:
-            raise ConfigError(f"target={target!r}: an absolute latency must be > 0 ms; {fix}")
-        return "ms", value
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"target={target!r}: latency=F is the fraction of the dense latency kept and must be in "
-                          f"(0, 1]; for milliseconds add the unit, e.g. latency={value}ms")
-    return "fraction", value
+    kind, value = parse_target(target, latency=True)
+    return ("ms" if kind == "latency_ms" else "fraction"), value
 
 
 def model_fingerprint(model: nn.Module) -> str:

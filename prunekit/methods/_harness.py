@@ -14,7 +14,7 @@ import logging
 import warnings
 
 from ..errors import ConfigError, MechanismWarning
-from ..recipe import parse_target
+from ..recipe import LATENCY_KINDS, LATENCY_METHODS, parse_target
 from ._config import config_to_dict
 from ._registry import MethodResult, MethodSpec, RunContext
 from ..api import plan
@@ -63,13 +63,27 @@ def restore_module_(model, snapshot) -> None:
     model.__dict__.update(snapshot.__dict__)
 
 
-def check_context(spec: MethodSpec, ctx: RunContext) -> None:
-    """Target, data needs and ignore names; one ``ConfigError`` lists every problem. Changes nothing."""
+def check_context(spec: MethodSpec, ctx: RunContext, cfg=None) -> None:
+    """Target, data needs and ignore names; one ``ConfigError`` lists every problem. Changes nothing.
+
+    A ``latency=`` target is taken only by a method whose config has ``latency_table`` (a width search priced
+    by a latency table measured on this machine), and only with that option set."""
     problems = []
     try:
-        kind, value = parse_target(ctx.target)
+        kind, value = parse_target(ctx.target, latency=True)
         allowed = _KINDS_FOR.get(spec.kind)
-        if allowed and kind not in allowed:
+        if kind in LATENCY_KINDS:
+            if not hasattr(cfg if cfg is not None else spec.config, "latency_table"):
+                problems.append(f"target={ctx.target!r}: {spec.id} prices its widths by MACs or params, not by a "
+                                f"latency table; give macs=F or params=F, or use a method that takes a latency "
+                                f"target ({', '.join(LATENCY_METHODS)})")
+            elif cfg is not None and cfg.latency_table is None:
+                problems.append(f"target={ctx.target!r}: {spec.id} needs a latency table measured on this machine "
+                                f"for it: pass options={{'latency_table': PATH}} (measured there on first use, "
+                                f"reused after); or give macs=F or params=F")
+            else:
+                ctx.target_kind, ctx.target_value = kind, value
+        elif allowed and kind not in allowed:
             what = ("a structured method (it removes channels): the target is the fraction of MACs or params "
                     "kept; write e.g. target='macs=0.5'" if spec.kind == "structured" else
                     "an unstructured method (it removes single weights): write target='sparsity=S' with S the "
@@ -104,7 +118,7 @@ def check_reachable(spec: MethodSpec, ctx: RunContext) -> None:
 def run_method(spec: MethodSpec, ctx: RunContext) -> MethodResult:
     """Run ``spec`` on ``ctx``: resolve, check, move, transact, check telemetry. See the module docstring."""
     cfg = spec.resolve(ctx.options)
-    check_context(spec, ctx)
+    check_context(spec, ctx, cfg)
     check_reachable(spec, ctx)
     with model_transaction(ctx.model):
         if ctx.device is not None:

@@ -17,7 +17,9 @@ Here the colony is the search block's :class:`~prunekit.allocate.search.BeeColon
 of :class:`prunekit.api.Subnets` (channels coupled by a residual sum share one code), every candidate a pruned
 copy trained by :class:`~prunekit.train.subnet_eval.FinetuneEvaluator` and scored on held-out training images.
 Ours: the paper has no FLOPs constraint (compression comes from ``max_preserve``); here a move or random
-source that would exceed the target is drawn again, so every candidate meets it.
+source that would exceed the target is drawn again, so every candidate meets it. The target may be
+``latency=F`` with ``options={"latency_table": PATH}`` (latency predicted from a per-layer table measured on
+this machine, :mod:`prunekit.measure.latency_table`).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from ..allocate.search import BeeColony, SearchBudget, run_search
 from ..api import Subnets, prune_
 from ..data import first_batches, first_examples
 from ..train.config import method_train_config
+from ..train.search import target_cost
 from ..train.subnet_eval import FinetuneEvaluator
 from ._config import MethodConfig, option
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -61,6 +64,8 @@ class ABCPrunerConfig(MethodConfig):
     # test split, which we never touch)
     evaluations: int | None = option(None, ge=1)  # ours: cap on scored candidates (None: the colony's cycles)
     record: str | None = None  # ours: JSON file keeping every candidate; an existing one is resumed
+    latency_table: str | None = None  # ours: the latency table's cache path for a latency= target (measured
+    # there on first use, reused after)
 
 
 def code_widths(widths, code) -> list:
@@ -84,7 +89,8 @@ def _engaged(t: dict) -> bool:
 def run(ctx: RunContext, cfg: ABCPrunerConfig) -> MethodResult:
     model = ctx.model
     subnets = Subnets(model, ctx.example_inputs, criterion=cfg.criterion, ignore=ctx.ignore, seed=ctx.seed)
-    space, kind, limit = subnets.space, ctx.target_kind, ctx.target_value
+    space = subnets.space
+    _, limit, cost, _ = target_cost(subnets, ctx.target, cfg.latency_table)
     steps = cfg.fitness_steps if cfg.fitness_steps is not None else cfg.fitness_epochs * len(ctx.train_data)
     train_cfg = method_train_config(ctx, 1, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     progress=False)
@@ -93,9 +99,6 @@ def run(ctx: RunContext, cfg: ABCPrunerConfig) -> MethodResult:
 
     def to_widths(code):
         return space.clip(code_widths(space.widths, code))
-
-    def cost(widths) -> float:
-        return subnets.cost(widths, kind)
 
     best = {"score": -math.inf, "state": None, "widths": None}
 

@@ -14,7 +14,8 @@ data, and fine-tune the best one (its BatchNorm statistics re-estimated as when 
 
 Here the search is the shared verb :func:`prunekit.search` (the candidates of :class:`prunekit.api.Subnets`
 scored on a masked view of the model, no copy); the winner is cut physically and the shared fine-tune
-follows. ``record`` keeps every candidate on disk and resumes an interrupted search.
+follows. ``record`` keeps every candidate on disk and resumes an interrupted search. The target may be
+``latency=F`` with ``options={"latency_table": PATH}`` (see :func:`prunekit.search`).
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ class EagleEyeConfig(MethodConfig):
     top_k: int = option(5, ge=1)  # strategies reported (the repo prints the top 5 and fine-tunes the top 1)
     max_draws: int = option(100_000, ge=1)  # ours: draws per candidate before the search gives up
     record: str | None = None  # ours: JSON file keeping every candidate; an existing one is resumed
+    latency_table: str | None = None  # ours: the latency table's cache path for a latency= target (measured
+    # there on first use, reused after)
 
 
 def _engaged(t: dict) -> bool:
@@ -70,7 +73,8 @@ def run(ctx: RunContext, cfg: EagleEyeConfig) -> MethodResult:
     found = search(model, ctx.example_inputs, ctx.target, train=ctx.train_data, val=ctx.val_data,
                    candidates=cfg.candidates, max_ratio=cfg.max_ratio, window=cfg.window,
                    recal_batches=cfg.recal_batches, val_images=cfg.val_images, criterion=cfg.criterion,
-                   ignore=ctx.ignore, seed=ctx.seed, device=ctx.device, record=cfg.record, max_draws=cfg.max_draws)
+                   ignore=ctx.ignore, seed=ctx.seed, device=ctx.device, record=cfg.record, max_draws=cfg.max_draws,
+                   latency_table=cfg.latency_table)
     rec = found.record
     report = prune_(model, found.plan)
     if cfg.recal_batches:  # hand on the sub-net the search scored: its BatchNorm statistics re-estimated

@@ -32,6 +32,7 @@ from .subnet_eval import SubnetEvaluator
 __all__ = ["search", "SearchResult", "max_ratio_for", "SAMPLERS", "target_cost"]
 
 SAMPLERS = ("random",)
+_WIDER_R = (0.7, 0.8, 0.9, 0.95)  # ours: the R tried in turn for a latency target (see search)
 
 
 def max_ratio_for(kept: float) -> float:
@@ -105,7 +106,10 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     re-estimating BatchNorm per candidate (0: the stale statistics); ``record``: a JSON file keeping every
     candidate, resumed when it exists; ``on_trial``: called after each evaluation (a progress bar);
     ``latency_table``: for a ``latency=`` target, the table's cache path (measured there when missing) or a
-    :class:`~prunekit.measure.latency_table.LatencyTable`.
+    :class:`~prunekit.measure.latency_table.LatencyTable`. ``max_ratio=None``: EagleEye's R for the target's
+    kept fraction; for a latency target (latency falls slower than FLOPs) the first R of 0.4/0.7/0.8/0.9/0.95
+    from that one on whose average draw meets the target. A target that no draw at ``max_ratio`` can reach is
+    refused before any candidate is scored.
 
     Example:
         >>> import torch, prunekit as pk
@@ -130,6 +134,21 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     space = subnets.space
     kind, limit, cost, lat = target_cost(subnets, target, latency_table)
     r_max = max_ratio if max_ratio is not None else max_ratio_for(limit)
+
+    def uniform_cost(r: float) -> float:  # every segment pruned at ratio r
+        return cost(space.from_ratios([r] * len(space)))
+
+    if max_ratio is None and lat is not None:
+        # ours: EagleEye's R is set for FLOPs, and latency falls slower than FLOPs as channels go; the first R
+        # whose average draw (every ratio R/2) meets the target, else the widest whose deepest draw does
+        ladder = [r_max] + [r for r in _WIDER_R if r > r_max]
+        fits = [r for r in ladder if uniform_cost(r / 2) <= limit + 1e-12]
+        r_max = fits[0] if fits else ladder[-1]
+    deepest = uniform_cost(r_max)  # the cheapest candidate a draw at ratios <= r_max can give
+    if deepest > limit + 1e-12:
+        raise ConfigError(f"target={target!r} cannot be reached with max_ratio={r_max}: every segment pruned at "
+                          f"that ratio still costs {deepest:.4f} of the dense {kind} (limit {limit:.4f}); raise "
+                          f"max_ratio (below 1) or ask for a larger fraction kept")
     recal = first_batches(train, recal_batches)
     val_batches = list(val) if val_images is None else first_examples(val, val_images)
     evaluator = SubnetEvaluator(recal, val_batches, device=device, adaptive_bn=recal_batches > 0)

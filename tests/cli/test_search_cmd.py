@@ -67,3 +67,26 @@ def test_an_interrupted_search_resumes_from_its_record(tmp_path, monkeypatch):
     assert rep["record"]["evaluations"] == 3
     assert [t["widths"] for t in rep["record"]["trials"][:2]] == [t["widths"] for t in saved["trials"]]
     assert len(calls) == 1 + 1  # the one candidate left, and the uniform reference
+
+
+@pytest.mark.slow  # measures a latency table of ResNet-20 (about 20 s)
+def test_a_latency_target_is_searched_under_a_measured_table_and_the_report_holds_both_latencies(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--target", "latency=0.6", "--latency-table", "t.json", *SMALL, "--out", "s"]) == 0
+    rep = json.loads((tmp_path / "s" / "report.json").read_text())
+    lat = rep["latency"]
+    assert rep["kind"] == "latency" and rep["best"]["cost"] <= 0.6 + 1e-9
+    assert lat["chosen_predicted_ms"] < lat["dense_predicted_ms"]
+    assert lat["chosen_measured_ms"] < lat["dense_measured_ms"]  # the cut model is faster as measured
+    assert lat["measured_fraction"] == pytest.approx(lat["chosen_measured_ms"] / lat["dense_measured_ms"])
+    assert (tmp_path / "t.json").exists()  # the table stays for the next search
+    assert "measured" in (tmp_path / "s" / "report.md").read_text()
+    assert "latency:" in capsys.readouterr().out
+
+
+def test_a_latency_target_without_a_table_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--target", "latency=0.5", *SMALL, "--out", "z"]) != 0
+    assert "--latency-table PATH" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()

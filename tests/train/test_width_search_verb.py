@@ -27,7 +27,9 @@ def test_search_leaves_the_model_alone_and_its_plan_cuts_to_the_best_widths():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(target="macs=0.001"), "no strategy"),  # U(0, 0.8) per layer never removes 99.9% of the MACs
+    (dict(target="macs=0.001"), "cannot be reached with max_ratio=0.8"),  # U(0, 0.8) never removes 99.9%: refused
+    # before any draw
+    (dict(window=1e-6, max_draws=3), "no strategy"),  # reachable, but 3 draws never land 1e-6 below it
     (dict(candidates=0), "budget of zero"),
     (dict(target="latency=0.5"), "needs a latency table"),  # a latency target without latency_table=
     (dict(sampler="grid"), "sampler='grid'"),
