@@ -41,7 +41,7 @@ KINDS = ("uniform", "searched", "searched_corrected")
 def paired(dense, pruned, x, a) -> tuple[float, float]:
     """The ``--statistic`` of the dense and the pruned model's latency, timed in alternating rounds."""
     d, p = [], []
-    kw = dict(warmup=1, runs=a.runs, threads=a.threads, statistic=a.statistic, clock=a.clock)
+    kw = dict(warmup=1, runs=a.runs, threads=a.threads, statistic=a.statistic, clock=a.clock, backend=a.backend)
     for _ in range(a.pairs):
         d.append(time_forward(dense, x, **kw))
         p.append(time_forward(pruned, x, **kw))
@@ -66,6 +66,8 @@ def main():
     ap.add_argument("--clock", default="cpu", choices=["wall", "cpu"],
                     help="cpu: the thread's CPU time (on a machine shared with other processes, wall time counts "
                          "their slices); wall: elapsed time")
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                    help="what is timed: eager PyTorch or the model exported to onnxruntime (one CPU session)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", default=None, help="latency table cache (default beside --out)")
     ap.add_argument("--out", default="benchmarks/results/latency_search.json")
@@ -76,10 +78,11 @@ def main():
     x = torch.randn(1, 3, a.size, a.size)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table_path = a.table or str(out.with_name(f"latency_table_{a.model}_{a.size}.json"))
+    suffix = "" if a.backend == "torch" else f"_{a.backend}"
+    table_path = a.table or str(out.with_name(f"latency_table_{a.model}_{a.size}{suffix}.json"))
     t0 = time.perf_counter()
     table = LatencyTable.build(model, x, table_path, grid=a.grid, warmup=a.warmup, runs=a.runs, threads=a.threads,
-                               statistic=a.statistic, clock=a.clock)
+                               statistic=a.statistic, clock=a.clock, backend=a.backend)
     table_s = time.perf_counter() - t0
     head = {"mobilenet_v2": "classifier.1", "resnet18": "fc", "resnet50": "fc"}[a.model]
     sub = Subnets(model, x, ignore=[head], round_to=a.round_to)
@@ -131,6 +134,7 @@ def main():
         checks.append({"ratio": r, "predicted": lat.cost(w), "measured": p_ms / d_ms,
                        "error": lat.cost(w) / (p_ms / d_ms) - 1})
     res = {"model": a.model, "size": a.size, "threads": a.threads, "statistic": a.statistic, "clock": a.clock,
+           "backend": a.backend,
            "runs": a.runs,
            "pairs": a.pairs, "round_to": a.round_to, "table_seconds": table_s, "table_dense_ms": table.dense_ms,
            "table_layers_ms": table.layers_ms(), "rows": rows, "checks": checks,
@@ -141,9 +145,11 @@ def main():
 
 
 def write_md(res: dict, path: Path, a) -> None:
+    backend = {"torch": "eager PyTorch", "onnxruntime": "onnxruntime"}[res.get("backend", "torch")]
+    flags = "" if a.backend == "torch" else f" --backend {a.backend} --out {a.out}"
     md = [f"# Latency targets: {res['model']} at {res['size']}x{res['size']}, batch 1, {res['threads']} thread(s), "
-          "eager PyTorch", "",
-          f"Command: `{COMMAND} --size {a.size} --macs {' '.join(map(str, a.macs))}` (the table is cached beside the "
+          f"{backend}", "",
+          f"Command: `{COMMAND} --size {a.size} --macs {' '.join(map(str, a.macs))}{flags}` (the table is cached beside the "
           f"results and resumed). Latency = the {res['statistic']} of {res['runs']} timed forwards on the "
           f"{res['clock']} clock, dense and pruned "
           f"timed alternately ({res['pairs']} rounds); channels in units of {res['round_to']}, the classifier kept. "

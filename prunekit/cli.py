@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "or latency=3ms with --latency-table")
     se.add_argument("--latency-table", help="for a latency= target: the per-layer latency table's file (measured "
                                             "on this machine on first use, reused after)")
+    se.add_argument("--latency-backend", choices=["torch", "onnxruntime"],
+                    help="what the latency table times: eager PyTorch or onnxruntime (default: an existing "
+                         "table's backend, else torch)")
     se.add_argument("--candidates", type=int, default=30, help="sub-networks scored (default 30)")
     se.add_argument("--seconds", type=float, help="wall-time budget instead of --candidates")
     se.add_argument("--max-ratio", type=float, help="largest per-layer pruning ratio drawn (default: EagleEye's R "
@@ -294,7 +297,8 @@ def _cmd_search(args) -> int:
                      recal_batches=args.recal_batches, val_images=args.val_images, criterion=args.criterion,
                      batch_size=args.batch_size, subset=args.subset, seed=args.seed, device=args.device,
                      ignore=tuple(args.ignore), out=args.out, force=args.force, resume=args.resume,
-                     data_dir=args.data_dir, latency_table=args.latency_table)
+                     data_dir=args.data_dir, latency_table=args.latency_table,
+                     latency_backend=args.latency_backend)
     b = rep["best"]
     _console().print(_table(f"prunekit search — {rep['model']} → {rep['target']}: "
                             f"{rep['record']['evaluations']} candidates", ("", f"kept {rep['kind']}", "score"),

@@ -970,12 +970,13 @@ def _search_latency(found, model, x) -> dict:
     lat, widths = found.latency, tuple(found.widths.values())
     key = lat.table.key
     threads = key.get("threads", 1)
-    how = {"threads": threads, "statistic": key.get("statistic", "median"), "clock": key.get("clock", "wall")}
+    how = {"threads": threads, "statistic": key.get("statistic", "median"), "clock": key.get("clock", "wall"),
+           "backend": key.get("backend", "torch")}
     dense_ms = table_time_ms(model, x, **how)
     chosen_ms = table_time_ms(found.subnets.pruned_copy(widths), x, **how)
     return {"latency": {"dense_predicted_ms": lat.dense_ms, "chosen_predicted_ms": lat.predict_ms(widths),
                         "dense_measured_ms": dense_ms, "chosen_measured_ms": chosen_ms,
-                        "measured_fraction": chosen_ms / dense_ms, "threads": threads}}
+                        "measured_fraction": chosen_ms / dense_ms, "threads": threads, "backend": how["backend"]}}
 
 
 def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fashion-mnist",
@@ -984,12 +985,13 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
                val_images: int = 1000, criterion: str = "l1", batch_size: int = 128, subset: int | None = None,
                seed: int = 0, device: str = "cpu", ignore=(), out: str = "runs/search", force: bool = False,
                resume: bool = False, progress: bool = True, data_dir: str | None = None,
-               latency_table: str | None = None) -> dict:
+               latency_table: str | None = None, latency_backend: str | None = None) -> dict:
     """``prunekit search``: widths for ``target`` from ``candidates`` scored sub-networks of a trained baseline.
 
     A ``latency=F`` (or ``latency=Xms``) target prices candidates by a per-layer latency table measured on this
-    machine at ``latency_table`` (measured there on first use, reused after); the report then holds the
-    predicted and the measured latency of the dense and the chosen model.
+    machine at ``latency_table`` (measured there on first use, reused after) with ``latency_backend``
+    (``"torch"`` or ``"onnxruntime"``; None: an existing table's, else torch); the report then holds the
+    predicted and the measured latency of the dense and the chosen model, timed on that backend.
 
     Writes ``report.json``, ``report.md``, ``search.png`` (every candidate's cost and score; the chosen widths
     beside the uniform ones), ``record.json`` (every candidate) and ``model.safetensors`` (the baseline cut to
@@ -1021,7 +1023,8 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
         found = search(model, x, target, train=bundle.train, val=val, candidates=candidates, seconds=seconds,
                        max_ratio=max_ratio, window=window, recal_batches=recal_batches, criterion=criterion,
                        ignore=tuple(ignore), seed=seed, device=device, record=str(record),
-                       on_trial=lambda t: bar.advance(t.score), latency_table=latency_table)
+                       on_trial=lambda t: bar.advance(t.score), latency_table=latency_table,
+                       latency_backend=latency_backend)
     subnets = found.subnets
     uniform = tuple(found.uniform_widths.values())
     latency = _search_latency(found, model, x) if found.latency is not None else {}

@@ -23,8 +23,9 @@ timing one pruned copy at half width once (kept in the table's file). The dense 
 :meth:`LatencyModel.validate` reports the error against whole pruned models measured.
 
 Targets: ``latency=0.5`` keeps at most half the dense model's latency (a fraction of the table's measured
-dense latency), ``latency=3.5ms`` an absolute budget. Backend: eager PyTorch (``backend="torch"``), the one
-``prunekit.measure`` times; onnxruntime is not yet a backend here.
+dense latency), ``latency=3.5ms`` an absolute budget. Backend: eager PyTorch (``backend="torch"``, the one
+``prunekit.measure`` times) or onnxruntime (``backend="onnxruntime"``: each layer, the dense model and the
+calibration copy exported to ONNX and run by one CPU session with full graph optimisation; the ``export`` extra).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ __all__ = ["LatencyTable", "LatencyModel", "parse_latency_target", "model_finger
            "BACKENDS"]
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)  # kept fractions of each dimension timed (ours)
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "onnxruntime")
 STATISTICS = ("median", "p10")
 CLOCKS = ("wall", "cpu")
 _TIMED = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -199,7 +200,9 @@ class LatencyTable:
             raise ConfigError(f"grid={grid!r}: give kept fractions in (0, 1], e.g. (0.25, 0.5, 1.0)")
         key = cls.key_for(model, example_inputs, backend=backend, threads=threads, statistic=statistic,
                           clock=clock)
-        timer = dict(warmup=warmup, runs=runs, threads=threads, statistic=statistic, clock=clock)
+        if backend == "onnxruntime":
+            _require_onnxruntime()
+        timer = dict(warmup=warmup, runs=runs, threads=threads, statistic=statistic, clock=clock, backend=backend)
         if path is not None and Path(path).exists():
             table = cls._read(path, key)
         else:
@@ -216,13 +219,21 @@ class LatencyTable:
                 b = [spec["out"]] if _one_d(spec) else _grid_widths(spec["out"], table.grid)
                 table.entries[sig] = {"in": a, "out": b, "ms": [[None] * len(b) for _ in a]}
         todo = [sig for sig, e in table.entries.items() if any(v is None for row in e["ms"] for v in row)]
+        overhead: dict = {}  # onnxruntime: a session's per-call cost, by input shape
         for n, sig in enumerate(todo):
             spec, e = json.loads(sig), table.entries[sig]
             for i, cin in enumerate(e["in"]):
                 for j, cout in enumerate(e["out"]):
                     if e["ms"][i][j] is None:
                         mod, xi = _build(spec, cin, cout)
-                        e["ms"][i][j] = time_forward(mod, xi, **timer)
+                        ms = time_forward(mod, xi, **timer)
+                        if backend == "onnxruntime":  # one session per layer pays the call once per layer;
+                            # the whole model's session pays it once (and fuses BatchNorm into the conv)
+                            shape = tuple(xi.shape)
+                            if shape not in overhead:
+                                overhead[shape] = time_forward(_PassThrough(), xi, **timer)
+                            ms = max(0.0, ms - overhead[shape])
+                        e["ms"][i][j] = ms
             log.info("latency table: layer shape %d/%d timed", n + 1, len(todo))
             if path is not None:
                 table.save(path)
@@ -249,6 +260,14 @@ class LatencyTable:
                               f"LatencyTable.build with the same path to finish it")
         table.path = str(path)
         return table
+
+    @staticmethod
+    def backend_of(path: str | os.PathLike) -> str | None:
+        """The backend a table file was measured with (None when there is no readable file at ``path``)."""
+        try:
+            return json.loads(Path(path).read_text()).get("key", {}).get("backend")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     @classmethod
     def _read(cls, path, key: dict) -> "LatencyTable":
@@ -372,7 +391,7 @@ class LatencyModel:
         if t.calibration is None:
             half = space.uniform(0.5)
             timer = t.timer or {"threads": t.key["threads"], "statistic": t.key["statistic"],
-                                "clock": t.key.get("clock", "wall")}
+                                "clock": t.key.get("clock", "wall"), "backend": t.key.get("backend", "torch")}
             ms = _whole(self.subnets.pruned_copy(half), _single_input(self.subnets.example_inputs), timer)
             layers, act = self._layers_and_act(half)
             t.calibration = {"widths": list(half), "measured_ms": ms, "residual": ms - layers, "act": act}
@@ -421,7 +440,9 @@ class LatencyModel:
     def predict_ms(self, widths) -> float:
         """Predicted milliseconds of the model cut to ``widths``."""
         layers, act = self._layers_and_act(widths)
-        return layers + self.c0 + self.c1 * act
+        # the residual's line can fall below zero far from its calibration point when the layers timed alone
+        # sum to more than the whole model (onnxruntime fuses layers); a latency is never negative
+        return max(0.0, layers + self.c0 + self.c1 * act)
 
     def cost(self, widths) -> float:
         """Predicted latency kept: ``predict_ms(widths) / predict_ms(dense)``."""
@@ -455,7 +476,8 @@ class LatencyModel:
             pruned = self.subnets.pruned_copy(widths) if widths != self.subnets.space.full() else \
                 copy.deepcopy(self.subnets.model)
             measured = time_forward(pruned, x, warmup=warmup, runs=runs, threads=threads,
-                                    statistic=self.table.key["statistic"], clock=self.table.key.get("clock", "wall"))
+                                    statistic=self.table.key["statistic"], clock=self.table.key.get("clock", "wall"),
+                                    backend=self.table.key.get("backend", "torch"))
             pred = self.predict_ms(widths)
             out.append({"widths": list(widths), "predicted_ms": pred, "measured_ms": measured,
                         "error": pred / measured - 1.0})
@@ -469,9 +491,17 @@ def _whole(model: nn.Module, x, timer: dict, rounds: int = 3) -> float:
 
 
 def time_forward(model: nn.Module, x, *, warmup: int = 3, runs: int = 15, threads: int = 1,
-                 statistic: str = "median", clock: str = "wall") -> float:
+                 statistic: str = "median", clock: str = "wall", backend: str = "torch") -> float:
     """Milliseconds of one forward: :func:`prunekit.measure.latency` for the wall clock; for ``clock="cpu"``
-    the same protocol (eval mode, ``no_grad``, warm-up, ``runs`` timed) read on the thread's CPU clock."""
+    the same protocol (eval mode, ``no_grad``, warm-up, ``runs`` timed) read on the thread's CPU clock.
+    ``backend="onnxruntime"``: the model exported to ONNX and run by an onnxruntime CPU session (``threads``
+    intra-op threads, full graph optimisation), the same warm-up, runs and clocks."""
+    if backend == "onnxruntime":
+        return _ort_forward_ms(model, x, warmup=warmup, runs=runs, threads=threads, statistic=statistic,
+                               clock=clock)
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not a latency backend; choose one of "
+                          f"{', '.join(map(repr, BACKENDS))}")
     if clock == "wall":
         s = latency(model, x, warmup=warmup, runs=runs, threads=threads)
         return s.median_ms if statistic == "median" else s.p10
@@ -492,6 +522,54 @@ def time_forward(model: nn.Module, x, *, warmup: int = 3, runs: int = 15, thread
         torch.set_num_threads(old)
         for m, f in flags:
             m.training = f
+    return float(np.median(times) if statistic == "median" else np.percentile(times, 10))
+
+
+class _PassThrough(nn.Module):
+    """The cheapest graph onnxruntime runs on an input: what one session call costs beyond the layer's work."""
+
+    def forward(self, x):
+        return x + 0
+
+
+def _require_onnxruntime():
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("backend='onnxruntime' needs onnx and onnxruntime: pip install 'prunekit[export]'; or "
+                          "use backend='torch'") from None
+    return onnxruntime
+
+
+def _ort_forward_ms(model: nn.Module, x, *, warmup: int, runs: int, threads: int, statistic: str,
+                    clock: str) -> float:
+    ort = _require_onnxruntime()
+    x = _single_input(x)
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.onnx")
+            with torch.no_grad():
+                torch.onnx.export(model, (x,), path, input_names=["x"], dynamo=False)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    finally:
+        for m, f in flags:
+            m.training = f
+    feed = {"x": x.detach().cpu().numpy()}
+    clock_fn = time.thread_time if clock == "cpu" else time.perf_counter
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = clock_fn()
+        session.run(None, feed)
+        times.append((clock_fn() - t0) * 1e3)
     return float(np.median(times) if statistic == "median" else np.percentile(times, 10))
 
 

@@ -75,10 +75,11 @@ class SearchResult:
                 **({"latency_dense_ms": self.latency.dense_ms} if self.latency is not None else {})}
 
 
-def target_cost(subnets: Subnets, target: str, latency_table=None) -> tuple:
+def target_cost(subnets: Subnets, target: str, latency_table=None, backend: str | None = None) -> tuple:
     """``(kind, limit, cost, latency model or None)`` of a ``macs=``/``params=``/``sparsity=``/``latency=``
     target over ``subnets``' candidates; a latency target measures (or loads and continues) the table at
-    ``latency_table`` (a path or a :class:`LatencyTable`) and is refused without one."""
+    ``latency_table`` (a path or a :class:`LatencyTable`) and is refused without one. ``backend``: the table's
+    ``"torch"`` or ``"onnxruntime"``; None: the backend of the file at that path, else torch."""
     if parse_latency_target(target) is None:
         kind, limit = parse_target(target)  # sparsity=s is params=1-s
         return kind, limit, (lambda widths: subnets.cost(widths, kind)), None
@@ -86,8 +87,11 @@ def target_cost(subnets: Subnets, target: str, latency_table=None) -> tuple:
         raise ConfigError(f"target={target!r} needs a latency table measured on this machine: pass "
                           f"latency_table=PATH (measured there on first use, resumable, reused after) or a "
                           f"LatencyTable; or give a macs=/params= target")
-    table = latency_table if isinstance(latency_table, LatencyTable) else \
-        LatencyTable.build(subnets.model, subnets.example_inputs, latency_table)
+    if isinstance(latency_table, LatencyTable):
+        table = latency_table
+    else:
+        backend = backend or LatencyTable.backend_of(latency_table) or "torch"
+        table = LatencyTable.build(subnets.model, subnets.example_inputs, latency_table, backend=backend)
     lat = LatencyModel(subnets, table)
     return "latency", lat.limit_for(target), lat.cost, lat
 
@@ -97,7 +101,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
            window: float = 0.005, recal_batches: int = 50, val_images: int | None = None, criterion: str = "l1",
            ignore=(), round_to: int = 1, min_channels: int = 1, seed: int = 0, device: str = "cpu",
            record: str | None = None, max_draws: int = 100_000,
-           on_trial: Callable[[Trial], None] | None = None, latency_table=None) -> SearchResult:
+           on_trial: Callable[[Trial], None] | None = None, latency_table=None,
+           latency_backend: str | None = None) -> SearchResult:
     """Search per-layer widths meeting ``target`` (``macs=``/``params=``/``latency=`` kept fraction, or
     ``latency=Xms``); the model is unchanged.
 
@@ -106,7 +111,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     re-estimating BatchNorm per candidate (0: the stale statistics); ``record``: a JSON file keeping every
     candidate, resumed when it exists; ``on_trial``: called after each evaluation (a progress bar);
     ``latency_table``: for a ``latency=`` target, the table's cache path (measured there when missing) or a
-    :class:`~prunekit.measure.latency_table.LatencyTable`. ``max_ratio=None``: EagleEye's R for the target's
+    :class:`~prunekit.measure.latency_table.LatencyTable`; ``latency_backend``: ``"torch"`` or ``"onnxruntime"``
+    for a table measured there (None: an existing file's backend, else torch). ``max_ratio=None``: EagleEye's R for the target's
     kept fraction; for a latency target (latency falls slower than FLOPs) the first R of 0.4/0.7/0.8/0.9/0.95
     from that one on whose average draw meets the target. A target that no draw at ``max_ratio`` can reach is
     refused before any candidate is scored.
@@ -132,7 +138,7 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     subnets = Subnets(model, example_inputs, criterion=criterion, ignore=ignore, round_to=round_to,
                       min_channels=min_channels)
     space = subnets.space
-    kind, limit, cost, lat = target_cost(subnets, target, latency_table)
+    kind, limit, cost, lat = target_cost(subnets, target, latency_table, latency_backend)
     r_max = max_ratio if max_ratio is not None else max_ratio_for(limit)
 
     def uniform_cost(r: float) -> float:  # every segment pruned at ratio r

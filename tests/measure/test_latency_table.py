@@ -172,3 +172,35 @@ def test_the_calibration_splits_the_residual_into_overhead_and_activation_work_a
     LatencyModel(s, t)
     saved = json.loads((tmp_path / "t.json").read_text())["calibration"]
     assert saved["widths"] == list(s.space.uniform(0.5)) and saved["measured_ms"] > 0 and 0 < saved["act"] < 1
+
+
+def test_an_onnxruntime_table_times_the_exported_layers_and_a_search_reuses_it_with_its_backend(tmp_path):
+    pytest.importorskip("onnxruntime")
+    m = net(8)
+    path = tmp_path / "ort.json"
+    t = quick(m, path, grid=(0.5, 1.0), backend="onnxruntime")
+    assert t.key["backend"] == "onnxruntime" and LatencyTable.backend_of(path) == "onnxruntime"
+    assert t.dense_ms > 0 and all(v >= 0 for e in t.entries.values() for r in e["ms"] for v in r)
+    with pytest.raises(ConfigError, match="backend"):  # a torch table is another setting
+        LatencyTable.load(path, m, X)
+    assert LatencyTable.load(path, m, X, backend="onnxruntime").entries == t.entries
+    batches = [(torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,))) for _ in range(2)]
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    r = pk.search(m, X, "latency=1.0", train=batches, val=batches, candidates=2, recal_batches=1, window=0.99,
+                  latency_table=str(path))
+    assert r.latency.table.key["backend"] == "onnxruntime"  # the file's backend, not torch
+    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+
+
+def test_the_onnxruntime_clock_times_a_bigger_layer_longer():
+    pytest.importorskip("onnxruntime")
+    small = lt.time_forward(nn.Conv2d(4, 4, 3), torch.randn(1, 4, 32, 32), backend="onnxruntime", runs=9)
+    big = lt.time_forward(nn.Conv2d(64, 64, 3), torch.randn(1, 64, 32, 32), backend="onnxruntime", runs=9)
+    assert 0 < small < big
+
+
+def test_an_unknown_backend_is_refused_by_name():
+    with pytest.raises(ConfigError, match="backend='tvm'"):
+        quick(net(), backend="tvm")
+    with pytest.raises(ConfigError, match="backend='tvm'"):
+        lt.time_forward(net(), X, backend="tvm")
