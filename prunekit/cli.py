@@ -159,7 +159,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="worker processes sharing the grid (each claims cells; e.g. one per core, or several "
                         "per GPU for small models)")
     b.add_argument("--keep-going", action="store_true",
-                   help="record a cell that raises (<cell>.failed.json) and go on (the default with --workers)")
+                   help="record a cell that raises (<cell>.failed.json) and go on (the default with --workers "
+                        "and --executor ray)")
+    b.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where cells run: this machine (local; --workers processes) or Ray tasks, one CPU each "
+                        "(a local Ray instance of --workers CPUs, or the cluster at --address); needs "
+                        "pip install 'prunekit[ray]'")
+    b.add_argument("--address", help="with --executor ray: the running cluster's head, host:port")
     b.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="run only these of the grid's seeds (e.g. --seeds 0: one complete table, controls "
                         "included, first); a later run without it reuses the cells")
@@ -341,7 +347,7 @@ def _cmd_bench(args) -> int:
         raise ConfigError(f"--workers {args.workers} must be at least 1")
     rep = bench_job(args.grid, out=args.out, resume=not args.fresh, limit=args.limit, reverse=args.reverse,
                     workers=args.workers, keep_going=args.keep_going or None, threads=args.threads,
-                    seeds=args.seeds)
+                    seeds=args.seeds, executor=args.executor, address=args.address)
     failed = f", {rep['failed']} failed (see the report's notes)" if rep.get("failed") else ""
     print(f"{rep['done']} cells done, {rep['ran']} run now, {rep['remaining']} remaining{failed}; "
           f"table: {rep.get('markdown')}")

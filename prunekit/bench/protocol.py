@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -43,6 +45,7 @@ from .. import data, models, workflows as W
 from ..report import write_bench_report, write_json
 from ..train import fit
 from ..train.baseline import baseline_info
+from ..train.executor import make_executor
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +301,8 @@ def dependencies(grid: BenchGrid, method: str, target: str, finished, failed) ->
 
 def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, progress: bool = True,
              limit: int | None = None, command: str | None = None, reverse: bool = False, workers: int = 1,
-             keep_going: bool | None = None, threads: int = 1) -> dict:
+             keep_going: bool | None = None, threads: int = 1, executor: str = "local",
+             address: str | None = None) -> dict:
     """Run every unfinished cell of ``grid`` (at most ``limit`` new ones), then write the aggregated report.
 
     A cell is skipped when its file exists (written by this or any other run of the same protocol), so a
@@ -312,15 +316,25 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
     ``<cell>.failed.json`` with its traceback and goes on; the failure is listed in the report and the cell
     is tried again by the next run. Returns ``{"done", "ran", "remaining", "failed", "json", "markdown",
     "pareto"}``.
+
+    ``executor="ray"`` runs the unfinished cells as Ray tasks instead (one CPU each; :mod:`prunekit.train.executor`):
+    on a private local instance of ``workers`` CPUs, or on the cluster at ``address``. Every cell seeds itself, so
+    a cell's numbers are those of the local run; this process writes each cell's file as its task ends (a
+    cluster needs no shared file system), the method rows first, then the rows that wait on them.
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers={workers!r} must be a positive int, e.g. workers=4")
-    if workers > 1 and (limit is not None or reverse or not resume):
+    ex = make_executor(executor, address=address, num_cpus=workers if executor == "ray" and address is None else
+                       None)
+    if executor == "ray" and (limit is not None or reverse or not resume):
+        raise ConfigError("executor='ray' runs every unfinished cell: leave limit, reverse and fresh unset (for a "
+                          "fresh grid, give it a new out= prefix)")
+    if executor == "local" and workers > 1 and (limit is not None or reverse or not resume):
         raise ConfigError(f"workers={workers} shares the grid by claiming cells: leave limit, reverse and fresh "
                           f"unset (for a fresh grid with workers, give it a new out= prefix)")
     check_grid(grid)
     if keep_going is None:
-        keep_going = workers > 1
+        keep_going = workers > 1 or executor == "ray"
     prefix = Path(out or grid.out)
     cells_dir = _cells_dir(grid, out)
     cells_dir.mkdir(parents=True, exist_ok=True)
@@ -329,7 +343,10 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
     base = baseline_numbers(ctx, cells_dir / "baseline.json")
     ran = 0
     todo = grid.cells()
-    if workers > 1:
+    if executor == "ray":
+        ran = _run_tasks(grid, ex, cells_dir, base, fp, keep_going, threads)
+        resume, reverse, limit = True, False, 0  # below: only collect what the tasks wrote and report it
+    elif workers > 1:
         ran = _run_workers(grid, out, workers, keep_going, threads)
         resume, reverse, limit = True, False, 0  # below: only collect what the workers wrote and report it
 
@@ -388,23 +405,73 @@ def run_grid(grid: BenchGrid, *, out: str | None = None, resume: bool = True, pr
 def _run_one(ctx: _Context, cells_dir: Path, cell: tuple[str, str, int], base: dict, fp: str, progress: bool,
              keep_going: bool, run_id: str = "", deps: dict | None = None) -> int:
     """Run one cell and write its file (or, with ``keep_going``, its failure); 1 when it finished."""
-    import traceback
-
-    cid = cell_id(*cell)
     try:
         data = run_cell(ctx, *cell, base, progress=progress, deps=deps)
     except Exception as exc:  # noqa: BLE001 - recorded, and re-raised unless keep_going
         if not keep_going:
             raise
+        return _record(cells_dir, cell, fp, None, exc, traceback.format_exc(), run_id)
+    return _record(cells_dir, cell, fp, data, None, "", run_id)
+
+
+def _record(cells_dir: Path, cell: tuple[str, str, int], fp: str, data: dict | None, exc: BaseException | None,
+            tb: str, run_id: str = "") -> int:
+    """Write a finished cell's file (1) or its failure's (0)."""
+    cid = cell_id(*cell)
+    if exc is not None:
         log.error("cell %s raised %s: %s", cid, type(exc).__name__, exc)
         write_json({"fingerprint": fp, "run": run_id, "method": cell[0], "target": cell[1], "seed": cell[2],
-                    "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
-                   cells_dir / f"{cid}.failed.json")
+                    "error": f"{type(exc).__name__}: {exc}", "traceback": tb}, cells_dir / f"{cid}.failed.json")
         return 0
     data["fingerprint"] = fp
     write_json(data, cells_dir / f"{cid}.json")
     (cells_dir / f"{cid}.failed.json").unlink(missing_ok=True)
     return 1
+
+
+_TASK_CONTEXTS: dict = {}  # a Ray worker process keeps one grid's data and baseline across its cells
+
+
+def _task_cell(grid: BenchGrid, cell: tuple[str, str, int], base: dict, deps: dict | None, threads: int) -> dict:
+    """One cell as a job of an executor (a Ray task): the same :func:`run_cell` a local run calls."""
+    torch.set_num_threads(threads)
+    fp = grid.fingerprint()
+    if fp not in _TASK_CONTEXTS:
+        _TASK_CONTEXTS.clear()
+        _TASK_CONTEXTS[fp] = _Context(grid)
+    return run_cell(_TASK_CONTEXTS[fp], *cell, base, progress=False, deps=deps)
+
+
+def _run_tasks(grid: BenchGrid, ex, cells_dir: Path, base: dict, fp: str, keep_going: bool, threads: int) -> int:
+    """Every unfinished cell as a job of ``ex``: the method rows, then the rows that wait on them."""
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    ran, started = 0, False
+    with contextlib.ExitStack() as stack:
+        for waiting in (False, True):
+            state = _GridState(grid, cells_dir, fp)
+            jobs = []
+            for cell in grid.cells():
+                if grid.waits(cell[0]) != waiting or state.finished(*cell) is not None:
+                    continue
+                deps = state.deps(cell[0], cell[1])
+                if waiting and deps is None:
+                    continue  # its target's method rows did not all finish
+                jobs.append((grid, cell, base, deps, threads))
+            log.info("%s executor: %d cells", ex.kind, len(jobs))
+            if not jobs:
+                continue
+            if not started:  # the executor starts (Ray: an instance or a connection) only for a cell to run
+                stack.enter_context(ex)
+                started = True
+            for i, data, exc in ex.run(_task_cell, jobs):
+                cell = jobs[i][1]
+                if exc is not None and not keep_going:
+                    raise exc
+                tb = "".join(traceback.format_exception(exc)) if exc is not None else ""
+                ran += _record(cells_dir, cell, fp, data, exc, tb, run_id)
+    return ran
 
 
 class _GridState:
@@ -627,7 +694,8 @@ def load_grid(path) -> BenchGrid:
 
 def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progress: bool = True,
               limit: int | None = None, reverse: bool = False, workers: int = 1, keep_going: bool | None = None,
-              threads: int = 1, seeds: list[int] | None = None) -> dict:
+              threads: int = 1, seeds: list[int] | None = None, executor: str = "local",
+              address: str | None = None) -> dict:
     """Run (or continue) a benchmark grid described by a YAML file; see :mod:`prunekit.bench`.
 
     ``seeds``: run only these of the grid's seeds (e.g. ``[0]``: one complete table, control rows included,
@@ -642,6 +710,8 @@ def bench_job(grid: str, *, out: str | None = None, resume: bool = True, progres
         spec = dataclasses.replace(spec, seeds=tuple(s for s in spec.seeds if s in seeds))
     command = (f"prunekit bench {grid}" + (f" --out {out}" if out else "")
                + (f" --seeds {' '.join(map(str, seeds))}" if seeds is not None else "")
-               + (f" --workers {workers}" if workers > 1 else ""))
+               + (f" --workers {workers}" if workers > 1 else "")
+               + (f" --executor {executor}" if executor != "local" else "")
+               + (f" --address {address}" if address else ""))
     return run_grid(spec, out=out, resume=resume, progress=progress, limit=limit, command=command, reverse=reverse,
-                    workers=workers, keep_going=keep_going, threads=threads)
+                    workers=workers, keep_going=keep_going, threads=threads, executor=executor, address=address)
