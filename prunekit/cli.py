@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "or latency=3ms with --latency-table")
     se.add_argument("--latency-table", help="for a latency= target: the per-layer latency table's file (measured "
                                             "on this machine on first use, reused after)")
+    se.add_argument("--latency-checks", type=int, default=2,
+                    help="rounds of timing the chosen candidate against the dense model and, on a miss, choosing "
+                         "again under a limit lowered by the miss (default 2; 0 trusts the table)")
     se.add_argument("--latency-backend", choices=["torch", "onnxruntime"],
                     help="what the latency table times: eager PyTorch or onnxruntime (default: an existing "
                          "table's backend, else torch)")
@@ -304,7 +307,7 @@ def _cmd_search(args) -> int:
                      batch_size=args.batch_size, subset=args.subset, seed=args.seed, device=args.device,
                      ignore=tuple(args.ignore), out=args.out, force=args.force, resume=args.resume,
                      data_dir=args.data_dir, latency_table=args.latency_table,
-                     latency_backend=args.latency_backend)
+                     latency_backend=args.latency_backend, latency_checks=args.latency_checks)
     b = rep["best"]
     _console().print(_table(f"prunekit search — {rep['model']} → {rep['target']}: "
                             f"{rep['record']['evaluations']} candidates", ("", f"kept {rep['kind']}", "score"),

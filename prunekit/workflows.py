@@ -985,7 +985,8 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
                val_images: int = 1000, criterion: str = "l1", batch_size: int = 128, subset: int | None = None,
                seed: int = 0, device: str = "cpu", ignore=(), out: str = "runs/search", force: bool = False,
                resume: bool = False, progress: bool = True, data_dir: str | None = None,
-               latency_table: str | None = None, latency_backend: str | None = None) -> dict:
+               latency_table: str | None = None, latency_backend: str | None = None,
+               latency_checks: int = 2) -> dict:
     """``prunekit search``: widths for ``target`` from ``candidates`` scored sub-networks of a trained baseline.
 
     A ``latency=F`` (or ``latency=Xms``) target prices candidates by a per-layer latency table measured on this
@@ -1024,7 +1025,7 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
                        max_ratio=max_ratio, window=window, recal_batches=recal_batches, criterion=criterion,
                        ignore=tuple(ignore), seed=seed, device=device, record=str(record),
                        on_trial=lambda t: bar.advance(t.score), latency_table=latency_table,
-                       latency_backend=latency_backend)
+                       latency_backend=latency_backend, latency_checks=latency_checks)
     subnets = found.subnets
     uniform = tuple(found.uniform_widths.values())
     latency = _search_latency(found, model, x) if found.latency is not None else {}

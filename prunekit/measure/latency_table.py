@@ -464,6 +464,21 @@ class LatencyModel:
                      self._dense_ms)
         return min(limit, 1.0)
 
+    def measured_fraction(self, widths, *, rounds: int = 3) -> float:
+        """The measured latency of the model cut to ``widths`` as a fraction of the dense model's, both timed
+        now with the table's timer, alternately (``rounds`` each, the median): the figure a latency target is
+        checked against."""
+        timer = self.table.timer or {"threads": self.table.key["threads"], "statistic": self.table.key["statistic"],
+                                     "clock": self.table.key.get("clock", "wall"),
+                                     "backend": self.table.key.get("backend", "torch")}
+        x = _single_input(self.subnets.example_inputs)
+        pruned, dense = self.subnets.pruned_copy(self.subnets.space.clip(widths)), copy.deepcopy(self.subnets.model)
+        d, p = [], []
+        for _ in range(rounds):
+            d.append(time_forward(dense, x, **timer))
+            p.append(time_forward(pruned, x, **timer))
+        return float(np.median(p) / np.median(d))
+
     def validate(self, candidates: Iterable, *, warmup: int = 3, runs: int = 15, threads: int | None = None) -> list:
         """Predicted vs measured milliseconds of each candidate's physically pruned copy (the model is not
         changed): ``[{"widths", "predicted_ms", "measured_ms", "error"}]`` with ``error`` = predicted /

@@ -34,6 +34,10 @@ def render_search_markdown(r: dict) -> str:
                       f"dense {lat['dense_measured_ms']:.3f} measured / {lat['dense_predicted_ms']:.3f} predicted; "
                       f"chosen {lat['chosen_measured_ms']:.3f} measured / {lat['chosen_predicted_ms']:.3f} "
                       f"predicted, {lat['measured_fraction']:.3f} of the dense latency as measured."]
+        for i, c in enumerate(r.get("latency_checks", [])):
+            lines.append(f"- check {i + 1}: candidate {c['index']}, table limit {c['table_limit']:.3f}, predicted "
+                         f"{c['predicted']:.3f}, measured {c['measured']:.3f} of the dense latency: "
+                         + ("meets the target" if c["met"] else "misses it"))
     if r.get("files", {}).get("plot"):
         lines += ["", f"![search]({r['files']['plot']})"]
     if r.get("files", {}).get("model"):

@@ -14,7 +14,8 @@ instead of MACs or parameters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -30,6 +31,8 @@ from ..measure.latency_table import LatencyModel, LatencyTable, parse_latency_ta
 from .subnet_eval import SubnetEvaluator
 
 __all__ = ["search", "SearchResult", "max_ratio_for", "SAMPLERS", "target_cost"]
+
+log = logging.getLogger(__name__)
 
 SAMPLERS = ("random",)
 _WIDER_R = (0.7, 0.8, 0.9, 0.95)  # ours: the R tried in turn for a latency target (see search)
@@ -61,6 +64,7 @@ class SearchResult:
     limit: float
     max_ratio: float
     latency: LatencyModel | None = None  # the cost model of a latency= target
+    checks: list = field(default_factory=list)  # a latency target's measured checks (see search)
 
     def cost(self, widths) -> float:
         """A candidate's cost in the target's kind (the kept fraction of MACs, params or predicted latency)."""
@@ -72,7 +76,8 @@ class SearchResult:
                 "widths": self.widths, "uniform_widths": self.uniform_widths, "uniform_score": self.uniform_score,
                 "dense_widths": dict(zip(self.subnets.space.names, self.subnets.space.widths)),
                 "exact_masking": self.subnets.exact, "record": self.record.as_dict(),
-                **({"latency_dense_ms": self.latency.dense_ms} if self.latency is not None else {})}
+                **({"latency_dense_ms": self.latency.dense_ms, "latency_checks": self.checks}
+                   if self.latency is not None else {})}
 
 
 def target_cost(subnets: Subnets, target: str, latency_table=None, backend: str | None = None) -> tuple:
@@ -102,7 +107,7 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
            ignore=(), round_to: int = 1, min_channels: int = 1, seed: int = 0, device: str = "cpu",
            record: str | None = None, max_draws: int = 100_000,
            on_trial: Callable[[Trial], None] | None = None, latency_table=None,
-           latency_backend: str | None = None) -> SearchResult:
+           latency_backend: str | None = None, latency_checks: int = 2) -> SearchResult:
     """Search per-layer widths meeting ``target`` (``macs=``/``params=``/``latency=`` kept fraction, or
     ``latency=Xms``); the model is unchanged.
 
@@ -115,7 +120,11 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     for a table measured there (None: an existing file's backend, else torch). ``max_ratio=None``: EagleEye's R for the target's
     kept fraction; for a latency target (latency falls slower than FLOPs) the first R of 0.4/0.7/0.8/0.9/0.95
     from that one on whose average draw meets the target. A target that no draw at ``max_ratio`` can reach is
-    refused before any candidate is scored.
+    refused before any candidate is scored. ``latency_checks`` (ours; latency targets only): rounds of a
+    measured check: the chosen candidate is cut and timed against the dense model; when it misses the target,
+    the table's limit is lowered by the miss (limit × target / measured), the best candidate already scored
+    under it is taken, or ``candidates`` more are drawn there, and the new choice is timed again. Every check is
+    in ``result.checks``; 0 trusts the table.
 
     Example:
         >>> import torch, prunekit as pk
@@ -134,6 +143,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
         raise ConfigError(f"max_ratio={max_ratio!r} must be in (0, 1): the largest ratio a layer is drawn at")
     if not 0 <= window < 1:
         raise ConfigError(f"window={window!r} must be in [0, 1): how far below the target a candidate may land")
+    if not isinstance(latency_checks, int) or isinstance(latency_checks, bool) or latency_checks < 0:
+        raise ConfigError(f"latency_checks={latency_checks!r} must be an int >= 0 (0 trusts the latency table)")
     budget = SearchBudget(evaluations=candidates if seconds is None else None, seconds=seconds)
     subnets = Subnets(model, example_inputs, criterion=criterion, ignore=ignore, round_to=round_to,
                       min_channels=min_channels)
@@ -174,7 +185,47 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
                           f"target={target!r} in {max_draws:,} draws; raise max_ratio (more pruning per layer) or "
                           f"window")
     best = rec.best()[0]
+    checks = []
+    if lat is not None and latency_checks:
+        best, checks = _measured_checks(rec, best, lat, limit, latency_checks, window, max_draws, r_max, space, cost,
+                                        score, budget, seed)
     uniform = subnets.uniform_at(target) if lat is None else uniform_within(space, cost, limit)
     return SearchResult(rec, best, dict(zip(space.names, best.widths)), dict(zip(space.names, uniform)),
-                        score(uniform), subnets.plan(best.widths), subnets, kind, limit, r_max, lat)
+                        score(uniform), subnets.plan(best.widths), subnets, kind, limit, r_max, lat, checks)
+
+
+def _measured_checks(rec, best, lat: LatencyModel, limit: float, rounds: int, window: float, max_draws: int,
+                     r_max: float, space, cost, score, budget: SearchBudget, seed: int):
+    """Time the chosen candidate; while it misses ``limit`` as measured, lower the table's limit by the miss and
+    choose again (among the scored candidates under it, else ``budget`` more drawn there)."""
+    checks, table_limit = [], limit
+    for r in range(rounds + 1):
+        measured = lat.measured_fraction(best.widths)
+        checks.append({"table_limit": table_limit, "predicted": best.cost, "measured": measured,
+                       "index": best.index, "met": measured <= limit + 1e-9})
+        if measured <= limit + 1e-9 or r == rounds:
+            break
+        table_limit = table_limit * limit / measured
+        under = [t for t in rec.trials if t.cost <= table_limit + 1e-12]
+        if not under:
+            def propose(rng, _record, _limit=table_limit):
+                widths, n = sample_feasible(space, cost, _limit, rng, lambda g: random_ratios(g, len(space), r_max),
+                                            window=window, tries=max_draws)
+                return widths, {"draws": n, "check": r + 1}
+
+            more = SearchBudget(evaluations=None if budget.evaluations is None else
+                                len(rec.trials) + budget.evaluations,
+                                seconds=None if budget.seconds is None else rec.seconds + budget.seconds)
+            try:
+                run_search(space, propose, score, cost, table_limit, more, seed=seed + r + 1, record=rec)
+            except ConfigError:
+                pass  # nothing reachable there: the last choice stands, its miss recorded
+            under = [t for t in rec.trials if t.cost <= table_limit + 1e-12]
+            if not under:
+                break
+        best = min(under, key=lambda t: (-t.score, t.index))
+    if not checks[-1]["met"]:
+        log.warning("latency target %.3f missed as measured: the chosen candidate keeps %.3f of the dense latency "
+                    "after %d check(s)", limit, checks[-1]["measured"], len(checks))
+    return best, checks
 

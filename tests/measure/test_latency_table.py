@@ -204,3 +204,22 @@ def test_an_unknown_backend_is_refused_by_name():
         quick(net(), backend="tvm")
     with pytest.raises(ConfigError, match="backend='tvm'"):
         lt.time_forward(net(), X, backend="tvm")
+
+
+def test_a_candidate_that_misses_the_latency_target_as_measured_is_replaced_by_one_under_a_lowered_limit(
+        tmp_path, monkeypatch):
+    m = net(8)
+    table = synthetic(quick(m, grid=(0.5, 1.0)))
+    batches = [(torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,))) for _ in range(2)]
+    # the machine runs every cut model 1.2x slower than the table says (narrow layers slower inside the model)
+    monkeypatch.setattr(LatencyModel, "measured_fraction", lambda self, widths: min(1.0, 1.2 * self.cost(widths)))
+    r = pk.search(m, X, "latency=0.9", train=batches, val=batches, candidates=4, recal_batches=1, window=0.1,
+                  latency_table=table, max_ratio=0.9, latency_checks=4)
+    first, last = r.checks[0], r.checks[-1]
+    assert not first["met"] and first["measured"] == pytest.approx(1.2 * first["predicted"])
+    assert last["met"] and last["measured"] <= 0.9 + 1e-9  # the final choice meets the target as measured
+    assert last["table_limit"] < 0.9 and r.best.cost <= last["table_limit"] + 1e-12
+    assert r.as_dict()["latency_checks"] == r.checks
+    trusted = pk.search(m, X, "latency=0.9", train=batches, val=batches, candidates=4, recal_batches=1, window=0.1,
+                        latency_table=table, max_ratio=0.9, latency_checks=0)
+    assert trusted.checks == [] and trusted.best.cost > 0.9 / 1.2  # without checks the table's choice stands
