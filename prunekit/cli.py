@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
                                                           "or latency=3ms with --latency-table")
     se.add_argument("--latency-table", help="for a latency= target: the per-layer latency table's file (measured "
                                             "on this machine on first use, reused after)")
+    se.add_argument("--executor", default="local", choices=["local", "ray"],
+                    help="where candidates are scored: here, or as Ray tasks (pip install 'prunekit[ray]'); the "
+                         "same candidates and scores either way")
+    se.add_argument("--address", help="with --executor ray: the running cluster's head, host:port (default: a "
+                                      "local Ray instance of --workers CPUs)")
+    se.add_argument("--workers", type=int, default=2, help="with --executor ray: candidates scored at once")
     se.add_argument("--latency-checks", type=int, default=2,
                     help="rounds of timing the chosen candidate against the dense model and, on a miss, choosing "
                          "again under a limit lowered by the miss (default 2; 0 trusts the table)")
@@ -307,7 +313,8 @@ def _cmd_search(args) -> int:
                      batch_size=args.batch_size, subset=args.subset, seed=args.seed, device=args.device,
                      ignore=tuple(args.ignore), out=args.out, force=args.force, resume=args.resume,
                      data_dir=args.data_dir, latency_table=args.latency_table,
-                     latency_backend=args.latency_backend, latency_checks=args.latency_checks)
+                     latency_backend=args.latency_backend, latency_checks=args.latency_checks,
+                     executor=args.executor, address=args.address, workers=args.workers)
     b = rep["best"]
     _console().print(_table(f"prunekit search — {rep['model']} → {rep['target']}: "
                             f"{rep['record']['evaluations']} candidates", ("", f"kept {rep['kind']}", "score"),

@@ -92,7 +92,7 @@ class RayExecutor:
                               "executor") from None
         env = {k: v for k, v in os.environ.items() if k.startswith("PRUNEKIT_")}
         if not ray.is_initialized():
-            kw: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
+            kw: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "logging_level": logging.WARNING}
             if self.address is None:
                 kw.update(num_cpus=self.num_cpus, include_dashboard=False)
             try:

@@ -15,6 +15,8 @@ instead of MACs or parameters.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,6 +30,7 @@ from ..api import Plan, Subnets
 from ..data import first_batches, first_examples
 from ..errors import ConfigError
 from ..measure.latency_table import LatencyModel, LatencyTable, parse_latency_target
+from .executor import make_executor
 from .subnet_eval import SubnetEvaluator
 
 __all__ = ["search", "SearchResult", "max_ratio_for", "SAMPLERS", "target_cost"]
@@ -107,7 +110,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
            ignore=(), round_to: int = 1, min_channels: int = 1, seed: int = 0, device: str = "cpu",
            record: str | None = None, max_draws: int = 100_000,
            on_trial: Callable[[Trial], None] | None = None, latency_table=None,
-           latency_backend: str | None = None, latency_checks: int = 2) -> SearchResult:
+           latency_backend: str | None = None, latency_checks: int = 2, executor: str = "local",
+           address: str | None = None, workers: int = 2) -> SearchResult:
     """Search per-layer widths meeting ``target`` (``macs=``/``params=``/``latency=`` kept fraction, or
     ``latency=Xms``); the model is unchanged.
 
@@ -124,7 +128,11 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     measured check: the chosen candidate is cut and timed against the dense model; when it misses the target,
     the table's limit is lowered by the miss (limit × target / measured), the best candidate already scored
     under it is taken, or ``candidates`` more are drawn there, and the new choice is timed again. Every check is
-    in ``result.checks``; 0 trusts the table.
+    in ``result.checks``; 0 trusts the table. ``executor="ray"``: the candidates are drawn here (the same ones,
+    in the same order, as the local run) and scored as Ray tasks, ``workers`` chunks of them, on a local Ray
+    instance of ``workers`` CPUs or the cluster at ``address`` (:mod:`prunekit.train.executor`); every score
+    equals the local run's. A record being written holds the drawn candidates unscored (NaN) until their
+    tasks end, and a resumed search scores what is left.
 
     Example:
         >>> import torch, prunekit as pk
@@ -145,6 +153,13 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
         raise ConfigError(f"window={window!r} must be in [0, 1): how far below the target a candidate may land")
     if not isinstance(latency_checks, int) or isinstance(latency_checks, bool) or latency_checks < 0:
         raise ConfigError(f"latency_checks={latency_checks!r} must be an int >= 0 (0 trusts the latency table)")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be a positive int (the chunks of candidates scored at once)")
+    ex = make_executor(executor, address=address, num_cpus=workers if executor == "ray" and address is None else
+                       None)
+    if executor == "ray" and seconds is not None:
+        raise ConfigError("seconds= budgets a search that scores as it draws; with executor='ray' give "
+                          "candidates= instead")
     budget = SearchBudget(evaluations=candidates if seconds is None else None, seconds=seconds)
     subnets = Subnets(model, example_inputs, criterion=criterion, ignore=ignore, round_to=round_to,
                       min_channels=min_channels)
@@ -179,7 +194,13 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
                                     window=window, tries=max_draws)
         return widths, {"draws": n}
 
-    rec = run_search(space, propose, score, cost, limit, budget, seed=seed, path=record, on_trial=on_trial)
+    if executor == "local":
+        rec = run_search(space, propose, score, cost, limit, budget, seed=seed, path=record, on_trial=on_trial)
+    else:  # draw here as the local run does (the random proposer never reads a score), score as tasks
+        rec = run_search(space, propose, lambda widths: math.nan, cost, limit, budget, seed=seed, path=record)
+        _score_as_tasks(rec, ex, workers, model, example_inputs, dict(criterion=criterion, ignore=ignore,
+                        round_to=round_to, min_channels=min_channels), recal, val_batches, device,
+                        recal_batches > 0, record, on_trial)
     if not rec.trials:
         raise ConfigError(f"no strategy with max_ratio={r_max} landed within window={window} below "
                           f"target={target!r} in {max_draws:,} draws; raise max_ratio (more pruning per layer) or "
@@ -192,6 +213,42 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     uniform = subnets.uniform_at(target) if lat is None else uniform_within(space, cost, limit)
     return SearchResult(rec, best, dict(zip(space.names, best.widths)), dict(zip(space.names, uniform)),
                         score(uniform), subnets.plan(best.widths), subnets, kind, limit, r_max, lat, checks)
+
+
+def _score_chunk(model: nn.Module, example_inputs, subnets_kw: dict, recal: list, val: list, device: str,
+                 adaptive_bn: bool, candidates: list) -> list:
+    """Scores of ``candidates`` (widths), each as :func:`search` scores it locally: the masked view of the
+    model, BatchNorm recalibrated, accuracy on the held-out batches (an executor's job)."""
+    subnets = Subnets(model, example_inputs, **subnets_kw)
+    evaluator = SubnetEvaluator(recal, val, device=device, adaptive_bn=adaptive_bn)
+    out = []
+    for widths in candidates:
+        t0 = time.perf_counter()
+        with subnets.masked(tuple(widths)) as sub:
+            out.append((evaluator(sub), time.perf_counter() - t0))
+    return out
+
+
+def _score_as_tasks(rec, ex, workers: int, model, example_inputs, subnets_kw, recal, val, device, adaptive_bn,
+                    path, on_trial) -> None:
+    """Fill in the scores of ``rec``'s unscored (NaN) trials, ``workers`` chunks at once on ``ex``."""
+    todo = [t for t in rec.trials if math.isnan(t.score)]
+    if not todo:
+        return
+    chunks = [todo[i::workers] for i in range(min(workers, len(todo)))]
+    jobs = [(model, example_inputs, subnets_kw, recal, val, device, adaptive_bn, [t.widths for t in c])
+            for c in chunks]
+    with ex:
+        for i, result, exc in ex.run(_score_chunk, jobs):
+            if exc is not None:
+                raise exc
+            for trial, (score, secs) in zip(chunks[i], result):
+                trial.score, trial.seconds = float(score), float(secs)
+            if path is not None:
+                rec.save(path)
+    for trial in todo:
+        if on_trial is not None:
+            on_trial(trial)
 
 
 def _measured_checks(rec, best, lat: LatencyModel, limit: float, rounds: int, window: float, max_draws: int,

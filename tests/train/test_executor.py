@@ -41,10 +41,20 @@ def test_an_unreachable_ray_address_is_refused_quickly_naming_it():
         make_executor("ray", address=f"127.0.0.1:{port}")
 
 
-@pytest.mark.slow  # starts a local Ray instance (about 10 s)
-def test_a_grid_run_as_ray_tasks_gives_the_local_runs_numbers_cell_for_cell(tmp_path):
-    pytest.importorskip("ray")
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance (2 CPUs) for the tests below; the executors join it and leave it running."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow  # a local Ray instance: its start and its workers' imports take most of a minute
+def test_ray_tasks_give_the_local_runs_numbers_for_grid_cells_and_search_candidates(tmp_path, local_ray):
+    import prunekit as pk
     from prunekit.bench import BenchGrid, run_grid
+    from prunekit.testing import models
 
     def grid(name):
         return BenchGrid(name="tiny", model="resnet20", data="synthetic", data_options={"n_train": 128, "n_test": 64},
@@ -56,6 +66,10 @@ def test_a_grid_run_as_ray_tasks_gives_the_local_runs_numbers_cell_for_cell(tmp_
     torch.set_num_threads(1)  # the tasks run on one thread each: the reference does too
     try:
         local = run_grid(grid("local"), progress=False)
+        m, x = models()["residual"]()
+        batches = [(torch.randn(4, *x.shape[1:]), torch.randint(0, 2, (4,))) for _ in range(3)]
+        kw = dict(train=batches, val=batches, candidates=5, recal_batches=2, window=0.2, seed=3)
+        here = pk.search(m, x, "macs=0.6", **kw)
     finally:
         torch.set_num_threads(threads)
     ray_rep = run_grid(grid("ray"), executor="ray", workers=2, progress=False)
@@ -67,6 +81,13 @@ def test_a_grid_run_as_ray_tasks_gives_the_local_runs_numbers_cell_for_cell(tmp_
             assert a[key] == b[key], key
     again = run_grid(grid("ray"), executor="ray", workers=2, progress=False)  # resumable: nothing left to run
     assert (again["done"], again["ran"]) == (2, 0)
+
+    there = pk.search(m, x, "macs=0.6", executor="ray", workers=2, record=str(tmp_path / "rec.json"), **kw)
+    assert [t.widths for t in there.record.trials] == [t.widths for t in here.record.trials]
+    assert [t.score for t in there.record.trials] == [t.score for t in here.record.trials]
+    assert there.widths == here.widths and there.uniform_score == here.uniform_score
+    saved = json.loads((tmp_path / "rec.json").read_text())
+    assert [t["score"] for t in saved["trials"]] == [t.score for t in here.record.trials]  # no NaN left
 
 
 def test_the_bench_command_refuses_an_unreachable_ray_address_before_running_a_cell(tmp_path, monkeypatch, capsys):

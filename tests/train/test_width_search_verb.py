@@ -36,6 +36,8 @@ def test_search_leaves_the_model_alone_and_its_plan_cuts_to_the_best_widths():
     (dict(max_ratio=1.2), "max_ratio=1.2"),
     (dict(window=-0.1), "window=-0.1"),
     (dict(latency_checks=-1), "latency_checks=-1"),
+    (dict(executor="dask"), "executor='dask'"),
+    (dict(executor="ray", seconds=5.0), "give candidates= instead"),
 ])
 def test_search_bad_input_names_the_argument_and_changes_nothing(kw, match):
     m, x, batches = _setup()
