@@ -183,9 +183,6 @@ class Recipe:
             problems.append(f"ignore={self.ignore!r} must be a list of module paths")
         try:
             check_keep_outputs(self.keep_outputs)
-            if self.keep_outputs != "all" and isinstance(self.method, str) and not self.method.startswith("criterion:"):
-                problems.append(f"keep_outputs={self.keep_outputs!r} with method={self.method!r}: the methods keep "
-                                f"every output's shape; use keep_outputs with method: criterion:<name>, or drop it")
         except ConfigError as e:
             problems.append(str(e))
         if self.baseline is not None and not isinstance(self.baseline, str):

@@ -605,7 +605,7 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
                      val_data=bundle.val, calib=calib_batches(bundle, recipe.calib_batches),
                      ignore=tuple(recipe.ignore), prune_epochs=recipe.prune_epochs,
                      train_config=_train_config(recipe, recipe.prune_epochs, progress), device=recipe.device,
-                     seed=recipe.seed, options=spec.options(recipe.options))
+                     seed=recipe.seed, options=spec.options(recipe.options), keep_outputs=_keep(recipe.keep_outputs))
     result = spec.run(ctx)
     return list(result.callbacks), {"model": result.model, **dict(result.info), "telemetry": dict(result.telemetry),
                                     "engaged": result.engaged, "warnings": list(result.warnings)}

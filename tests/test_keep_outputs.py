@@ -120,11 +120,29 @@ def test_an_output_holding_no_tensor_cannot_be_kept():
         pk.plan(WithNone().eval(), torch.randn(2, 3, 8, 8), sparsity=0.5, keep_outputs=[1])
 
 
-def test_recipe_keep_outputs_round_trips_and_is_refused_for_a_method():
+def test_recipe_keep_outputs_round_trips_for_a_criterion_and_a_method():
     r = Recipe.from_dict({"method": "criterion:l1", "keep_outputs": ["pooler_output"]})
     assert r.keep_outputs == ("pooler_output",) and r.to_dict()["keep_outputs"] == ["pooler_output"]
     assert Recipe.from_dict(r.to_dict()) == r
-    with pytest.raises(ConfigError, match=r"keep_outputs=.*with method='l1-filter': the methods keep every output"):
-        Recipe.from_dict({"method": "l1-filter", "keep_outputs": ["pooler_output"]})
+    m = Recipe.from_dict({"method": "l1-filter", "keep_outputs": ["pooler_output"]})
+    assert Recipe.from_dict(m.to_dict()).keep_outputs == ("pooler_output",)
     with pytest.raises(ConfigError, match=r"keep_outputs=\(\) keeps no output"):
         Recipe.from_dict({"method": "criterion:l1", "keep_outputs": []})
+
+
+def test_a_registered_method_honours_keep_outputs_through_its_run_context():
+    from prunekit.methods import RunContext, get_method, load_all
+
+    load_all()
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(0)
+    whole, chosen = TwoHeads().eval(), TwoHeads().eval()
+    chosen.load_state_dict(whole.state_dict())
+    get_method("l1-filter").run(RunContext(model=whole, example_inputs=x, target="macs=0.5"))
+    get_method("l1-filter").run(RunContext(model=chosen, example_inputs=x, target="macs=0.5", keep_outputs=[1]))
+    assert whole(x)[0].shape[1] == 16  # every output kept: the last conv feeds output 0 and is never narrowed
+    assert chosen(x)[0].shape[1] < 16 and chosen(x)[1].shape == (2, 10)  # only the logits kept
+    before = {k: v.clone() for k, v in whole.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"method 'l1-filter': keep_outputs=\(\) keeps no output"):
+        get_method("l1-filter").run(RunContext(model=whole, example_inputs=x, target="macs=0.5", keep_outputs=()))
+    assert all(torch.equal(before[k], v) for k, v in whole.state_dict().items())

@@ -11,7 +11,7 @@ from .groups import Graph, Group, Member, NonPrunable, build_graph
 from .handlers_registry import handlers, register_handler
 from .recording import Recording
 from .tensors import call_model
-from .trace import record
+from .trace import keep_outputs_scope, record
 
 __all__ = ["Graph", "Group", "Member", "NonPrunable", "Recording", "build_graph", "call_model", "handlers",
-           "record", "register_handler"]
+           "keep_outputs_scope", "record", "register_handler"]

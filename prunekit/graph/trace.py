@@ -18,6 +18,7 @@ attention twin); their names stay importable from here.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -154,13 +155,28 @@ def _apply_rule(rec: Recording, rules: dict, func, args, kwargs, out):
     rule(rec, args, kwargs, out)
 
 
+_KEEP_OUTPUTS: contextvars.ContextVar = contextvars.ContextVar("prunekit_keep_outputs", default="all")
+
+
+@contextlib.contextmanager
+def keep_outputs_scope(keep):
+    """Inside the block every trace that leaves ``keep_outputs`` at ``"all"`` keeps only ``keep`` (the method
+    harness runs a method inside one, so the method's own plans and cuts honour the user's choice)."""
+    token = _KEEP_OUTPUTS.set(keep)
+    try:
+        yield
+    finally:
+        _KEEP_OUTPUTS.reset(token)
+
+
 def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = None,
            rules: dict | None = None, inner_unit: frozenset = frozenset(),
            fast: bool = False, keep_outputs="all") -> tuple[Recording, Any]:
     """Trace one forward of ``model`` in eval mode without gradients; returns the recording and output.
 
     ``keep_outputs``: the outputs whose shapes pruning must keep (``"all"``, or names/indices of the top-level
-    outputs, see :func:`.tensors.resolve_keep_outputs`); the keys are kept on ``rec.keep_keys``.
+    outputs, see :func:`.tensors.resolve_keep_outputs`); the keys are kept on ``rec.keep_keys``. ``"all"``
+    inside a :func:`keep_outputs_scope` means the scope's choice.
 
     ``inner_unit``: indices of channel-splitting reshapes whose innermost dim is the unit (see Recording).
     ``fast``: skip the arithmetic of weight-reading convolutions and matrix products (module docstring);
@@ -238,7 +254,7 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m in twins:
             m.__class__ = nn.MultiheadAttention
-    rec.keep_keys = resolve_keep_outputs(output, keep_outputs)
+    rec.keep_keys = resolve_keep_outputs(output, _KEEP_OUTPUTS.get() if keep_outputs == "all" else keep_outputs)
     if rec.keep_keys is None:
         _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), "reaches the model output"))
     else:

@@ -14,7 +14,8 @@ import logging
 import warnings
 
 from ..errors import ConfigError, MechanismWarning
-from ..recipe import LATENCY_KINDS, LATENCY_METHODS, parse_target
+from ..graph import keep_outputs_scope
+from ..recipe import LATENCY_KINDS, LATENCY_METHODS, check_keep_outputs, parse_target
 from ._config import config_to_dict
 from ._registry import MethodResult, MethodSpec, RunContext
 from ..api import plan
@@ -93,6 +94,10 @@ def check_context(spec: MethodSpec, ctx: RunContext, cfg=None) -> None:
             ctx.target_kind, ctx.target_value = kind, value
     except ConfigError as e:
         problems.append(f"method {spec.id!r}: {e}")
+    try:
+        check_keep_outputs(ctx.keep_outputs)
+    except ConfigError as e:
+        problems.append(f"method {spec.id!r}: {e}")
     for need in spec.needs:
         arg, how = _NEED_ARGS[need]
         value = getattr(ctx, arg)
@@ -110,7 +115,8 @@ def check_reachable(spec: MethodSpec, ctx: RunContext) -> None:
         return
 
     try:
-        plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="l1", ignore=list(ctx.ignore))
+        plan(ctx.model, ctx.example_inputs, target=ctx.target, criterion="l1", ignore=list(ctx.ignore),
+             keep_outputs=ctx.keep_outputs)
     except ConfigError as e:
         raise ConfigError(f"method {spec.id!r}: {e}") from None
 
@@ -120,7 +126,7 @@ def run_method(spec: MethodSpec, ctx: RunContext) -> MethodResult:
     cfg = spec.resolve(ctx.options)
     check_context(spec, ctx, cfg)
     check_reachable(spec, ctx)
-    with model_transaction(ctx.model):
+    with model_transaction(ctx.model), keep_outputs_scope(ctx.keep_outputs):
         if ctx.device is not None:
             ctx.model.to(ctx.device)
         result = spec.fn(ctx, cfg)

@@ -53,6 +53,7 @@ class RunContext:
     device: str = "cpu"
     seed: int = 0
     options: Any = field(default_factory=dict)  # overrides of the method's config fields (or a config object)
+    keep_outputs: Any = "all"  # the outputs whose shapes the cut must keep (names/indices); "all": every one
     target_kind: str = field(default="", init=False)  # set by the harness: "macs" | "params" | "sparsity"
     target_value: float = field(default=0.0, init=False)
 
