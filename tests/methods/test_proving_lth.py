@@ -85,17 +85,20 @@ def test_refuses_one_shot_and_bad_options_leaving_the_model_unchanged():
 
 
 @pytest.mark.slow
-def test_entry_check_fashion_mnist_lenet300_supermask_far_above_the_random_net():
-    """The entry's check: frozen random LeNet-300-100, 50% supermask, 3 epochs, Fashion-MNIST.
+def test_entry_check_fashion_mnist_lenet300_kaiming_uniform_supermask_reaches_75_percent():
+    """The entry's check: frozen Kaiming-uniform LeNet-300-100, 50% supermask, 3 epochs, Fashion-MNIST.
 
-    Calibrated by `python benchmarks/frozen_checks.py lth` (seed 0): random dense net 4.6%, supermask 72.0%
-    (docs/methods-weight-11.md); the entry's 75% is not reached with PyTorch's default draw at 3 epochs.
+    Calibrated by `python benchmarks/frozen_checks.py lth --init he-uniform` (seed 0): random dense net 12.66%,
+    supermask 85.63% (docs/methods-weight-11.md); the weights drawn by ``kaiming_uniform_(w, nonlinearity="relu")``.
     """
     import prunekit as pk
 
     data = pk.data.load("fashion-mnist", batch_size=128, val_fraction=0.0, augment=False, seed=0)
     torch.manual_seed(0)
     model = pk.models.create("lenet300")
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.kaiming_uniform_(mod.weight, nonlinearity="relu")
     drawn = {k: v.clone() for k, v in model.state_dict().items()}
     random_acc = evaluate(model, data.test)["accuracy"]
     res = get_method("proving-lth").run(RunContext(model=model, example_inputs=torch.zeros(1, 1, 28, 28),
@@ -104,4 +107,4 @@ def test_entry_check_fashion_mnist_lenet300_supermask_far_above_the_random_net()
     after = model.state_dict()
     assert res.telemetry["weights_changed"] == 0
     assert all(torch.equal(after[k][after[k] != 0], drawn[k][after[k] != 0]) for k in drawn)
-    assert random_acc <= 0.2 and acc >= 0.70 and acc >= random_acc + 0.5, (random_acc, acc)
+    assert random_acc <= 0.2 and acc >= 0.75, (random_acc, acc)
