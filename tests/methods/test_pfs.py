@@ -87,3 +87,28 @@ def test_refuses_a_model_without_gateable_channels_and_bad_options():
         get_method("pfs").run(RunContext(model=net, example_inputs=data[0][0][:1], target="macs=0.6",
                                          train_data=data, options={"r": 1.5}))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_best_gates_keeps_the_best_validation_epoch_whose_nonzero_fraction_is_at_most_r():
+    from types import SimpleNamespace
+
+    from prunekit.methods.pfs import _BestGates
+    from prunekit.train.frozen import FrozenChannelGates
+
+    net, data = _hand_net(), _hand_data(n=2)
+    gates = FrozenChannelGates(net, {"0": ["0.weight", "0.bias"]})
+    best = _BestGates(gates, data, r=0.5)
+    state = SimpleNamespace(epoch=0, extra={})
+    with torch.no_grad():
+        gates.gate("0").copy_(torch.tensor([1.0, 0.3]))  # 2 of 2 non-zero > r: not eligible
+    best.on_epoch_end(state)
+    assert best.best is None
+    with torch.no_grad():
+        gates.gate("0").copy_(torch.tensor([1.0, 0.0]))  # 1 of 2 non-zero <= r: kept
+    state.epoch = 1
+    best.on_epoch_end(state)
+    with torch.no_grad():
+        gates.gate("0").copy_(torch.tensor([0.0, 1.0]))  # eligible but worse on validation: not kept
+    state.epoch = 2
+    best.on_epoch_end(state)
+    assert best.epoch == 1 and best.best["0"].tolist() == [1.0, 0.0]
