@@ -7,10 +7,12 @@
         (``he-uniform``: ``kaiming_uniform_(w, nonlinearity="relu")``, He et al. 2015, the entry's draw) or left
         at PyTorch's Linear default (``torch-default``: kaiming_uniform_ with a = sqrt(5), a sqrt(6) smaller
         bound); the biases keep PyTorch's default draw either way.
-    python benchmarks/frozen_checks.py pfs [--seeds 0 1 2] [--epochs 3] [--subset 3000] [--width 0.5]
-        pfs (scaled): ResNet-20 at half width, gates learned for 1 epoch on frozen random weights (r = 0.2), the widths cut to
-        macs=0.5; that architecture against a uniform-width one and a random-width one of the same MACs, each
-        re-initialised and trained from scratch for the same epochs on the same images.
+    python benchmarks/frozen_checks.py pfs [--seeds 0 1 2] [--epochs 2] [--subset 2000] [--test 2000]
+                                           [--width 0.5] [--gate-batch 16]
+        pfs (scaled): ResNet-20 at half width; gates learned for 1 epoch on the frozen random draw (r = 0.2; batches
+        of 16 so that the 2,000 images give 125 Adam steps), the widths cut to macs=0.5; that architecture against
+        a uniform-width one and a random-width one of the same MACs, each re-initialised and trained from scratch
+        for the same epochs on the same images (scaled to what one shared CPU core runs in ~15 minutes).
 
 Results go to benchmarks/results/frozen_checks.json, one cell per (check, seed), written as each finishes; a
 rerun skips the cells already there (resumable).
@@ -68,39 +70,42 @@ def lth_cell(seed: int, epochs: int, init: str) -> dict:
             "seconds": seconds}
 
 
-def pfs_cell(seed: int, epochs: int, subset: int, width: float, target: str = "macs=0.5") -> dict:
+def pfs_cell(seed: int, epochs: int, subset: int, width: float, n_test: int, gate_batch: int,
+             target: str = "macs=0.5") -> dict:
     data = pk.data.load("fashion-mnist", batch_size=128, val_fraction=0.0, augment=False, seed=seed,
-                        subset=(subset, 10000))
+                        subset=(subset, n_test))
+    gate_data = pk.data.load("fashion-mnist", batch_size=gate_batch, val_fraction=0.0, augment=False, seed=seed,
+                             subset=(subset, n_test)).train  # the same images in smaller batches: more gate steps
     ex = torch.zeros(1, 1, 28, 28)
     cfg = TrainConfig(epochs=epochs, lr=0.1, progress=False, seed=seed)
     torch.manual_seed(seed)
     dense = pk.models.create("resnet20", width=width)
-    out: dict = {"epochs": epochs, "train_images": subset, "target": target, "width": width}
-    # PFS: gates on the frozen random weights (1 epoch), cut, re-initialise, train (Scratch-E: same epochs)
-    pfs_model = copy.deepcopy(dense)
-    t0 = time.time()
-    res = get_method("pfs").run(RunContext(model=pfs_model, example_inputs=ex, target=target,
-                                           train_data=data.train, prune_epochs=1, seed=seed, train_config=cfg,
-                                           options={"schedule": "scratch-E", "scratch_epochs": epochs}))
-    out["pfs"] = {"acc": evaluate(pfs_model, data.test)["accuracy"], "telemetry": res.telemetry,
-                  "engaged": res.engaged, "widths": res.info["widths"], "macs": res.info["pruned_macs"],
-                  "seconds": time.time() - t0}
+    out: dict = {"epochs": epochs, "train_images": subset, "test_images": n_test, "target": target, "width": width,
+                 "gate_batch": gate_batch, "dense_macs": int(_graph(dense, RunContext(
+                     model=dense, example_inputs=ex, target=target)).macs())}
     groups = gated_groups(filter_groups(dense, RunContext(model=dense, example_inputs=ex, target=target)))
     gen = torch.Generator().manual_seed(seed + 7919)
-    for name, scores in (("uniform", None),
-                         ("random", {g.key: torch.rand(g.width, generator=gen) + 1 for g in groups})):
+    for name in ("pfs", "uniform", "random"):
         m = copy.deepcopy(dense)
         ctx = RunContext(model=m, example_inputs=ex, target=target)
-        if scores is None:  # the same fraction of every gated group, filled to the same MACs by the allocator
+        row: dict = {}
+        if name == "pfs":  # gates 1 epoch on the frozen draw, global gate cut; the scratch training is below
+            t0 = time.time()
+            res = get_method("pfs").run(RunContext(model=m, example_inputs=ex, target=target, train_data=gate_data,
+                                                   prune_epochs=1, seed=seed, options={"scratch_epochs": 0}))
+            info = res.info
+            row.update(telemetry=res.telemetry, engaged=res.engaged, gate_seconds=time.time() - t0)
+        elif name == "uniform":  # the same fraction of every gated group, filled to the same MACs
             info = cut_to_target(m, ctx, {g.key: torch.ones(g.width) for g in groups}, allocation="uniform")
         else:  # random channels of the gated groups, one global ranking: random per-layer widths
-            info = cut_to_target(m, ctx, scores, allocation="global")
-        m.load_state_dict(fresh_initialisation(m, seed))
+            info = cut_to_target(m, ctx, {g.key: torch.rand(g.width, generator=gen) + 1 for g in groups},
+                                 allocation="global")
+        m.load_state_dict(fresh_initialisation(m, seed))  # every arm: a fresh draw, the same training
         t0 = time.time()
         fit(m, data.train, cfg)
-        out[name] = {"acc": evaluate(m, data.test)["accuracy"], "widths": info["widths"],
-                     "macs": info["pruned_macs"], "seconds": time.time() - t0}
-    out["dense_macs"] = int(_graph(dense, RunContext(model=dense, example_inputs=ex, target=target)).macs())
+        row.update(acc=evaluate(m, data.test)["accuracy"], widths=info["widths"], macs=info["pruned_macs"],
+                   seconds=time.time() - t0)
+        out[name] = row
     return out
 
 
@@ -109,7 +114,9 @@ def main() -> None:
     p.add_argument("check", choices=("lth", "pfs"))
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--subset", type=int, default=3000)
+    p.add_argument("--subset", type=int, default=2000)
+    p.add_argument("--test", type=int, default=2000)
+    p.add_argument("--gate-batch", type=int, default=16)
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--init", choices=("he-uniform", "torch-default"), default="he-uniform")
     a = p.parse_args()
@@ -123,7 +130,7 @@ def main() -> None:
         if key in results:
             continue
         cell = (lth_cell(seed, a.epochs or 3, a.init) if a.check == "lth"
-                else pfs_cell(seed, a.epochs or 3, a.subset, a.width))
+                else pfs_cell(seed, a.epochs or 2, a.subset, a.width, a.test, a.gate_batch))
         results = _load()
         results[key] = cell
         _save(results)

@@ -46,8 +46,10 @@ class PFSConfig(MethodConfig):
     r: float = option(0.2, gt=0, lt=1)  # target mean gate, `sparsity_level` (paper sec. 3; reference learn_gates.py)
     lam: float = option(0.5, ge=0)  # lambda of the (mean|g| - r)^2 term (paper sec. 3; reference learn_gates.py)
     lr: float = option(0.01, gt=0)  # Adam step on the gates (reference learn_gates.py)
-    scratch_epochs: int = option(5, ge=0)  # epochs of the full model's schedule; the entry's check trains 5 (paper: the data set's standard schedule); 0 = none
-    schedule: Literal["scratch-B", "scratch-E"] = "scratch-B"  # same compute as the full model | same epochs (paper: Scratch-B)
+    # epochs of the full model's schedule (paper: the data set's standard one; the entry's check: 5); 0 = none
+    scratch_epochs: int = option(5, ge=0)
+    # same compute as the full model | same epochs (paper: Scratch-B)
+    schedule: Literal["scratch-B", "scratch-E"] = "scratch-B"
     max_factor: float = option(2.0, gt=0)  # Scratch-B trains at most this many times scratch_epochs (as rethinking)
 
 

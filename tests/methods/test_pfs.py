@@ -1,4 +1,4 @@
-"""PFS (Pruning from Scratch): gates on frozen random weights, mean gate pulled to r, global gate cut, scratch training."""
+"""PFS (Pruning from Scratch): gates on frozen random weights, mean gate pulled to r, global cut, scratch training."""
 import pytest
 import torch
 from torch import nn
