@@ -130,7 +130,8 @@ def _key(fqn: str) -> str:
 
 
 class _Substituted(nn.Module):
-    """A frozen ``net`` whose forward sees some parameters replaced by functions of this module's scores."""
+    """A frozen ``net`` whose forward sees some parameters replaced by functions of this module's scores
+    (``requires_grad`` is switched off here; :class:`FrozenWeights` restores it)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -143,12 +144,6 @@ class _Substituted(nn.Module):
 
     def forward(self, *args, **kwargs):
         return functional_call(self.net, self.substitutes(), args, kwargs, strict=False)
-
-    def release(self) -> nn.Module:
-        """The wrapped model with ``requires_grad`` back on (its tensors were never written)."""
-        for p in self.net.parameters():
-            p.requires_grad_(True)
-        return self.net
 
 
 class Supermask(_Substituted):
@@ -194,8 +189,8 @@ class FrozenChannelGates(_Substituted):
     """Per-channel gates on a frozen ``net``: ``{gate name: [param fqns scaled along dim 0]}``.
 
     A gate multiplies every listed parameter along its first dimension (a BatchNorm's ``weight`` and ``bias``,
-    or a conv/linear's ``weight`` and ``bias`` where no BN follows), which gates that channel's output. Several
-    names may share a parameter only if they never do in practice; a parameter is scaled by one gate.
+    or a conv/linear's ``weight`` and ``bias`` where no BN follows), which gates that channel's output. Each
+    parameter belongs to at most one gate. Use it inside :class:`FrozenWeights`, which restores ``requires_grad``.
     """
 
     def __init__(self, net: nn.Module, targets: Mapping[str, Iterable[str]], init: float = 1.0):
