@@ -3,8 +3,9 @@ candidate ops as full 10-class training does, at a fraction of the compute?
 
 Protocol: ``prunekit.models.supernet.SuperNet`` (3 choice layers of ``--channels`` channels, 4 candidate ops
 each: conv3x3, conv5x5, dilated conv3x3, max-pool + conv1x1), Fashion-MNIST ``--train`` training images,
-weights and architecture logits trained together through ``fit`` (SGD lr ``--lr``, cosine, batch 64, ``--epochs``
-epochs per stage). Class difficulty (ours; the paper's measure is not published): the error per class of a
+weights trained through ``fit`` (SGD lr ``--lr``, cosine, batch 64, ``--epochs`` epochs per stage) and the
+architecture logits on the same batches by their own Adam (lr 3e-3, ``supernet_search``'s default).
+Class difficulty (ours; the paper's measure is not published): the error per class of a
 nearest-class-mean classifier on the raw training pixels; the easiest ``--warm`` classes form the warm-up.
 Per seed: (ref) 10-class training, candidates ranked by architecture weight; (warm-up) the same supernet and
 seed trained on the warm-up classes only, ranked; (progressive) DA-NAS's loop: warm-up classes, keep the top

@@ -34,6 +34,7 @@ from ..models.supernet import SuperNet, op_macs
 from ..train import TrainConfig, fit
 from ..train.subnet_eval import FinetuneEvaluator
 from ._config import MethodConfig, option
+from ._soft_masks import MaskTraining
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,13 @@ def class_error(model, batches, num_classes: int, device: str = "cpu") -> list:
 
 
 def supernet_search(net: SuperNet, train, stages: Sequence[Sequence[int]], *, epochs: Sequence[int] | int = 1,
-                    keep: float = 0.5, final_keep: int | None = None, config: TrainConfig | None = None) -> dict:
-    """Train ``net`` (weights and architecture logits together, through ``fit``) on the classes of each stage
-    in turn (``stages[s]``: class ids; ``train``: the full training batches), and after each stage keep the top
-    ``keep`` of every layer's alive candidates by their architecture weight (``final_keep`` after the last).
+                    keep: float = 0.5, final_keep: int | None = None, config: TrainConfig | None = None,
+                    arch_lr: float = 3e-3) -> dict:
+    """Train ``net`` on the classes of each stage in turn (``stages[s]``: class ids; ``train``: the full
+    training batches) -- weights through ``fit`` with ``config``, the architecture logits on the same batches
+    by their own Adam step of ``arch_lr`` after every weight step (one-level DARTS; DARTS's Adam, its lr ours for
+    short runs) -- and after each stage keep the top ``keep`` of every layer's alive candidates by their
+    architecture weight (``final_keep`` after the last).
 
     Returns ``{"alive", "probabilities" (per stage, per layer), "macs" (search compute: images x MACs of the
     alive candidates, summed over stages), "images"}``. A single stage over every class with ``keep=1`` is the
@@ -100,7 +104,8 @@ def supernet_search(net: SuperNet, train, stages: Sequence[Sequence[int]], *, ep
         nonlocal macs, images
         data = class_batches(train, stages[s])
         n = sum(len(y) for _, y in data) * epochs[s]
-        fit(net, data, config.replace(epochs=epochs[s]))
+        arch = MaskTraining(lambda step: None, params=net.arch_parameters(), lr=arch_lr)
+        fit(net, data, config.replace(epochs=epochs[s]), callbacks=[arch])
         macs += n * sum(costs[k][i] for k, a in enumerate(alive) for i in a)
         images += n
         p = [layer.probabilities().tolist() for layer in layers]

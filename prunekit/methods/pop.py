@@ -68,14 +68,14 @@ class FamilySearch:
 def family_search(builder: Callable[[float, int], nn.Module], widths: Sequence[float], depths: Sequence[int], *,
                   example_inputs, train, val, config: TrainConfig | None = None, seed: int = 0,
                   latency_runs: int = 20, order: str = "cut-first", known: dict | None = None,
-                  latency: Sequence[float] | None = None,
+                  latency: Sequence[float] | None = None, statistic: str = "median",
                   on_trained: Callable[[int, float], None] | None = None,
                   keep_models: bool = False) -> FamilySearch:
     """The speed/accuracy front of ``builder(width, depth)`` over ``widths x depths``, training only the
     candidates the partial order cannot cut (:func:`prunekit.allocate.pareto.partial_order_search`).
 
     Every candidate's latency is measured first (``time_forward``: batch ``example_inputs``, one thread,
-    median of ``latency_runs``); a trained candidate is built under ``torch.manual_seed(seed)``, trained by
+    ``statistic`` (``"median"`` or ``"p10"``, steadier on a busy machine) of ``latency_runs``); a trained candidate is built under ``torch.manual_seed(seed)``, trained by
     ``fit(model, train, config)`` and scored by accuracy on ``val`` (held-out training data). ``known``:
     ``{(width, depth): accuracy}`` already measured (a resumed run), used instead of training again;
     ``latency``: the candidates' latencies (in grid order) measured before, instead of measuring.
@@ -99,7 +99,7 @@ def family_search(builder: Callable[[float, int], nn.Module], widths: Sequence[f
     lat = list(latency) if latency is not None else []
     for w, d in grid[len(lat):]:
         torch.manual_seed(seed)
-        lat.append(time_forward(builder(w, d).eval(), example_inputs, runs=latency_runs))
+        lat.append(time_forward(builder(w, d).eval(), example_inputs, runs=latency_runs, statistic=statistic))
     models, known = {}, dict(known or {})
 
     def train_one(i: int) -> float:
@@ -140,8 +140,10 @@ def _engaged(t: dict) -> bool:
 
 @register_method("pop", config=POPConfig, kind="structured", needs=("train", "val"), status="not-meaningful",
                  left_out=LEFT_OUT,
+                 # smoke: exhaustive order, so a tiny run's work does not hang on noisy timings (contract tests
+                 # count its torch calls and replay it from checkpoints)
                  smoke={"multipliers": [0.5, 1.0], "stages": 2, "finetune_steps": 1, "val_images": 32,
-                        "latency_runs": 2},
+                        "latency_runs": 2, "order": "exhaustive"},
                  telemetry=Telemetry(
                      keys=("candidates", "trained", "cut", "front_size", "violations"),
                      engaged=_engaged,

@@ -4,7 +4,8 @@
 over its architecture logits ``alpha`` (a continuous relaxation, as in DARTS); ``keep_`` drops candidates (a
 dropped one is never run again and costs nothing), which is how search-space pruning methods (DA-NAS) shrink
 the supernet as the search goes on. :class:`SuperNet` stacks ``ChoiceLayer`` s over images (stride 2 after the
-first), then a global average pool and a linear classifier. :func:`op_macs` counts every candidate's MACs per
+first), then a global average pool and a linear classifier; :meth:`SuperNet.arch_parameters` are the
+logits, kept out of ``parameters()`` so the weights and the architecture get their own optimizers. :func:`op_macs` counts every candidate's MACs per
 image, the unit the search compute is measured in.
 """
 from __future__ import annotations
@@ -47,7 +48,9 @@ class ChoiceLayer(nn.Module):
             raise ConfigError("ChoiceLayer needs at least one candidate operation")
         self.ops = nn.ModuleList(ops)
         self.names = list(names) if names is not None else [str(i) for i in range(len(ops))]
-        self.alpha = nn.Parameter(torch.zeros(len(ops)))  # architecture logits, one per candidate
+        # architecture logits, one per candidate: a buffer that takes gradients, so a training loop's optimizer
+        # (which steps model.parameters()) leaves them to the search's own optimizer, as in DARTS
+        self.register_buffer("alpha", torch.zeros(len(ops)).requires_grad_(True))
         self.register_buffer("alive", torch.ones(len(ops), dtype=torch.bool))
 
     def alive_indices(self) -> list:
@@ -98,6 +101,10 @@ class SuperNet(nn.Module):
 
     def choice_layers(self) -> list:
         return list(self.layers)
+
+    def arch_parameters(self) -> list:
+        """The architecture logits of every choice layer (leaf tensors with gradients, not in ``parameters()``)."""
+        return [layer.alpha for layer in self.layers]
 
     def forward(self, x):
         return self.head(self.layers(x))
