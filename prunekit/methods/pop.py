@@ -68,14 +68,15 @@ class FamilySearch:
 def family_search(builder: Callable[[float, int], nn.Module], widths: Sequence[float], depths: Sequence[int], *,
                   example_inputs, train, val, config: TrainConfig | None = None, seed: int = 0,
                   latency_runs: int = 20, order: str = "cut-first", known: dict | None = None,
-                  latency: Sequence[float] | None = None, statistic: str = "median",
+                  latency: Sequence[float] | None = None, statistic: str = "median", clock: str = "wall",
                   on_trained: Callable[[int, float], None] | None = None,
                   keep_models: bool = False) -> FamilySearch:
     """The speed/accuracy front of ``builder(width, depth)`` over ``widths x depths``, training only the
     candidates the partial order cannot cut (:func:`prunekit.allocate.pareto.partial_order_search`).
 
     Every candidate's latency is measured first (``time_forward``: batch ``example_inputs``, one thread,
-    ``statistic`` (``"median"`` or ``"p10"``, steadier on a busy machine) of ``latency_runs``); a trained candidate is built under ``torch.manual_seed(seed)``, trained by
+    ``statistic`` (``"median"`` or ``"p10"``) of ``latency_runs``, on the ``clock`` ``"wall"`` or ``"cpu"``: the
+    thread's CPU time, steady on a busy machine); a trained candidate is built under ``torch.manual_seed(seed)``, trained by
     ``fit(model, train, config)`` and scored by accuracy on ``val`` (held-out training data). ``known``:
     ``{(width, depth): accuracy}`` already measured (a resumed run), used instead of training again;
     ``latency``: the candidates' latencies (in grid order) measured before, instead of measuring.
@@ -99,7 +100,8 @@ def family_search(builder: Callable[[float, int], nn.Module], widths: Sequence[f
     lat = list(latency) if latency is not None else []
     for w, d in grid[len(lat):]:
         torch.manual_seed(seed)
-        lat.append(time_forward(builder(w, d).eval(), example_inputs, runs=latency_runs, statistic=statistic))
+        lat.append(time_forward(builder(w, d).eval(), example_inputs, runs=latency_runs, statistic=statistic,
+                                clock=clock))
     models, known = {}, dict(known or {})
 
     def train_one(i: int) -> float:
@@ -126,7 +128,10 @@ class POPConfig(MethodConfig):
     finetune_steps: int = option(50, ge=0)  # ours: fine-tune steps scoring a candidate (the paper trains every
     # candidate in full; here they inherit the model's weights)
     val_images: int = option(1000, ge=1)  # ours: held-out training images a candidate is scored on
+    cost: Literal["latency", "macs"] = "latency"  # the speed axis: measured latency (paper: profiled on the
+    # device) or the kept fraction of MACs (ours: deterministic, no timing noise)
     latency_runs: int = option(20, ge=1)  # timed forwards per candidate, median (paper: profiled on the device)
+    clock: Literal["wall", "cpu"] = "wall"  # ours: "cpu" reads the thread's CPU time (steady on a busy machine)
     order: Literal["cut-first", "latency", "exhaustive"] = "cut-first"  # ours: which candidate is trained next
     # (the paper's order is not published); "exhaustive" trains all (no cut: the control)
     criterion: Literal["l1", "l2"] = "l1"  # ours: which channels a narrowed stage keeps (the paper trains from
@@ -140,10 +145,10 @@ def _engaged(t: dict) -> bool:
 
 @register_method("pop", config=POPConfig, kind="structured", needs=("train", "val"), status="not-meaningful",
                  left_out=LEFT_OUT,
-                 # smoke: exhaustive order, so a tiny run's work does not hang on noisy timings (contract tests
-                 # count its torch calls and replay it from checkpoints)
+                 # smoke: MACs for latency, so a tiny run's work and choice do not hang on noisy timings (the
+                 # contract tests count its torch calls and replay it from checkpoints)
                  smoke={"multipliers": [0.5, 1.0], "stages": 2, "finetune_steps": 1, "val_images": 32,
-                        "latency_runs": 2, "order": "exhaustive"},
+                        "cost": "macs"},
                  telemetry=Telemetry(
                      keys=("candidates", "trained", "cut", "front_size", "violations"),
                      engaged=_engaged,
@@ -165,7 +170,8 @@ def run(ctx: RunContext, cfg: POPConfig) -> MethodResult:
                           f"{cfg.max_candidates}; use fewer multipliers or stages, or raise max_candidates")
     configs, widths = [configs[i] for i in inside], [widths[i] for i in inside]
     x = ctx.example_inputs[:1] if isinstance(ctx.example_inputs, torch.Tensor) else ctx.example_inputs
-    latency = [time_forward(sub.pruned_copy(w), x, runs=cfg.latency_runs) for w in widths]
+    latency = ([time_forward(sub.pruned_copy(w), x, runs=cfg.latency_runs, clock=cfg.clock) for w in widths]
+               if cfg.cost == "latency" else [sub.cost(w, "macs") for w in widths])
     evaluator = FinetuneEvaluator(first_batches(ctx.train_data, cfg.finetune_steps),
                                   first_examples(ctx.val_data, cfg.val_images), steps=cfg.finetune_steps,
                                   config=ctx.train_config, device=ctx.device)

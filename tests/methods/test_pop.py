@@ -24,7 +24,7 @@ def _ctx(target="macs=0.6", **options):
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(2)]
     opts = {"multipliers": [0.25, 0.5, 1.0], "stages": 2, "finetune_steps": 1, "val_images": 16,
-            "latency_runs": 1, **options}
+            "latency_runs": 1, "cost": "macs", **options}  # MACs as the speed axis: no timing noise
     return RunContext(model=_net(), example_inputs=data[0][0][:1], target=target, train_data=data,
                       val_data=data[:1], options=opts)
 
@@ -49,9 +49,10 @@ def test_pop_search_cuts_candidates_returns_the_front_and_meets_the_target():
 
 def test_exhaustive_order_cuts_nothing_and_warns_with_the_knob():
     with pytest.warns(MechanismWarning, match="widen the grid"):
-        res = get_method("pop").run(_ctx(order="exhaustive"))
+        res = get_method("pop").run(_ctx(order="exhaustive", cost="latency", clock="cpu"))  # measured latency
     assert res.engaged is False and res.telemetry["cut"] == 0
     assert res.telemetry["trained"] == res.telemetry["candidates"]
+    assert all(f["latency_ms"] > 0 and f["latency_ms"] != f["cost"] for f in res.info["front"])
 
 
 def test_an_unreachable_grid_is_refused_naming_the_multipliers_and_the_model_is_unchanged():
