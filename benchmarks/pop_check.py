@@ -103,8 +103,9 @@ def main(argv=None) -> int:
     state["summary"] = {"command": COMMAND, "args": vars(a), "exhaustive_front": exhaustive,
                         "exhaustive_trained": len(grid), "pop": rows, "violations": [[list(x), list(y)] for x, y in viol]}
     save()
-    cmd = COMMAND + "".join(f" --{k} {v}" for k, v in (("seed", a.seed), ("statistic", a.statistic), ("clock", a.clock),
-                                                                  ("out", a.out))
+    cmd = COMMAND + "".join(f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                            for k, v in (("widths", a.widths), ("depths", a.depths), ("seed", a.seed),
+                                         ("statistic", a.statistic), ("clock", a.clock), ("out", a.out))
                             if v != p.get_default(k))
     state["summary"]["command"] = cmd
     save()
