@@ -142,7 +142,7 @@ load_all()
 # test_l1_filter.py). A newly registered method of this kind is in the contract without editing a list.
 # The width-search methods (they need held-out "val" data to score candidates, and train data only for BN
 # recalibration or a few fitness steps) have their own contract: tests/methods/test_eagleeye.py, test_legr.py,
-# test_amc.py.
+# test_amc.py; the search-space features pop and da-nas (not-meaningful) in test_pop.py and test_da_nas.py.
 TRAINING_METHODS = [m for m in METHODS.names() if get_method(m).kind == "structured"
                     and "train" in get_method(m).needs and "calib" not in get_method(m).needs
                     and "val" not in get_method(m).needs]
