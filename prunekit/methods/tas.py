@@ -32,7 +32,6 @@ fraction. Engaged when some distribution moved by at least 0.001 (with ``arch_lr
 """
 from __future__ import annotations
 
-import collections
 import copy
 import logging
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from ..train import fit
 from ..train.callbacks import Callback
 from ..train.config import method_train_config
 from ..train.loop import output_logits
-from ..train.relaxed_widths import TAS_RATIOS, RelaxedWidths, channel_wise_interpolation, tau_schedule
+from ..train.relaxed_widths import TAS_RATIOS, DataHalves, RelaxedWidths, channel_wise_interpolation, tau_schedule
 from ._config import MethodConfig, option
 from ._filter_common import _graph, filter_groups, reinitialise_, require_prune_epochs
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -98,23 +97,6 @@ def tas_cost_loss(expected: torch.Tensor, current: float, target: float, toleran
     return expected.detach().new_zeros(())
 
 
-class _Halves:
-    """Iterates the even batches of ``data`` (weights) and queues the odd ones for the distributions' step."""
-
-    def __init__(self, data):
-        self.data, self.arch = data, collections.deque()
-
-    def __len__(self) -> int:
-        return (len(self.data) + 1) // 2
-
-    def __iter__(self):
-        it = iter(self.data)
-        for a in it:
-            b = next(it, None)
-            self.arch.append(a if b is None else b)  # a lone last batch serves both halves
-            yield a
-
-
 @register_method(
     "tas", config=TASConfig, kind="structured", needs=("train",), status="partial",
     left_out=("the depth search over blocks per stage; one BatchNorm per candidate width (the candidates share the "
@@ -162,7 +144,7 @@ def run(ctx: RunContext, cfg: TASConfig) -> MethodResult:
         return hook
 
     arch_opt = torch.optim.Adam(rw.parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
-    halves = _Halves(ctx.train_data)
+    halves = DataHalves(ctx.train_data)
     entropy_start, start = rw.entropy().item(), {gid: d.probs().detach().clone() for gid, d in rw.dists.items()}
     track = {"arch": 0, "active": 0}
 

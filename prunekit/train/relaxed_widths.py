@@ -24,6 +24,7 @@ share the same pieces, written once here:
 """
 from __future__ import annotations
 
+import collections
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ from ..errors import ConfigError
 from ..graph.expected_cost import expected_cost
 
 __all__ = ["TAS_RATIOS", "WidthDistribution", "RelaxedWidths", "gumbel_softmax", "channel_wise_interpolation",
-           "candidate_widths", "tau_schedule"]
+           "candidate_widths", "tau_schedule", "DataHalves"]
 
 TAS_RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # TAS's width choices (Dong & Yang 2019, sec. 4.1)
 
@@ -242,3 +243,27 @@ def tau_schedule(epoch: int, epochs: int, tau_max: float, tau_min: float) -> flo
         return float(tau_max)
     return float(tau_max - (tau_max - tau_min) * epoch / (epochs - 1))
 
+
+
+class DataHalves:
+    """The two halves of a differentiable search's training data: iterating yields the even batches (for the
+    weights) and queues each odd one in ``arch`` (for the architecture step that follows); a lone last batch
+    serves both. ``len`` is the number of weight batches.
+
+    Example:
+        >>> h = DataHalves([1, 2, 3]); list(h), list(h.arch)
+        ([1, 3], [2, 3])
+    """
+
+    def __init__(self, data):
+        self.data, self.arch = data, collections.deque()
+
+    def __len__(self) -> int:
+        return (len(self.data) + 1) // 2
+
+    def __iter__(self):
+        it = iter(self.data)
+        for a in it:
+            b = next(it, None)
+            self.arch.append(a if b is None else b)
+            yield a
