@@ -128,7 +128,7 @@ def project_to_budget(v: torch.Tensor, cost, budget: float, lo: float, iters: in
     "dsa", config=DSAConfig, kind="structured", needs=("train",), status="partial",
     left_out=("the paper's ADMM loop is not released: the projection onto the budget (one linearised step), rho, the "
               "ratio step size and the update schedule are ours; FLOPs budgets only"),
-    smoke={"alpha_lr": 0.5},
+    smoke={"alpha_lr": 2.0},
     telemetry=Telemetry(
         keys=("expected_macs_fraction", "learned_macs_fraction", "ratio_std", "alpha_moved", "alpha_steps",
               "budget_met_step"),
