@@ -80,7 +80,8 @@ def main():
             torch.manual_seed(seed)
             reinitialise_(m)
             teacher = copy.deepcopy(base).eval()
-            fit(m, train, tcfg.replace(epochs=a.kd_epochs, seed=seed, kd_alpha=0.9, kd_temperature=4.0), teacher=teacher)
+            kd = tcfg.replace(epochs=a.kd_epochs, seed=seed, kd_alpha=0.9, kd_temperature=4.0)
+            fit(m, train, kd, teacher=teacher)
             row = {"seed": seed, "row": "uniform", "target": f"macs={searched['macs']:.4f}",
                    "macs": build_graph(m, x).macs() / dense, "accuracy": evaluate(m, test)["accuracy"],
                    "kd_epochs": a.kd_epochs, "train": a.train, "test": a.test, "seconds": time.time() - t0}

@@ -98,7 +98,8 @@ class WidthDistribution:
         n = len(self.candidates)
         init = torch.zeros(n) if logits is None else torch.as_tensor(logits, dtype=torch.float32)
         if init.shape != (n,):
-            raise ConfigError(f"logits of shape {tuple(init.shape)} for {n} candidate widths {self.candidates.tolist()}")
+            raise ConfigError(f"logits of shape {tuple(init.shape)} for {n} candidate widths "
+                              f"{self.candidates.tolist()}")
         self.logits = init.detach().clone().to(device).requires_grad_(True)
         # prefix[k, i] = 1 when candidate k keeps channel i (the first candidates[k] channels)
         self._prefix = (torch.arange(self.width)[None, :] < self.candidates[:, None]).float().to(device)
