@@ -70,7 +70,7 @@ def test_tas_two_candidate_sample_draws_two_distinct_widths_with_renormalised_di
     g = torch.Generator().manual_seed(1)
     for _ in range(20):
         idx, w = d.sample_two(5.0, generator=g)
-        assert len(set(idx.tolist())) == 2 and float(w.sum()) == pytest.approx(1.0)
+        assert len(set(idx.tolist())) == 2 and w.sum().item() == pytest.approx(1.0)
     (grad,) = torch.autograd.grad(w[0], d.logits)
     assert grad.abs().sum() > 0
 
