@@ -95,7 +95,7 @@ def test_expected_cost_at_a_one_hot_distribution_equals_the_engines_exact_cost()
             widths[gid] = int(d.candidates[k % len(d.candidates)])
     assert rw.argmax_widths() == widths
     for kind in ("macs", "params"):
-        assert float(rw.expected_cost(kind)) == pytest.approx(rw.exact_cost(widths, kind), rel=1e-12)
+        assert rw.expected_cost(kind).item() == pytest.approx(rw.exact_cost(widths, kind), rel=1e-12)
     assert rw.exact_cost({gid: d.width for gid, d in rw.dists.items()}) == rw.graph.macs()
 
 
@@ -134,11 +134,11 @@ def test_expected_latency_is_the_exact_expectation_of_the_table_and_exact_at_one
     brute = sum(float(np.prod([float(probs[g][i]) for g, i in zip(ids, combo)]))
                 * latency({g: int(rw.dists[g].candidates[i]) for g, i in zip(ids, combo)})
                 for combo in itertools.product(*(range(len(rw.dists[g].candidates)) for g in ids)))
-    assert float(rw.expected_latency(table)) == pytest.approx(brute, rel=1e-9)
+    assert rw.expected_latency(table).item() == pytest.approx(brute, rel=1e-9)
     with torch.no_grad():
         for d in rw.dists.values():
             d.logits.copy_(torch.tensor([50.0, -50.0]))
-    assert float(rw.expected_latency(table)) == pytest.approx(latency(rw.argmax_widths()), rel=1e-9)
+    assert rw.expected_latency(table).item() == pytest.approx(latency(rw.argmax_widths()), rel=1e-9)
     torch.autograd.grad(rw.expected_latency(table), rw.parameters())  # differentiable
 
 
