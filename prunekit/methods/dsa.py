@@ -127,7 +127,8 @@ def project_to_budget(v: torch.Tensor, cost, budget: float, lo: float, iters: in
 @register_method(
     "dsa", config=DSAConfig, kind="structured", needs=("train",), status="partial",
     left_out=("the paper's ADMM loop is not released: the projection onto the budget (one linearised step), rho, the "
-              "ratio step size and the update schedule are ours; FLOPs budgets only"),
+              "ratio step size and the update schedule are ours, and at the benchmark's budget the ratios fall in lockstep "
+              "(the task loss barely shapes them, docs/methods-search-6.md); FLOPs budgets only"),
     smoke={"alpha_lr": 2.0},
     telemetry=Telemetry(
         keys=("expected_macs_fraction", "learned_macs_fraction", "ratio_std", "alpha_moved", "alpha_steps",
