@@ -12,9 +12,10 @@ Rows, each trained ``--epochs`` epochs from the same seeded initialisation:
 Per SWP row: test accuracy of the cut model, the telemetry (stripes zeroed, partial filters, filters removed), the
 max abs logit difference between the masked model and its stripe export (entry check b), and for the dense
 model, the cut masked model and the stripe export: MACs and parameters (``pk.measure``: the stripe export's
-MACs are those of its kept stripes' 1x1 convs) and measured CPU latency (batch 1, one thread, median of 3 x 30).
+MACs are those of its kept stripes' 1x1 convs) and measured CPU latency (batch 1, one thread: ``pk.measure``'s wall-clock median of 3 x 30, and this
+process's CPU time per forward over 50 forwards, which other processes' load does not inflate).
 Usage: ``nice python benchmarks/swp_check.py [--epochs 5] [--subset 10000 2000] [--alphas 1e-4 6e-3]
-[--out FILE]``.
+[--no-dense] [--out FILE]``.
 """
 from __future__ import annotations
 
@@ -50,19 +51,28 @@ def _costs(models: dict, x1) -> dict:
     for _ in range(3):  # alternate, so every model sees the same machine load
         for k, m in models.items():
             lat[k].append(latency(m, x1, warmup=5, runs=30).median_ms)
-    for k in models:
+    for k, m in models.items():
         out[k]["latency_ms"] = round(statistics.median(lat[k]), 3)
+        m.eval()
+        with torch.no_grad():  # CPU time of this process: what the forward costs, whatever the machine's load
+            for _ in range(3):
+                m(x1)
+            c = time.process_time()
+            for _ in range(50):
+                m(x1)
+        out[k]["cpu_ms_per_forward"] = round((time.process_time() - c) / 50 * 1e3, 3)
     return out
 
 
-def run(seed, epochs, subset, alphas):
+def run(seed, epochs, subset, alphas, dense_row=True):
     res = {}
     b, m = _setup(seed, subset)
-    t0 = time.perf_counter()
-    pk.fit(m, b.train, _cfg(epochs, seed))
-    dense = m
-    res["dense"] = {"accuracy": pk.evaluate(m, b.test)["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
-    print(json.dumps(res["dense"]), flush=True)
+    dense = m  # without the dense row: the untrained net (MACs, parameters and latency do not depend on weights)
+    if dense_row:
+        t0 = time.perf_counter()
+        pk.fit(m, b.train, _cfg(epochs, seed))
+        res["dense"] = {"accuracy": pk.evaluate(m, b.test)["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
+        print(json.dumps(res["dense"]), flush=True)
     x1 = b.example_inputs(1)
     for a in alphas:
         b, m = _setup(seed, subset)
@@ -95,12 +105,13 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--subset", type=int, nargs=2, default=[10000, 2000])
     ap.add_argument("--alphas", type=float, nargs="+", default=[1e-4, 6e-3])
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense training row")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
     load_all()
     out = {"seed": a.seed, "epochs": a.epochs, "subset": a.subset, "model": "vgg-small width 0.5",
-           "rows": run(a.seed, a.epochs, a.subset, a.alphas)}
+           "rows": run(a.seed, a.epochs, a.subset, a.alphas, not a.no_dense)}
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)
