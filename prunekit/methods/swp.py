@@ -202,7 +202,7 @@ def run(ctx: RunContext, cfg: SWPConfig) -> MethodResult:
     if not convs:
         raise ConfigError(f"model={type(model).__name__}: swp needs Conv2d layers with a kernel larger than 1x1, "
                           f"groups=1 and zero padding (stripes are kernel positions); none found outside ignore")
-    skeleton = FilterSkeleton(model, convs, cfg.alpha, cfg.delta)
+    skeleton = FilterSkeleton(model, convs if cfg.mask_bn else dict.fromkeys(convs), cfg.alpha, cfg.delta)
     steps = fit(model, ctx.train_data, method_train_config(ctx), callbacks=[skeleton]).steps
     kept = skeleton.fold_()
     total = sum(k.numel() for k in kept.values())

@@ -21,9 +21,9 @@ def test_monte_carlo_mean_equals_the_dense_gradient_within_two_percent():
     draws = _draws(g, tau, 10000)
     assert float((draws == 0).double().mean()) > 0.4  # the draws really are sparse
     rel = float((draws.mean(0) - g).norm() / g.norm())
-    assert rel < 0.02, rel  # unbiased: measured 0.0099 (seed 0)
+    assert rel < 0.02, rel  # unbiased: measured 0.0064 (seed 0; 54% of the drawn entries are zero)
     biased = torch.where(g.abs() >= tau, g, torch.zeros_like(g))  # plain dropping of the small entries
-    assert float((biased - g).norm() / g.norm()) > 0.2  # what the stochastic rounding corrects
+    assert float((biased - g).norm() / g.norm()) > 0.5  # measured 0.77: what the stochastic rounding corrects
 
 
 def test_entries_are_kept_zeroed_or_set_to_plus_minus_tau():
