@@ -114,6 +114,16 @@ class ActivationGradientPruning(Callback):
         return {f: {"zero_fraction": c[1] / c[0] if c[0] else 0.0, "pruned_fraction": c[2] / c[0] if c[0] else 0.0}
                 for f, c in self.counts.items()}
 
+    def state_dict(self) -> dict:
+        """Counts and random-generator states, so a resumed training draws what the uninterrupted one would."""
+        return {"counts": {f: list(c) for f, c in self.counts.items()},
+                "rng": {str(d): g.get_state() for d, g in self._generators.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = {f: list(c) for f, c in state["counts"].items()}
+        for d, rng in state["rng"].items():
+            self._generator(torch.device(d)).set_state(rng)
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
