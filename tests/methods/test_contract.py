@@ -26,6 +26,8 @@ IDS = METHODS.names()
 TINY = {"data": "synthetic", "data_options": {"shape": [1, 8, 8], "n_train": 128, "n_test": 64},
         "model": "resnet20", "baseline": None, "batch_size": 64, "calib_batches": 2, "prune_epochs": 1,
         "finetune_epochs": 0, "latency": False, "lr": 0.05}
+# own contract (no target to meet): sparse-actgrad trains with pruned activation gradients and removes nothing
+NO_TARGET = {"sparse-actgrad"}  # tests/methods/test_sparse_actgrad.py checks it keeps the architecture
 
 
 def _target(spec) -> str:
@@ -82,7 +84,7 @@ def test_runs_end_to_end_through_prunekit_run_meets_its_target_and_reports_telem
                    if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
         assert zeros >= 0.5 - 0.02, f"{mid}: {zeros:.3f} of the conv/linear weights are zero, asked 0.5"
-    else:
+    elif mid not in NO_TARGET:
         assert report["ratios"]["macs_kept"] <= 0.6 * 1.01, f"{mid}: kept {report['ratios']['macs_kept']:.3f}"
     assert spec.telemetry is not None, f"{mid} declares no telemetry"
     method = saved["method"]
