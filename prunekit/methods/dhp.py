@@ -53,7 +53,14 @@ def _engaged(t: dict) -> bool:
     return t["zeroed"] > 0
 
 
-@register_method("dhp", config=DHPConfig, kind="structured", needs=("train",),
+LEFT_OUT = ("not yet benchmarked on the fair protocol (prunekit bench: ResNet-20 / small VGG at 2x and 4x fewer MACs, "
+            "3 seeds, Torch-Pruning rows); the entry's check is benchmarks/dhp_check.py. Ours: pruned latents are "
+            "masked to exact zeros in the forward (straight-through gradient) so the compact net equals the "
+            "hypernetwork net at the switch; only plain convolutions are generated (linear and grouped layers stay "
+            "ordinary weights, masked per channel)")
+
+
+@register_method("dhp", config=DHPConfig, kind="structured", needs=("train",), status="partial", left_out=LEFT_OUT,
                  smoke={"gamma": 2.0},
                  telemetry=Telemetry(
                      keys=("zeroed", "latent_pruned", "topped_up", "search_steps", "stopped_at", "macs_at_stop",

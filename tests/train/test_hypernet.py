@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit.graph import build_graph
 from prunekit.errors import ConfigError
 from prunekit.train.hypernet import HyperNet, ProximalLatents, WeightGenerator, proximal_, soft_threshold
 
@@ -105,7 +106,7 @@ def test_compact_model_reproduces_the_hypernetwork_models_logits(name, kw):
     with torch.no_grad():
         assert (model(x) - before).abs().max() < 1e-4
     assert sum(p.numel() for p in model.parameters()) < dense
-    assert pk.api.build_graph(model, x[:1]).macs() / pk.api.build_graph(
+    assert build_graph(model, x[:1]).macs() / build_graph(
         pk.models.create(name, **kw), x[:1]).macs() == pytest.approx(ratio, abs=1e-6)
 
 
