@@ -49,8 +49,8 @@ class DHPConfig(MethodConfig):
     # met (reported as telemetry 'topped_up'; the paper searches on, up to 100 epochs)
 
 
-def _engaged(t: dict) -> bool:
-    return t["zeroed"] > 0
+def _engaged(t: dict) -> bool:  # the proximal step chose most of the channels removed (not the top-up)
+    return t["zeroed"] > 0 and t["latent_pruned"] > t["topped_up"]
 
 
 LEFT_OUT = ("not yet benchmarked on the fair protocol (prunekit bench: ResNet-20 / small VGG at 2x and 4x fewer MACs, "
@@ -66,7 +66,7 @@ LEFT_OUT = ("not yet benchmarked on the fair protocol (prunekit bench: ResNet-20
                      keys=("zeroed", "latent_pruned", "topped_up", "search_steps", "stopped_at", "macs_at_stop",
                            "switch_max_abs_diff"),
                      engaged=_engaged,
-                     what="the proximal step zeroing hypernetwork latents",
+                     what="the proximal step zeroing hypernetwork latents (choosing most of the removed channels)",
                      knob="raise options.gamma (the L1 strength of the proximal step) or prune_epochs (DHP's "
                           "searching stage runs until the FLOPs target is met)"))
 def run(ctx: RunContext, cfg: DHPConfig) -> MethodResult:
