@@ -185,9 +185,14 @@ class HyperNet:
             raise ConfigError("HyperNet: the model has no convolution (groups=1) with a prunable channel group; "
                               "DHP generates convolution weights (check ignore=)")
         generated = {fqn for _, _, fqn, _, _ in plans}
+        # only groups a generated layer reads or writes get a latent (a latent no generator uses would only
+        # shrink under the proximal step): the others are not DHP's to prune
+        used = {w[0] for _, _, _, out, inp in plans for w in (out, inp) if w is not None}
+        self.latents = {k: v for k, v in self.latents.items() if int(k) in used}
+        self.group_ids = [g for g in self.group_ids if g in used]
         unmaskable = []
         for (fqn, dim), (gid, _, role) in where.items():
-            if role != "consumer" or fqn in generated or fqn not in params:
+            if gid not in used or role != "consumer" or fqn in generated or fqn not in params:
                 continue
             if dim >= params[fqn].dim():
                 unmaskable.append((gid, fqn))

@@ -137,3 +137,14 @@ def test_a_model_without_a_generatable_convolution_is_refused():
     with pytest.raises(ConfigError, match="no convolution"):
         HyperNet(model, torch.randn(1, 4))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_group_no_generated_layer_touches_gets_no_latent():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 8), nn.ReLU(),
+                          nn.Linear(8, 3))
+    hyper = HyperNet(model, torch.randn(1, 1, 6, 6))
+    conv_group = hyper._where[("0.weight", 0)][0]
+    assert hyper.group_ids == [conv_group]  # the hidden Linear's 8 units are not the hypernetwork's to prune
+    proximal_(hyper, 100.0)
+    assert set(hyper.pruned()) == {conv_group}
