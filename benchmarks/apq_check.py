@@ -13,6 +13,9 @@ count: they are random feasible configurations too). Checks of the issue: (a) he
 searched configuration's measured accuracy >= best random - 0.5 point. One JSON line per stage in ``--out``
 (resumable), a Markdown summary beside.
 
+``--verify-top K`` (ours, off by default) measures the K best distinct configurations of the last generation
+and keeps the best measured; ``--random-from`` reuses the random stage of a finished check with the same samples.
+
 Usage: nice python benchmarks/apq_check.py [--model lenet5 --samples 200 --random 500]
 """
 from __future__ import annotations
@@ -44,13 +47,16 @@ def main():
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--random", type=int, default=500)
     ap.add_argument("--generations", type=int, default=500)
+    ap.add_argument("--random-from", default=None, help="a finished check's JSONL whose random stage is reused")
     ap.add_argument("--recal", type=int, default=5)
     ap.add_argument("--val", type=int, default=1000)
     ap.add_argument("--train", type=int, default=5000)
+    ap.add_argument("--verify-top", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    out = Path(a.out or f"benchmarks/results/apq_check_{a.model}.jsonl")
+    out = Path(a.out or f"benchmarks/results/apq_check_{a.model}" + (f"_top{a.verify_top}" if a.verify_top else "")
+               + ".jsonl")
     torch.set_num_threads(1)
     load_all()
     data = pk.data.load("fashion-mnist", batch_size=128, subset=a.train, seed=a.seed, val_fraction=a.val / a.train)
@@ -65,17 +71,23 @@ def main():
             f.write(json.dumps(row) + "\n")
 
     settings = {k: getattr(a, k) for k in ("model", "target", "bitops", "samples", "random", "generations", "recal",
-                                            "val", "train", "seed")}
+                                            "val", "train", "seed", "verify_top")}
     if "apq" not in rows:
         model = load_baseline(base)
         t0 = time.time()
         ctx = RunContext(model=model, example_inputs=x, target=a.target, train_data=train, val_data=val, seed=a.seed,
                          options={"samples": a.samples, "bitops": a.bitops, "generations": a.generations,
-                                  "recal_batches": a.recal, "val_images": a.val})
+                                  "recal_batches": a.recal, "val_images": a.val, "verify_top": a.verify_top})
         res = get_method("apq").run(ctx)
         save({"stage": "apq", **settings, "telemetry": res.telemetry, "engaged": res.engaged,
               "widths": res.info["widths"], "bits": res.info["bits"], "predictor": res.info["predictor"],
               "sampled": res.info["sampled"], "seconds": time.time() - t0, "command": COMMAND})
+    if "random" not in rows and a.random_from:  # the same random configurations, measured the same way
+        prev = [json.loads(l) for l in Path(a.random_from).read_text().splitlines()]
+        prev_sampled = next(r for r in prev if r["stage"] == "apq")["sampled"]
+        if prev_sampled != rows["apq"]["sampled"]:
+            raise SystemExit("--random-from: that check measured other samples; run without it")
+        save(dict(next(r for r in prev if r["stage"] == "random"), **{"reused_from": a.random_from}))
     if "random" not in rows:
         model = load_baseline(base)
         cfg = APQConfig()
@@ -103,7 +115,7 @@ def main():
               "b_searched_within_0.5pt_of_best_random": t["best_measured"] >= best_random - 0.005}
     md = [f"# APQ feature check ({base}, {a.target}, BitOps <= {a.bitops})", "",
           f"Command: `{COMMAND} --model {a.model} --samples {a.samples} --random {a.random} --recal {a.recal} "
-          f"--val {a.val} --train {a.train}`", "",
+          f"--val {a.val} --train {a.train} --verify-top {a.verify_top}`", "",
           "| measured to fit | held-out Spearman | train Spearman | searched (measured) | searched (predicted) | "
           "best of random | median random | random measured | searched MACs / BitOps / mean bits |",
           "|---|---|---|---|---|---|---|---|---|",

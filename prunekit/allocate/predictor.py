@@ -216,14 +216,25 @@ class AccuracyPredictor(nn.Module):
 
 @dataclass
 class EvolutionResult:
-    """The best configuration found, its fitness, the best fitness after each generation and how many
-    candidates were drawn (including those refused as infeasible)."""
+    """The best configuration found, its fitness, the best fitness after each generation, how many
+    candidates were drawn (including those refused as infeasible) and the final population, best first."""
 
     best: tuple
     fitness: float
     history: list
     draws: int
     evaluated: int
+    population: list = field(default_factory=list)  # [(config, fitness)] of the last generation, best first
+
+    def top(self, k: int) -> list:
+        """The ``k`` best distinct configurations of the last generation."""
+        out = []
+        for c, _ in self.population:
+            if c not in out:
+                out.append(c)
+            if len(out) == k:
+                break
+        return out
 
 
 def evolve(encoding: Encoding, fitness: Callable[[list], np.ndarray], feasible: Callable[[tuple], bool], *,
@@ -286,5 +297,6 @@ def evolve(encoding: Encoding, fitness: Callable[[list], np.ndarray], feasible: 
         pop = parents + children
         fit = np.concatenate([par_fit, child_fit])
         history.append(float(fit.max()))
-    best = int(np.argmax(fit))
-    return EvolutionResult(best=pop[best], fitness=float(fit[best]), history=history, draws=draws, evaluated=evaluated)
+    order = np.argsort(-fit, kind="stable")
+    return EvolutionResult(best=pop[int(order[0])], fitness=float(fit[order[0]]), history=history, draws=draws,
+                           evaluated=evaluated, population=[(pop[i], float(fit[i])) for i in order])

@@ -70,6 +70,9 @@ def test_evolution_finds_the_best_feasible_configuration_of_a_small_space():
     # exhaustive optimum: spend the budget on the heaviest dims: (4, 2, 1, 1) -> 16 + 6 + 2 + 1 = 25
     assert r.fitness == 25.0 and e.values(r.best) == (4, 2, 1, 1)
     assert r.history == sorted(r.history) and len(r.history) == 31  # elitist: the best never gets worse
+    top = r.top(3)
+    assert top[0] == r.best and len(set(top)) == 3
+    assert [f for _, f in r.population] == sorted((f for _, f in r.population), reverse=True)
     random = np.random.default_rng(0)
     rand_best = max(float(np.dot(weights, e.values(c))) for c in (e.random(random) for _ in range(40))
                     if feasible(c))

@@ -91,3 +91,11 @@ def test_missing_held_out_data_is_refused():
     ctx.val_data = None
     with pytest.raises(ConfigError, match="needs val data"):
         get_method("apq").run(ctx)
+
+
+def test_verify_top_keeps_the_best_measured_of_the_predictors_top_candidates():
+    plain = get_method("apq").run(search_ctx(trained_tiny_convnet(), target="macs=0.6", **SMALL))
+    checked = get_method("apq").run(search_ctx(trained_tiny_convnet(), target="macs=0.6", **SMALL, verify_top=5))
+    assert checked.telemetry["measured"] == plain.telemetry["measured"] + 4
+    assert checked.telemetry["best_predicted"] == plain.telemetry["best_predicted"]  # the same search
+    assert checked.telemetry["best_measured"] >= plain.telemetry["best_measured"]
