@@ -74,7 +74,7 @@ def test_at_its_defaults_exactly_k_nonzeros_and_at_most_2_to_the_bits_values_per
     for w in weights(c.model).values():
         assert torch.unique(w.detach()).numel() <= 2 ** 2  # zero included
     assert t["attacked"] == 60 and t["projections"] == 61 and t["updates"] == 12  # every 5 of 60 batches
-    assert t["quant_error_after"] < t["quant_error_before"] and res.engaged is True  # measured 0.209 -> 0.173
+    assert t["quant_error_after"] < t["quant_error_before"] and res.engaged is True  # measured 0.209 -> 0.172
     assert set(get_masks(c.model)) == set(weights(c.model))
 
 
@@ -84,8 +84,8 @@ def test_the_admm_penalty_pulls_the_weights_towards_their_quantised_values():
         res = get_method("atmc").run(ctx(**{**TINY, "rho": 0.0}))
     none = res.telemetry
     assert res.engaged is False
-    assert none["quant_error_after"] > none["quant_error_before"]  # measured 0.209 -> 0.246 without the penalty
-    assert strong["quant_error_after"] < 0.6 * strong["quant_error_before"]  # measured 0.209 -> 0.109 at rho 1
+    assert none["quant_error_after"] > none["quant_error_before"]  # measured 0.209 -> 0.242 without the penalty
+    assert strong["quant_error_after"] < 0.6 * strong["quant_error_before"]  # measured 0.209 -> 0.104 at rho 1
 
 
 def test_without_pgd_examples_it_warns_with_the_knob():
