@@ -128,8 +128,8 @@ def run_row(row, seed, pre, mid, post, cache):
                 model=m, example_inputs=torch.zeros(1, 1, 28, 28), target=target, train_data=b.train,
                 val_data=list(b.test)[:2], prune_epochs=mid, train_config=_cfg(mid, seed), seed=seed,
                 ignore=("fc2",) if mid_id == "anp-vs" else (), options=options))
-        extra = {"telemetry": res.telemetry, "engaged": res.engaged, "warnings": [str(w.message) for w in caught
-                                                                                   if "Mechanism" in type(w.message).__name__]}
+        warned = [str(w.message) for w in caught if "Mechanism" in type(w.message).__name__]
+        extra = {"telemetry": res.telemetry, "engaged": res.engaged, "warnings": warned}
         extra["after_method"] = _score(m, b, space, seed)
         pk.fit(m, b.train, _cfg(post, seed), callbacks=res.callbacks)
     return {**_score(m, b, space, seed), **extra, "epochs": pre + mid + post,

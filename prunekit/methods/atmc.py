@@ -49,7 +49,7 @@ class ATMCConfig(MethodConfig):
     alpha: float = option(0.0, ge=0)  # PGD step in pixels; 0 = 2.5 * eps / steps (Madry et al.; ours: not stated)
     random_start: bool = True  # PGD starts at a uniform point of the ball (Madry et al., which ATMC trains with)
     bits: int = option(8, ge=1, le=16)  # per-layer bit-width: 2^bits values incl. zero (reference --quantize_bits 8)
-    quantize: bool = True  # the ADMM quantisation (paper); False = the pruning-only variant (reference quantize_algo None)
+    quantize: bool = True  # ADMM quantisation (paper); False = pruning only (reference --quantize_algo None)
     rho: float = option(0.1, ge=0)  # ADMM penalty (reference train_proj_admm_quant.py: rho=0.1)
     admm_interval: int = option(5, ge=1)  # batches between Z/U updates (reference --quant_interval 5)
     prune_interval: int = option(1, ge=1)  # batches between l0 projections of W (reference --prune_interval 1)
@@ -185,10 +185,10 @@ def _engaged(t: dict) -> bool:
                  left_out="the low-rank A·B + C factorisation branch and the model-size knapsack over per-layer "
                           "bit-widths (every layer gets options.bits); the paper's 0.5 clean + 0.5 PGD loss mix of "
                           "the reference scripts is not offered (the W-steps train on PGD examples only)",
-                 smoke={"steps": 1, "eval_batches": 1, "kmeans_iters": 2, "lr": 0.05},
+                 smoke={"steps": 1, "eval_batches": 1, "kmeans_iters": 2, "lr": 0.05, "admm_interval": 1},
                  telemetry=Telemetry(keys=("attacked", "projections", "flips", "updates", "gap_first", "gap_last",
-                                           "quant_error_before", "quant_error_after", "nonzeros", "budget", "max_distinct", "bits", "robust_before",
-                                           "robust_after"), engaged=_engaged,
+                                           "quant_error_before", "quant_error_after", "nonzeros", "budget",
+                                           "max_distinct", "bits", "robust_before", "robust_after"), engaged=_engaged,
                                      what="projected SGD on PGD examples under the global l0 budget while the ADMM "
                                           "penalty pulls the kept weights towards their k-means values (their "
                                           "quantisation error fell)",
@@ -205,21 +205,21 @@ def run(ctx: RunContext, cfg: ATMCConfig) -> MethodResult:
 
     before = robust()
     bits = cfg.bits if cfg.quantize else 32
-    target = SparseQuantProjection(sparsity=ctx.target_value, scope="global", bits=cfg.bits if cfg.quantize else 0,
-                                   iters=cfg.kmeans_iters)
-    block = ConstrainedTraining(target, rho=cfg.rho if cfg.quantize else 0.0, interval=cfg.admm_interval,
+    cset = SparseQuantProjection(sparsity=ctx.target_value, scope="global", bits=cfg.bits if cfg.quantize else 0,
+                                 iters=cfg.kmeans_iters)  # the constraint set: l0 budget, then k-means values
+    block = ConstrainedTraining(cset, rho=cfg.rho if cfg.quantize else 0.0, interval=cfg.admm_interval,
                                 unit="step", max_updates=None if cfg.quantize else 0, ignore=ctx.ignore)
     block.setup(ctx.model)
-    qerr_before = _quant_error(block.weights, target)
-    l0 = L0Projection(block.weights, target, cfg.prune_interval)
+    qerr_before = _quant_error(block.weights, cset)
+    l0 = L0Projection(block.weights, cset, cfg.prune_interval)
     attacker = AdversarialTraining(space=space, seed=ctx.seed, **adv)
     train = method_train_config(ctx, max(1, ctx.prune_epochs)).replace(lr=cfg.lr)
     fit(ctx.model, ctx.train_data, train, callbacks=[attacker, l0, block])  # W-steps, P_k(W), Z/U updates
     l0.project()
-    qerr_after = _quant_error(block.weights, target)
+    qerr_after = _quant_error(block.weights, cset)
     index = {}
     with torch.no_grad():  # the compressed model: Z = Q(P_k(W)) (P_k(W) alone without quantisation)
-        kept = target.masks({f: w.detach() for f, w in block.weights.items()})
+        kept = cset.masks({f: w.detach() for f, w in block.weights.items()})
         for f, w in block.weights.items():
             if cfg.quantize:
                 q, index[f] = quantize_kept(w.detach(), kept[f], bits, cfg.kmeans_iters)
@@ -234,12 +234,14 @@ def run(ctx: RunContext, cfg: ATMCConfig) -> MethodResult:
     gaps = [h["gap"] for h in block.history[1:]] or [block.history[0]["gap"]]
     distinct = {f: used[f]["distinct"] for f in masks if f in used}
     telemetry = {"attacked": attacker.attacked, "projections": l0.projections, "flips": l0.flips,
-                 "updates": block.updates, "gap_first": gaps[0], "gap_last": gaps[-1], "quant_error_before": qerr_before, "quant_error_after": qerr_after,
-                 "nonzeros": nonzeros, "budget": numel - round(ctx.target_value * numel), "max_distinct": max(distinct.values(), default=0),
+                 "updates": block.updates, "gap_first": gaps[0], "gap_last": gaps[-1],
+                 "quant_error_before": qerr_before, "quant_error_after": qerr_after, "nonzeros": nonzeros,
+                 "budget": numel - round(ctx.target_value * numel), "max_distinct": max(distinct.values(), default=0),
                  "bits": bits, "robust_before": before, "robust_after": robust()}
     callbacks = ([SharedCentroids(ctx.model, index)] if cfg.quantize else []) + \
         [AdversarialTraining(space=space, seed=ctx.seed + 1, **adv)]
-    info = {"sparsity": 1 - nonzeros / numel, "distinct": distinct, "gaps": gaps, "packed_bytes": packed_size(ctx.model),
+    info = {"sparsity": 1 - nonzeros / numel, "distinct": distinct, "gaps": gaps,
+            "packed_bytes": packed_size(ctx.model),
             "layer_sparsity": {f: 1 - float(m.float().mean()) for f, m in masks.items()},
             "epochs_trained": train.epochs, "eps": cfg.eps, "pgd_steps": cfg.steps}
     return MethodResult(ctx.model, callbacks=callbacks, info=info, telemetry=telemetry)

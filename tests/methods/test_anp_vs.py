@@ -142,7 +142,8 @@ def test_without_the_prior_term_no_mask_reaches_the_threshold_and_it_warns_with_
 
 
 @pytest.mark.parametrize("options, fragment", [({"eps": -1.0}, "eps"), ({"threshold": 1.5}, "threshold"),
-                                               ({"vs_wieght": 1.0}, "vs_weight"), ({"clean_weight": 2.0}, "clean_weight")])
+                                               ({"vs_wieght": 1.0}, "vs_weight"),
+                                               ({"clean_weight": 2.0}, "clean_weight")])
 def test_bad_options_are_config_errors_and_leave_the_model_unchanged(options, fragment):
     model, data = tiny_convnet(), conv_batches(2, "tercile")
     before = copy.deepcopy(model.state_dict())

@@ -49,7 +49,8 @@ def test_quantize_kept_uses_k_means_centres_and_a_fixed_zero_centre():
     assert q.tolist() == pytest.approx([1.0, 1.0, 3.0, 3.0, 0.05, 0.0])
     assert idx[-1] == -1 and len(set(idx[:5].tolist())) == 3
     q, idx = quantize_kept(torch.tensor([0.1, 0.2, 3.0, 3.2]), torch.ones(4, dtype=torch.bool), bits=1)
-    assert q.tolist() == pytest.approx([0.0, 0.0, 3.1, 3.1])  # zero is a fixed centre: 0.1, 0.2 join it, the one free centre settles at 3.1 (plain 1-means: 1.625)
+    # zero is a fixed centre: 0.1, 0.2 join it, the one free centre settles at 3.1 (plain 1-means: 1.625)
+    assert q.tolist() == pytest.approx([0.0, 0.0, 3.1, 3.1])
     assert idx.tolist() == [-1, -1, 0, 0]
 
 
