@@ -208,6 +208,24 @@ class ANPVSTraining(Callback):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
+    def state_dict(self) -> dict:
+        """What changes while training (checkpoints, ``prunekit run --resume``): the mask parameters, their Adam,
+        the attack's generator and the counters (the mask noise is drawn from ``(seed, step)``)."""
+        own = {f"{name}.{k}": t.detach().clone() for name in ("a_uc", "b_uc")
+               for k, t in getattr(self.masks, name).items()}
+        return {"tensors": own, "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "generator": self.generator.get_state(), "attacked": self.attacked, "last_vs": self.last_vs}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for key, value in state["tensors"].items():
+                name, k = key.split(".", 1)
+                getattr(self.masks, name)[k].copy_(value)
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.attacked, self.last_vs = int(state["attacked"]), float(state["last_vs"])
+
 
 @torch.no_grad()
 def vulnerability(model: nn.Module, modules: dict[str, list[nn.Module]], data, *, eps: float, steps: int,
