@@ -60,7 +60,7 @@ def test_with_lambda_and_beta_zero_and_masks_fixed_at_one_the_loss_is_plain_adve
     cb.on_before_backward(state)
     masks.remove()
     assert torch.equal(state.inputs, adv)
-    assert float(state.loss.detach()) == pytest.approx(float(F.cross_entropy(plain(adv), y)), abs=1e-6)
+    assert float(state.loss.detach()) == pytest.approx(float(F.cross_entropy(plain(adv), y).detach()), abs=1e-6)
 
 
 def test_the_vs_term_is_lambda_times_mean_feature_distortion_and_beta_adds_kl_over_n():
