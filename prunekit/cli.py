@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace an --out folder that holds other files (they are deleted)")
     r.add_argument("--resume", action="store_true",
                    help="continue the interrupted run of the same command from its last checkpoint (the method's training, the cut or the fine-tune)")
+    r.add_argument("--robust", metavar="ATTACK",
+                   help="also report accuracy under an attack, e.g. pgd:eps=0.1,steps=10 (alpha=... optional) or "
+                        "fgsm:eps=0.1 (eps in pixel units)")
 
     t = sub.add_parser("train", help="train a dense baseline (written to baselines/<model>-<data>.safetensors)")
     t.add_argument("--model", default="resnet20")
@@ -216,7 +219,8 @@ def _table(title, header, rows):
 
 
 # flags of `run` that are not recipe keys: they steer the command, not the job
-_NOT_RECIPE_FLAGS = ("command", "verbose", "recipe", "option", "no_latency", "force", "baselines", "resume")
+_NOT_RECIPE_FLAGS = ("command", "verbose", "recipe", "option", "no_latency", "force", "baselines", "resume",
+                     "robust")
 
 
 def _cmd_run(args) -> int:
@@ -226,7 +230,8 @@ def _cmd_run(args) -> int:
     if getattr(args, "no_latency", False):
         flags["latency"] = False
     recipe, note = W.resolve_recipe(getattr(args, "recipe", None), flags, getattr(args, "option", None) or [])
-    report = W.run_job(recipe, note=note, force=getattr(args, "force", False), resume=getattr(args, "resume", False))
+    report = W.run_job(recipe, note=note, force=getattr(args, "force", False), resume=getattr(args, "resume", False),
+                       robust=getattr(args, "robust", None))
     console = _console()
     from .report import summary_rows
 
@@ -470,6 +475,11 @@ def _run_problems(args) -> list[str]:
         except yaml.YAMLError as exc:
             problems.append(f"--option {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); quote "
                             f"it, e.g. --option 'key=\"text\"'")
+    if getattr(args, "robust", None) is not None:
+        try:
+            W.parse_attack(args.robust)
+        except ConfigError as exc:
+            problems.append(f"--robust: {exc}")
     try:
         recipe, _ = W.resolve_recipe(getattr(args, "recipe", None), flags, options)
     except ConfigError as exc:

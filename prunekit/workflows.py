@@ -42,6 +42,7 @@ from .measure.latency_table import time_forward as table_time_ms
 from .methods import METHODS, RunContext, catalog, get_method, load_all
 from .report import write_json, write_run_report
 from .train import TrainConfig, baseline as baselines, evaluate, fit
+from .train.adversarial import parse_attack, robust_accuracy
 from .train.progress import ProgressBar
 from .train.search import search
 from .train.subnet_eval import recalibrate_bn
@@ -568,6 +569,11 @@ def _evaluate(model, data, device) -> dict:
     return evaluate(model, data, device=device)
 
 
+def _robust(model, data, attack: dict, recipe: Recipe) -> float:
+    """Accuracy on ``data`` under ``attack`` (from :func:`parse_attack`), in the data's pixel space."""
+    return robust_accuracy(model, data, device=recipe.device, seed=recipe.seed, **attack)["robust"]
+
+
 def _train_config(recipe: Recipe, epochs: int, progress: bool, lr: float | None = None):
     return TrainConfig(epochs=epochs, lr=recipe.lr if lr is None else lr, seed=recipe.seed, device=recipe.device,
                        progress=_progress_enabled(progress))
@@ -723,7 +729,7 @@ def _validate_run(recipe: Recipe, kind: str, force: bool = False):
 
 
 def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: bool = False,
-            resume: bool = False) -> dict:
+            resume: bool = False, robust: str | None = None) -> dict:
     """The main job: baseline → prune to the target → BN recalibration → fine-tune → evaluate → report.
 
     Writes ``report.json``, ``report.md``, plots, ``recipe.yaml`` and ``model.safetensors`` (``pk.save``) into
@@ -732,9 +738,12 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     folder beside ``recipe.out`` (see :func:`_resume_dir`): each training call of the method, the pruned model
     after the cut, the fine-tune. After an interruption ``resume=True`` (``prunekit run ... --resume``) redoes
     the deterministic steps (load, evaluate) and continues from the last checkpoint, giving the weights of an
-    uninterrupted run. The folder is deleted when the run succeeds.
+    uninterrupted run. The folder is deleted when the run succeeds. ``robust`` (``--robust pgd:eps=0.1,steps=10``,
+    see :func:`prunekit.train.adversarial.parse_attack`) adds the accuracy under that attack on the test set as
+    ``robust_accuracy`` to ``before`` and ``after`` and the attack as ``report["robust"]``.
     """
     t_start = time.perf_counter()
+    attack = parse_attack(robust) if robust is not None else None
     kind, _ = parse_target(recipe.target, latency=True)
     spec = _validate_run(recipe, kind, force)
     resume_dir = _prepare_resume(recipe, resume)
@@ -753,6 +762,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
 
     t = time.perf_counter()
     before = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, False)}
+    if attack is not None:
+        before["robust_accuracy"] = _robust(model, bundle.test, attack, recipe)
     layers_before = layer_stats(model)
     original = copy.deepcopy(model) if recipe.latency else None
     timings["evaluate before"] = time.perf_counter() - t
@@ -778,6 +789,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     _finalize_masks(model)
     model.eval()
     after = {**_evaluate(model, bundle.test, recipe.device), **_measure(model, x, False)}
+    if attack is not None:
+        after["robust_accuracy"] = _robust(model, bundle.test, attack, recipe)
     if original is not None:  # both timed back to back, at the end, under the same load
         lat = paired_latency(original, model, x)
         before["latency_ms"], after["latency_ms"] = lat["latency_base_ms"], lat["latency_ms"]
@@ -797,6 +810,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
               "ratios": {"params_kept": after["params"] / before["params"],
                          "macs_kept": after["macs"] / before["macs"] if before["macs"] else None},
               "per_layer": _per_layer(layers_before, layer_stats(model)), "history": history, "timings": timings}
+    if attack is not None:
+        report["robust"] = {**attack, "spec": robust}
 
     with _staged_output(recipe.out, force=force) as stage:
         files = {"model": _save_model(model, stage / "model.safetensors"), "recipe": "recipe.yaml"}

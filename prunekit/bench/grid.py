@@ -11,12 +11,14 @@ from pathlib import Path
 from .._registry import closest
 from ..errors import ConfigError
 from ..recipe import Recipe, parse_target
+from ..train.adversarial import parse_attack
 
 GRID_TYPE = "prunekit.BenchGrid"
 GRID_VERSION = 1
 # the fields that define the protocol: a finished cell is reused only when all of them are unchanged
 _PROTOCOL = ("model", "data", "baseline", "prune_epochs", "finetune_epochs", "lr", "batch_size", "subset",
-             "calib_batches", "data_dir", "data_options", "ignore", "device", "options", "equal_budget", "controls")
+             "calib_batches", "data_dir", "data_options", "ignore", "device", "options", "equal_budget", "controls",
+             "robust")  # robust is in a grid's dict only when set, so older fingerprints do not change
 # bumped when the protocol's steps change, so that cells of the older protocol are run again
 # (2: Torch-Pruning matched within 1% of prunekit's MACs, equal training budgets, epochs counted per cell)
 PROTOCOL_VERSION = 2
@@ -52,6 +54,7 @@ class BenchGrid:
     controls: tuple[str, ...] | None = None  # the control rows (None: every criterion:, tp: and torch-prune: row)
     out: str = "benchmarks/results/grid"  # results prefix: <out>.json/.md/.png and the cells in <out>.cells/
     notes: tuple[str, ...] = ()  # sentences printed under the results table (budget, caveats)
+    robust: str | None = None  # also the accuracy under this attack after the fine-tune, e.g. "pgd:eps=0.1,steps=10"
 
     def __post_init__(self):
         for name in ("methods", "targets", "seeds", "ignore", "notes", "controls"):
@@ -76,6 +79,11 @@ class BenchGrid:
             stray = [c for c in self.controls if c not in self.methods]
             if stray:
                 problems.append(f"controls={list(stray)!r} are not in methods; list control rows among the methods")
+        if self.robust is not None:
+            try:
+                parse_attack(self.robust)
+            except ConfigError as e:
+                problems.append(str(e))
         if problems:
             raise ConfigError("invalid bench grid: " + "; ".join(problems))
         for t in self.targets:
@@ -124,6 +132,8 @@ class BenchGrid:
         data = dataclasses.asdict(self)
         for key in ("methods", "targets", "seeds", "ignore", "notes", "controls"):
             data[key] = None if data[key] is None else list(data[key])
+        if data["robust"] is None:  # a grid without the attack reads (and fingerprints) as before the field
+            del data["robust"]
         return {"type": GRID_TYPE, "version": GRID_VERSION, **data}
 
     def protocol(self) -> dict:

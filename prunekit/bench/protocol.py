@@ -44,6 +44,7 @@ from .grid import BenchGrid, cell_id, split_variant
 from .. import data, models, workflows as W
 from ..report import write_bench_report, write_json
 from ..train import fit
+from ..train.adversarial import parse_attack, robust_accuracy
 from ..train.baseline import baseline_info
 from ..train.executor import make_executor
 
@@ -243,6 +244,9 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     W._finalize_masks(model)
     model.eval()
     cell["acc_finetuned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
+    if g.robust is not None:  # the grid's attack on the fine-tuned model, in the data's pixel space
+        cell["acc_robust"] = robust_accuracy(model, bundle.test, device=g.device, seed=seed,
+                                             **parse_attack(g.robust))["robust"]
     cell.update(W._measure(model, x, False))
     cell["nonzero_params"] = _nonzero(model)
     cell.update({k: v for k, v in base.items() if k not in ("fingerprint", "latency_base_ms")})

@@ -45,6 +45,8 @@ def aggregate_cells(cells: list[dict]) -> list[dict]:
         row["engaged"] = None if all(e is None for e in engaged) else all(e is True for e in engaged)
         row["not_engaged_seeds"] = sum(1 for e in engaged if e is False)
         row["telemetry"] = summarize_telemetry([c.get("telemetry") or {} for c in group])
+        if any(c.get("acc_robust") is not None for c in group):  # grids with `robust:` only
+            row["acc_robust_mean"], row["acc_robust_std"] = _mean_std([c.get("acc_robust") for c in group])
         rows.append(row)
     rows.sort(key=lambda r: (r["target"], r["source"] != "prunekit", r["source"], r["method"]))
     return rows
@@ -98,6 +100,11 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
               "| weights kept | epochs: pre-cut + fine-tune = total | engaged | telemetry (mean over seeds) "
               "| params (k) | latency ms, baseline → pruned |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+    robust = any("acc_robust_mean" in r for r in rows)
+    if robust:  # the attack's column right after the fine-tuned accuracy (grids with `robust:` only)
+        attack = (protocol or {}).get("robust", "attack")
+        lines[-2] = lines[-2].replace("| after fine-tune (%) |", f"| after fine-tune (%) | under {attack} (%) |")
+        lines[-1] = lines[-1].replace("|---:|---:|---:|", "|---:|---:|---:|---:|", 1)
     for r in rows:
         macs_kept = (r["macs_mean"] / r["macs_base_mean"]) if r.get("macs_mean") and r.get("macs_base_mean") else None
         w_kept = (r["nonzero_params_mean"] / r["params_base_mean"]
@@ -126,7 +133,9 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
         lines.append(
             f"| {r['target']} | {r['source']} | {method} | {r['n']} | "
             f"{_pm(r.get('acc_cut_mean'), r.get('acc_cut_std'))} | "
-            f"{_pm(r['acc_finetuned_mean'], r['acc_finetuned_std'])} | {kept} | {wk} | {epochs} | {engaged} | "
+            f"{_pm(r['acc_finetuned_mean'], r['acc_finetuned_std'])} | "
+            + (f"{_pm(r.get('acc_robust_mean'), r.get('acc_robust_std'))} | " if robust else "")
+            + f"{kept} | {wk} | {epochs} | {engaged} | "
             f"{_fmt_telemetry(r.get('telemetry') or {})} | {params} | {lat} |"
         )
     lines += ["", "After the cut, BN recal.: accuracy right after pruning with BatchNorm statistics re-estimated, "

@@ -68,6 +68,12 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
         else:
             change = "—"
         rows.append((label, _fmt(vb, kind), _fmt(va, kind), change))
+        if key == "accuracy" and report.get("robust"):  # only with `prunekit run --robust ...`
+            rb, ra, atk = b.get("robust_accuracy"), a.get("robust_accuracy"), report["robust"]
+            label = f"{atk.get('attack', 'attack')} accuracy (eps {atk.get('eps')}" + \
+                (f", {atk['steps']} steps)" if "steps" in atk else ")")
+            change = f"{100 * (ra - rb):+.2f} pts" if rb is not None and ra is not None else "—"
+            rows.append((label, _fmt(rb, "acc"), _fmt(ra, "acc"), change))
     return rows
 
 

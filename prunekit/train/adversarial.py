@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from .callbacks import Callback, TrainState
 from .loop import output_logits
 
-__all__ = ["InputSpace", "fgsm", "pgd", "run_attack", "robust_accuracy", "AdversarialTraining"]
+__all__ = ["InputSpace", "fgsm", "pgd", "run_attack", "robust_accuracy", "AdversarialTraining", "parse_attack"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,35 @@ def robust_accuracy(model: nn.Module, data: Iterable, *, attack: Literal["fgsm",
     if n == 0:
         raise ConfigError("robust_accuracy got no batches: data is empty; pass a non-empty iterable of (inputs, targets)")
     return {"clean": clean / n, "robust": robust / n, "n": n, "eps": float(eps), "attack": attack, "steps": steps}
+
+
+def parse_attack(text: str) -> dict:
+    """``"pgd:eps=0.1,steps=10[,alpha=0.025]"`` or ``"fgsm:eps=0.1"`` (the ``--robust`` option of ``prunekit run``
+    and ``bench``) as keyword arguments of :func:`robust_accuracy`; a bad string is a ``ConfigError``.
+
+    Example:
+        >>> parse_attack("pgd:eps=0.1,steps=5")
+        {'attack': 'pgd', 'eps': 0.1, 'steps': 5}
+    """
+    fix = "write e.g. 'pgd:eps=0.1,steps=10' (alpha=... optional) or 'fgsm:eps=0.1'"
+    kind, _, rest = str(text).partition(":")
+    if kind not in ("pgd", "fgsm"):
+        raise ConfigError(f"robust={text!r}: the attack {kind!r} is not 'pgd' or 'fgsm'; {fix}")
+    out: dict = {"attack": kind}
+    allowed = {"eps": float, "steps": int, "alpha": float} if kind == "pgd" else {"eps": float}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if key not in allowed or not eq:
+            raise ConfigError(f"robust={text!r}: {part!r} is not one of {sorted(allowed)} as key=value; {fix}")
+        try:
+            out[key] = allowed[key](value)
+        except ValueError:
+            raise ConfigError(f"robust={text!r}: {key}={value!r} is not a number; {fix}") from None
+    if "eps" not in out:
+        raise ConfigError(f"robust={text!r} gives no eps (the L-inf radius in pixels); {fix}")
+    _check(out["eps"], out.get("alpha"), out.get("steps"))
+    return out
 
 
 class AdversarialTraining(Callback):
