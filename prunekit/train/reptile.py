@@ -23,8 +23,8 @@ Example:
     >>> net = torch.nn.Linear(4, 2)
     >>> r = Reptile(net, inner_steps=2, inner_batch=4, inner_lr=0.01, ways=2)
     >>> hist = r.train(EpisodeSampler(x, y, range(4), ways=2), iterations=3, meta_batch=2, shots=4)
-    >>> len(hist), hist[-1]["epsilon"]
-    (3, 0.3333333333333333)
+    >>> len(hist), round(hist[-1]["epsilon"], 4)
+    (3, 0.3333)
 """
 from __future__ import annotations
 
