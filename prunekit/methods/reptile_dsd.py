@@ -149,7 +149,7 @@ def _schedule(cfg: ReptileDSDConfig, rate: float):
 @register_method("reptile-dsd", config=ReptileDSDConfig, kind="unstructured", needs=("train",), status="partial",
                  left_out="no row on the fair `prunekit bench` protocol (its measure is few-shot accuracy on held-out "
                           "classes, which bench does not compute); the entry's check ran only at a reduced scale "
-                          "(benchmarks/reptile_check.py: 14x14 images, Conv-4-32, 200 meta-iterations, one seed)",
+                          "(benchmarks/reptile_check.py: 14x14 images, Conv-4-32, 200 meta-iterations, one run per class split)",
                  telemetry=Telemetry(keys=("sparse_iterations", "masks_computed", "max_masked_abs", "realised_sparsity"),
                                      engaged=lambda t: t["sparse_iterations"] >= 1 and t["max_masked_abs"] == 0.0,
                                      what="meta-training restricted to a sparse sub-network (meta-iterations run "
