@@ -105,7 +105,8 @@ def summary(results: dict) -> dict:
             rows[name] = {"refused": runs[0]["refused"]}
             continue
         acc = torch.tensor([r["accuracy"] for r in runs], dtype=torch.float64)
-        row = {"seeds": len(runs), "accuracy": float(acc.mean()), "accuracy_std": float(acc.std()) if len(runs) > 1 else 0.0,
+        row = {"seeds": len(runs), "accuracy": float(acc.mean()),
+               "accuracy_std": float(acc.std()) if len(runs) > 1 else 0.0,
                "packed_bytes": float(sum(r["packed_bytes"] for r in runs) / len(runs)),
                "engaged": all(r.get("engaged", True) for r in runs)}
         if "own_bytes" in runs[0]:
@@ -141,7 +142,8 @@ def table(rows: dict) -> str:
             continue
         own = f"{r['own_bytes']:,.0f}" if "own_bytes" in r else ""
         std = f" ± {100 * r['accuracy_std']:.2f}" if r["seeds"] > 1 else ""
-        lines.append(f"| {k} | {100 * r['accuracy']:.2f}{std} | {r['packed_bytes']:,.0f} | {pct(r.get('dc_at_size'))} | "
+        lines.append(f"| {k} | {100 * r['accuracy']:.2f}{std} | {r['packed_bytes']:,.0f} | "
+                     f"{pct(r.get('dc_at_size'))} | "
                      f"{own} | {pct(r.get('dc_at_own_size'))} | {'–' if k == 'dense' else r['engaged']} |")
     return "\n".join(lines)
 

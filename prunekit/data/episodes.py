@@ -44,7 +44,7 @@ class Episode:
     query_y: torch.Tensor
     classes: tuple[int, ...]  # the original class of label 0, 1, ...
 
-    def batches(self, batch_size: int, steps: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, steps: int, generator: torch.Generator) -> list[tuple]:
         """``steps`` mini-batches of the support set: reshuffled passes, each batch within one pass."""
         n, out = len(self.support_y), []
         order = torch.empty(0, dtype=torch.long)

@@ -46,7 +46,8 @@ __all__ = ["ReptileDSDConfig", "SparsePhases", "dsd_rate", "iht_rates", "iht_rat
 class ReptileDSDConfig(MethodConfig):
     variant: Literal["dsd", "iht"] = "dsd"  # the paper's two schedules (src/dsdtrain.py, src/ihttrain.py)
     iterations: int = option(100000, ge=1)  # meta-iterations in all (example_*.sh: --meta-iters 100000)
-    sparse_iter: int | None = option(None, ge=0)  # first masked meta-iteration; None: 30000 for dsd, 20000 for iht (scripts)
+    # first masked meta-iteration; None: the scripts' value, 30000 for dsd, 20000 for iht
+    sparse_iter: int | None = option(None, ge=0)
     retrain_iter: int = option(90000, ge=0)  # dsd: the mask is lifted here (example_dsd: 90000)
     sparse_interval: int = option(20000, ge=1)  # iht: meta-iterations between re-thresholdings (example_iht: 20000)
     init_rate: float = option(0.1, ge=0, lt=1)  # iht: rate of the first mask (example_iht: 0.1)
@@ -149,8 +150,10 @@ def _schedule(cfg: ReptileDSDConfig, rate: float):
 @register_method("reptile-dsd", config=ReptileDSDConfig, kind="unstructured", needs=("train",), status="partial",
                  left_out="no row on the fair `prunekit bench` protocol (its measure is few-shot accuracy on held-out "
                           "classes, which bench does not compute); the entry's check ran only at a reduced scale "
-                          "(benchmarks/reptile_check.py: 14x14 images, Conv-4-32, 200 meta-iterations, one run per class split)",
-                 telemetry=Telemetry(keys=("sparse_iterations", "masks_computed", "max_masked_abs", "realised_sparsity"),
+                          "(benchmarks/reptile_check.py: 14x14 images, Conv-4-32, 200 meta-iterations, one run "
+                          "per class split)",
+                 telemetry=Telemetry(keys=("sparse_iterations", "masks_computed", "max_masked_abs",
+                                           "realised_sparsity"),
                                      engaged=lambda t: t["sparse_iterations"] >= 1 and t["max_masked_abs"] == 0.0,
                                      what="meta-training restricted to a sparse sub-network (meta-iterations run "
                                           "under a magnitude mask, masked weights exactly 0)",
