@@ -38,7 +38,7 @@ OWN_CONTRACT.add("reptile-dsd")  # tasks need >= ways + held_out classes (here 3
 # the methods that meet the sparsity over all layers together (the others meet it in every layer)
 GLOBAL = {"snip", "snip-ldi", "lr-rewinding", "one-ticket", "han-magnitude", "deep-compression",
           "dpf", "gsm", "proxsgd", "str", "lc", "net-trim", "rnn-jacobian", "sensitivity-reg", "autoprune",
-          "constraint-aware", "energy-aware"}
+          "constraint-aware", "energy-aware", "atmc"}  # atmc: one l0 projection over all layers (Gui et al. 2019)
 
 
 def test_the_methods_are_computed_from_the_registry_and_hold_the_ones_this_contract_was_written_for():
