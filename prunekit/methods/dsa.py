@@ -180,6 +180,18 @@ def run(ctx: RunContext, cfg: DSAConfig) -> MethodResult:
             masks[i] = (hard + p - p.detach()).to(dev)  # straight-through Bernoulli mask
 
     class _Allocate(Callback):
+        def state_dict(self) -> dict:  # what a resumed run needs: the ratio logits, their optimizer, z and u
+            return {"logits": logits.detach().clone(), "opt": opt.state_dict(), "z": z.clone(), "u": u.clone(),
+                    "track": dict(track)}
+
+        def load_state_dict(self, sd: dict) -> None:
+            nonlocal z, u
+            with torch.no_grad():
+                logits.copy_(sd["logits"])
+            opt.load_state_dict(sd["opt"])
+            z, u = sd["z"].clone(), sd["u"].clone()
+            track.update(sd["track"])
+
         def on_batch_start(self, state) -> None:
             resample(2 * state.step, with_grad=False)
 

@@ -153,6 +153,17 @@ def run(ctx: RunContext, cfg: TASConfig) -> MethodResult:
                              cfg.tolerance)
 
     class _Search(Callback):
+        def state_dict(self) -> dict:  # what a resumed run needs: the distributions and their optimizer
+            return {"logits": [d.logits.detach().clone() for d in rw.dists.values()],
+                    "arch_opt": arch_opt.state_dict(), "track": dict(track)}
+
+        def load_state_dict(self, sd: dict) -> None:
+            with torch.no_grad():
+                for d, t in zip(rw.dists.values(), sd["logits"]):
+                    d.logits.copy_(t)
+            arch_opt.load_state_dict(sd["arch_opt"])
+            track.update(sd["track"])
+
         def on_epoch_start(self, state) -> None:
             tau["now"] = tau_schedule(state.epoch, state.config.epochs, cfg.tau_max, cfg.tau_min)
 

@@ -248,12 +248,16 @@ def tau_schedule(epoch: int, epochs: int, tau_max: float, tau_min: float) -> flo
 
 class DataHalves:
     """The two halves of a differentiable search's training data: iterating yields the even batches (for the
-    weights) and queues each odd one in ``arch`` (for the architecture step that follows); a lone last batch
-    serves both. ``len`` is the number of weight batches.
+    weights) and holds each one's odd partner in ``arch`` (for the architecture step that follows it); a lone
+    last batch serves both. ``arch`` holds only the partner of the batch yielded last, so a training loop that
+    replays the batches of an interrupted epoch (resume) leaves it paired as in the uninterrupted run. ``len``
+    is the number of weight batches.
 
     Example:
-        >>> h = DataHalves([1, 2, 3]); list(h), list(h.arch)
-        ([1, 3], [2, 3])
+        >>> h = DataHalves([1, 2, 3]); it = iter(h); next(it), list(h.arch)
+        (1, [2])
+        >>> next(it), list(h.arch)
+        (3, [3])
     """
 
     def __init__(self, data):
@@ -266,5 +270,6 @@ class DataHalves:
         it = iter(self.data)
         for a in it:
             b = next(it, None)
+            self.arch.clear()
             self.arch.append(a if b is None else b)
             yield a
