@@ -91,6 +91,7 @@ class Slimmable:
         for g in self.graph.groups:
             offsets[g.id], total = total, total + g.width
         self.n_channels = total
+        self.offsets = [offsets[g.id] for g in self.graph.groups]  # first flat channel of each graph group
         # per flat channel: its segment and its rank inside the segment (0 = kept first); -1 outside segments
         seg_of, rank_of = np.full(total, -1), np.zeros(total, dtype=np.int64)
         self.segment_channels = []  # flat channel indices of each segment, in keep order
