@@ -39,6 +39,7 @@ from ..train.loop import output_logits
 from ..train.slimmable import SandwichRule, Slimmable, SlimmableNet, WidthSampler, ratio_grid
 from ..train.subnet_eval import recalibrate_bn
 from ._config import MethodConfig, option
+from ._filter_common import require_prune_epochs
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def _engaged(t: dict) -> bool:
                      knob="raise prune_epochs (the DMCP stage is the last 1 - options.stage1_share of them) or "
                           "options.arch_lr"))
 def run(ctx: RunContext, cfg: DMCPConfig) -> MethodResult:
+    require_prune_epochs(ctx, "dmcp")
     model, kind, target = ctx.model, ctx.target_kind, ctx.target_value
     slim = Slimmable(model, ctx.example_inputs, ignore=ctx.ignore)
     grid = ratio_grid(cfg.min_width, 1.0, cfg.offset) if cfg.min_width < 1 else (1.0,)

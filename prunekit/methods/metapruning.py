@@ -37,6 +37,7 @@ from ..train.config import method_train_config
 from ..train.slimmable import Slimmable, WidthSampler, ratio_grid
 from ..train.subnet_eval import recalibrate_bn
 from ._config import MethodConfig, option
+from ._filter_common import require_prune_epochs
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ def _engaged(t: dict) -> bool:
                           "apart",
                      knob="raise prune_epochs (PruningNet training) and options.population / options.generations"))
 def run(ctx: RunContext, cfg: MetaPruningConfig) -> MethodResult:
+    require_prune_epochs(ctx, "metapruning")
     model, kind, target = ctx.model, ctx.target_kind, ctx.target_value
     pnet, sampler, enc = train_pruningnet(model, ctx.example_inputs, ctx.train_data, method_train_config(ctx), cfg,
                                           ignore=ctx.ignore, seed=ctx.seed, device=ctx.device)
