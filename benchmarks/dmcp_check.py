@@ -3,9 +3,9 @@
 The entry: groups of 10% width, stage 1 = 3 epochs of sandwich training, stage 2 = 2 epochs with the FLOPs
 loss; (a) expected FLOPs after stage 2 within +-5% of the target; (b) marginals non-increasing along each chain
 and final widths on the grid. Scaled: ``--train`` training images (default 640 of 60,000, batches of
-``--batch`` 32: 20 DMCP steps per epoch), ``--epochs 5`` (``stage1_share`` 0.6: 3 + 2), seeds ``--seeds``. Check (c) (retrained searched net vs uniform widths) is not
-run here. Each row also reports the cut supernet's test accuracy with ``reinit=False`` and 5 BN recalibration
-batches (no fine-tune), beside the uniform widths of the same grid cut from the same supernet weights.
+``--batch`` 32: 20 DMCP steps per epoch), ``--epochs 5`` (``stage1_share`` 0.6: 3 + 2), seeds ``--seeds``.
+Check (c) (retrained searched net vs uniform widths) is not run here. Each row also reports the cut supernet's
+test accuracy (2,000 test images) with ``reinit=False`` and 5 BN recalibration batches, no fine-tune.
 
 Usage: nice python benchmarks/dmcp_check.py [--seeds 0 1 2] [--train 640] [--batch 32] [--epochs 5]
 Results: benchmarks/results/dmcp_check.json (one row per seed; an existing row is not rerun) and .md.
