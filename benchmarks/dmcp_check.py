@@ -64,11 +64,12 @@ def main() -> None:
             continue
         rows.append(one(seed, a.train, a.epochs, a.target, a.batch))
         path.write_text(json.dumps(rows, indent=1))
-    lines = ["| seed | expected MACs after stage 2 | within ±5% | marginals non-increasing | cut MACs | grid steps "
-             "to target | entropy start → end | acc after cut (BN recal) | s |", "|" + "---|" * 9]
+    lines = ["| seed | images | alpha steps | expected MACs after stage 2 | within ±5% | marginals non-increasing | "
+             "cut MACs | grid steps to target | entropy start → end | acc after cut (BN recal) | s |", "|" + "---|" * 11]
     for r in rows:
         t = r["telemetry"]
-        lines.append(f"| {r['seed']} | {t['expected_cost']:.4f} | {r['expected_within_5pct']} | "
+        lines.append(f"| {r['seed']} | {r['train_images']} | {t['alpha_steps']} | {t['expected_cost']:.4f} | "
+                     f"{r['expected_within_5pct']} | "
                      f"{r['marginals_non_increasing']} | {t['cut_cost']:.4f} | {t['steps_to_target']} | "
                      f"{t['entropy_start']:.3f} → {t['entropy_end']:.3f} | {100 * r['acc_after_cut_recal']:.2f} | "
                      f"{r['seconds']:.0f} |")
