@@ -192,3 +192,22 @@ def planted_bn_channel(n: int, batch: int, seed: int = 0):
     x = torch.randn(n, 2, generator=g)
     y = (x[:, 0] > 0).long()
     return model, [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+# ---- the robust methods' setting (adv-admm, atmc): two features, label x0 > x1, a 10-24-2 MLP ----
+def margin_batches():
+    """10 batches of 16: 10 Gaussian features, label ``x0 - x1 > 0``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10 * 16, 10, generator=g)
+    return [(x[i:i + 16], (x[i:i + 16, 0] - x[i:i + 16, 1] > 0).long()) for i in range(0, len(x), 16)]
+
+
+def margin_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 2))
+
+
+def margin_ctx(m, target: str, epochs: int, options: dict) -> RunContext:
+    return RunContext(model=m if m is not None else margin_mlp(), example_inputs=None, target=target,
+                      train_data=margin_batches(), prune_epochs=epochs,
+                      train_config=TrainConfig(lr=0.05, progress=False), options=options)

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
@@ -14,25 +13,18 @@ from prunekit.methods import RunContext, get_method, load_all
 from prunekit.train import TrainConfig, fit
 from prunekit.train.adversarial import AdversarialTraining, robust_accuracy
 
+from method_setups import margin_batches, margin_ctx, margin_mlp
+
 load_all()
 # a budget on which the W-steps move the weights: 4 updates over 4 x 10 steps, PGD 3 steps of eps 0.2
 TINY = {"iterations": 4, "rho": 0.2, "lr": 0.05, "eps": 0.2, "alpha": 0.1, "steps": 3, "eval_batches": 2}
 
 
-def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(10 * 16, 10, generator=g)
-    return [(x[i:i + 16], (x[i:i + 16, 0] - x[i:i + 16, 1] > 0).long()) for i in range(0, len(x), 16)]
-
-
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 2))
+data, model = margin_batches, margin_mlp
 
 
 def ctx(m=None, target="sparsity=0.75", epochs=4, **options):
-    return RunContext(model=m or model(), example_inputs=None, target=target, train_data=data(), prune_epochs=epochs,
-                      train_config=TrainConfig(lr=0.05, progress=False), options=options)
+    return margin_ctx(m, target, epochs, options)
 
 
 def test_admm_stage_trains_on_pgd_batches_and_hard_prunes_every_layer_to_the_target():

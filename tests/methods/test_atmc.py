@@ -9,7 +9,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.masks import get_masks
@@ -18,24 +17,17 @@ from prunekit.methods.atmc import L0Projection, SparseQuantProjection, SharedCen
 from prunekit.train import TrainConfig, fit
 from prunekit.train.adversarial import AdversarialTraining
 
+from method_setups import margin_batches, margin_ctx, margin_mlp
+
 load_all()
 TINY = {"eps": 0.2, "steps": 3, "bits": 2, "lr": 0.05, "eval_batches": 1}  # rho, intervals: the paper's
 
 
-def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(10 * 16, 10, generator=g)
-    return [(x[i:i + 16], (x[i:i + 16, 0] - x[i:i + 16, 1] > 0).long()) for i in range(0, len(x), 16)]
-
-
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 2))
+data, model = margin_batches, margin_mlp
 
 
 def ctx(m=None, target="sparsity=0.5", epochs=6, **options):
-    return RunContext(model=m or model(), example_inputs=None, target=target, train_data=data(), prune_epochs=epochs,
-                      train_config=TrainConfig(lr=0.05, progress=False), options=options)
+    return margin_ctx(m, target, epochs, options)
 
 
 def weights(m):
