@@ -607,10 +607,12 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
                             keep_outputs=_keep(recipe.keep_outputs))
         return [], {"engine_report": _plain(rep)}
 
+    # the base of a method's own TrainConfig (method_train_config sets its epochs from prune_epochs; 0 is valid
+    # for a method that does not train before the cut, and a training method refuses it by name)
     ctx = RunContext(model=model, example_inputs=x, target=recipe.target, train_data=bundle.train,
                      val_data=bundle.val, calib=calib_batches(bundle, recipe.calib_batches),
                      ignore=tuple(recipe.ignore), prune_epochs=recipe.prune_epochs,
-                     train_config=_train_config(recipe, recipe.prune_epochs, progress), device=recipe.device,
+                     train_config=_train_config(recipe, max(1, recipe.prune_epochs), progress), device=recipe.device,
                      seed=recipe.seed, options=spec.options(recipe.options), keep_outputs=_keep(recipe.keep_outputs))
     result = spec.run(ctx)
     return list(result.callbacks), {"model": result.model, **dict(result.info), "telemetry": dict(result.telemetry),

@@ -67,6 +67,20 @@ def test_run_job_unstructured_keeps_sparsity_through_fine_tune(tmp_path):
     assert saved["after"] == report["after"]
 
 
+def test_a_method_that_does_not_train_before_the_cut_runs_with_prune_epochs_0_and_a_training_one_is_refused(tmp_path):
+    from prunekit.errors import ConfigError
+    from prunekit.recipe import Recipe
+    from prunekit.workflows import run_job
+
+    common = dict(model="lenet5", data="synthetic", data_options={"n_train": 128, "n_test": 64}, baseline=None,
+                  target="macs=0.5", prune_epochs=0, finetune_epochs=1, lr=0.05, batch_size=64, subset=None,
+                  calib_batches=1, latency=False)
+    report = run_job(Recipe(method="l1-filter", out=str(tmp_path / "a"), **common), progress=False)
+    assert report["after"]["macs"] <= 0.5 * report["before"]["macs"]
+    with pytest.raises(ConfigError, match="prune_epochs"):
+        run_job(Recipe(method="sfp", out=str(tmp_path / "b"), **common), progress=False)
+
+
 def test_resolve_recipe_flags_override_the_file(tmp_path):
     from prunekit.errors import ConfigError
     from prunekit.recipe import Recipe
