@@ -42,6 +42,7 @@ SECTIONS = [
     ("amc_check.md", "Width search: AMC's entry check (scaled)", None),
     ("latency_search.md", "Latency targets: searched widths vs uniform on mobilenet_v2 (measured CPU latency)", None),
     ("latency_search_onnxruntime.md", "Latency targets on onnxruntime, with the measured check (row c)", None),
+    ("search_fair.md", "Width search on the fair protocol: EagleEye and LeGR beside uniform, random and Torch-Pruning", None),
     ("ray_executor.md", "One benchmark grid through the local and the Ray executor", None),
     ("metapruning_check.md", "Width search, part 2: MetaPruning's entry check (scaled)", None),
     ("dmcp_check.md", "Width search, part 2: DMCP's entry check (scaled)", None),
