@@ -38,7 +38,6 @@ from .criteria import CRITERIA, get_criterion
 from .io import load, save
 from .masks import finalize_, get_masks
 from .measure import latency, latency as time_forward, measure
-from .measure.latency_table import time_forward as table_time_ms
 from .methods import METHODS, RunContext, catalog, get_method, load_all
 from .report import write_json, write_run_report
 from .train import TrainConfig, baseline as baselines, evaluate, fit
@@ -982,18 +981,15 @@ def export_onnx(model: str, out: str, *, input_shape: tuple[int, ...] | None = N
 
 
 # --- search ---------------------------------------------------------------------------------------------------
-def _search_latency(found, model, x) -> dict:
+def _search_latency(found) -> dict:
     """Predicted and measured latency (ms, the table's timing setup) of the dense model and the chosen one."""
     lat, widths = found.latency, tuple(found.widths.values())
-    key = lat.table.key
-    threads = key.get("threads", 1)
-    how = {"threads": threads, "statistic": key.get("statistic", "median"), "clock": key.get("clock", "wall"),
-           "backend": key.get("backend", "torch")}
-    dense_ms = table_time_ms(model, x, **how)
-    chosen_ms = table_time_ms(found.subnets.pruned_copy(widths), x, **how)
+    dense_ms, chosen_ms = lat.measured_ms(widths, rounds=1)
+    how = lat.table.timing()
     return {"latency": {"dense_predicted_ms": lat.dense_ms, "chosen_predicted_ms": lat.predict_ms(widths),
                         "dense_measured_ms": dense_ms, "chosen_measured_ms": chosen_ms,
-                        "measured_fraction": chosen_ms / dense_ms, "threads": threads, "backend": how["backend"]}}
+                        "measured_fraction": chosen_ms / dense_ms, "threads": how["threads"],
+                        "backend": how.get("backend", "torch")}}
 
 
 def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fashion-mnist",
@@ -1048,7 +1044,7 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
                        address=address, workers=workers)
     subnets = found.subnets
     uniform = tuple(found.uniform_widths.values())
-    latency = _search_latency(found, model, x) if found.latency is not None else {}
+    latency = _search_latency(found) if found.latency is not None else {}
     prune_(model, found.plan)
     if recal_batches:
         recalibrate_bn(model, first_batches(bundle.train, recal_batches), device)

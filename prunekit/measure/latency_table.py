@@ -164,6 +164,11 @@ class LatencyTable:
         self.timer: dict = {}
         self._env: dict = {}
 
+    def timing(self) -> dict:
+        """The timer settings this table was measured with (for timing whole models the same way)."""
+        return self.timer or {"threads": self.key["threads"], "statistic": self.key["statistic"],
+                              "clock": self.key.get("clock", "wall"), "backend": self.key.get("backend", "torch")}
+
     # ------------------------------------------------------------------------------------------ building
     @staticmethod
     def key_for(model: nn.Module, example_inputs, *, backend: str = "torch", threads: int = 1,
@@ -390,9 +395,7 @@ class LatencyModel:
         t, space = self.table, self.subnets.space
         if t.calibration is None:
             half = space.uniform(0.5)
-            timer = t.timer or {"threads": t.key["threads"], "statistic": t.key["statistic"],
-                                "clock": t.key.get("clock", "wall"), "backend": t.key.get("backend", "torch")}
-            ms = _whole(self.subnets.pruned_copy(half), _single_input(self.subnets.example_inputs), timer)
+            ms = _whole(self.subnets.pruned_copy(half), _single_input(self.subnets.example_inputs), t.timing())
             layers, act = self._layers_and_act(half)
             t.calibration = {"widths": list(half), "measured_ms": ms, "residual": ms - layers, "act": act}
             if t.path is not None:
@@ -464,20 +467,23 @@ class LatencyModel:
                      self._dense_ms)
         return min(limit, 1.0)
 
-    def measured_fraction(self, widths, *, rounds: int = 3) -> float:
-        """The measured latency of the model cut to ``widths`` as a fraction of the dense model's, both timed
-        now with the table's timer, alternately (``rounds`` each, the median): the figure a latency target is
-        checked against."""
-        timer = self.table.timer or {"threads": self.table.key["threads"], "statistic": self.table.key["statistic"],
-                                     "clock": self.table.key.get("clock", "wall"),
-                                     "backend": self.table.key.get("backend", "torch")}
+    def measured_ms(self, widths, *, rounds: int = 3) -> tuple[float, float]:
+        """``(dense ms, ms of the model cut to widths)``, both timed now with the table's timer, alternately
+        (``rounds`` each, the median of each)."""
+        timer = self.table.timing()
         x = _single_input(self.subnets.example_inputs)
         pruned, dense = self.subnets.pruned_copy(self.subnets.space.clip(widths)), copy.deepcopy(self.subnets.model)
         d, p = [], []
         for _ in range(rounds):
             d.append(time_forward(dense, x, **timer))
             p.append(time_forward(pruned, x, **timer))
-        return float(np.median(p) / np.median(d))
+        return float(np.median(d)), float(np.median(p))
+
+    def measured_fraction(self, widths, *, rounds: int = 3) -> float:
+        """The measured latency of the model cut to ``widths`` as a fraction of the dense model's
+        (:meth:`measured_ms`): the figure a latency target is checked against."""
+        dense_ms, ms = self.measured_ms(widths, rounds=rounds)
+        return ms / dense_ms
 
     def validate(self, candidates: Iterable, *, warmup: int = 3, runs: int = 15, threads: int | None = None) -> list:
         """Predicted vs measured milliseconds of each candidate's physically pruned copy (the model is not
