@@ -256,16 +256,21 @@ def _cmd_methods(args) -> int:
     from .workflows import methods_table
 
     rows = methods_table(status=args.status)
+    extra = methods_table(status=args.status, beyond=True)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + extra, indent=2))
         return 0
-    counts = {}
-    for row in methods_table():
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    title = f"{len(rows)} papers · " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    _console(150).print(_table(title, ("id", "title", "venue", "year", "type", "status", "left out"),
-                            [(r["id"], r["title"], r["venue"], r["year"], r["type"], r["status"], r["left_out"])
-                             for r in rows]))
+    columns = ("id", "title", "venue", "year", "type", "status", "left out")
+    for section, beyond in (("papers of the list", False), ("beyond the list", True)):
+        shown = extra if beyond else rows
+        if beyond and not shown:
+            continue
+        counts = {}
+        for row in methods_table(beyond=beyond):
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        title = f"{len(shown)} {section} · " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        _console(150).print(_table(title, columns, [(r["id"], r["title"], r["venue"], r["year"], r["type"],
+                                                     r["status"], r["left_out"]) for r in shown]))
     return 0
 
 

@@ -38,7 +38,7 @@ from .criteria import CRITERIA, get_criterion
 from .io import load, save
 from .masks import finalize_, get_masks
 from .measure import latency, latency as time_forward, measure
-from .methods import METHODS, RunContext, catalog, get_method, load_all
+from .methods import METHODS, RunContext, beyond_catalog, catalog, get_method, load_all
 from .report import write_json, write_run_report
 from .train import TrainConfig, baseline as baselines, evaluate, fit
 from .train.adversarial import parse_attack, robust_accuracy
@@ -62,8 +62,9 @@ DEFAULT_FALLBACK = "criterion:l1"
 
 
 # --- methods -----------------------------------------------------------------------------------------------
-def methods_table(status: str | None = None) -> list[dict]:
-    """One row per paper of the catalogue, in catalogue order, with the status of its implementation."""
+def methods_table(status: str | None = None, *, beyond: bool = False) -> list[dict]:
+    """One row per paper of the catalogue, in catalogue order, with the status of its implementation;
+    ``beyond=True``: the methods beyond the seed list instead (each row's ``section`` says which)."""
     if status is not None and status not in METHOD_STATUSES:
         hint = closest(status, METHOD_STATUSES)
         raise ConfigError(f"status={status!r} is not a method status"
@@ -71,10 +72,10 @@ def methods_table(status: str | None = None) -> list[dict]:
                           + f" Choose one of: {', '.join(METHOD_STATUSES)}")
     load_all()
     rows = []
-    for pid, entry in catalog().items():
+    for pid, entry in (beyond_catalog() if beyond else catalog()).items():
         spec = METHODS.get(pid) if pid in METHODS else None
         rows.append({
-            "id": pid, "title": entry.get("title", ""), "venue": entry.get("venue", ""),
+            "id": pid, "section": "beyond" if beyond else "list", "title": entry.get("title", ""), "venue": entry.get("venue", ""),
             "year": entry.get("year"), "type": entry.get("type", ""),
             "status": spec.status if spec else "not-yet",
             "kind": spec.kind if spec else "",
@@ -359,8 +360,8 @@ def _check_method(method: str, target_kind: str) -> Any:
         return None
 
     load_all()
-    if method not in catalog():
-        raise ConfigError(unknown_name_message("method", method, list(catalog()), "method")
+    if method not in catalog() and method not in beyond_catalog():
+        raise ConfigError(unknown_name_message("method", method, [*catalog(), *beyond_catalog()], "method")
                           + "; or criterion:<name> for a bare engine criterion (see `prunekit methods`)")
     spec = get_method(method)
     if spec.kind == "unstructured" and target_kind != "sparsity":

@@ -27,3 +27,13 @@ def test_catalog_lists_the_93_papers_of_the_seed_list():
     assert cat["l1-filter"]["year"] == 2017 and cat["l1-filter"]["type"] == "F"
     assert cat["han-magnitude"]["year"] == 2015
     assert {row["type"] for row in cat.values()} <= {"F", "W", "WF", "Other", "-"}
+
+
+def test_beyond_list_methods_have_their_own_catalogue():
+    from prunekit.methods import beyond_catalog
+
+    beyond = beyond_catalog()
+    assert {"magnitude-llm", "wanda", "sparsegpt", "llm-width", "llm-depth"} <= set(beyond)
+    assert not set(beyond) & set(catalog())  # never counted among the list's 93 papers
+    for row in beyond.values():
+        assert row["title"] and row["link"].startswith("https://") and row["year"] >= 2021

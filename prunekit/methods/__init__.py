@@ -6,10 +6,10 @@ import pkgutil
 
 from ._config import MethodConfig, option
 from ._registry import (
-    METHODS, MethodResult, MethodSpec, RunContext, Telemetry, catalog, get_method, register_method,
+    METHODS, MethodResult, MethodSpec, RunContext, Telemetry, beyond_catalog, catalog, get_method, register_method,
 )
 
-__all__ = ["METHODS", "MethodConfig", "MethodResult", "MethodSpec", "RunContext", "Telemetry", "catalog",
+__all__ = ["METHODS", "MethodConfig", "MethodResult", "MethodSpec", "RunContext", "Telemetry", "beyond_catalog", "catalog",
            "get_method", "option", "register_method", "load_all"]
 
 _loaded = False

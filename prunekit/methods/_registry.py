@@ -120,8 +120,8 @@ class MethodSpec:
 
 
 def _validate(name: str, spec: MethodSpec) -> None:
-    if name not in catalog():
-        raise ConfigError(unknown_name_message("paper id", name, catalog(), "register_method"))
+    if name not in catalog() and name not in beyond_catalog():
+        raise ConfigError(unknown_name_message("paper id", name, {**catalog(), **beyond_catalog()}, "register_method"))
     if spec.status not in _STATUSES:
         raise ConfigError(f"status={spec.status!r} for method {name!r}; choose one of {_STATUSES}")
     if spec.kind not in _KINDS:
@@ -191,8 +191,16 @@ def catalog() -> dict[str, dict]:
     return {row["id"]: row for row in json.loads(text)}
 
 
+@lru_cache(maxsize=1)
+def beyond_catalog() -> dict[str, dict]:
+    """Methods beyond the seed list (published after it, e.g. for language models): same fields, their own
+    section in ``prunekit methods``."""
+    text = resources.files("prunekit.methods").joinpath("beyond.json").read_text()
+    return {row["id"]: row for row in json.loads(text)}
+
+
 def get_method(id: str) -> MethodSpec:
-    if id not in catalog():
+    if id not in catalog() and id not in beyond_catalog():
         METHODS.get(id, argument="method")  # raises with the closest registered name
     if id not in METHODS:
         raise ConfigError(f"method {id!r} is in the catalogue but not implemented yet; "

@@ -1,15 +1,16 @@
 import json
 
 from prunekit.cli import main
-from prunekit.methods import METHODS, catalog, load_all
+from prunekit.methods import METHODS, beyond_catalog, catalog, load_all
 
 
 def test_methods_json_lists_every_paper_with_registry_status(cli):
     res = cli("methods", "--json")
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert len(rows) == 93 == len(catalog())
-    assert [r["id"] for r in rows] == list(catalog())
+    assert len(catalog()) == 93
+    assert [r["id"] for r in rows] == list(catalog()) + list(beyond_catalog())
+    assert [r["section"] for r in rows] == ["list"] * 93 + ["beyond"] * len(beyond_catalog())
     load_all()
     for row in rows:
         expected = METHODS.get(row["id"]).status if row["id"] in METHODS else "not-yet"
@@ -26,7 +27,8 @@ def test_methods_status_filter_and_table(capsys):
     assert [r["id"] for r in rows] == [r["id"] for r in everything if r["status"] == "not-yet"]
     assert main(["methods"]) == 0
     table = capsys.readouterr().out
-    assert "93 papers" in table and "l1-filter" in table
+    assert "93 papers of the list" in table and "l1-filter" in table
+    assert f"{len(beyond_catalog())} beyond the list" in table and "wanda" in table
 
 
 def test_methods_bad_status(capsys, tmp_path, monkeypatch):
