@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS := cli,export,vision,zoo,integrations,dev,search,ray
+EXTRAS := cli,export,vision,zoo,text,integrations,dev,search,ray
 
 .PHONY: setup run test test-heavy test-fast zoo bench data clean
 

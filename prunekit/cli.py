@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--subset", type=_optional_int)
     t.add_argument("--data-dir")
     t.add_argument("--device")
+    t.add_argument("--warmup-steps", type=int, help="optimizer steps of linear learning-rate warm-up")
+    t.add_argument("--grad-clip-norm", type=float, help="clip the gradients' global L2 norm (0: no clipping)")
+    t.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="model build option, e.g. --model-option d_model=128 (repeatable; recorded)")
+    t.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="data set option, e.g. --data-option seq_len=128 (repeatable; recorded)")
     t.add_argument("--checkpoint-dir", help="makes training resumable: rerun the same command after a kill")
     t.add_argument("--force", action="store_true", help="replace an existing baseline of the same name")
 
@@ -284,8 +290,9 @@ def _cmd_train(args) -> int:
 
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "model", "data", "baselines")}
     rec = train_job(args.model, args.data, **opts)
-    print(f"baseline {rec['model']}-{rec['data']}: test accuracy {100 * rec['test_accuracy']:.2f}% "
-          f"({rec['params']} params); reproduce with: {rec['command']}")
+    score = (f"test perplexity {rec['test_perplexity']:.2f}" if "test_perplexity" in rec
+             else f"test accuracy {100 * rec['test_accuracy']:.2f}%")
+    print(f"baseline {rec['model']}-{rec['data']}: {score} ({rec['params']} params); reproduce with: {rec['command']}")
     return 0
 
 

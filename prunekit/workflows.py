@@ -101,6 +101,19 @@ def default_recipe() -> Recipe:
     return Recipe(method=method)
 
 
+def parse_key_values(items, flag: str, example: str) -> dict:
+    """``["KEY=VALUE", ...]`` from the command line as a dict, each value read as YAML (``8`` an int)."""
+    import yaml
+
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r} must be KEY=VALUE, e.g. {flag} {example}")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
 def resolve_recipe(recipe_path: str | None, flags: dict, options: list[str] = ()) -> tuple[Recipe, str]:
     """The recipe of ``prunekit run``: the file (or the embedded default), then the flags given on top.
 
@@ -112,15 +125,7 @@ def resolve_recipe(recipe_path: str | None, flags: dict, options: list[str] = ()
 
     given = dict(flags)
     if options:
-        import yaml
-
-        parsed = {}
-        for item in options:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--option {item!r} must be KEY=VALUE, e.g. --option criterion=l2")
-            parsed[key] = yaml.safe_load(value)
-        given["options"] = parsed
+        given["options"] = parse_key_values(options, "--option", "criterion=l2")
     note = ""
     if recipe_path:
         recipe = Recipe.load(recipe_path)
@@ -774,11 +779,20 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
     callbacks, info = _method_phase(model, x, recipe, spec, bundle, progress, resume_dir, resume)
     model = info.pop("model", model)
     timings["prune"] = time.perf_counter() - t
-    stages = {"baseline": before["accuracy"]}
-    stages["after prune"] = _evaluate(model, bundle.test, recipe.device)["accuracy"]
+    stages, stages_ppl = {"baseline": before["accuracy"]}, {}
+    if "perplexity" in before:  # language models: the perplexity of each stage too
+        stages_ppl["baseline"] = before["perplexity"]
+
+    def stage(name):
+        res = _evaluate(model, bundle.test, recipe.device)
+        stages[name] = res["accuracy"]
+        if "perplexity" in res:
+            stages_ppl[name] = res["perplexity"]
+
+    stage("after prune")
     if recipe.calib_batches > 0 and kind != "sparsity":
         if recalibrate_bn(model, calib_batches(bundle, recipe.calib_batches), recipe.device):
-            stages["after BN recalibration"] = _evaluate(model, bundle.test, recipe.device)["accuracy"]
+            stage("after BN recalibration")
 
     t = time.perf_counter()
     history = []
@@ -797,6 +811,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
         lat = paired_latency(original, model, x)
         before["latency_ms"], after["latency_ms"] = lat["latency_base_ms"], lat["latency_ms"]
     stages["after fine-tune"] = after["accuracy"]
+    if "perplexity" in after:
+        stages_ppl["after fine-tune"] = after["perplexity"]
     timings["total"] = time.perf_counter() - t_start
 
     method = {"id": recipe.method, "via": "criterion" if spec is None else "method",
@@ -814,6 +830,8 @@ def run_job(recipe: Recipe, *, progress: bool = True, note: str = "", force: boo
               "per_layer": _per_layer(layers_before, layer_stats(model)), "history": history, "timings": timings}
     if attack is not None:
         report["robust"] = {**attack, "spec": robust}
+    if stages_ppl:
+        report["stages_perplexity"] = stages_ppl
 
     with _staged_output(recipe.out, force=force) as stage:
         files = {"model": _save_model(model, stage / "model.safetensors"), "recipe": "recipe.yaml"}
@@ -828,6 +846,11 @@ def train_job(model: str = "resnet20", data: str = "fashion-mnist", *, progress:
     """Train a dense baseline with :func:`prunekit.train.baseline.train_baseline`; returns its record."""
     _check_data_name(data)
     _check_model_name(model)
+    for key, flag, example in (("model_option", "--model-option", "d_model=128"),
+                               ("data_option", "--data-option", "seq_len=128")):
+        items = options.pop(key, None)
+        if items:
+            options[f"{key}s"] = parse_key_values(items, flag, example)
     options = {k: v for k, v in options.items() if v is not None}
     return baselines.train_baseline(model, data, progress=_progress_enabled(progress), **options)
 

@@ -118,8 +118,11 @@ def baseline_numbers(ctx: _Context, cache: Path) -> dict:
     b = ctx.bundle(ctx.grid.seeds[0])
     x = W._example_inputs(b).to(ctx.grid.device)
     model.to(ctx.grid.device)
-    nums = {"fingerprint": fp, "acc_base": W._evaluate(model, b.test, ctx.grid.device)["accuracy"],
+    res = W._evaluate(model, b.test, ctx.grid.device)
+    nums = {"fingerprint": fp, "acc_base": res["accuracy"],
             **{f"{k}_base": v for k, v in W._measure(model, x, False).items()}}
+    if "perplexity" in res:  # language models
+        nums["ppl_base"] = res["perplexity"]
     if ctx.grid.latency:
         nums["latency_base_ms"] = W._measure(model, x, True)["latency_ms"]
 
@@ -225,7 +228,10 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
     cell = {"method": method, "target": target, "seed": seed,
             "source": peers.peer_source(method) if peers.is_peer(method) else "prunekit",
             "control": g.is_control(method)}
-    cell["acc_pruned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
+    res = W._evaluate(model, bundle.test, g.device)
+    cell["acc_pruned"] = res["accuracy"]
+    if "perplexity" in res:  # language models: perplexity right after the cut and after the fine-tune
+        cell["ppl_pruned"] = res["perplexity"]
     cell["acc_recal"] = None
     if g.calib_batches > 0 and kind != "sparsity":
         W.recalibrate_bn(model, W.calib_batches(bundle, g.calib_batches), g.device)
@@ -243,7 +249,10 @@ def run_cell(ctx: _Context, method: str, target: str, seed: int, base: dict, pro
         peers.torch_prune_finalize(masked)
     W._finalize_masks(model)
     model.eval()
-    cell["acc_finetuned"] = W._evaluate(model, bundle.test, g.device)["accuracy"]
+    res = W._evaluate(model, bundle.test, g.device)
+    cell["acc_finetuned"] = res["accuracy"]
+    if "perplexity" in res:
+        cell["ppl_finetuned"] = res["perplexity"]
     if g.robust is not None:  # the grid's attack on the fine-tuned model, in the data's pixel space
         cell["acc_robust"] = robust_accuracy(model, bundle.test, device=g.device, seed=seed,
                                              **parse_attack(g.robust))["robust"]

@@ -5,8 +5,10 @@ split, and returns a :class:`DataBundle` whose loaders augment and normalise who
 
 Names: ``fashion-mnist`` (default), ``mnist``, ``cifar10``, ``cifar100``, ``imagefolder:<path>``,
 ``synthetic`` (learnable random images; options ``shape``, ``num_classes``, ``n_train``, ``n_test``,
-``noise``) and ``synthetic-text`` (token sequences from a random Markov chain, for language models;
-options ``vocab_size``, ``seq_len``, ``n_train``, ``n_test``).
+``noise``), ``synthetic-text`` (token sequences from a random Markov chain, for language models;
+options ``vocab_size``, ``seq_len``, ``n_train``, ``n_test``) and ``text:<corpus>`` (real text split by
+document, tokenized, in blocks of ``seq_len`` tokens: ``text:python-docs`` or ``text:/folder/of/txt``; options
+``seq_len``, ``vocab_size``, ``tokenizer``; see :mod:`prunekit.data.text`).
 
 Example:
     >>> from prunekit import data
@@ -29,6 +31,7 @@ from .._registry import Registry
 from ..errors import ConfigError, DataError
 from .augment import Augment, parse_augment
 from .loader import Normalize, TensorLoader
+from .text import load_text
 from .sources import FASHION_DIR, RawData, make_synthetic, read_cifar, read_imagefolder, read_mnist_like
 
 log = logging.getLogger(__name__)
@@ -114,13 +117,24 @@ def _synthetic_text(data_dir, seed, *, vocab_size: int = 64, seq_len: int = 32, 
     return RawData(trx, try_, tex, tey, vocab_size, mean=(), std=())
 
 
+@register_dataset("text")
+def _text(data_dir, seed, *, corpus: str = "python-docs", seq_len: int = 128, vocab_size: int = 4096,
+          tokenizer: str = "bpe"):
+    if not (isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len >= 2):
+        raise ConfigError(f"seq_len={seq_len!r} must be an int >= 2 (tokens per block), e.g. 128")
+    c = load_text(corpus, data_dir=data_dir, vocab_size=vocab_size, tokenizer=tokenizer)
+    (trx, try_), (vx, vy), (tex, tey) = (c.blocks(s, seq_len) for s in ("train", "val", "test"))
+    return RawData(trx, try_, tex, tey, c.vocab_size, mean=(), std=(), val_x=vx, val_y=vy, corpus=c)
+
+
 @dataclass
 class DataBundle:
     """Train / validation / test loaders over one data set, plus what a model needs to know about it.
 
     ``train`` shuffles and augments; ``val`` (``None`` when ``val_fraction=0``) and ``test`` do neither.
     ``input_size`` is an int for square images (a ``(height, width)`` tuple otherwise; the sequence length
-    for token data). For token data ``in_channels`` is 1 and ``num_classes`` the vocabulary size.
+    for token data). For token data ``in_channels`` is 1 and ``num_classes`` the vocabulary size; ``corpus``
+    holds a real text's tokenizer and split (``corpus.decode(ids)``).
     """
 
     name: str
@@ -132,6 +146,7 @@ class DataBundle:
     input_size: Any
     seed: int = 0
     classes: tuple = ()
+    corpus: Any = field(default=None, repr=False)
     _train_x: torch.Tensor = field(default=None, repr=False)
     _train_y: torch.Tensor = field(default=None, repr=False)
     _normalize: Any = field(default=None, repr=False)
@@ -275,8 +290,13 @@ def load(
         if not arg:
             raise ConfigError("name='imagefolder' needs a folder: pass 'imagefolder:/path/to/folder'")
         options = {"path": arg, **options}
+    elif key == "text":
+        if not arg:
+            raise ConfigError("name='text' needs a corpus: pass 'text:python-docs' or 'text:/path/to/folder'")
+        options = {"corpus": arg, **options}
     elif arg:
-        raise ConfigError(f"name={name!r}: only 'imagefolder:<path>' takes a ':' argument; use name={key!r}")
+        raise ConfigError(f"name={name!r}: only 'imagefolder:<path>' and 'text:<corpus>' take a ':' argument; "
+                          f"use name={key!r}")
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise ConfigError(f"val_fraction={val_fraction!r} must be in [0, 1), e.g. 0.1")
     n_sub, n_test_sub = _parse_subset(subset)
@@ -297,7 +317,8 @@ def load(
                               f"ask for at most {have}, or subset=None for all of them")
     if n_sub is not None:
         perm = perm[:n_sub]
-    n_val = int(round(val_fraction * len(perm)))
+    own_val = raw.val_x is not None  # a split of its own (documents never shared with train); val_fraction unused
+    n_val = 0 if own_val else int(round(val_fraction * len(perm)))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     train_x, train_y = raw.train_x[train_idx], raw.train_y[train_idx]
     test_x, test_y = raw.test_x, raw.test_y
@@ -316,8 +337,12 @@ def load(
     ebs = eval_batch_size or max(batch_size, 256)
     train = TensorLoader(train_x, train_y, batch_size=batch_size, shuffle=True, seed=seed, transform=aug,
                          normalize=normalize, distributed=distributed)
-    val = (TensorLoader(raw.train_x[val_idx], raw.train_y[val_idx], batch_size=ebs, normalize=normalize)
-           if n_val else None)
+    if own_val:
+        val_x, val_y = raw.val_x, raw.val_y
+        n_val = len(val_x)
+    else:
+        val_x, val_y = raw.train_x[val_idx], raw.train_y[val_idx]
+    val = TensorLoader(val_x, val_y, batch_size=ebs, normalize=normalize) if n_val else None
     test = TensorLoader(test_x, test_y, batch_size=ebs, normalize=normalize)
     if tokens:
         in_channels, input_size = 1, int(train_x.shape[1])
@@ -327,4 +352,4 @@ def load(
     log.info("data set %s: %d train, %d val, %d test", name, len(train_x), n_val, len(test_x))
     return DataBundle(name=name, train=train, val=val, test=test, num_classes=raw.num_classes,
                       in_channels=in_channels, input_size=input_size, seed=seed, classes=raw.classes,
-                      _train_x=train_x, _train_y=train_y, _normalize=normalize)
+                      corpus=raw.corpus, _train_x=train_x, _train_y=train_y, _normalize=normalize)

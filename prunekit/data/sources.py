@@ -38,6 +38,9 @@ class RawData:
     augment: str = "none"  # default augmentation of the data set
     crop_padding: int = 0  # pixels, for the random-crop augmentation
     classes: tuple[str, ...] = ()
+    val_x: torch.Tensor | None = None  # a validation split of its own (text split by document); else drawn from train
+    val_y: torch.Tensor | None = None
+    corpus: object | None = None  # the text corpus (tokenizer, documents of each split) for token data
 
 
 # --------------------------------------------------------------------------------------------- IDX

@@ -1,4 +1,5 @@
-"""Measure a model: parameters, MACs, per-layer widths and sparsity, size on disk, CPU latency.
+"""Measure a model: parameters, MACs, per-layer widths and sparsity, size on disk, CPU latency; the
+perplexity of a language model on token data (:func:`perplexity`).
 
 MACs come from the one counter every part of prunekit uses, :func:`prunekit.measure.macs.count_macs`
 (multiply-accumulates of convolutions, linear layers / matmuls and recurrent cells; everything else 0).
@@ -24,11 +25,13 @@ from .params import Sparsity, count_params, owned_tensors, sparsity, width_of, w
 from .size import encode_sparse, size_on_disk
 from .macs import count_macs as _count
 from .energy import EnergyModel, energy, layer_energy
+from .perplexity import perplexity
 
 log = logging.getLogger(__name__)
 
 __all__ = ["measure", "Measurement", "LayerStats", "count_params", "latency", "LatencyStats", "size_on_disk",
-           "sparsity", "Sparsity", "widths", "count_macs", "encode_sparse", "energy", "layer_energy", "EnergyModel"]
+           "sparsity", "Sparsity", "widths", "count_macs", "encode_sparse", "energy", "layer_energy", "EnergyModel",
+           "perplexity"]
 
 
 def count_macs(model: nn.Module, example_inputs):

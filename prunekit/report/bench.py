@@ -47,6 +47,9 @@ def aggregate_cells(cells: list[dict]) -> list[dict]:
         row["telemetry"] = summarize_telemetry([c.get("telemetry") or {} for c in group])
         if any(c.get("acc_robust") is not None for c in group):  # grids with `robust:` only
             row["acc_robust_mean"], row["acc_robust_std"] = _mean_std([c.get("acc_robust") for c in group])
+        for key in ("ppl_base", "ppl_pruned", "ppl_finetuned"):  # language models only
+            if any(c.get(key) is not None for c in group):
+                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([c.get(key) for c in group])
         rows.append(row)
     rows.sort(key=lambda r: (r["target"], r["source"] != "prunekit", r["source"], r["method"]))
     return rows
@@ -93,8 +96,10 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
     if protocol:
         lines += ["Protocol: " + "; ".join(f"{k} = {v}" for k, v in protocol.items()) + ".", ""]
     base = next((r for r in rows if r.get("acc_base_mean") is not None), None)
+    lm = any("ppl_finetuned_mean" in r for r in rows)
     if base is not None:
-        lines += [f"Baseline test accuracy: {100 * base['acc_base_mean']:.2f}%, "
+        ppl = f"test perplexity {base['ppl_base_mean']:.2f}, " if base.get("ppl_base_mean") is not None else ""
+        lines += [f"Baseline {ppl}test accuracy: {100 * base['acc_base_mean']:.2f}%, "
                   f"{base['params_base_mean'] / 1e3:.1f} k params, {base['macs_base_mean'] / 1e6:.2f} M MACs.", ""]
     lines += ["| target | tool | method | seeds | after the cut, BN recal. (%) | after fine-tune (%) | MACs kept "
               "| weights kept | epochs: pre-cut + fine-tune = total | engaged | telemetry (mean over seeds) "
@@ -105,6 +110,9 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
         attack = (protocol or {}).get("robust", "attack")
         lines[-2] = lines[-2].replace("| after fine-tune (%) |", f"| after fine-tune (%) | under {attack} (%) |")
         lines[-1] = lines[-1].replace("|---:|---:|---:|", "|---:|---:|---:|---:|", 1)
+    if lm:  # language models: test perplexity after the cut and after the fine-tune, before the accuracies
+        lines[-2] = lines[-2].replace("| seeds |", "| seeds | perplexity after the cut | perplexity after fine-tune |")
+        lines[-1] = lines[-1].replace("|---:|", "|---:|---:|---:|", 1)
     for r in rows:
         macs_kept = (r["macs_mean"] / r["macs_base_mean"]) if r.get("macs_mean") and r.get("macs_base_mean") else None
         w_kept = (r["nonzero_params_mean"] / r["params_base_mean"]
@@ -132,7 +140,9 @@ def render_bench_markdown(rows: list[dict], protocol: dict | None = None, comman
             method = f"{r['method']} **(not engaged)**"
         lines.append(
             f"| {r['target']} | {r['source']} | {method} | {r['n']} | "
-            f"{_pm(r.get('acc_cut_mean'), r.get('acc_cut_std'))} | "
+            + (f"{_pm(r.get('ppl_pruned_mean'), r.get('ppl_pruned_std'), scale=1.0)} | "
+               f"{_pm(r.get('ppl_finetuned_mean'), r.get('ppl_finetuned_std'), scale=1.0)} | " if lm else "")
+            + f"{_pm(r.get('acc_cut_mean'), r.get('acc_cut_std'))} | "
             f"{_pm(r['acc_finetuned_mean'], r['acc_finetuned_std'])} | "
             + (f"{_pm(r.get('acc_robust_mean'), r.get('acc_robust_std'))} | " if robust else "")
             + f"{kept} | {wk} | {epochs} | {engaged} | "

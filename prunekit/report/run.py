@@ -49,6 +49,8 @@ def _fmt(value, kind: str) -> str:
         return f"{value / 1e6:.3f} M" if value >= 1e6 else f"{value / 1e3:.1f} k" if value >= 1e3 else str(value)
     if kind == "ms":
         return f"{value:.3f} ms"
+    if kind == "ppl":
+        return f"{value:.2f}"
     return str(value)
 
 
@@ -56,7 +58,8 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     """``(quantity, before, after, change)`` rows for the end-of-run table."""
     b, a = report["before"], report["after"]
     rows = []
-    for key, label, kind in (("accuracy", "test accuracy", "acc"), ("params", "parameters", "count"),
+    for key, label, kind in (("perplexity", "test perplexity", "ppl"), ("accuracy", "test accuracy", "acc"),
+                             ("params", "parameters", "count"),
                              ("macs", "MACs", "count"), ("latency_ms", "latency (batch 1)", "ms")):
         vb, va = b.get(key), a.get(key)
         if vb is None and va is None:
@@ -110,7 +113,13 @@ def render_run_markdown(report: dict, plots: dict | None = None) -> str:
     stages = report.get("stages") or {}
     if stages:
         lines += ["", "## Accuracy at each stage", "", "| stage | test accuracy |", "|---|---:|"]
-        lines += [f"| {name} | {_fmt(acc, 'acc')} |" for name, acc in stages.items()]
+        ppl = report.get("stages_perplexity") or {}
+        if ppl:  # language models: next-token accuracy and perplexity of each stage
+            lines[-2:] = ["| stage | test accuracy | test perplexity |", "|---|---:|---:|"]
+            lines += [f"| {name} | {_fmt(acc, 'acc')} | {_fmt(ppl.get(name), 'ppl')} |"
+                      for name, acc in stages.items()]
+        else:
+            lines += [f"| {name} | {_fmt(acc, 'acc')} |" for name, acc in stages.items()]
     layers = report.get("per_layer") or {}
     if layers:
         lines += ["", "## Layers", "", "| layer | width before | width after | weight sparsity |",

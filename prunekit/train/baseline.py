@@ -41,9 +41,11 @@ _VERSION = 1
 # train_baseline argument -> CLI flag, in the order they appear on the recorded command line
 _FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "weight_decay": "--weight-decay", "optimizer": "--optimizer",
           "scheduler": "--scheduler", "label_smoothing": "--label-smoothing", "augment": "--augment",
-          "seed": "--seed", "subset": "--subset"}
+          "seed": "--seed", "subset": "--subset", "warmup_steps": "--warmup-steps",
+          "grad_clip_norm": "--grad-clip-norm"}
 _DEFAULTS = {"lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "optimizer": "sgd", "scheduler": "cosine",
-             "label_smoothing": 0.0, "augment": None, "seed": 0, "subset": None}
+             "label_smoothing": 0.0, "augment": None, "seed": 0, "subset": None, "warmup_steps": 0,
+             "grad_clip_norm": 0.0}
 
 
 def user_baselines_dir() -> Path:
@@ -119,7 +121,20 @@ def command_line(model: str, data: str, epochs: int, out: str | None = None, **o
     for key, flag in _FLAGS.items():
         if key in options and options[key] != _DEFAULTS[key]:
             parts += [flag, str(options[key])]
+    for flag, key in (("--model-option", "model_options"), ("--data-option", "data_options")):
+        for k, v in sorted((options.get(key) or {}).items()):
+            parts += [flag, f"{k}={v}"]
     return " ".join(parts)
+
+
+def baseline_slug(model: str, data: str) -> str:
+    """The file stem of a baseline: ``<model>-<data>`` with ``:`` and ``/`` made safe for a file name.
+
+    Example:
+        >>> baseline_slug("hf:llama-tiny", "text:python-docs")
+        'hf-llama-tiny-text-python-docs'
+    """
+    return f"{model}-{data}".replace(":", "-").replace("/", "-")
 
 
 def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epochs: int = 15,
@@ -127,17 +142,22 @@ def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epoc
                    weight_decay: float = 5e-4, optimizer: str = "sgd", scheduler: str = "cosine",
                    label_smoothing: float = 0.0, augment: str | None = None, data_dir: str | None = None,
                    subset: int | None = None, device: str = "cpu", checkpoint_dir: str | None = None,
-                   progress: bool = True, data_options: dict | None = None, force: bool = False) -> dict[str, Any]:
+                   progress: bool = True, data_options: dict | None = None, force: bool = False,
+                   model_options: dict | None = None, warmup_steps: int = 0,
+                   grad_clip_norm: float = 0.0) -> dict[str, Any]:
     """Train ``model`` on ``data``'s training split, evaluate on its test split, save a baseline.
 
     Writes ``out`` (``.safetensors``, default ``<user store>/<model>-<data>.safetensors``, see
     :func:`user_baselines_dir`) with its record inside, atomically and only after training succeeded; returns
     the record. An existing baseline at ``out`` is replaced only with ``force=True``.
     ``checkpoint_dir`` makes the run resumable (rerun the same call after a kill). ``data_options`` go to
-    :func:`prunekit.data.load` (e.g. the ``synthetic`` data set's sizes).
+    :func:`prunekit.data.load` (e.g. the ``synthetic`` data set's sizes), ``model_options`` to
+    :func:`prunekit.models.create` (e.g. ``d_model`` of ``gpt-tiny``; recorded, so the baseline rebuilds).
+    A data set with a validation split of its own (text, split by document) is evaluated on it after every
+    epoch (``history``); for token data the record holds the test perplexity and the tokens seen.
     """
     given_out = out
-    out = Path(out) if out is not None else baselines_dir() / f"{model}-{data}.safetensors"
+    out = Path(out) if out is not None else baselines_dir() / f"{baseline_slug(model, data)}.safetensors"
     if out.suffix != ".safetensors":
         raise ConfigError(f"out={str(out)!r} must end in '.safetensors'; e.g. out='{model}-{data}.safetensors'")
     if out.is_dir():
@@ -149,19 +169,25 @@ def train_baseline(model: str = "resnet20", data: str = "fashion-mnist", *, epoc
     cfg = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
                       label_smoothing=label_smoothing, seed=seed, device=device, progress=progress,
                       checkpoint_dir=checkpoint_dir, checkpoint_every=100 if checkpoint_dir else 0,
-                      resume=checkpoint_dir is not None)
+                      resume=checkpoint_dir is not None, warmup_steps=warmup_steps, grad_clip_norm=grad_clip_norm)
     bundle = pk_data.load(data, batch_size=batch_size, val_fraction=0.0, seed=seed, data_dir=data_dir,
                           augment=augment, subset=subset, **(data_options or {}))
-    build = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "input_size": bundle.input_size}
+    build = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "input_size": bundle.input_size,
+             **(model_options or {})}
     torch.manual_seed(seed)
     net = pk_models.create(model, **build)
-    result = fit(net, bundle.train, cfg)
+    result = fit(net, bundle.train, cfg, val_data=bundle.val)
     test = evaluate(net, bundle.test, device=device)
     options = {"lr": lr, "batch_size": batch_size, "weight_decay": weight_decay, "optimizer": optimizer,
                "scheduler": scheduler, "label_smoothing": label_smoothing, "augment": augment, "seed": seed,
-               "subset": subset}
+               "subset": subset, "warmup_steps": warmup_steps, "grad_clip_norm": grad_clip_norm,
+               "model_options": model_options, "data_options": data_options}
+    tokens = bundle.example_inputs().dtype == torch.long
+    lm = {}
+    if tokens:
+        lm = {"test_perplexity": test["perplexity"], "tokens_seen": epochs * len(bundle.train.inputs) * bundle.input_size}
     meta = {"type": _TYPE, "version": _VERSION, "model": model, "data": data, "build": build,
-            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_n": test["n"], "epochs": epochs,
+            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_n": test["n"], **lm, "epochs": epochs,
             "seed": seed, "subset": subset, "data_options": data_options or {}, "params": sum(p.numel() for p in net.parameters()),
             "command": command_line(model, data, epochs, None if given_out is None else _display(out), **options),
             "train_config": cfg.replace(checkpoint_dir=None, resume=False, progress=False).to_dict(),

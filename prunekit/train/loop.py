@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -106,6 +107,7 @@ def evaluate(model: nn.Module, data: Iterable, *, device: str | torch.device = "
         >>> sorted(evaluate(m, [(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))]))
         ['accuracy', 'loss', 'n']
     """
+    default_loss = loss_fn is None
     loss_fn = loss_fn or _default_loss(0.0)
     was_training = model.training
     model.eval()
@@ -122,7 +124,10 @@ def evaluate(model: nn.Module, data: Iterable, *, device: str | torch.device = "
         model.train(was_training)
     if n == 0:
         raise ConfigError("evaluate got no batches: data is empty; pass a non-empty iterable of (inputs, targets)")
-    return {"accuracy": float(correct) / positions, "loss": loss_sum / n, "n": n}
+    out = {"accuracy": float(correct) / positions, "loss": loss_sum / n, "n": n}
+    if positions > n and default_loss:  # sequences: the mean next-token cross-entropy, as a perplexity
+        out["perplexity"] = math.exp(min(out["loss"], 700.0))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -93,3 +93,26 @@ def test_resolve_recipe_flags_override_the_file(tmp_path):
     assert recipe.options == {"criterion": "l1", "steps": 3} and note == ""
     with pytest.raises(ConfigError, match="--option 'steps' must be KEY=VALUE"):
         resolve_recipe(str(path), {}, ["steps"])
+
+
+def test_run_job_on_text_reports_perplexity_at_every_stage(tmp_path, monkeypatch):
+    from prunekit.recipe import Recipe
+    from prunekit.workflows import run_job
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    words = "a pruned model keeps what matters and drops what does not".split()
+    for i in range(5):
+        (docs / f"d{i}.txt").write_text(" ".join(words[(i + 3 * j) % len(words)] for j in range(200)))
+    recipe = Recipe(model="gpt-tiny", data=f"text:{docs}", data_options={"seq_len": 16, "vocab_size": 300},
+                    baseline=None, method="criterion:l1", target="macs=0.8", finetune_epochs=1, lr=0.01,
+                    batch_size=8, subset=None, calib_batches=1, latency=False, out=str(tmp_path / "run"))
+    report = run_job(recipe, progress=False)
+    assert report["before"]["perplexity"] > 1 and report["after"]["perplexity"] > 1
+    ppl = report["stages_perplexity"]
+    assert list(ppl) == ["baseline", "after prune", "after fine-tune"]
+    assert ppl["after fine-tune"] == report["after"]["perplexity"]
+    assert ppl["after fine-tune"] < ppl["baseline"]  # an untrained model learns in its one fine-tune epoch
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| test perplexity |" in md and "| stage | test accuracy | test perplexity |" in md

@@ -71,7 +71,7 @@ def test_synthetic_text_is_next_token_data():
     ({"name": "synthetic", "augment": "rotate"}, r"augment='rotate'"),
     ({"name": "synthetic", "colour": True}, r"does not take option\(s\) \['colour'\]"),
     ({"name": "imagefolder"}, r"imagefolder:/path/to/folder"),
-    ({"name": "mnist:x"}, r"only 'imagefolder:<path>' takes"),
+    ({"name": "mnist:x"}, r"only 'imagefolder:<path>' and 'text:<corpus>' take"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -75,3 +75,26 @@ def test_a_prefix_with_a_dot_keeps_it_and_leaves_the_neighbouring_files_alone(tm
     assert made["json"] == tmp_path / "run-1.2.json" and made["markdown"] == tmp_path / "run-1.2.md"
     assert (tmp_path / "run-1.2.png").is_file() and "run-1.2.png" in (tmp_path / "run-1.2.md").read_text()
     assert (tmp_path / "run-1.json").read_text() == "user data"
+
+
+def test_language_model_cells_add_perplexity_columns():
+    from prunekit.report.bench import render_bench_markdown
+
+    cells = []
+    for seed, (cut, ft) in enumerate(((40.0, 30.0), (44.0, 32.0))):
+        cells.append({"method": "l1", "source": "prunekit", "target": "macs=0.5", "seed": seed, "acc_base": 0.4,
+                      "ppl_base": 25.0, "ppl_pruned": cut, "ppl_finetuned": ft, "acc_pruned": 0.2,
+                      "acc_finetuned": 0.3, "params": 1e5, "macs": 5e6, "params_base": 2e5, "macs_base": 1e7})
+    rows = aggregate_cells(cells)
+    assert rows[0]["ppl_pruned_mean"] == 42.0 and rows[0]["ppl_finetuned_mean"] == 31.0
+    md = render_bench_markdown(rows)
+    assert "Baseline test perplexity 25.00" in md
+    header = next(line for line in md.splitlines() if line.startswith("| target"))
+    row = next(line for line in md.splitlines() if line.startswith("| macs=0.5"))
+    cols = [c.strip() for c in header.split("|")]
+    vals = [c.strip() for c in row.split("|")]
+    assert len(cols) == len(vals)
+    assert vals[cols.index("perplexity after the cut")] == f"42.00 ± {statistics.stdev([40.0, 44.0]):.2f}"
+    assert vals[cols.index("perplexity after fine-tune")].startswith("31.00 ± ")
+    image_md = render_bench_markdown(aggregate_cells(_cells()))  # image grids: no perplexity column
+    assert "perplexity" not in image_md

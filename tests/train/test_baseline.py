@@ -29,7 +29,8 @@ def test_baseline_record_matches_the_weights_and_the_test_set(trained):
     assert len(rec["sha256"]) == 64 and rec["sha256"] != sha256_file(out)  # the tensor bytes', not the file's
     assert rec["epochs"] == 3 and rec["seed"] == 0 and rec["params"] == 266610 and rec["test_n"] == 128
     assert rec["command"] == (f"prunekit train --model lenet300 --data synthetic --epochs 3 --out {out} "
-                              "--lr 0.05 --batch-size 32")
+                              "--lr 0.05 --batch-size 32 " + " ".join(f"--data-option {k}={v}"
+                                                                          for k, v in sorted(SYN.items())))
     model = load_baseline(str(out))
     bundle = data.load("synthetic", val_fraction=0.0, **SYN)
     assert evaluate(model, bundle.test)["accuracy"] == rec["test_accuracy"]
@@ -96,3 +97,28 @@ def test_shipped_lenet300_reproduces_its_recorded_accuracy():
     rec = json.loads((shipped_baselines_dir() / "lenet300-fashion-mnist.json").read_text())
     acc = evaluate(load_baseline("lenet300", directory=shipped_baselines_dir()), bundle.test)["accuracy"]
     assert acc == rec["test_accuracy"] and acc >= 0.89
+
+
+def test_language_model_baseline_records_its_build_perplexity_curve_and_command(tmp_path, monkeypatch):
+    import math
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    words = "the quick brown fox jumps over a lazy dog while seven wizards hum".split()
+    for i in range(6):
+        (docs / f"d{i}.txt").write_text(" ".join(words[(i + j * 7) % len(words)] for j in range(300)))
+    out = tmp_path / "lm.safetensors"
+    rec = train_baseline("gpt-tiny", f"text:{docs}", epochs=2, out=out, lr=3e-3, optimizer="adamw", batch_size=8,
+                         warmup_steps=2, grad_clip_norm=1.0, progress=False, model_options={"d_model": 16,
+                         "n_layer": 1, "n_head": 2}, data_options={"seq_len": 16, "vocab_size": 300})
+    assert rec["build"]["d_model"] == 16 and rec["build"]["input_size"] == 16
+    curve = [h["val_perplexity"] for h in rec["history"]]
+    assert len(curve) == 2 and curve[1] < curve[0]  # the validation documents' perplexity falls
+    assert math.isclose(rec["test_perplexity"], math.exp(rec["test_loss"]), rel_tol=1e-9)
+    blocks = len(data.load(f"text:{docs}", seq_len=16, vocab_size=300).train.inputs)
+    assert rec["tokens_seen"] == 2 * blocks * 16
+    assert "--model-option d_model=16" in rec["command"] and "--warmup-steps 2" in rec["command"] \
+        and "--data-option seq_len=16" in rec["command"]
+    model = load_baseline(str(out))
+    assert model.tok_emb.embedding_dim == 16 and len(model.blocks) == 1  # rebuilt from the record
