@@ -110,6 +110,21 @@ class BlockInput:
     def with_hidden(self, h: torch.Tensor) -> "BlockInput":
         return BlockInput({**self.kwargs, self.key: h}, self.key)
 
+    def __call__(self, block: nn.Module):
+        """``block`` run on this input (hidden states positional, as the model passes them)."""
+        return block(self.hidden, **{k: v for k, v in self.kwargs.items() if k != self.key})
+
+
+class _BlockCall(nn.Module):
+    """A block as a model of :func:`~prunekit.criteria.collect.collect`: its input is a :class:`BlockInput`."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, inp: BlockInput):
+        return inp(self.block)
+
 
 def _as_kwargs(block: nn.Module, args: tuple, kwargs: dict) -> tuple[dict, str]:
     params = [p for p in inspect.signature(block.forward).parameters.values()
@@ -210,7 +225,7 @@ class SequentialReport:
 def _block_outputs(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
     outs = []
     for inp in inputs:
-        out = block(**inp.kwargs)
+        out = inp(block)
         if not isinstance(out, torch.Tensor):
             out = out[0]  # HF blocks of older versions return (hidden_states, ...)
         outs.append(inp.with_hidden(out.detach()))
@@ -238,7 +253,7 @@ def sequential_calibrate(model: nn.Module, calib: Iterable, prune_block: Callabl
             t0 = time.perf_counter()
             name = f"{path}.{i}"
             linears = {f: m for f, m in block_linears(block, name).items() if layers is None or layers(f)}
-            local = {f[len(name) + 1:] if f != name else "": f for f in linears}
+            local = {"block" + f[len(name):]: f for f in linears}  # names inside _BlockCall(block)
             stats: dict[str, LayerInputs] = {}
 
             def on_input(local_name, args, local=local, linears=linears, stats=stats):
@@ -255,7 +270,7 @@ def sequential_calibrate(model: nn.Module, calib: Iterable, prune_block: Callabl
                 s.rows += x.shape[0]
 
             if linears:  # one pass through the dense block: every layer's input statistics
-                collect(block, [(inp.kwargs, None) for inp in inputs], watch=list(local), on_input=on_input)
+                collect(_BlockCall(block), [(inp, None) for inp in inputs], watch=list(local), on_input=on_input)
                 prune_block(i, name, stats)
                 report.layers.extend(linears)
             with torch.no_grad():

@@ -46,12 +46,12 @@ def llm_layers(model: nn.Module, ignore, pattern: NMPattern | None, method: str)
         raise ConfigError(f"ignore={list(ignore)!r} leaves no Linear layer in the decoder blocks ({path}) for {method} "
                           f"to prune; ignore fewer layers")
     if pattern is not None:
-        bad = [f"{f} ({m.in_features} inputs)" for f, m in layers.items() if m.in_features % pattern.m]
+        bad = {f.rpartition(".")[0]: m.in_features for f, m in layers.items() if m.in_features % pattern.m}
         if bad:
+            shown = ", ".join(f"{f} ({n} inputs)" for f, n in bad.items())
             raise ConfigError(f"options.pattern={pattern.spec!r} groups every {pattern.m} consecutive inputs of a row, "
-                              f"but {', '.join(bad)} is not divisible by {pattern.m}: leave those layers dense with "
-                              f"ignore=[...] (e.g. ignore={[b.split(' ')[0].rpartition('.')[0] for b in bad][:2]!r}) "
-                              f"or choose an M that divides them")
+                              f"but the inputs of {shown} are not divisible by {pattern.m}: leave those layers dense "
+                              f"with ignore={list(bad)!r} or choose an M that divides them")
     return layers
 
 

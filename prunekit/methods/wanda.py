@@ -38,9 +38,8 @@ def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tenso
     """``S_ij = |W_ij| * ||X_j||_2`` for a ``[out, in]`` weight and the ``[in]`` input-feature norms.
 
     Example:
-        >>> wanda_scores(torch.tensor([[1.0, -2.0], [3.0, 0.5]]), torch.tensor([4.0, 1.0]))
-        tensor([[4.0000, 2.0000],
-                [12.0000, 0.5000]])
+        >>> wanda_scores(torch.tensor([[1.0, -2.0], [3.0, 0.5]]), torch.tensor([4.0, 1.0])).tolist()
+        [[4.0, 2.0], [12.0, 0.5]]
     """
     return weight.detach().abs().float() * input_norms.float().reshape(1, -1)
 
