@@ -7,7 +7,7 @@ https://arxiv.org/abs/2301.00774
 
 Both papers compare against the same data-free baseline: in every Linear layer of the decoder blocks, the
 weights of smallest absolute value are set to zero, ranked within the layer (the baseline of both papers'
-tables) or within each output row (the comparison group Wanda found to matter, its Table 9 ablation). N:M
+tables) or within each output row (the comparison group Wanda found to matter, in its ablation). N:M
 keeps the N largest of every M consecutive input weights of a row. The embeddings and the LM head stay
 dense, as in the papers; nothing is recalibrated or updated, so no calibration data is needed.
 """
@@ -27,8 +27,9 @@ __all__ = ["MagnitudeLLMConfig", "run"]
 
 @dataclass(frozen=True)
 class MagnitudeLLMConfig(MethodConfig):
-    scope: Literal["layer", "row"] = "layer"  # comparison group of |W| (Wanda/SparseGPT baseline: per layer; Wanda Table 9: per row)
-    pattern: str = "element"  # single weights, or N:M along the inputs ("2:4", "4:8"; both papers' semi-structured runs)
+    # comparison group of |W|: per layer in both papers' baseline; per output row in Wanda's comparison-group ablation
+    scope: Literal["layer", "row"] = "layer"
+    pattern: str = "element"  # single weights, or N:M along the inputs ("2:4", "4:8": both papers' N:M runs)
 
 
 @register_method("magnitude-llm", config=MagnitudeLLMConfig, kind="unstructured",

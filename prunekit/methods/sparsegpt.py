@@ -37,14 +37,14 @@ __all__ = ["SparseGPTConfig", "sparsegpt_prune", "relative_error", "reconstructi
 
 @dataclass(frozen=True)
 class SparseGPTConfig(MethodConfig):
-    damp: float = option(0.01, gt=0)  # lambda = damp * mean(diag H) added to H (paper sec. 3 / reference code: 1%)
-    blocksize: int = option(128, ge=1)  # lazy batch updates B and adaptive mask blocks Bs (paper sec. 3: B = Bs = 128)
-    pattern: str = "element"  # single weights, or N:M along the inputs ("2:4", "4:8"; paper sec. 3.4 / 4)
+    damp: float = option(0.01, gt=0)  # lambda = damp * mean(diag H) added to H (paper and reference code: 1%)
+    blocksize: int = option(128, ge=1)  # lazy batch updates B and adaptive mask blocks Bs (paper: B = Bs = 128)
+    pattern: str = "element"  # single weights, or N:M along the inputs ("2:4", "4:8": the paper's semi-structured runs)
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor U of (H + lambda I)^-1 (U^T U = H^-1): row j holds the OBS update of column j
-    over the columns j.. (the inverse Hessians of the shrinking column sets, paper sec. 3.1)."""
+    over the columns j.. (the inverse Hessians of the shrinking column sets, as the paper derives)."""
     lam = damp * float(h.diagonal().mean())
     hd = h + lam * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     low = torch.linalg.cholesky(hd)

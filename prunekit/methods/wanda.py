@@ -30,8 +30,8 @@ __all__ = ["WandaConfig", "wanda_scores", "run"]
 
 @dataclass(frozen=True)
 class WandaConfig(MethodConfig):
-    scope: Literal["row", "layer"] = "row"  # comparison group (paper sec. 3: per output row; Table 9 ablates per layer)
-    pattern: str = "element"  # single weights, or N:M along the inputs ("2:4", "4:8"; paper sec. 4 semi-structured)
+    scope: Literal["row", "layer"] = "row"  # comparison group (paper sec. 3: per output row; per layer in its ablation)
+    pattern: str = "element"  # single weights, or N:M along the inputs ("2:4", "4:8": the paper's N:M results)
 
 
 def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ def test_a_pruned_weight_in_a_later_column_updates_only_the_columns_after_it_wit
     w = torch.tensor([[1.0, 0.02, -2.0, 0.5], [1.5, -1.0, 0.7, 2.0], [-1.2, 0.8, 1.1, -0.9], [0.9, 1.3, -0.6, 1.4]])
     new, keep, _ = sparsegpt_prune(w, h, 1 / 16, blocksize=4, damp=0.01)
     assert (~keep).nonzero().tolist() == [[0, 1]]
-    # sequential OBS (paper sec. 3.1): column 0 is already fixed, the update uses the inverse of H over columns 1..3
+    # sequential OBS (the paper's column-by-column reconstruction): column 0 is already fixed, the update uses the inverse of H over columns 1..3
     hd = h + 0.01 * h.diagonal().mean() * torch.eye(4)
     sub = torch.linalg.inv(hd[1:, 1:])
     expect = w.clone()
@@ -79,7 +79,8 @@ def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude_on_correlate
     w = torch.randn(32, d, generator=g)
     for sparsity, pattern in ((0.5, None), (0.5, get_pattern("2:4"))):
         e = reconstruction_errors(w, x, sparsity, pattern)
-        assert e["sparsegpt"] < e["wanda"] < e["magnitude"], e  # measured (0.5): 0.085 < 0.165 < 0.284
+        # measured: 0.0117 < 0.0156 < 0.0798 (sparsity 0.5), 0.0279 < 0.0402 < 0.1468 (2:4)
+        assert e["sparsegpt"] < e["wanda"] < e["magnitude"], e
 
 
 def test_relative_error_is_the_output_error_ratio():
