@@ -213,13 +213,14 @@ class LayerInputs:
 @dataclasses.dataclass
 class SequentialReport:
     """What :func:`sequential_calibrate` did: the blocks' path and count, the layers handed over (in order),
-    seconds per block and the calibration batches."""
+    wall-clock and process CPU seconds per block and the calibration batches."""
 
     path: str
     blocks: int
     layers: list
     seconds: list
     batches: int
+    cpu_seconds: list = dataclasses.field(default_factory=list)
 
 
 def _block_outputs(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
@@ -250,7 +251,7 @@ def sequential_calibrate(model: nn.Module, calib: Iterable, prune_block: Callabl
     try:
         model.eval()
         for i, block in enumerate(blocks):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             name = f"{path}.{i}"
             linears = {f: m for f, m in block_linears(block, name).items() if layers is None or layers(f)}
             local = {"block" + f[len(name):]: f for f in linears}  # names inside _BlockCall(block)
@@ -277,6 +278,7 @@ def sequential_calibrate(model: nn.Module, calib: Iterable, prune_block: Callabl
                 inputs = _block_outputs(block, inputs)  # the pruned block's outputs feed the next block
             del stats
             report.seconds.append(time.perf_counter() - t0)
+            report.cpu_seconds.append(time.process_time() - c0)
             log.debug("sequential calibration: block %s done in %.2fs", name, report.seconds[-1])
     finally:
         for m, t in modes.items():

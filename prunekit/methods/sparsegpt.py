@@ -165,4 +165,5 @@ def run(ctx: RunContext, cfg: SparseGPTConfig) -> MethodResult:
            "rel_error": sum(errors.values()) / n, "rel_error_zeroed": sum(zeroed.values()) / n, "dead_inputs": dead}
     return MethodResult(ctx.model, info={"sparsity": tel["sparsity"], "pattern": cfg.pattern, "blocks": rep.blocks,
                                          "calib_batches": rep.batches,
-                                         "block_seconds": [round(s, 4) for s in rep.seconds]}, telemetry=tel)
+                                         "block_seconds": [round(s, 4) for s in rep.seconds],
+                                         "block_cpu_seconds": [round(s, 4) for s in rep.cpu_seconds]}, telemetry=tel)

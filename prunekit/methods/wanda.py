@@ -77,4 +77,5 @@ def run(ctx: RunContext, cfg: WandaConfig) -> MethodResult:
     tel = {**layer_sparsity_telemetry(masks), "changed_vs_magnitude": round(changed / max(pruned, 1), 6)}
     return MethodResult(ctx.model, info={"sparsity": tel["sparsity"], "pattern": cfg.pattern,
                                          "blocks": rep.blocks, "calib_batches": rep.batches,
-                                         "block_seconds": [round(s, 4) for s in rep.seconds]}, telemetry=tel)
+                                         "block_seconds": [round(s, 4) for s in rep.seconds],
+                                         "block_cpu_seconds": [round(s, 4) for s in rep.cpu_seconds]}, telemetry=tel)
