@@ -33,7 +33,7 @@ class MagnitudeLLMConfig(MethodConfig):
 
 
 @register_method("magnitude-llm", config=MagnitudeLLMConfig, kind="unstructured",
-                 telemetry=Telemetry(keys=("layer_sparsity", "sparsity"), engaged=lambda t: t["sparsity"] > 0,
+                 telemetry=Telemetry(keys=("sparsity",), engaged=lambda t: t["sparsity"] > 0,
                                      what="weights of the decoder layers set to zero",
                                      knob="raise the target (target='sparsity=0.5') or use options.pattern='2:4'"))
 def run(ctx: RunContext, cfg: MagnitudeLLMConfig) -> MethodResult:

@@ -130,8 +130,7 @@ def _engaged(t: dict) -> bool:
 
 
 @register_method("sparsegpt", config=SparseGPTConfig, kind="unstructured", needs=("calib",),
-                 telemetry=Telemetry(keys=("layer_sparsity", "sparsity", "layer_rel_error", "rel_error",
-                                           "rel_error_zeroed", "dead_inputs"), engaged=_engaged,
+                 telemetry=Telemetry(keys=("sparsity", "rel_error", "rel_error_zeroed", "dead_inputs"), engaged=_engaged,
                                      what="the OBS updates of the kept weights lowering the layers' reconstruction "
                                           "error by 1% or more below zeroing the same weights",
                                      knob="the update acts through correlated layer inputs: pass calibration batches "

@@ -49,7 +49,7 @@ def _engaged(t: dict) -> bool:
 
 
 @register_method("wanda", config=WandaConfig, kind="unstructured", needs=("calib",),
-                 telemetry=Telemetry(keys=("layer_sparsity", "sparsity", "changed_vs_magnitude"), engaged=_engaged,
+                 telemetry=Telemetry(keys=("sparsity", "changed_vs_magnitude"), engaged=_engaged,
                                      what="the activation norms changing which weights are pruned (the mask differs "
                                           "from plain |W| in the same comparison group)",
                                      knob="the input features had equal norms: pass calibration batches of real "
