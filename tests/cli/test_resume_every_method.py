@@ -17,6 +17,7 @@ from prunekit.train import checkpoint
 from prunekit.train.resume_state import fit_checkpoints
 
 load_all()
+ONE_SHOT_LM = {"magnitude-llm", "wanda", "sparsegpt"}  # one-shot on a language model: no training to resume
 
 
 def _ctx(spec):
@@ -50,7 +51,7 @@ def _run(spec, folder, resume=False):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::prunekit.errors.MechanismWarning")
-@pytest.mark.parametrize("mid", METHODS.names())
+@pytest.mark.parametrize("mid", [m for m in METHODS.names() if m not in ONE_SHOT_LM])
 def test_method_training_resumes_bit_identically(mid, tmp_path, monkeypatch):
     spec = get_method(mid)
     real, saves = checkpoint.save_checkpoint, []

@@ -35,6 +35,7 @@ FAST = {
 NEEDS_CONV = {"fddp": "DCT coefficients of k x k conv kernels"}
 OWN_CONTRACT = {"packnet"}  # frees weights for later tasks (no masks) and never prunes its per-task head: test_packnet.py
 OWN_CONTRACT.add("reptile-dsd")  # tasks need >= ways + held_out classes (here 3); 1st layer dense: test_reptile_dsd.py
+OWN_CONTRACT |= {"magnitude-llm", "wanda", "sparsegpt"}  # decoder blocks of a language model, no MLP: test_wanda.py etc.
 # the methods that meet the sparsity over all layers together (the others meet it in every layer)
 GLOBAL = {"snip", "snip-ldi", "lr-rewinding", "one-ticket", "han-magnitude", "deep-compression",
           "dpf", "gsm", "proxsgd", "str", "lc", "net-trim", "rnn-jacobian", "sensitivity-reg", "autoprune",

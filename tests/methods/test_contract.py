@@ -17,7 +17,7 @@ from prunekit.errors import ConfigError, MechanismWarning
 from torch.overrides import TorchFunctionMode
 
 from prunekit.masks import get_masks
-from prunekit.methods import METHODS, RunContext, get_method, load_all
+from prunekit.methods import METHODS, RunContext, beyond_catalog, get_method, load_all
 from prunekit.methods._harness import run_method
 from prunekit.recipe import Recipe
 
@@ -28,6 +28,10 @@ TINY = {"data": "synthetic", "data_options": {"shape": [1, 8, 8], "n_train": 128
         "finetune_epochs": 0, "latency": False, "lr": 0.05}
 # own contract (no target to meet): sparse-actgrad trains with pruned activation gradients and removes nothing
 NO_TARGET = {"sparse-actgrad"}  # tests/methods/test_sparse_actgrad.py checks it keeps the architecture
+# own setting: the methods beyond the list (beyond.json) prune language models: gpt-tiny on synthetic text
+LANGUAGE = set(beyond_catalog())
+TINY_LM = {**TINY, "data": "synthetic-text", "data_options": {"vocab_size": 64, "seq_len": 16, "n_train": 64,
+                                                              "n_test": 32}, "model": "gpt-tiny", "batch_size": 16}
 
 
 def _target(spec) -> str:
@@ -72,16 +76,17 @@ def test_unknown_option_is_refused_with_the_closest_name(mid):
 @pytest.mark.parametrize("mid", IDS)
 def test_runs_end_to_end_through_prunekit_run_meets_its_target_and_reports_telemetry(mid, tmp_path):
     spec = get_method(mid)
-    recipe = Recipe(**TINY, method=mid, target=_target(spec), out=str(tmp_path / "run"), seed=0, options=spec.smoke)
+    recipe = Recipe(**(TINY_LM if mid in LANGUAGE else TINY), method=mid, target=_target(spec), out=str(tmp_path / "run"), seed=0, options=spec.smoke)
     report = W.run_job(recipe, progress=False)
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     if spec.kind == "unstructured" and "coef_sparsity" in saved["method"]["telemetry"]:
         # sparsity in another basis (fddp: DCT coefficients of the kernels): the spatial weights stay dense
         assert saved["method"]["telemetry"]["coef_sparsity"] >= 0.5 - 0.02, mid
     elif spec.kind == "unstructured":
-        weights = [m.weight for m in W.resolve_model(str(tmp_path / "run" / "model.safetensors"),
-                                                     in_channels=1, input_size=8).modules()
-                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        pruned = W.resolve_model(str(tmp_path / "run" / "model.safetensors"), in_channels=1, input_size=8)
+        if mid in LANGUAGE:  # embeddings and LM head stay dense (as in the papers): the decoder blocks meet it
+            pruned = pruned.blocks
+        weights = [m.weight for m in pruned.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
         assert zeros >= 0.5 - 0.02, f"{mid}: {zeros:.3f} of the conv/linear weights are zero, asked 0.5"
     elif mid not in NO_TARGET:
@@ -95,6 +100,13 @@ def test_runs_end_to_end_through_prunekit_run_meets_its_target_and_reports_telem
 
 def _tiny_ctx(spec, seed=0):
     torch.manual_seed(seed)
+    if spec.id in LANGUAGE:
+        model = W.resolve_model("gpt-tiny", num_classes=64, in_channels=1, input_size=16)
+        g = torch.Generator().manual_seed(seed)
+        batches = [(torch.randint(0, 64, (8, 16), generator=g), torch.randint(0, 64, (8, 16), generator=g))
+                   for _ in range(3)]
+        return RunContext(model=model, example_inputs=batches[0][0][:2], target=_target(spec), train_data=batches,
+                          val_data=batches[:1], calib=batches[:2], prune_epochs=1, options=dict(spec.smoke))
     model = W.resolve_model("resnet20", in_channels=1, input_size=8)
     g = torch.Generator().manual_seed(seed)
     batches = [(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
