@@ -36,6 +36,7 @@ from ..api import plan_channels, prune_
 from ..criteria.collect import collect
 from ..data import first_batches
 from ..errors import ConfigError
+from ..surgery.hf_config import is_hf_model
 from ..surgery.layers import decoder_layers, layer_prefix
 from ..train import fit
 from ..train.config import method_train_config
@@ -190,6 +191,10 @@ def run(ctx: RunContext, cfg: LLMWidthConfig) -> MethodResult:
     if not pruned:
         raise ConfigError(f"options skip_first={cfg.skip_first}, skip_last={cfg.skip_last} leave none of the {n} "
                           f"decoder layers to prune; lower them (their sum must be below {n})")
+    if is_hf_model(model) and len(pruned) < n:
+        raise ConfigError(f"options skip_first={cfg.skip_first}, skip_last={cfg.skip_last}: a Hugging Face config holds "
+                          f"one head count and one FFN width for every layer, so layers pruned unevenly could not be "
+                          f"saved with save_pretrained; set both to 0 for {type(model).__name__}")
     graph = _graph(model, ctx)
     units = width_units(model, graph, cfg.units, pruned, stack)
     if not units:
