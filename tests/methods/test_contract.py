@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 
+import prunekit as pk
 from prunekit import workflows as W
 from prunekit.errors import ConfigError, MechanismWarning
 from torch.overrides import TorchFunctionMode
@@ -28,6 +29,11 @@ TINY = {"data": "synthetic", "data_options": {"shape": [1, 8, 8], "n_train": 128
         "finetune_epochs": 0, "latency": False, "lr": 0.05}
 # own contract (no target to meet): sparse-actgrad trains with pruned activation gradients and removes nothing
 NO_TARGET = {"sparse-actgrad"}  # tests/methods/test_sparse_actgrad.py checks it keeps the architecture
+# methods that prune a language model's decoder (heads, FFN neurons, whole layers) refuse a CNN: their contract
+# runs on gpt-tiny over synthetic token sequences
+LANGUAGE = {"llm-width", "llm-depth"}
+TINY_TEXT = {**TINY, "data": "synthetic-text", "model": "gpt-tiny",
+             "data_options": {"vocab_size": 64, "seq_len": 16, "n_train": 128, "n_test": 64}}
 
 
 def _target(spec) -> str:
@@ -72,7 +78,7 @@ def test_unknown_option_is_refused_with_the_closest_name(mid):
 @pytest.mark.parametrize("mid", IDS)
 def test_runs_end_to_end_through_prunekit_run_meets_its_target_and_reports_telemetry(mid, tmp_path):
     spec = get_method(mid)
-    recipe = Recipe(**TINY, method=mid, target=_target(spec), out=str(tmp_path / "run"), seed=0, options=spec.smoke)
+    recipe = Recipe(**(TINY_TEXT if mid in LANGUAGE else TINY), method=mid, target=_target(spec), out=str(tmp_path / "run"), seed=0, options=spec.smoke)
     report = W.run_job(recipe, progress=False)
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     if spec.kind == "unstructured" and "coef_sparsity" in saved["method"]["telemetry"]:
@@ -95,8 +101,13 @@ def test_runs_end_to_end_through_prunekit_run_meets_its_target_and_reports_telem
 
 def _tiny_ctx(spec, seed=0):
     torch.manual_seed(seed)
-    model = W.resolve_model("resnet20", in_channels=1, input_size=8)
     g = torch.Generator().manual_seed(seed)
+    if spec.id in LANGUAGE:
+        model = pk.models.create("gpt-tiny", num_classes=64, in_channels=1, input_size=16)
+        batches = [(x, torch.roll(x, -1, 1)) for x in (torch.randint(0, 64, (8, 16), generator=g) for _ in range(3))]
+        return RunContext(model=model, example_inputs=batches[0][0][:1], target=_target(spec), train_data=batches,
+                          val_data=batches[:1], calib=batches[:2], prune_epochs=1, options=dict(spec.smoke))
+    model = W.resolve_model("resnet20", in_channels=1, input_size=8)
     batches = [(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
                for _ in range(3)]
     return RunContext(model=model, example_inputs=batches[0][0][:2], target=_target(spec), train_data=batches,
