@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -56,8 +55,7 @@ def _batches(loader, n: int | None) -> list:
 
 
 def perplexity(model, batches) -> float:
-    loss = pk.evaluate(model, batches)["loss"]
-    return math.exp(loss) if loss < 700 else float("inf")
+    return pk.measure.perplexity(model, batches)["perplexity"]
 
 
 def cell(model, unit: str, frac: float, calib, test, criterion: str, seed: int) -> dict:
