@@ -217,9 +217,9 @@ def run(ctx: RunContext, cfg: LLMWidthConfig) -> MethodResult:
                                          math.floor(dense * frac), allocation="uniform", fill=False)
     except ConfigError:
         floor = cost(graph.removed_flat(removal_of([1] * len(groups)))) / dense
+        how = "or set options.units='both'" if cfg.units != "both" else "(the embeddings and the LM head stay whole)"
         raise ConfigError(f"target={ctx.target!r}: removing all but one unit of every {cfg.units} group in layers "
-                          f"{pruned} still keeps {floor:.3f} of the {kind}; ask for more than that, or set "
-                          f"options.units='both'") from None
+                          f"{pruned} still keeps {floor:.3f} of the {kind}; ask for more than that {how}") from None
     removal = removal_of(kept)
     chosen = {}
     for g in groups:
