@@ -8,7 +8,8 @@ split (exp of the mean next-token cross-entropy) and the MACs/parameters kept (c
 - ``both``: llm-width with units=both (one fraction for heads and neurons, as LLM-Pruner);
 - ``layers``: llm-depth (ShortGPT's Block Influence, whole decoder layers),
 
-at 10..50% of the MACs removed (target ``macs=1-f``); a target one kind of unit cannot reach is recorded as
+at 10..50% of the decoder layers' MACs removed (target ``macs=1-f*share``, ``share`` = the decoder layers' part
+of the model's MACs; ``--of model``: of the whole model's MACs, target ``macs=1-f``); a target one kind of unit cannot reach is recorded as
 such. One JSON per cell under ``--out`` (finished cells are skipped on the next run: resumable), then a
 markdown table (``table.md``) and a plot of perplexity against MACs kept, one line per unit (``plot.png``).
 
@@ -32,6 +33,7 @@ import prunekit as pk
 from prunekit import workflows as W
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods import RunContext, get_method, load_all
+from prunekit.methods.llm_depth import layer_costs
 
 UNITS = ("heads", "ffn", "both", "layers")
 
@@ -58,13 +60,14 @@ def perplexity(model, batches) -> float:
     return pk.measure.perplexity(model, batches)["perplexity"]
 
 
-def cell(model, unit: str, frac: float, calib, test, criterion: str, seed: int) -> dict:
-    """Prune a copy of ``model`` with ``unit`` to keep ``1 - frac`` of its MACs; perplexity and costs."""
+def cell(model, unit: str, frac: float, calib, test, criterion: str, seed: int, share: float = 1.0) -> dict:
+    """Prune a copy of ``model`` with ``unit`` to remove ``frac`` of the MACs of its decoder layers (``share``:
+    their fraction of the model's MACs; 1.0 = of the whole model); perplexity and costs."""
     m = copy.deepcopy(model)
     x = calib[0][0][:1]
     mid = "llm-depth" if unit == "layers" else "llm-width"
     opts = {} if unit == "layers" else {"units": unit, "criterion": criterion}
-    target = f"macs={1 - frac:.4f}"
+    target = f"macs={1 - frac * share:.4f}"
     dense_macs, dense_params = pk.measure.count_macs(model, x).total, sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     try:
@@ -84,8 +87,8 @@ def cell(model, unit: str, frac: float, calib, test, criterion: str, seed: int) 
     return out
 
 
-def table(cells: list, dense: dict, fracs: list) -> str:
-    head = "| unit | " + " | ".join(f"{int(round(f * 100))}% MACs removed" for f in fracs) + " |"
+def table(cells: list, dense: dict, fracs: list, of: str = "decoder") -> str:
+    head = "| unit | " + " | ".join(f"{int(round(f * 100))}% of the {of} MACs removed" for f in fracs) + " |"
     lines = [f"Dense: perplexity {dense['perplexity']:.2f}.", "", "Each cell: test perplexity (MACs kept, params "
              "kept); one-shot, no recovery.", "", head, "|" + "---|" * (len(fracs) + 1)]
     by = {(c["unit"], c["frac"]): c for c in cells}
@@ -139,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fracs", default="0.1,0.2,0.3,0.4,0.5", help="fractions of the MACs removed")
     ap.add_argument("--units", default=",".join(UNITS))
     ap.add_argument("--criterion", default="taylor", choices=("taylor", "activation"))
+    ap.add_argument("--of", default="decoder", choices=("decoder", "model"),
+                    help="--fracs are fractions of the decoder layers' MACs (default; the embeddings and LM head "
+                         "cannot shrink) or of the whole model's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="folder of the cells (default benchmarks/results/llm_structural/"
                                                 "<baseline name>)")
@@ -162,7 +168,9 @@ def main(argv=None) -> int:
     bad = [u for u in units if u not in UNITS]
     if bad:
         ap.error(f"--units: unknown {bad}; choose from {UNITS}")
-    setting = {"baseline": args.baseline, "data": args.data, "data_options": opts, "calib_batches": args.calib_batches,
+    per, total = layer_costs(model, calib[0][0][:1], "macs")
+    share = sum(per) / total if args.of == "decoder" else 1.0
+    setting = {"baseline": args.baseline, "fracs_of": args.of, "decoder_macs_share": sum(per) / total, "data": args.data, "data_options": opts, "calib_batches": args.calib_batches,
                "batch_size": args.batch_size, "test_batches": len(test), "criterion": args.criterion,
                "seed": args.seed}
     dense_path = out / "dense.json"
@@ -181,15 +189,15 @@ def main(argv=None) -> int:
             if path.exists():
                 cells.append(json.loads(path.read_text()))
                 continue
-            c = {**cell(model, u, f, calib, test, args.criterion, args.seed), "setting": setting}
+            c = {**cell(model, u, f, calib, test, args.criterion, args.seed, share), "setting": setting}
             path.write_text(json.dumps(c, indent=1, default=str))
             cells.append(c)
             msg = c.get("error", "")[:100] or (f"ppl {c['perplexity']:.3f} macs kept {c['macs_kept']:.3f} "
                                                f"params kept {c['params_kept']:.3f}")
             print(f"{u} {f:.2f}: {msg}", flush=True)
-    (out / "table.md").write_text(table(cells, dense, fracs))
+    (out / "table.md").write_text(table(cells, dense, fracs, args.of))
     plot(cells, dense, out / "plot.png")
-    print(table(cells, dense, fracs))
+    print(table(cells, dense, fracs, args.of))
     return 0
 
 
