@@ -9,14 +9,15 @@ split (exp of the mean next-token cross-entropy) and the MACs/parameters kept (c
 - ``layers``: llm-depth (ShortGPT's Block Influence, whole decoder layers),
 
 at 10..50% of the decoder layers' MACs removed (target ``macs=1-f*share``, ``share`` = the decoder layers' part
-of the model's MACs; ``--of model``: of the whole model's MACs, target ``macs=1-f``); a target one kind of unit cannot reach is recorded as
-such. One JSON per cell under ``--out`` (finished cells are skipped on the next run: resumable), then a
+of the model's MACs; ``--of model``: of the whole model's MACs, target ``macs=1-f``); a target one kind of unit
+cannot reach is recorded as such. One JSON per cell under ``--out`` (finished cells are skipped on the next run: resumable), then a
 markdown table (``table.md``) and a plot of perplexity against MACs kept, one line per unit (``plot.png``).
 
 Usage (the lead's runs on the trained baselines; a random model to test the script):
     nice python benchmarks/llm_structural.py --baseline llama-tiny-text --data text:python-docs
-    nice python benchmarks/llm_structural.py --baseline gpt-tiny --data synthetic-text \
-        --data-option vocab_size=64 --seq-len 32 --out benchmarks/results/llm_structural/random-gpt-tiny
+    nice python benchmarks/llm_structural.py --baseline gpt-tiny --data synthetic-text --data-option vocab_size=64 \
+        --data-option n_train=256 --data-option n_test=64 --seq-len 32 --calib-batches 2 \
+        --out benchmarks/results/llm_structural/random-gpt-tiny
 """
 from __future__ import annotations
 
@@ -170,7 +171,8 @@ def main(argv=None) -> int:
         ap.error(f"--units: unknown {bad}; choose from {UNITS}")
     per, total = layer_costs(model, calib[0][0][:1], "macs")
     share = sum(per) / total if args.of == "decoder" else 1.0
-    setting = {"baseline": args.baseline, "fracs_of": args.of, "decoder_macs_share": sum(per) / total, "data": args.data, "data_options": opts, "calib_batches": args.calib_batches,
+    setting = {"baseline": args.baseline, "fracs_of": args.of, "decoder_macs_share": sum(per) / total,
+               "data": args.data, "data_options": opts, "calib_batches": args.calib_batches,
                "batch_size": args.batch_size, "test_batches": len(test), "criterion": args.criterion,
                "seed": args.seed}
     dense_path = out / "dense.json"
@@ -189,7 +191,8 @@ def main(argv=None) -> int:
             if path.exists():
                 cells.append(json.loads(path.read_text()))
                 continue
-            c = {**cell(model, u, f, calib, test, args.criterion, args.seed, share), "setting": setting}
+            c = {**cell(model, u, f, calib, test, args.criterion, args.seed, share),
+                 "setting": setting}
             path.write_text(json.dumps(c, indent=1, default=str))
             cells.append(c)
             msg = c.get("error", "")[:100] or (f"ppl {c['perplexity']:.3f} macs kept {c['macs_kept']:.3f} "

@@ -42,8 +42,9 @@ __all__ = ["LLMDepthConfig", "block_influence", "layer_costs", "layers_to_remove
 
 @dataclass(frozen=True)
 class LLMDepthConfig(MethodConfig):
-    layers: int = option(0, ge=0)  # remove exactly this many layers, target ignored (sec. 4: a fixed count, e.g. 9 of 32); 0 = as many as the target needs
-    recovery_steps: int = option(0, ge=0)  # ours: distillation steps from the dense model; 0 = off (the paper does not retrain)
+    # remove exactly this many layers, target ignored (sec. 4 removes a fixed count); 0 = as many as the target needs
+    layers: int = option(0, ge=0)
+    recovery_steps: int = option(0, ge=0)  # ours: distillation steps from the dense model; 0 = off (no retraining)
     recovery_lr: float = option(1e-4, gt=0)  # ours: AdamW lr of the recovery
 
 

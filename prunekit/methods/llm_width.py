@@ -51,11 +51,14 @@ __all__ = ["LLMWidthConfig", "width_units", "taylor_scores", "activation_scores"
 
 @dataclass(frozen=True)
 class LLMWidthConfig(MethodConfig):
-    criterion: Literal["taylor", "activation"] = "taylor"  # sec. 3.2: element-wise first-order |w dL/dw| summed over the group; activation: L2 of the unit's output (ours, the ablation)
+    # sec. 3.2: element-wise first-order |w dL/dw| summed over the group; "activation" (ours): L2 of the unit's output
+    criterion: Literal["taylor", "activation"] = "taylor"
     units: Literal["heads", "ffn", "both"] = "both"  # sec. 3.1: heads and FFN neurons are both pruned
-    skip_first: int = option(0, ge=0)  # layers kept whole at the start (paper, LLaMA-7B: layers 0-3 of 32; 0 for 2-8 layer models)
+    # layers kept whole at the start (paper, LLaMA-7B: layers 0-3 of 32; 0 here for 2-8 layer models)
+    skip_first: int = option(0, ge=0)
     skip_last: int = option(0, ge=0)  # layers kept whole at the end (paper, LLaMA-7B: the last 2 of 32)
-    recovery_steps: int = option(0, ge=0)  # ours: distillation steps from the dense model (the paper tunes LoRA); 0 = off
+    # ours: distillation steps from the dense model (the paper tunes LoRA); 0 = off
+    recovery_steps: int = option(0, ge=0)
     recovery_lr: float = option(1e-4, gt=0)  # ours: AdamW lr of the recovery (the paper's LoRA lr, sec. 4.1)
 
 
@@ -192,9 +195,9 @@ def run(ctx: RunContext, cfg: LLMWidthConfig) -> MethodResult:
         raise ConfigError(f"options skip_first={cfg.skip_first}, skip_last={cfg.skip_last} leave none of the {n} "
                           f"decoder layers to prune; lower them (their sum must be below {n})")
     if is_hf_model(model) and len(pruned) < n:
-        raise ConfigError(f"options skip_first={cfg.skip_first}, skip_last={cfg.skip_last}: a Hugging Face config holds "
-                          f"one head count and one FFN width for every layer, so layers pruned unevenly could not be "
-                          f"saved with save_pretrained; set both to 0 for {type(model).__name__}")
+        raise ConfigError(f"options skip_first={cfg.skip_first}, skip_last={cfg.skip_last}: a Hugging Face config "
+                          f"holds one head count and one FFN width for every layer, so layers pruned unevenly could "
+                          f"not be saved with save_pretrained; set both to 0 for {type(model).__name__}")
     graph = _graph(model, ctx)
     units = width_units(model, graph, cfg.units, pruned, stack)
     if not units:
@@ -217,7 +220,8 @@ def run(ctx: RunContext, cfg: LLMWidthConfig) -> MethodResult:
                                          math.floor(dense * frac), allocation="uniform", fill=False)
     except ConfigError:
         floor = cost(graph.removed_flat(removal_of([1] * len(groups)))) / dense
-        how = "or set options.units='both'" if cfg.units != "both" else "(the embeddings and the LM head stay whole)"
+        how = ("or set options.units='both'" if cfg.units != "both"
+               else "(the embeddings and the LM head stay whole)")
         raise ConfigError(f"target={ctx.target!r}: removing all but one unit of every {cfg.units} group in layers "
                           f"{pruned} still keeps {floor:.3f} of the {kind}; ask for more than that {how}") from None
     removal = removal_of(kept)

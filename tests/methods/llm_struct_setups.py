@@ -9,8 +9,8 @@ VOCAB, SEQ = 64, 16
 
 def text_batches(n: int = 2, batch: int = 8, seed: int = 0) -> list:
     """``n`` batches of synthetic-text token sequences ``(x [B,T], y = x shifted)``."""
-    b = pk.data.load("synthetic-text", vocab_size=VOCAB, seq_len=SEQ, n_train=2 * n * batch, n_test=batch, seed=seed, val_fraction=0.0,
-                     batch_size=batch)
+    b = pk.data.load("synthetic-text", vocab_size=VOCAB, seq_len=SEQ, n_train=2 * n * batch, n_test=batch, seed=seed,
+                     val_fraction=0.0, batch_size=batch)
     return b.calib(n, batch)
 
 
