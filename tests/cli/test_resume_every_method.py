@@ -22,8 +22,13 @@ ONE_SHOT_LM = {"magnitude-llm", "wanda", "sparsegpt"}  # one-shot on a language 
 
 def _ctx(spec):
     torch.manual_seed(0)
-    model = W.resolve_model("resnet20", in_channels=1, input_size=8)
     g = torch.Generator().manual_seed(0)
+    if spec.id in ("llm-width", "llm-depth"):  # they prune a decoder's heads/neurons/layers: gpt-tiny on tokens
+        model = W.resolve_model("gpt-tiny", num_classes=64, in_channels=1, input_size=16)
+        batches = [(x, torch.roll(x, -1, 1)) for x in (torch.randint(0, 64, (8, 16), generator=g) for _ in range(3))]
+        return RunContext(model=model, example_inputs=batches[0][0][:1], target="macs=0.6", train_data=batches,
+                          calib=batches[:2], options={**spec.smoke, "recovery_steps": 3})
+    model = W.resolve_model("resnet20", in_channels=1, input_size=8)
     batches = [(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(3)]
     target = "sparsity=0.5" if spec.kind == "unstructured" else "macs=0.6"
     return RunContext(model=model, example_inputs=batches[0][0][:2], target=target, train_data=batches,

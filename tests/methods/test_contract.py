@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 
+import prunekit as pk
 from prunekit import workflows as W
 from prunekit.errors import ConfigError, MechanismWarning
 from torch.overrides import TorchFunctionMode
@@ -100,15 +101,13 @@ def test_runs_end_to_end_through_prunekit_run_meets_its_target_and_reports_telem
 
 def _tiny_ctx(spec, seed=0):
     torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     if spec.id in LANGUAGE:
-        model = W.resolve_model("gpt-tiny", num_classes=64, in_channels=1, input_size=16)
-        g = torch.Generator().manual_seed(seed)
-        batches = [(torch.randint(0, 64, (8, 16), generator=g), torch.randint(0, 64, (8, 16), generator=g))
-                   for _ in range(3)]
-        return RunContext(model=model, example_inputs=batches[0][0][:2], target=_target(spec), train_data=batches,
+        model = pk.models.create("gpt-tiny", num_classes=64, in_channels=1, input_size=16)
+        batches = [(x, torch.roll(x, -1, 1)) for x in (torch.randint(0, 64, (8, 16), generator=g) for _ in range(3))]
+        return RunContext(model=model, example_inputs=batches[0][0][:1], target=_target(spec), train_data=batches,
                           val_data=batches[:1], calib=batches[:2], prune_epochs=1, options=dict(spec.smoke))
     model = W.resolve_model("resnet20", in_channels=1, input_size=8)
-    g = torch.Generator().manual_seed(seed)
     batches = [(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
                for _ in range(3)]
     return RunContext(model=model, example_inputs=batches[0][0][:2], target=_target(spec), train_data=batches,
