@@ -23,10 +23,12 @@ HF_CONFIGS: dict[str, tuple[str, str, dict]] = {
     "bert-tiny": ("BertConfig", "BertForSequenceClassification", dict(
         vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
         max_position_embeddings="{seq}", num_labels="{classes}")),
+    # causal language models: the classes of next-token prediction are the vocabulary (as for gpt-tiny), so a
+    # token data set's num_classes builds a matching model
     "gpt2-tiny": ("GPT2Config", "GPT2LMHeadModel", dict(
-        vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions="{seq}")),
+        vocab_size="{classes}", n_embd=64, n_layer=2, n_head=4, n_positions="{seq}")),
     "llama-tiny": ("LlamaConfig", "LlamaForCausalLM", dict(  # grouped-query attention: 4 query heads, 2 kv heads
-        vocab_size=1000, hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size="{classes}", hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings="{seq}")),
     "vit-tiny": ("ViTConfig", "ViTForImageClassification", dict(
         image_size="{size}", patch_size="{patch}", num_channels="{channels}", hidden_size=64, num_hidden_layers=2,

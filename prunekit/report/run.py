@@ -86,6 +86,11 @@ def format_value(v) -> str:
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)) and len(v) > 8:
         return ", ".join(format_value(x) for x in v[:8]) + f", … ({len(v)} values)"
+    if isinstance(v, dict) and len(v) > 4:  # per-layer figures: their range, not every layer
+        nums = [x for x in v.values() if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if len(nums) == len(v):
+            return f"{len(v)} layers, {format_value(float(min(nums)))} to {format_value(float(max(nums)))}"
+        return ", ".join(f"{k}: {format_value(x)}" for k, x in list(v.items())[:4]) + f", … ({len(v)} entries)"
     return str(v)
 
 
@@ -96,9 +101,11 @@ def render_run_markdown(report: dict, plots: dict | None = None) -> str:
     lines = [f"# prunekit run: {r.get('model')} on {r.get('data')}", ""]
     images = (report.get("data") or {}).get("train_images") or r.get("subset") or "all"
     tests = (report.get("data") or {}).get("test_images")
+    seq = (report.get("model_build") or {}).get("input_size")
+    unit = f"blocks of {seq} tokens" if report.get("stages_perplexity") else "images"  # language models: text
     lines.append(f"Method **{m.get('id')}** ({m.get('via', 'method')}), target `{r.get('target')}`, "
-                 f"{r.get('finetune_epochs')} fine-tune epoch(s) on {images} training images, seed {r.get('seed')}"
-                 + (f"; accuracy on all {tests} test images." if tests else "."))
+                 f"{r.get('finetune_epochs')} fine-tune epoch(s) on {images} training {unit}, seed {r.get('seed')}"
+                 + (f"; measured on all {tests} test {unit}." if tests else "."))
     if m.get("note"):
         lines += ["", f"> {m['note']}"]
     lines += ["", "| quantity | before | after | change |", "|---|---:|---:|---:|"]

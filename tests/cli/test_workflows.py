@@ -116,3 +116,4 @@ def test_run_job_on_text_reports_perplexity_at_every_stage(tmp_path, monkeypatch
     assert ppl["after fine-tune"] < ppl["baseline"]  # an untrained model learns in its one fine-tune epoch
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| test perplexity |" in md and "| stage | test accuracy | test perplexity |" in md
+    assert "training blocks of 16 tokens" in md

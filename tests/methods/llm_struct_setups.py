@@ -22,8 +22,9 @@ def gpt(n_layer: int = 2, seed: int = 0):
 def llama(n_layer: int = 2, seed: int = 0):
     """``hf:llama-tiny``: 4 query heads in 2 key-value groups (grouped-query attention), FFN 172."""
     torch.manual_seed(seed)
+    # a 1000-token vocabulary (the tests' targets were set with it), ids drawn below VOCAB
     return pk.models.create("hf:llama-tiny", num_classes=VOCAB, in_channels=1, input_size=SEQ,
-                            num_hidden_layers=n_layer)
+                            num_hidden_layers=n_layer, vocab_size=1000)
 
 
 def logits(model, x):

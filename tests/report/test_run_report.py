@@ -47,3 +47,13 @@ def test_write_run_report_files(tmp_path):
 def test_missing_keys_rejected(tmp_path):
     with pytest.raises(ConfigError, match=r"missing keys \['after'\]"):
         render_run_markdown({"recipe": {}, "method": {}, "before": {}})
+
+
+def test_per_layer_telemetry_shows_its_range_not_every_layer():
+    from prunekit.report.run import format_value
+
+    per_layer = {f"model.layers.{i}.mlp.up_proj.weight": 0.5 + 0.01 * i for i in range(6)}
+    assert format_value(per_layer) == "6 layers, 0.5 to 0.55"
+    assert format_value({"a": 1, "b": 2}) == "{'a': 1, 'b': 2}"  # short dicts stay whole
+    mixed = {f"l{i}": ("x" if i else 1) for i in range(5)}
+    assert format_value(mixed).endswith("… (5 entries)")
