@@ -75,6 +75,8 @@ SECTIONS = [
     ("zoo.md", "Structural engine: coverage zoo", "## Per model"),
     ("engine_speed.md", "Structural engine: speed and memory", None),
     ("latency.md", "Structural engine: real CPU speed-up", None),
+    ("language_models.md", "Language models (beyond the list): baselines trained here, Wanda, SparseGPT, "
+     "structural pruning, 2:4 speed", None),
     ("weight.md", "Weight pruning, part 1", None),
     ("weight_lenet5.md", "Weight pruning, LeNet-5", None),
     ("weight_lenet300_92.md", "Weight pruning at 92%, every training image", None),
