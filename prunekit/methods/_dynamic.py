@@ -16,15 +16,13 @@ from ..measure import count_macs
 from ..surgery.dynamic import executed_macs, gated_units
 from ._filter_common import conv_bn_pairs
 
-__all__ = ["check_macs_target", "gate_candidates", "DenseCost", "fit_density", "macs_stats", "varying_fraction"]
+__all__ = ["DYNAMIC_TARGETS", "gate_candidates", "DenseCost", "fit_density", "macs_stats", "varying_fraction"]
 
 
-def check_macs_target(ctx, method: str) -> float:
-    """The kept fraction of a ``macs=`` target (executed MACs per input); anything else is a ConfigError."""
-    if ctx.target_kind != "macs":
-        raise ConfigError(f"target={ctx.target!r}: {method} prunes per input and meets a target on the executed "
-                          f"MACs per input; write target='macs=F' with F the fraction kept, e.g. 'macs=0.5'")
-    return float(ctx.target_value)
+#: what the dynamic methods take: their target is the executed MACs per input (checked by the harness)
+DYNAMIC_TARGETS = {"targets": ("macs",),
+                   "targets_why": "it prunes per input and meets a target on the executed MACs per input: F is the "
+                                  "fraction kept"}
 
 
 def gate_candidates(model: nn.Module, example_inputs, ignore=(), skip_first: bool = True) -> list[tuple[str, str]]:

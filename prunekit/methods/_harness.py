@@ -90,6 +90,11 @@ def check_context(spec: MethodSpec, ctx: RunContext, cfg=None) -> None:
                     "an unstructured method (it removes single weights): write target='sparsity=S' with S the "
                     "fraction removed, e.g. target='sparsity=0.9'")
             problems.append(f"target={ctx.target!r}: {spec.id} is {what}")
+        elif spec.targets and kind not in spec.targets:
+            example = {"macs": "macs=0.5", "params": "params=0.5", "sparsity": "sparsity=0.9"}[spec.targets[0]]
+            problems.append(f"target={ctx.target!r}: {spec.id} takes only "
+                            f"{' or '.join(f'{t}=F' for t in spec.targets)} targets ({spec.targets_why}); "
+                            f"write e.g. target='{example}'")
         else:
             ctx.target_kind, ctx.target_value = kind, value
     except ConfigError as e:

@@ -94,6 +94,8 @@ class MethodSpec:
     telemetry: Telemetry | None = None
     module: str = ""
     smoke: dict = field(default_factory=dict)  # options that make a tiny run cheap (contract tests, smoke runs)
+    targets: tuple[str, ...] = ()  # target kinds it takes when narrower than its kind's (e.g. ("macs",)); () = all
+    targets_why: str = ""  # why only those, for the error message (e.g. "its cost loss prices FLOPs")
 
     @property
     def defaults(self) -> dict:
@@ -128,6 +130,10 @@ def _validate(name: str, spec: MethodSpec) -> None:
         raise ConfigError(f"kind={spec.kind!r} for method {name!r}; choose one of {_KINDS}")
     if spec.status != "implemented" and not spec.left_out:
         raise ConfigError(f"method {name!r} has status {spec.status!r}: say what is left out (left_out=...)")
+    if spec.targets and not set(spec.targets) <= {"macs", "params", "sparsity"}:
+        raise ConfigError(f"targets={spec.targets!r} for method {name!r}: choose among 'macs', 'params', 'sparsity'")
+    if spec.targets and not spec.targets_why:
+        raise ConfigError(f"method {name!r} takes only targets {spec.targets}: say why (targets_why=...)")
     bad = [n for n in spec.needs if n not in _NEEDS]
     if bad:
         raise ConfigError(f"needs={spec.needs!r} for method {name!r}: unknown {bad}; choose from {_NEEDS}")
@@ -157,12 +163,16 @@ def register_method(
     needs: tuple[str, ...] = (),
     telemetry: Telemetry | None = None,
     smoke: dict | None = None,
+    targets: tuple[str, ...] = (),
+    targets_why: str = "",
 ):
     """Register ``fn(ctx: RunContext, cfg: config) -> MethodResult`` as the implementation of paper ``id``.
 
     ``needs`` names the data the method cannot run without, ``telemetry`` what shows its mechanism acted, and
     ``smoke`` the options that make a run on a tiny setting cheap (e.g. fewer inner iterations); the registry's
     contract tests run every method with them, and they are checked against the config at registration.
+    ``targets`` narrows the target kinds the method takes (e.g. ``("macs",)`` for a method whose loss prices
+    FLOPs), with ``targets_why`` saying why; the harness refuses any other target before the method runs.
 
     Example:
         >>> from dataclasses import dataclass
@@ -177,7 +187,7 @@ def register_method(
     def deco(fn: Callable[..., MethodResult]):
         spec = MethodSpec(id=id, fn=fn, config=config, status=status, kind=kind, left_out=left_out,
                           needs=tuple(needs), telemetry=telemetry, module=getattr(fn, "__module__", ""),
-                          smoke=dict(smoke or {}))
+                          smoke=dict(smoke or {}), targets=tuple(targets), targets_why=targets_why)
         METHODS.register(id)(spec)
         return fn
 

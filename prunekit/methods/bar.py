@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
 from ..graph.expected_cost import expected_cost
 from ..train import fit
 from ..train.barrier import log_barrier, progressive_budget
@@ -63,6 +62,7 @@ class BARConfig(MethodConfig):
 
 @register_method(
     "bar", config=BARConfig, kind="structured", needs=("train",), status="partial",
+    targets=("macs",), targets_why="its barrier prices the gated network's MACs",
     left_out=("the mixed-connectivity block for residual networks (gates are shared by the channels a residual "
               "add ties); the resource is the expected MACs, not the paper's activation volume; lambda, the "
               "budget schedule and the distillation weighting are ours (not found)"),
@@ -73,9 +73,6 @@ class BARConfig(MethodConfig):
         knob="raise prune_epochs (the budget falls over options.budget_ramp of the steps) or options.gate_lr"))
 def run(ctx: RunContext, cfg: BARConfig) -> MethodResult:
     require_prune_epochs(ctx, "bar")
-    if ctx.target_kind != "macs":
-        raise ConfigError(f"target={ctx.target!r}: bar's barrier prices the gated network's MACs; write e.g. "
-                          f"target='macs=0.5'")
     model = ctx.model
     graph = _graph(model, ctx)
     groups = [g for g in filter_groups(model, ctx, graph) if g.bns or g.convs]

@@ -61,6 +61,7 @@ LEFT_OUT = ("not yet benchmarked on the fair protocol (prunekit bench: ResNet-20
 
 
 @register_method("dhp", config=DHPConfig, kind="structured", needs=("train",), status="partial", left_out=LEFT_OUT,
+                 targets=("macs",), targets_why="DHP stops its search on a FLOPs ratio",
                  smoke={"gamma": 2.0},
                  telemetry=Telemetry(
                      keys=("zeroed", "latent_pruned", "topped_up", "search_steps", "stopped_at", "macs_at_stop",
@@ -75,9 +76,6 @@ def run(ctx: RunContext, cfg: DHPConfig) -> MethodResult:
                           f"one-shot; its searching stage trains the hypernetwork (give prune_epochs >= 1)")
     model, x = ctx.model, ctx.example_inputs
     target = ctx.target_value
-    if ctx.target_kind != "macs":
-        raise ConfigError(f"target={ctx.target!r}: DHP stops its search on a FLOPs ratio; write e.g. "
-                          f"target='macs=0.5'")
     hyper = HyperNet(model, x, threshold=cfg.threshold, embed=cfg.embed, ignore=ctx.ignore, seed=ctx.seed)
     model.to(ctx.device)  # the latents and generators were created on the CPU
     prox = ProximalLatents(hyper, cfg.gamma, stop_ratio=target + cfg.stop_limit, check_every=cfg.check_every)

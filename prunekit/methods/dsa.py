@@ -126,6 +126,7 @@ def project_to_budget(v: torch.Tensor, cost, budget: float, lo: float, iters: in
 
 @register_method(
     "dsa", config=DSAConfig, kind="structured", needs=("train",), status="partial",
+    targets=("macs",), targets_why="its budget model prices FLOPs",
     left_out=("the paper's ADMM loop is not released: the projection onto the budget (one linearised step), rho, the "
               "ratio step size and the update schedule are ours, and at the benchmark's budget the ratios fall in lockstep "
               "(the task loss barely shapes them, docs/methods-search-6.md); FLOPs budgets only"),
@@ -138,8 +139,6 @@ def project_to_budget(v: torch.Tensor, cost, budget: float, lo: float, iters: in
         knob="raise prune_epochs or options.alpha_lr"))
 def run(ctx: RunContext, cfg: DSAConfig) -> MethodResult:
     require_prune_epochs(ctx, "dsa")
-    if ctx.target_kind != "macs":
-        raise ConfigError(f"target={ctx.target!r}: dsa's budget model prices FLOPs; write e.g. target='macs=0.5'")
     model = ctx.model
     graph = _graph(model, ctx)
     groups = [g for g in filter_groups(model, ctx, graph) if g.convs or g.bns]

@@ -198,7 +198,8 @@ def _fix_scales(model: nn.Module, ctx, branches: dict[str, MultiResolutionConv],
 
 
 @register_method(
-    "mdp", config=MDPConfig, status="partial", kind="structured", needs=("train",),
+    "mdp", config=MDPConfig, status="partial", kind="structured", needs=("train",), targets=("macs",),
+    targets_why="it trades resolution against channels on the MACs, and a resolution branch removes no parameter",
     left_out="The 3D (spatio-temporal) form for video networks is not built (no 3D model or video data here); "
              "the 2D spatial form is. The paper's gate parameterisation, selection rule, regulariser weights and "
              "schedules are not public: ours are options (module docstring).",
@@ -214,9 +215,6 @@ def run(ctx: RunContext, cfg: MDPConfig) -> MethodResult:
     if any(not 0 < s <= 1 for s in cfg.scales) or not cfg.scales:
         raise ConfigError(f"options['scales']={list(cfg.scales)!r}: candidate scale factors must be in (0, 1] (1 = "
                           f"full resolution); give e.g. options={{'scales': [1.0, 0.5]}}")
-    if ctx.target_kind != "macs":
-        raise ConfigError(f"target={ctx.target!r}: mdp trades resolution against channels on the MACs, and a "
-                          f"resolution branch removes no parameter; give target='macs=F'")
     model = ctx.model
     dense = build_graph(model, ctx.example_inputs).macs()
     shapes = eligible_convs(model, ctx.example_inputs, min(cfg.scales), ctx.ignore) if cfg.resolution else {}

@@ -27,7 +27,7 @@ from ..surgery.dynamic import RNP, GroupSelector, gate_convs_, gated_units
 from ..train import Callback, fit
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
-from ._dynamic import DenseCost, check_macs_target, gate_candidates, macs_stats, varying_fraction
+from ._dynamic import DYNAMIC_TARGETS, DenseCost, gate_candidates, macs_stats, varying_fraction
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class QLearner(Callback):
 
 
 @register_method(
-    "rnp", config=RNPConfig, kind="other", needs=("train",), status="partial",
+    "rnp", config=RNPConfig, kind="other", needs=("train",), status="partial", **DYNAMIC_TARGETS,
     left_out="no replay memory (each Q-step learns from the episodes of the current batch) and the paper's "
              "encoder/RNN sizes are not known; p is steered to the MACs target unless options.penalty is set, "
              "and a cap on the number of groups is added when the greedy policy still exceeds the target",
@@ -114,7 +114,7 @@ class QLearner(Callback):
                         knob="raise prune_epochs (Q-learning steps) or options.epsilon"),
     smoke={})
 def run(ctx: RunContext, cfg: RNPConfig) -> MethodResult:
-    target = check_macs_target(ctx, "rnp")
+    target = float(ctx.target_value)  # executed MACs per input kept (a macs= target: the harness checks)
     model = ctx.model
     x = ctx.example_inputs
     pairs = gate_candidates(model, x, ctx.ignore, cfg.skip_first)

@@ -99,6 +99,7 @@ def tas_cost_loss(expected: torch.Tensor, current: float, target: float, toleran
 
 @register_method(
     "tas", config=TASConfig, kind="structured", needs=("train",), status="partial",
+    targets=("macs",), targets_why="its cost loss prices FLOPs",
     left_out=("the depth search over blocks per stage; one BatchNorm per candidate width (the candidates share the "
               "layer's BN); bottleneck/DenseNet supernets; the 300-epoch distillation (kd_epochs)"),
     smoke={"kd_epochs": 0, "arch_lr": 0.05},
@@ -110,8 +111,6 @@ def tas_cost_loss(expected: torch.Tensor, current: float, target: float, toleran
         knob="raise prune_epochs (search epochs) or options.arch_lr"))
 def run(ctx: RunContext, cfg: TASConfig) -> MethodResult:
     require_prune_epochs(ctx, "tas")
-    if ctx.target_kind != "macs":
-        raise ConfigError(f"target={ctx.target!r}: tas's cost loss prices FLOPs; write e.g. target='macs=0.5'")
     if cfg.tau_min > cfg.tau_max:
         raise ConfigError(f"tau_min={cfg.tau_min} > tau_max={cfg.tau_max}: the temperature is annealed down; "
                           f"give tau_min <= tau_max")

@@ -167,3 +167,37 @@ class _no_fail:
 
     def __exit__(self, *exc):
         return self._cm.__exit__(*exc)
+
+
+NARROW = [m for m in IDS if METHODS.get(m).targets]
+
+
+def test_the_methods_that_price_only_macs_declare_it():
+    # tas, dsa, dhp, bar, mdp and the dynamic methods refuse params= targets through the harness, not by hand
+    assert {"tas", "dsa", "dhp", "bar", "mdp", "rnp", "fbs", "dsg"} <= set(NARROW)
+
+
+@pytest.mark.parametrize("mid", NARROW)
+def test_a_target_kind_the_method_does_not_take_is_refused_before_it_runs_and_changes_nothing(mid):
+    spec = get_method(mid)
+    other = next(k for k in ("params", "macs") if k not in spec.targets)
+    ctx = _tiny_ctx(spec)
+    ctx = dataclasses.replace(ctx, target=f"{other}=0.6")
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    called = []
+    probe = dataclasses.replace(spec, fn=lambda c, cfg: called.append(1))
+    with pytest.raises(ConfigError, match=rf"{mid} takes only {spec.targets[0]}=F targets \({re.escape(spec.targets_why)}"):
+        run_method(probe, ctx)
+    assert called == []
+    after = ctx.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_narrowed_target_list_needs_its_reason():
+    from prunekit.methods._registry import _validate
+
+    spec = get_method("tas")
+    with pytest.raises(ConfigError, match=r"say why \(targets_why=\.\.\.\)"):
+        _validate("tas", dataclasses.replace(spec, targets_why=""))
+    with pytest.raises(ConfigError, match=r"targets=\('flops',\)"):
+        _validate("tas", dataclasses.replace(spec, targets=("flops",)))

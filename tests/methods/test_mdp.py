@@ -127,7 +127,7 @@ def test_channel_only_without_sparsity_or_cost_warns_and_names_the_knob():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"target": "params=0.5"}, r"target='params=0.5'.*mdp.*target='macs=F'"),
+    ({"target": "params=0.5"}, r"target='params=0.5': mdp takes only macs=F targets .*resolution branch removes no parameter"),
     ({"options": {"scales": [1.0, 1.5]}}, r"options\['scales'\]=\[1.0, 1.5\].*\(0, 1\]"),
     ({"options": {"fix": "greedy"}}, r"fix.*'greedy'"),
     ({"prune_epochs": 0}, r"prune_epochs=0"),
