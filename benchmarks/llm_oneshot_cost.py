@@ -22,6 +22,7 @@ import gc
 import json
 import platform
 import time
+import sys
 from pathlib import Path
 
 import torch
@@ -29,22 +30,9 @@ import torch
 from prunekit.methods import RunContext, get_method, load_all
 
 OUT = Path(__file__).parent / "results" / "llm_oneshot_cost.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.engine_speed import _reset_peak, _status_kb  # noqa: E402 (one peak-memory probe for both)
 FULL_LAYERS = 22
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
 
 
 def build(layers: int):
