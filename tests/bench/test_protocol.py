@@ -266,3 +266,23 @@ def test_seeds_runs_one_seed_first_and_the_full_grid_reuses_its_cells(tmp_path):
     assert (full["done"], full["ran"]) == (2, 1)  # seed 0's cell is reused, only seed 1 runs
     with pytest.raises(ConfigError, match=r"seeds=\[7\].*grid's seeds \[0, 1\]"):
         bench_job(str(path), progress=False, seeds=[7])
+
+
+def test_a_language_model_grid_reports_perplexity_after_the_cut_and_the_fine_tune(tmp_path):
+    from prunekit.bench.grid import BenchGrid
+    from prunekit.bench.protocol import _Context, baseline_numbers, run_cell
+    from prunekit.report.bench import aggregate_cells, render_bench_markdown
+
+    grid = BenchGrid(name="lm", model="gpt-tiny", data="synthetic-text",
+                     data_options={"vocab_size": 32, "seq_len": 16, "n_train": 96, "n_test": 32}, baseline=None,
+                     methods=("wanda", "magnitude-llm"), targets=("sparsity=0.5",), seeds=(0,), finetune_epochs=1,
+                     lr=0.01, batch_size=16, subset=None, calib_batches=2, latency=False, out=str(tmp_path / "g"))
+    ctx = _Context(grid)
+    base = baseline_numbers(ctx, tmp_path / "baseline.json")
+    cells = [run_cell(ctx, m, "sparsity=0.5", 0, base) for m in grid.methods]
+    for cell in cells:
+        assert cell["ppl_base"] > 1 and cell["ppl_pruned"] > 1 and cell["ppl_finetuned"] > 1
+        assert cell["engaged"] is True
+    md = render_bench_markdown(aggregate_cells(cells), grid.protocol())
+    assert "| perplexity after the cut | perplexity after fine-tune |" in md
+    assert f"Baseline test perplexity {cells[0]['ppl_base']:.2f}" in md
