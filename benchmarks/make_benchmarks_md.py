@@ -77,6 +77,7 @@ SECTIONS = [
     ("latency.md", "Structural engine: real CPU speed-up", None),
     ("language_models.md", "Language models (beyond the list): baselines trained here, Wanda, SparseGPT, "
      "structural pruning, 2:4 speed", None),
+    ("llm_fair.md", "Language models on the fair protocol: one-shot 50% with magnitude and random controls", None),
     ("weight.md", "Weight pruning, part 1", None),
     ("weight_lenet5.md", "Weight pruning, LeNet-5", None),
     ("weight_lenet300_92.md", "Weight pruning at 92%, every training image", None),

@@ -36,7 +36,7 @@ from .recipe import LATENCY_KINDS, LATENCY_METHODS, Recipe, parse_target
 from . import data as pk_data, data, models
 from .criteria import CRITERIA, get_criterion
 from .io import load, save
-from .masks import finalize_, get_masks
+from .masks import finalize_, get_masks, get_weight_criterion
 from .measure import latency, latency as time_forward, measure
 from .methods import METHODS, RunContext, beyond_catalog, catalog, get_method, load_all
 from .report import write_json, write_run_report
@@ -603,8 +603,10 @@ def _apply_pruning(model, x, recipe: Recipe, spec, bundle, progress: bool) -> tu
     kind, value = parse_target(recipe.target, latency=True)
     if spec is None:
         name = recipe.method[len(CRITERION_PREFIX):]
-        if kind == "sparsity":
-            rep = pk.sparsify_(model, sparsity=value, criterion=name, ignore=tuple(recipe.ignore))
+        if kind == "sparsity":  # the recipe's seed (random scores differ per seed) and calibration when needed
+            calib = calib_batches(bundle, recipe.calib_batches) if get_weight_criterion(name).needs_calib else None
+            rep = pk.sparsify_(model, sparsity=value, criterion=name, ignore=tuple(recipe.ignore), calib=calib,
+                               seed=recipe.seed)
         else:
             calib = calib_batches(bundle, recipe.calib_batches) if get_criterion(name).needs else None
             rep = pk.prune_(model, example_inputs=x, target=recipe.target, criterion=name,

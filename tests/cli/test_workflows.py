@@ -117,3 +117,24 @@ def test_run_job_on_text_reports_perplexity_at_every_stage(tmp_path, monkeypatch
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| test perplexity |" in md and "| stage | test accuracy | test perplexity |" in md
     assert "training blocks of 16 tokens" in md
+
+
+def test_a_random_weight_criterion_draws_with_the_recipe_seed_and_a_data_criterion_gets_calibration(tmp_path):
+    from prunekit.recipe import Recipe
+    from prunekit.workflows import run_job
+
+    from prunekit.workflows import resolve_model
+
+    def zeros(seed, criterion):
+        recipe = Recipe(model="lenet300", data="synthetic", data_options={"n_train": 64, "n_test": 32},
+                        baseline=None, method=f"criterion:{criterion}", target="sparsity=0.5", finetune_epochs=0,
+                        batch_size=32, subset=None, calib_batches=1, latency=False, seed=seed,
+                        out=str(tmp_path / f"{criterion}{seed}"))
+        run_job(recipe, progress=False)
+        model = resolve_model(str(tmp_path / f"{criterion}{seed}" / "model.safetensors"))
+        return model.fc1.weight == 0
+
+    torch.manual_seed(0)
+    a, b = zeros(0, "random"), zeros(1, "random")
+    assert a.float().mean() == pytest.approx(0.5, abs=0.01) and not torch.equal(a, b)  # seeds draw different masks
+    assert zeros(0, "snip").float().mean() == pytest.approx(0.5, abs=0.01)  # snip read its calibration batches
