@@ -49,3 +49,9 @@ def state(model) -> dict:
 def same_state(model, before: dict) -> bool:
     after = model.state_dict()
     return set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def not_a_language_model() -> tuple:
+    """A LeNet-5 and one image batch: what the language-model methods must refuse."""
+    torch.manual_seed(0)
+    return pk.models.create("lenet5"), [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))]

@@ -2,9 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from llm_struct_setups import gpt, llama, logits, run, same_state, state, text_batches
+from llm_struct_setups import gpt, llama, logits, not_a_language_model, run, same_state, state, text_batches
 
-import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.methods.llm_depth import block_influence, layers_to_remove
 
@@ -84,9 +83,7 @@ def test_no_layer_removed_warns_with_the_knob():
 def test_bad_input_is_refused_and_the_model_is_unchanged(case, match):
     model, calib, target, opts = gpt(), text_batches(1), "macs=0.7", {}
     if case == "lenet":
-        torch.manual_seed(0)
-        model = pk.models.create("lenet5")
-        calib = [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))]
+        model, calib = not_a_language_model()
     elif case == "all-layers":
         opts = {"layers": 2}
     elif case == "unreachable":

@@ -4,9 +4,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from llm_struct_setups import gpt, llama, logits, run, same_state, state, text_batches
+from llm_struct_setups import gpt, llama, logits, not_a_language_model, run, same_state, state, text_batches
 
-import prunekit as pk
 from prunekit.errors import ConfigError, MechanismWarning
 from prunekit.graph import build_graph
 from prunekit.methods.llm_width import activation_scores, taylor_scores, width_units
@@ -131,9 +130,7 @@ def test_recovery_distils_towards_the_dense_model():
 def test_bad_input_is_refused_and_the_model_is_unchanged(case, match):
     model, calib, target, opts = gpt(), text_batches(1), "macs=0.7", {}
     if case == "lenet":
-        torch.manual_seed(0)
-        model = pk.models.create("lenet5")
-        calib = [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))]
+        model, calib = not_a_language_model()
     elif case == "heads-too-far":
         target, opts = "macs=0.2", {"units": "heads"}
     elif case == "skip-all":
