@@ -134,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--latency-backend", choices=["torch", "onnxruntime"],
                     help="what the latency table times: eager PyTorch or onnxruntime (default: an existing "
                          "table's backend, else torch)")
+    se.add_argument("--latency-clock", choices=["wall", "cpu"],
+                    help="what the latency table reads: elapsed time, or the timing thread's CPU time (steady "
+                         "when other processes share the cores; default: an existing table's, else wall)")
+    se.add_argument("--latency-statistic", choices=["median", "p10"],
+                    help="the latency table's figure per layer: the median of its timed runs, or their 10th "
+                         "percentile (default: an existing table's, else median)")
     se.add_argument("--candidates", type=int, default=30, help="sub-networks scored (default 30)")
     se.add_argument("--seconds", type=float, help="wall-time budget instead of --candidates")
     se.add_argument("--max-ratio", type=float, help="largest per-layer pruning ratio drawn (default: EagleEye's R "
@@ -330,7 +336,8 @@ def _cmd_search(args) -> int:
                      batch_size=args.batch_size, subset=args.subset, seed=args.seed, device=args.device,
                      ignore=tuple(args.ignore), out=args.out, force=args.force, resume=args.resume,
                      data_dir=args.data_dir, latency_table=args.latency_table,
-                     latency_backend=args.latency_backend, latency_checks=args.latency_checks,
+                     latency_backend=args.latency_backend, latency_clock=args.latency_clock,
+                     latency_statistic=args.latency_statistic, latency_checks=args.latency_checks,
                      executor=args.executor, address=args.address, workers=args.workers)
     b = rep["best"]
     _console().print(_table(f"prunekit search — {rep['model']} → {rep['target']}: "

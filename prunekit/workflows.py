@@ -1015,7 +1015,8 @@ def _search_latency(found) -> dict:
     return {"latency": {"dense_predicted_ms": lat.dense_ms, "chosen_predicted_ms": lat.predict_ms(widths),
                         "dense_measured_ms": dense_ms, "chosen_measured_ms": chosen_ms,
                         "measured_fraction": chosen_ms / dense_ms, "threads": how["threads"],
-                        "backend": how.get("backend", "torch")}}
+                        "backend": how.get("backend", "torch"), "clock": how.get("clock", "wall"),
+                        "statistic": how.get("statistic", "median")}}
 
 
 def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fashion-mnist",
@@ -1025,13 +1026,15 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
                seed: int = 0, device: str = "cpu", ignore=(), out: str = "runs/search", force: bool = False,
                resume: bool = False, progress: bool = True, data_dir: str | None = None,
                latency_table: str | None = None, latency_backend: str | None = None,
+               latency_clock: str | None = None, latency_statistic: str | None = None,
                latency_checks: int = 2, executor: str = "local", address: str | None = None,
                workers: int = 2) -> dict:
     """``prunekit search``: widths for ``target`` from ``candidates`` scored sub-networks of a trained baseline.
 
     A ``latency=F`` (or ``latency=Xms``) target prices candidates by a per-layer latency table measured on this
     machine at ``latency_table`` (measured there on first use, reused after) with ``latency_backend``
-    (``"torch"`` or ``"onnxruntime"``; None: an existing table's, else torch); the report then holds the
+    (``"torch"`` or ``"onnxruntime"``), ``latency_clock`` (``"wall"`` or ``"cpu"``) and ``latency_statistic``
+    (``"median"`` or ``"p10"``) (None: an existing table's, else torch / wall / median); the report then holds the
     predicted and the measured latency of the dense and the chosen model, timed on that backend.
     ``executor="ray"`` scores the candidates as Ray tasks (``workers`` at once; ``address``: a running cluster).
 
@@ -1066,7 +1069,8 @@ def search_job(*, baseline: str = "resnet20-fashion-mnist", data_name: str = "fa
                        max_ratio=max_ratio, window=window, recal_batches=recal_batches, criterion=criterion,
                        ignore=tuple(ignore), seed=seed, device=device, record=str(record),
                        on_trial=lambda t: bar.advance(t.score), latency_table=latency_table,
-                       latency_backend=latency_backend, latency_checks=latency_checks, executor=executor,
+                       latency_backend=latency_backend, latency_clock=latency_clock,
+                       latency_statistic=latency_statistic, latency_checks=latency_checks, executor=executor,
                        address=address, workers=workers)
     subnets = found.subnets
     uniform = tuple(found.uniform_widths.values())

@@ -40,6 +40,7 @@ from torch import nn
 
 from .._registry import closest
 from ..errors import ConfigError
+from ..graph.oplog import model_lock
 from ..graph.trace import call_model, model_device, move_to
 
 __all__ = ["Calibration", "ChannelStats", "collect", "collect_for_scoring", "layer_rows", "channel_first",
@@ -299,62 +300,63 @@ def collect(model: nn.Module, calib: Iterable, *, outputs=(), inputs=(), output_
 
     hooked = [n for n in named if n in set(outputs + inputs + output_grads + input_grads + stats + input_stats
                                            + gram + watch)]
-    saved_grads = {p: p.grad for p in model.parameters()}
-    saved_req = {p: p.requires_grad for p in model.parameters()}
-    modes = {m: m.training for m in model.modules()}
-    device = model_device(model)
-    hooks = []
-    try:
-        for n in hooked:
-            mod = named[n]
-            hooks.append(mod.register_forward_pre_hook(lambda m, a, n=n: pre_hook(m, a, n)))
-            hooks.append(mod.register_forward_hook(lambda m, a, o, n=n: post_hook(m, a, o, n)))
-        model.eval()
-        for item in calib:
-            if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                raise ConfigError(f"calib must yield (inputs, targets) pairs, got {type(item).__name__}")
-            x, y = move_to(item, device)  # calibration batches may sit on the CPU next to a GPU model
-            batch = Calibration()
+    with model_lock(model):  # another thread working on this model waits: its flags, gradients, hooks
+        saved_grads = {p: p.grad for p in model.parameters()}
+        saved_req = {p: p.requires_grad for p in model.parameters()}
+        modes = {m: m.training for m in model.modules()}
+        device = model_device(model)
+        hooks = []
+        try:
+            for n in hooked:
+                mod = named[n]
+                hooks.append(mod.register_forward_pre_hook(lambda m, a, n=n: pre_hook(m, a, n)))
+                hooks.append(mod.register_forward_hook(lambda m, a, o, n=n: post_hook(m, a, o, n)))
+            model.eval()
+            for item in calib:
+                if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                    raise ConfigError(f"calib must yield (inputs, targets) pairs, got {type(item).__name__}")
+                x, y = move_to(item, device)  # calibration batches may sit on the CPU next to a GPU model
+                batch = Calibration()
+                slots.clear()
+                if need_grad:
+                    for p in params.values():
+                        p.grad = None
+                    with torch.enable_grad():
+                        loss_fn(call_model(model, x), y).backward()
+                    for f in grad_params:
+                        p = params[f]
+                        if p.grad is not None:
+                            g = p.grad.detach().cpu()
+                            result.grads[f] = result.grads[f] + g if f in result.grads else g.clone()
+                            batch.grads[f] = g
+                            if per_batch:
+                                result.batch_grads.setdefault(f, []).append(g.clone())
+                    for (kind, name), gs in slots.items():
+                        got = [g for g in gs if g is not None]
+                        if got:
+                            (batch.input_grads if kind == "in" else batch.output_grads)[name] = got
+                else:
+                    with torch.no_grad():
+                        call_model(model, x)
+                result.batches += 1
+                if on_batch is not None:
+                    on_batch(batch)
+                if keep:
+                    for field in ("outputs", "inputs", "output_grads", "input_grads"):
+                        for name, ts in getattr(batch, field).items():
+                            for t in ts:
+                                _capped(getattr(result, field), name, t, cap, kept.setdefault(field, {}))
+        finally:
+            for h in hooks:
+                h.remove()
             slots.clear()
-            if need_grad:
-                for p in params.values():
-                    p.grad = None
-                with torch.enable_grad():
-                    loss_fn(call_model(model, x), y).backward()
-                for f in grad_params:
-                    p = params[f]
-                    if p.grad is not None:
-                        g = p.grad.detach().cpu()
-                        result.grads[f] = result.grads[f] + g if f in result.grads else g.clone()
-                        batch.grads[f] = g
-                        if per_batch:
-                            result.batch_grads.setdefault(f, []).append(g.clone())
-                for (kind, name), gs in slots.items():
-                    got = [g for g in gs if g is not None]
-                    if got:
-                        (batch.input_grads if kind == "in" else batch.output_grads)[name] = got
-            else:
-                with torch.no_grad():
-                    call_model(model, x)
-            result.batches += 1
-            if on_batch is not None:
-                on_batch(batch)
-            if keep:
-                for field in ("outputs", "inputs", "output_grads", "input_grads"):
-                    for name, ts in getattr(batch, field).items():
-                        for t in ts:
-                            _capped(getattr(result, field), name, t, cap, kept.setdefault(field, {}))
-    finally:
-        for h in hooks:
-            h.remove()
-        slots.clear()
-        for p, g in saved_grads.items():
-            p.grad = g
-        for p, r in saved_req.items():
-            if p.requires_grad != r:
-                p.requires_grad_(r)
-        for m, t in modes.items():
-            m.training = t
+            for p, g in saved_grads.items():
+                p.grad = g
+            for p, r in saved_req.items():
+                if p.requires_grad != r:
+                    p.requires_grad_(r)
+            for m, t in modes.items():
+                m.training = t
     if not result.batches:
         raise ConfigError("calib is empty: it gave no batch; pass calib=[(inputs, targets), ...] with at least "
                           "one batch")

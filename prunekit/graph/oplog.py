@@ -7,7 +7,9 @@ and with real values otherwise (see ``surgery._validate``).
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import threading
+import weakref
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -62,17 +64,63 @@ class _LogMode(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock of one model object: a pass that changes the model's state for a while (training flags,
+    gradients, hooks that read its forwards) holds it, so two threads working on the same model take turns
+    instead of seeing each other's state; passes over different models still run at once. Re-entrant."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    """``model`` in eval mode inside the block; every module's own training flag is restored after it.
-    Yields ``{module: training flag before}``."""
-    training = {m: m.training for m in model.modules()}
-    model.eval()
+    """``model`` in eval mode inside the block, holding :func:`model_lock`; every module's own training flag is
+    restored after it. Yields ``{module: training flag before}``."""
+    with model_lock(model):
+        training = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            yield training
+        finally:
+            for m, t in training.items():
+                m.training = t
+
+
+@contextlib.contextmanager
+def this_thread_module_hooks(pre: Callable, post: Callable, *, with_kwargs: bool = False):
+    """torch's global module hooks (``pre(mod, args)``, ``post(mod, args, out)`` or, ``with_kwargs``,
+    ``post(mod, args, kwargs, out)``) for the block, called for the forwards of the thread that entered it only:
+    global hooks see every module of every thread, and another thread's forward must not enter this one's
+    record."""
+    owner = threading.get_ident()
+
+    def _pre(mod, args):
+        if threading.get_ident() == owner:
+            return pre(mod, args)
+
+    if with_kwargs:
+        def _post(mod, args, kwargs, out):
+            if threading.get_ident() == owner:
+                return post(mod, args, kwargs, out)
+        h2 = _m.register_module_forward_hook(_post, with_kwargs=True)
+    else:
+        def _post(mod, args, out):
+            if threading.get_ident() == owner:
+                return post(mod, args, out)
+        h2 = _m.register_module_forward_hook(_post)
+    h1 = _m.register_module_forward_pre_hook(_pre)
     try:
-        yield training
+        yield
     finally:
-        for m, t in training.items():
-            m.training = t
+        h1.remove()
+        h2.remove()
 
 
 def op_log(model: nn.Module, example_inputs, fast: bool = False) -> tuple[Any, list, list]:
@@ -84,17 +132,14 @@ def op_log(model: nn.Module, example_inputs, fast: bool = False) -> tuple[Any, l
     """
     log_ = _OpLog()
     values = _Values(_trusted_tensors(model, example_inputs)) if fast else None
-    h1 = _m.register_module_forward_pre_hook(lambda mod, args: log_.enter(mod))
-    h2 = _m.register_module_forward_hook(lambda mod, args, out: log_.leave(mod))
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         if fast:
             torch.backends.mha.set_fastpath_enabled(False)
-        with eval_mode(model), torch.no_grad(), \
+        with this_thread_module_hooks(lambda mod, args: log_.enter(mod), lambda mod, args, out: log_.leave(mod)), \
+                eval_mode(model), torch.no_grad(), \
                 (_python_reads_checked(values) if fast else contextlib.nullcontext()), _LogMode(log_, values):
             out = call_model(model, example_inputs)
     finally:
-        h1.remove()
-        h2.remove()
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return out, log_.ops, (values.unaccounted if fast else [])

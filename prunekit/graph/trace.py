@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import logging
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _m
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
 from ..errors import TraceError
 from ._labels import ANY
 from .handlers_registry import _MODULE_HANDLERS, _OP_HANDLERS, _op_key, handlers, register_handler  # noqa: F401
 from .mha import PrunableMultiheadAttention, supported, unsupported_constraint
-from .oplog import _AS_VIEW, _LAYOUT_ONLY, _RESTRIDE, _LogMode, _OpLog, eval_mode, op_log  # noqa: F401
+from .oplog import (_AS_VIEW, _LAYOUT_ONLY, _RESTRIDE, _LogMode, _OpLog, eval_mode, model_lock,  # noqa: F401
+                    op_log, this_thread_module_hooks)
 from .recording import MacOp, ModuleCall, Recording, SizeUse  # noqa: F401
 from .rules import RULES
 from .tensors import (_tensors, _walk_outputs, call_model, model_device, move_to,  # noqa: F401
@@ -227,33 +226,30 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
         if rec.stack and rec.stack[-1] == fqn:
             rec.stack.pop()
 
-    h1 = _m.register_module_forward_pre_hook(lambda mod, args: pre(mod, args))
-    h2 = _m.register_module_forward_hook(lambda mod, args, kwargs, out: post(mod, args, kwargs, out),
-                                         with_kwargs=True) if _hook_kwargs_supported() else \
-        _m.register_module_forward_hook(lambda mod, args, out: post(mod, args, {}, out))
     # plain nn.MultiheadAttention is traced through its op-by-op twin (same outputs, see graph.mha) so
-    # that heads and embedding become prunable; the class is put back below: tracing changes nothing
-    twins = [m for m in model.modules() if supported(m) and nn.MultiheadAttention not in _MODULE_HANDLERS]
-    for m in twins:
-        m.__class__ = PrunableMultiheadAttention
-    # torch's fused encoder-layer kernel hides the attention from the trace: trace the regular path
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with eval_mode(model), torch.no_grad(), \
-                _python_reads_checked(_ReadLog(rec, values if fast else None, mode)), mode:
-            output = call_model(model, example_inputs)
-    except MadeUpValue:
-        raise
-    except Exception as e:
-        raise TraceError(f"could not trace the model with the given example_inputs: {type(e).__name__}: {e}. "
-                         f"Check that model(*example_inputs) runs (shapes, device, dtype).", op="forward") from e
-    finally:
-        h1.remove()
-        h2.remove()
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    # that heads and embedding become prunable; the class is put back below: tracing changes nothing. The
+    # model's lock is held throughout: another thread working on the same model waits (its class, flags)
+    with model_lock(model):
+        twins = [m for m in model.modules() if supported(m) and nn.MultiheadAttention not in _MODULE_HANDLERS]
         for m in twins:
-            m.__class__ = nn.MultiheadAttention
+            m.__class__ = PrunableMultiheadAttention
+        # torch's fused encoder-layer kernel hides the attention from the trace: trace the regular path
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with this_thread_module_hooks(pre, post, with_kwargs=True), eval_mode(model), torch.no_grad(), \
+                    _python_reads_checked(_ReadLog(rec, values if fast else None, mode)), mode:
+                output = call_model(model, example_inputs)
+        except MadeUpValue:
+            raise
+        except Exception as e:
+            raise TraceError(f"could not trace the model with the given example_inputs: {type(e).__name__}: {e}. "
+                             f"Check that model(*example_inputs) runs (shapes, device, dtype).",
+                             op="forward") from e
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+            for m in twins:
+                m.__class__ = nn.MultiheadAttention
     rec.keep_keys = resolve_keep_outputs(output, _KEEP_OUTPUTS.get() if keep_outputs == "all" else keep_outputs)
     if rec.keep_keys is None:
         _walk_outputs(output, lambda t: rec.kill_all(rec.get(t), "reaches the model output"))
@@ -262,6 +258,3 @@ def record(model: nn.Module, example_inputs, *, ignore_modules: dict | None = No
             _walk_outputs(part, lambda t, key=key: rec.kill_all(rec.get(t), f"reaches the kept model output {key!r}"))
     return rec, output
 
-
-def _hook_kwargs_supported() -> bool:
-    return "with_kwargs" in inspect.signature(_m.register_module_forward_hook).parameters

@@ -267,12 +267,19 @@ class LatencyTable:
         return table
 
     @staticmethod
+    def setting_of(path: str | os.PathLike) -> dict:
+        """The key a table file was measured with (backend, clock, statistic, ...; ``{}`` when there is no
+        readable table at ``path``): what a later build at that path continues with unless told otherwise."""
+        try:
+            key = json.loads(Path(path).read_text()).get("key", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return key if isinstance(key, dict) else {}
+
+    @staticmethod
     def backend_of(path: str | os.PathLike) -> str | None:
         """The backend a table file was measured with (None when there is no readable file at ``path``)."""
-        try:
-            return json.loads(Path(path).read_text()).get("key", {}).get("backend")
-        except (OSError, ValueError, AttributeError):
-            return None
+        return LatencyTable.setting_of(path).get("backend")
 
     @classmethod
     def _read(cls, path, key: dict) -> "LatencyTable":

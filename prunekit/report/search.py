@@ -29,8 +29,10 @@ def render_search_markdown(r: dict) -> str:
         lines.append(f"| `{n}` | {r['dense_widths'][n]} | {r['uniform_widths'][n]} | {w} |")
     if r.get("latency"):
         lat = r["latency"]
-        lines += ["", f"Latency (ms per forward, {lat.get('backend', 'torch')}, {lat['threads']} thread(s), the "
-                      f"latency table's timing setup): "
+        clock = "CPU time of the timing thread" if lat.get("clock") == "cpu" else "wall clock"
+        lines += ["", f"Latency (ms per forward, {lat.get('backend', 'torch')}, {lat['threads']} thread(s), "
+                      f"{clock}, {lat.get('statistic', 'median')} of the timed runs; the latency table's timing "
+                      f"setup): "
                       f"dense {lat['dense_measured_ms']:.3f} measured / {lat['dense_predicted_ms']:.3f} predicted; "
                       f"chosen {lat['chosen_measured_ms']:.3f} measured / {lat['chosen_predicted_ms']:.3f} "
                       f"predicted, {lat['measured_fraction']:.3f} of the dense latency as measured."]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import BrokenForward, PruneError, TraceNotConfirmed
-from ..graph.oplog import eval_mode, op_log
+from ..graph.oplog import eval_mode, op_log, this_thread_module_hooks
 from ..graph.tensors import _walk_outputs, call_model, output_entries, select_outputs
 from ..graph.values import MadeUpValue
 from .modules import FIXERS, SIZE_ATTRS, fixers_for, register_fixer
@@ -285,8 +285,6 @@ def remove_channels_(model: nn.Module, graph, removal: dict, *, optimizer=None, 
 def _module_stack(model: nn.Module):
     """Yield a list that holds, while a forward runs, the FQNs of the modules being called (outermost first);
     after a forward that raised it still names the module that raised and its callers."""
-    from torch.nn.modules import module as _m
-
     names = {id(m): n for n, m in model.named_modules()}
     stack: list = []
 
@@ -300,12 +298,8 @@ def _module_stack(model: nn.Module):
         if n is not None and stack and stack[-1] == n:
             stack.pop()
 
-    h1, h2 = _m.register_module_forward_pre_hook(pre), _m.register_module_forward_hook(post)
-    try:
+    with this_thread_module_hooks(pre, post):
         yield stack
-    finally:
-        h1.remove()
-        h2.remove()
 
 
 def passthrough_modules(graph) -> set:

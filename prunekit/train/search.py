@@ -83,11 +83,14 @@ class SearchResult:
                    if self.latency is not None else {})}
 
 
-def target_cost(subnets: Subnets, target: str, latency_table=None, backend: str | None = None) -> tuple:
+def target_cost(subnets: Subnets, target: str, latency_table=None, backend: str | None = None, *,
+                clock: str | None = None, statistic: str | None = None) -> tuple:
     """``(kind, limit, cost, latency model or None)`` of a ``macs=``/``params=``/``sparsity=``/``latency=``
     target over ``subnets``' candidates; a latency target measures (or loads and continues) the table at
     ``latency_table`` (a path or a :class:`LatencyTable`) and is refused without one. ``backend``: the table's
-    ``"torch"`` or ``"onnxruntime"``; None: the backend of the file at that path, else torch."""
+    ``"torch"`` or ``"onnxruntime"``; ``clock``: ``"wall"`` or ``"cpu"`` (the thread's CPU time: steady on a
+    machine whose cores other processes share); ``statistic``: ``"median"`` or ``"p10"``. None: the setting of
+    the file at that path, else torch / wall / median."""
     if parse_latency_target(target) is None:
         kind, limit = parse_target(target)  # sparsity=s is params=1-s
         return kind, limit, (lambda widths: subnets.cost(widths, kind)), None
@@ -98,8 +101,11 @@ def target_cost(subnets: Subnets, target: str, latency_table=None, backend: str 
     if isinstance(latency_table, LatencyTable):
         table = latency_table
     else:
-        backend = backend or LatencyTable.backend_of(latency_table) or "torch"
-        table = LatencyTable.build(subnets.model, subnets.example_inputs, latency_table, backend=backend)
+        saved = LatencyTable.setting_of(latency_table)
+        table = LatencyTable.build(subnets.model, subnets.example_inputs, latency_table,
+                                   backend=backend or saved.get("backend") or "torch",
+                                   clock=clock or saved.get("clock") or "wall",
+                                   statistic=statistic or saved.get("statistic") or "median")
     lat = LatencyModel(subnets, table)
     return "latency", lat.limit_for(target), lat.cost, lat
 
@@ -110,7 +116,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
            ignore=(), round_to: int = 1, min_channels: int = 1, seed: int = 0, device: str = "cpu",
            record: str | None = None, max_draws: int = 100_000,
            on_trial: Callable[[Trial], None] | None = None, latency_table=None,
-           latency_backend: str | None = None, latency_checks: int = 2, executor: str = "local",
+           latency_backend: str | None = None, latency_clock: str | None = None,
+           latency_statistic: str | None = None, latency_checks: int = 2, executor: str = "local",
            address: str | None = None, workers: int = 2) -> SearchResult:
     """Search per-layer widths meeting ``target`` (``macs=``/``params=``/``latency=`` kept fraction, or
     ``latency=Xms``); the model is unchanged.
@@ -121,7 +128,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     candidate, resumed when it exists; ``on_trial``: called after each evaluation (a progress bar);
     ``latency_table``: for a ``latency=`` target, the table's cache path (measured there when missing) or a
     :class:`~prunekit.measure.latency_table.LatencyTable`; ``latency_backend``: ``"torch"`` or ``"onnxruntime"``
-    for a table measured there (None: an existing file's backend, else torch). ``max_ratio=None``: EagleEye's R for the target's
+    for a table measured there, ``latency_clock`` ``"wall"`` or ``"cpu"`` and ``latency_statistic`` ``"median"``
+    or ``"p10"`` its timer (None: an existing file's setting, else torch / wall / median). ``max_ratio=None``: EagleEye's R for the target's
     kept fraction; for a latency target (latency falls slower than FLOPs) the first R of 0.4/0.7/0.8/0.9/0.95
     from that one on whose average draw meets the target. A target that no draw at ``max_ratio`` can reach is
     refused before any candidate is scored. ``latency_checks`` (ours; latency targets only): rounds of a
@@ -164,7 +172,8 @@ def search(model: nn.Module, example_inputs, target: str, *, train, val, candida
     subnets = Subnets(model, example_inputs, criterion=criterion, ignore=ignore, round_to=round_to,
                       min_channels=min_channels)
     space = subnets.space
-    kind, limit, cost, lat = target_cost(subnets, target, latency_table, latency_backend)
+    kind, limit, cost, lat = target_cost(subnets, target, latency_table, latency_backend, clock=latency_clock,
+                                         statistic=latency_statistic)
     r_max = max_ratio if max_ratio is not None else max_ratio_for(limit)
 
     def uniform_cost(r: float) -> float:  # every segment pruned at ratio r

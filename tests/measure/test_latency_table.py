@@ -192,6 +192,22 @@ def test_an_onnxruntime_table_times_the_exported_layers_and_a_search_reuses_it_w
     assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
 
 
+def test_a_search_measures_its_table_on_the_clock_asked_for_and_a_later_one_keeps_the_files_setting(tmp_path):
+    m = net(8)
+    path = tmp_path / "cpu.json"
+    batches = [(torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,))) for _ in range(2)]
+    r = pk.search(m, X, "latency=1.0", train=batches, val=batches, candidates=2, recal_batches=1, window=0.99,
+                  latency_table=str(path), latency_clock="cpu", latency_statistic="p10")
+    assert (r.latency.table.key["clock"], r.latency.table.key["statistic"]) == ("cpu", "p10")
+    assert LatencyTable.setting_of(path)["clock"] == "cpu" and LatencyTable.setting_of(tmp_path / "no.json") == {}
+    again = pk.search(m, X, "latency=1.0", train=batches, val=batches, candidates=2, recal_batches=1, window=0.99,
+                      latency_table=str(path))  # no setting given: the file's, so its timings are reused
+    assert again.latency.table.entries == r.latency.table.entries
+    with pytest.raises(ConfigError, match="clock"):  # asking for another clock at that path is another table
+        pk.search(m, X, "latency=1.0", train=batches, val=batches, candidates=2, recal_batches=1, window=0.99,
+                  latency_table=str(path), latency_clock="wall")
+
+
 def test_the_onnxruntime_clock_times_a_bigger_layer_longer():
     pytest.importorskip("onnxruntime")
     small = lt.time_forward(nn.Conv2d(4, 4, 3), torch.randn(1, 4, 32, 32), backend="onnxruntime", runs=9)
