@@ -24,6 +24,7 @@ from .models.resolution import ResolutionConv
 from .surgery.mha import PrunableMultiheadAttention, mark_pruned_, supported
 from .surgery import Transaction, set_tensor_
 from .surgery.factorize import BasisConv, Factorized, HingeConv
+from .surgery.stripe import StripeConv2d, stripe_eligible
 from .train.checkpoint import write_with_record
 
 __all__ = ["save", "load"]
@@ -96,7 +97,10 @@ def save(model: nn.Module, path) -> Path:
             # convs split into basis filters + a 1x1 A (surgery.factorize.HingeConv, method hinge)
             "split": [n for n, m in model.named_modules() if isinstance(m, HingeConv)],
             # convs replaced by a shared-basis form (surgery.factorize.BasisConv, method filter-basis)
-            "basis": {n: [m.split, m.n_basis] for n, m in model.named_modules() if isinstance(m, BasisConv)}}
+            "basis": {n: [m.split, m.n_basis] for n, m in model.named_modules() if isinstance(m, BasisConv)},
+            # convs in stripe form (surgery.stripe.StripeConv2d, method swp): fqn -> the kernel offsets computed
+            "stripes": {n: [list(o) for o in m.offsets] for n, m in model.named_modules()
+                        if isinstance(m, StripeConv2d)}}
     write_with_record(path, tensors, _META_KEY, meta, hash_field="payload_sha256")
     try:  # a sidecar left by an older two-file save of this path is stale now (and ignored by load)
         sidecar(path).unlink(missing_ok=True)
@@ -202,6 +206,27 @@ def _rebasis(model: nn.Module, shapes: dict) -> None:
         model.set_submodule(fqn, BasisConv.shell(mod, int(split), int(n_basis)))
 
 
+def _restripe(model: nn.Module, stripes: dict, shapes: dict) -> None:
+    """Put a :class:`StripeConv2d` shell (its saved offsets, filter indices of the saved lengths; the weights
+    are resized and loaded below) in place of every conv saved in stripe form."""
+    named = dict(model.named_modules())
+    for fqn, offsets in stripes.items():
+        mod = named.get(fqn)
+        if not isinstance(mod, nn.Conv2d) or stripe_eligible(mod) is not None:
+            raise CheckpointError(f"module {fqn!r} is a stripe-form conv in the checkpoint but "
+                                  f"{type(mod).__name__} in model_factory()'s model; pass the factory of the "
+                                  f"model that was pruned")
+        keys = [f"{fqn}.index_{k}" if fqn else f"index_{k}" for k in range(len(offsets))]
+        if any(k not in shapes for k in keys):
+            raise CheckpointError(f"the checkpoint's stripe conv {fqn!r} lacks the filter indices of its "
+                                  f"{len(offsets)} offsets; re-save the model")
+        index = [torch.zeros(shapes[k][0], dtype=torch.long) for k in keys]
+        shell = StripeConv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                             mod.dilation, [tuple(o) for o in offsets], index, mod.bias is not None)
+        w = mod.weight
+        model.set_submodule(fqn, shell.to(device=w.device, dtype=w.dtype))
+
+
 def _rebuild_resolution_convs(model: nn.Module, scales: dict) -> None:
     """Turn the saved reduced-resolution convs of ``model`` (``{fqn: scale}``) into :class:`ResolutionConv`."""
     named = dict(model.named_modules())
@@ -229,6 +254,7 @@ def load(path, model_factory: Callable[[], nn.Module]) -> nn.Module:
     _rebuild_resolution_convs(model, meta.get("resolution", {}))
     _resplit(model, meta.get("split", []))
     _rebasis(model, meta.get("basis", {}))
+    _restripe(model, meta.get("stripes", {}), meta["shapes"])
     state = model.state_dict()
     extra = sorted(set(meta["shapes"]) - set(state))
     missing = sorted(set(state) - set(meta["shapes"]))

@@ -188,10 +188,8 @@ def _stripe_masks(model: nn.Module, fqns) -> dict[str, torch.Tensor]:
 
 @register_method(
     "swp", config=SWPConfig, kind="structured", needs=("train",), status="partial",
-    left_out="the stripe-decomposed model (prunekit.surgery.stripe.StripeConv2d) is an export that prunekit.io "
-             "cannot save or load yet (the masked KxK model it comes from can); not yet benchmarked on the fair "
-             "protocol (prunekit bench); the entry's check did not meet its accuracy bound at our budget "
-             "(docs/methods-weight-10.md)",
+    left_out="not yet benchmarked on the fair protocol (prunekit bench); the entry's check did not meet its "
+             "accuracy bound at our budget (docs/methods-weight-10.md)",
     telemetry=Telemetry(
         keys=("stripes_zeroed_fraction", "partial_filters", "filters_removed"),
         engaged=lambda t: t["stripes_zeroed_fraction"] > 0,

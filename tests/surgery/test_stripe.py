@@ -53,3 +53,32 @@ def test_to_stripes_swaps_eligible_convs_and_refuses_grouped():
     torch.testing.assert_close(net(x), ref)
     with pytest.raises(ConfigError, match=r"fqns=\['3'\].*groups=2"):
         to_stripes_(net, ["3"])
+
+
+def test_a_model_in_stripe_form_saves_and_loads_to_the_same_outputs_after_channel_pruning(tmp_path):
+    def factory():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                             nn.Conv2d(6, 5, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+
+    net, x = factory().eval(), torch.randn(2, 2, 8, 8)
+    pk.prune_(net, example_inputs=x, sparsity=0.5)  # channels removed first: the stripe convs are narrower
+    with torch.no_grad():
+        net[0].weight[:, :, 0, :] = 0  # the top row of every filter of the first conv goes
+        net[3].weight[1] = 0  # one filter of the second conv loses every stripe
+        net[3].weight[0, :, 1, 1] = 0
+    to_stripes_(net)
+    ref = net(x)
+    assert isinstance(net[0], StripeConv2d) and (0, 0) not in net[0].offsets
+    pk.save(net, tmp_path / "m.safetensors")
+    back = pk.load(tmp_path / "m.safetensors", factory).eval()
+    assert isinstance(back[0], StripeConv2d) and isinstance(back[3], StripeConv2d)
+    assert back[0].offsets == net[0].offsets and back[3].n_stripes == net[3].n_stripes
+    assert (back[3].in_channels, back[3].out_channels) == (net[3].in_channels, net[3].out_channels)
+    torch.testing.assert_close(back(x), ref, rtol=0, atol=0)
+    for k in range(len(net[3].offsets)):
+        assert torch.equal(back[3].index(k), net[3].index(k))
+    from prunekit.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="'0' is a stripe-form conv in the checkpoint but Linear"):
+        pk.load(tmp_path / "m.safetensors", lambda: nn.Sequential(nn.Linear(2, 2)))
