@@ -19,11 +19,16 @@ Here the groups are the engine's channel groups (:func:`~._filter_common.filter_
 producing conv is scored by the norms of its consumers' input columns (all consumers of the group together);
 a group tied by a residual sum is left whole and each of its producing convs becomes a :class:`HingeConv`
 (SVD-initialised basis + 1x1 ``A``, the paper's ``svd2``), whose inner basis->A group is then scored like any
-other. The paper's regulariser annealing, layer balancing and binary search on the FLOPs ratio are not
-reproduced: after the proximal training the cut removes every zero column and then (ours, reported as
-``topped_up``) the smallest remaining column norms, globally, until the MAC/parameter target is met.
+other. The paper ends the sparsity phase once the compression ratio reaches its target (``stop_limit``): with
+``stop_at_target`` (default) the proximal steps stop as soon as removing the zero columns alone meets the
+MAC/parameter target, so a strong ``reg`` does not drive the model far past it (zero columns are always
+removed: their filters no longer reach the output); training goes on without them to the end of the epochs.
+The paper's regulariser annealing and layer balancing are not reproduced: after the proximal training the cut
+removes every zero column and then (ours, reported as ``topped_up``) the smallest remaining column norms,
+globally, until the target is met.
 
-Telemetry: proximal steps taken, columns exactly zero before the cut (``zero_columns``: the paper's removal),
+Telemetry: proximal steps taken (``stopped_at``: the step at which the zero columns met the target, None when they
+never did), columns exactly zero before the cut (``zero_columns``: the paper's removal),
 channels the ranking added (``topped_up``), basis filters removed inside decomposed layers and how many of
 those layers stayed split. The mechanism engaged when a proximal step zeroed at least one column.
 """
@@ -32,7 +37,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,6 +63,7 @@ class HingeConfig(MethodConfig):
     reg: float = option(2e-4, ge=0)  # group-sparsity factor (reference scripts hinge_*.sh: 2e-4)
     threshold: float = option(5e-3, ge=0)  # columns with a smaller norm are zeroed (reference scripts: 5e-3)
     decompose_residual: bool = True  # residual-sum convs split by SVD into basis + 1x1 A (paper sec. 3, svd2)
+    stop_at_target: bool = True  # proximal steps end once the zero columns meet the target (paper: stop_limit)
 
 
 # ------------------------------------------------------------------------------------- the decomposition path
@@ -97,6 +105,18 @@ class ColumnGroups:
             out[key] = sq.sqrt()
         return out
 
+    def zero(self) -> dict[str, "np.ndarray"]:
+        """``{group key: indices of the channels whose columns are exactly zero}``."""
+        return {k: (n == 0).nonzero().flatten().numpy() for k, n in self.norms().items()}
+
+    @torch.no_grad()
+    def zero_(self, channels: dict) -> None:
+        """Set the columns of ``{group key: channel indices}`` to zero (keeps removed filters removed)."""
+        for key, idx in channels.items():
+            if len(idx):
+                for w, ch in self.members[key]:
+                    w[:, torch.isin(ch, torch.as_tensor(idx, dtype=torch.long)).to(w.device)] = 0.0
+
     @torch.no_grad()
     def prox_(self, t: float, threshold: float = 0.0) -> int:
         """One group soft-threshold ``a_j <- a_j max(0, 1 - t / ||a_j||)``, then columns below ``threshold``
@@ -114,17 +134,32 @@ class ColumnGroups:
 
 
 class HingeProx(Callback):
-    """The proximal step of the paper's PG optimiser, after every optimizer step: ``t = lr * reg``."""
+    """The proximal step of the paper's PG optimiser, after every optimizer step: ``t = lr * reg``.
 
-    def __init__(self, columns: ColumnGroups, reg: float, threshold: float):
-        self.columns, self.reg, self.threshold = columns, float(reg), float(threshold)
+    ``met``: called with ``{group key: zero channel indices}`` after each step; once it returns True the
+    proximal steps stop (``stopped_at`` holds the step), as the paper's sparsity phase ends at its target, and
+    the columns zero then are held at zero for the rest of the training (their filters are pruned from there
+    on; the SGD steps would otherwise grow them back)."""
+
+    def __init__(self, columns: ColumnGroups, reg: float, threshold: float,
+                 met: Callable[[dict], bool] | None = None):
+        self.columns, self.reg, self.threshold, self.met = columns, float(reg), float(threshold), met
         self.steps = 0
         self.zero = 0
+        self.stopped_at: int | None = None
+        self._held: dict = {}
 
     def on_after_step(self, state) -> None:
+        if self.stopped_at is not None:
+            self.columns.zero_(self._held)
+            return
         lr = current_lr(getattr(state, "optimizer", None))
         self.zero = self.columns.prox_(lr * self.reg, self.threshold)
         self.steps += 1
+        if self.zero and self.met is not None:
+            zero = self.columns.zero()
+            if self.met(zero):
+                self.stopped_at, self._held = self.steps, zero
 
 
 def decompose_(model: nn.Module, groups) -> list[str]:
@@ -155,11 +190,13 @@ def fold_smaller_(model: nn.Module, fqns) -> int:
 
 @register_method(
     "hinge", config=HingeConfig, kind="structured", needs=("train",), status="partial", left_out=(
-        "the paper's annealing of the regularisation factor, layer balancing of the regulariser and binary search "
-        "on the FLOPs ratio (here the cut tops up the smallest column norms globally to meet the target, "
-        "reported as topped_up), and its distillation fine-tune (the caller's fine-tune follows the cut)"),
+        "the paper's annealing of the regularisation factor and layer balancing of the regulariser (its stop at "
+        "the target ratio is stop_at_target; when the zero columns fall short, the cut tops up the smallest "
+        "column norms globally, reported as topped_up), and its distillation fine-tune (the caller's fine-tune "
+        "follows the cut)"),
     telemetry=Telemetry(
-        keys=("prox_steps", "zero_columns", "removed_channels", "topped_up", "basis_removed", "layers_split"),
+        keys=("prox_steps", "stopped_at", "zero_columns", "removed_channels", "topped_up", "basis_removed",
+              "layers_split"),
         engaged=lambda t: t["zero_columns"] >= 1,
         what="proximal group-sparsity steps zeroing columns of A (filters / basis filters no longer used)",
         knob="raise options.reg or options.threshold, or prune_epochs (the proximal steps zero columns over "
@@ -172,13 +209,20 @@ def run(ctx: RunContext, cfg: HingeConfig) -> MethodResult:
     dense = g0.macs() if ctx.target_kind == "macs" else g0.params()
     split = decompose_(model, filter_groups(model, ctx)) if cfg.decompose_residual else []
     rank0 = {f: model.get_submodule(f).basis.out_channels for f in split}
-    groups = filter_groups(model, ctx)
+    g_split = _graph(model, ctx)
+    groups = filter_groups(model, ctx, g_split)
     scored = [g for g in groups if len(g.convs) == 1]
     columns = ColumnGroups.of(model, scored)
     if not columns.members:
         raise ConfigError(f"model={type(model).__name__}: method 'hinge' found no channel group read by a Conv2d "
                           f"or Linear layer (the matrix A whose columns it makes sparse); prune a conv network")
-    prox = HingeProx(columns, cfg.reg, cfg.threshold)
+    gid = {g.key: g.group.id for g in scored}
+    cost = g_split.macs if ctx.target_kind == "macs" else g_split.params
+
+    def met(zero: dict) -> bool:  # removing the zero columns alone meets the target (of the model before the split)
+        return cost(g_split.removed_flat({gid[k]: v for k, v in zero.items() if len(v)})) <= \
+            ctx.target_value * dense
+    prox = HingeProx(columns, cfg.reg, cfg.threshold, met if cfg.stop_at_target else None)
     fit(model, ctx.train_data, method_train_config(ctx), callbacks=[prox])
     norms = columns.norms()
     zero = int(sum(int((n == 0).sum()) for n in norms.values()))
@@ -196,7 +240,7 @@ def run(ctx: RunContext, cfg: HingeConfig) -> MethodResult:
     macs_after = _graph(model, ctx).macs()
     params_after = sum(p.numel() for p in model.parameters())
     emergent = min(zero, report["removed_channels"])
-    telemetry = {"prox_steps": prox.steps, "zero_columns": zero, "removed_channels": report["removed_channels"],
+    telemetry = {"prox_steps": prox.steps, "stopped_at": prox.stopped_at, "zero_columns": zero, "removed_channels": report["removed_channels"],
                  "topped_up": report["removed_channels"] - emergent, "basis_removed": int(basis_removed),
                  "layers_split": layers_split}
     info = {"reg": cfg.reg, "threshold": cfg.threshold, "decomposed": split, "ranks": ranks,

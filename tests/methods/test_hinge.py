@@ -95,6 +95,25 @@ def test_no_zero_column_warns_with_the_knob():
     assert res.engaged is False and res.telemetry["zero_columns"] == 0 and res.telemetry["topped_up"] >= 1
 
 
+def test_the_proximal_steps_stop_once_the_zero_columns_meet_the_target_and_those_columns_stay_zero():
+    """A strong reg (10 at lr 1e-2) zeroes every column of tiny_convnet in 8 steps without the stop (MACs 0.07
+    of the dense model for a macs=0.7 target); with it the proximal steps end at step 4, where the zero
+    columns first meet the target, and those columns are still zero after the 4 steps that follow, so the cut
+    takes them alone (topped_up 0) and lands at the target's granularity (0.571), not far below it."""
+    cfg = pk.TrainConfig(lr=1e-2, weight_decay=0.0, scheduler="constant", progress=False)
+    out = {}
+    for stop in (True, False):
+        res = get_method("hinge").run(RunContext(model=tiny_convnet(), example_inputs=torch.randn(2, 1, 6, 6),
+                                                 target="macs=0.7", train_data=conv_batches(8), train_config=cfg,
+                                                 options={"reg": 10.0, "stop_at_target": stop}))
+        out[stop] = (res.telemetry, res.info["macs_fraction"])
+    (on, f_on), (off, f_off) = out[True], out[False]
+    assert on["stopped_at"] == on["prox_steps"] == 4 and off["stopped_at"] is None and off["prox_steps"] == 8
+    assert on["zero_columns"] == on["removed_channels"] == 3 and on["topped_up"] == 0
+    assert f_on == pytest.approx(0.571, abs=1e-3) and f_off == pytest.approx(0.072, abs=1e-3)
+    assert off["zero_columns"] == 10
+
+
 def _hinge_resnet20():
     """hinge at its defaults on an 8x8 ResNet-20, two random batches (too short to zero a column: it warns)."""
     torch.manual_seed(0)
