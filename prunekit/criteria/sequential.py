@@ -53,7 +53,7 @@ from .collect import collect
 log = logging.getLogger(__name__)
 
 __all__ = ["BLOCK_PATHS", "decoder_blocks", "capture_block_inputs", "LayerInputs", "SequentialReport",
-           "sequential_calibrate", "block_linears", "BlockInput"]
+           "sequential_calibrate", "block_linears", "is_linear", "linear_weight", "BlockInput"]
 
 #: where language models keep their repeated decoder blocks, tried in this order
 BLOCK_PATHS = ("blocks", "model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "layers")
@@ -75,7 +75,7 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             mod = model.get_submodule(path)
         except AttributeError:
             continue
-        if isinstance(mod, nn.ModuleList) and len(mod) and any(isinstance(m, nn.Linear) for m in mod.modules()):
+        if isinstance(mod, nn.ModuleList) and len(mod) and any(is_linear(m) for m in mod.modules()):
             return path, mod
     raise ConfigError(f"model={type(model).__name__} is not a language model with repeated decoder blocks (looked "
                       f"for an nn.ModuleList of blocks with Linear layers at {', '.join(BLOCK_PATHS)}); these "
@@ -83,12 +83,27 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                       f"pruning method such as han-magnitude or l-obs for other models")
 
 
-def block_linears(block: nn.Module, prefix: str = "") -> dict[str, nn.Linear]:
-    """``{fqn: layer}`` of the Linear layers of one block, in module order (fqns prefixed with ``prefix``)."""
+def is_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear``, or a Hugging Face ``Conv1D`` (GPT-2 style: the same map with its weight stored
+    ``[in, out]``)."""
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+                                             and getattr(module, "weight", None) is not None
+                                             and module.weight.dim() == 2)
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of a layer of :func:`is_linear` as ``[out, in]``: the parameter itself for ``nn.Linear``,
+    its transposed view for ``Conv1D`` (in-place changes to the view change the parameter)."""
+    return module.weight if isinstance(module, nn.Linear) else module.weight.t()
+
+
+def block_linears(block: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
+    """``{fqn: layer}`` of the linear layers (:func:`is_linear`) of one block, in module order (fqns prefixed
+    with ``prefix``); :func:`linear_weight` gives each one's weight as ``[out, in]``."""
     def join(n):
         return f"{prefix}.{n}" if prefix and n else (prefix or n)
 
-    return {join(n): m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    return {join(n): m for n, m in block.named_modules() if is_linear(m)}
 
 
 class _Stop(Exception):

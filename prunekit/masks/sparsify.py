@@ -64,13 +64,16 @@ def _as_fqn(model: nn.Module, item) -> str:
                       f"model, got {item!r}")
 
 
-def prunable_weights(model: nn.Module, ignore=(), exempt=(), *, recurrent: bool = True) -> dict[str, nn.Parameter]:
+def prunable_weights(model: nn.Module, ignore=(), exempt=(), *, recurrent: bool = True,
+                     conv1d: bool = False) -> dict[str, nn.Parameter]:
     """``{param_fqn: weight}`` of Linear and Conv layers, and the input and recurrent matrices
     (``weight_ih_l*``, ``weight_hh_l*``) of RNN/LSTM/GRU layers, in module order, minus ``ignore`` and ``exempt``.
 
     ``exempt`` may hold ``"first"`` and/or ``"last"``: keep the first / last prunable layer dense (a recurrent
     layer counts as one layer, all its matrices together). ``recurrent=False`` lists Linear and Conv layers
-    only (for methods built on a layer's input rows, such as layer-wise Hessians).
+    only (for methods built on a layer's input rows, such as layer-wise Hessians). ``conv1d=True`` also lists
+    Hugging Face ``Conv1D`` layers (GPT-2 style linear maps, weight ``[in, out]``), for methods that read
+    their weights through :func:`prunekit.criteria.sequential.linear_weight`.
     """
     bad = [e for e in exempt if e not in ("first", "last")]
     if bad:
@@ -79,7 +82,8 @@ def prunable_weights(model: nn.Module, ignore=(), exempt=(), *, recurrent: bool 
     layers = []  # one entry per layer: [(module fqn, param fqn, param), ...]
     for module_fqn, module in model.named_modules():
         prefix = f"{module_fqn}." if module_fqn else ""
-        if isinstance(module, _PRUNABLE) and isinstance(module.weight, nn.Parameter):
+        if (isinstance(module, _PRUNABLE) or (conv1d and type(module).__name__ == "Conv1D")) and \
+                isinstance(getattr(module, "weight", None), nn.Parameter):
             layers.append([(module_fqn, f"{prefix}weight", module.weight)])
         elif recurrent and isinstance(module, _RECURRENT):
             mats = [(module_fqn, f"{prefix}{n}", p) for n, p in module.named_parameters(recurse=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..criteria.sequential import block_linears, decoder_blocks
+from ..criteria.sequential import block_linears, decoder_blocks, linear_weight
 from ..errors import ConfigError
 from ..masks import get_pattern, prunable_weights
 from ..masks.patterns import NMPattern
@@ -32,11 +32,13 @@ def resolve_pattern(ctx: RunContext, pattern: str, method: str) -> tuple[NMPatte
     return p, p.fixed_sparsity
 
 
-def llm_layers(model: nn.Module, ignore, pattern: NMPattern | None, method: str) -> dict[str, nn.Linear]:
-    """``{weight fqn: Linear}`` of the decoder blocks' Linear layers minus ``ignore``, checked against the
-    pattern before anything changes (a ``ConfigError`` for a non-language model or an indivisible layer)."""
+def llm_layers(model: nn.Module, ignore, pattern: NMPattern | None, method: str) -> dict[str, nn.Module]:
+    """``{weight fqn: layer}`` of the decoder blocks' linear layers (``nn.Linear`` or GPT-2's ``Conv1D``;
+    :func:`~prunekit.criteria.sequential.linear_weight` gives the ``[out, in]`` weight) minus ``ignore``,
+    checked against the pattern before anything changes (a ``ConfigError`` for a non-language model or an
+    indivisible layer)."""
     path, blocks = decoder_blocks(model)
-    allowed = set(prunable_weights(model, ignore, recurrent=False))
+    allowed = set(prunable_weights(model, ignore, recurrent=False, conv1d=True))
     layers = {}
     for i, block in enumerate(blocks):
         for fqn, mod in block_linears(block, f"{path}.{i}").items():
@@ -46,7 +48,8 @@ def llm_layers(model: nn.Module, ignore, pattern: NMPattern | None, method: str)
         raise ConfigError(f"ignore={list(ignore)!r} leaves no Linear layer in the decoder blocks ({path}) for {method} "
                           f"to prune; ignore fewer layers")
     if pattern is not None:
-        bad = {f.rpartition(".")[0]: m.in_features for f, m in layers.items() if m.in_features % pattern.m}
+        inputs = {f: linear_weight(m).shape[1] for f, m in layers.items()}
+        bad = {f.rpartition(".")[0]: n for f, n in inputs.items() if n % pattern.m}
         if bad:
             shown = ", ".join(f"{f} ({n} inputs)" for f, n in bad.items())
             raise ConfigError(f"options.pattern={pattern.spec!r} groups every {pattern.m} consecutive inputs of a row, "
@@ -66,6 +69,7 @@ def keep_mask(scores: torch.Tensor, sparsity: float, pattern: NMPattern | None, 
         >>> keep_mask(torch.tensor([[4., 3., 2., 1.], [9., 8., 7., 6.]]), 0.5, None, "layer").int().tolist()
         [[0, 0, 0, 0], [1, 1, 1, 1]]
     """
+    scores = scores.contiguous()  # a transposed view (a Conv1D weight) would give the mask its strides
     if pattern is not None:
         return pattern.select_fixed(scores)
     keep = torch.ones_like(scores, dtype=torch.bool)

@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from ..criteria.sequential import linear_weight
 from ._config import MethodConfig
 from ._llm import keep_mask, layer_sparsity_telemetry, llm_layers, resolve_pattern
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -43,8 +44,9 @@ def run(ctx: RunContext, cfg: MagnitudeLLMConfig) -> MethodResult:
     masks = {}
     with torch.no_grad():
         for fqn, mod in layers.items():
-            masks[fqn] = keep_mask(mod.weight.detach().abs().float(), sparsity, pattern, cfg.scope)
-            mod.weight.mul_(masks[fqn].to(mod.weight.dtype))
+            w = linear_weight(mod)
+            masks[fqn] = keep_mask(w.detach().abs().float(), sparsity, pattern, cfg.scope)
+            w.mul_(masks[fqn].to(w.dtype))
     tel = layer_sparsity_telemetry(masks)
     return MethodResult(ctx.model, info={"sparsity": tel["sparsity"], "pattern": cfg.pattern, "layers": len(masks)},
                         telemetry=tel)

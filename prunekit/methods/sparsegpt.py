@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..criteria.sequential import sequential_calibrate
+from ..criteria.sequential import linear_weight, sequential_calibrate
 from ..errors import ConfigError
 from ..masks.patterns import NMPattern
 from ._config import MethodConfig, option
@@ -58,7 +58,7 @@ def sparsegpt_prune(weight: torch.Tensor, h: torch.Tensor, sparsity: float, patt
     Returns ``(new_weight, keep, dead)``: the updated float32 weight (pruned entries exactly 0), the boolean
     keep-mask and the number of dead inputs (``H_jj = 0``). Nothing is modified in place.
     """
-    w = weight.detach().float().clone()
+    w = weight.detach().float().clone(memory_format=torch.contiguous_format)
     h = h.detach().float().clone()
     rows, cols = w.shape
     dead = h.diagonal() == 0
@@ -150,7 +150,7 @@ def run(ctx: RunContext, cfg: SparseGPTConfig) -> MethodResult:
     def prune_block(i, name, stats):
         nonlocal dead
         for fqn, s in stats.items():
-            w = layers[f"{fqn}.weight"].weight
+            w = linear_weight(layers[f"{fqn}.weight"])
             new, keep, nd = sparsegpt_prune(w, s.gram, sparsity, pattern, blocksize=cfg.blocksize, damp=cfg.damp)
             errors[fqn] = relative_error(w, new, s.gram)
             zeroed[fqn] = relative_error(w, w.detach().float() * keep, s.gram)

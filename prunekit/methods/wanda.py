@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from ..criteria.sequential import sequential_calibrate
+from ..criteria.sequential import linear_weight, sequential_calibrate
 from ._config import MethodConfig
 from ._llm import keep_mask, layer_sparsity_telemetry, llm_layers, resolve_pattern
 from ._registry import MethodResult, RunContext, Telemetry, register_method
@@ -63,7 +63,7 @@ def run(ctx: RunContext, cfg: WandaConfig) -> MethodResult:
     def prune_block(i, name, stats):
         nonlocal changed, pruned
         for fqn, s in stats.items():
-            w = layers[f"{fqn}.weight"].weight
+            w = linear_weight(layers[f"{fqn}.weight"])
             keep = keep_mask(wanda_scores(w, s.norms), sparsity, pattern, cfg.scope)
             plain = keep_mask(w.detach().abs().float(), sparsity, pattern, cfg.scope)
             changed += int((~keep & plain).sum())
