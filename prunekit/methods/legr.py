@@ -18,7 +18,11 @@ target: one search gives the whole accuracy-FLOPs curve.
 Here every candidate is a search-block candidate (:mod:`prunekit.allocate.search`; its widths from
 :func:`~prunekit.allocate.search.global_ranking_widths` over :class:`prunekit.api.Subnets`' segments), its
 maps kept in the record (resumable with ``record``); with ``tau_hat = 0`` the fitness is read on a masked view
-of the model (no copy), with ``tau_hat > 0`` on a pruned copy trained ``tau_hat`` steps.
+of the model (no copy), with ``tau_hat > 0`` on a pruned copy trained ``tau_hat`` steps. ``recal_batches``
+(ours, off by default) re-estimates BatchNorm statistics on that many training batches before the fitness
+(EagleEye's adaptive BN): at a deep cut with ``tau_hat`` far below the paper's 200 steps, every candidate's
+loss on stale statistics is above chance, and the loss then favours sub-nets that predict nearly uniformly
+(a narrow last stage) over informative ones.
 """
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ class LeGRConfig(MethodConfig):
     val_images: int = option(2000, ge=1)  # held-out training images the fitness loss is read on (ours: the
     # paper uses its validation split)
     record: str | None = None  # ours: JSON file keeping every candidate and its maps; an existing one is resumed
+    recal_batches: int = option(0, ge=0)  # ours: training batches re-estimating BatchNorm before the fitness
+    # (EagleEye's adaptive BN; 0: the paper's fitness, stale statistics unless tau_hat steps refresh them)
 
 
 def transformed_scores(base: list, alpha, kappa) -> list:
@@ -99,7 +105,8 @@ def run(ctx: RunContext, cfg: LeGRConfig) -> MethodResult:
     base = [s ** 2 for s in subnets.scores]  # squared L2 norms of the filters
     stds = [float(np.std(b)) for b in base]
     val = first_examples(ctx.val_data, cfg.val_images)
-    evaluator = SubnetEvaluator([], val, device=ctx.device, adaptive_bn=False, metric="loss")
+    recal = first_batches(ctx.train_data, cfg.recal_batches) if cfg.recal_batches else []
+    evaluator = SubnetEvaluator(recal, val, device=ctx.device, adaptive_bn=bool(recal), metric="loss")
     steps = first_batches(ctx.train_data, cfg.tau_hat) if cfg.tau_hat else []
 
     def cost(widths) -> float:

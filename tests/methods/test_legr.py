@@ -79,3 +79,19 @@ def test_bad_input_leaves_the_model_as_it_was():
     with pytest.raises(ConfigError, match="cannot be reached"):  # half of every layer kept: never 10% of the MACs
         get_method("legr").run(_ctx(m, target="macs=0.1", safeguard=0.5, population=2, sample=1, generations=2))
     assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+
+
+def test_recal_batches_rescore_the_same_candidates_with_batchnorm_re_estimated():
+    """The first population is drawn before any score is read, so both runs see the same candidates; with
+    BatchNorm re-estimated on 2 training batches their losses change, and the masked views leave the model's
+    statistics as they were (the model at the chosen widths ends with its kept channels' running stats)."""
+    plain = get_method("legr").run(_ctx(trained(), population=4, sample=2, generations=5, val_images=16))
+    m = trained()
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+    recal = get_method("legr").run(_ctx(m, population=4, sample=2, generations=5, val_images=16,
+                                        recal_batches=2))
+    a, b = plain.info["losses"][:4], recal.info["losses"][:4]
+    assert all(x != y for x, y in zip(a, b))
+    kept = recal.info["widths"]["0"]  # the first BN's kept channels carry their original statistics
+    assert m[1].running_mean.shape == (kept,)
+    assert all(any(torch.isclose(v, before["1.running_mean"]).tolist()) for v in m[1].running_mean)
