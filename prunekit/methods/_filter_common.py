@@ -485,6 +485,15 @@ def removal_counts(model: nn.Module, ctx, scores: dict[str, torch.Tensor], alloc
     return {k: len(v) for k, v in sel.items()}
 
 
+def removal_cost(graph, groups, removal: dict, kind: str) -> int:
+    """Exact MACs (``kind="macs"``) or parameters of ``graph``'s model after removing ``removal`` (``{filter
+    group key: channel indices}`` over ``groups``), from the engine's cost terms, without touching the model:
+    what a method checks while its mechanism switches channels off (e.g. to stop at the target)."""
+    gid = {g.key: g.group.id for g in groups}
+    removed = graph.removed_flat({gid[k]: v for k, v in removal.items() if len(v)})
+    return graph.macs(removed) if kind == "macs" else graph.params(removed)
+
+
 def cut_to_target(model: nn.Module, ctx, scores: dict[str, torch.Tensor], allocation: str = "global") -> dict:
     """Remove the lowest-scoring channels until ``ctx.target`` is met, through the structural engine.
 

@@ -49,7 +49,7 @@ from ..train import fit
 from ..train.callbacks import Callback
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
-from ._filter_common import _graph, cut_to_target, filter_groups, require_prune_epochs
+from ._filter_common import _graph, cut_to_target, filter_groups, removal_cost, require_prune_epochs
 from ._regularizers import current_lr
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 
@@ -216,12 +216,8 @@ def run(ctx: RunContext, cfg: HingeConfig) -> MethodResult:
     if not columns.members:
         raise ConfigError(f"model={type(model).__name__}: method 'hinge' found no channel group read by a Conv2d "
                           f"or Linear layer (the matrix A whose columns it makes sparse); prune a conv network")
-    gid = {g.key: g.group.id for g in scored}
-    cost = g_split.macs if ctx.target_kind == "macs" else g_split.params
-
     def met(zero: dict) -> bool:  # removing the zero columns alone meets the target (of the model before the split)
-        return cost(g_split.removed_flat({gid[k]: v for k, v in zero.items() if len(v)})) <= \
-            ctx.target_value * dense
+        return removal_cost(g_split, scored, zero, ctx.target_kind) <= ctx.target_value * dense
     prox = HingeProx(columns, cfg.reg, cfg.threshold, met if cfg.stop_at_target else None)
     fit(model, ctx.train_data, method_train_config(ctx), callbacks=[prox])
     norms = columns.norms()

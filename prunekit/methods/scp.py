@@ -24,8 +24,14 @@ first, then the lowest on-probabilities, globally, until the MAC/parameter targe
 engine). The entry recalls the closed form but not the regulariser's exact form, the temperature, lambda or the
 threshold: those are ours (see the config).
 
-Telemetry: the channels switched off (off-probability >= threshold) before and after the training, and the share
-of the removed channels that the masks had switched off. Engaged when training switched channels off.
+With ``stop_at_target`` (ours, default) the sparsity loss ends at the first step where the channels already
+switched off (off-probability >= threshold in every BN of their group) meet the MAC/parameter target by
+themselves: the loss has no target of its own, and left on it drives the network far past any target (the
+switched-off channels are always removed).
+
+Telemetry: the channels switched off (off-probability >= threshold) before and after the training, the share
+of the removed channels that the masks had switched off, and the step at which the sparsity loss stopped
+(``stopped_at``, None when it never met the target). Engaged when training switched channels off.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from ..graph.expected_cost import expected_cost
 from ..train import fit
 from ..train.config import method_train_config
 from ._config import MethodConfig, option
-from ._filter_common import _graph, cut_to_target, filter_groups, require_bn, require_prune_epochs
+from ._filter_common import _graph, cut_to_target, filter_groups, removal_cost, require_bn, require_prune_epochs
 from ._registry import MethodResult, RunContext, Telemetry, register_method
 from ._soft_masks import (ChannelMaskHooks, MaskTraining, bn_relu_off_probability, group_keep, logistic_noise,
                           relaxed_bernoulli, step_generator)
@@ -57,6 +63,7 @@ class SCPConfig(MethodConfig):
     threshold: float = option(0.99, gt=0.5, lt=1)  # off-probability at which a channel counts as removed (ours;
     # the entry's unit check: beta = -3|gamma| gives 0.9987)
     sparsity: Literal["count", "macs"] = "count"  # expected active channels (entry); macs: FLOPs-weighted variant
+    stop_at_target: bool = True  # ours: the sparsity loss ends once the switched-off channels meet the target
 
 
 def off_probabilities(model, groups) -> dict[str, torch.Tensor]:
@@ -85,7 +92,7 @@ def _group_keep_prob(model, groups, differentiable: bool) -> dict[str, torch.Ten
     left_out=("the paper's exact sparsity regulariser, mask temperature, lambda, removal threshold and test-time "
               "rule were not found: ours (see the config); the mask and the deactivation probability are the paper's"),
     telemetry=Telemetry(
-        keys=("off_channels_before", "off_channels", "removed_off_share"),
+        keys=("off_channels_before", "off_channels", "removed_off_share", "stopped_at"),
         engaged=lambda t: t["off_channels"] > t["off_channels_before"],
         what="the sparsity loss driving channels' BN+ReLU off-probability above the threshold",
         knob="raise options.strength or prune_epochs"))
@@ -115,8 +122,26 @@ def run(ctx: RunContext, cfg: SCPConfig) -> MethodResult:
         return torch.where(p_off < cfg.threshold, 1 - p_off, torch.zeros_like(p_off))  # the masks' mean
 
     dense = float(graph.macs())
+    budget = ctx.target_value * (graph.macs() if ctx.target_kind == "macs" else graph.params())
+    stop = {"step": None, "steps": 0}
 
-    def penalty(_state) -> torch.Tensor:
+    def switched_off() -> dict:  # {group key: channels off in every BN of the group}
+        off = off_probabilities(model, groups)
+        return {g.key: (torch.stack([off[b] for b in g.bns]) >= cfg.threshold).all(0).nonzero().flatten().numpy()
+                for g in groups}
+
+    bn_params = [p for g in groups for b in g.bns for p in (mods[b].weight, mods[b].bias)]
+
+    def penalty(state) -> torch.Tensor:
+        stop["steps"] += 1
+        if stop["step"] is None and cfg.stop_at_target and \
+                removal_cost(graph, groups, switched_off(), ctx.target_kind) <= budget:
+            stop["step"] = stop["steps"]
+            opt = getattr(state, "optimizer", None)  # the loss's push stays in the BN parameters' momentum
+            for p in bn_params if opt is not None else ():
+                opt.state.get(p, {}).pop("momentum_buffer", None)
+        if stop["step"] is not None:
+            return torch.zeros(())
         keep = _group_keep_prob(model, groups, differentiable=True)
         if cfg.sparsity == "macs":
             term = n_channels * expected_cost(graph, group_keep(groups, keep)) / dense
@@ -145,7 +170,7 @@ def run(ctx: RunContext, cfg: SCPConfig) -> MethodResult:
     removed = max(report["removed_channels"], 1)
     switched = sum(int((torch.stack([off[b] for b in g.bns]) >= cfg.threshold).all(0).sum()) for g in groups)
     telemetry = {"off_channels_before": off_before, "off_channels": off_after,
-                 "removed_off_share": min(switched, removed) / removed}
+                 "removed_off_share": min(switched, removed) / removed, "stopped_at": stop["step"]}
     log.info("scp: channels switched off %d -> %d of %d", off_before, off_after, n_channels)
     return MethodResult(model=model, telemetry=telemetry,
                         info={"strength": cfg.strength, "epochs_trained": ctx.prune_epochs,

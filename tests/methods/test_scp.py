@@ -63,6 +63,23 @@ def test_the_sparsity_loss_switches_channels_off_and_they_are_the_ones_removed()
     assert t["removed_off_share"] == 1.0 and res.info["kept_macs_fraction"] <= 0.5
 
 
+def test_the_sparsity_loss_stops_once_the_switched_off_channels_meet_the_target():
+    """Left on for 36 steps (lr 0.02) the loss switches all 10 channels of tiny_convnet off (MACs 0.072 of the
+    dense net for a macs=0.7 target); with the stop it ends at step 27, where the channels off first meet the
+    target (6 of them: they go off in a batch at this size) and 6 are off at the end."""
+    out = {}
+    for stop in (True, False):
+        res = get_method("scp").run(conv_ctx(
+            tiny_convnet(), conv_batches(6, labels="tercile"), prune_epochs=6, target="macs=0.7",
+            options={"strength": 1.0, "stop_at_target": stop},
+            train_config=pk.TrainConfig(lr=0.02, weight_decay=0.0, scheduler="constant", progress=False)))
+        out[stop] = (res.telemetry, res.info["kept_macs_fraction"])
+    (on, f_on), (off, f_off) = out[True], out[False]
+    assert on["stopped_at"] == 27 and off["stopped_at"] is None
+    assert (on["off_channels"], off["off_channels"]) == (6, 10)
+    assert f_on == pytest.approx(0.144, abs=1e-3) and f_off == pytest.approx(0.072, abs=1e-3)
+
+
 def test_a_strength_of_zero_switches_nothing_off_and_warns():
     m = tiny_convnet()
     data = conv_batches(6, labels="tercile")
