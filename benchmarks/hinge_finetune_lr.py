@@ -23,6 +23,7 @@ import torch
 
 import prunekit as pk
 from prunekit import data
+from prunekit.train import baseline as baselines
 from prunekit.methods import RunContext, get_method, load_all
 from prunekit.train import fit
 from prunekit.train.loop import evaluate
@@ -46,8 +47,7 @@ def main():
     load_all()
     t0 = time.time()
     bundle = data.load("fashion-mnist", batch_size=128, subset=5000, seed=a.seed)
-    build = lambda: pk.models.create("resnet20")  # noqa: E731
-    model = pk.load(ROOT / "baselines" / "resnet20-fashion-mnist.safetensors", build)
+    model = baselines.load_baseline("resnet20-fashion-mnist")
     dense_norms = conv_norms(model)
     torch.manual_seed(a.seed)
     res = get_method("hinge").run(RunContext(
