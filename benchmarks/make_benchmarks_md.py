@@ -27,9 +27,11 @@ SECTIONS = [
     ("mdp_fair.md", "Multi-dimensional pruning (channels and resolution, MDP) on the fair protocol", None),
     ("constraint_aware_fair.md", "Constraint-aware compression (constrained Bayesian optimisation) on the fair protocol", None),
     ("filter_2a_fair.md", "Filter pruning by reconstruction and sampling (FSKD, PFP) on the fair protocol", None),
-    ("filter_2a_ccp_aofp.md", "Filter pruning: CCP and AOFP on the fair protocol (interim: seed 0 of the ccp rows; "
-     "the controls' seed-0 cells of this protocol are in the FSKD/PFP table above)", None),
-    ("filter_2a_hinge_curl.md", "Filter pruning: hinge and CURL on the fair protocol (interim: three seed-0 cells)", None),
+    ("filter_2a_ccp_aofp.md", "Filter pruning: CCP and AOFP on the fair protocol (ccp 3 seeds; aofp seed 0, 30 "
+     "CPU-minutes a cell)", None),
+    ("filter_2a_hinge_curl.md", "Filter pruning: hinge and CURL on the fair protocol (3 seeds)", None),
+    ("hinge_finetune_lr.md", "Filter pruning: hinge's cut model under two fine-tune learning rates", None),
+    ("filter_2b_fair.md", "Filter pruning, part 2b: lfpc, scp, bar, oicsr, swp, vcp, rbp on the fair protocol", None),
     ("eagleeye_correlation.md", "Width search: EagleEye's claim at 4x fewer MACs (adaptive BN predicts the fine-tuned "
      "accuracy)", None),
     ("eagleeye_correlation_2x.md", "Width search: EagleEye's claim at 2x fewer MACs (the entry's target)", None),
@@ -42,7 +44,8 @@ SECTIONS = [
     ("amc_check.md", "Width search: AMC's entry check (scaled)", None),
     ("latency_search.md", "Latency targets: searched widths vs uniform on mobilenet_v2 (measured CPU latency)", None),
     ("latency_search_onnxruntime.md", "Latency targets on onnxruntime, with the measured check (row c)", None),
-    ("search_fair.md", "Width search on the fair protocol: EagleEye and LeGR beside uniform, random and Torch-Pruning", None),
+    ("search_fair.md", "Width search on the fair protocol: EagleEye and LeGR (with and without BN re-estimation) "
+     "beside uniform, random and Torch-Pruning", None),
     ("ray_executor.md", "One benchmark grid through the local and the Ray executor", None),
     ("metapruning_check.md", "Width search, part 2: MetaPruning's entry check (scaled)", None),
     ("dmcp_check.md", "Width search, part 2: DMCP's entry check (scaled)", None),
