@@ -27,8 +27,8 @@ SECTIONS = [
     ("mdp_fair.md", "Multi-dimensional pruning (channels and resolution, MDP) on the fair protocol", None),
     ("constraint_aware_fair.md", "Constraint-aware compression (constrained Bayesian optimisation) on the fair protocol", None),
     ("filter_2a_fair.md", "Filter pruning by reconstruction and sampling (FSKD, PFP) on the fair protocol", None),
-    ("filter_2a_ccp_aofp.md", "Filter pruning: CCP and AOFP on the fair protocol (ccp 3 seeds; aofp seed 0, 30 "
-     "CPU-minutes a cell)", None),
+    ("filter_2a_ccp_aofp.md", "Filter pruning: CCP on the fair protocol (3 seeds)", None),
+    ("filter_2a_aofp.md", "Filter pruning: AOFP on the fair protocol (seed 0; 30-57 CPU-minutes a cell)", None),
     ("filter_2a_hinge_curl.md", "Filter pruning: hinge and CURL on the fair protocol (3 seeds)", None),
     ("hinge_finetune_lr.md", "Filter pruning: hinge's cut model under two fine-tune learning rates", None),
     ("filter_2b_fair.md", "Filter pruning, part 2b: lfpc, scp, bar, oicsr, swp, vcp, rbp on the fair protocol", None),
