@@ -31,7 +31,7 @@ SECTIONS = [
     ("filter_2a_aofp.md", "Filter pruning: AOFP on the fair protocol (seed 0; 30-57 CPU-minutes a cell)", None),
     ("filter_2a_hinge_curl.md", "Filter pruning: hinge and CURL on the fair protocol (3 seeds)", None),
     ("hinge_finetune_lr.md", "Filter pruning: hinge's cut model under two fine-tune learning rates", None),
-    ("filter_2b_fair.md", "Filter pruning, part 2b: lfpc, scp, bar, oicsr, swp, vcp, rbp on the fair protocol", None),
+    ("filter_2b_fair.md", "Filter pruning, part 2b: lfpc, scp, bar, oicsr, swp, vcp, rbp on the fair protocol (seed 0)", None),
     ("eagleeye_correlation.md", "Width search: EagleEye's claim at 4x fewer MACs (adaptive BN predicts the fine-tuned "
      "accuracy)", None),
     ("eagleeye_correlation_2x.md", "Width search: EagleEye's claim at 2x fewer MACs (the entry's target)", None),
